@@ -1,0 +1,1 @@
+"""The crossfarm CLI: pack a crate, send what the farm lacks, follow the logs, fetch artifacts."""

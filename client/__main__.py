@@ -1,0 +1,5 @@
+import sys
+
+from crossfarm.client.cli import main
+
+sys.exit(main())

@@ -1,0 +1,3 @@
+from crossfarm.controller.app import main
+
+main()

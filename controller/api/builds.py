@@ -1,0 +1,84 @@
+"""/v1/builds: submit, inspect, follow, list artifacts, cancel."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from crossfarm.controller import builds
+from crossfarm.controller.api.deps import BuildIdDep, FarmDep
+from crossfarm.shared.events import EventReader
+from crossfarm.shared.ids import BuildId
+from crossfarm.shared.wire import ArtifactView, BuildRequest, BuildView, Event
+
+router = APIRouter(prefix="/v1/builds", tags=["builds"])
+
+#: How long one Redis read blocks before the stream sends a keep-alive comment.
+_KEEPALIVE_MS = 15_000
+
+
+@router.post("", status_code=201)
+def submit_build(farm: FarmDep, request: BuildRequest) -> BuildView:
+    return builds.submit_build(farm, request)
+
+
+@router.get("/{build_id}")
+def get_build(farm: FarmDep, build_id: BuildIdDep) -> BuildView:
+    return builds.get_build(farm, build_id)
+
+
+@router.post("/{build_id}/cancel")
+def cancel_build(farm: FarmDep, build_id: BuildIdDep) -> BuildView:
+    return builds.cancel_build(farm, build_id)
+
+
+@router.get("/{build_id}/artifacts")
+def list_artifacts(farm: FarmDep, build_id: BuildIdDep) -> list[ArtifactView]:
+    return builds.list_artifacts(farm, build_id)
+
+
+@router.get("/{build_id}/events", response_class=StreamingResponse)
+async def stream_events(
+    farm: FarmDep,
+    build_id: BuildIdDep,
+    request: Request,
+    last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[str | None, Query(pattern=r"^\d+-\d+$")] = None,
+) -> StreamingResponse:
+    """Server-Sent Events: log lines and state changes in order, ending with an `end` event.
+    Reconnect with Last-Event-ID (or ?after=) to resume without gaps or repeats."""
+    build = await run_in_threadpool(builds.get_build, farm, build_id)
+    start = last_event_id or after or "0-0"
+    reader: EventReader = request.app.state.event_reader
+    return StreamingResponse(
+        _sse(reader, build_id, start, build.state.terminal, request),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _sse(
+    reader: EventReader, build_id: BuildId, after: str, terminal: bool, request: Request
+) -> AsyncIterator[str]:
+    yield "retry: 2000\n\n"
+    while not await request.is_disconnected():
+        entries = await reader.read(build_id, after, block_ms=0 if terminal else _KEEPALIVE_MS)
+        if not entries:
+            if terminal:  # the stream expired or never existed: still close cleanly
+                yield _frame(after, Event(kind="end"))
+                return
+            yield ": keep-alive\n\n"
+            continue
+        for entry_id, event in entries:
+            after = entry_id
+            yield _frame(entry_id, event)
+            if event.kind == "end":
+                return
+
+
+def _frame(entry_id: str, event: Event) -> str:
+    return f"id: {entry_id}\nevent: {event.kind}\ndata: {event.model_dump_json(exclude_none=True)}\n\n"

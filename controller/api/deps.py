@@ -1,0 +1,54 @@
+"""Dependencies as Annotated aliases, so routes read as their signatures."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Path, Request
+
+from crossfarm.controller.builds import Farm
+from crossfarm.shared.ids import BuildId, JobId, SourceDigest, parse_build_id, parse_digest, parse_job_id
+
+
+def _farm(request: Request) -> Farm:
+    farm: Farm = request.app.state.farm
+    return farm
+
+
+def _build_id(build_id: Annotated[str, Path()]) -> BuildId:
+    try:
+        return parse_build_id(build_id)
+    except ValueError as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from None
+
+
+def _job_id(job_id: Annotated[str, Path()]) -> JobId:
+    try:
+        return parse_job_id(job_id)
+    except ValueError as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from None
+
+
+def _digest(digest: Annotated[str, Path()]) -> SourceDigest:
+    try:
+        return parse_digest(digest)
+    except ValueError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from None
+
+
+def _worker(farm: Annotated[Farm, Depends(_farm)],
+            authorization: Annotated[str | None, Header()] = None) -> None:
+    expected = farm.settings.worker_token
+    if expected is None:
+        return
+    given = (authorization or "").removeprefix("Bearer ")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(status_code=401, detail="worker token missing or wrong")
+
+
+FarmDep = Annotated[Farm, Depends(_farm)]
+BuildIdDep = Annotated[BuildId, Depends(_build_id)]
+JobIdDep = Annotated[JobId, Depends(_job_id)]
+DigestDep = Annotated[SourceDigest, Depends(_digest)]
+WorkerAuth = Depends(_worker)

@@ -1,0 +1,21 @@
+"""/v1/jobs: what workers report. Guarded by the worker token when one is set."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from crossfarm.controller import builds
+from crossfarm.controller.api.deps import FarmDep, JobIdDep, WorkerAuth
+from crossfarm.shared.wire import JobFinished, JobStarted, JobView, StartVerdict
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs (workers)"], dependencies=[WorkerAuth])
+
+
+@router.post("/{job_id}/start")
+def job_started(farm: FarmDep, job_id: JobIdDep, report: JobStarted) -> StartVerdict:
+    return builds.job_started(farm, job_id, report)
+
+
+@router.post("/{job_id}/finish")
+def job_finished(farm: FarmDep, job_id: JobIdDep, report: JobFinished) -> JobView:
+    return builds.job_finished(farm, job_id, report)

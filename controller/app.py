@@ -1,0 +1,64 @@
+"""The controller's FastAPI app, built by a factory from typed settings."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from crossfarm.controller import errors
+from crossfarm.controller.api import builds as builds_api
+from crossfarm.controller.api import jobs as jobs_api
+from crossfarm.controller.api import sources as sources_api
+from crossfarm.controller.builds import Farm
+from crossfarm.controller.queue import CeleryJobQueue
+from crossfarm.controller.settings import ControllerSettings, load_settings
+from crossfarm.controller.store import Store
+from crossfarm.shared.arch import supported_targets
+from crossfarm.shared.broker import create_celery
+from crossfarm.shared.events import EventReader, Events
+from crossfarm.shared.storage import S3Store
+
+
+def create_farm(settings: ControllerSettings) -> Farm:
+    """Connect the real adapters: SQL store, Celery queue, Redis events, S3."""
+    storage = S3Store(settings.storage())
+    storage.ensure_bucket()
+    celery = create_celery(settings.redis_url, visibility_timeout_s=settings.visibility_timeout_s)
+    return Farm(
+        settings=settings,
+        store=Store(settings.database_url),
+        queue=CeleryJobQueue(celery),
+        events=Events(settings.redis_url),
+        storage=storage,
+    )
+
+
+def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.farm = farm or create_farm(settings)
+        app.state.event_reader = EventReader(settings.redis_url)
+        yield
+        await app.state.event_reader.close()
+        app.state.farm.store.close()
+
+    app = FastAPI(title="crossfarm", version="0.1.0", lifespan=lifespan)
+    errors.install(app)
+    app.include_router(sources_api.router)
+    app.include_router(builds_api.router)
+    app.include_router(jobs_api.router)
+
+    @app.get("/v1/health", tags=["health"])
+    def health() -> dict[str, object]:
+        return {"ok": True, "targets": supported_targets()}
+
+    return app
+
+
+def main() -> None:
+    import uvicorn
+
+    settings = load_settings()
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")

@@ -1,0 +1,193 @@
+"""The use-cases of the controller: plain functions that decide. Routes only translate."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from dataclasses import dataclass
+from typing import IO
+
+from crossfarm.controller.cargo_args import check_cargo_args
+from crossfarm.controller.queue import JobQueue
+from crossfarm.controller.routing import route
+from crossfarm.controller.settings import ControllerSettings
+from crossfarm.controller.store import NewBuild, NewJob, Store
+from crossfarm.shared import keys
+from crossfarm.shared.archive import inspect_archive
+from crossfarm.shared.errors import Conflict, InvalidArchive, InvalidRequest, NotFound
+from crossfarm.shared.events import Events
+from crossfarm.shared.ids import BuildId, JobId, SourceDigest, new_build_id, new_job_id
+from crossfarm.shared.states import BuildState
+from crossfarm.shared.storage import ObjectStore
+from crossfarm.shared.wire import (
+    ArtifactView,
+    BuildRequest,
+    BuildView,
+    Event,
+    JobFinished,
+    JobMessage,
+    JobStarted,
+    JobView,
+    SourceStatus,
+    StartVerdict,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Farm:
+    """What the use-cases work with; built once by create_app."""
+
+    settings: ControllerSettings
+    store: Store
+    queue: JobQueue
+    events: Events
+    storage: ObjectStore
+
+
+def source_status(farm: Farm, digest: SourceDigest) -> SourceStatus:
+    return SourceStatus(digest=digest, present=farm.storage.exists(keys.source_key(digest)))
+
+
+def put_source(farm: Farm, digest: SourceDigest, body: IO[bytes]) -> SourceStatus:
+    """Store a source archive after checking its size, its digest and every member."""
+    limit = farm.settings.max_source_bytes
+    data = body.read(limit + 1)
+    if len(data) > limit:
+        raise InvalidArchive(f"source archive is over the farm's limit of {limit} bytes")
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != digest:
+        raise InvalidArchive(f"the body's sha256 is {actual}, not {digest} as the URL says")
+    inspect_archive(io.BytesIO(data), farm.settings.archive_limits())
+    farm.storage.put_bytes(keys.source_key(digest), data, "application/gzip")
+    return SourceStatus(digest=digest, present=True, size=len(data))
+
+
+def submit_build(farm: Farm, request: BuildRequest) -> BuildView:
+    """Check a request, record it, and enqueue one job per target on its native queue."""
+    if len(set(request.targets)) != len(request.targets):
+        raise InvalidRequest("each target may be named once")
+    routes = [route(target) for target in request.targets]
+    check_cargo_args(request.cargo_args)
+    timeout_s = request.timeout_s or farm.settings.default_timeout_s
+    if timeout_s > farm.settings.max_timeout_s:
+        raise InvalidRequest(
+            f"timeout_s {timeout_s} is over the farm's limit of {farm.settings.max_timeout_s}"
+        )
+    if not farm.storage.exists(keys.source_key(SourceDigest(request.source))):
+        raise NotFound(f"source {request.source} is not uploaded; PUT /v1/sources/{{digest}} first")
+    new = NewBuild(
+        build_id=new_build_id(),
+        source=request.source,
+        profile=request.profile,
+        features=list(request.features),
+        all_features=request.all_features,
+        no_default_features=request.no_default_features,
+        cargo_args=list(request.cargo_args),
+        timeout_s=timeout_s,
+        jobs=[
+            NewJob(job_id=new_job_id(), target=r.target, arch=r.arch.value, queue=r.queue)
+            for r in routes
+        ],
+    )
+    build = farm.store.add_build(new)
+    for job in build.jobs:
+        _enqueue(farm, BuildId(build.build_id), job)
+    return farm.store.build(BuildId(build.build_id))
+
+
+def _enqueue(farm: Farm, build_id: BuildId, job: JobView) -> None:
+    message = JobMessage(
+        job_id=job.job_id, build_id=build_id, target=job.target, attempt=job.attempt,
+        **farm.store.build_settings(build_id),
+    )
+    try:
+        farm.queue.enqueue(message, job.queue)
+    except Exception as exc:  # the broker's errors are many; the record must say what happened
+        log.exception("enqueue of %s failed", job.job_id)
+        _finish(farm, JobId(job.job_id), job.attempt, BuildState.FAILED,
+                reason=f"could not enqueue on {job.queue}: {exc}")
+        return
+    farm.events.append(build_id, Event(kind="state", target=job.target, state=BuildState.QUEUED))
+
+
+def get_build(farm: Farm, build_id: BuildId) -> BuildView:
+    return farm.store.build(build_id)
+
+
+def cancel_build(farm: Farm, build_id: BuildId) -> BuildView:
+    """Cancel every job that has not finished; running ones are stopped by their worker."""
+    for record in farm.store.jobs_of(build_id):
+        job = record.view
+        if job.state.terminal:
+            continue
+        farm.events.raise_cancel(JobId(job.job_id))
+        _finish(farm, JobId(job.job_id), job.attempt, BuildState.CANCELLED,
+                reason="cancelled by request")
+    return farm.store.build(build_id)
+
+
+def job_started(farm: Farm, job_id: JobId, report: JobStarted) -> StartVerdict:
+    """A worker asks to start a job; only the current attempt of a queued job may."""
+    record = farm.store.job(job_id)
+    if record.view.attempt != report.attempt:
+        return StartVerdict(proceed=False, reason=f"attempt {report.attempt} is stale")
+    if record.view.state is not BuildState.QUEUED:
+        return StartVerdict(proceed=False, reason=f"job is {record.view.state.value}")
+    moved = farm.store.move_job(
+        job_id, report.attempt, BuildState.RUNNING, worker=report.worker,
+        mode=report.mode.value, consumed_from=report.consumed_from,
+    )
+    if moved is None:
+        return StartVerdict(proceed=False, reason="another report changed the job first")
+    farm.events.append(record.build_id,
+                       Event(kind="state", target=moved.target, state=BuildState.RUNNING))
+    return StartVerdict(proceed=True)
+
+
+def job_finished(farm: Farm, job_id: JobId, report: JobFinished) -> JobView:
+    record = farm.store.job(job_id)
+    if record.view.state is BuildState.CANCELLED:
+        return record.view  # cancelled while it ran: the cancel stands
+    if report.manifest is not None and report.manifest.job_id != job_id:
+        raise InvalidRequest("the manifest names another job")
+    moved = _finish(
+        farm, job_id, report.attempt, report.state, exit_code=report.exit_code,
+        reason=report.reason,
+        manifest=report.manifest.model_dump(mode="json") if report.manifest else None,
+    )
+    if moved is None:
+        raise Conflict(f"job {job_id} attempt {report.attempt} is no longer current")
+    return moved
+
+
+def _finish(farm: Farm, job_id: JobId, attempt: int, state: BuildState, **fields: object
+            ) -> JobView | None:
+    record = farm.store.job(job_id)
+    moved = farm.store.move_job(job_id, attempt, state, **fields)
+    if moved is None:
+        return None
+    farm.events.append(record.build_id, Event(kind="state", target=moved.target, state=state))
+    build = farm.store.build(record.build_id)
+    if build.state.terminal:
+        farm.events.append(record.build_id, Event(kind="end", state=build.state))
+    return moved
+
+
+def list_artifacts(farm: Farm, build_id: BuildId) -> list[ArtifactView]:
+    """Every stored artifact of a build, with a short-lived download URL."""
+    views: list[ArtifactView] = []
+    for record in farm.store.jobs_of(build_id):
+        manifest = record.manifest
+        if manifest is None or record.view.state is not BuildState.SUCCEEDED:
+            continue
+        for entry in manifest.artifacts:
+            views.append(ArtifactView(
+                target=manifest.target, name=entry.name, size=entry.size, sha256=entry.sha256,
+                url=farm.storage.presign_get(entry.key, farm.settings.presign_ttl_s),
+                executable=entry.executable,
+                path=f"target/{manifest.target}/{manifest.profile_dir}/{entry.name}",
+            ))
+    return views

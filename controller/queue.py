@@ -1,0 +1,28 @@
+"""Sends jobs to their architecture's Celery queue, by task name (the controller
+never imports worker code)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from celery import Celery
+
+from crossfarm.shared import keys
+from crossfarm.shared.wire import JobMessage
+
+
+class JobQueue(Protocol):
+    def enqueue(self, message: JobMessage, queue: str) -> None: ...
+
+
+class CeleryJobQueue:
+    """JobQueue on Celery over Redis."""
+
+    def __init__(self, app: Celery) -> None:
+        self._app = app
+
+    def enqueue(self, message: JobMessage, queue: str) -> None:
+        self._app.send_task(
+            keys.BUILD_TASK, args=[message.model_dump(mode="json")], queue=queue,
+            task_id=f"{message.job_id}-{message.attempt}",
+        )

@@ -1,0 +1,55 @@
+"""Typed controller settings, read from CROSSFARM_* environment variables by a factory."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from crossfarm.shared.archive import ArchiveLimits
+from crossfarm.shared.storage import StorageSettings
+
+
+class ControllerSettings(BaseSettings):
+    """Everything the controller needs to know; the defaults are the single-machine farm's."""
+
+    model_config = SettingsConfigDict(env_prefix="CROSSFARM_", extra="ignore", frozen=True)
+
+    database_url: str = "sqlite:///.crossfarm/crossfarm.db"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    s3_endpoint: str = "http://127.0.0.1:8333"
+    s3_public_endpoint: str | None = None
+    s3_bucket: str = "crossfarm"
+    s3_access_key: str = "crossfarm"
+    s3_secret_key: str = "crossfarm-local-secret"
+    #: a shared secret workers present on the /v1/jobs endpoints; unset means no check
+    worker_token: str | None = None
+    default_timeout_s: int = Field(default=3600, ge=10)
+    max_timeout_s: int = Field(default=6 * 3600, ge=10)
+    #: above the longest build plus its queueing time (see shared/broker.py)
+    visibility_timeout_s: int = Field(default=8 * 3600, ge=60)
+    presign_ttl_s: int = Field(default=900, ge=10, le=7 * 24 * 3600)
+    max_source_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    max_source_files: int = Field(default=20_000, ge=1)
+    host: str = "127.0.0.1"
+    port: int = 8700
+
+    def storage(self) -> StorageSettings:
+        return StorageSettings(
+            endpoint_url=self.s3_endpoint,
+            public_endpoint_url=self.s3_public_endpoint,
+            bucket=self.s3_bucket,
+            access_key=self.s3_access_key,
+            secret_key=self.s3_secret_key,
+        )
+
+    def archive_limits(self) -> ArchiveLimits:
+        return ArchiveLimits(
+            max_files=self.max_source_files,
+            max_file_bytes=min(self.max_source_bytes, 64 * 1024 * 1024),
+            max_total_bytes=self.max_source_bytes * 4,
+        )
+
+
+def load_settings() -> ControllerSettings:
+    """Build the settings from the environment; call it at start-up, never at import."""
+    return ControllerSettings()

@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""A whole farm on this machine: Redis, SeaweedFS (S3), the controller and one worker.
+
+`make up` / `make down` use it, and the integration tests start their own
+farm with it on free loopback ports. Every process binds to 127.0.0.1.
+
+    farm.py up [--dir .crossfarm]     start everything, wait until ready
+    farm.py down [--dir .crossfarm]   stop what `up` started
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ACCESS_KEY = "crossfarm"
+SECRET_KEY = "crossfarm-local-secret"
+BUCKET = "crossfarm"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(check, what: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}; see its log")
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} was not ready within {timeout:.0f} s")
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status < 500
+    except urllib.error.HTTPError as exc:
+        return exc.code < 500
+
+
+@dataclass
+class Farm:
+    """The processes of one local farm and how to reach them."""
+
+    dir: Path
+    redis_port: int = field(default_factory=free_port)
+    s3_port: int = field(default_factory=free_port)
+    controller_port: int = field(default_factory=free_port)
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def s3_url(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    @property
+    def controller_url(self) -> str:
+        return f"http://127.0.0.1:{self.controller_port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The CROSSFARM_* environment of every farm process."""
+        env = dict(os.environ)
+        env.update({
+            "CROSSFARM_REDIS_URL": self.redis_url,
+            "CROSSFARM_S3_ENDPOINT": self.s3_url,
+            "CROSSFARM_S3_BUCKET": BUCKET,
+            "CROSSFARM_S3_ACCESS_KEY": ACCESS_KEY,
+            "CROSSFARM_S3_SECRET_KEY": SECRET_KEY,
+            "CROSSFARM_CONTROLLER_URL": self.controller_url,
+            "CROSSFARM_URL": self.controller_url,
+            "CROSSFARM_PORT": str(self.controller_port),
+            "CROSSFARM_DATABASE_URL": f"sqlite:///{self.dir / 'crossfarm.db'}",
+        })
+        ca = Path("/etc/ssl/certs/ca-certificates.crt")
+        if "CROSSFARM_CA_BUNDLE" not in env and ca.is_file():
+            env["CROSSFARM_CA_BUNDLE"] = str(ca)
+        env.update(extra)
+        return env
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = (self.dir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=self.dir, start_new_session=True)
+        self.procs[name] = proc
+        (self.dir / f"{name}.pid").write_text(str(proc.pid))
+        return proc
+
+    def start_redis(self) -> None:
+        proc = self._spawn("redis", [
+            "redis-server", "--bind", "127.0.0.1", "--port", str(self.redis_port),
+            "--dir", str(self.dir), "--save", "", "--appendonly", "no",
+            "--protected-mode", "yes",
+        ])
+        _wait(lambda: _redis_ping(self.redis_port), "redis-server", proc, 20)
+
+    def start_s3(self) -> None:
+        data = self.dir / "seaweedfs"
+        data.mkdir(exist_ok=True)
+        config = self.dir / "s3.json"
+        config.write_text(json.dumps({"identities": [{
+            "name": "crossfarm",
+            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }]}))
+        # weed listens on several ports (master, volume, filer, admin + gRPC at +10000):
+        # take free ones below 55535 so the gRPC ports are valid too.
+        ports = [_free_low_port() for _ in range(4)]
+        proc = self._spawn("seaweedfs", [
+            "weed", "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-master.port={ports[0]}", f"-volume.port={ports[1]}", f"-filer.port={ports[2]}",
+            f"-admin.port={ports[3]}", f"-s3.port={self.s3_port}", "-s3.port.iceberg=0",
+            "-s3.port.lance=0", "-webdav=false", f"-s3.config={config}", f"-bucket={BUCKET}",
+        ])
+        _wait(lambda: _http_ok(self.s3_url), "weed mini (S3)", proc, 60)
+
+    def start_controller(self) -> None:
+        proc = self._spawn("controller", [sys.executable, "-m", "crossfarm.controller"],
+                           self.env())
+        _wait(lambda: _http_ok(f"{self.controller_url}/v1/health"), "controller", proc, 60)
+
+    def start_worker(self, name: str = "worker", **extra: str) -> subprocess.Popen:
+        env = self.env(CROSSFARM_WORKER_NAME=extra.pop("CROSSFARM_WORKER_NAME", name),
+                       CROSSFARM_SCRATCH_DIR=str(self.dir / name), **extra)
+        proc = self._spawn(name, [sys.executable, "-m", "crossfarm.worker"], env)
+        _wait(lambda: "ready." in (self.dir / f"{name}.log").read_text(errors="replace"),
+              f"worker {name}", proc, 60)
+        return proc
+
+    def stop(self) -> None:
+        for name in reversed(list(self.procs)):
+            _terminate(self.procs.pop(name))
+            (self.dir / f"{name}.pid").unlink(missing_ok=True)
+
+
+def _free_low_port() -> int:
+    while (port := free_port()) >= 55535:
+        pass
+    return port
+
+
+def _redis_ping(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+        sock.sendall(b"PING\r\n")
+        return sock.recv(16).startswith(b"+PONG")
+
+
+def _terminate(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def up(state_dir: Path, cross: str) -> Farm:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    farm = Farm(dir=state_dir, redis_port=6379, s3_port=8333, controller_port=8700)
+    farm.start_redis()
+    farm.start_s3()
+    farm.start_controller()
+    farm.start_worker(CROSSFARM_CROSS_ARCHES=cross)
+    (state_dir / "farm.env").write_text(f"CROSSFARM_URL={farm.controller_url}\n")
+    return farm
+
+
+def down(state_dir: Path) -> None:
+    for pidfile in sorted(state_dir.glob("*.pid")):
+        try:
+            os.killpg(int(pidfile.read_text()), signal.SIGTERM)
+        except (ProcessLookupError, ValueError):
+            pass
+        pidfile.unlink()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["up", "down"])
+    parser.add_argument("--dir", type=Path, default=Path(".crossfarm"))
+    parser.add_argument("--cross", default="arm64",
+                        help="architectures the local worker also builds with its cross toolchain")
+    args = parser.parse_args()
+    state_dir = args.dir.resolve()
+    if args.action == "down":
+        down(state_dir)
+        print("farm stopped")
+        return
+    down(state_dir)
+    farm = up(state_dir, args.cross)
+    print(f"farm up: controller {farm.controller_url}, S3 {farm.s3_url}, Redis {farm.redis_url}; "
+          f"logs in {state_dir}")
+
+
+if __name__ == "__main__":
+    main()

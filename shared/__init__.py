@@ -1,0 +1,2 @@
+"""The vocabulary the controller, the workers and the CLI speak: ids, states,
+architectures, key names, wire models and the one error tree."""

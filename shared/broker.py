@@ -1,0 +1,31 @@
+"""The one Celery configuration every process that talks to the broker uses."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+
+def create_celery(broker_url: str, *, visibility_timeout_s: int, name: str = "crossfarm") -> Celery:
+    """A Celery app configured for long builds on Redis.
+
+    Redis redelivers any message not acked within the visibility timeout, even
+    while its task still runs, so it must exceed the longest build plus its wait
+    in the queue; acks are late and prefetch is one so a lost worker's job is
+    redelivered and an idle worker never hoards jobs.
+    """
+    app = Celery(name, broker=broker_url)
+    app.conf.update(
+        broker_transport_options={"visibility_timeout": visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=False,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_default_queue="crossfarm.default",
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        enable_utc=True,
+    )
+    return app

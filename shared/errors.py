@@ -1,0 +1,95 @@
+"""The one error tree of crossfarm.
+
+    CrossfarmError
+    ├── InvalidRequest            the caller sent something to fix (HTTP 422)
+    │   ├── UnsupportedTarget     a triple the farm has no toolchain for
+    │   ├── InvalidCargoArgs      a cargo flag the farm does not pass through
+    │   └── InvalidArchive        a source archive that is unsafe or too big
+    ├── NotFound                  an id or object that does not exist (HTTP 404)
+    ├── Conflict                  the request clashes with the current state (HTTP 409)
+    │   └── IllegalTransition     a build-state move the state machine forbids
+    ├── StorageError              the object store failed; retrying may help (HTTP 503)
+    └── BuildError                a build step failed on a worker
+        ├── BuildTimeout          the build ran past its time limit
+        └── BuildCancelled        the build was cancelled while it ran
+
+Each error carries the fields a caller acts on, not only prose.
+"""
+
+from __future__ import annotations
+
+
+class CrossfarmError(Exception):
+    """Base of every error crossfarm raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(CrossfarmError):
+    """The caller sent something it has to fix before trying again."""
+
+
+class UnsupportedTarget(InvalidRequest):
+    """A target triple with no toolchain on this farm."""
+
+    def __init__(self, target: str, supported: list[str]) -> None:
+        super().__init__(
+            f"target {target!r} is not supported; supported targets: {', '.join(supported)}"
+        )
+        self.target = target
+        self.supported = supported
+
+
+class InvalidCargoArgs(InvalidRequest):
+    """A cargo argument the farm refuses to pass through."""
+
+    def __init__(self, arg: str, reason: str) -> None:
+        super().__init__(f"cargo argument {arg!r} is not allowed: {reason}")
+        self.arg = arg
+
+
+class InvalidArchive(InvalidRequest):
+    """A source archive that is malformed, unsafe or over a limit."""
+
+    def __init__(self, message: str, member: str | None = None) -> None:
+        super().__init__(message if member is None else f"{member}: {message}")
+        self.member = member
+
+
+class NotFound(CrossfarmError):
+    """A build, job or object that does not exist."""
+
+
+class Conflict(CrossfarmError):
+    """The request clashes with the current state of a build."""
+
+
+class IllegalTransition(Conflict):
+    """A move the build state machine does not allow."""
+
+    def __init__(self, current: str, new: str) -> None:
+        super().__init__(f"illegal build state transition {current} -> {new}")
+        self.current = current
+        self.new = new
+
+
+class StorageError(CrossfarmError):
+    """The object store failed; the operation may succeed when retried."""
+
+
+class BuildError(CrossfarmError):
+    """A build step failed on a worker."""
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class BuildTimeout(BuildError):
+    """The build ran past its time limit and was killed."""
+
+
+class BuildCancelled(BuildError):
+    """The build was cancelled while it ran."""

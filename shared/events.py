@@ -1,0 +1,70 @@
+"""The Redis adapter for a build's event stream and cancel flags: the only module
+that imports redis.
+
+Each build has one Redis stream; its entry ids double as SSE event ids, so a
+client that reconnects with Last-Event-ID resumes exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import redis
+import redis.asyncio
+
+from crossfarm.shared import keys
+from crossfarm.shared.ids import BuildId, JobId
+from crossfarm.shared.wire import Event
+
+#: Streams and flags outlive their build by this long, then Redis drops them.
+RETENTION_S = 7 * 24 * 3600
+#: An upper bound on one build's stream, so a runaway log cannot fill Redis.
+MAX_EVENTS = 200_000
+
+
+class Events:
+    """Append to a build's stream and raise or read cancel flags (blocking client)."""
+
+    def __init__(self, redis_url: str) -> None:
+        self._redis = redis.Redis.from_url(redis_url)
+
+    def append(self, build_id: BuildId, event: Event) -> str:
+        key = keys.events_stream(build_id)
+        pipe = self._redis.pipeline()
+        pipe.xadd(key, {"e": event.model_dump_json(exclude_none=True)}, maxlen=MAX_EVENTS)
+        pipe.expire(key, RETENTION_S)
+        entry_id, _ = pipe.execute()
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    def raise_cancel(self, job_id: JobId) -> None:
+        self._redis.set(keys.cancel_flag(job_id), b"1", ex=RETENTION_S)
+
+    def is_cancelled(self, job_id: JobId) -> bool:
+        return bool(self._redis.exists(keys.cancel_flag(job_id)))
+
+    def ping(self) -> bool:
+        return bool(self._redis.ping())
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+class EventReader:
+    """Read a build's stream from a given entry id on (asyncio client, for SSE)."""
+
+    def __init__(self, redis_url: str) -> None:
+        self._redis = redis.asyncio.Redis.from_url(redis_url)
+
+    async def read(
+        self, build_id: BuildId, after: str, block_ms: int, count: int = 500
+    ) -> list[tuple[str, Event]]:
+        answer = await self._redis.xread(
+            {keys.events_stream(build_id): after}, count=count, block=block_ms
+        )
+        entries: list[tuple[str, Event]] = []
+        for _stream, items in answer or []:
+            for entry_id, fields in items:
+                eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                entries.append((eid, Event.model_validate_json(fields[b"e"])))
+        return entries
+
+    async def close(self) -> None:
+        await self._redis.aclose()

@@ -1,0 +1,45 @@
+"""Every name the parts agree on: Celery queues and task names, Redis keys, S3 keys."""
+
+from __future__ import annotations
+
+from crossfarm.shared.arch import Arch
+from crossfarm.shared.ids import BuildId, JobId, SourceDigest
+
+#: The one Celery task a worker runs: build one target of one build.
+BUILD_TASK = "crossfarm.build_job"
+
+
+def queue_name(arch: Arch) -> str:
+    """The Celery queue that workers of `arch` consume."""
+    return f"crossfarm.builds.{arch.value}"
+
+
+def events_stream(build_id: BuildId) -> str:
+    """The Redis stream holding a build's log lines and state changes, in order."""
+    return f"crossfarm:build:{build_id}:events"
+
+
+def cancel_flag(job_id: JobId) -> str:
+    """The Redis key a worker polls to learn that its running job was cancelled."""
+    return f"crossfarm:job:{job_id}:cancel"
+
+
+def source_key(digest: SourceDigest) -> str:
+    return f"sources/{digest}.tar.gz"
+
+
+def job_prefix(build_id: BuildId, target: str, attempt: int) -> str:
+    """Where one attempt of one target's outputs live; attempts never share a prefix."""
+    return f"builds/{build_id}/{target}/attempt-{attempt}/"
+
+
+def artifact_key(build_id: BuildId, target: str, attempt: int, name: str) -> str:
+    return f"{job_prefix(build_id, target, attempt)}artifacts/{name}"
+
+
+def manifest_key(build_id: BuildId, target: str, attempt: int) -> str:
+    return f"{job_prefix(build_id, target, attempt)}manifest.json"
+
+
+def log_key(build_id: BuildId, target: str, attempt: int) -> str:
+    return f"{job_prefix(build_id, target, attempt)}build.log"

@@ -1,0 +1,199 @@
+"""The S3 adapter: the only module that imports boto3.
+
+Works against any S3-compatible server (SeaweedFS, MinIO, AWS): path-style
+addressing and SigV4 are set explicitly, since presigned URLs otherwise come
+out SigV2 on non-AWS endpoints. botocore errors become StorageError/NotFound here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from crossfarm.shared.errors import NotFound, StorageError
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Where the object store is and how to sign in."""
+
+    endpoint_url: str
+    bucket: str
+    access_key: str
+    secret_key: str
+    region: str = "us-east-1"
+    #: the endpoint clients download from, when it differs from the one servers use
+    public_endpoint_url: str | None = None
+
+
+class ObjectStore(Protocol):
+    """What the controller and the workers need from object storage."""
+
+    def ensure_bucket(self) -> None: ...
+    def exists(self, key: str) -> bool: ...
+    def put_bytes(self, key: str, data: bytes, content_type: str = ...) -> None: ...
+    def put_file(self, key: str, path: Path, sha256: str) -> None: ...
+    def get_bytes(self, key: str) -> bytes: ...
+    def download(self, key: str, path: Path) -> None: ...
+    def presign_get(self, key: str, expires_s: int) -> str: ...
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fileobj:
+        for block in iter(lambda: fileobj.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _client(endpoint: str, settings: StorageSettings) -> Any:
+    config = botocore.config.Config(
+        signature_version="s3v4",
+        s3={"addressing_style": "path"},
+        retries={"max_attempts": 5, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=60,
+    )
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=settings.access_key,
+        aws_secret_access_key=settings.secret_key,
+        region_name=settings.region,
+        config=config,
+    )
+
+
+class S3Store:
+    """ObjectStore on an S3-compatible server."""
+
+    def __init__(self, settings: StorageSettings) -> None:
+        self._bucket = settings.bucket
+        self._s3 = _client(settings.endpoint_url, settings)
+        self._signer = _client(settings.public_endpoint_url or settings.endpoint_url, settings)
+
+    def ensure_bucket(self) -> None:
+        if not self._exists(lambda: self._s3.head_bucket(Bucket=self._bucket), self._bucket):
+            with _translated(self._bucket):
+                self._s3.create_bucket(Bucket=self._bucket)
+
+    def exists(self, key: str) -> bool:
+        return self._exists(lambda: self._s3.head_object(Bucket=self._bucket, Key=key), key)
+
+    @staticmethod
+    def _exists(head: Callable[[], object], name: str) -> bool:
+        try:
+            with _translated(name):
+                head()
+        except NotFound:
+            return False
+        return True
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = ...) -> None: ...
+    def put_file(self, key: str, path: Path, sha256: str) -> None: ...
+    def get_bytes(self, key: str) -> bytes: ...
+    def download(self, key: str, path: Path) -> None: ...
+    def presign_get(self, key: str, expires_s: int) -> str: ...
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fileobj:
+        for block in iter(lambda: fileobj.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _client(endpoint: str, settings: StorageSettings) -> Any:
+    config = botocore.config.Config(
+        signature_version="s3v4",
+        s3={"addressing_style": "path"},
+        retries={"max_attempts": 5, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=60,
+    )
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=settings.access_key,
+        aws_secret_access_key=settings.secret_key,
+        region_name=settings.region,
+        config=config,
+    )
+
+
+class S3Store:
+    """ObjectStore on an S3-compatible server."""
+
+    def __init__(self, settings: StorageSettings) -> None:
+        self._bucket = settings.bucket
+        self._s3 = _client(settings.endpoint_url, settings)
+        self._signer = _client(settings.public_endpoint_url or settings.endpoint_url, settings)
+
+    def ensure_bucket(self) -> None:
+        try:
+            self._s3.head_bucket(Bucket=self._bucket)
+        except botocore.exceptions.ClientError:
+            with _translated(self._bucket):
+                self._s3.create_bucket(Bucket=self._bucket)
+        except botocore.exceptions.BotoCoreError as exc:
+            raise StorageError(f"object store unreachable: {exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._s3.head_object(Bucket=self._bucket, Key=key)
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise StorageError(f"object store error on {key}: {exc}") from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise StorageError(f"object store unreachable: {exc}") from exc
+        return True
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        with _translated(key):
+            self._s3.put_object(Bucket=self._bucket, Key=key, Body=data, ContentType=content_type)
+
+    def put_file(self, key: str, path: Path, sha256: str) -> None:
+        # The sha256 travels as metadata: multipart checksums are composite, not the file's.
+        with _translated(key):
+            self._s3.upload_file(
+                str(path), self._bucket, key, ExtraArgs={"Metadata": {"sha256": sha256}}
+            )
+
+    def get_bytes(self, key: str) -> bytes:
+        with _translated(key):
+            body = self._s3.get_object(Bucket=self._bucket, Key=key)["Body"]
+            data: bytes = body.read()
+            return data
+
+    def download(self, key: str, path: Path) -> None:
+        with _translated(key):
+            self._s3.download_file(self._bucket, key, str(path))
+
+    def presign_get(self, key: str, expires_s: int) -> str:
+        url: str = self._signer.generate_presigned_url(
+            "get_object", Params={"Bucket": self._bucket, "Key": key}, ExpiresIn=expires_s
+        )
+        return url
+
+
+@contextmanager
+def _translated(key: str) -> Iterator[None]:
+    """Turn botocore errors into crossfarm's StorageError / NotFound, naming the key."""
+    try:
+        yield
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            raise NotFound(f"no object {key!r} in storage") from exc
+        raise StorageError(f"object store error on {key}: {exc}") from exc
+    except botocore.exceptions.BotoCoreError as exc:
+        raise StorageError(f"object store unreachable ({key}): {exc}") from exc

@@ -1,0 +1,179 @@
+"""Wire models: every document that crosses a process boundary.
+
+Strict on purpose: unknown fields are rejected and instances are frozen, so a
+typo in a request is an error, not a silently ignored option.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from crossfarm.shared.states import BuildState
+
+Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+ProfileName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
+FeatureName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.+/-]{0,127}$")]
+TargetName = Annotated[str, Field(min_length=1, max_length=100)]
+
+
+class Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BuildMode(StrEnum):
+    """How a worker builds a target."""
+
+    #: on a host of the target's own architecture
+    NATIVE = "native"
+    #: with a cross toolchain on a host of another architecture
+    CROSS = "cross"
+
+
+class BuildRequest(Wire):
+    """What a user asks the farm to build."""
+
+    source: Digest
+    targets: Annotated[list[TargetName], Field(min_length=1, max_length=16)]
+    profile: ProfileName = "dev"
+    features: Annotated[list[FeatureName], Field(max_length=256)] = []
+    all_features: bool = False
+    no_default_features: bool = False
+    cargo_args: Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=64)] = []
+    timeout_s: Annotated[int, Field(ge=10, le=24 * 3600)] | None = None
+
+
+class JobView(Wire):
+    """One target of a build, as the API reports it."""
+
+    job_id: str
+    target: str
+    arch: str
+    queue: str
+    state: BuildState
+    attempt: int
+    worker: str | None = None
+    mode: BuildMode | None = None
+    consumed_from: str | None = None
+    queued_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+
+
+class BuildView(Wire):
+    """A build and each of its jobs."""
+
+    build_id: str
+    state: BuildState
+    created_at: datetime
+    source: str
+    profile: str
+    features: list[str]
+    all_features: bool
+    no_default_features: bool
+    cargo_args: list[str]
+    jobs: list[JobView]
+
+
+class ArtifactEntry(Wire):
+    """One file a build produced, as the manifest lists it."""
+
+    name: str
+    size: int
+    sha256: Digest
+    key: str
+    executable: bool = False
+
+
+class Manifest(Wire):
+    """The list of one job's artifacts; written last, so its presence means complete."""
+
+    build_id: str
+    job_id: str
+    target: str
+    attempt: int
+    profile_dir: str
+    artifacts: list[ArtifactEntry]
+
+
+class ArtifactView(Wire):
+    """An artifact with a short-lived download URL."""
+
+    target: str
+    name: str
+    size: int
+    sha256: Digest
+    url: str
+    executable: bool = False
+    path: str  # where cargo would put it: target/<triple>/<profile dir>/<name>
+
+
+class JobMessage(Wire):
+    """The Celery payload of one job."""
+
+    job_id: str
+    build_id: str
+    target: str
+    attempt: int
+    source: Digest
+    profile: ProfileName
+    features: list[str]
+    all_features: bool
+    no_default_features: bool
+    cargo_args: list[str]
+    timeout_s: int
+
+
+class JobStarted(Wire):
+    """A worker's report that it starts a job."""
+
+    attempt: int
+    worker: str
+    hostname: str
+    mode: BuildMode
+    consumed_from: str
+
+
+class JobFinished(Wire):
+    """A worker's report of a job's outcome."""
+
+    attempt: int
+    state: Literal[BuildState.SUCCEEDED, BuildState.FAILED, BuildState.CANCELLED]
+    exit_code: int | None = None
+    reason: str | None = None
+    manifest: Manifest | None = None
+
+
+class StartVerdict(Wire):
+    """The controller's answer to JobStarted: go ahead, or drop the job."""
+
+    proceed: bool
+    reason: str | None = None
+
+
+class Event(Wire):
+    """One entry of a build's event stream: a log line, a state change, or the end."""
+
+    kind: Literal["log", "state", "end"]
+    target: str | None = None
+    line: str | None = None
+    state: BuildState | None = None
+
+
+class SourceStatus(Wire):
+    digest: Digest
+    present: bool
+    size: int | None = None
+
+
+class ErrorBody(Wire):
+    """Every error response of the API."""
+
+    error: str
+    message: str
+    fields: dict[str, object] = {}

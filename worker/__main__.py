@@ -1,0 +1,3 @@
+from crossfarm.worker.app import main
+
+main()

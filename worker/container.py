@@ -1,0 +1,192 @@
+"""The Docker adapter: the only module that imports docker.
+
+One build step is one container: create, copy files in, attach, start, wait
+(with a deadline and a stop check), copy outputs out, and always remove it.
+Containers carry crossfarm labels so leftovers can be found and reaped.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from crossfarm.shared.errors import BuildCancelled, BuildError, BuildTimeout
+
+#: Every container and volume crossfarm makes carries this label.
+LABEL = "io.crossfarm"
+
+LineSink = Callable[[str, str], None]  # (stream name "stdout" | "stderr", line)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command to run in a builder container."""
+
+    image: str
+    command: list[str]
+    workdir: str
+    user: str
+    env: dict[str, str]
+    network: bool
+    #: named volumes → mount point
+    volumes: dict[str, str]
+    #: host files → read-only mount point
+    binds: dict[Path, str] = field(default_factory=dict)
+    cpus: float = 1.0
+    memory_bytes: int = 2 * 1024**3
+    pids: int = 1024
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    exit_code: int
+    oom_killed: bool
+
+
+class Docker:
+    """Builder containers on a Docker engine (the local one unless DOCKER_HOST says otherwise)."""
+
+    def __init__(self) -> None:
+        self._client = docker.from_env(timeout=300)
+
+    def has_image(self, name: str) -> bool:
+        try:
+            self._client.images.get(name)
+        except docker.errors.ImageNotFound:
+            return False
+        return True
+
+    @contextmanager
+    def volume(self, name: str, labels: dict[str, str]) -> Iterator[str]:
+        """A named volume that exists for the `with` block only."""
+        self._client.volumes.create(name=name, labels={LABEL: "1", **labels})
+        try:
+            yield name
+        finally:
+            with suppress(docker.errors.NotFound):
+                self._client.volumes.get(name).remove(force=True)
+
+    @contextmanager
+    def container(self, step: Step) -> Iterator[Container]:
+        """A created (not started) container for `step`, removed when the block ends."""
+        mounts = {name: {"bind": path, "mode": "rw"} for name, path in step.volumes.items()}
+        mounts.update({str(host): {"bind": path, "mode": "ro"} for host, path in step.binds.items()})
+        raw = self._client.containers.create(
+            image=step.image,
+            command=step.command,
+            working_dir=step.workdir,
+            user=step.user,
+            environment=step.env,
+            network_mode="bridge" if step.network else "none",
+            volumes=mounts,
+            nano_cpus=int(step.cpus * 1e9),
+            mem_limit=step.memory_bytes,
+            memswap_limit=step.memory_bytes,
+            pids_limit=step.pids,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            labels={LABEL: "1", **step.labels},
+        )
+        try:
+            yield Container(raw)
+        finally:
+            with suppress(docker.errors.NotFound):
+                raw.remove(force=True, v=False)
+
+    def reap(self, labels: dict[str, str]) -> int:
+        """Remove crossfarm containers with these labels (leftovers of a lost worker)."""
+        selector = [f"{LABEL}=1"] + [f"{k}={v}" for k, v in labels.items()]
+        found = self._client.containers.list(all=True, filters={"label": selector})
+        for raw in found:
+            with suppress(docker.errors.NotFound):
+                raw.remove(force=True)
+        return len(found)
+
+
+class Container:
+    """A builder container that exists; see Docker.container."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+
+    def put(self, path: str, tar: IO[bytes]) -> None:
+        """Extract a tar stream at `path`; the tar headers' uid/gid are kept."""
+        if not self._raw.put_archive(path, tar):
+            raise BuildError(f"could not copy files into the container at {path}")
+
+    def run(self, sink: LineSink, deadline: float, should_stop: Callable[[], bool]) -> StepResult:
+        """Start, stream output lines to `sink`, and wait for exit, the deadline or a stop."""
+        stream = self._raw.attach(stdout=True, stderr=True, stream=True, logs=True, demux=True)
+        pump = threading.Thread(target=_pump, args=(stream, sink), daemon=True)
+        pump.start()
+        self._raw.start()
+        try:
+            status = self._wait(deadline, should_stop)
+        finally:
+            pump.join(timeout=10)
+        self._raw.reload()
+        oom = bool(self._raw.attrs.get("State", {}).get("OOMKilled"))
+        return StepResult(exit_code=int(status.get("StatusCode", -1)), oom_killed=oom)
+
+    def _wait(self, deadline: float, should_stop: Callable[[], bool]) -> dict[str, Any]:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._kill()
+                raise BuildTimeout("the build ran past its time limit and was killed")
+            if should_stop():
+                self._kill()
+                raise BuildCancelled("the build was cancelled")
+            try:
+                status: dict[str, Any] = self._raw.wait(timeout=min(1.0, max(remaining, 0.1)))
+                return status
+            except (requests.exceptions.ConnectionError, requests.exceptions.ReadTimeout):
+                continue  # docker-py reports a wait timeout as one of these, by transport
+
+    def _kill(self) -> None:
+        with suppress(docker.errors.APIError):
+            self._raw.kill()
+
+    def copy_out(self, path: str, dest_dir: Path) -> Path:
+        """Copy one file out of the container into `dest_dir`; returns the local path."""
+        chunks, _stat = self._raw.get_archive(path)
+        # The whole stream must be read: the engine holds the container until it is.
+        buffer = io.BytesIO(b"".join(chunks))
+        with tarfile.open(fileobj=buffer) as tar:
+            member = tar.next()
+            if member is None or not member.isfile():
+                raise BuildError(f"{path} in the container is not a regular file")
+            source = tar.extractfile(member)
+            assert source is not None
+            local = dest_dir / Path(path).name
+            with local.open("wb") as out:
+                while block := source.read(1 << 20):
+                    out.write(block)
+            local.chmod(0o755 if member.mode & 0o111 else 0o644)
+        return local
+
+
+def _pump(stream: Iterator[tuple[bytes | None, bytes | None]], sink: LineSink) -> None:
+    pending = {"stdout": b"", "stderr": b""}
+    for out, err in stream:
+        for name, chunk in (("stdout", out), ("stderr", err)):
+            if not chunk:
+                continue
+            *lines, pending[name] = (pending[name] + chunk).split(b"\n")
+            for line in lines:
+                sink(name, line.decode("utf-8", "replace").rstrip("\r"))
+    for name, rest in pending.items():
+        if rest:
+            sink(name, rest.decode("utf-8", "replace"))

@@ -1,0 +1,200 @@
+"""One job, as a readable list of steps:
+
+    report start → fetch source → fetch dependencies (network on) → cargo build
+    (network off) → copy artifacts out → upload artifacts → write manifest last
+    → store the log → report the outcome
+
+Expected failures (cargo errors, timeouts, cancels, storage) become the job's
+outcome; they are data, not crashes.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from crossfarm.shared import keys
+from crossfarm.shared.arch import Arch
+from crossfarm.shared.archive import ArchiveLimits
+from crossfarm.shared.errors import BuildCancelled, BuildError, BuildTimeout, StorageError
+from crossfarm.shared.ids import BuildId, JobId, SourceDigest
+from crossfarm.shared.states import BuildState
+from crossfarm.shared.storage import ObjectStore
+from crossfarm.shared.wire import BuildMode, JobFinished, JobMessage, JobStarted, Manifest
+from crossfarm.worker import cargo
+from crossfarm.worker.artifacts import ArtifactCollector, JobOutput, build_manifest
+from crossfarm.worker.container import Docker, Step
+from crossfarm.worker.images import BUILD_UID, build_mode
+from crossfarm.worker.reporter import Reporter
+from crossfarm.worker.settings import WorkerSettings
+from crossfarm.worker.source import container_tar, fetch_source
+
+log = logging.getLogger(__name__)
+
+_CA_IN_CONTAINER = "/etc/crossfarm/ca.crt"
+
+
+@dataclass(frozen=True)
+class Toolbox:
+    """The adapters a job uses; built once per worker process."""
+
+    settings: WorkerSettings
+    host: Arch
+    docker: Docker
+    storage: ObjectStore
+    reporter: Reporter
+
+
+class JobLog:
+    """Forwards each line to the build's event stream and keeps the whole log for storage."""
+
+    def __init__(self, reporter: Reporter, build_id: BuildId, target: str) -> None:
+        self._reporter, self._build_id, self._target = reporter, build_id, target
+        self.lines: list[str] = []
+
+    def __call__(self, text: str) -> None:
+        self.lines.append(text)
+        self._reporter.line(self._build_id, self._target, text)
+
+
+def run_job(tools: Toolbox, job: JobMessage, consumed_from: str) -> BuildState | None:
+    """Run one job end to end; returns its final state, or None if the farm said not to run it."""
+    job_id = JobId(job.job_id)
+    try:
+        mode = build_mode(job.target, tools.host, tools.settings.cross_arches)
+    except BuildError as exc:
+        mode, refusal = BuildMode.CROSS, exc.message
+    else:
+        refusal = None
+    verdict = tools.reporter.started(job_id, JobStarted(
+        attempt=job.attempt, worker=tools.settings.worker_name,
+        hostname=tools.settings.hostname(), mode=mode, consumed_from=consumed_from,
+    ))
+    if not verdict.proceed:
+        log.info("job %s not run: %s", job_id, verdict.reason)
+        return None
+    joblog = JobLog(tools.reporter, BuildId(job.build_id), job.target)
+    joblog(f"crossfarm: {job.target} on {tools.settings.worker_name} "
+           f"({tools.host.value}, {mode.value}), attempt {job.attempt}")
+    outcome = (JobFinished(attempt=job.attempt, state=BuildState.FAILED, reason=refusal)
+               if refusal else _build(tools, job, mode, joblog))
+    if outcome.reason:
+        joblog(f"crossfarm: {outcome.state.value}: {outcome.reason}")
+    _store_log(tools.storage, job, joblog)
+    tools.reporter.finished(job_id, outcome)
+    return outcome.state
+
+
+def _build(tools: Toolbox, job: JobMessage, mode: BuildMode, joblog: JobLog) -> JobFinished:
+    deadline = time.monotonic() + job.timeout_s
+    failed = BuildState.FAILED
+    try:
+        manifest = _compile_and_publish(tools, job, joblog, deadline)
+    except BuildCancelled:
+        return JobFinished(attempt=job.attempt, state=BuildState.CANCELLED, reason="cancelled")
+    except BuildTimeout:
+        return JobFinished(attempt=job.attempt, state=failed,
+                           reason=f"timeout: the build ran past {job.timeout_s} s and was killed")
+    except BuildError as exc:
+        return JobFinished(attempt=job.attempt, state=failed, exit_code=exc.exit_code,
+                           reason=exc.message)
+    except StorageError as exc:
+        return JobFinished(attempt=job.attempt, state=failed, reason=f"storage: {exc.message}")
+    return JobFinished(attempt=job.attempt, state=BuildState.SUCCEEDED, exit_code=0,
+                       manifest=manifest)
+
+
+def _compile_and_publish(
+    tools: Toolbox, job: JobMessage, joblog: JobLog, deadline: float
+) -> Manifest:
+    settings = tools.settings
+    settings.scratch_dir.mkdir(parents=True, exist_ok=True)
+    if not tools.docker.has_image(settings.builder_image):
+        raise BuildError(f"builder image {settings.builder_image} is missing on this worker; "
+                         "build it with deploy/images/builder/build-offline.sh")
+    with tempfile.TemporaryDirectory(dir=settings.scratch_dir) as scratch:
+        tmp = Path(scratch)
+        archive = fetch_source(tools.storage, SourceDigest(job.source), tmp)
+        tree, names = container_tar(archive, "src", BUILD_UID, ArchiveLimits())
+        locked = "Cargo.lock" in names
+        labels = {"io.crossfarm.job": job.job_id, "io.crossfarm.attempt": str(job.attempt),
+                  "io.crossfarm.worker": settings.worker_name}
+        volume_name = f"crossfarm-{job.job_id}-a{job.attempt}"
+        with tree, tools.docker.volume(volume_name, labels):
+            fetch = _step(settings, job, cargo.fetch_command(job, locked), volume_name,
+                          network=True, labels=labels)
+            with tools.docker.container(fetch) as container:
+                container.put(cargo.WORK, tree)
+                result = container.run(lambda _s, line: joblog(line), deadline,
+                                       lambda: tools.reporter.cancelled(JobId(job.job_id)))
+            if result.exit_code != 0:
+                raise BuildError("fetching dependencies failed (see the log above)",
+                                 exit_code=result.exit_code)
+            files = _compile(tools, job, locked, volume_name, labels, joblog, deadline, tmp)
+        return _publish(tools.storage, job, files)
+
+
+def _compile(tools: Toolbox, job: JobMessage, locked: bool, volume: str,
+             labels: dict[str, str], joblog: JobLog, deadline: float, tmp: Path) -> list[Path]:
+    settings = tools.settings
+    collector = ArtifactCollector()
+
+    def sink(stream: str, line: str) -> None:
+        if stream == "stdout" and collector.feed(line):
+            return
+        joblog(line)
+
+    jobs = max(1, int(settings.build_cpus))
+    step = _step(settings, job, cargo.build_command(job, locked, jobs), volume,
+                 network=False, labels=labels)
+    with tools.docker.container(step) as container:
+        result = container.run(sink, deadline, lambda: tools.reporter.cancelled(JobId(job.job_id)))
+        if result.oom_killed:
+            raise BuildError("out-of-memory: the build container hit its memory limit of "
+                             f"{settings.build_memory_bytes} bytes", exit_code=result.exit_code)
+        if result.exit_code != 0:
+            raise BuildError(f"cargo build failed with exit code {result.exit_code}",
+                             exit_code=result.exit_code)
+        out = tmp / "artifacts"
+        out.mkdir()
+        return [container.copy_out(path, out) for path in collector.paths]
+
+
+def _step(settings: WorkerSettings, job: JobMessage, command: list[str], volume: str,
+          network: bool, labels: dict[str, str]) -> Step:
+    env = {"CARGO_TARGET_DIR": cargo.TARGET_DIR}
+    binds = {}
+    if network and settings.ca_bundle is not None:
+        binds[settings.ca_bundle] = _CA_IN_CONTAINER
+        env["CARGO_HTTP_CAINFO"] = _CA_IN_CONTAINER
+    return Step(
+        image=settings.builder_image, command=command, workdir=cargo.SRC,
+        user=f"{BUILD_UID}:{BUILD_UID}", env=env, network=network,
+        volumes={volume: cargo.WORK, settings.cargo_home_volume: "/cargo"}, binds=binds,
+        cpus=settings.build_cpus, memory_bytes=settings.build_memory_bytes,
+        pids=settings.build_pids, labels=labels,
+    )
+
+
+def _publish(storage: ObjectStore, job: JobMessage, files: list[Path]) -> Manifest:
+    """Upload every artifact under this attempt's prefix, then the manifest, last."""
+    output = JobOutput(build_id=BuildId(job.build_id), job_id=job.job_id, target=job.target,
+                       attempt=job.attempt, profile=job.profile)
+    manifest = build_manifest(output, files)
+    by_name = {path.name: path for path in files}
+    for entry in manifest.artifacts:
+        storage.put_file(entry.key, by_name[entry.name], entry.sha256)
+    storage.put_bytes(keys.manifest_key(output.build_id, job.target, job.attempt),
+                      manifest.model_dump_json(indent=2).encode(), "application/json")
+    return manifest
+
+
+def _store_log(storage: ObjectStore, job: JobMessage, joblog: JobLog) -> None:
+    key = keys.log_key(BuildId(job.build_id), job.target, job.attempt)
+    try:
+        storage.put_bytes(key, ("\n".join(joblog.lines) + "\n").encode(), "text/plain")
+    except StorageError:
+        log.warning("could not store the log of %s at %s", job.job_id, key)

@@ -1,0 +1,55 @@
+"""What a worker tells the farm: state changes to the controller, log lines to the event stream."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from crossfarm.shared.errors import Conflict
+from crossfarm.shared.events import Events
+from crossfarm.shared.ids import BuildId, JobId
+from crossfarm.shared.wire import Event, JobFinished, JobStarted, StartVerdict
+
+
+class Reporter:
+    """Reports one worker's jobs; the controller's record is the truth it defers to."""
+
+    def __init__(self, controller_url: str, token: str | None, events: Events) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=controller_url, headers=headers, timeout=30)
+        self._events = events
+
+    def started(self, job_id: JobId, report: JobStarted) -> StartVerdict:
+        response = self._post(f"/v1/jobs/{job_id}/start", report.model_dump_json())
+        return StartVerdict.model_validate_json(response.content)
+
+    def finished(self, job_id: JobId, report: JobFinished) -> None:
+        response = self._post(f"/v1/jobs/{job_id}/finish", report.model_dump_json())
+        if response.status_code == 409:
+            raise Conflict(response.json().get("message", "the job's attempt is no longer current"))
+
+    def line(self, build_id: BuildId, target: str, text: str) -> None:
+        self._events.append(build_id, Event(kind="log", target=target, line=text))
+
+    def cancelled(self, job_id: JobId) -> bool:
+        return self._events.is_cancelled(job_id)
+
+    def _post(self, path: str, body: str) -> httpx.Response:
+        # The controller may be restarting: retry a few times before giving up on the report.
+        for delay in (0.5, 1, 2, 4, 8, 0):
+            try:
+                response = self._http.post(
+                    path, content=body, headers={"Content-Type": "application/json"}
+                )
+            except httpx.TransportError:
+                if not delay:
+                    raise
+                time.sleep(delay)
+                continue
+            if response.status_code < 500 or not delay:
+                if response.status_code >= 400 and response.status_code != 409:
+                    response.raise_for_status()
+                return response
+            time.sleep(delay)
+        raise AssertionError("unreachable")

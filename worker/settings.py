@@ -1,0 +1,71 @@
+"""Typed worker settings, read from CROSSFARM_* environment variables by a factory."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from crossfarm.shared.arch import Arch
+from crossfarm.shared.storage import StorageSettings
+
+
+class WorkerSettings(BaseSettings):
+    """Everything a worker needs; the defaults are the single-machine farm's."""
+
+    model_config = SettingsConfigDict(env_prefix="CROSSFARM_", extra="ignore", frozen=True)
+
+    controller_url: str = "http://127.0.0.1:8700"
+    worker_token: str | None = None
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    s3_endpoint: str = "http://127.0.0.1:8333"
+    s3_bucket: str = "crossfarm"
+    s3_access_key: str = "crossfarm"
+    s3_secret_key: str = "crossfarm-local-secret"
+    visibility_timeout_s: int = Field(default=8 * 3600, ge=60)
+    worker_name: str = Field(default_factory=socket.gethostname)
+    #: other architectures whose queues this worker also serves, with its cross toolchain
+    cross_arches: Annotated[list[Arch], NoDecode] = []
+    concurrency: int = Field(default=1, ge=1, le=64)
+    builder_image: str = "crossfarm/builder:1"
+    cargo_home_volume: str = "crossfarm-cargo-home"
+    build_cpus: float = Field(default_factory=lambda: float(os.cpu_count() or 1), gt=0)
+    build_memory_bytes: int = Field(default=8 * 1024**3, ge=256 * 1024**2)
+    build_pids: int = Field(default=4096, ge=64)
+    #: a CA bundle for the dependency-fetch step, for registries behind a TLS-inspecting proxy
+    ca_bundle: Path | None = None
+    scratch_dir: Path = Path(".crossfarm/worker")
+
+    @field_validator("cross_arches", mode="before")
+    @classmethod
+    def _parse_arches(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [Arch.parse(part) for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _bundle_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"CROSSFARM_CA_BUNDLE {value} is not a readable file")
+        return value
+
+    def storage(self) -> StorageSettings:
+        return StorageSettings(
+            endpoint_url=self.s3_endpoint,
+            bucket=self.s3_bucket,
+            access_key=self.s3_access_key,
+            secret_key=self.s3_secret_key,
+        )
+
+    def hostname(self) -> str:
+        return socket.gethostname()
+
+
+def load_settings() -> WorkerSettings:
+    """Build the settings from the environment; call it at start-up, never at import."""
+    return WorkerSettings()

@@ -1,0 +1,24 @@
+"""The Celery task: parse the message, run the pipeline. Nothing else happens here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery, Task
+
+from crossfarm.shared import keys
+from crossfarm.shared.wire import JobMessage
+from crossfarm.worker.pipeline import Toolbox, run_job
+
+
+def register(app: Celery, toolbox: Callable[[], Toolbox]) -> None:
+    """Register the build task on `app`; `toolbox` builds the adapters lazily, after the
+    pool forks, so no Docker or HTTP connection is shared across processes."""
+
+    @app.task(name=keys.BUILD_TASK, bind=True, acks_late=True)
+    def build_job(self: Task, payload: dict[str, Any]) -> str | None:
+        job = JobMessage.model_validate(payload)
+        queue = (self.request.delivery_info or {}).get("routing_key") or "unknown"
+        state = run_job(toolbox(), job, consumed_from=queue)
+        return state.value if state else None
