@@ -98,9 +98,9 @@ class Farm:
         return env
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        log = (self.dir / f"{name}.log").open("ab")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=self.dir, start_new_session=True)
+        with (self.dir / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    cwd=self.dir, start_new_session=True)
         self.procs[name] = proc
         (self.dir / f"{name}.pid").write_text(str(proc.pid))
         return proc

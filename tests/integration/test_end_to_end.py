@@ -1,0 +1,143 @@
+"""The whole path, for real: CLI → controller → per-arch queue → builder container →
+S3 → artifacts back in target/<triple>/<profile>/."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from crossfarm.shared import keys
+from crossfarm.shared.ids import BuildId
+from crossfarm.shared.storage import S3Store, StorageSettings
+from crossfarm.shared.wire import BuildView, Manifest
+
+pytestmark = pytest.mark.integration
+
+X86 = "x86_64-unknown-linux-gnu"
+ARM = "aarch64-unknown-linux-gnu"
+#: ELF e_machine values (offset 18, little-endian)
+ELF_MACHINE = {X86: 0x3E, ARM: 0xB7}
+
+
+def _elf_machine(path: Path) -> int:
+    header = path.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF", f"{path} is not an ELF file"
+    return int.from_bytes(header[18:20], "little")
+
+
+def _store(farm) -> S3Store:
+    return S3Store(StorageSettings(endpoint_url=farm.s3_url, bucket="crossfarm",
+                                   access_key="crossfarm", secret_key="crossfarm-local-secret"))
+
+
+@pytest.fixture(scope="module")
+def built(farm, tmp_path_factory):
+    """One release build of hello-c for both targets through the CLI, shared by the checks."""
+    import shutil
+    import sys
+
+    crate = tmp_path_factory.mktemp("e2e") / "hello-c"
+    shutil.copytree(Path(__file__).parents[1] / "fixtures" / "hello-c", crate)
+    result = subprocess.run(
+        [sys.executable, "-m", "crossfarm.client", "build", "--target", X86, "--target", ARM,
+         "--release", "--json"],
+        cwd=crate, env=farm.env(), capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr
+    return crate, BuildView.model_validate_json(result.stdout), result.stderr
+
+
+def test_both_targets_succeed_and_land_where_cargo_puts_them(built):
+    crate, build, _ = built
+    assert build.state == "succeeded"
+    for target in (X86, ARM):
+        binary = crate / "target" / target / "release" / "hello-c"
+        assert binary.is_file(), f"{binary} missing"
+        assert _elf_machine(binary) == ELF_MACHINE[target]
+
+
+def test_x86_binary_runs_here_and_prints_its_answer(built):
+    crate, _, _ = built
+    out = subprocess.run([crate / "target" / X86 / "release" / "hello-c"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "hello from x86_64: answer=42"
+
+
+def test_aarch64_binary_runs_under_qemu_user_and_prints_its_answer(built):
+    crate, _, _ = built
+    out = subprocess.run(
+        ["qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu",
+         crate / "target" / ARM / "release" / "hello-c"],
+        capture_output=True, text=True, check=True,
+    )
+    assert out.stdout.strip() == "hello from aarch64: answer=42"
+
+
+def test_each_job_went_through_its_architectures_queue_and_names_worker_and_mode(built):
+    _, build, _ = built
+    jobs = {job.target: job for job in build.jobs}
+    assert jobs[X86].queue == jobs[X86].consumed_from == "crossfarm.builds.amd64"
+    assert jobs[ARM].queue == jobs[ARM].consumed_from == "crossfarm.builds.arm64"
+    assert jobs[X86].mode == "native"
+    assert jobs[ARM].mode == "cross"
+    assert {job.worker for job in build.jobs} == {"worker-amd64"}
+    assert all(job.exit_code == 0 and job.started_at and job.finished_at for job in build.jobs)
+
+
+def test_manifest_sha256_matches_the_downloaded_bytes(farm, built):
+    crate, build, _ = built
+    store = _store(farm)
+    for job in build.jobs:
+        raw = store.get_bytes(keys.manifest_key(BuildId(build.build_id), job.target, job.attempt))
+        manifest = Manifest.model_validate_json(raw)
+        assert [a.name for a in manifest.artifacts] == ["hello-c"]
+        local = crate / "target" / job.target / manifest.profile_dir / "hello-c"
+        assert hashlib.sha256(local.read_bytes()).hexdigest() == manifest.artifacts[0].sha256
+        assert local.stat().st_size == manifest.artifacts[0].size
+
+
+def test_logs_show_cargo_output_per_target(built):
+    _, _, stderr = built
+    assert f"[{X86}" in stderr and f"[{ARM}]" in stderr
+    assert "Compiling hello-c" in stderr
+
+
+def test_event_stream_resumes_after_last_event_id(farm, built):
+    _, build, _ = built
+    url = f"{farm.controller_url}/v1/builds/{build.build_id}/events"
+
+    def ids_and_data(headers):
+        with httpx.stream("GET", url, headers=headers, timeout=30) as response:
+            assert response.status_code == 200
+            text = response.read().decode()
+        frames = [f for f in text.split("\n\n") if f.startswith("id:")]
+        return [(f.split("\n")[0][4:], f.split("data: ", 1)[1]) for f in frames]
+
+    everything = ids_and_data({})
+    assert json.loads(everything[-1][1])["kind"] == "end"
+    cut = len(everything) // 2
+    resumed = ids_and_data({"Last-Event-ID": everything[cut - 1][0]})
+    assert resumed == everything[cut:]
+
+
+def test_unchanged_resubmission_uploads_nothing(farm, built, cli):
+    crate, _, _ = built
+    result = cli(crate, "build", "--target", X86, "--release", "--detach")
+    assert result.returncode == 0, result.stderr
+    assert "already on the farm" in result.stderr
+    assert "uploading" not in result.stderr
+
+
+def test_compile_error_fails_the_build_with_cargos_message_and_nonzero_exit(farm, crate, cli):
+    main = crate / "src" / "main.rs"
+    main.write_text(main.read_text().replace("let answer", "let answer: u8"))
+    result = cli(crate, "build", "--target", X86)
+    assert result.returncode == 1
+    assert "error[E0308]: mismatched types" in result.stderr
+    assert "cargo build failed with exit code 101" in result.stdout
+    assert not (crate / "target" / X86 / "debug" / "hello-c").exists()
