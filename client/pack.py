@@ -64,7 +64,9 @@ def pack(root: Path, limits: ArchiveLimits | None = None) -> Packed:
             check_member(info)
             total += info.size
             if info.size > limits.max_file_bytes:
-                raise InvalidArchive(f"{info.size} bytes; the limit is {limits.max_file_bytes}", name)
+                raise InvalidArchive(
+                    f"{info.size} bytes; the limit is {limits.max_file_bytes}", name
+                )
             if total > limits.max_total_bytes:
                 raise InvalidArchive(f"the tree is over {limits.max_total_bytes} bytes")
             if info.isfile():

@@ -1,1 +1,1 @@
-"""The controller: accepts builds, records them, and routes each target to its architecture's queue."""
+"""The controller: accepts builds, records them, routes each target to its arch's queue."""

@@ -34,7 +34,7 @@ _REFUSED = {
 
 
 def check_cargo_args(args: list[str]) -> list[str]:
-    """Return `args` if every one is allowed; raise InvalidCargoArgs naming the first that is not."""
+    """Return `args` if all are allowed; else raise InvalidCargoArgs naming the first refused."""
     expect_value = False
     for arg in args:
         if expect_value:

@@ -7,6 +7,8 @@ client that reconnects with Last-Event-ID resumes exactly where it stopped.
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 import redis.asyncio
 
@@ -56,7 +58,7 @@ class EventReader:
     async def read(
         self, build_id: BuildId, after: str, block_ms: int, count: int = 500
     ) -> list[tuple[str, Event]]:
-        answer = await self._redis.xread(
+        answer: Any = await self._redis.xread(
             {keys.events_stream(build_id): after}, count=count, block=block_ms
         )
         entries: list[tuple[str, Event]] = []

@@ -97,68 +97,9 @@ class S3Store:
             return False
         return True
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = ...) -> None: ...
-    def put_file(self, key: str, path: Path, sha256: str) -> None: ...
-    def get_bytes(self, key: str) -> bytes: ...
-    def download(self, key: str, path: Path) -> None: ...
-    def presign_get(self, key: str, expires_s: int) -> str: ...
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fileobj:
-        for block in iter(lambda: fileobj.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _client(endpoint: str, settings: StorageSettings) -> Any:
-    config = botocore.config.Config(
-        signature_version="s3v4",
-        s3={"addressing_style": "path"},
-        retries={"max_attempts": 5, "mode": "standard"},
-        connect_timeout=5,
-        read_timeout=60,
-    )
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=settings.access_key,
-        aws_secret_access_key=settings.secret_key,
-        region_name=settings.region,
-        config=config,
-    )
-
-
-class S3Store:
-    """ObjectStore on an S3-compatible server."""
-
-    def __init__(self, settings: StorageSettings) -> None:
-        self._bucket = settings.bucket
-        self._s3 = _client(settings.endpoint_url, settings)
-        self._signer = _client(settings.public_endpoint_url or settings.endpoint_url, settings)
-
-    def ensure_bucket(self) -> None:
-        try:
-            self._s3.head_bucket(Bucket=self._bucket)
-        except botocore.exceptions.ClientError:
-            with _translated(self._bucket):
-                self._s3.create_bucket(Bucket=self._bucket)
-        except botocore.exceptions.BotoCoreError as exc:
-            raise StorageError(f"object store unreachable: {exc}") from exc
-
-    def exists(self, key: str) -> bool:
-        try:
-            self._s3.head_object(Bucket=self._bucket, Key=key)
-        except botocore.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise StorageError(f"object store error on {key}: {exc}") from exc
-        except botocore.exceptions.BotoCoreError as exc:
-            raise StorageError(f"object store unreachable: {exc}") from exc
-        return True
-
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put_bytes(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
         with _translated(key):
             self._s3.put_object(Bucket=self._bucket, Key=key, Body=data, ContentType=content_type)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from crossfarm.shared import keys
 from crossfarm.shared.ids import BuildId
@@ -21,7 +22,7 @@ def profile_dir(profile: str) -> str:
     return {"dev": "debug", "test": "debug", "bench": "release"}.get(profile, profile)
 
 
-def artifact_paths(message: dict[str, object]) -> list[str]:
+def artifact_paths(message: dict[str, Any]) -> list[str]:
     """The shipped files named by one cargo `compiler-artifact` message (none for others)."""
     if message.get("reason") != "compiler-artifact":
         return []

@@ -82,7 +82,8 @@ class Docker:
     def container(self, step: Step) -> Iterator[Container]:
         """A created (not started) container for `step`, removed when the block ends."""
         mounts = {name: {"bind": path, "mode": "rw"} for name, path in step.volumes.items()}
-        mounts.update({str(host): {"bind": path, "mode": "ro"} for host, path in step.binds.items()})
+        for host, path in step.binds.items():
+            mounts[str(host)] = {"bind": path, "mode": "ro"}
         raw = self._client.containers.create(
             image=step.image,
             command=step.command,

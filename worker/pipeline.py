@@ -63,12 +63,11 @@ class JobLog:
 def run_job(tools: Toolbox, job: JobMessage, consumed_from: str) -> BuildState | None:
     """Run one job end to end; returns its final state, or None if the farm said not to run it."""
     job_id = JobId(job.job_id)
+    refusal: str | None = None
     try:
         mode = build_mode(job.target, tools.host, tools.settings.cross_arches)
     except BuildError as exc:
         mode, refusal = BuildMode.CROSS, exc.message
-    else:
-        refusal = None
     verdict = tools.reporter.started(job_id, JobStarted(
         attempt=job.attempt, worker=tools.settings.worker_name,
         hostname=tools.settings.hostname(), mode=mode, consumed_from=consumed_from,
@@ -90,19 +89,19 @@ def run_job(tools: Toolbox, job: JobMessage, consumed_from: str) -> BuildState |
 
 def _build(tools: Toolbox, job: JobMessage, mode: BuildMode, joblog: JobLog) -> JobFinished:
     deadline = time.monotonic() + job.timeout_s
-    failed = BuildState.FAILED
     try:
         manifest = _compile_and_publish(tools, job, joblog, deadline)
     except BuildCancelled:
         return JobFinished(attempt=job.attempt, state=BuildState.CANCELLED, reason="cancelled")
     except BuildTimeout:
-        return JobFinished(attempt=job.attempt, state=failed,
+        return JobFinished(attempt=job.attempt, state=BuildState.FAILED,
                            reason=f"timeout: the build ran past {job.timeout_s} s and was killed")
     except BuildError as exc:
-        return JobFinished(attempt=job.attempt, state=failed, exit_code=exc.exit_code,
+        return JobFinished(attempt=job.attempt, state=BuildState.FAILED, exit_code=exc.exit_code,
                            reason=exc.message)
     except StorageError as exc:
-        return JobFinished(attempt=job.attempt, state=failed, reason=f"storage: {exc.message}")
+        return JobFinished(attempt=job.attempt, state=BuildState.FAILED,
+                           reason=f"storage: {exc.message}")
     return JobFinished(attempt=job.attempt, state=BuildState.SUCCEEDED, exit_code=0,
                        manifest=manifest)
 

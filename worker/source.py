@@ -34,7 +34,7 @@ def container_tar(
     """
     with archive.open("rb") as fileobj:
         inspect_archive(fileobj, limits)
-    out = tempfile.TemporaryFile()
+    out = tempfile.TemporaryFile()  # noqa: SIM115 - the caller closes it
     names: set[str] = set()
     with tarfile.open(archive, "r:gz") as src, tarfile.open(fileobj=out, mode="w") as dst:
         root = tarfile.TarInfo(prefix)

@@ -16,7 +16,7 @@ def register(app: Celery, toolbox: Callable[[], Toolbox]) -> None:
     """Register the build task on `app`; `toolbox` builds the adapters lazily, after the
     pool forks, so no Docker or HTTP connection is shared across processes."""
 
-    @app.task(name=keys.BUILD_TASK, bind=True, acks_late=True)
+    @app.task(name=keys.BUILD_TASK, bind=True, acks_late=True)  # type: ignore[untyped-decorator]
     def build_job(self: Task, payload: dict[str, Any]) -> str | None:
         job = JobMessage.model_validate(payload)
         queue = (self.request.delivery_info or {}).get("routing_key") or "unknown"

@@ -81,4 +81,5 @@ async def _sse(
 
 
 def _frame(entry_id: str, event: Event) -> str:
-    return f"id: {entry_id}\nevent: {event.kind}\ndata: {event.model_dump_json(exclude_none=True)}\n\n"
+    data = event.model_dump_json(exclude_none=True)
+    return f"id: {entry_id}\nevent: {event.kind}\ndata: {data}\n\n"

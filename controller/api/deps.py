@@ -8,7 +8,14 @@ from typing import Annotated
 from fastapi import Depends, Header, HTTPException, Path, Request
 
 from crossfarm.controller.builds import Farm
-from crossfarm.shared.ids import BuildId, JobId, SourceDigest, parse_build_id, parse_digest, parse_job_id
+from crossfarm.shared.ids import (
+    BuildId,
+    JobId,
+    SourceDigest,
+    parse_build_id,
+    parse_digest,
+    parse_job_id,
+)
 
 
 def _farm(request: Request) -> Farm:

@@ -11,6 +11,7 @@ farm with it on free loopback ports. Every process binds to 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -97,7 +98,9 @@ class Farm:
         env.update(extra)
         return env
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    def _spawn(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
         with (self.dir / f"{name}.log").open("ab") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                     cwd=self.dir, start_new_session=True)
@@ -188,10 +191,8 @@ def up(state_dir: Path, cross: str) -> Farm:
 
 def down(state_dir: Path) -> None:
     for pidfile in sorted(state_dir.glob("*.pid")):
-        try:
+        with contextlib.suppress(ProcessLookupError, ValueError):
             os.killpg(int(pidfile.read_text()), signal.SIGTERM)
-        except (ProcessLookupError, ValueError):
-            pass
         pidfile.unlink()
 
 

@@ -24,7 +24,8 @@ BUILDER_IMAGE = "crossfarm/builder:1"
 
 def _load_farm_module() -> ModuleType:
     spec = importlib.util.spec_from_file_location("localfarm", REPO / "deploy/local/farm.py")
-    assert spec and spec.loader
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["localfarm"] = module
     spec.loader.exec_module(module)
@@ -43,7 +44,7 @@ def _require(condition: bool, message: str) -> None:
 def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A whole farm: one amd64 worker that also serves arm64 with its cross toolchain."""
     for tool in ("redis-server", "weed", "docker"):
-        _require(shutil.which(tool) is not None, f"{tool} is not installed (run .ci/run or make up)")
+        _require(shutil.which(tool) is not None, f"{tool} is not installed (make install)")
     docker_ok = subprocess.run(["docker", "info"], capture_output=True).returncode == 0
     _require(docker_ok, "the Docker engine does not answer (docker info failed)")
     image_ok = subprocess.run(["docker", "image", "inspect", BUILDER_IMAGE],

@@ -8,7 +8,6 @@ import io
 import subprocess
 import tarfile
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -35,7 +34,9 @@ def api(farm):
 
 def test_unsupported_target_gets_422_naming_the_supported_ones(api, crate):
     digest = _upload(api, pack(crate).data)
-    response = api.post("/v1/builds", json={"source": digest, "targets": ["riscv64gc-unknown-linux-gnu"]})
+    response = api.post(
+        "/v1/builds", json={"source": digest, "targets": ["riscv64gc-unknown-linux-gnu"]}
+    )
     assert response.status_code == 422
     body = response.json()
     assert body["error"] == "UnsupportedTarget"

@@ -103,7 +103,8 @@ def test_manifest_sha256_matches_the_downloaded_bytes(farm, built):
 
 def test_logs_show_cargo_output_per_target(built):
     _, _, stderr = built
-    assert f"[{X86}" in stderr and f"[{ARM}]" in stderr
+    assert f"[{X86}" in stderr
+    assert f"[{ARM}]" in stderr
     assert "Compiling hello-c" in stderr
 
 

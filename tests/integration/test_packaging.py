@@ -37,5 +37,6 @@ def test_install_puts_only_crossfarm_on_sys_path(tmp_path):
         "crossfarm.client": True, "crossfarm.controller.api": True,
     }
     site = next((venv / "lib").glob("python*/site-packages"))
-    assert not any((site / name).exists() for name in ("controller", "worker", "shared", "client", "tests"))
+    generic = ("controller", "worker", "shared", "client", "tests")
+    assert not any((site / name).exists() for name in generic)
     assert (venv / "bin" / "crossfarm").exists()

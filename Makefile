@@ -1,0 +1,53 @@
+# The one entry point for humans and CI alike.
+SHELL := /bin/bash
+PYTHON ?= python3
+STATE ?= .crossfarm
+BUILDER_IMAGE ?= crossfarm/builder:1
+APT_PACKAGES := redis-server mmdebstrap qemu-user-static libc6-arm64-cross libgcc-s1-arm64-cross file git
+
+.PHONY: up down test lint typecheck unit integration install image demo bench
+
+up: install image ## install what is missing, start the farm here, run a demo build
+	$(PYTHON) deploy/local/farm.py up --dir $(STATE)
+	$(MAKE) --no-print-directory demo
+
+down: ## stop what `make up` started
+	$(PYTHON) deploy/local/farm.py down --dir $(STATE)
+
+test: lint typecheck ## every check and every test
+	$(PYTHON) -m pytest tests
+
+unit:
+	$(PYTHON) -m pytest tests/unit
+
+integration:
+	$(PYTHON) -m pytest tests/integration
+
+lint:
+	$(PYTHON) -m ruff check .
+	lint-imports
+
+# mypy follows the installed names (crossfarm.shared, …): give it a tree with those names.
+typecheck:
+	@rm -rf build/typecheck && mkdir -p build/typecheck/crossfarm
+	@for part in shared controller worker client; do ln -s ../../../$$part build/typecheck/crossfarm/$$part; done
+	MYPYPATH=build/typecheck $(PYTHON) -m mypy -p crossfarm.shared -p crossfarm.controller -p crossfarm.worker -p crossfarm.client
+
+install: ## apt and pip packages, only what is missing
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing $$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@$(PYTHON) -c "import crossfarm.controller, crossfarm.worker, fastapi, celery, docker, pytest" 2>/dev/null \
+	  || $(PYTHON) -m pip install -q -e '.[dev]'
+	@docker info >/dev/null 2>&1 || { echo "the Docker engine does not answer: start dockerd" >&2; exit 1; }
+
+image: ## the builder image, built with no registry when it is missing
+	@docker image inspect $(BUILDER_IMAGE) >/dev/null 2>&1 \
+	  || deploy/images/builder/build-offline.sh $(BUILDER_IMAGE)
+
+demo: ## build the sample crate for both architectures on the running farm
+	@rm -rf $(STATE)/demo && cp -r tests/fixtures/hello-c $(STATE)/demo
+	cd $(STATE)/demo && $(PYTHON) -m crossfarm.client build \
+	  --target x86_64-unknown-linux-gnu --target aarch64-unknown-linux-gnu --release
+	@file $(STATE)/demo/target/*/release/hello-c

@@ -1,0 +1,80 @@
+from itertools import combinations
+
+import pytest
+
+from crossfarm.shared import keys
+from crossfarm.shared.arch import Arch
+from crossfarm.shared.ids import BuildId, JobId, SourceDigest
+
+BUILD = BuildId("b-0123456789abcdef")
+OTHER_BUILD = BuildId("b-fedcba9876543210")
+X86 = "x86_64-unknown-linux-gnu"
+ARM = "aarch64-unknown-linux-gnu"
+
+
+@pytest.mark.parametrize(
+    ("arch", "queue"),
+    [(Arch.AMD64, "crossfarm.builds.amd64"), (Arch.ARM64, "crossfarm.builds.arm64")],
+)
+def test_each_architecture_has_its_own_queue(arch, queue):
+    assert keys.queue_name(arch) == queue
+
+
+def test_no_attempt_prefix_contains_another():
+    prefixes = [
+        keys.job_prefix(build, target, attempt)
+        for build in (BUILD, OTHER_BUILD)
+        for target in (X86, ARM)
+        for attempt in range(1, 25)
+    ]
+    assert len(set(prefixes)) == len(prefixes)
+    for a, b in combinations(prefixes, 2):
+        assert not a.startswith(b)
+        assert not b.startswith(a)
+
+
+def test_attempt_one_and_attempt_ten_do_not_share_a_prefix():
+    one = keys.job_prefix(BUILD, X86, 1)
+    ten = keys.job_prefix(BUILD, X86, 10)
+    assert not ten.startswith(one)
+    assert not keys.manifest_key(BUILD, X86, 10).startswith(one)
+
+
+def test_the_manifest_is_under_the_job_prefix():
+    prefix = keys.job_prefix(BUILD, ARM, 2)
+    assert keys.manifest_key(BUILD, ARM, 2).startswith(prefix)
+    assert keys.manifest_key(BUILD, ARM, 2).endswith("manifest.json")
+
+
+def test_an_artifact_is_under_the_job_prefix_with_its_name_last():
+    key = keys.artifact_key(BUILD, ARM, 3, "hello")
+    assert key.startswith(keys.job_prefix(BUILD, ARM, 3))
+    assert key.endswith("/hello")
+
+
+def test_an_artifact_cannot_collide_with_the_manifest_or_log():
+    prefix = keys.job_prefix(BUILD, X86, 1)
+    artifact = keys.artifact_key(BUILD, X86, 1, "manifest.json")
+    assert artifact.startswith(prefix)
+    assert artifact != keys.manifest_key(BUILD, X86, 1)
+    assert keys.artifact_key(BUILD, X86, 1, "build.log") != keys.log_key(BUILD, X86, 1)
+
+
+def test_the_log_is_under_the_job_prefix():
+    assert keys.log_key(BUILD, X86, 1).startswith(keys.job_prefix(BUILD, X86, 1))
+
+
+def test_prefixes_start_with_the_build():
+    assert keys.job_prefix(BUILD, X86, 1).startswith(f"builds/{BUILD}/")
+
+
+def test_sources_are_named_by_their_digest():
+    digest = SourceDigest("ab" * 32)
+    assert keys.source_key(digest) == f"sources/{digest}.tar.gz"
+
+
+def test_redis_keys_name_their_build_or_job():
+    job = JobId("j-0123456789abcdef")
+    assert BUILD in keys.events_stream(BUILD)
+    assert keys.events_stream(BUILD) != keys.events_stream(OTHER_BUILD)
+    assert job in keys.cancel_flag(job)
