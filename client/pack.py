@@ -2,7 +2,8 @@
 
 Files are what git would track: tracked plus untracked-but-not-ignored, so
 .gitignore is honoured and target/ never travels. A directory that is not a
-git checkout is listed with a throwaway git index, so its .gitignore counts too.
+git checkout (or sits in an ignored part of one) is listed with a throwaway git
+index, so its .gitignore counts too.
 The archive is byte-for-byte the same for the same tree (sorted names, zero
 times and owners), so an unchanged tree has the same digest and is not re-sent.
 """
@@ -35,9 +36,7 @@ class Packed:
 def list_files(root: Path) -> list[str]:
     """The crate's files, relative to `root`, as git sees them (ignores honoured)."""
     args = ["ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "."]
-    inside = subprocess.run(["git", "-C", str(root), "rev-parse", "--is-inside-work-tree"],
-                            capture_output=True, text=True)
-    if inside.returncode == 0 and inside.stdout.strip() == "true":
+    if _tracked_by_git(root):
         out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, check=True)
     else:
         with tempfile.TemporaryDirectory() as gitdir:
@@ -47,6 +46,17 @@ def list_files(root: Path) -> list[str]:
                                  capture_output=True, check=True)
     names = {name for name in out.stdout.decode().split("\0") if name}
     return sorted(n for n in names if n.split("/")[0] not in ("target", ".git"))
+
+
+def _tracked_by_git(root: Path) -> bool:
+    """Inside a git work tree, and not in a part of it that the tree ignores."""
+    inside = subprocess.run(["git", "-C", str(root), "rev-parse", "--is-inside-work-tree"],
+                            capture_output=True, text=True)
+    if inside.returncode != 0 or inside.stdout.strip() != "true":
+        return False
+    ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", "."],
+                             capture_output=True)
+    return ignored.returncode != 0
 
 
 def pack(root: Path, limits: ArchiveLimits | None = None) -> Packed:

@@ -1,0 +1,143 @@
+import inspect
+
+import pytest
+from pydantic import ValidationError
+
+from crossfarm.shared import wire
+from crossfarm.shared.states import BuildState
+from crossfarm.shared.wire import BuildRequest, JobFinished, Wire
+
+DIGEST = "0123456789abcdef" * 4
+X86 = "x86_64-unknown-linux-gnu"
+
+
+def _request(**fields):
+    return BuildRequest.model_validate({"source": DIGEST, "targets": [X86], **fields})
+
+
+def _error_types(exc):
+    return {error["type"] for error in exc.value.errors()}
+
+
+def test_a_minimal_request_gets_the_defaults():
+    request = _request()
+    assert request.profile == "dev"
+    assert request.features == []
+    assert request.cargo_args == []
+    assert request.all_features is False
+    assert request.no_default_features is False
+    assert request.timeout_s is None
+
+
+def test_an_unknown_field_is_refused():
+    with pytest.raises(ValidationError) as exc:
+        _request(relase=True)
+    assert _error_types(exc) == {"extra_forbidden"}
+    assert exc.value.errors()[0]["loc"] == ("relase",)
+
+
+def test_a_request_without_targets_is_refused():
+    with pytest.raises(ValidationError) as exc:
+        _request(targets=[])
+    assert exc.value.errors()[0]["loc"] == ("targets",)
+
+
+def test_an_empty_target_name_is_refused():
+    with pytest.raises(ValidationError):
+        _request(targets=[""])
+
+
+def test_more_than_sixteen_targets_are_refused():
+    with pytest.raises(ValidationError):
+        _request(targets=[X86] * 17)
+
+
+@pytest.mark.parametrize("profile", ["dev", "release", "my-profile_2", "a" * 64])
+def test_a_well_formed_profile_name_is_accepted(profile):
+    assert _request(profile=profile).profile == profile
+
+
+@pytest.mark.parametrize(
+    "profile", ["", "Release", "2fast", "-dev", "dev profile", "dev/../x", "a" * 65]
+)
+def test_a_bad_profile_name_is_refused(profile):
+    with pytest.raises(ValidationError) as exc:
+        _request(profile=profile)
+    assert exc.value.errors()[0]["loc"] == ("profile",)
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["", DIGEST[:-1], DIGEST + "0", DIGEST.upper(), "z" * 64, DIGEST + "\n", "sha256:" + DIGEST],
+)
+def test_a_bad_source_digest_is_refused(source):
+    with pytest.raises(ValidationError) as exc:
+        _request(source=source)
+    assert exc.value.errors()[0]["loc"] == ("source",)
+
+
+@pytest.mark.parametrize("feature", ["", "-x", "a b", "a,b"])
+def test_a_bad_feature_name_is_refused(feature):
+    with pytest.raises(ValidationError):
+        _request(features=[feature])
+
+
+def test_dependency_features_are_accepted():
+    assert _request(features=["serde/derive", "tls"]).features == ["serde/derive", "tls"]
+
+
+@pytest.mark.parametrize("timeout_s", [9, 0, -1, 24 * 3600 + 1])
+def test_a_timeout_outside_its_bounds_is_refused(timeout_s):
+    with pytest.raises(ValidationError):
+        _request(timeout_s=timeout_s)
+
+
+@pytest.mark.parametrize("timeout_s", [10, 24 * 3600])
+def test_a_timeout_at_its_bounds_is_accepted(timeout_s):
+    assert _request(timeout_s=timeout_s).timeout_s == timeout_s
+
+
+def test_a_request_is_frozen():
+    request = _request()
+    with pytest.raises(ValidationError) as exc:
+        request.profile = "release"
+    assert _error_types(exc) == {"frozen_instance"}
+    assert request.profile == "dev"
+
+
+def test_a_request_round_trips_through_json():
+    request = _request(profile="release", features=["a"], cargo_args=["--locked"], timeout_s=60)
+    assert BuildRequest.model_validate_json(request.model_dump_json()) == request
+
+
+WIRE_MODELS = [
+    model
+    for _, model in inspect.getmembers(wire, inspect.isclass)
+    if issubclass(model, Wire) and model is not Wire
+]
+
+
+@pytest.mark.parametrize("model", WIRE_MODELS, ids=lambda m: m.__name__)
+def test_every_wire_model_forbids_unknown_fields_and_is_frozen(model):
+    assert model.model_config["extra"] == "forbid"
+    assert model.model_config["frozen"] is True
+
+
+def test_all_wire_models_were_found():
+    assert {model.__name__ for model in WIRE_MODELS} >= {
+        "BuildRequest", "BuildView", "JobView", "JobMessage", "JobStarted", "JobFinished",
+        "Manifest", "ArtifactEntry", "ArtifactView", "Event", "SourceStatus", "ErrorBody",
+        "StartVerdict",
+    }
+
+
+@pytest.mark.parametrize("state", [BuildState.QUEUED, BuildState.RUNNING])
+def test_a_finished_report_must_carry_a_terminal_state(state):
+    with pytest.raises(ValidationError):
+        JobFinished(attempt=1, state=state)
+
+
+def test_a_finished_report_accepts_a_terminal_state_from_json():
+    report = JobFinished.model_validate_json('{"attempt": 2, "state": "failed", "exit_code": 101}')
+    assert report.state is BuildState.FAILED
+    assert report.exit_code == 101
