@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +60,13 @@ class JobLog:
     def __call__(self, text: str) -> None:
         self.lines.append(text)
         self._reporter.line(self._build_id, self._target, text)
+
+    @contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        """Log how long a step took, so a slow build shows where its time went."""
+        started = time.monotonic()
+        yield
+        self(f"crossfarm: {step} took {time.monotonic() - started:.2f} s")
 
 
 def run_job(tools: Toolbox, job: JobMessage, consumed_from: str) -> BuildState | None:
@@ -116,8 +125,9 @@ def _compile_and_publish(
                          "build it with deploy/images/builder/build-offline.sh")
     with tempfile.TemporaryDirectory(dir=settings.scratch_dir) as scratch:
         tmp = Path(scratch)
-        archive = fetch_source(tools.storage, SourceDigest(job.source), tmp)
-        tree, names = container_tar(archive, "src", BUILD_UID, ArchiveLimits())
+        with joblog.timed("source download and check"):
+            archive = fetch_source(tools.storage, SourceDigest(job.source), tmp)
+            tree, names = container_tar(archive, "src", BUILD_UID, ArchiveLimits())
         locked = "Cargo.lock" in names
         labels = {"io.crossfarm.job": job.job_id, "io.crossfarm.attempt": str(job.attempt),
                   "io.crossfarm.worker": settings.worker_name}
@@ -125,7 +135,7 @@ def _compile_and_publish(
         with tree, tools.docker.volume(volume_name, labels):
             fetch = _step(settings, job, cargo.fetch_command(job, locked), volume_name,
                           network=True, labels=labels)
-            with tools.docker.container(fetch) as container:
+            with joblog.timed("dependency fetch step"), tools.docker.container(fetch) as container:
                 container.put(cargo.WORK, tree)
                 result = container.run(lambda _s, line: joblog(line), deadline,
                                        lambda: tools.reporter.cancelled(JobId(job.job_id)))
@@ -133,7 +143,8 @@ def _compile_and_publish(
                 raise BuildError("fetching dependencies failed (see the log above)",
                                  exit_code=result.exit_code)
             files = _compile(tools, job, locked, volume_name, labels, joblog, deadline, tmp)
-        return _publish(tools.storage, job, files)
+        with joblog.timed("artifact upload"):
+            return _publish(tools.storage, job, files)
 
 
 def _compile(tools: Toolbox, job: JobMessage, locked: bool, volume: str,
@@ -149,7 +160,7 @@ def _compile(tools: Toolbox, job: JobMessage, locked: bool, volume: str,
     jobs = max(1, int(settings.build_cpus))
     step = _step(settings, job, cargo.build_command(job, locked, jobs), volume,
                  network=False, labels=labels)
-    with tools.docker.container(step) as container:
+    with joblog.timed("build step"), tools.docker.container(step) as container:
         result = container.run(sink, deadline, lambda: tools.reporter.cancelled(JobId(job.job_id)))
         if result.oom_killed:
             raise BuildError("out-of-memory: the build container hit its memory limit of "

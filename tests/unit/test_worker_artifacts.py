@@ -1,0 +1,226 @@
+import hashlib
+import json
+
+import pytest
+
+from crossfarm.shared import keys
+from crossfarm.shared.ids import BuildId
+from crossfarm.worker.artifacts import (
+    ArtifactCollector,
+    JobOutput,
+    artifact_paths,
+    build_manifest,
+    profile_dir,
+)
+
+OUT = "/work/target/x86_64-unknown-linux-gnu/debug"
+
+
+def _artifact(kinds, filenames, executable=None, name="hello"):
+    """A cargo `compiler-artifact` message as `cargo build --message-format=json` prints it."""
+    return {
+        "reason": "compiler-artifact",
+        "package_id": f"path+file:///work/src#{name}@0.1.0",
+        "manifest_path": "/work/src/Cargo.toml",
+        "target": {
+            "kind": kinds,
+            "crate_types": kinds,
+            "name": name,
+            "src_path": "/work/src/src/main.rs",
+            "edition": "2021",
+            "doc": True,
+            "doctest": False,
+            "test": True,
+        },
+        "profile": {"opt_level": "0", "debuginfo": 2, "test": False},
+        "features": [],
+        "filenames": filenames,
+        "executable": executable,
+        "fresh": False,
+    }
+
+
+def test_a_binary_yields_its_executable():
+    message = _artifact(["bin"], [f"{OUT}/hello"], executable=f"{OUT}/hello")
+    assert artifact_paths(message) == [f"{OUT}/hello"]
+
+
+def test_an_example_yields_its_executable():
+    message = _artifact(["example"], [f"{OUT}/examples/demo"],
+                        executable=f"{OUT}/examples/demo", name="demo")
+    assert artifact_paths(message) == [f"{OUT}/examples/demo"]
+
+
+def test_an_rlib_stays_behind():
+    message = _artifact(["lib"], [f"{OUT}/deps/libhello-1a2b.rlib",
+                                  f"{OUT}/deps/libhello-1a2b.rmeta"])
+    assert artifact_paths(message) == []
+
+
+def test_a_cdylib_yields_only_its_shared_object():
+    message = _artifact(["cdylib"], [f"{OUT}/libhello.so", f"{OUT}/deps/hello.d"])
+    assert artifact_paths(message) == [f"{OUT}/libhello.so"]
+
+
+def test_a_staticlib_yields_only_its_archive():
+    message = _artifact(["staticlib"], [f"{OUT}/libhello.a", f"{OUT}/deps/libhello.rmeta"])
+    assert artifact_paths(message) == [f"{OUT}/libhello.a"]
+
+
+def test_a_library_of_several_kinds_yields_the_shipped_files_in_order():
+    message = _artifact(
+        ["lib", "cdylib", "staticlib"],
+        [f"{OUT}/libhello.rlib", f"{OUT}/libhello.so", f"{OUT}/libhello.a"],
+    )
+    assert artifact_paths(message) == [f"{OUT}/libhello.so", f"{OUT}/libhello.a"]
+
+
+def test_a_proc_macro_is_a_compiler_plugin_not_an_artifact():
+    message = _artifact(["proc-macro"], [f"{OUT}/deps/libderive_hello-9f.so"])
+    assert artifact_paths(message) == []
+
+
+def test_a_build_script_yields_nothing():
+    message = _artifact(["custom-build"],
+                        [f"/work/target/debug/build/hello-3c/build-script-build"],
+                        executable=None, name="build-script-build")
+    assert artifact_paths(message) == []
+
+
+def test_a_build_script_with_an_executable_path_still_yields_nothing():
+    path = "/work/target/debug/build/hello-3c/build-script-build"
+    assert artifact_paths(_artifact(["custom-build"], [path], executable=path)) == []
+
+
+def test_a_binary_without_an_executable_path_yields_nothing():
+    assert artifact_paths(_artifact(["bin"], [f"{OUT}/hello"], executable=None)) == []
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"reason": "build-script-executed", "package_id": "x", "linked_libs": [],
+         "linked_paths": [], "cfgs": [], "env": [], "out_dir": "/work/target/out"},
+        {"reason": "compiler-message", "package_id": "x",
+         "message": {"rendered": "warning: unused", "level": "warning"}},
+        {"reason": "build-finished", "success": True},
+        {**_artifact(["bin"], [f"{OUT}/hello"], executable=f"{OUT}/hello"),
+         "reason": "compiler-message"},
+        {},
+    ],
+    ids=["build-script-executed", "compiler-message", "build-finished",
+         "bin-fields-other-reason", "empty"],
+)
+def test_a_message_that_is_not_a_compiler_artifact_yields_nothing(message):
+    assert artifact_paths(message) == []
+
+
+def test_a_malformed_artifact_message_yields_nothing():
+    assert artifact_paths({"reason": "compiler-artifact", "target": "bin",
+                           "executable": f"{OUT}/hello"}) == []
+
+
+def test_the_collector_remembers_artifacts_from_json_lines_once_each_in_order():
+    collector = ArtifactCollector()
+    bin_line = json.dumps(_artifact(["bin"], [f"{OUT}/hello"], executable=f"{OUT}/hello"))
+    so_line = json.dumps(_artifact(["cdylib"], [f"{OUT}/libhello.so"]))
+    rlib_line = json.dumps(_artifact(["lib"], [f"{OUT}/libdep.rlib"]))
+
+    assert collector.feed(bin_line) is True
+    assert collector.feed(rlib_line) is True
+    assert collector.feed(so_line) is True
+    assert collector.feed(bin_line) is True
+
+    assert collector.paths == [f"{OUT}/hello", f"{OUT}/libhello.so"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["   Compiling hello v0.1.0 (/work/src)", "", "{not json", "[1, 2]", "42", '"text"', "null"],
+)
+def test_the_collector_reports_a_line_that_is_not_a_cargo_message(line):
+    collector = ArtifactCollector()
+    assert collector.feed(line) is False
+    assert collector.paths == []
+
+
+def test_the_collector_accepts_a_json_message_that_names_no_artifact():
+    collector = ArtifactCollector()
+    assert collector.feed('{"reason": "build-finished", "success": true}') is True
+    assert collector.paths == []
+
+
+@pytest.mark.parametrize(
+    ("profile", "directory"),
+    [("dev", "debug"), ("test", "debug"), ("release", "release"), ("bench", "release"),
+     ("custom", "custom"), ("release-lto", "release-lto")],
+)
+def test_each_profile_maps_to_its_cargo_output_directory(profile, directory):
+    assert profile_dir(profile) == directory
+
+
+JOB = JobOutput(
+    build_id=BuildId("b-0123456789abcdef"),
+    job_id="j-0123456789abcdef",
+    target="aarch64-unknown-linux-gnu",
+    attempt=2,
+    profile="dev",
+)
+
+
+@pytest.fixture
+def outputs(tmp_path):
+    binary = tmp_path / "hello"
+    binary.write_bytes(b"\x7fELF" + bytes(range(256)) * 10)
+    binary.chmod(0o755)
+    library = tmp_path / "libhello.so"
+    library.write_bytes(b"shared object")
+    library.chmod(0o644)
+    return binary, library
+
+
+def test_the_manifest_lists_each_file_with_its_size_and_sha256(outputs):
+    binary, library = outputs
+    manifest = build_manifest(JOB, [library, binary])
+
+    by_name = {entry.name: entry for entry in manifest.artifacts}
+    assert sorted(by_name) == ["hello", "libhello.so"]
+    for path in (binary, library):
+        entry = by_name[path.name]
+        assert entry.size == len(path.read_bytes())
+        assert entry.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_manifest_keys_are_under_the_attempt_prefix(outputs):
+    manifest = build_manifest(JOB, list(outputs))
+    prefix = keys.job_prefix(JOB.build_id, JOB.target, 2)
+    assert prefix.endswith("/attempt-2/")
+    for entry in manifest.artifacts:
+        assert entry.key == f"{prefix}artifacts/{entry.name}"
+
+
+def test_the_manifest_marks_executables(outputs):
+    manifest = build_manifest(JOB, list(outputs))
+    assert {entry.name: entry.executable for entry in manifest.artifacts} == {
+        "hello": True,
+        "libhello.so": False,
+    }
+
+
+def test_the_manifest_names_the_job_and_its_profile_directory(outputs):
+    manifest = build_manifest(JOB, list(outputs))
+    assert (manifest.build_id, manifest.job_id, manifest.target, manifest.attempt) == (
+        JOB.build_id, JOB.job_id, JOB.target, 2)
+    assert manifest.profile_dir == "debug"
+
+
+def test_a_job_without_artifacts_has_an_empty_manifest():
+    assert build_manifest(JOB, []).artifacts == []
+
+
+def test_two_artifacts_with_the_same_name_are_refused(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "hello").write_bytes(folder.encode())
+    with pytest.raises(ValueError, match="share a name"):
+        build_manifest(JOB, [tmp_path / "a" / "hello", tmp_path / "b" / "hello"])

@@ -1,0 +1,77 @@
+import pytest
+
+from crossfarm.shared.wire import JobMessage
+from crossfarm.worker.cargo import build_command, fetch_command
+
+ARM = "aarch64-unknown-linux-gnu"
+
+
+def _job(**fields):
+    return JobMessage.model_validate({
+        "job_id": "j-0123456789abcdef",
+        "build_id": "b-0123456789abcdef",
+        "target": ARM,
+        "attempt": 1,
+        "source": "0123456789abcdef" * 4,
+        "profile": "release",
+        "features": [],
+        "all_features": False,
+        "no_default_features": False,
+        "cargo_args": [],
+        "timeout_s": 600,
+        **fields,
+    })
+
+
+def _value_after(command, flag):
+    return command[command.index(flag) + 1]
+
+
+@pytest.mark.parametrize("locked", [True, False])
+def test_fetch_downloads_for_the_target(locked):
+    command = fetch_command(_job(), locked=locked)
+    assert command[:2] == ["cargo", "fetch"]
+    assert _value_after(command, "--target") == ARM
+    assert "--offline" not in command
+    assert ("--locked" in command) is locked
+
+
+def test_build_runs_offline_for_the_target_and_profile():
+    command = build_command(_job(), locked=False, jobs=6)
+    assert command[:2] == ["cargo", "build"]
+    assert "--offline" in command
+    assert _value_after(command, "--target") == ARM
+    assert _value_after(command, "--profile") == "release"
+    assert _value_after(command, "--jobs") == "6"
+    assert "--message-format=json-render-diagnostics" in command
+
+
+@pytest.mark.parametrize("locked", [True, False])
+def test_build_is_locked_only_when_asked(locked):
+    assert ("--locked" in build_command(_job(), locked=locked, jobs=1)) is locked
+
+
+def test_features_are_joined_into_one_argument():
+    command = build_command(_job(features=["tls", "serde/derive"]), locked=False, jobs=1)
+    assert _value_after(command, "--features") == "tls,serde/derive"
+    assert command.count("--features") == 1
+
+
+def test_no_features_means_no_features_flag():
+    command = build_command(_job(), locked=False, jobs=1)
+    assert "--features" not in command
+    assert "--all-features" not in command
+    assert "--no-default-features" not in command
+
+
+def test_feature_switches_are_passed():
+    command = build_command(_job(all_features=True, no_default_features=True), False, 1)
+    assert "--all-features" in command
+    assert "--no-default-features" in command
+
+
+def test_extra_cargo_args_come_last_in_order():
+    job = _job(features=["tls"], all_features=True, cargo_args=["--bin", "app", "-v"])
+    command = build_command(job, locked=True, jobs=2)
+    assert command[-3:] == ["--bin", "app", "-v"]
+    assert command.count("--bin") == 1
