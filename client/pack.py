@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from crossfarm.shared.archive import ArchiveLimits, check_member
+from crossfarm.shared.archive import ArchiveLimits, TreeCheck
 from crossfarm.shared.errors import InvalidArchive
 
 
@@ -35,6 +35,7 @@ class Packed:
 
 def list_files(root: Path) -> list[str]:
     """The crate's files, relative to `root`, as git sees them (ignores honoured)."""
+    root = root.resolve()
     args = ["ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "."]
     if _tracked_by_git(root):
         out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, check=True)
@@ -69,9 +70,10 @@ def pack(root: Path, limits: ArchiveLimits | None = None) -> Packed:
         raise InvalidArchive(f"{len(names)} files; the limit is {limits.max_files}")
     with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, compresslevel=6) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tree = TreeCheck()
         for name in names:
             info = _entry(root, name)
-            check_member(info)
+            tree.add(info)
             total += info.size
             if info.size > limits.max_file_bytes:
                 raise InvalidArchive(

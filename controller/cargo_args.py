@@ -37,24 +37,30 @@ def check_cargo_args(args: list[str]) -> list[str]:
     """Return `args` if all are allowed; else raise InvalidCargoArgs naming the first refused."""
     expect_value = False
     for arg in args:
+        if any(ord(char) < 32 for char in arg):
+            raise InvalidCargoArgs(arg, "control characters are not allowed")
         if expect_value:
             if arg.startswith("-"):
                 raise InvalidCargoArgs(arg, "a value was expected after the previous flag")
             expect_value = False
-            continue
-        if "\x00" in arg or "\n" in arg:
-            raise InvalidCargoArgs(arg, "control characters are not allowed")
-        flag, has_inline_value, _ = arg.partition("=")
-        if flag in _REFUSED:
-            raise InvalidCargoArgs(arg, _REFUSED[flag])
-        if flag in _WITH_VALUE:
-            expect_value = not has_inline_value
-        elif flag in _FLAGS and not has_inline_value:
-            continue
-        elif not arg.startswith("-"):
-            raise InvalidCargoArgs(arg, "positional arguments are not passed to cargo build")
         else:
-            raise InvalidCargoArgs(arg, "not one of the cargo build flags the farm passes through")
+            expect_value = _needs_value(arg)
     if expect_value:
         raise InvalidCargoArgs(args[-1], "it needs a value")
     return args
+
+
+def _needs_value(arg: str) -> bool:
+    """Check one flag; True if the next argument is its value."""
+    flag, has_inline_value, _ = arg.partition("=")
+    if flag.startswith("-Z"):
+        flag = "-Z"
+    if flag in _REFUSED:
+        raise InvalidCargoArgs(arg, _REFUSED[flag])
+    if flag in _WITH_VALUE:
+        return not has_inline_value
+    if flag in _FLAGS and not has_inline_value:
+        return False
+    if not arg.startswith("-"):
+        raise InvalidCargoArgs(arg, "positional arguments are not passed to cargo build")
+    raise InvalidCargoArgs(arg, "not one of the cargo build flags the farm passes through")

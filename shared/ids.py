@@ -25,18 +25,18 @@ def new_job_id() -> JobId:
 
 
 def parse_build_id(text: str) -> BuildId:
-    if not _BUILD_ID.match(text):
+    if not _BUILD_ID.fullmatch(text):
         raise ValueError(f"{text!r} is not a build id (b- and 16 hex digits)")
     return BuildId(text)
 
 
 def parse_job_id(text: str) -> JobId:
-    if not _JOB_ID.match(text):
+    if not _JOB_ID.fullmatch(text):
         raise ValueError(f"{text!r} is not a job id (j- and 16 hex digits)")
     return JobId(text)
 
 
 def parse_digest(text: str) -> SourceDigest:
-    if not _DIGEST.match(text):
+    if not _DIGEST.fullmatch(text):
         raise ValueError(f"{text!r} is not a sha256 digest (64 lowercase hex digits)")
     return SourceDigest(text)

@@ -21,7 +21,7 @@ from crossfarm.worker.settings import WorkerSettings, load_settings
 
 def queues_for(host: Arch, cross_arches: list[Arch]) -> list[str]:
     """The host architecture's queue first, then those it serves with a cross toolchain."""
-    arches = [host] + [arch for arch in cross_arches if arch is not host]
+    arches = list(dict.fromkeys([host, *cross_arches]))
     return [keys.queue_name(arch) for arch in arches]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import IO
 
 from crossfarm.shared import keys
-from crossfarm.shared.archive import ArchiveLimits, check_member, inspect_archive
+from crossfarm.shared.archive import ArchiveLimits, TreeCheck, inspect_archive
 from crossfarm.shared.ids import SourceDigest
 from crossfarm.shared.storage import ObjectStore, sha256_file
 
@@ -40,8 +40,9 @@ def container_tar(
         root = tarfile.TarInfo(prefix)
         root.type, root.mode, root.uid, root.gid = tarfile.DIRTYPE, 0o755, uid, uid
         dst.addfile(root)
+        tree = TreeCheck()
         for member in src:
-            check_member(member)
+            tree.add(member)
             data = src.extractfile(member) if member.isfile() else None
             names.add(member.name)
             member.name = f"{prefix}/{member.name}"

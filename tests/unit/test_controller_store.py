@@ -52,18 +52,29 @@ def built(store):
 
 def _manifest():
     return Manifest(
-        build_id=BUILD, job_id=X86_JOB, target=X86, attempt=1, profile_dir="release",
-        artifacts=[ArtifactEntry(name="app", size=3, sha256=DIGEST,
-                                 key=f"builds/{BUILD}/{X86}/attempt-1/artifacts/app",
-                                 executable=True)],
+        build_id=BUILD,
+        job_id=X86_JOB,
+        target=X86,
+        attempt=1,
+        profile_dir="release",
+        artifacts=[
+            ArtifactEntry(
+                name="app",
+                size=3,
+                sha256=DIGEST,
+                key=f"builds/{BUILD}/{X86}/attempt-1/artifacts/app",
+                executable=True,
+            )
+        ],
     )
 
 
 def test_a_new_build_is_queued_with_one_queued_job_per_target(built):
     assert built.build_id == BUILD
     assert built.state is BuildState.QUEUED
-    assert sorted((job.job_id, job.target, job.arch, job.queue, job.state, job.attempt)
-                  for job in built.jobs) == [
+    assert sorted(
+        (job.job_id, job.target, job.arch, job.queue, job.state, job.attempt) for job in built.jobs
+    ) == [
         (X86_JOB, X86, "amd64", "crossfarm.builds.amd64", BuildState.QUEUED, 1),
         (ARM_JOB, ARM, "arm64", "crossfarm.builds.arm64", BuildState.QUEUED, 1),
     ]
@@ -112,8 +123,14 @@ def test_build_settings_repeat_the_request_fields_a_job_message_needs(store, bui
 
 
 def test_a_job_moves_from_queued_to_running_with_its_worker(store, built):
-    view = store.move_job(X86_JOB, 1, BuildState.RUNNING, worker="w1@host",
-                          mode=BuildMode.NATIVE, consumed_from="crossfarm.builds.amd64")
+    view = store.move_job(
+        X86_JOB,
+        1,
+        BuildState.RUNNING,
+        worker="w1@host",
+        mode=BuildMode.NATIVE,
+        consumed_from="crossfarm.builds.amd64",
+    )
     assert view is not None
     assert view.state is BuildState.RUNNING
     assert view.worker == "w1@host"
@@ -127,8 +144,9 @@ def test_a_job_moves_from_queued_to_running_with_its_worker(store, built):
 def test_a_running_job_moves_to_succeeded_with_its_exit_code_and_manifest(store, built):
     store.move_job(X86_JOB, 1, BuildState.RUNNING, worker="w1")
     manifest = _manifest()
-    view = store.move_job(X86_JOB, 1, BuildState.SUCCEEDED, exit_code=0,
-                          manifest=manifest.model_dump(mode="json"))
+    view = store.move_job(
+        X86_JOB, 1, BuildState.SUCCEEDED, exit_code=0, manifest=manifest.model_dump(mode="json")
+    )
     assert view is not None
     assert view.state is BuildState.SUCCEEDED
     assert view.exit_code == 0
@@ -150,8 +168,9 @@ def test_a_build_succeeds_when_all_its_jobs_do(store, built):
 
 def test_a_failed_job_keeps_its_reason(store, built):
     store.move_job(ARM_JOB, 1, BuildState.RUNNING)
-    view = store.move_job(ARM_JOB, 1, BuildState.FAILED, exit_code=101,
-                          reason="cargo build failed with exit code 101")
+    view = store.move_job(
+        ARM_JOB, 1, BuildState.FAILED, exit_code=101, reason="cargo build failed with exit code 101"
+    )
     assert view.reason == "cargo build failed with exit code 101"
     assert store.job(ARM_JOB).view.exit_code == 101
     assert store.job(ARM_JOB).manifest is None
@@ -207,12 +226,26 @@ def test_jobs_of_a_build_lists_each_job_once(store, built):
 
 def test_two_builds_keep_their_jobs_apart(store, built):
     other = BuildId("b-fedcba9876543210")
-    store.add_build(NewBuild(
-        build_id=other, source=DIGEST, profile="dev", features=[], all_features=False,
-        no_default_features=False, cargo_args=[], timeout_s=60,
-        jobs=[NewJob(job_id=JobId("j-00000000000000ff"), target=X86, arch="amd64",
-                     queue="crossfarm.builds.amd64")],
-    ))
+    store.add_build(
+        NewBuild(
+            build_id=other,
+            source=DIGEST,
+            profile="dev",
+            features=[],
+            all_features=False,
+            no_default_features=False,
+            cargo_args=[],
+            timeout_s=60,
+            jobs=[
+                NewJob(
+                    job_id=JobId("j-00000000000000ff"),
+                    target=X86,
+                    arch="amd64",
+                    queue="crossfarm.builds.amd64",
+                )
+            ],
+        )
+    )
     assert [r.view.job_id for r in store.jobs_of(other)] == ["j-00000000000000ff"]
     assert len(store.jobs_of(BUILD)) == 2
 

@@ -14,19 +14,18 @@ Q, R, S, F, C = (
 )
 
 ALLOWED = sorted((a, b) for a, moves in TRANSITIONS.items() for b in moves)
-REFUSED = sorted(
-    (a, b) for a, b in product(BuildState, BuildState) if b not in TRANSITIONS[a]
-)
+REFUSED = sorted((a, b) for a, b in product(BuildState, BuildState) if b not in TRANSITIONS[a])
 
 
 def test_the_table_is_the_state_machine_of_the_module_docstring():
-    assert TRANSITIONS == {
+    expected = {
         Q: {R, C, F},
         R: {S, F, C},
         S: set(),
         F: set(),
         C: set(),
     }
+    assert expected == TRANSITIONS
 
 
 def test_every_pair_of_states_is_either_allowed_or_refused():

@@ -125,8 +125,18 @@ def test_every_wire_model_forbids_unknown_fields_and_is_frozen(model):
 
 def test_all_wire_models_were_found():
     assert {model.__name__ for model in WIRE_MODELS} >= {
-        "BuildRequest", "BuildView", "JobView", "JobMessage", "JobStarted", "JobFinished",
-        "Manifest", "ArtifactEntry", "ArtifactView", "Event", "SourceStatus", "ErrorBody",
+        "BuildRequest",
+        "BuildView",
+        "JobView",
+        "JobMessage",
+        "JobStarted",
+        "JobFinished",
+        "Manifest",
+        "ArtifactEntry",
+        "ArtifactView",
+        "Event",
+        "SourceStatus",
+        "ErrorBody",
         "StartVerdict",
     }
 

@@ -46,14 +46,16 @@ def test_a_binary_yields_its_executable():
 
 
 def test_an_example_yields_its_executable():
-    message = _artifact(["example"], [f"{OUT}/examples/demo"],
-                        executable=f"{OUT}/examples/demo", name="demo")
+    message = _artifact(
+        ["example"], [f"{OUT}/examples/demo"], executable=f"{OUT}/examples/demo", name="demo"
+    )
     assert artifact_paths(message) == [f"{OUT}/examples/demo"]
 
 
 def test_an_rlib_stays_behind():
-    message = _artifact(["lib"], [f"{OUT}/deps/libhello-1a2b.rlib",
-                                  f"{OUT}/deps/libhello-1a2b.rmeta"])
+    message = _artifact(
+        ["lib"], [f"{OUT}/deps/libhello-1a2b.rlib", f"{OUT}/deps/libhello-1a2b.rmeta"]
+    )
     assert artifact_paths(message) == []
 
 
@@ -81,9 +83,12 @@ def test_a_proc_macro_is_a_compiler_plugin_not_an_artifact():
 
 
 def test_a_build_script_yields_nothing():
-    message = _artifact(["custom-build"],
-                        [f"/work/target/debug/build/hello-3c/build-script-build"],
-                        executable=None, name="build-script-build")
+    message = _artifact(
+        ["custom-build"],
+        ["/work/target/debug/build/hello-3c/build-script-build"],
+        executable=None,
+        name="build-script-build",
+    )
     assert artifact_paths(message) == []
 
 
@@ -99,25 +104,46 @@ def test_a_binary_without_an_executable_path_yields_nothing():
 @pytest.mark.parametrize(
     "message",
     [
-        {"reason": "build-script-executed", "package_id": "x", "linked_libs": [],
-         "linked_paths": [], "cfgs": [], "env": [], "out_dir": "/work/target/out"},
-        {"reason": "compiler-message", "package_id": "x",
-         "message": {"rendered": "warning: unused", "level": "warning"}},
+        {
+            "reason": "build-script-executed",
+            "package_id": "x",
+            "linked_libs": [],
+            "linked_paths": [],
+            "cfgs": [],
+            "env": [],
+            "out_dir": "/work/target/out",
+        },
+        {
+            "reason": "compiler-message",
+            "package_id": "x",
+            "message": {"rendered": "warning: unused", "level": "warning"},
+        },
         {"reason": "build-finished", "success": True},
-        {**_artifact(["bin"], [f"{OUT}/hello"], executable=f"{OUT}/hello"),
-         "reason": "compiler-message"},
+        {
+            **_artifact(["bin"], [f"{OUT}/hello"], executable=f"{OUT}/hello"),
+            "reason": "compiler-message",
+        },
         {},
     ],
-    ids=["build-script-executed", "compiler-message", "build-finished",
-         "bin-fields-other-reason", "empty"],
+    ids=[
+        "build-script-executed",
+        "compiler-message",
+        "build-finished",
+        "bin-fields-other-reason",
+        "empty",
+    ],
 )
 def test_a_message_that_is_not_a_compiler_artifact_yields_nothing(message):
     assert artifact_paths(message) == []
 
 
 def test_a_malformed_artifact_message_yields_nothing():
-    assert artifact_paths({"reason": "compiler-artifact", "target": "bin",
-                           "executable": f"{OUT}/hello"}) == []
+    assert (
+        artifact_paths(
+            {"reason": "compiler-artifact", "target": "bin", "executable": f"{OUT}/hello"}
+        )
+        == []
+    )
 
 
 def test_the_collector_remembers_artifacts_from_json_lines_once_each_in_order():
@@ -152,8 +178,14 @@ def test_the_collector_accepts_a_json_message_that_names_no_artifact():
 
 @pytest.mark.parametrize(
     ("profile", "directory"),
-    [("dev", "debug"), ("test", "debug"), ("release", "release"), ("bench", "release"),
-     ("custom", "custom"), ("release-lto", "release-lto")],
+    [
+        ("dev", "debug"),
+        ("test", "debug"),
+        ("release", "release"),
+        ("bench", "release"),
+        ("custom", "custom"),
+        ("release-lto", "release-lto"),
+    ],
 )
 def test_each_profile_maps_to_its_cargo_output_directory(profile, directory):
     assert profile_dir(profile) == directory
@@ -210,7 +242,11 @@ def test_the_manifest_marks_executables(outputs):
 def test_the_manifest_names_the_job_and_its_profile_directory(outputs):
     manifest = build_manifest(JOB, list(outputs))
     assert (manifest.build_id, manifest.job_id, manifest.target, manifest.attempt) == (
-        JOB.build_id, JOB.job_id, JOB.target, 2)
+        JOB.build_id,
+        JOB.job_id,
+        JOB.target,
+        2,
+    )
     assert manifest.profile_dir == "debug"
 
 

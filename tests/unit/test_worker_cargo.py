@@ -7,20 +7,22 @@ ARM = "aarch64-unknown-linux-gnu"
 
 
 def _job(**fields):
-    return JobMessage.model_validate({
-        "job_id": "j-0123456789abcdef",
-        "build_id": "b-0123456789abcdef",
-        "target": ARM,
-        "attempt": 1,
-        "source": "0123456789abcdef" * 4,
-        "profile": "release",
-        "features": [],
-        "all_features": False,
-        "no_default_features": False,
-        "cargo_args": [],
-        "timeout_s": 600,
-        **fields,
-    })
+    return JobMessage.model_validate(
+        {
+            "job_id": "j-0123456789abcdef",
+            "build_id": "b-0123456789abcdef",
+            "target": ARM,
+            "attempt": 1,
+            "source": "0123456789abcdef" * 4,
+            "profile": "release",
+            "features": [],
+            "all_features": False,
+            "no_default_features": False,
+            "cargo_args": [],
+            "timeout_s": 600,
+            **fields,
+        }
+    )
 
 
 def _value_after(command, flag):
