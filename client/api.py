@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 
-from crossfarm.shared.wire import ArtifactView, BuildRequest, BuildView, ErrorBody, Event
+from crossfarm.shared.wire import (
+    ArtifactView,
+    BlobQuery,
+    BuildRequest,
+    BuildView,
+    ErrorBody,
+    Event,
+    FarmStats,
+    Fleet,
+    GitSource,
+    MissingBlobs,
+    SourceStatus,
+    SourceTree,
+)
 
 
 class FarmError(Exception):
@@ -22,13 +35,36 @@ class FarmClient:
         self.url = url.rstrip("/")
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
-    def has_source(self, digest: str) -> bool:
-        response = self._call("GET", f"/v1/sources/{digest}", ok=(200, 404))
-        return response.status_code == 200
+    def __enter__(self) -> FarmClient:
+        return self
 
-    def upload_source(self, digest: str, data: bytes) -> None:
-        self._call("PUT", f"/v1/sources/{digest}", content=data,
-                   headers={"Content-Type": "application/gzip"})
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def missing_blobs(self, digests: list[str]) -> MissingBlobs:
+        response = self._call("POST", "/v1/blobs/missing",
+                              content=BlobQuery(digests=digests).model_dump_json(),
+                              headers={"Content-Type": "application/json"})
+        return MissingBlobs.model_validate_json(response.content)
+
+    def put_blob(self, digest: str, path: Path) -> None:
+        with path.open("rb") as body:
+            self._call("PUT", f"/v1/blobs/{digest}", ok=(204,), content=body.read(),
+                       headers={"Content-Type": "application/octet-stream"})
+
+    def create_source(self, tree: SourceTree) -> SourceStatus:
+        response = self._call("POST", "/v1/sources", content=tree.model_dump_json(),
+                              headers={"Content-Type": "application/json"})
+        return SourceStatus.model_validate_json(response.content)
+
+    def create_git_source(self, url: str, rev: str) -> SourceStatus:
+        response = self._call("POST", "/v1/sources/git",
+                              content=GitSource(url=url, rev=rev).model_dump_json(),
+                              headers={"Content-Type": "application/json"}, timeout=600)
+        return SourceStatus.model_validate_json(response.content)
 
     def submit(self, request: BuildRequest) -> BuildView:
         response = self._call("POST", "/v1/builds", content=request.model_dump_json(),
@@ -46,14 +82,16 @@ class FarmClient:
         response = self._call("GET", f"/v1/builds/{build_id}/artifacts")
         return [ArtifactView.model_validate(item) for item in response.json()]
 
-    def events(self, build_id: str) -> Iterator[Event]:
-        """Follow the build's event stream to its end, resuming after dropped connections."""
+    def events(self, build_id: str, follow: bool = True) -> Iterator[Event]:
+        """Follow the build's event stream to its end, resuming after dropped connections.
+        With follow=False, stop after what is there now."""
         last_id: str | None = None
         failures = 0
         while True:
             headers = {"Last-Event-ID": last_id} if last_id else {}
             try:
                 with self._http.stream("GET", f"/v1/builds/{build_id}/events", headers=headers,
+                                       params={"follow": str(follow).lower()},
                                        timeout=httpx.Timeout(60, read=90)) as response:
                     if response.status_code != 200:
                         response.read()
@@ -70,7 +108,24 @@ class FarmClient:
                     raise FarmError(f"lost the log stream of {build_id}: {exc}") from exc
                 time.sleep(min(2**failures, 10))
 
-    def download(self, artifact: ArtifactView, dest: Path) -> None:
+    def list_builds(self, submitter: str | None, state: str | None, limit: int
+                    ) -> list[BuildView]:
+        params: dict[str, str | int] = {"limit": limit}
+        if submitter:
+            params["submitter"] = submitter
+        if state:
+            params["state"] = state
+        response = self._call("GET", "/v1/builds", params=params)
+        return [BuildView.model_validate(item) for item in response.json()]
+
+    def workers(self) -> Fleet:
+        return Fleet.model_validate_json(self._call("GET", "/v1/workers").content)
+
+    def stats(self) -> FarmStats:
+        return FarmStats.model_validate_json(self._call("GET", "/v1/stats").content)
+
+    def download(self, artifact: ArtifactView, dest: Path,
+                 progress: Callable[[int, int], None] | None = None) -> None:
         """Download to `dest` through a temporary file, checking the sha256 before it lands."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         partial = dest.with_name(dest.name + ".crossfarm-partial")
@@ -82,6 +137,8 @@ class FarmClient:
                 for chunk in response.iter_bytes():
                     digest.update(chunk)
                     out.write(chunk)
+                    if progress:
+                        progress(response.num_bytes_downloaded, artifact.size)
         if digest.hexdigest() != artifact.sha256:
             partial.unlink()
             raise FarmError(f"{artifact.name}: sha256 {digest.hexdigest()} does not match the "
@@ -106,7 +163,16 @@ def _explain(response: httpx.Response) -> str:
         body = ErrorBody.model_validate_json(response.content)
         return f"{body.message} (HTTP {response.status_code})"
     except ValueError:
-        return f"HTTP {response.status_code}: {response.text[:500]}"
+        pass
+    try:  # FastAPI's own validation errors: {"detail": [{"loc": [...], "msg": ...}]}
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = None
+    if isinstance(detail, list):
+        parts = [f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}"
+                 for d in detail if isinstance(d, dict)]
+        return f"the farm refused the request: {'; '.join(parts)} (HTTP {response.status_code})"
+    return f"HTTP {response.status_code}: {response.text[:500]}"
 
 
 def _parse_sse(lines: Iterator[str]) -> Iterator[tuple[str | None, Event]]:

@@ -1,125 +1,180 @@
-"""`crossfarm build`: cargo's interface, the farm's machines."""
+"""crossfarm: build Rust crates on a farm of native-architecture machines.
+
+Configuration: flags > CROSSFARM_* environment > ./crossfarm.toml (nearest up the
+tree) > ~/.config/crossfarm/config.toml. Exit codes: 0 success, 1 a target failed,
+2 usage or farm error, 3 cancelled, 130 interrupted (the remote build goes on).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
+from crossfarm.client import render
 from crossfarm.client.api import FarmClient, FarmError
-from crossfarm.client.pack import pack
-from crossfarm.shared.errors import InvalidArchive
+from crossfarm.client.build import (
+    EXIT_ERROR,
+    EXIT_OK,
+    BuildOptions,
+    download_all,
+    exit_code,
+    follow,
+    last_build,
+    run_build,
+)
+from crossfarm.client.config import Config, load_config, read_cross_toml
+from crossfarm.shared.errors import CrossfarmError
 from crossfarm.shared.states import BuildState
-from crossfarm.shared.wire import BuildRequest, BuildView
-
-DEFAULT_URL = "http://127.0.0.1:8700"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crossfarm", description=__doc__)
-    parser.add_argument("--url", default=None, help=f"the controller (env CROSSFARM_URL, "
-                        f"default {DEFAULT_URL})")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help="the controller (env CROSSFARM_URL)")
+    common.add_argument("--json", action="store_true",
+                        help="one JSON document on stdout; logs stay on stderr")
+    parser = argparse.ArgumentParser(prog="crossfarm", description=__doc__, parents=[common],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    build = commands.add_parser("build", help="build the crate here on the farm")
-    build.add_argument("--target", action="append", required=True, dest="targets",
-                       metavar="TRIPLE", help="a target triple; repeat for several")
+    build = commands.add_parser("build", parents=[common], help="build the crate on the farm")
+    build.add_argument("--target", action="append", dest="targets", metavar="TRIPLE",
+                       help="a target triple; repeat for several (config: targets)")
     profile = build.add_mutually_exclusive_group()
-    profile.add_argument("--release", action="store_true", help="the release profile")
-    profile.add_argument("--profile", default=None, help="a named cargo profile")
+    profile.add_argument("-r", "--release", action="store_true", help="the release profile")
+    profile.add_argument("--profile", help="a named cargo profile")
     build.add_argument("-F", "--features", action="append", default=[],
                        help="features to enable (comma or space separated)")
     build.add_argument("--all-features", action="store_true")
     build.add_argument("--no-default-features", action="store_true")
-    build.add_argument("--manifest-path", type=Path, default=None,
-                       help="the Cargo.toml of the crate (default: ./Cargo.toml)")
-    build.add_argument("--timeout", type=int, default=None, metavar="SECONDS")
+    build.add_argument("-p", "--package", action="append", default=[], metavar="SPEC")
+    build.add_argument("--bin", action="append", default=[], metavar="NAME")
+    build.add_argument("--locked", action="store_true")
+    build.add_argument("--manifest-path", type=Path, help="the Cargo.toml (default ./Cargo.toml)")
+    build.add_argument("--git", metavar="URL", help="build a commit the farm fetches itself")
+    build.add_argument("--rev", help="with --git: the branch, tag or commit")
+    build.add_argument("--timeout", type=int, metavar="SECONDS")
     build.add_argument("--detach", action="store_true", help="submit and print the build id")
-    build.add_argument("--json", action="store_true", help="print the final build as JSON")
+    build.add_argument("--cancel-on-interrupt", action="store_true",
+                       help="Ctrl-C cancels the remote build without asking")
     build.add_argument("cargo_args", nargs="*", help="after --: extra cargo build arguments")
 
-    for name, text in (("status", "show a build"), ("cancel", "cancel a build")):
-        sub = commands.add_parser(name, help=text)
-        sub.add_argument("build_id")
-        sub.add_argument("--json", action="store_true")
+    for name, text in (("status", "show a build (default: your last)"),
+                       ("cancel", "cancel a build")):
+        sub = commands.add_parser(name, parents=[common], help=text)
+        sub.add_argument("build_id", nargs="?" if name == "status" else None)
+    logs = commands.add_parser("logs", parents=[common], help="print a build's log")
+    logs.add_argument("build_id")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep following until the end")
+    logs.add_argument("--target", help="only this target's lines")
+    listing = commands.add_parser("list", parents=[common], help="list recent builds")
+    listing.add_argument("--mine", action="store_true", help="only builds you submitted")
+    listing.add_argument("--state", choices=[s.value for s in BuildState])
+    listing.add_argument("--limit", type=int, default=20)
+    artifacts = commands.add_parser("artifacts", parents=[common], help="list or fetch artifacts")
+    artifacts.add_argument("build_id")
+    artifacts.add_argument("--download", type=Path, metavar="DIR",
+                           help="download into DIR/<triple>/<name>")
+    commands.add_parser("workers", parents=[common], help="the farm's workers")
+    commands.add_parser("config", parents=[common], help="the effective configuration")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    client = FarmClient(args.url or os.environ.get("CROSSFARM_URL") or DEFAULT_URL,
-                        token=os.environ.get("CROSSFARM_TOKEN"))
     try:
-        if args.command == "build":
-            return _build(client, args)
-        view = client.build(args.build_id) if args.command == "status" else \
-            client.cancel(args.build_id)
-        _print_build(view, args.json)
-        return 0 if view.state is not BuildState.FAILED else 1
-    except (FarmError, InvalidArchive) as exc:
+        config = _config(args)
+        if args.command == "config":
+            return _show_config(config, args.json)
+        with FarmClient(config.url, token=config.token) as client:
+            return _dispatch(client, config, args)
+    except (FarmError, CrossfarmError) as exc:
         print(f"crossfarm: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
 
 
-def _build(client: FarmClient, args: argparse.Namespace) -> int:
-    manifest = args.manifest_path or Path("Cargo.toml")
-    if not manifest.is_file():
-        raise FarmError(f"{manifest} not found: run crossfarm in a crate directory "
-                        "or pass --manifest-path")
-    root = manifest.resolve().parent
-    packed = pack(root)
-    if client.has_source(packed.digest):
-        _note(f"source {packed.digest[:12]} ({packed.files} files) already on the farm")
+def _config(args: argparse.Namespace) -> Config:
+    flags: dict[str, object] = {"url": args.url}
+    if args.command == "build":
+        flags.update(targets=args.targets, timeout=args.timeout,
+                     profile=args.profile or ("release" if args.release else None))
+    given = {key: value for key, value in flags.items() if value is not None}
+    return load_config(given, os.environ, Path.cwd(), Path.home())
+
+
+def _dispatch(client: FarmClient, config: Config, args: argparse.Namespace) -> int:
+    command = args.command
+    if command == "build":
+        return _build(client, config, args)
+    if command == "status":
+        view = client.build(args.build_id or last_build())
+        render.emit_json(view) if args.json else render.build_table(view)
+        return exit_code(view.state) if view.state.terminal else EXIT_OK
+    if command == "cancel":
+        view = client.cancel(args.build_id)
+        render.emit_json(view) if args.json else render.build_table(view)
+        return EXIT_OK
+    if command == "logs":
+        follow(client, args.build_id, only=args.target, live=args.follow)
+        return EXIT_OK
+    if command == "list":
+        views = client.list_builds(config.user if args.mine else None, args.state, args.limit)
+        render.emit_json(views) if args.json else render.builds_table(views)
+        return EXIT_OK
+    if command == "artifacts":
+        if args.download:
+            count = download_all(client, args.build_id, args.download,
+                                 lambda name: render.Progress(name))
+            render.note(f"{count} artifact(s) in {args.download}")
+        items = client.artifacts(args.build_id)
+        render.emit_json(items) if args.json else render.artifacts_table(items)
+        return EXIT_OK
+    if command == "workers":
+        workers = client.workers()
+        render.emit_json(workers) if args.json else render.workers_table(workers)
+        return EXIT_OK
+    raise AssertionError(command)
+
+
+def _build(client: FarmClient, config: Config, args: argparse.Namespace) -> int:
+    if bool(args.git) != bool(args.rev):
+        raise FarmError("--git and --rev go together")
+    if args.git:
+        root = Path.cwd()
     else:
-        _note(f"uploading {packed.files} files ({len(packed.data)} bytes packed)")
-        client.upload_source(packed.digest, packed.data)
-    features = [f for group in args.features for f in group.replace(",", " ").split()]
-    request = BuildRequest(
-        source=packed.digest, targets=args.targets,
-        profile=args.profile or ("release" if args.release else "dev"),
-        features=features, all_features=args.all_features,
-        no_default_features=args.no_default_features, cargo_args=args.cargo_args,
-        timeout_s=args.timeout,
+        manifest = args.manifest_path or Path("Cargo.toml")
+        if not manifest.is_file():
+            raise FarmError(f"{manifest} not found: run crossfarm in a crate directory "
+                            "or pass --manifest-path")
+        root = manifest.resolve().parent
+    if not config.targets:
+        raise FarmError("no target: pass --target TRIPLE (or set targets in crossfarm.toml)")
+    cargo_args = [*(f"--package={p}" for p in args.package), *(f"--bin={b}" for b in args.bin),
+                  *(["--locked"] if args.locked else []), *args.cargo_args]
+    options = BuildOptions(
+        targets=config.targets,
+        profile=config.profile or "dev",
+        features=[f for group in args.features for f in group.replace(",", " ").split()],
+        all_features=args.all_features, no_default_features=args.no_default_features,
+        cargo_args=cargo_args, timeout=config.timeout, detach=args.detach, as_json=args.json,
+        cancel_on_interrupt=args.cancel_on_interrupt,
+        git=(args.git, args.rev) if args.git else None, root=root,
     )
-    build = client.submit(request)
-    _note(f"build {build.build_id}: " + ", ".join(
-        f"{job.target} → {job.queue}" for job in build.jobs))
-    if args.detach:
-        print(build.build_id)
-        return 0
-    width = max(len(t) for t in args.targets)
-    for event in client.events(build.build_id):
-        if event.kind == "log":
-            print(f"[{(event.target or ''):<{width}}] {event.line}", file=sys.stderr, flush=True)
-        elif event.kind == "state" and event.target:
-            _note(f"{event.target}: {event.state}")
-    final = client.build(build.build_id)
-    for artifact in client.artifacts(build.build_id):
-        dest = root / artifact.path
-        client.download(artifact, dest)
-        _note(f"{artifact.target}: {artifact.path} ({artifact.size} bytes, sha256 ok)")
-    _print_build(final, args.json)
-    return 0 if final.state is BuildState.SUCCEEDED else 1
+    cross = read_cross_toml(root / "Cross.toml", os.environ)
+    return run_build(client, config, cross, options)
 
 
-def _print_build(view: BuildView, as_json: bool) -> None:
+def _show_config(config: Config, as_json: bool) -> int:
+    rows = config.describe()
     if as_json:
-        print(json.dumps(view.model_dump(mode="json"), indent=2))
-        return
-    print(f"build {view.build_id}: {view.state}")
-    for job in view.jobs:
-        took = (f"{(job.finished_at - job.started_at).total_seconds():.1f}s"
-                if job.finished_at and job.started_at else "-")
-        print(f"  {job.target:<28} {job.state:<10} {job.worker or '-':<20} "
-              f"{job.mode or '-':<7} {took:>8}  {job.reason or ''}")
-
-
-def _note(text: str) -> None:
-    print(f"crossfarm: {text}", file=sys.stderr, flush=True)
+        render.emit_json({key: {"value": value, "source": source} for key, value, source in rows})
+    else:
+        for key, value, source in rows:
+            print(f"{key:<8} {value:<40} ({source})")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from crossfarm.controller import errors
 from crossfarm.controller.api import builds as builds_api
 from crossfarm.controller.api import jobs as jobs_api
 from crossfarm.controller.api import sources as sources_api
-from crossfarm.controller.builds import Farm
+from crossfarm.controller.api import workers as workers_api
+from crossfarm.controller.farm import Farm
 from crossfarm.controller.queue import CeleryJobQueue
 from crossfarm.controller.settings import ControllerSettings, load_settings
 from crossfarm.controller.store import Store
@@ -49,6 +50,7 @@ def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAP
     app.include_router(sources_api.router)
     app.include_router(builds_api.router)
     app.include_router(jobs_api.router)
+    app.include_router(workers_api.router)
 
     @app.get("/v1/health", tags=["health"])
     def health() -> dict[str, object]:

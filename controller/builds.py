@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
-from dataclasses import dataclass
-from typing import IO
 
 from crossfarm.controller.cargo_args import check_cargo_args
-from crossfarm.controller.queue import JobQueue
+from crossfarm.controller.farm import Farm
 from crossfarm.controller.routing import route
-from crossfarm.controller.settings import ControllerSettings
-from crossfarm.controller.store import NewBuild, NewJob, Store
-from crossfarm.shared import keys
-from crossfarm.shared.archive import inspect_archive
-from crossfarm.shared.errors import Conflict, InvalidArchive, InvalidRequest, NotFound
-from crossfarm.shared.events import Events
+from crossfarm.controller.store import NewBuild, NewJob
+from crossfarm.shared.errors import Conflict, InvalidRequest
 from crossfarm.shared.ids import BuildId, JobId, SourceDigest, new_build_id, new_job_id
 from crossfarm.shared.states import BuildState
-from crossfarm.shared.storage import ObjectStore
 from crossfarm.shared.wire import (
     ArtifactView,
     BuildRequest,
@@ -29,40 +20,13 @@ from crossfarm.shared.wire import (
     JobMessage,
     JobStarted,
     JobView,
-    SourceStatus,
     StartVerdict,
 )
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Farm:
-    """What the use-cases work with; built once by create_app."""
-
-    settings: ControllerSettings
-    store: Store
-    queue: JobQueue
-    events: Events
-    storage: ObjectStore
-
-
-def source_status(farm: Farm, digest: SourceDigest) -> SourceStatus:
-    return SourceStatus(digest=digest, present=farm.storage.exists(keys.source_key(digest)))
-
-
-def put_source(farm: Farm, digest: SourceDigest, body: IO[bytes]) -> SourceStatus:
-    """Store a source archive after checking its size, its digest and every member."""
-    limit = farm.settings.max_source_bytes
-    data = body.read(limit + 1)
-    if len(data) > limit:
-        raise InvalidArchive(f"source archive is over the farm's limit of {limit} bytes")
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != digest:
-        raise InvalidArchive(f"the body's sha256 is {actual}, not {digest} as the URL says")
-    inspect_archive(io.BytesIO(data), farm.settings.archive_limits())
-    farm.storage.put_bytes(keys.source_key(digest), data, "application/gzip")
-    return SourceStatus(digest=digest, present=True, size=len(data))
+#: Variables the builder sets itself; a request overriding them would break the build.
+_RESERVED_ENV = frozenset({"CARGO_HOME", "CARGO_TARGET_DIR", "HOME", "PATH", "CARGO_NET_OFFLINE"})
 
 
 def submit_build(farm: Farm, request: BuildRequest) -> BuildView:
@@ -70,14 +34,20 @@ def submit_build(farm: Farm, request: BuildRequest) -> BuildView:
     if len(set(request.targets)) != len(request.targets):
         raise InvalidRequest("each target may be named once")
     routes = [route(target) for target in request.targets]
+    for values in [request.env, *request.target_env.values()]:
+        reserved = sorted(_RESERVED_ENV & set(values))
+        if reserved:
+            raise InvalidRequest(f"{reserved} are set by the farm's builders and cannot be passed")
+    unknown = set(request.target_env) - set(request.targets)
+    if unknown:
+        raise InvalidRequest(f"target_env names targets not in the request: {sorted(unknown)}")
     check_cargo_args(request.cargo_args)
     timeout_s = request.timeout_s or farm.settings.default_timeout_s
     if timeout_s > farm.settings.max_timeout_s:
         raise InvalidRequest(
             f"timeout_s {timeout_s} is over the farm's limit of {farm.settings.max_timeout_s}"
         )
-    if not farm.storage.exists(keys.source_key(SourceDigest(request.source))):
-        raise NotFound(f"source {request.source} is not uploaded; PUT /v1/sources/{{digest}} first")
+    farm.store.tree(SourceDigest(request.source))  # NotFound names the call to make first
     new = NewBuild(
         build_id=new_build_id(),
         source=request.source,
@@ -87,6 +57,8 @@ def submit_build(farm: Farm, request: BuildRequest) -> BuildView:
         no_default_features=request.no_default_features,
         cargo_args=list(request.cargo_args),
         timeout_s=timeout_s,
+        env={"all": dict(request.env), **{t: dict(v) for t, v in request.target_env.items()}},
+        submitter=request.submitter,
         jobs=[
             NewJob(job_id=new_job_id(), target=r.target, arch=r.arch.value, queue=r.queue)
             for r in routes
@@ -101,7 +73,7 @@ def submit_build(farm: Farm, request: BuildRequest) -> BuildView:
 def _enqueue(farm: Farm, build_id: BuildId, job: JobView) -> None:
     message = JobMessage(
         job_id=job.job_id, build_id=build_id, target=job.target, attempt=job.attempt,
-        **farm.store.build_settings(build_id),
+        **farm.store.build_settings(build_id, job.target),
     )
     try:
         farm.queue.enqueue(message, job.queue)
@@ -115,6 +87,11 @@ def _enqueue(farm: Farm, build_id: BuildId, job: JobView) -> None:
 
 def get_build(farm: Farm, build_id: BuildId) -> BuildView:
     return farm.store.build(build_id)
+
+
+def list_builds(farm: Farm, submitter: str | None, state: BuildState | None,
+                limit: int) -> list[BuildView]:
+    return farm.store.list_builds(submitter, state, limit)
 
 
 def cancel_build(farm: Farm, build_id: BuildId) -> BuildView:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from crossfarm.shared.archive import ArchiveLimits
 from crossfarm.shared.storage import StorageSettings
+from crossfarm.shared.tree import TreeLimits
 
 
 class ControllerSettings(BaseSettings):
@@ -28,8 +28,13 @@ class ControllerSettings(BaseSettings):
     #: above the longest build plus its queueing time (see shared/broker.py)
     visibility_timeout_s: int = Field(default=8 * 3600, ge=60)
     presign_ttl_s: int = Field(default=900, ge=10, le=7 * 24 * 3600)
-    max_source_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    #: limits of one source tree: total bytes, file count, bytes of one file
+    max_source_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
     max_source_files: int = Field(default=20_000, ge=1)
+    max_file_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    git_timeout_s: int = Field(default=300, ge=5)
+    #: a worker with no heartbeat for this long is reported lost
+    lost_after_s: int = Field(default=30, ge=2)
     host: str = "127.0.0.1"
     port: int = 8700
 
@@ -42,11 +47,11 @@ class ControllerSettings(BaseSettings):
             secret_key=self.s3_secret_key,
         )
 
-    def archive_limits(self) -> ArchiveLimits:
-        return ArchiveLimits(
+    def tree_limits(self) -> TreeLimits:
+        return TreeLimits(
             max_files=self.max_source_files,
-            max_file_bytes=min(self.max_source_bytes, 64 * 1024 * 1024),
-            max_total_bytes=self.max_source_bytes * 4,
+            max_file_bytes=self.max_file_bytes,
+            max_total_bytes=self.max_source_bytes,
         )
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
     TypeDecorator,
     create_engine,
     event,
+    func,
     select,
     update,
 )
@@ -31,11 +32,22 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 from crossfarm.shared.errors import NotFound
 from crossfarm.shared.ids import BuildId, JobId
 from crossfarm.shared.states import BuildState, overall_state, transition
-from crossfarm.shared.wire import BuildMode, BuildView, JobView, Manifest
+from crossfarm.shared.wire import (
+    BuildMode,
+    BuildView,
+    JobView,
+    Manifest,
+    SourceStatus,
+    WorkerHeartbeat,
+)
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 class _UTCDateTime(TypeDecorator[datetime]):
@@ -48,9 +60,7 @@ class _UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC) if value is not None else None
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
+        return _as_utc(value) if value is not None else None
 
 
 class _Base(DeclarativeBase):
@@ -69,6 +79,8 @@ class _Build(_Base):
     no_default_features: Mapped[bool]
     cargo_args: Mapped[list[str]] = mapped_column(JSON)
     timeout_s: Mapped[int]
+    env: Mapped[dict[str, Any]] = mapped_column(JSON)
+    submitter: Mapped[str | None] = mapped_column(String(200), index=True)
     jobs: Mapped[list[_Job]] = relationship(order_by="_Job.target", lazy="selectin")
 
 
@@ -93,6 +105,41 @@ class _Job(_Base):
     manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
+class _Blob(_Base):
+    __tablename__ = "blobs"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int]
+    stored_at: Mapped[datetime]
+
+
+class _Tree(_Base):
+    __tablename__ = "trees"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    files: Mapped[int]
+    total_bytes: Mapped[int]
+    commit: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+
+
+class _Worker(_Base):
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    info: Mapped[dict[str, Any]] = mapped_column(JSON)
+    started_at: Mapped[datetime]
+    last_seen: Mapped[datetime]
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    name: str
+    info: WorkerHeartbeat
+    started_at: datetime
+    last_seen: datetime
+
+
 @dataclass(frozen=True)
 class NewJob:
     job_id: JobId
@@ -112,6 +159,9 @@ class NewBuild:
     cargo_args: list[str]
     timeout_s: int
     jobs: list[NewJob]
+    #: {"all": {...}, "<target>": {...}}: the variables each job's container gets
+    env: dict[str, dict[str, str]]
+    submitter: str | None
 
 
 @dataclass(frozen=True)
@@ -154,6 +204,8 @@ def _build_view(build: _Build) -> BuildView:
         all_features=build.all_features,
         no_default_features=build.no_default_features,
         cargo_args=build.cargo_args,
+        env_names=sorted({name for values in build.env.values() for name in values}),
+        submitter=build.submitter,
         jobs=jobs,
     )
 
@@ -182,6 +234,8 @@ class Store:
             no_default_features=new.no_default_features,
             cargo_args=new.cargo_args,
             timeout_s=new.timeout_s,
+            env=new.env,
+            submitter=new.submitter,
             jobs=[
                 _Job(
                     id=job.job_id, target=job.target, arch=job.arch, queue=job.queue,
@@ -201,8 +255,8 @@ class Store:
                 raise NotFound(f"no build {build_id}")
             return _build_view(build)
 
-    def build_settings(self, build_id: BuildId) -> dict[str, Any]:
-        """The request fields a job message repeats (profile, features, args, timeout)."""
+    def build_settings(self, build_id: BuildId, target: str) -> dict[str, Any]:
+        """The request fields a job message repeats (profile, features, args, timeout, env)."""
         with self._session() as session:
             build = session.get(_Build, build_id)
             if build is None:
@@ -215,7 +269,19 @@ class Store:
                 "no_default_features": build.no_default_features,
                 "cargo_args": build.cargo_args,
                 "timeout_s": build.timeout_s,
+                "env": {**build.env.get("all", {}), **build.env.get(target, {})},
             }
+
+    def list_builds(self, submitter: str | None, state: BuildState | None, limit: int
+                    ) -> list[BuildView]:
+        """The newest builds first, optionally only one submitter's or in one state."""
+        query = select(_Build).order_by(_Build.created_at.desc())
+        if submitter is not None:
+            query = query.where(_Build.submitter == submitter)
+        # A build's state is derived from its jobs, so filter after reading a bounded window.
+        with self._session() as session:
+            views = [_build_view(b) for b in session.scalars(query.limit(max(limit, 1) * 20))]
+        return [v for v in views if state is None or v.state is state][:limit]
 
     def job(self, job_id: JobId) -> JobRecord:
         with self._session() as session:
@@ -255,6 +321,74 @@ class Store:
         with self._session() as session:
             ids = session.scalars(select(_Job.id).where(_Job.build_id == build_id)).all()
         return [self.job(JobId(job_id)) for job_id in ids]
+
+    def missing_blobs(self, digests: list[str]) -> list[str]:
+        """The digests in `digests` that no upload has stored yet."""
+        present: set[str] = set()
+        with self._session() as session:
+            for start in range(0, len(digests), 500):  # stay under SQL parameter limits
+                chunk = digests[start:start + 500]
+                present.update(session.scalars(select(_Blob.digest).where(_Blob.digest.in_(chunk))))
+        return [digest for digest in dict.fromkeys(digests) if digest not in present]
+
+    def add_blob(self, digest: str, size: int) -> None:
+        with self._session() as session:
+            if session.get(_Blob, digest) is None:
+                session.add(_Blob(digest=digest, size=size, stored_at=_now()))
+
+    def add_tree(self, status: SourceStatus) -> None:
+        with self._session() as session:
+            if session.get(_Tree, status.digest) is None:
+                session.add(_Tree(digest=status.digest, files=status.files,
+                                  total_bytes=status.total_bytes, commit=status.commit,
+                                  created_at=_now()))
+
+    def tree(self, digest: str) -> SourceStatus:
+        with self._session() as session:
+            tree = session.get(_Tree, digest)
+            if tree is None:
+                raise NotFound(f"no source tree {digest}; send it with POST /v1/sources first")
+            return SourceStatus(digest=tree.digest, files=tree.files,
+                                total_bytes=tree.total_bytes, commit=tree.commit)
+
+    def heartbeat(self, name: str, info: WorkerHeartbeat, fresh_start: bool) -> None:
+        """Record a worker's heartbeat; `fresh_start` resets its start time."""
+        now = _now()
+        with self._session() as session:
+            worker = session.get(_Worker, name)
+            if worker is None:
+                session.add(_Worker(name=name, info=info.model_dump(mode="json"),
+                                    started_at=now, last_seen=now))
+                return
+            worker.info = info.model_dump(mode="json")
+            worker.last_seen = now
+            if fresh_start:
+                worker.started_at = now
+
+    def workers(self) -> list[WorkerRecord]:
+        with self._session() as session:
+            rows = session.scalars(select(_Worker).order_by(_Worker.name)).all()
+            return [WorkerRecord(name=w.name, info=WorkerHeartbeat.model_validate(w.info),
+                                 started_at=w.started_at, last_seen=w.last_seen) for w in rows]
+
+    def running_jobs(self) -> dict[str, list[str]]:
+        """Worker name -> the ids of the jobs the record says it is running."""
+        with self._session() as session:
+            rows = session.execute(select(_Job.worker, _Job.id).where(
+                _Job.state == BuildState.RUNNING.value)).all()
+        running: dict[str, list[str]] = {}
+        for worker, job_id in rows:
+            running.setdefault(worker or "", []).append(job_id)
+        return running
+
+    def oldest_queued(self) -> dict[str, datetime]:
+        """Architecture -> when its longest-waiting queued job was queued."""
+        with self._session() as session:
+            rows = session.execute(
+                select(_Job.arch, func.min(_Job.queued_at))
+                .where(_Job.state == BuildState.QUEUED.value).group_by(_Job.arch)
+            ).all()
+        return {arch: _as_utc(when) for arch, when in rows if when is not None}
 
     def close(self) -> None:
         self._engine.dispose()

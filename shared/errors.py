@@ -4,7 +4,7 @@
     ├── InvalidRequest            the caller sent something to fix (HTTP 422)
     │   ├── UnsupportedTarget     a triple the farm has no toolchain for
     │   ├── InvalidCargoArgs      a cargo flag the farm does not pass through
-    │   └── InvalidArchive        a source archive that is unsafe or too big
+    │   └── InvalidSource         a source tree that is unsafe or too big
     ├── NotFound                  an id or object that does not exist (HTTP 404)
     ├── Conflict                  the request clashes with the current state (HTTP 409)
     │   └── IllegalTransition     a build-state move the state machine forbids
@@ -50,12 +50,12 @@ class InvalidCargoArgs(InvalidRequest):
         self.arg = arg
 
 
-class InvalidArchive(InvalidRequest):
-    """A source archive that is malformed, unsafe or over a limit."""
+class InvalidSource(InvalidRequest):
+    """A source tree or blob that is malformed, unsafe or over a limit."""
 
-    def __init__(self, message: str, member: str | None = None) -> None:
-        super().__init__(message if member is None else f"{member}: {message}")
-        self.member = member
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message if path is None else f"{path}: {message}")
+        self.path = path
 
 
 class NotFound(CrossfarmError):

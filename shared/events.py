@@ -1,5 +1,5 @@
-"""The Redis adapter for a build's event stream and cancel flags: the only module
-that imports redis.
+"""The Redis adapter: a build's event stream, cancel flags and queue depths; the only
+module that imports redis.
 
 Each build has one Redis stream; its entry ids double as SSE event ids, so a
 client that reconnects with Last-Event-ID resumes exactly where it stopped.
@@ -41,6 +41,14 @@ class Events:
 
     def is_cancelled(self, job_id: JobId) -> bool:
         return bool(self._redis.exists(keys.cancel_flag(job_id)))
+
+    def queue_depth(self, queue: str) -> int:
+        """Messages waiting in a Celery queue (kombu keeps one Redis list per priority step)."""
+        names = [queue] + [f"{queue}\x06\x16{step}" for step in (3, 6, 9)]
+        pipe = self._redis.pipeline()
+        for name in names:
+            pipe.llen(name)
+        return sum(int(n) for n in pipe.execute())
 
     def ping(self) -> bool:
         return bool(self._redis.ping())

@@ -24,8 +24,13 @@ def cancel_flag(job_id: JobId) -> str:
     return f"crossfarm:job:{job_id}:cancel"
 
 
-def source_key(digest: SourceDigest) -> str:
-    return f"sources/{digest}.tar.gz"
+def blob_key(digest: str) -> str:
+    """A file's bytes, stored once whatever tree or build uses them."""
+    return f"blobs/{digest[:2]}/{digest}"
+
+
+def tree_key(digest: SourceDigest) -> str:
+    return f"trees/{digest}.json"
 
 
 def job_prefix(build_id: BuildId, target: str, attempt: int) -> str:

@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from crossfarm.shared.states import BuildState
 
@@ -18,6 +18,8 @@ Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 ProfileName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
 FeatureName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.+/-]{0,127}$")]
 TargetName = Annotated[str, Field(min_length=1, max_length=100)]
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+EnvValue = Annotated[str, Field(max_length=32_768)]
 
 
 class Wire(BaseModel):
@@ -44,6 +46,11 @@ class BuildRequest(Wire):
     no_default_features: bool = False
     cargo_args: Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=64)] = []
     timeout_s: Annotated[int, Field(ge=10, le=24 * 3600)] | None = None
+    #: variables set in the build container (Cross.toml passthrough); values are redacted
+    #: from logs and never returned by the API
+    env: Annotated[dict[EnvName, EnvValue], Field(max_length=64)] = {}
+    target_env: Annotated[dict[TargetName, dict[EnvName, EnvValue]], Field(max_length=16)] = {}
+    submitter: Annotated[str, Field(max_length=200)] | None = None
 
 
 class JobView(Wire):
@@ -77,6 +84,8 @@ class BuildView(Wire):
     all_features: bool
     no_default_features: bool
     cargo_args: list[str]
+    env_names: list[str] = []
+    submitter: str | None = None
     jobs: list[JobView]
 
 
@@ -127,6 +136,7 @@ class JobMessage(Wire):
     no_default_features: bool
     cargo_args: list[str]
     timeout_s: int
+    env: dict[str, str] = {}
 
 
 class JobStarted(Wire):
@@ -165,10 +175,116 @@ class Event(Wire):
     state: BuildState | None = None
 
 
+class TreeEntry(Wire):
+    """One file or symlink of a source tree; a file's bytes are the blob named by sha256."""
+
+    path: Annotated[str, Field(min_length=1, max_length=4096)]
+    kind: Literal["file", "symlink"]
+    sha256: Digest | None = None
+    size: Annotated[int, Field(ge=0)] = 0
+    executable: bool = False
+    target: Annotated[str, Field(max_length=4096)] | None = None
+
+    @model_validator(mode="after")
+    def _fields_match_kind(self) -> TreeEntry:
+        if self.kind == "file" and (self.sha256 is None or self.target is not None):
+            raise ValueError(f"{self.path}: a file has a sha256 and no target")
+        if self.kind == "symlink" and (self.target is None or self.sha256 is not None
+                                       or self.size or self.executable):
+            raise ValueError(f"{self.path}: a symlink has a target and nothing else")
+        return self
+
+
+class SourceTree(Wire):
+    """A crate's files as the farm receives them; named by tree_digest()."""
+
+    entries: Annotated[list[TreeEntry], Field(max_length=200_000)]
+
+
+class BlobQuery(Wire):
+    """Which of these blobs does the farm lack?"""
+
+    digests: Annotated[list[Digest], Field(max_length=200_000)]
+
+
+class MissingBlobs(Wire):
+    missing: list[Digest]
+
+
+class GitSource(Wire):
+    """A commit the farm fetches itself instead of receiving an upload."""
+
+    url: Annotated[str, Field(min_length=1, max_length=2048)]
+    rev: Annotated[str, Field(min_length=1, max_length=256)]
+
+
 class SourceStatus(Wire):
+    """A stored source tree."""
+
     digest: Digest
-    present: bool
-    size: int | None = None
+    files: int
+    total_bytes: int
+    commit: str | None = None
+
+
+class WorkerState(StrEnum):
+    """Where a worker stands, as the controller sees it."""
+
+    #: heartbeating and taking jobs
+    ONLINE = "online"
+    #: no heartbeat within the farm's bound
+    LOST = "lost"
+
+
+class WorkerHeartbeat(Wire):
+    """What a worker reports about itself, on start and then periodically."""
+
+    hostname: Annotated[str, Field(max_length=255)]
+    arch: str
+    #: queue name -> how this worker builds that queue's targets
+    queues: dict[str, BuildMode]
+    cpus: Annotated[float, Field(gt=0)]
+    memory_bytes: Annotated[int, Field(gt=0)]
+    builder_image: str
+    builder_image_id: str | None = None
+    targets: list[str]
+    labels: dict[str, str] = {}
+    version: str
+    concurrency: Annotated[int, Field(ge=1)]
+
+
+class WorkerView(Wire):
+    """A worker with its state and the jobs the record says it runs."""
+
+    name: str
+    state: WorkerState
+    last_seen: datetime
+    started_at: datetime
+    running_jobs: list[str]
+    info: WorkerHeartbeat
+
+
+class ArchSummary(Wire):
+    """One architecture's capacity and backlog."""
+
+    arch: str
+    queue: str
+    workers_online: int
+    queue_depth: int
+    oldest_waiting: datetime | None
+
+
+class Fleet(Wire):
+    workers: list[WorkerView]
+    arches: list[ArchSummary]
+
+
+class FarmStats(Wire):
+    """Counters since the controller started: what crossed the wire."""
+
+    blobs_received: int
+    blob_bytes_received: int
+    trees_created: int
 
 
 class ErrorBody(Wire):

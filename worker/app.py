@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 
-from celery import Celery
+from celery import Celery, signals
 
 from crossfarm.shared import keys
 from crossfarm.shared.arch import Arch
@@ -14,6 +14,7 @@ from crossfarm.shared.events import Events
 from crossfarm.shared.storage import S3Store
 from crossfarm.worker import tasks
 from crossfarm.worker.container import Docker
+from crossfarm.worker.heartbeat import Heartbeat, describe
 from crossfarm.worker.pipeline import Toolbox
 from crossfarm.worker.reporter import Reporter
 from crossfarm.worker.settings import WorkerSettings, load_settings
@@ -25,9 +26,8 @@ def queues_for(host: Arch, cross_arches: list[Arch]) -> list[str]:
     return [keys.queue_name(arch) for arch in arches]
 
 
-def create_worker_app(settings: WorkerSettings) -> Celery:
+def create_worker_app(settings: WorkerSettings, host: Arch) -> Celery:
     app = create_celery(settings.redis_url, visibility_timeout_s=settings.visibility_timeout_s)
-    host = Arch.host()
 
     @functools.cache
     def toolbox() -> Toolbox:
@@ -41,6 +41,19 @@ def create_worker_app(settings: WorkerSettings) -> Celery:
         )
 
     tasks.register(app, toolbox)
+
+    def start_heartbeat(**_: object) -> None:
+        # In the main process, once Celery is consuming. Its clients are its own: the
+        # pool's are made after fork (toolbox) and must not be shared with this process.
+        docker = Docker()
+        reporter = Reporter(settings.controller_url, settings.worker_token,
+                            Events(settings.redis_url))
+        beat = Heartbeat(reporter, settings.worker_name,
+                         lambda: describe(settings, host, docker.image_id(settings.builder_image)),
+                         settings.heartbeat_s)
+        beat.start()
+
+    signals.worker_ready.connect(start_heartbeat, weak=False)
     return app
 
 
@@ -49,7 +62,7 @@ def main() -> None:
     settings = load_settings()
     host = Arch.host()
     queues = queues_for(host, settings.cross_arches)
-    app = create_worker_app(settings)
+    app = create_worker_app(settings, host)
     logging.getLogger(__name__).info("worker %s (%s) consumes %s", settings.worker_name,
                                      host.value, ", ".join(queues))
     app.worker_main([

@@ -68,6 +68,13 @@ class Docker:
             return False
         return True
 
+    def image_id(self, name: str) -> str | None:
+        try:
+            image_id: str = self._client.images.get(name).id
+        except docker.errors.ImageNotFound:
+            return None
+        return image_id
+
     @contextmanager
     def volume(self, name: str, labels: dict[str, str]) -> Iterator[str]:
         """A named volume that exists for the `with` block only."""

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from crossfarm.shared import keys
 from crossfarm.shared.arch import Arch
-from crossfarm.shared.archive import ArchiveLimits
 from crossfarm.shared.errors import BuildCancelled, BuildError, BuildTimeout, StorageError
 from crossfarm.shared.ids import BuildId, JobId, SourceDigest
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.storage import ObjectStore
+from crossfarm.shared.tree import TreeLimits
 from crossfarm.shared.wire import BuildMode, JobFinished, JobMessage, JobStarted, Manifest
 from crossfarm.worker import cargo
 from crossfarm.worker.artifacts import ArtifactCollector, JobOutput, build_manifest
@@ -32,7 +32,7 @@ from crossfarm.worker.container import Docker, Step
 from crossfarm.worker.images import BUILD_UID, build_mode
 from crossfarm.worker.reporter import Reporter
 from crossfarm.worker.settings import WorkerSettings
-from crossfarm.worker.source import container_tar, fetch_source
+from crossfarm.worker.source import container_tar, fetch_blobs, fetch_tree
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,16 @@ class Toolbox:
 class JobLog:
     """Forwards each line to the build's event stream and keeps the whole log for storage."""
 
-    def __init__(self, reporter: Reporter, build_id: BuildId, target: str) -> None:
+    def __init__(self, reporter: Reporter, build_id: BuildId, target: str,
+                 secrets: list[str]) -> None:
         self._reporter, self._build_id, self._target = reporter, build_id, target
+        # Longest first, so a secret containing another is hidden whole.
+        self._secrets = sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True)
         self.lines: list[str] = []
 
     def __call__(self, text: str) -> None:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
         self.lines.append(text)
         self._reporter.line(self._build_id, self._target, text)
 
@@ -84,7 +89,7 @@ def run_job(tools: Toolbox, job: JobMessage, consumed_from: str) -> BuildState |
     if not verdict.proceed:
         log.info("job %s not run: %s", job_id, verdict.reason)
         return None
-    joblog = JobLog(tools.reporter, BuildId(job.build_id), job.target)
+    joblog = JobLog(tools.reporter, BuildId(job.build_id), job.target, list(job.env.values()))
     joblog(f"crossfarm: {job.target} on {tools.settings.worker_name} "
            f"({tools.host.value}, {mode.value}), attempt {job.attempt}")
     outcome = (JobFinished(attempt=job.attempt, state=BuildState.FAILED, reason=refusal)
@@ -126,17 +131,19 @@ def _compile_and_publish(
     with tempfile.TemporaryDirectory(dir=settings.scratch_dir) as scratch:
         tmp = Path(scratch)
         with joblog.timed("source download and check"):
-            archive = fetch_source(tools.storage, SourceDigest(job.source), tmp)
-            tree, names = container_tar(archive, "src", BUILD_UID, ArchiveLimits())
-        locked = "Cargo.lock" in names
+            tree = fetch_tree(tools.storage, SourceDigest(job.source), TreeLimits())
+            fetched = fetch_blobs(tools.storage, tree, settings.scratch_dir / "blobs")
+            joblog(f"crossfarm: {len(tree.entries)} files, {fetched} blob(s) not cached here")
+            tar = container_tar(tree, settings.scratch_dir / "blobs", "src", BUILD_UID)
+        locked = any(entry.path == "Cargo.lock" for entry in tree.entries)
         labels = {"io.crossfarm.job": job.job_id, "io.crossfarm.attempt": str(job.attempt),
                   "io.crossfarm.worker": settings.worker_name}
         volume_name = f"crossfarm-{job.job_id}-a{job.attempt}"
-        with tree, tools.docker.volume(volume_name, labels):
+        with tar, tools.docker.volume(volume_name, labels):
             fetch = _step(settings, job, cargo.fetch_command(job, locked), volume_name,
                           network=True, labels=labels)
             with joblog.timed("dependency fetch step"), tools.docker.container(fetch) as container:
-                container.put(cargo.WORK, tree)
+                container.put(cargo.WORK, tar)
                 result = container.run(lambda _s, line: joblog(line), deadline,
                                        lambda: tools.reporter.cancelled(JobId(job.job_id)))
             if result.exit_code != 0:
@@ -175,7 +182,8 @@ def _compile(tools: Toolbox, job: JobMessage, locked: bool, volume: str,
 
 def _step(settings: WorkerSettings, job: JobMessage, command: list[str], volume: str,
           network: bool, labels: dict[str, str]) -> Step:
-    env = {"CARGO_TARGET_DIR": cargo.TARGET_DIR}
+    # The request's variables reach only the offline build step, never the networked one.
+    env = {**({} if network else job.env), "CARGO_TARGET_DIR": cargo.TARGET_DIR}
     binds = {}
     if network and settings.ca_bundle is not None:
         binds[settings.ca_bundle] = _CA_IN_CONTAINER

@@ -9,7 +9,7 @@ import httpx
 from crossfarm.shared.errors import Conflict
 from crossfarm.shared.events import Events
 from crossfarm.shared.ids import BuildId, JobId
-from crossfarm.shared.wire import Event, JobFinished, JobStarted, StartVerdict
+from crossfarm.shared.wire import Event, JobFinished, JobStarted, StartVerdict, WorkerHeartbeat
 
 
 class Reporter:
@@ -28,6 +28,13 @@ class Reporter:
         response = self._post(f"/v1/jobs/{job_id}/finish", report.model_dump_json())
         if response.status_code == 409:
             raise Conflict(response.json().get("message", "the job's attempt is no longer current"))
+
+    def heartbeat(self, name: str, info: WorkerHeartbeat, fresh_start: bool) -> None:
+        response = self._http.post(
+            f"/v1/workers/{name}/heartbeat", params={"fresh_start": str(fresh_start).lower()},
+            content=info.model_dump_json(), headers={"Content-Type": "application/json"},
+        )
+        response.raise_for_status()
 
     def line(self, build_id: BuildId, target: str, text: str) -> None:
         self._events.append(build_id, Event(kind="log", target=target, line=text))

@@ -31,6 +31,9 @@ class WorkerSettings(BaseSettings):
     #: other architectures whose queues this worker also serves, with its cross toolchain
     cross_arches: Annotated[list[Arch], NoDecode] = []
     concurrency: int = Field(default=1, ge=1, le=64)
+    #: free-form labels shown in the fleet (CROSSFARM_LABELS='{"rack": "r1"}')
+    labels: dict[str, str] = {}
+    heartbeat_s: float = Field(default=5.0, gt=0)
     builder_image: str = "crossfarm/builder:1"
     cargo_home_volume: str = "crossfarm-cargo-home"
     build_cpus: float = Field(default_factory=lambda: float(os.cpu_count() or 1), gt=0)

@@ -13,6 +13,7 @@ from crossfarm.controller import builds
 from crossfarm.controller.api.deps import BuildIdDep, FarmDep
 from crossfarm.shared.events import EventReader
 from crossfarm.shared.ids import BuildId
+from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import ArtifactView, BuildRequest, BuildView, Event
 
 router = APIRouter(prefix="/v1/builds", tags=["builds"])
@@ -24,6 +25,16 @@ _KEEPALIVE_MS = 15_000
 @router.post("", status_code=201)
 def submit_build(farm: FarmDep, request: BuildRequest) -> BuildView:
     return builds.submit_build(farm, request)
+
+
+@router.get("")
+def list_builds(
+    farm: FarmDep,
+    submitter: str | None = None,
+    state: BuildState | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 20,
+) -> list[BuildView]:
+    return builds.list_builds(farm, submitter, state, limit)
 
 
 @router.get("/{build_id}")
@@ -48,6 +59,7 @@ async def stream_events(
     request: Request,
     last_event_id: Annotated[str | None, Header()] = None,
     after: Annotated[str | None, Query(pattern=r"^\d+-\d+$")] = None,
+    follow: bool = True,
 ) -> StreamingResponse:
     """Server-Sent Events: log lines and state changes in order, ending with an `end` event.
     Reconnect with Last-Event-ID (or ?after=) to resume without gaps or repeats."""
@@ -55,7 +67,7 @@ async def stream_events(
     start = last_event_id or after or "0-0"
     reader: EventReader = request.app.state.event_reader
     return StreamingResponse(
-        _sse(reader, build_id, start, build.state.terminal, request),
+        _sse(reader, build_id, start, build.state.terminal or not follow, request),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -68,7 +80,7 @@ async def _sse(
     while not await request.is_disconnected():
         entries = await reader.read(build_id, after, block_ms=0 if terminal else _KEEPALIVE_MS)
         if not entries:
-            if terminal:  # the stream expired or never existed: still close cleanly
+            if terminal:  # all read (or the stream expired): still close with an end event
                 yield _frame(after, Event(kind="end"))
                 return
             yield ": keep-alive\n\n"

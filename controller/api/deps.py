@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Path, Request
 
-from crossfarm.controller.builds import Farm
+from crossfarm.controller.farm import Farm
 from crossfarm.shared.ids import (
     BuildId,
     JobId,

@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import subprocess
-import tarfile
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
-from crossfarm.client.pack import pack
+from crossfarm.client.api import FarmClient
+from crossfarm.client.source import scan, send
 
 pytestmark = pytest.mark.integration
 
 X86 = "x86_64-unknown-linux-gnu"
 
 
-def _upload(api: httpx.Client, data: bytes) -> str:
-    digest = hashlib.sha256(data).hexdigest()
-    response = api.put(f"/v1/sources/{digest}", content=data)
-    assert response.status_code == 201, response.text
-    return digest
+def _upload(farm, crate: Path) -> str:
+    """Send the crate's tree and blobs the way the CLI does; returns the tree digest."""
+    with FarmClient(farm.controller_url) as client:
+        return send(client, scan(crate)).status.digest
 
 
 @pytest.fixture
@@ -32,8 +30,8 @@ def api(farm):
         yield client
 
 
-def test_unsupported_target_gets_422_naming_the_supported_ones(api, crate):
-    digest = _upload(api, pack(crate).data)
+def test_unsupported_target_gets_422_naming_the_supported_ones(farm, api, crate):
+    digest = _upload(farm, crate)
     response = api.post(
         "/v1/builds", json={"source": digest, "targets": ["riscv64gc-unknown-linux-gnu"]}
     )
@@ -43,16 +41,16 @@ def test_unsupported_target_gets_422_naming_the_supported_ones(api, crate):
     assert body["fields"]["supported"] == ["aarch64-unknown-linux-gnu", X86]
 
 
-def test_refused_cargo_argument_gets_422_with_the_alternative(api, crate):
-    digest = _upload(api, pack(crate).data)
+def test_refused_cargo_argument_gets_422_with_the_alternative(farm, api, crate):
+    digest = _upload(farm, crate)
     response = api.post("/v1/builds", json={"source": digest, "targets": [X86],
                                             "cargo_args": ["--target-dir", "/tmp/x"]})
     assert response.status_code == 422
     assert "the farm chooses where outputs go" in response.json()["message"]
 
 
-def test_unknown_request_field_is_refused(api, crate):
-    digest = _upload(api, pack(crate).data)
+def test_unknown_request_field_is_refused(farm, api, crate):
+    digest = _upload(farm, crate)
     response = api.post("/v1/builds", json={"source": digest, "targets": [X86], "relase": True})
     assert response.status_code == 422
 
@@ -60,34 +58,33 @@ def test_unknown_request_field_is_refused(api, crate):
 def test_build_of_a_source_never_uploaded_is_404(api):
     response = api.post("/v1/builds", json={"source": "0" * 64, "targets": [X86]})
     assert response.status_code == 404
-    assert "PUT /v1/sources" in response.json()["message"]
+    assert "POST /v1/sources" in response.json()["message"]
 
 
-def _tar_gz(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
-    buffer = io.BytesIO()
-    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz, \
-            tarfile.open(fileobj=gz, mode="w") as tar:
-        for info, data in members:
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    return buffer.getvalue()
-
-
-def test_archive_with_a_parent_path_is_refused_and_not_stored(api):
-    evil = tarfile.TarInfo("../escape.rs")
-    evil.size = 2
-    data = _tar_gz([(evil, b"hi")])
+def test_tree_with_a_parent_path_is_refused_and_not_stored(api):
+    data = b"fn main() {}\n"
     digest = hashlib.sha256(data).hexdigest()
-    response = api.put(f"/v1/sources/{digest}", content=data)
+    assert api.put(f"/v1/blobs/{digest}", content=data).status_code == 204
+    tree = {"entries": [{"path": "../escape.rs", "kind": "file", "sha256": digest,
+                         "size": len(data)}]}
+    response = api.post("/v1/sources", json=tree)
     assert response.status_code == 422
     assert "../escape.rs" in response.json()["message"]
-    assert api.get(f"/v1/sources/{digest}").status_code == 404
 
 
-def test_upload_whose_bytes_do_not_match_the_digest_is_refused(api, crate):
-    data = pack(crate).data
-    response = api.put(f"/v1/sources/{'a' * 64}", content=data)
+def test_tree_naming_a_blob_never_uploaded_is_refused(api):
+    tree = {"entries": [{"path": "src/main.rs", "kind": "file", "sha256": "b" * 64, "size": 3}]}
+    response = api.post("/v1/sources", json=tree)
+    assert response.status_code == 422
+    assert "not uploaded yet" in response.json()["message"]
+
+
+def test_blob_whose_bytes_do_not_match_the_digest_is_refused_and_not_stored(api):
+    response = api.put(f"/v1/blobs/{'a' * 64}", content=b"other bytes")
     assert response.status_code == 422
     assert "sha256" in response.json()["message"]
+    missing = api.post("/v1/blobs/missing", json={"digests": ["a" * 64]}).json()["missing"]
+    assert missing == ["a" * 64]
 
 
 def test_unknown_build_is_404(api):
@@ -101,10 +98,10 @@ def _containers_of(job_id: str) -> list[str]:
     return out.stdout.split()
 
 
-def test_cancel_while_running_stops_the_container_and_publishes_nothing(api, crate):
+def test_cancel_while_running_stops_the_container_and_publishes_nothing(farm, api, crate):
     (crate / "build.rs").write_text(
         "fn main() { std::thread::sleep(std::time::Duration::from_secs(300)); }\n")
-    digest = _upload(api, pack(crate).data)
+    digest = _upload(farm, crate)
     build = api.post("/v1/builds", json={"source": digest, "targets": [X86]}).json()
     job_id = build["jobs"][0]["job_id"]
     deadline = time.monotonic() + 180

@@ -49,7 +49,8 @@ def built(farm, tmp_path_factory):
         cwd=crate, env=farm.env(), capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stderr
-    return crate, BuildView.model_validate_json(result.stdout), result.stderr
+    document = json.loads(result.stdout)
+    return crate, BuildView.model_validate(document["build"]), result.stderr
 
 
 def test_both_targets_succeed_and_land_where_cargo_puts_them(built):
@@ -130,8 +131,7 @@ def test_unchanged_resubmission_uploads_nothing(farm, built, cli):
     crate, _, _ = built
     result = cli(crate, "build", "--target", X86, "--release", "--detach")
     assert result.returncode == 0, result.stderr
-    assert "already on the farm" in result.stderr
-    assert "uploading" not in result.stderr
+    assert "nothing to upload, the farm has every file" in result.stderr
 
 
 def test_compile_error_fails_the_build_with_cargos_message_and_nonzero_exit(farm, crate, cli):

@@ -1,0 +1,172 @@
+"""`crossfarm build`: send the crate, follow every target live, bring the artifacts home."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from crossfarm.client.api import FarmClient, FarmError
+from crossfarm.client.config import Config, CrossConfig
+from crossfarm.client.render import Progress, build_table, emit_json, note
+from crossfarm.client.source import scan, send
+from crossfarm.shared.states import BuildState
+from crossfarm.shared.wire import BuildRequest, BuildView
+
+#: Exit codes scripts can rely on (documented in docs/ci.md).
+EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_CANCELLED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    targets: list[str]
+    profile: str
+    features: list[str]
+    all_features: bool
+    no_default_features: bool
+    cargo_args: list[str]
+    timeout: int | None
+    detach: bool
+    as_json: bool
+    cancel_on_interrupt: bool
+    git: tuple[str, str] | None  # (url, rev)
+    root: Path  # where the crate is, and where target/ goes
+
+
+def exit_code(state: BuildState) -> int:
+    return {BuildState.SUCCEEDED: EXIT_OK, BuildState.CANCELLED: EXIT_CANCELLED}.get(
+        state, EXIT_FAILED)
+
+
+def run_build(client: FarmClient, config: Config, cross: CrossConfig, options: BuildOptions
+              ) -> int:
+    for warning in cross.warnings:
+        note(f"warning: {warning}")
+    for name in cross.missing:
+        note(f"warning: Cross.toml passes {name} through, but it is not set here")
+    source = _send_source(client, options)
+    request = BuildRequest(
+        source=source, targets=options.targets, profile=options.profile,
+        features=options.features, all_features=options.all_features,
+        no_default_features=options.no_default_features, cargo_args=options.cargo_args,
+        timeout_s=options.timeout, env=cross.passthrough,
+        target_env={t: env for t, env in cross.per_target.items() if t in options.targets},
+        submitter=config.user,
+    )
+    build = client.submit(request)
+    remember_build(build.build_id)
+    note(f"build {build.build_id}: " + ", ".join(f"{j.target} → {j.queue}" for j in build.jobs))
+    if options.detach:
+        if options.as_json:
+            emit_json(build)
+        else:
+            print(build.build_id)
+        return EXIT_OK
+    with _interrupts(client, build.build_id, options.cancel_on_interrupt):
+        follow(client, build.build_id, options.targets)
+    final = client.build(build.build_id)
+    artifacts = client.artifacts(build.build_id)
+    for artifact in artifacts:
+        dest = options.root / artifact.path
+        client.download(artifact, dest, Progress(f"{artifact.target} {artifact.name}"))
+        note(f"{artifact.target}: {artifact.path} ({artifact.size} bytes, sha256 ok)")
+    if options.as_json:
+        emit_json({"build": final, "artifacts": artifacts})
+    else:
+        build_table(final, artifacts)
+    return exit_code(final.state)
+
+
+def _send_source(client: FarmClient, options: BuildOptions) -> str:
+    if options.git:
+        url, rev = options.git
+        status = client.create_git_source(url, rev)
+        note(f"farm fetched {url} at {status.commit} ({status.files} files)")
+        return status.digest
+    local = scan(options.root)
+    report = send(client, local, Progress("upload"))
+    if report.blobs_sent:
+        note(f"sent {report.blobs_sent} of {len(local.files)} file(s), {report.bytes_sent} bytes")
+    else:
+        note(f"source {local.digest[:12]} ({len(local.tree.entries)} files): "
+             "nothing to upload, the farm has every file")
+    return report.status.digest
+
+
+def follow(client: FarmClient, build_id: str, targets: list[str] | None = None,
+           only: str | None = None, live: bool = True) -> None:
+    """Print a build's log lines (to stderr, prefixed by target) until it ends."""
+    width = max((len(t) for t in targets or []), default=0)
+    for event in client.events(build_id, follow=live):
+        if only and event.target != only:
+            continue
+        if event.kind == "log":
+            print(f"[{(event.target or ''):<{width}}] {event.line}", file=sys.stderr, flush=True)
+        elif event.kind == "state" and event.target:
+            note(f"{event.target}: {event.state}")
+
+
+@contextmanager
+def _interrupts(client: FarmClient, build_id: str, cancel_without_asking: bool
+                ) -> Iterator[None]:
+    """Ctrl-C while following: cancel the remote build (asking first, unless told not to)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if cancel_without_asking or _ask(f"\ncancel build {build_id} on the farm? [y/N] "):
+            view = client.cancel(build_id)
+            note(f"build {build_id}: {view.state.value}")
+            raise SystemExit(EXIT_CANCELLED) from None
+        note(f"build {build_id} goes on; follow it with: crossfarm logs -f {build_id}")
+        raise SystemExit(EXIT_INTERRUPTED) from None
+
+
+def _ask(question: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return input(question).strip().lower() in ("y", "yes")
+    except (EOFError, KeyboardInterrupt):
+        return False
+
+
+def _state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "crossfarm"
+
+
+def remember_build(build_id: str) -> None:
+    """Remember the last build so `crossfarm status` with no id shows it."""
+    try:
+        path = _state_dir()
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "last-build").write_text(build_id + "\n")
+    except OSError:
+        pass  # a read-only home must not fail a build
+
+
+def last_build() -> str:
+    try:
+        return (_state_dir() / "last-build").read_text().strip()
+    except OSError:
+        raise FarmError("no build id given and no earlier build remembered here") from None
+
+
+def download_all(client: FarmClient, build_id: str, dest: Path,
+                 progress: Callable[[str], Callable[[int, int], None]] | None = None) -> int:
+    """Download every artifact of a build into dest/<triple>/<name>; returns the count."""
+    artifacts = client.artifacts(build_id)
+    for artifact in artifacts:
+        target = dest / artifact.target / artifact.name
+        client.download(artifact, target, progress(artifact.name) if progress else None)
+        note(f"{artifact.target}: {target}")
+    return len(artifacts)
+
+
+__all__ = ["BuildOptions", "BuildView", "download_all", "exit_code", "follow", "last_build",
+           "run_build"]

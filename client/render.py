@@ -1,0 +1,115 @@
+"""How the CLI shows things: tables for people, one JSON document for scripts, progress."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+from pydantic import BaseModel
+
+from crossfarm.shared.wire import ArtifactView, BuildView, Fleet
+
+
+def emit_json(document: object) -> None:
+    """The one machine-readable document of a command, on stdout."""
+    print(json.dumps(_plain(document), indent=2))
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def note(text: str) -> None:
+    print(f"crossfarm: {text}", file=sys.stderr, flush=True)
+
+
+def duration(view_job: object) -> str:
+    started = getattr(view_job, "started_at", None)
+    finished = getattr(view_job, "finished_at", None)
+    if started and finished:
+        return f"{(finished - started).total_seconds():.1f}s"
+    return "-"
+
+
+def build_table(view: BuildView, artifacts: Sequence[ArtifactView] = (),
+                out: TextIO = sys.stdout) -> None:
+    """The summary of a build: one row per target."""
+    counts: dict[str, int] = {}
+    for artifact in artifacts:
+        counts[artifact.target] = counts.get(artifact.target, 0) + 1
+    rows = [("TARGET", "RESULT", "WORKER", "MODE", "TIME", "ARTIFACTS", "REASON")]
+    for job in view.jobs:
+        rows.append((job.target, job.state.value, job.worker or "-",
+                     job.mode.value if job.mode else "-", duration(job),
+                     str(counts.get(job.target, 0)), job.reason or ""))
+    print(f"build {view.build_id}: {view.state.value}", file=out)
+    _table(rows, out)
+
+
+def builds_table(views: Sequence[BuildView], out: TextIO = sys.stdout) -> None:
+    rows = [("BUILD", "STATE", "CREATED", "TARGETS", "SUBMITTER")]
+    for view in views:
+        rows.append((view.build_id, view.state.value,
+                     view.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                     ",".join(job.target for job in view.jobs), view.submitter or "-"))
+    _table(rows, out)
+
+
+def artifacts_table(artifacts: Sequence[ArtifactView], out: TextIO = sys.stdout) -> None:
+    rows = [("TARGET", "NAME", "SIZE", "SHA256")]
+    rows += [(a.target, a.name, str(a.size), a.sha256) for a in artifacts]
+    _table(rows, out)
+
+
+def workers_table(fleet: Fleet, out: TextIO = sys.stdout) -> None:
+    rows = [("WORKER", "STATE", "ARCH", "QUEUES", "CPUS", "RUNNING", "LAST SEEN")]
+    for worker in fleet.workers:
+        queues = ",".join(f"{q.rsplit('.', 1)[-1]}:{mode.value}"
+                          for q, mode in worker.info.queues.items())
+        rows.append((worker.name, worker.state.value, worker.info.arch, queues,
+                     f"{worker.info.cpus:g}", str(len(worker.running_jobs)),
+                     worker.last_seen.strftime("%H:%M:%S")))
+    _table(rows, out)
+    print(file=out)
+    summary = [("ARCH", "ONLINE", "QUEUED", "OLDEST WAITING")]
+    for arch in fleet.arches:
+        oldest = arch.oldest_waiting.strftime("%H:%M:%S") if arch.oldest_waiting else "-"
+        summary.append((arch.arch, str(arch.workers_online), str(arch.queue_depth), oldest))
+    _table(summary, out)
+
+
+def _table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+              .rstrip(), file=out)
+
+
+class Progress:
+    """A one-line byte counter on stderr, redrawn at most ten times a second (tty only)."""
+
+    def __init__(self, label: str) -> None:
+        self._label = label
+        self._live = sys.stderr.isatty()
+        self._drawn = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self._live or (now - self._drawn < 0.1 and done < total):
+            return
+        self._drawn = now
+        share = done / total if total else 1.0
+        bar = "#" * int(share * 30)
+        print(f"\r{self._label} [{bar:<30}] {done}/{total} bytes", end="", file=sys.stderr,
+              flush=True)
+        if done >= total:
+            print(file=sys.stderr)

@@ -1,0 +1,142 @@
+"""Describe a crate as a source tree and send the farm only the files it lacks.
+
+Files are what git would track: tracked plus untracked-but-not-ignored, so
+.gitignore is honoured and target/ never travels. A directory that is not a git
+checkout (or sits in an ignored part of one) is listed with a throwaway git
+index, so its .gitignore counts too. Each file is named by its sha256; the farm
+answers which of those it lacks, and only those are uploaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from crossfarm.shared.errors import InvalidSource
+from crossfarm.shared.tree import TreeLimits, check_tree, tree_digest
+from crossfarm.shared.wire import MissingBlobs, SourceStatus, SourceTree, TreeEntry
+
+#: Parallel blob uploads: hides per-request latency on a slow link.
+_UPLOADS = 8
+
+
+@dataclass(frozen=True)
+class LocalTree:
+    """A scanned crate: its tree, its digest, and where each blob's bytes are on disk."""
+
+    root: Path
+    tree: SourceTree
+    digest: str
+    files: dict[str, Path]  # sha256 -> one local file with those bytes
+    total_bytes: int
+
+
+@dataclass(frozen=True)
+class SendReport:
+    status: SourceStatus
+    blobs_sent: int
+    bytes_sent: int
+
+
+class BlobSink(Protocol):
+    """The part of the farm's API that sending a tree needs."""
+
+    def missing_blobs(self, digests: list[str]) -> MissingBlobs: ...
+    def put_blob(self, digest: str, path: Path) -> None: ...
+    def create_source(self, tree: SourceTree) -> SourceStatus: ...
+
+
+def list_files(root: Path) -> list[str]:
+    """The crate's files, relative to `root`, as git sees them (ignores honoured)."""
+    root = root.resolve()
+    args = ["ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "."]
+    if _tracked_by_git(root):
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, check=True)
+    else:
+        with tempfile.TemporaryDirectory() as gitdir:
+            env = {**os.environ, "GIT_DIR": gitdir, "GIT_WORK_TREE": str(root)}
+            subprocess.run(["git", "init", "-q"], env=env, check=True, capture_output=True)
+            out = subprocess.run(["git", "-C", str(root), *args], env=env,
+                                 capture_output=True, check=True)
+    names = {name for name in out.stdout.decode().split("\0") if name}
+    return sorted(n for n in names if n.split("/")[0] not in ("target", ".git"))
+
+
+def _tracked_by_git(root: Path) -> bool:
+    """Inside a git work tree, and not in a part of it that the tree ignores."""
+    inside = subprocess.run(["git", "-C", str(root), "rev-parse", "--is-inside-work-tree"],
+                            capture_output=True, text=True)
+    if inside.returncode != 0 or inside.stdout.strip() != "true":
+        return False
+    ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", "."],
+                             capture_output=True)
+    return ignored.returncode != 0
+
+
+def scan(root: Path, limits: TreeLimits | None = None) -> LocalTree:
+    """Hash every file of the crate at `root`; refuses unsafe entries before anything is sent."""
+    limits = limits or TreeLimits()
+    root = root.resolve()
+    names = [n for n in list_files(root) if (root / n).exists() or (root / n).is_symlink()]
+    if len(names) > limits.max_files:
+        raise InvalidSource(f"{len(names)} files; the farm's limit is {limits.max_files}")
+    entries: list[TreeEntry] = []
+    files: dict[str, Path] = {}
+    for name in names:
+        entry = _entry(root, name, limits)
+        entries.append(entry)
+        if entry.sha256:
+            files.setdefault(entry.sha256, root / name)
+    tree = SourceTree(entries=entries)
+    summary = check_tree(tree, limits)
+    return LocalTree(root=root, tree=tree, digest=tree_digest(tree), files=files,
+                     total_bytes=summary.total_bytes)
+
+
+def _entry(root: Path, name: str, limits: TreeLimits) -> TreeEntry:
+    path = root / name
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        return TreeEntry(path=name, kind="symlink", target=os.readlink(path))
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidSource("only regular files and symlinks can be sent", name)
+    if st.st_size > limits.max_file_bytes:
+        raise InvalidSource(f"{st.st_size} bytes; the limit is {limits.max_file_bytes}", name)
+    return TreeEntry(path=name, kind="file", sha256=_sha256(path), size=st.st_size,
+                     executable=bool(st.st_mode & 0o111))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fileobj:
+        for block in iter(lambda: fileobj.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def send(farm: BlobSink, local: LocalTree,
+         progress: Callable[[int, int], None] | None = None) -> SendReport:
+    """Upload the blobs the farm lacks, then the tree. `progress(sent, total)` sees bytes."""
+    missing = farm.missing_blobs(sorted(local.files)).missing
+    sizes = {digest: local.files[digest].stat().st_size for digest in missing}
+    total, sent = sum(sizes.values()), 0
+
+    def upload(digest: str) -> int:
+        farm.put_blob(digest, local.files[digest])
+        return sizes[digest]
+
+    with ThreadPoolExecutor(_UPLOADS) as pool:
+        for size in pool.map(upload, missing):
+            sent += size
+            if progress:
+                progress(sent, total)
+    status = farm.create_source(local.tree)
+    return SendReport(status=status, blobs_sent=len(missing), bytes_sent=sent)

@@ -1,0 +1,42 @@
+"""The fleet: workers register and heartbeat; the controller says who is online and
+how deep each architecture's backlog is."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from crossfarm.controller.farm import Farm
+from crossfarm.shared import keys
+from crossfarm.shared.arch import Arch
+from crossfarm.shared.wire import ArchSummary, Fleet, WorkerHeartbeat, WorkerState, WorkerView
+
+
+def worker_state(last_seen: datetime, now: datetime, lost_after_s: int) -> WorkerState:
+    """Lost once no heartbeat arrived for `lost_after_s` seconds."""
+    if now - last_seen > timedelta(seconds=lost_after_s):
+        return WorkerState.LOST
+    return WorkerState.ONLINE
+
+
+def heartbeat(farm: Farm, name: str, info: WorkerHeartbeat, fresh_start: bool) -> None:
+    farm.store.heartbeat(name, info, fresh_start)
+
+
+def fleet(farm: Farm) -> Fleet:
+    now = datetime.now(UTC)
+    running = farm.store.running_jobs()
+    views = [
+        WorkerView(name=w.name, state=worker_state(w.last_seen, now, farm.settings.lost_after_s),
+                   last_seen=w.last_seen, started_at=w.started_at,
+                   running_jobs=sorted(running.get(w.name, [])), info=w.info)
+        for w in farm.store.workers()
+    ]
+    oldest = farm.store.oldest_queued()
+    arches = []
+    for arch in Arch:
+        queue = keys.queue_name(arch)
+        online = sum(1 for v in views if v.state is WorkerState.ONLINE and queue in v.info.queues)
+        arches.append(ArchSummary(arch=arch.value, queue=queue, workers_online=online,
+                                  queue_depth=farm.events.queue_depth(queue),
+                                  oldest_waiting=oldest.get(arch.value)))
+    return Fleet(workers=views, arches=arches)

@@ -1,0 +1,97 @@
+"""Source use-cases: which blobs the farm lacks, storing blobs and trees, git farm.
+
+Files travel once: a blob is stored under its sha256, a tree lists blobs, and a
+build names a tree. An unchanged re-submission therefore sends no file bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+from typing import IO
+
+from crossfarm.controller.farm import Farm
+from crossfarm.controller.gitsource import GitCommit, fetch_commit
+from crossfarm.shared import keys
+from crossfarm.shared.errors import InvalidSource
+from crossfarm.shared.ids import SourceDigest
+from crossfarm.shared.tree import check_tree, file_digests, tree_digest
+from crossfarm.shared.wire import (
+    BlobQuery,
+    GitSource,
+    MissingBlobs,
+    SourceStatus,
+    SourceTree,
+    TreeEntry,
+)
+
+
+def missing_blobs(farm: Farm, query: BlobQuery) -> MissingBlobs:
+    return MissingBlobs(missing=farm.store.missing_blobs(list(query.digests)))
+
+
+def put_blob(farm: Farm, digest: str, body: IO[bytes]) -> None:
+    """Store one file's bytes after checking the size limit and that they hash to `digest`."""
+    limit = farm.settings.max_file_bytes
+    data = body.read(limit + 1)
+    if len(data) > limit:
+        raise InvalidSource(f"a file is over the farm's limit of {limit} bytes")
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != digest:
+        raise InvalidSource(f"the body's sha256 is {actual}, not {digest} as the URL says")
+    _store_blob(farm, digest, data)
+    farm.counters.blob(len(data))
+
+
+def _store_blob(farm: Farm, digest: str, data: bytes) -> None:
+    farm.storage.put_bytes(keys.blob_key(digest), data)
+    farm.store.add_blob(digest, len(data))
+
+
+def create_source(farm: Farm, tree: SourceTree, commit: str | None = None) -> SourceStatus:
+    """Check a tree, make sure every blob it names is stored, and store the tree."""
+    summary = check_tree(tree, farm.settings.tree_limits())
+    missing = farm.store.missing_blobs(file_digests(tree))
+    if missing:
+        shown = ", ".join(missing[:5]) + (" …" if len(missing) > 5 else "")
+        raise InvalidSource(f"{len(missing)} blob(s) are not uploaded yet ({shown}); "
+                            "ask POST /v1/blobs/missing and PUT each one first")
+    digest = SourceDigest(tree_digest(tree))
+    status = SourceStatus(digest=digest, files=summary.files, total_bytes=summary.total_bytes,
+                          commit=commit)
+    canonical = SourceTree(entries=sorted(tree.entries, key=lambda e: e.path))
+    farm.storage.put_bytes(keys.tree_key(digest), canonical.model_dump_json().encode(),
+                              "application/json")
+    farm.store.add_tree(status)
+    farm.counters.tree()
+    return status
+
+
+def source_status(farm: Farm, digest: SourceDigest) -> SourceStatus:
+    return farm.store.tree(digest)
+
+
+def create_git_source(farm: Farm, git: GitSource) -> SourceStatus:
+    """Fetch a commit, store its files as blobs (only those the farm lacks) and its tree."""
+    settings = farm.settings
+    with tempfile.TemporaryDirectory(prefix="crossfarm-git-") as workdir:
+        commit = fetch_commit(git.url, git.rev, Path(workdir), settings.git_timeout_s,
+                              settings.max_source_files)
+    tree = _tree_of(commit)
+    check_tree(tree, settings.tree_limits())
+    blobs = {hashlib.sha256(f.data).hexdigest(): f.data for f in commit.files if not f.symlink}
+    for digest in farm.store.missing_blobs(list(blobs)):
+        _store_blob(farm, digest, blobs[digest])
+    return create_source(farm, tree, commit=commit.commit)
+
+
+def _tree_of(commit: GitCommit) -> SourceTree:
+    entries = [
+        TreeEntry(path=f.path, kind="symlink", target=f.data.decode(errors="replace"))
+        if f.symlink else
+        TreeEntry(path=f.path, kind="file", sha256=hashlib.sha256(f.data).hexdigest(),
+                  size=len(f.data), executable=f.executable)
+        for f in commit.files
+    ]
+    return SourceTree(entries=entries)

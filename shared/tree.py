@@ -1,0 +1,134 @@
+"""Source trees: a crate as a list of entries (path, kind, sha256), its files stored
+once each as content-addressed blobs.
+
+The client sends the list, the farm answers which blobs it lacks, and only those
+travel. Every reader checks the tree the same way (`check_tree`), so an unsafe
+tree is refused with the path it concerns, on the controller before it is stored
+and on the worker before it is built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from crossfarm.shared.errors import InvalidSource
+from crossfarm.shared.wire import SourceTree, TreeEntry
+
+
+@dataclass(frozen=True)
+class TreeLimits:
+    """Upper bounds for one source tree."""
+
+    max_files: int = 20_000
+    max_file_bytes: int = 64 * 1024 * 1024
+    max_total_bytes: int = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TreeSummary:
+    files: int
+    total_bytes: int
+
+
+def tree_digest(tree: SourceTree) -> str:
+    """The tree's name: the sha256 of its canonical JSON (entries sorted by path)."""
+    canonical = SourceTree(entries=sorted(tree.entries, key=lambda e: e.path))
+    return hashlib.sha256(canonical.model_dump_json().encode()).hexdigest()
+
+
+def check_path(path: str) -> None:
+    """Refuse a path that could escape or clutter the build tree on its own."""
+    if not path or path.startswith("/") or "\\" in path:
+        raise InvalidSource("paths must be relative, non-empty and use '/'", path)
+    parts = path.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise InvalidSource("empty, '.' and '..' path components are not allowed", path)
+    if parts[0] in ("target", ".git"):
+        raise InvalidSource("target/ and .git/ are never part of a source upload", path)
+    if any(ord(char) < 32 for char in path):
+        raise InvalidSource("control characters are not allowed in paths", path)
+
+
+class TreeCheck:
+    """Checks entries one by one and the tree they make together.
+
+    Besides each path's own checks: a symlink must stay inside the tree, and no
+    path may pass through a symlink (`here -> .` then `escape -> here/..` would
+    otherwise leave the tree, whatever order the entries come in).
+    """
+
+    def __init__(self) -> None:
+        self._links: set[str] = set()
+        self._paths: set[str] = set()
+        self._walked: set[str] = set()  # directories some symlink's target passes through
+
+    def add(self, entry: TreeEntry) -> None:
+        name = entry.path
+        check_path(name)
+        if name in self._paths:
+            raise InvalidSource("the path appears twice", name)
+        for parent in _parents(name):
+            if parent in self._links:
+                raise InvalidSource(f"the path goes through the symlink {parent}", name)
+        if entry.kind == "symlink":
+            target = entry.target or ""
+            walked = _walk_link(name, target)
+            if (walked & self._links) or name in self._walked or any(
+                path.startswith(name + "/") for path in self._paths
+            ):
+                raise InvalidSource(
+                    f"symlink -> {target} and another symlink lead through each other", name
+                )
+            self._links.add(name)
+            self._walked |= walked
+        self._paths.add(name)
+
+
+def _parents(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _walk_link(name: str, link: str) -> set[str]:
+    """The directories a link's target steps through; InvalidSource if it leaves the tree."""
+    if not link or link.startswith("/"):
+        raise InvalidSource(f"symlink points outside the source tree ({link!r})", name)
+    stack = name.split("/")[:-1]
+    walked: set[str] = set()
+    parts = [part for part in link.split("/") if part not in ("", ".")]
+    for index, part in enumerate(parts):
+        if part == "..":
+            if not stack:
+                raise InvalidSource(f"symlink points outside the source tree ({link})", name)
+            stack.pop()
+        else:
+            stack.append(part)
+            if index < len(parts) - 1:
+                walked.add("/".join(stack))
+    return walked
+
+
+def check_tree(tree: SourceTree, limits: TreeLimits) -> TreeSummary:
+    """Check every entry and the limits; returns the file count and total size."""
+    if not tree.entries:
+        raise InvalidSource("the source tree is empty")
+    if len(tree.entries) > limits.max_files:
+        raise InvalidSource(f"{len(tree.entries)} files; the limit is {limits.max_files}")
+    check = TreeCheck()
+    total = 0
+    for entry in tree.entries:
+        check.add(entry)
+        if entry.size > limits.max_file_bytes:
+            raise InvalidSource(
+                f"file is {entry.size} bytes; the limit is {limits.max_file_bytes}", entry.path
+            )
+        total += entry.size
+        if total > limits.max_total_bytes:
+            raise InvalidSource(f"the source tree is over {limits.max_total_bytes} bytes")
+    return TreeSummary(files=len(tree.entries), total_bytes=total)
+
+
+def file_digests(tree: SourceTree) -> list[str]:
+    """The distinct blob digests a tree's files need, in a stable order."""
+    return sorted({entry.sha256 for entry in tree.entries if entry.sha256})

@@ -1,0 +1,63 @@
+"""Tells the controller this worker exists: once at start, then every few seconds."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from importlib import metadata
+
+import httpx
+
+from crossfarm.shared import keys
+from crossfarm.shared.arch import TARGETS, Arch
+from crossfarm.shared.wire import BuildMode, WorkerHeartbeat
+from crossfarm.worker.reporter import Reporter
+from crossfarm.worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+def describe(settings: WorkerSettings, host: Arch, image_id: str | None) -> WorkerHeartbeat:
+    """This worker as the fleet sees it: detected architecture, queues and how it serves them."""
+    modes = {host: BuildMode.NATIVE, **{a: BuildMode.CROSS for a in settings.cross_arches
+                                        if a is not host}}
+    try:
+        version = metadata.version("crossfarm")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return WorkerHeartbeat(
+        hostname=settings.hostname(), arch=host.value,
+        queues={keys.queue_name(arch): mode for arch, mode in modes.items()},
+        cpus=settings.build_cpus, memory_bytes=settings.build_memory_bytes,
+        builder_image=settings.builder_image, builder_image_id=image_id,
+        targets=sorted(t for t, arch in TARGETS.items() if arch in modes),
+        labels=settings.labels, version=version, concurrency=settings.concurrency,
+    )
+
+
+class Heartbeat:
+    """A daemon thread that posts this worker's description every `interval_s` seconds."""
+
+    def __init__(self, reporter: Reporter, name: str, info: Callable[[], WorkerHeartbeat],
+                 interval_s: float) -> None:
+        self._reporter, self._name, self._info = reporter, name, info
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="crossfarm-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        fresh = True
+        while not self._stop.is_set():
+            try:
+                self._reporter.heartbeat(self._name, self._info(), fresh_start=fresh)
+                fresh = False
+            except (httpx.HTTPError, OSError) as exc:
+                log.warning("heartbeat to the controller failed: %s", exc)
+            self._stop.wait(self._interval)
