@@ -165,9 +165,10 @@ def _explain(response: httpx.Response) -> str:
     except ValueError:
         pass
     try:  # FastAPI's own validation errors: {"detail": [{"loc": [...], "msg": ...}]}
-        detail = response.json().get("detail")
+        body = response.json()
     except ValueError:
-        detail = None
+        body = None
+    detail = body.get("detail") if isinstance(body, dict) else None
     if isinstance(detail, list):
         parts = [f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}"
                  for d in detail if isinstance(d, dict)]

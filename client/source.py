@@ -102,6 +102,9 @@ def scan(root: Path, limits: TreeLimits | None = None) -> LocalTree:
 
 
 def _entry(root: Path, name: str, limits: TreeLimits) -> TreeEntry:
+    if name.endswith("/"):  # git lists an untracked nested repository as its directory
+        raise InvalidSource("a nested git repository: add its files to this repository "
+                            "(crossfarm does not send submodules) or remove its .git", name)
     path = root / name
     st = path.lstat()
     if stat.S_ISLNK(st.st_mode):

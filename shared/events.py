@@ -7,6 +7,7 @@ client that reconnects with Last-Event-ID resumes exactly where it stopped.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import redis
@@ -61,14 +62,20 @@ class EventReader:
     """Read a build's stream from a given entry id on (asyncio client, for SSE)."""
 
     def __init__(self, redis_url: str) -> None:
-        self._redis = redis.asyncio.Redis.from_url(redis_url)
+        # No socket timeout: a blocking XREAD legitimately waits for the whole block time.
+        self._redis = redis.asyncio.Redis.from_url(redis_url, socket_timeout=None)
 
     async def read(
         self, build_id: BuildId, after: str, block_ms: int, count: int = 500
     ) -> list[tuple[str, Event]]:
-        answer: Any = await self._redis.xread(
-            {keys.events_stream(build_id): after}, count=count, block=block_ms
-        )
+        try:
+            answer: Any = await self._redis.xread(
+                {keys.events_stream(build_id): after}, count=count, block=block_ms
+            )
+        except (redis.exceptions.TimeoutError, redis.exceptions.ConnectionError):
+            # Redis restarting or slow: the caller sends a keep-alive and asks again.
+            await asyncio.sleep(1)
+            return []
         entries: list[tuple[str, Event]] = []
         for _stream, items in answer or []:
             for entry_id, fields in items:

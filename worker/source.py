@@ -63,7 +63,7 @@ def container_tar(tree: SourceTree, cache: Path, prefix: str, uid: int) -> IO[by
     """
     out = tempfile.TemporaryFile()  # noqa: SIM115 - the caller closes it
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        directories = {prefix}
+        directories: set[str] = set()
         for entry in sorted(tree.entries, key=lambda e: e.path):
             parts = f"{prefix}/{entry.path}".split("/")
             for depth in range(1, len(parts)):

@@ -12,9 +12,9 @@ from crossfarm.shared.errors import (
     Conflict,
     CrossfarmError,
     IllegalTransition,
-    InvalidArchive,
     InvalidCargoArgs,
     InvalidRequest,
+    InvalidSource,
     NotFound,
     StorageError,
     UnsupportedTarget,
@@ -27,7 +27,7 @@ from crossfarm.shared.errors import (
         (InvalidRequest("bad"), 422),
         (UnsupportedTarget("riscv64gc-unknown-linux-gnu", ["x86_64-unknown-linux-gnu"]), 422),
         (InvalidCargoArgs("--release", "use crossfarm --release"), 422),
-        (InvalidArchive("too big", "src/huge.bin"), 422),
+        (InvalidSource("too big", "src/huge.bin"), 422),
         (NotFound("no build b-0123456789abcdef"), 404),
         (Conflict("already finished"), 409),
         (IllegalTransition("succeeded", "running"), 409),
@@ -78,3 +78,13 @@ def test_an_illegal_transition_response_is_a_conflict_with_both_states():
     response = _response_to(IllegalTransition("succeeded", "running"))
     assert response.status_code == 409
     assert response.json()["fields"] == {"current": "succeeded", "new": "running"}
+
+
+def test_an_invalid_source_response_names_the_path():
+    response = _response_to(InvalidSource("the path appears twice", "src/main.rs"))
+    assert response.status_code == 422
+    assert response.json() == {
+        "error": "InvalidSource",
+        "message": "src/main.rs: the path appears twice",
+        "fields": {"path": "src/main.rs"},
+    }

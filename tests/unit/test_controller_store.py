@@ -6,7 +6,13 @@ from crossfarm.controller.store import NewBuild, NewJob, Store
 from crossfarm.shared.errors import IllegalTransition, NotFound
 from crossfarm.shared.ids import BuildId, JobId
 from crossfarm.shared.states import BuildState
-from crossfarm.shared.wire import ArtifactEntry, BuildMode, Manifest
+from crossfarm.shared.wire import (
+    ArtifactEntry,
+    BuildMode,
+    Manifest,
+    SourceStatus,
+    WorkerHeartbeat,
+)
 
 BUILD = BuildId("b-0123456789abcdef")
 X86_JOB = JobId("j-000000000000000a")
@@ -30,6 +36,8 @@ def _new_build(build_id=BUILD):
             NewJob(job_id=X86_JOB, target=X86, arch="amd64", queue="crossfarm.builds.amd64"),
             NewJob(job_id=ARM_JOB, target=ARM, arch="arm64", queue="crossfarm.builds.arm64"),
         ],
+        env={"all": {"RUST_LOG": "debug", "CC": "cc"}, X86: {"CC": "clang", "X86_ONLY": "1"}},
+        submitter="ada",
     )
 
 
@@ -105,13 +113,13 @@ def test_a_build_outlives_the_store_that_wrote_it(db_url, store, built):
             X86_JOB: (BuildState.RUNNING, "w1"),
             ARM_JOB: (BuildState.QUEUED, None),
         }
-        assert reopened.build_settings(BUILD)["timeout_s"] == 900
+        assert reopened.build_settings(BUILD, X86)["timeout_s"] == 900
     finally:
         reopened.close()
 
 
 def test_build_settings_repeat_the_request_fields_a_job_message_needs(store, built):
-    assert store.build_settings(BUILD) == {
+    assert store.build_settings(BUILD, ARM) == {
         "source": DIGEST,
         "profile": "release",
         "features": ["tls", "serde/derive"],
@@ -119,7 +127,23 @@ def test_build_settings_repeat_the_request_fields_a_job_message_needs(store, bui
         "no_default_features": True,
         "cargo_args": ["--locked", "--bin", "app"],
         "timeout_s": 900,
+        "env": {"RUST_LOG": "debug", "CC": "cc"},
     }
+
+
+def test_build_settings_merge_the_targets_own_variables_over_the_shared_ones(store, built):
+    assert store.build_settings(BUILD, X86)["env"] == {
+        "RUST_LOG": "debug",
+        "CC": "clang",
+        "X86_ONLY": "1",
+    }
+
+
+def test_a_build_view_names_its_variables_but_never_their_values(store, built):
+    view = store.build(BUILD)
+    assert view.env_names == ["CC", "RUST_LOG", "X86_ONLY"]
+    assert "clang" not in view.model_dump_json()
+    assert view.submitter == "ada"
 
 
 def test_a_job_moves_from_queued_to_running_with_its_worker(store, built):
@@ -244,6 +268,8 @@ def test_two_builds_keep_their_jobs_apart(store, built):
                     queue="crossfarm.builds.amd64",
                 )
             ],
+            env={},
+            submitter=None,
         )
     )
     assert [r.view.job_id for r in store.jobs_of(other)] == ["j-00000000000000ff"]
@@ -254,7 +280,7 @@ def test_an_unknown_build_is_not_found(store, built):
     with pytest.raises(NotFound, match="b-ffffffffffffffff"):
         store.build(BuildId("b-ffffffffffffffff"))
     with pytest.raises(NotFound):
-        store.build_settings(BuildId("b-ffffffffffffffff"))
+        store.build_settings(BuildId("b-ffffffffffffffff"), X86)
     assert store.jobs_of(BuildId("b-ffffffffffffffff")) == []
 
 
@@ -274,3 +300,185 @@ def test_timestamps_read_back_as_the_same_aware_instants(store, built):
     assert view.created_at.tzinfo is not None
     assert view.created_at == built.created_at
     assert view.jobs[0].queued_at == built.jobs[0].queued_at
+
+
+def _one_job_build(store, build_id, job_id, target=X86, submitter=None):
+    arch = "amd64" if target == X86 else "arm64"
+    return store.add_build(
+        NewBuild(
+            build_id=BuildId(build_id),
+            source=DIGEST,
+            profile="dev",
+            features=[],
+            all_features=False,
+            no_default_features=False,
+            cargo_args=[],
+            timeout_s=60,
+            jobs=[
+                NewJob(
+                    job_id=JobId(job_id), target=target, arch=arch, queue=f"crossfarm.builds.{arch}"
+                )
+            ],
+            env={},
+            submitter=submitter,
+        )
+    )
+
+
+def _digest(n):
+    return f"{n:064x}"
+
+
+def test_missing_blobs_answers_across_more_digests_than_one_query_holds(store):
+    digests = [_digest(n) for n in range(1234)]
+    stored = set(digests[::7])
+    for digest in stored:
+        store.add_blob(digest, 10)
+    assert any(digests.index(d) > 1000 for d in stored)
+    assert store.missing_blobs(digests) == [d for d in digests if d not in stored]
+
+
+def test_missing_blobs_lists_a_repeated_digest_once(store):
+    store.add_blob(_digest(1), 1)
+    assert store.missing_blobs([_digest(2), _digest(1), _digest(2)]) == [_digest(2)]
+    assert store.missing_blobs([]) == []
+
+
+def test_adding_a_blob_twice_keeps_one_record(store):
+    store.add_blob(_digest(5), 3)
+    store.add_blob(_digest(5), 3)
+    assert store.missing_blobs([_digest(5)]) == []
+
+
+def test_a_tree_reads_back_as_it_was_added(store):
+    status = SourceStatus(digest=_digest(9), files=3, total_bytes=48, commit="a" * 40)
+    store.add_tree(status)
+    assert store.tree(_digest(9)) == status
+
+
+def test_adding_a_tree_twice_keeps_the_first_record(store):
+    store.add_tree(SourceStatus(digest=_digest(9), files=3, total_bytes=48))
+    store.add_tree(SourceStatus(digest=_digest(9), files=3, total_bytes=48, commit="b" * 40))
+    assert store.tree(_digest(9)).commit is None
+
+
+def test_an_unknown_tree_is_not_found_and_says_how_to_send_it(store):
+    with pytest.raises(NotFound, match="POST /v1/sources") as exc:
+        store.tree(_digest(7))
+    assert _digest(7) in str(exc.value)
+
+
+@pytest.fixture
+def three_builds(store):
+    _one_job_build(store, "b-0000000000000001", "j-0000000000000001", submitter="ada")
+    _one_job_build(store, "b-0000000000000002", "j-0000000000000002", submitter="bob")
+    _one_job_build(store, "b-0000000000000003", "j-0000000000000003", submitter="ada")
+    store.move_job(JobId("j-0000000000000002"), 1, BuildState.RUNNING, worker="w1")
+
+
+def _ids(views):
+    return [view.build_id for view in views]
+
+
+def test_list_builds_shows_the_newest_first(store, three_builds):
+    assert _ids(store.list_builds(None, None, 10)) == [
+        "b-0000000000000003",
+        "b-0000000000000002",
+        "b-0000000000000001",
+    ]
+
+
+def test_list_builds_respects_the_limit(store, three_builds):
+    assert _ids(store.list_builds(None, None, 2)) == ["b-0000000000000003", "b-0000000000000002"]
+
+
+def test_list_builds_filters_by_submitter(store, three_builds):
+    assert _ids(store.list_builds("ada", None, 10)) == ["b-0000000000000003", "b-0000000000000001"]
+    assert store.list_builds("nobody", None, 10) == []
+
+
+def test_list_builds_filters_by_the_state_derived_from_the_jobs(store, three_builds):
+    assert _ids(store.list_builds(None, BuildState.RUNNING, 10)) == ["b-0000000000000002"]
+    assert _ids(store.list_builds("ada", BuildState.QUEUED, 1)) == ["b-0000000000000003"]
+    assert store.list_builds(None, BuildState.SUCCEEDED, 10) == []
+
+
+def _heartbeat(cpus=4.0):
+    return WorkerHeartbeat(
+        hostname="host-1",
+        arch="amd64",
+        queues={"crossfarm.builds.amd64": BuildMode.NATIVE},
+        cpus=cpus,
+        memory_bytes=8 * 1024**3,
+        builder_image="crossfarm/builder:1",
+        targets=[X86],
+        version="0.1.0",
+        concurrency=1,
+    )
+
+
+def test_a_first_heartbeat_registers_the_worker(store):
+    store.heartbeat("w1", _heartbeat(), fresh_start=True)
+    [worker] = store.workers()
+    assert worker.name == "w1"
+    assert worker.info == _heartbeat()
+    assert worker.started_at == worker.last_seen
+    assert worker.last_seen.tzinfo is not None
+
+
+def test_a_later_heartbeat_updates_the_worker_but_keeps_its_start(store):
+    store.heartbeat("w1", _heartbeat(), fresh_start=True)
+    [first] = store.workers()
+    store.heartbeat("w1", _heartbeat(cpus=8.0), fresh_start=False)
+    [worker] = store.workers()
+    assert worker.info.cpus == 8.0
+    assert worker.last_seen > first.last_seen
+    assert worker.started_at == first.started_at
+
+
+def test_a_fresh_start_heartbeat_resets_the_start_time(store):
+    store.heartbeat("w1", _heartbeat(), fresh_start=True)
+    [first] = store.workers()
+    store.heartbeat("w1", _heartbeat(), fresh_start=True)
+    [worker] = store.workers()
+    assert worker.started_at > first.started_at
+    assert worker.started_at == worker.last_seen
+
+
+def test_workers_are_listed_by_name(store):
+    for name in ("w2", "w10", "w1"):
+        store.heartbeat(name, _heartbeat(), fresh_start=True)
+    assert [w.name for w in store.workers()] == ["w1", "w10", "w2"]
+
+
+def test_running_jobs_are_grouped_by_worker(store, built):
+    _one_job_build(store, "b-0000000000000001", "j-0000000000000001")
+    _one_job_build(store, "b-0000000000000002", "j-0000000000000002")
+    store.move_job(X86_JOB, 1, BuildState.RUNNING, worker="w1")
+    store.move_job(ARM_JOB, 1, BuildState.RUNNING, worker="w2")
+    store.move_job(JobId("j-0000000000000001"), 1, BuildState.RUNNING, worker="w1")
+    store.move_job(JobId("j-0000000000000002"), 1, BuildState.RUNNING, worker="w2")
+    store.move_job(ARM_JOB, 1, BuildState.SUCCEEDED, exit_code=0)
+    running = store.running_jobs()
+    assert {worker: sorted(jobs) for worker, jobs in running.items()} == {
+        "w1": sorted([X86_JOB, "j-0000000000000001"]),
+        "w2": ["j-0000000000000002"],
+    }
+
+
+def test_nothing_runs_on_a_fresh_farm(store, built):
+    assert store.running_jobs() == {}
+    store.move_job(X86_JOB, 1, BuildState.CANCELLED)
+    assert store.running_jobs() == {}
+
+
+def test_oldest_queued_names_each_architectures_longest_wait(store, built):
+    later = _one_job_build(store, "b-0000000000000001", "j-0000000000000001")
+    queued_at = {job.arch: job.queued_at for job in built.jobs}
+    oldest = store.oldest_queued()
+    assert oldest == queued_at
+    assert all(when.tzinfo is not None for when in oldest.values())
+
+    store.move_job(X86_JOB, 1, BuildState.RUNNING, worker="w1")
+    store.move_job(ARM_JOB, 1, BuildState.CANCELLED)
+    assert store.oldest_queued() == {"amd64": later.jobs[0].queued_at}

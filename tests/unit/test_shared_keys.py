@@ -68,9 +68,20 @@ def test_prefixes_start_with_the_build():
     assert keys.job_prefix(BUILD, X86, 1).startswith(f"builds/{BUILD}/")
 
 
-def test_sources_are_named_by_their_digest():
+def test_a_blob_is_named_by_its_digest_under_a_two_digit_fan_out():
+    digest = "ab" + "cd" * 31
+    assert keys.blob_key(digest) == f"blobs/ab/{digest}"
+
+
+def test_a_tree_is_named_by_its_digest():
     digest = SourceDigest("ab" * 32)
-    assert keys.source_key(digest) == f"sources/{digest}.tar.gz"
+    assert keys.tree_key(digest) == f"trees/{digest}.json"
+
+
+def test_blobs_and_trees_never_share_a_key():
+    digest = "ab" * 32
+    assert keys.blob_key(digest) != keys.tree_key(SourceDigest(digest))
+    assert not keys.tree_key(SourceDigest(digest)).startswith("blobs/")
 
 
 def test_redis_keys_name_their_build_or_job():

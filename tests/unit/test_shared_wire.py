@@ -138,6 +138,16 @@ def test_all_wire_models_were_found():
         "SourceStatus",
         "ErrorBody",
         "StartVerdict",
+        "TreeEntry",
+        "SourceTree",
+        "BlobQuery",
+        "MissingBlobs",
+        "GitSource",
+        "WorkerHeartbeat",
+        "WorkerView",
+        "ArchSummary",
+        "Fleet",
+        "FarmStats",
     }
 
 
@@ -151,3 +161,30 @@ def test_a_finished_report_accepts_a_terminal_state_from_json():
     report = JobFinished.model_validate_json('{"attempt": 2, "state": "failed", "exit_code": 101}')
     assert report.state is BuildState.FAILED
     assert report.exit_code == 101
+
+
+def test_a_request_carries_environment_variables_and_its_submitter():
+    request = _request(
+        env={"RUST_LOG": "debug"}, target_env={X86: {"CC": "clang"}}, submitter="ada"
+    )
+    assert request.env == {"RUST_LOG": "debug"}
+    assert request.target_env == {X86: {"CC": "clang"}}
+    assert request.submitter == "ada"
+
+
+def test_a_minimal_request_has_no_environment_and_no_submitter():
+    request = _request()
+    assert (request.env, request.target_env, request.submitter) == ({}, {}, None)
+
+
+@pytest.mark.parametrize("name", ["", "1ABC", "A-B", "A B", "A=B"])
+def test_a_bad_environment_variable_name_is_refused(name):
+    with pytest.raises(ValidationError):
+        _request(env={name: "x"})
+    with pytest.raises(ValidationError):
+        _request(target_env={X86: {name: "x"}})
+
+
+def test_more_than_sixty_four_environment_variables_are_refused():
+    with pytest.raises(ValidationError):
+        _request(env={f"V{i}": "x" for i in range(65)})

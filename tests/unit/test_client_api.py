@@ -1,0 +1,95 @@
+import httpx
+
+from crossfarm.client.api import _explain, _parse_sse
+from crossfarm.shared.states import BuildState
+from crossfarm.shared.wire import ErrorBody, Event
+
+X86 = "x86_64-unknown-linux-gnu"
+
+
+def _frames(*events_and_ids):
+    lines = []
+    for entry_id, event in events_and_ids:
+        if entry_id:
+            lines.append(f"id: {entry_id}")
+        lines += [f"data: {event.model_dump_json()}", ""]
+    return lines
+
+
+def test_each_frame_yields_its_id_and_event():
+    log = Event(kind="log", target=X86, line="Compiling hello")
+    state = Event(kind="state", target=X86, state=BuildState.SUCCEEDED)
+    end = Event(kind="end")
+    parsed = list(_parse_sse(iter(_frames(("1-0", log), ("2-0", state), ("3-0", end)))))
+    assert parsed == [("1-0", log), ("2-0", state), ("3-0", end)]
+
+
+def test_data_spread_over_several_lines_is_joined():
+    lines = [
+        "id: 7-1",
+        'data: {"kind": "log",',
+        f'data: "target": "{X86}",',
+        'data: "line": "warning: unused"}',
+        "",
+    ]
+    assert list(_parse_sse(iter(lines))) == [
+        ("7-1", Event(kind="log", target=X86, line="warning: unused"))
+    ]
+
+
+def test_a_frame_without_an_id_yields_none_and_does_not_inherit_the_previous_id():
+    first = Event(kind="log", line="a")
+    second = Event(kind="log", line="b")
+    assert list(_parse_sse(iter(_frames(("5-0", first), (None, second))))) == [
+        ("5-0", first),
+        (None, second),
+    ]
+
+
+def test_comments_blank_runs_and_an_unfinished_frame_yield_nothing():
+    lines = [": keep-alive", "", "", "data: " + Event(kind="end").model_dump_json()]
+    assert list(_parse_sse(iter(lines))) == []
+
+
+def test_an_error_body_is_explained_by_its_message_and_status():
+    body = ErrorBody(error="NotFound", message="no build b-0123456789abcdef")
+    response = httpx.Response(404, content=body.model_dump_json())
+    assert _explain(response) == "no build b-0123456789abcdef (HTTP 404)"
+
+
+def test_a_fastapi_validation_body_names_each_field_without_its_location_root():
+    response = httpx.Response(
+        422,
+        json={
+            "detail": [
+                {"loc": ["body", "targets"], "msg": "List should have at least 1 item"},
+                {"loc": ["body", "env", "1X"], "msg": "String should match pattern"},
+            ]
+        },
+    )
+    assert _explain(response) == (
+        "the farm refused the request: targets: List should have at least 1 item; "
+        "env.1X: String should match pattern (HTTP 422)"
+    )
+
+
+def test_a_body_that_is_not_json_is_shown_as_text():
+    response = httpx.Response(502, text="<html>Bad Gateway</html>")
+    assert _explain(response) == "HTTP 502: <html>Bad Gateway</html>"
+
+
+def test_a_long_text_body_is_cut_short():
+    response = httpx.Response(500, text="x" * 2000)
+    assert _explain(response) == "HTTP 500: " + "x" * 500
+
+
+def test_json_that_is_neither_shape_is_shown_as_text():
+    response = httpx.Response(400, json={"detail": "Not authenticated"})
+    assert _explain(response) == 'HTTP 400: {"detail":"Not authenticated"}'
+
+
+# A proxy in front of the farm may answer with any JSON document; the CLI must
+# still say what happened instead of failing with an AttributeError.
+def test_a_json_body_that_is_not_an_object_is_shown_as_text():
+    response = httpx.Response(502, json=["bad", "gateway"])
+    assert _explain(response) == 'HTTP 502: ["bad","gateway"]'

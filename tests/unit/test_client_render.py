@@ -1,0 +1,210 @@
+import io
+from datetime import UTC, datetime, timedelta
+
+from crossfarm.client.render import build_table, builds_table, workers_table
+from crossfarm.shared.states import BuildState
+from crossfarm.shared.wire import (
+    ArchSummary,
+    ArtifactView,
+    BuildMode,
+    BuildView,
+    Fleet,
+    JobView,
+    WorkerHeartbeat,
+    WorkerState,
+    WorkerView,
+)
+
+X86 = "x86_64-unknown-linux-gnu"
+ARM = "aarch64-unknown-linux-gnu"
+DIGEST = "0123456789abcdef" * 4
+T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def _job(target, state, **fields):
+    return JobView(
+        job_id=f"j-{target[:4]}",
+        target=target,
+        arch="amd64",
+        queue="crossfarm.builds.amd64",
+        state=state,
+        attempt=1,
+        queued_at=T0,
+        **fields,
+    )
+
+
+def _build(build_id, jobs, state=BuildState.RUNNING, submitter=None, created_at=T0):
+    return BuildView(
+        build_id=build_id,
+        state=state,
+        created_at=created_at,
+        source=DIGEST,
+        profile="dev",
+        features=[],
+        all_features=False,
+        no_default_features=False,
+        cargo_args=[],
+        submitter=submitter,
+        jobs=jobs,
+    )
+
+
+def _artifact(target, name):
+    return ArtifactView(
+        target=target,
+        name=name,
+        size=3,
+        sha256=DIGEST,
+        url=f"http://s3/{name}",
+        path=f"target/{target}/debug/{name}",
+    )
+
+
+def _rows(out):
+    return [line.split() for line in out.getvalue().splitlines()]
+
+
+def test_a_build_table_has_one_row_per_job_with_worker_mode_time_and_artifacts():
+    view = _build(
+        "b-0123456789abcdef",
+        [
+            _job(
+                X86,
+                BuildState.SUCCEEDED,
+                worker="w1",
+                mode=BuildMode.NATIVE,
+                started_at=T0,
+                finished_at=T0 + timedelta(seconds=12.5),
+            ),
+            _job(
+                ARM,
+                BuildState.FAILED,
+                worker="w2",
+                mode=BuildMode.CROSS,
+                started_at=T0,
+                finished_at=T0 + timedelta(seconds=3),
+                reason="cargo failed",
+            ),
+        ],
+        state=BuildState.FAILED,
+    )
+    out = io.StringIO()
+
+    build_table(view, [_artifact(X86, "hello"), _artifact(X86, "hello.d")], out=out)
+
+    rows = _rows(out)
+    assert rows[0] == ["build", "b-0123456789abcdef:", "failed"]
+    assert rows[1] == ["TARGET", "RESULT", "WORKER", "MODE", "TIME", "ARTIFACTS", "REASON"]
+    assert rows[2:] == [
+        [X86, "succeeded", "w1", "native", "12.5s", "2"],
+        [ARM, "failed", "w2", "cross", "3.0s", "0", "cargo", "failed"],
+    ]
+
+
+def test_a_job_that_has_not_run_shows_dashes():
+    out = io.StringIO()
+    build_table(_build("b-0123456789abcdef", [_job(X86, BuildState.QUEUED)]), out=out)
+    assert _rows(out)[2] == [X86, "queued", "-", "-", "-", "0"]
+
+
+def test_the_columns_line_up():
+    out = io.StringIO()
+    build_table(
+        _build("b-0123456789abcdef", [_job(X86, BuildState.QUEUED), _job(ARM, BuildState.QUEUED)]),
+        out=out,
+    )
+    lines = out.getvalue().splitlines()[1:]
+    starts = {
+        line.index(cell) for line, cell in zip(lines, ["RESULT", "queued", "queued"], strict=True)
+    }
+    assert len(starts) == 1
+
+
+def test_a_builds_table_lists_each_build_with_its_targets_and_submitter():
+    out = io.StringIO()
+    builds_table(
+        [
+            _build(
+                "b-0000000000000002",
+                [_job(X86, BuildState.RUNNING), _job(ARM, BuildState.QUEUED)],
+                submitter="ada",
+                created_at=T0 + timedelta(minutes=5),
+            ),
+            _build(
+                "b-0000000000000001", [_job(X86, BuildState.SUCCEEDED)], state=BuildState.SUCCEEDED
+            ),
+        ],
+        out=out,
+    )
+    assert _rows(out) == [
+        ["BUILD", "STATE", "CREATED", "TARGETS", "SUBMITTER"],
+        ["b-0000000000000002", "running", "2024-05-01", "12:05:00", f"{X86},{ARM}", "ada"],
+        ["b-0000000000000001", "succeeded", "2024-05-01", "12:00:00", X86, "-"],
+    ]
+
+
+def _worker(name, state, arch, queues, running):
+    info = WorkerHeartbeat(
+        hostname=name,
+        arch=arch,
+        queues=queues,
+        cpus=8,
+        memory_bytes=1024,
+        builder_image="crossfarm/builder:1",
+        targets=[X86],
+        version="0.1.0",
+        concurrency=1,
+    )
+    return WorkerView(
+        name=name, state=state, last_seen=T0, started_at=T0, running_jobs=running, info=info
+    )
+
+
+def test_a_workers_table_shows_online_and_lost_workers_and_each_architecture():
+    fleet = Fleet(
+        workers=[
+            _worker(
+                "w1",
+                WorkerState.ONLINE,
+                "amd64",
+                {
+                    "crossfarm.builds.amd64": BuildMode.NATIVE,
+                    "crossfarm.builds.arm64": BuildMode.CROSS,
+                },
+                ["j-0000000000000001"],
+            ),
+            _worker(
+                "w2", WorkerState.LOST, "arm64", {"crossfarm.builds.arm64": BuildMode.NATIVE}, []
+            ),
+        ],
+        arches=[
+            ArchSummary(
+                arch="amd64",
+                queue="crossfarm.builds.amd64",
+                workers_online=1,
+                queue_depth=0,
+                oldest_waiting=None,
+            ),
+            ArchSummary(
+                arch="arm64",
+                queue="crossfarm.builds.arm64",
+                workers_online=0,
+                queue_depth=4,
+                oldest_waiting=T0 - timedelta(minutes=1),
+            ),
+        ],
+    )
+    out = io.StringIO()
+
+    workers_table(fleet, out=out)
+
+    assert _rows(out) == [
+        ["WORKER", "STATE", "ARCH", "QUEUES", "CPUS", "RUNNING", "LAST", "SEEN"],
+        ["w1", "online", "amd64", "amd64:native,arm64:cross", "8", "1", "12:00:00"],
+        ["w2", "lost", "arm64", "arm64:native", "8", "0", "12:00:00"],
+        [],
+        ["ARCH", "ONLINE", "QUEUED", "OLDEST", "WAITING"],
+        ["amd64", "1", "0", "-"],
+        ["arm64", "0", "4", "11:59:00"],
+    ]

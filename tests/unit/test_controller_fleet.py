@@ -1,0 +1,24 @@
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from crossfarm.controller.fleet import worker_state
+from crossfarm.shared.wire import WorkerState
+
+NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("silence", [timedelta(0), timedelta(seconds=14), timedelta(seconds=15)])
+def test_a_worker_heard_from_within_the_bound_is_online(silence):
+    assert worker_state(NOW - silence, NOW, lost_after_s=15) is WorkerState.ONLINE
+
+
+@pytest.mark.parametrize(
+    "silence", [timedelta(seconds=15, microseconds=1), timedelta(seconds=16), timedelta(days=1)]
+)
+def test_a_worker_silent_past_the_bound_is_lost(silence):
+    assert worker_state(NOW - silence, NOW, lost_after_s=15) is WorkerState.LOST
+
+
+def test_a_heartbeat_stamped_slightly_ahead_of_the_controller_clock_is_online():
+    assert worker_state(NOW + timedelta(seconds=2), NOW, lost_after_s=15) is WorkerState.ONLINE

@@ -1,0 +1,51 @@
+import socket
+
+from crossfarm.shared.arch import Arch
+from crossfarm.shared.wire import BuildMode
+from crossfarm.worker.heartbeat import describe
+from crossfarm.worker.settings import WorkerSettings
+
+AMD64_QUEUE = "crossfarm.builds.amd64"
+ARM64_QUEUE = "crossfarm.builds.arm64"
+X86 = "x86_64-unknown-linux-gnu"
+ARM = "aarch64-unknown-linux-gnu"
+
+
+def _settings(**fields):
+    return WorkerSettings(
+        worker_name="w1",
+        build_cpus=6.0,
+        build_memory_bytes=4 * 1024**3,
+        builder_image="crossfarm/builder:test",
+        concurrency=2,
+        labels={"rack": "r1"},
+        **fields,
+    )
+
+
+def test_an_amd64_host_with_an_arm64_cross_toolchain_serves_both_queues():
+    info = describe(_settings(cross_arches=[Arch.ARM64]), Arch.AMD64, "sha256:abc")
+    assert info.arch == "amd64"
+    assert info.queues == {AMD64_QUEUE: BuildMode.NATIVE, ARM64_QUEUE: BuildMode.CROSS}
+    assert info.targets == [ARM, X86]
+
+
+def test_an_amd64_host_without_cross_serves_only_its_own_queue():
+    info = describe(_settings(cross_arches=[]), Arch.AMD64, None)
+    assert info.queues == {AMD64_QUEUE: BuildMode.NATIVE}
+    assert info.targets == [X86]
+
+
+def test_the_host_architecture_named_as_a_cross_arch_stays_native():
+    info = describe(_settings(cross_arches=[Arch.ARM64]), Arch.ARM64, None)
+    assert info.queues == {ARM64_QUEUE: BuildMode.NATIVE}
+    assert info.targets == [ARM]
+
+
+def test_the_description_carries_the_workers_resources_and_image():
+    info = describe(_settings(), Arch.AMD64, "sha256:abc")
+    assert (info.cpus, info.memory_bytes, info.concurrency) == (6.0, 4 * 1024**3, 2)
+    assert (info.builder_image, info.builder_image_id) == ("crossfarm/builder:test", "sha256:abc")
+    assert info.labels == {"rack": "r1"}
+    assert info.hostname == socket.gethostname()
+    assert info.version
