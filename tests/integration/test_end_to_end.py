@@ -142,3 +142,11 @@ def test_compile_error_fails_the_build_with_cargos_message_and_nonzero_exit(farm
     assert "error[E0308]: mismatched types" in result.stderr
     assert "cargo build failed with exit code 101" in result.stdout
     assert not (crate / "target" / X86 / "debug" / "hello-c").exists()
+
+
+def test_a_crate_without_a_lockfile_builds_and_the_build_user_writes_the_lock(farm, crate, cli):
+    (crate / "Cargo.lock").unlink()
+    result = cli(crate, "build", "--target", X86)
+    assert result.returncode == 0, result.stderr
+    assert "Locking" in result.stderr  # cargo fetch resolved and wrote Cargo.lock itself
+    assert (crate / "target" / X86 / "debug" / "hello-c").is_file()
