@@ -55,6 +55,10 @@ class FarmClient:
             self._call("PUT", f"/v1/blobs/{digest}", ok=(204,), content=body.read(),
                        headers={"Content-Type": "application/octet-stream"})
 
+    def put_pack(self, pack: bytes) -> None:
+        self._call("POST", "/v1/blobs/packs", content=pack,
+                   headers={"Content-Type": "application/gzip"})
+
     def create_source(self, tree: SourceTree) -> SourceStatus:
         response = self._call("POST", "/v1/sources", content=tree.model_dump_json(),
                               headers={"Content-Type": "application/json"})
@@ -160,12 +164,12 @@ class FarmClient:
 
 def _explain(response: httpx.Response) -> str:
     try:
-        body = ErrorBody.model_validate_json(response.content)
-        return f"{body.message} (HTTP {response.status_code})"
+        error = ErrorBody.model_validate_json(response.content)
+        return f"{error.message} (HTTP {response.status_code})"
     except ValueError:
         pass
     try:  # FastAPI's own validation errors: {"detail": [{"loc": [...], "msg": ...}]}
-        body = response.json()
+        body: object = response.json()
     except ValueError:
         body = None
     detail = body.get("detail") if isinstance(body, dict) else None

@@ -21,11 +21,15 @@ from pathlib import Path
 from typing import Protocol
 
 from crossfarm.shared.errors import InvalidSource
-from crossfarm.shared.tree import TreeLimits, check_tree, tree_digest
+from crossfarm.shared.tree import TreeLimits, check_tree, pack_bytes, tree_digest
 from crossfarm.shared.wire import MissingBlobs, SourceStatus, SourceTree, TreeEntry
 
-#: Parallel blob uploads: hides per-request latency on a slow link.
-_UPLOADS = 8
+#: Parallel pack uploads: hides per-request latency on a slow link.
+_UPLOADS = 4
+#: A pack's size before compression, and its file count: a few requests for a whole
+#: crate, each small enough to retry cheaply.
+_PACK_BYTES = 8 * 1024 * 1024
+_PACK_FILES = 2000
 
 
 @dataclass(frozen=True)
@@ -50,8 +54,25 @@ class BlobSink(Protocol):
     """The part of the farm's API that sending a tree needs."""
 
     def missing_blobs(self, digests: list[str]) -> MissingBlobs: ...
-    def put_blob(self, digest: str, path: Path) -> None: ...
+    def put_pack(self, pack: bytes) -> None: ...
     def create_source(self, tree: SourceTree) -> SourceStatus: ...
+
+
+def _batches(digests: list[str], sizes: dict[str, int]) -> list[list[str]]:
+    """Group blobs into packs of at most _PACK_BYTES (a larger file goes alone)."""
+    batches: list[list[str]] = []
+    current: list[str] = []
+    current_bytes = 0
+    for digest in digests:
+        if current and (current_bytes + sizes[digest] > _PACK_BYTES
+                        or len(current) >= _PACK_FILES):
+            batches.append(current)
+            current, current_bytes = [], 0
+        current.append(digest)
+        current_bytes += sizes[digest]
+    if current:
+        batches.append(current)
+    return batches
 
 
 def list_files(root: Path) -> list[str]:
@@ -127,17 +148,18 @@ def _sha256(path: Path) -> str:
 
 def send(farm: BlobSink, local: LocalTree,
          progress: Callable[[int, int], None] | None = None) -> SendReport:
-    """Upload the blobs the farm lacks, then the tree. `progress(sent, total)` sees bytes."""
+    """Upload the blobs the farm lacks, in packs, then the tree. `progress(sent, total)`
+    sees file bytes."""
     missing = farm.missing_blobs(sorted(local.files)).missing
     sizes = {digest: local.files[digest].stat().st_size for digest in missing}
     total, sent = sum(sizes.values()), 0
 
-    def upload(digest: str) -> int:
-        farm.put_blob(digest, local.files[digest])
-        return sizes[digest]
+    def upload(batch: list[str]) -> int:
+        farm.put_pack(pack_bytes((digest, local.files[digest]) for digest in batch))
+        return sum(sizes[digest] for digest in batch)
 
     with ThreadPoolExecutor(_UPLOADS) as pool:
-        for size in pool.map(upload, missing):
+        for size in pool.map(upload, _batches(missing, sizes)):
             sent += size
             if progress:
                 progress(sent, total)

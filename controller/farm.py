@@ -19,6 +19,8 @@ class Counters:
 
     blobs_received: int = 0
     blob_bytes_received: int = 0
+    packs_received: int = 0
+    pack_bytes_received: int = 0
     trees_created: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -26,6 +28,13 @@ class Counters:
         with self._lock:
             self.blobs_received += 1
             self.blob_bytes_received += size
+
+    def pack(self, wire_bytes: int, sizes: dict[str, int]) -> None:
+        with self._lock:
+            self.packs_received += 1
+            self.pack_bytes_received += wire_bytes
+            self.blobs_received += len(sizes)
+            self.blob_bytes_received += sum(sizes.values())
 
     def tree(self) -> None:
         with self._lock:
@@ -35,6 +44,8 @@ class Counters:
         with self._lock:
             return FarmStats(blobs_received=self.blobs_received,
                              blob_bytes_received=self.blob_bytes_received,
+                             packs_received=self.packs_received,
+                             pack_bytes_received=self.pack_bytes_received,
                              trees_created=self.trees_created)
 
 

@@ -32,6 +32,7 @@ class ControllerSettings(BaseSettings):
     max_source_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
     max_source_files: int = Field(default=20_000, ge=1)
     max_file_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_pack_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     git_timeout_s: int = Field(default=300, ge=5)
     #: a worker with no heartbeat for this long is reported lost
     lost_after_s: int = Field(default=30, ge=2)

@@ -7,6 +7,7 @@ build names a tree. An unchanged re-submission therefore sends no file bytes.
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 from pathlib import Path
 from typing import IO
@@ -16,7 +17,7 @@ from crossfarm.controller.gitsource import GitCommit, fetch_commit
 from crossfarm.shared import keys
 from crossfarm.shared.errors import InvalidSource
 from crossfarm.shared.ids import SourceDigest
-from crossfarm.shared.tree import check_tree, file_digests, tree_digest
+from crossfarm.shared.tree import check_tree, file_digests, pack_bytes, read_pack, tree_digest
 from crossfarm.shared.wire import (
     BlobQuery,
     GitSource,
@@ -46,7 +47,26 @@ def put_blob(farm: Farm, digest: str, body: IO[bytes]) -> None:
 
 def _store_blob(farm: Farm, digest: str, data: bytes) -> None:
     farm.storage.put_bytes(keys.blob_key(digest), data)
-    farm.store.add_blob(digest, len(data))
+    farm.store.add_blobs({digest: len(data)})
+
+
+def put_pack(farm: Farm, body: IO[bytes]) -> int:
+    """Store a pack of blobs as one object after checking every blob in it; returns how
+    many blobs it held. Blobs the farm already had are harmless duplicates."""
+    limit = farm.settings.max_pack_bytes
+    data = body.read(limit + 1)
+    if len(data) > limit:
+        raise InvalidSource(f"a pack is over the farm's limit of {limit} bytes")
+    sizes = {digest: len(blob) for digest, blob in read_pack(data, farm.settings.tree_limits())}
+    _store_pack(farm, data, sizes)
+    farm.counters.pack(len(data), sizes)
+    return len(sizes)
+
+
+def _store_pack(farm: Farm, data: bytes, sizes: dict[str, int]) -> None:
+    pack = hashlib.sha256(data).hexdigest()
+    farm.storage.put_bytes(keys.pack_key(pack), data, "application/gzip")
+    farm.store.add_blobs(sizes, pack=pack)
 
 
 def create_source(farm: Farm, tree: SourceTree, commit: str | None = None) -> SourceStatus:
@@ -56,13 +76,17 @@ def create_source(farm: Farm, tree: SourceTree, commit: str | None = None) -> So
     if missing:
         shown = ", ".join(missing[:5]) + (" …" if len(missing) > 5 else "")
         raise InvalidSource(f"{len(missing)} blob(s) are not uploaded yet ({shown}); "
-                            "ask POST /v1/blobs/missing and PUT each one first")
+                            "ask POST /v1/blobs/missing and send them first")
     digest = SourceDigest(tree_digest(tree))
     status = SourceStatus(digest=digest, files=summary.files, total_bytes=summary.total_bytes,
                           commit=commit)
     canonical = SourceTree(entries=sorted(tree.entries, key=lambda e: e.path))
+    packs = farm.store.blob_packs(file_digests(tree))
+    # Locations first, tree last: a stored tree always has its locations beside it.
+    farm.storage.put_bytes(keys.locations_key(digest), json.dumps(packs).encode(),
+                           "application/json")
     farm.storage.put_bytes(keys.tree_key(digest), canonical.model_dump_json().encode(),
-                              "application/json")
+                           "application/json")
     farm.store.add_tree(status)
     farm.counters.tree()
     return status
@@ -81,8 +105,10 @@ def create_git_source(farm: Farm, git: GitSource) -> SourceStatus:
     tree = _tree_of(commit)
     check_tree(tree, settings.tree_limits())
     blobs = {hashlib.sha256(f.data).hexdigest(): f.data for f in commit.files if not f.symlink}
-    for digest in farm.store.missing_blobs(list(blobs)):
-        _store_blob(farm, digest, blobs[digest])
+    missing = farm.store.missing_blobs(list(blobs))
+    if missing:
+        _store_pack(farm, pack_bytes((d, blobs[d]) for d in missing),
+                    {d: len(blobs[d]) for d in missing})
     return create_source(farm, tree, commit=commit.commit)
 
 

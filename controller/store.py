@@ -23,6 +23,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
     update,
 )
@@ -105,11 +106,24 @@ class _Job(_Base):
     manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
+#: Bump on any change to the tables; a database made by another version is refused.
+SCHEMA_VERSION = 2
+
+
+class _Meta(_Base):
+    __tablename__ = "crossfarm_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+
+
 class _Blob(_Base):
     __tablename__ = "blobs"
 
     digest: Mapped[str] = mapped_column(String(64), primary_key=True)
     size: Mapped[int]
+    #: the pack object holding it, or None when it is stored alone under blob_key
+    pack: Mapped[str | None] = mapped_column(String(64))
     stored_at: Mapped[datetime]
 
 
@@ -215,7 +229,27 @@ class Store:
 
     def __init__(self, database_url: str) -> None:
         self._engine = _create_engine(database_url)
-        _Base.metadata.create_all(self._engine)
+        self._check_schema(database_url)
+
+    def _check_schema(self, url: str) -> None:
+        """Create the tables in an empty database; refuse one another version made, rather
+        than fail later on a missing column."""
+        existing = set(inspect(self._engine).get_table_names())
+        if not existing:
+            _Base.metadata.create_all(self._engine)
+            with self._session() as session:
+                session.add(_Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            return
+        version = None
+        if _Meta.__tablename__ in existing:
+            with self._session() as session:
+                row = session.get(_Meta, "schema_version")
+                version = row.value if row else None
+        if version != str(SCHEMA_VERSION):
+            raise RuntimeError(
+                f"the database at {url} has schema version {version or 'unknown'}; this "
+                f"controller needs {SCHEMA_VERSION}. There are no migrations yet: keep the old "
+                "database with its controller, or point CROSSFARM_DATABASE_URL at a new one.")
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
@@ -324,17 +358,35 @@ class Store:
 
     def missing_blobs(self, digests: list[str]) -> list[str]:
         """The digests in `digests` that no upload has stored yet."""
-        present: set[str] = set()
         with self._session() as session:
-            for start in range(0, len(digests), 500):  # stay under SQL parameter limits
-                chunk = digests[start:start + 500]
-                present.update(session.scalars(select(_Blob.digest).where(_Blob.digest.in_(chunk))))
+            present = self._present(session, digests)
         return [digest for digest in dict.fromkeys(digests) if digest not in present]
 
-    def add_blob(self, digest: str, size: int) -> None:
+    @staticmethod
+    def _present(session: Session, digests: list[str]) -> set[str]:
+        present: set[str] = set()
+        for start in range(0, len(digests), 500):  # stay under SQL parameter limits
+            chunk = digests[start:start + 500]
+            present.update(session.scalars(select(_Blob.digest).where(_Blob.digest.in_(chunk))))
+        return present
+
+    def add_blobs(self, sizes: dict[str, int], pack: str | None = None) -> None:
+        """Record stored blobs in one transaction; a blob already recorded keeps its place."""
+        now = _now()
         with self._session() as session:
-            if session.get(_Blob, digest) is None:
-                session.add(_Blob(digest=digest, size=size, stored_at=_now()))
+            known = set(self._present(session, list(sizes)))
+            session.add_all(_Blob(digest=d, size=s, pack=pack, stored_at=now)
+                            for d, s in sizes.items() if d not in known)
+
+    def blob_packs(self, digests: list[str]) -> dict[str, str]:
+        """digest -> pack for the given blobs that are stored in a pack."""
+        packs: dict[str, str] = {}
+        with self._session() as session:
+            for start in range(0, len(digests), 500):
+                rows = session.execute(select(_Blob.digest, _Blob.pack).where(
+                    _Blob.digest.in_(digests[start:start + 500]), _Blob.pack.is_not(None)))
+                packs.update({digest: pack for digest, pack in rows if pack})
+        return packs
 
     def add_tree(self, status: SourceStatus) -> None:
         with self._session() as session:

@@ -29,8 +29,18 @@ def blob_key(digest: str) -> str:
     return f"blobs/{digest[:2]}/{digest}"
 
 
+def pack_key(digest: str) -> str:
+    """Many small blobs uploaded together, stored as the one pack they came in."""
+    return f"packs/{digest[:2]}/{digest}.tar.gz"
+
+
 def tree_key(digest: SourceDigest) -> str:
     return f"trees/{digest}.json"
+
+
+def locations_key(digest: SourceDigest) -> str:
+    """Which pack holds each blob of a tree (blobs stored alone are not listed)."""
+    return f"trees/{digest}.locations.json"
 
 
 def job_prefix(build_id: BuildId, target: str, attempt: int) -> str:

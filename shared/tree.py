@@ -9,11 +9,20 @@ and on the worker before it is built.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
+import re
+import tarfile
+import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from crossfarm.shared.errors import InvalidSource
 from crossfarm.shared.wire import SourceTree, TreeEntry
+
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -132,3 +141,47 @@ def check_tree(tree: SourceTree, limits: TreeLimits) -> TreeSummary:
 def file_digests(tree: SourceTree) -> list[str]:
     """The distinct blob digests a tree's files need, in a stable order."""
     return sorted({entry.sha256 for entry in tree.entries if entry.sha256})
+
+
+#: A pack is a gzip'd tar whose members are blobs named by their sha256: many small
+#: files travel in one request and are stored as one object.
+PACK_MEMBER_LIMIT = 10_000
+
+
+def pack_bytes(blobs: Iterable[tuple[str, bytes | Path]]) -> bytes:
+    """A pack of the given (sha256, bytes or local file) blobs."""
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, compresslevel=6) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for digest, blob in blobs:
+            data = blob.read_bytes() if isinstance(blob, Path) else blob
+            info = tarfile.TarInfo(digest)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def read_pack(data: bytes, limits: TreeLimits) -> Iterator[tuple[str, bytes]]:
+    """Each (sha256, bytes) of a pack, after checking the name, kind, size and digest."""
+    total = 0
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            for count, member in enumerate(tar, start=1):
+                if count > PACK_MEMBER_LIMIT:
+                    raise InvalidSource(f"a pack holds at most {PACK_MEMBER_LIMIT} blobs")
+                if not member.isfile() or not _DIGEST.fullmatch(member.name):
+                    raise InvalidSource("pack members are regular files named by sha256",
+                                        member.name)
+                if member.size > limits.max_file_bytes:
+                    raise InvalidSource(f"blob is {member.size} bytes; the limit is "
+                                        f"{limits.max_file_bytes}", member.name)
+                total += member.size
+                if total > limits.max_total_bytes:
+                    raise InvalidSource(f"the pack is over {limits.max_total_bytes} bytes")
+                source = tar.extractfile(member)
+                blob = source.read() if source else b""
+                if hashlib.sha256(blob).hexdigest() != member.name:
+                    raise InvalidSource("the blob's bytes do not match its name", member.name)
+                yield member.name, blob
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise InvalidSource(f"not a readable pack (gzip'd tar): {exc}") from exc

@@ -283,7 +283,11 @@ class FarmStats(Wire):
     """Counters since the controller started: what crossed the wire."""
 
     blobs_received: int
+    #: file bytes received (uncompressed), alone or in packs
     blob_bytes_received: int
+    packs_received: int
+    #: bytes of packs as they crossed the wire (compressed)
+    pack_bytes_received: int
     trees_created: int
 
 

@@ -131,8 +131,10 @@ def _compile_and_publish(
     with tempfile.TemporaryDirectory(dir=settings.scratch_dir) as scratch:
         tmp = Path(scratch)
         with joblog.timed("source download and check"):
-            tree = fetch_tree(tools.storage, SourceDigest(job.source), TreeLimits())
-            fetched = fetch_blobs(tools.storage, tree, settings.scratch_dir / "blobs")
+            source, limits = SourceDigest(job.source), TreeLimits()
+            tree = fetch_tree(tools.storage, source, limits)
+            fetched = fetch_blobs(tools.storage, source, tree, settings.scratch_dir / "blobs",
+                                  limits)
             joblog(f"crossfarm: {len(tree.entries)} files, {fetched} blob(s) not cached here")
             tar = container_tar(tree, settings.scratch_dir / "blobs", "src", BUILD_UID)
         locked = any(entry.path == "Cargo.lock" for entry in tree.entries)

@@ -7,6 +7,7 @@ change since an earlier build on this worker is not downloaded again.
 
 from __future__ import annotations
 
+import json
 import os
 import tarfile
 import tempfile
@@ -18,7 +19,7 @@ from crossfarm.shared import keys
 from crossfarm.shared.errors import StorageError
 from crossfarm.shared.ids import SourceDigest
 from crossfarm.shared.storage import ObjectStore, sha256_file
-from crossfarm.shared.tree import TreeLimits, check_tree, file_digests, tree_digest
+from crossfarm.shared.tree import TreeLimits, check_tree, file_digests, read_pack, tree_digest
 from crossfarm.shared.wire import SourceTree
 
 #: Parallel blob downloads: enough to hide per-request latency, few enough for a small host.
@@ -34,10 +35,21 @@ def fetch_tree(storage: ObjectStore, digest: SourceDigest, limits: TreeLimits) -
     return tree
 
 
-def fetch_blobs(storage: ObjectStore, tree: SourceTree, cache: Path) -> int:
-    """Make sure every blob of `tree` is in `cache`; returns how many were downloaded."""
+def fetch_blobs(storage: ObjectStore, digest: SourceDigest, tree: SourceTree, cache: Path,
+                limits: TreeLimits) -> int:
+    """Make sure every blob of `tree` is in `cache`; returns how many were fetched.
+    Blobs that came in a pack are fetched with their pack, one request per pack."""
     cache.mkdir(parents=True, exist_ok=True)
     wanted = [d for d in file_digests(tree) if not (cache / d).is_file()]
+    if not wanted:
+        return 0
+    located: dict[str, str] = json.loads(storage.get_bytes(keys.locations_key(digest)))
+    packs = sorted({located[d] for d in wanted if d in located})
+    alone = [d for d in wanted if d not in located]
+
+    def unpack(pack: str) -> None:
+        for blob_digest, data in read_pack(storage.get_bytes(keys.pack_key(pack)), limits):
+            _keep(cache, blob_digest, data)
 
     def download(digest: str) -> None:
         fd, partial = tempfile.mkstemp(dir=cache, prefix=".partial-")
@@ -51,8 +63,19 @@ def fetch_blobs(storage: ObjectStore, tree: SourceTree, cache: Path) -> int:
             Path(partial).unlink(missing_ok=True)
 
     with ThreadPoolExecutor(_DOWNLOADS) as pool:
-        list(pool.map(download, wanted))
+        list(pool.map(unpack, packs))
+        list(pool.map(download, alone))
     return len(wanted)
+
+
+def _keep(cache: Path, digest: str, data: bytes) -> None:
+    """Write a verified blob into the cache atomically (readers never see half a file)."""
+    if (cache / digest).is_file():
+        return
+    fd, partial = tempfile.mkstemp(dir=cache, prefix=".partial-")
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.replace(partial, cache / digest)
 
 
 def container_tar(tree: SourceTree, cache: Path, prefix: str, uid: int) -> IO[bytes]:

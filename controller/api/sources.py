@@ -4,6 +4,7 @@ a tree of them."""
 from __future__ import annotations
 
 import tempfile
+from typing import IO
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
@@ -30,16 +31,31 @@ def missing_blobs(farm: FarmDep, query: BlobQuery) -> MissingBlobs:
 
 @router.put("/v1/blobs/{digest}", status_code=204)
 async def put_blob(farm: FarmDep, digest: DigestDep, request: Request) -> None:
-    limit = farm.settings.max_file_bytes
-    with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:  # stop reading at the limit instead of buffering a huge body
-                raise InvalidSource(f"a file is over the farm's limit of {limit} bytes")
-            spool.write(chunk)
-        spool.seek(0)
-        await run_in_threadpool(sources.put_blob, farm, digest, spool)
+    """One file's bytes (large files; small ones travel better in packs)."""
+    with await _spooled(request, farm.settings.max_file_bytes, "a file") as body:
+        await run_in_threadpool(sources.put_blob, farm, digest, body)
+
+
+@router.post("/v1/blobs/packs", status_code=201)
+async def put_pack(farm: FarmDep, request: Request) -> dict[str, int]:
+    """Many blobs in one gzip'd tar, each member named by its sha256."""
+    with await _spooled(request, farm.settings.max_pack_bytes, "a pack") as body:
+        return {"blobs": await run_in_threadpool(sources.put_pack, farm, body)}
+
+
+async def _spooled(request: Request, limit: int, what: str) -> IO[bytes]:
+    """The request body in a temporary file; reading stops at the limit, so a huge body
+    is refused without being buffered."""
+    spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # noqa: SIM115 - caller closes
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            spool.close()
+            raise InvalidSource(f"{what} is over the farm's limit of {limit} bytes")
+        spool.write(chunk)
+    spool.seek(0)
+    return spool
 
 
 @router.post("/v1/sources", status_code=201)

@@ -181,19 +181,41 @@ def _terminate(proc: subprocess.Popen) -> None:
 def up(state_dir: Path, cross: str) -> Farm:
     state_dir.mkdir(parents=True, exist_ok=True)
     farm = Farm(dir=state_dir, redis_port=6379, s3_port=8333, controller_port=8700)
-    farm.start_redis()
-    farm.start_s3()
-    farm.start_controller()
-    farm.start_worker(CROSSFARM_CROSS_ARCHES=cross)
+    try:
+        farm.start_redis()
+        farm.start_s3()
+        farm.start_controller()
+        farm.start_worker(CROSSFARM_CROSS_ARCHES=cross)
+    except BaseException:
+        farm.stop()  # leave nothing half-started behind
+        raise
     (state_dir / "farm.env").write_text(f"CROSSFARM_URL={farm.controller_url}\n")
     return farm
 
 
 def down(state_dir: Path) -> None:
+    """Stop what `up` started and wait until it is gone (a store lock outlives a signal)."""
+    pids = []
     for pidfile in sorted(state_dir.glob("*.pid")):
         with contextlib.suppress(ProcessLookupError, ValueError):
-            os.killpg(int(pidfile.read_text()), signal.SIGTERM)
+            pid = int(pidfile.read_text())
+            os.killpg(pid, signal.SIGTERM)
+            pids.append(pid)
         pidfile.unlink()
+    deadline = time.monotonic() + 20
+    while (alive := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from crossfarm.client.source import list_files, scan, send
 from crossfarm.shared.errors import InvalidSource
-from crossfarm.shared.tree import TreeLimits, check_tree, tree_digest
+from crossfarm.shared.tree import TreeLimits, check_tree, read_pack, tree_digest
 from crossfarm.shared.wire import MissingBlobs, SourceStatus
 
 SENT = [".gitignore", "Cargo.toml", "run.sh", "src/link.rs", "src/main.rs"]
@@ -81,6 +81,7 @@ class FakeFarm:
         self.blobs = {}
         self.queries = []
         self.uploads = []
+        self.packs = []
         self.trees = []
         self._lock = threading.Lock()
 
@@ -88,12 +89,13 @@ class FakeFarm:
         self.queries.append(list(digests))
         return MissingBlobs(missing=[d for d in digests if d not in self.blobs])
 
-    def put_blob(self, digest, path):
-        data = path.read_bytes()
-        assert _sha(data) == digest
+    def put_pack(self, pack):
         with self._lock:
-            self.uploads.append(digest)
-            self.blobs[digest] = data
+            self.packs.append(pack)
+        for digest, data in read_pack(pack, TreeLimits()):
+            with self._lock:
+                self.uploads.append(digest)
+                self.blobs[digest] = data
 
     def create_source(self, tree):
         assert all(e.sha256 in self.blobs for e in tree.entries if e.kind == "file")
@@ -285,9 +287,22 @@ def test_progress_sees_cumulative_bytes_ending_at_the_total(crate):
 
     report = send(FakeFarm(), local, lambda sent, total: seen.append((sent, total)))
 
-    assert len(seen) == report.blobs_sent
+    assert 1 <= len(seen) <= report.blobs_sent  # once per pack
     sents = [sent for sent, _ in seen]
     assert sents == sorted(sents)
     assert all(total == report.bytes_sent for _, total in seen)
     assert seen[-1] == (report.bytes_sent, report.bytes_sent)
     assert report.bytes_sent == local.total_bytes
+
+
+def test_many_small_files_travel_in_few_packs(tmp_path):
+    root = tmp_path / "many"
+    (root / "src").mkdir(parents=True)
+    (root / "Cargo.toml").write_text('[package]\nname = "many"\n')
+    for i in range(4500):
+        (root / "src" / f"f{i}.rs").write_text(f"// {i}\n")
+    farm = FakeFarm()
+    report = send(farm, scan(root))
+    assert report.blobs_sent == 4501
+    assert len(farm.packs) == 3  # at most 2000 files a pack
+    assert sorted(farm.uploads) == sorted(set(farm.uploads))

@@ -333,20 +333,20 @@ def test_missing_blobs_answers_across_more_digests_than_one_query_holds(store):
     digests = [_digest(n) for n in range(1234)]
     stored = set(digests[::7])
     for digest in stored:
-        store.add_blob(digest, 10)
+        store.add_blobs({digest: 10})
     assert any(digests.index(d) > 1000 for d in stored)
     assert store.missing_blobs(digests) == [d for d in digests if d not in stored]
 
 
 def test_missing_blobs_lists_a_repeated_digest_once(store):
-    store.add_blob(_digest(1), 1)
+    store.add_blobs({_digest(1): 1})
     assert store.missing_blobs([_digest(2), _digest(1), _digest(2)]) == [_digest(2)]
     assert store.missing_blobs([]) == []
 
 
 def test_adding_a_blob_twice_keeps_one_record(store):
-    store.add_blob(_digest(5), 3)
-    store.add_blob(_digest(5), 3)
+    store.add_blobs({_digest(5): 3})
+    store.add_blobs({_digest(5): 3})
     assert store.missing_blobs([_digest(5)]) == []
 
 
@@ -482,3 +482,26 @@ def test_oldest_queued_names_each_architectures_longest_wait(store, built):
     store.move_job(X86_JOB, 1, BuildState.RUNNING, worker="w1")
     store.move_job(ARM_JOB, 1, BuildState.CANCELLED)
     assert store.oldest_queued() == {"amd64": later.jobs[0].queued_at}
+
+
+def test_blobs_stored_in_a_pack_are_located_by_it_and_others_are_not(store):
+    store.add_blobs({_digest(1): 1, _digest(2): 2}, pack="p" * 64)
+    store.add_blobs({_digest(3): 3})
+    assert store.blob_packs([_digest(1), _digest(2), _digest(3), _digest(4)]) == {
+        _digest(1): "p" * 64, _digest(2): "p" * 64}
+
+
+def test_a_blob_recorded_alone_keeps_its_place_when_a_pack_repeats_it(store):
+    store.add_blobs({_digest(1): 1})
+    store.add_blobs({_digest(1): 1}, pack="p" * 64)
+    assert store.blob_packs([_digest(1)]) == {}
+
+
+def test_a_database_from_another_schema_version_is_refused_with_what_to_do(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE builds (id TEXT PRIMARY KEY)")
+    with pytest.raises(RuntimeError, match="schema version unknown; this controller needs"):
+        Store(f"sqlite:///{path}")

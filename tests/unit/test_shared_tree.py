@@ -11,6 +11,8 @@ from crossfarm.shared.tree import (
     check_path,
     check_tree,
     file_digests,
+    pack_bytes,
+    read_pack,
     tree_digest,
 )
 from crossfarm.shared.wire import SourceTree, TreeEntry
@@ -318,3 +320,40 @@ def test_a_file_entry_needs_a_well_formed_sha256(sha256):
 def test_a_malformed_entry_is_refused(fields):
     with pytest.raises(ValidationError):
         TreeEntry.model_validate({"path": "a", "kind": "file", "sha256": "ab" * 32, **fields})
+
+
+def _blob(text):
+    data = text.encode()
+    return hashlib.sha256(data).hexdigest(), data
+
+
+def test_a_pack_reads_back_every_blob_it_was_made_of(tmp_path):
+    one, two = _blob("fn main() {}\n"), _blob("[package]\n")
+    (tmp_path / "two").write_bytes(two[1])
+    pack = pack_bytes([one, (two[0], tmp_path / "two")])
+    assert dict(read_pack(pack, TreeLimits())) == {one[0]: one[1], two[0]: two[1]}
+
+
+def test_a_pack_member_whose_bytes_do_not_match_its_name_is_refused():
+    digest, _ = _blob("honest")
+    pack = pack_bytes([(digest, b"forged")])
+    with pytest.raises(InvalidSource, match="do not match its name") as exc:
+        list(read_pack(pack, TreeLimits()))
+    assert exc.value.path == digest
+
+
+def test_a_pack_member_not_named_by_a_digest_is_refused():
+    pack = pack_bytes([("../../etc/passwd", b"x")])
+    with pytest.raises(InvalidSource, match="named by sha256"):
+        list(read_pack(pack, TreeLimits()))
+
+
+def test_a_pack_over_the_total_limit_is_refused():
+    blobs = [_blob("a" * 10), _blob("b" * 10)]
+    with pytest.raises(InvalidSource, match="over 15 bytes"):
+        list(read_pack(pack_bytes(blobs), TreeLimits(max_total_bytes=15)))
+
+
+def test_garbage_is_not_a_pack():
+    with pytest.raises(InvalidSource, match="not a readable pack"):
+        list(read_pack(b"not gzip at all", TreeLimits()))
