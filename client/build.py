@@ -14,6 +14,7 @@ from crossfarm.client.api import FarmClient, FarmError
 from crossfarm.client.config import Config, CrossConfig
 from crossfarm.client.render import Progress, build_table, emit_json, note
 from crossfarm.client.source import scan, send
+from crossfarm.shared.arch import Placement
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import BuildRequest, BuildView
 
@@ -35,6 +36,8 @@ class BuildOptions:
     cancel_on_interrupt: bool
     git: tuple[str, str] | None  # (url, rev)
     root: Path  # where the crate is, and where target/ goes
+    placement: Placement | None = None
+    wait_limit_s: int | None = None
 
 
 def exit_code(state: BuildState) -> int:
@@ -55,11 +58,13 @@ def run_build(client: FarmClient, config: Config, cross: CrossConfig, options: B
         no_default_features=options.no_default_features, cargo_args=options.cargo_args,
         timeout_s=options.timeout, env=cross.passthrough,
         target_env={t: env for t, env in cross.per_target.items() if t in options.targets},
-        submitter=config.user,
+        submitter=config.user, placement=options.placement, wait_limit_s=options.wait_limit_s,
     )
     build = client.submit(request)
     remember_build(build.build_id)
-    note(f"build {build.build_id}: " + ", ".join(f"{j.target} → {j.queue}" for j in build.jobs))
+    note(f"build {build.build_id}")
+    for job in build.jobs:
+        note(f"{job.target} → {job.queue} ({job.waiting or job.placed})")
     if options.detach:
         if options.as_json:
             emit_json(build)

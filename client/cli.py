@@ -25,6 +25,7 @@ from crossfarm.client.build import (
     run_build,
 )
 from crossfarm.client.config import Config, load_config, read_cross_toml
+from crossfarm.shared.arch import Placement
 from crossfarm.shared.errors import CrossfarmError
 from crossfarm.shared.states import BuildState
 
@@ -55,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--git", metavar="URL", help="build a commit the farm fetches itself")
     build.add_argument("--rev", help="with --git: the branch, tag or commit")
     build.add_argument("--timeout", type=int, metavar="SECONDS")
+    build.add_argument("--placement", choices=[p.value for p in Placement],
+                       help="native: wait for a worker of the target's arch; cross-ok: else "
+                            "a cross toolchain; emulate-ok: else emulation (default: the farm's)")
+    build.add_argument("--wait-limit", type=parse_duration, metavar="DURATION",
+                       help="fail a target no worker starts within this long (90s, 5m, 1h)")
     build.add_argument("--detach", action="store_true", help="submit and print the build id")
     build.add_argument("--cancel-on-interrupt", action="store_true",
                        help="Ctrl-C cancels the remote build without asking")
@@ -162,9 +168,20 @@ def _build(client: FarmClient, config: Config, args: argparse.Namespace) -> int:
         cargo_args=cargo_args, timeout=config.timeout, detach=args.detach, as_json=args.json,
         cancel_on_interrupt=args.cancel_on_interrupt,
         git=(args.git, args.rev) if args.git else None, root=root,
+        placement=Placement(args.placement) if args.placement else None,
+        wait_limit_s=args.wait_limit,
     )
     cross = read_cross_toml(root / "Cross.toml", os.environ)
     return run_build(client, config, cross, options)
+
+
+def parse_duration(text: str) -> int:
+    """Seconds from "90", "90s", "5m" or "1h"."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    if not number.isdigit() or int(number) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 5m or 1h")
+    return int(number) * units[unit]
 
 
 def _show_config(config: Config, as_json: bool) -> int:

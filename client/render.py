@@ -10,6 +10,7 @@ from typing import TextIO
 
 from pydantic import BaseModel
 
+from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import ArtifactView, BuildView, Fleet
 
 
@@ -46,11 +47,12 @@ def build_table(view: BuildView, artifacts: Sequence[ArtifactView] = (),
     counts: dict[str, int] = {}
     for artifact in artifacts:
         counts[artifact.target] = counts.get(artifact.target, 0) + 1
-    rows = [("TARGET", "RESULT", "WORKER", "MODE", "TIME", "ARTIFACTS", "REASON")]
+    rows = [("TARGET", "RESULT", "WORKER", "MODE", "TIME", "ARTIFACTS", "WHY")]
     for job in view.jobs:
+        why = job.reason or (job.waiting if job.state is BuildState.QUEUED else job.placed)
         rows.append((job.target, job.state.value, job.worker or "-",
                      job.mode.value if job.mode else "-", duration(job),
-                     str(counts.get(job.target, 0)), job.reason or ""))
+                     str(counts.get(job.target, 0)), why or ""))
     print(f"build {view.build_id}: {view.state.value}", file=out)
     _table(rows, out)
 
@@ -80,10 +82,11 @@ def workers_table(fleet: Fleet, out: TextIO = sys.stdout) -> None:
                      worker.last_seen.strftime("%H:%M:%S")))
     _table(rows, out)
     print(file=out)
-    summary = [("ARCH", "ONLINE", "QUEUED", "OLDEST WAITING")]
+    summary = [("ARCH", "NATIVE", "CROSS", "EMULATED", "QUEUED", "OLDEST WAITING")]
     for arch in fleet.arches:
         oldest = arch.oldest_waiting.strftime("%H:%M:%S") if arch.oldest_waiting else "-"
-        summary.append((arch.arch, str(arch.workers_online), str(arch.queue_depth), oldest))
+        summary.append((arch.arch, str(arch.workers_online), str(arch.cross_workers),
+                        str(arch.emulating_workers), str(arch.queue_depth), oldest))
     _table(summary, out)
 
 

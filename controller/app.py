@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 
-from crossfarm.controller import errors
+from crossfarm.controller import errors, placer
 from crossfarm.controller.api import builds as builds_api
 from crossfarm.controller.api import jobs as jobs_api
 from crossfarm.controller.api import sources as sources_api
@@ -20,6 +23,8 @@ from crossfarm.shared.arch import supported_targets
 from crossfarm.shared.broker import create_celery
 from crossfarm.shared.events import EventReader, Events
 from crossfarm.shared.storage import S3Store
+
+log = logging.getLogger(__name__)
 
 
 def create_farm(settings: ControllerSettings) -> Farm:
@@ -36,12 +41,24 @@ def create_farm(settings: ControllerSettings) -> Farm:
     )
 
 
+async def _place_forever(farm: Farm) -> None:
+    """Run the placer every few seconds; a failed pass is logged, never fatal."""
+    while True:
+        try:
+            await run_in_threadpool(placer.tick, farm)
+        except Exception:  # the next pass retries; the controller must keep serving
+            log.exception("placer pass failed")
+        await asyncio.sleep(farm.settings.placer_interval_s)
+
+
 def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.farm = farm or create_farm(settings)
         app.state.event_reader = EventReader(settings.redis_url)
+        placing = asyncio.create_task(_place_forever(app.state.farm))
         yield
+        placing.cancel()
         await app.state.event_reader.close()
         app.state.farm.store.close()
 

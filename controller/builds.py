@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 
+from crossfarm.controller import fleet
 from crossfarm.controller.cargo_args import check_cargo_args
 from crossfarm.controller.farm import Farm
+from crossfarm.controller.placement import decide
 from crossfarm.controller.routing import route
 from crossfarm.controller.store import NewBuild, NewJob
 from crossfarm.shared.errors import Conflict, InvalidRequest
@@ -30,10 +32,41 @@ _RESERVED_ENV = frozenset({"CARGO_HOME", "CARGO_TARGET_DIR", "HOME", "PATH", "CA
 
 
 def submit_build(farm: Farm, request: BuildRequest) -> BuildView:
-    """Check a request, record it, and enqueue one job per target on its native queue."""
+    """Check a request, record it, and enqueue one job per target on the queue its
+    placement policy picks from the fleet's state."""
+    routes = [route(target) for target in request.targets]
+    timeout_s = _check_request(farm, request)
+    placement = request.placement or farm.settings.default_placement
+    served = fleet.capacity(farm)
+    decisions = [decide(r.arch, placement, served) for r in routes]
+    new = NewBuild(
+        build_id=new_build_id(),
+        source=request.source,
+        profile=request.profile,
+        features=list(request.features),
+        all_features=request.all_features,
+        no_default_features=request.no_default_features,
+        cargo_args=list(request.cargo_args),
+        timeout_s=timeout_s,
+        env={"all": dict(request.env), **{t: dict(v) for t, v in request.target_env.items()}},
+        submitter=request.submitter,
+        jobs=[
+            NewJob(job_id=new_job_id(), target=r.target, arch=r.arch.value, queue=d.queue,
+                   placement=placement.value, placed=d.placed, waiting=d.waiting,
+                   wait_limit_s=request.wait_limit_s)
+            for r, d in zip(routes, decisions, strict=True)
+        ],
+    )
+    build = farm.store.add_build(new)
+    for job in build.jobs:
+        enqueue(farm, BuildId(build.build_id), job)
+    return farm.store.build(BuildId(build.build_id))
+
+
+def _check_request(farm: Farm, request: BuildRequest) -> int:
+    """Refuse what the farm will not build; returns the build's timeout."""
     if len(set(request.targets)) != len(request.targets):
         raise InvalidRequest("each target may be named once")
-    routes = [route(target) for target in request.targets]
     for values in [request.env, *request.target_env.values()]:
         reserved = sorted(_RESERVED_ENV & set(values))
         if reserved:
@@ -48,29 +81,11 @@ def submit_build(farm: Farm, request: BuildRequest) -> BuildView:
             f"timeout_s {timeout_s} is over the farm's limit of {farm.settings.max_timeout_s}"
         )
     farm.store.tree(SourceDigest(request.source))  # NotFound names the call to make first
-    new = NewBuild(
-        build_id=new_build_id(),
-        source=request.source,
-        profile=request.profile,
-        features=list(request.features),
-        all_features=request.all_features,
-        no_default_features=request.no_default_features,
-        cargo_args=list(request.cargo_args),
-        timeout_s=timeout_s,
-        env={"all": dict(request.env), **{t: dict(v) for t, v in request.target_env.items()}},
-        submitter=request.submitter,
-        jobs=[
-            NewJob(job_id=new_job_id(), target=r.target, arch=r.arch.value, queue=r.queue)
-            for r in routes
-        ],
-    )
-    build = farm.store.add_build(new)
-    for job in build.jobs:
-        _enqueue(farm, BuildId(build.build_id), job)
-    return farm.store.build(BuildId(build.build_id))
+    return timeout_s
 
 
-def _enqueue(farm: Farm, build_id: BuildId, job: JobView) -> None:
+def enqueue(farm: Farm, build_id: BuildId, job: JobView) -> None:
+    """Send a recorded job to its queue; if the broker refuses, the job fails saying so."""
     message = JobMessage(
         job_id=job.job_id, build_id=build_id, target=job.target, attempt=job.attempt,
         **farm.store.build_settings(build_id, job.target),
@@ -79,7 +94,7 @@ def _enqueue(farm: Farm, build_id: BuildId, job: JobView) -> None:
         farm.queue.enqueue(message, job.queue)
     except Exception as exc:  # the broker's errors are many; the record must say what happened
         log.exception("enqueue of %s failed", job.job_id)
-        _finish(farm, JobId(job.job_id), job.attempt, BuildState.FAILED,
+        finish(farm, JobId(job.job_id), job.attempt, BuildState.FAILED,
                 reason=f"could not enqueue on {job.queue}: {exc}")
         return
     farm.events.append(build_id, Event(kind="state", target=job.target, state=BuildState.QUEUED))
@@ -101,7 +116,7 @@ def cancel_build(farm: Farm, build_id: BuildId) -> BuildView:
         if job.state.terminal:
             continue
         farm.events.raise_cancel(JobId(job.job_id))
-        _finish(farm, JobId(job.job_id), job.attempt, BuildState.CANCELLED,
+        finish(farm, JobId(job.job_id), job.attempt, BuildState.CANCELLED,
                 reason="cancelled by request")
     return farm.store.build(build_id)
 
@@ -130,7 +145,7 @@ def job_finished(farm: Farm, job_id: JobId, report: JobFinished) -> JobView:
         return record.view  # cancelled while it ran: the cancel stands
     if report.manifest is not None and report.manifest.job_id != job_id:
         raise InvalidRequest("the manifest names another job")
-    moved = _finish(
+    moved = finish(
         farm, job_id, report.attempt, report.state, exit_code=report.exit_code,
         reason=report.reason,
         manifest=report.manifest.model_dump(mode="json") if report.manifest else None,
@@ -140,8 +155,9 @@ def job_finished(farm: Farm, job_id: JobId, report: JobFinished) -> JobView:
     return moved
 
 
-def _finish(farm: Farm, job_id: JobId, attempt: int, state: BuildState, **fields: object
-            ) -> JobView | None:
+def finish(farm: Farm, job_id: JobId, attempt: int, state: BuildState, **fields: object
+           ) -> JobView | None:
+    """Move a job to a terminal state and tell the build's stream (and its end)."""
     record = farm.store.job(job_id)
     moved = farm.store.move_job(job_id, attempt, state, **fields)
     if moved is None:

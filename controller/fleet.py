@@ -6,8 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from crossfarm.controller.farm import Farm
+from crossfarm.controller.placement import Capacity
 from crossfarm.shared import keys
-from crossfarm.shared.arch import Arch
+from crossfarm.shared.arch import Arch, BuildMode
 from crossfarm.shared.wire import ArchSummary, Fleet, WorkerHeartbeat, WorkerState, WorkerView
 
 
@@ -22,6 +23,12 @@ def heartbeat(farm: Farm, name: str, info: WorkerHeartbeat, fresh_start: bool) -
     farm.store.heartbeat(name, info, fresh_start)
 
 
+def capacity(farm: Farm) -> Capacity:
+    """What the online workers serve now."""
+    return Capacity.from_queues(
+        w.info.queues for w in fleet(farm).workers if w.state is WorkerState.ONLINE)
+
+
 def fleet(farm: Farm) -> Fleet:
     now = datetime.now(UTC)
     running = farm.store.running_jobs()
@@ -32,11 +39,17 @@ def fleet(farm: Farm) -> Fleet:
         for w in farm.store.workers()
     ]
     oldest = farm.store.oldest_queued()
-    arches = []
-    for arch in Arch:
-        queue = keys.queue_name(arch)
-        online = sum(1 for v in views if v.state is WorkerState.ONLINE and queue in v.info.queues)
-        arches.append(ArchSummary(arch=arch.value, queue=queue, workers_online=online,
-                                  queue_depth=farm.events.queue_depth(queue),
-                                  oldest_waiting=oldest.get(arch.value)))
+    served = Capacity.from_queues(v.info.queues for v in views if v.state is WorkerState.ONLINE)
+    arches = [
+        ArchSummary(
+            arch=arch.value, queue=keys.queue_name(arch),
+            workers_online=served.online.get((arch, BuildMode.NATIVE), 0),
+            cross_workers=served.online.get((arch, BuildMode.CROSS), 0),
+            emulating_workers=served.online.get((arch, BuildMode.EMULATED), 0),
+            queue_depth=sum(farm.events.queue_depth(keys.queue_name(arch, mode))
+                            for mode in BuildMode),
+            oldest_waiting=oldest.get(arch.value),
+        )
+        for arch in Arch
+    ]
     return Fleet(workers=views, arches=arches)

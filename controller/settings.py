@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from crossfarm.shared.arch import Placement
 from crossfarm.shared.storage import StorageSettings
 from crossfarm.shared.tree import TreeLimits
 
@@ -36,6 +37,11 @@ class ControllerSettings(BaseSettings):
     git_timeout_s: int = Field(default=300, ge=5)
     #: a worker with no heartbeat for this long is reported lost
     lost_after_s: int = Field(default=30, ge=2)
+    #: the placement of requests that do not choose one (make up's farm: cross-ok)
+    default_placement: Placement = Placement.NATIVE
+    #: a job no native worker took within this long may move to an allowed fallback
+    pickup_bound_s: float = Field(default=120, ge=1)
+    placer_interval_s: float = Field(default=2, gt=0)
     host: str = "127.0.0.1"
     port: int = 8700
 

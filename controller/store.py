@@ -30,11 +30,11 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
+from crossfarm.shared.arch import BuildMode, Placement
 from crossfarm.shared.errors import NotFound
 from crossfarm.shared.ids import BuildId, JobId
 from crossfarm.shared.states import BuildState, overall_state, transition
 from crossfarm.shared.wire import (
-    BuildMode,
     BuildView,
     JobView,
     Manifest,
@@ -98,6 +98,10 @@ class _Job(_Base):
     worker: Mapped[str | None] = mapped_column(String(200))
     mode: Mapped[str | None] = mapped_column(String(16))
     consumed_from: Mapped[str | None] = mapped_column(String(100))
+    placement: Mapped[str] = mapped_column(String(16))
+    placed: Mapped[str | None] = mapped_column(String(500))
+    waiting: Mapped[str | None] = mapped_column(String(500))
+    wait_limit_s: Mapped[int | None]
     queued_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -107,7 +111,7 @@ class _Job(_Base):
 
 
 #: Bump on any change to the tables; a database made by another version is refused.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class _Meta(_Base):
@@ -160,6 +164,10 @@ class NewJob:
     target: str
     arch: str
     queue: str
+    placement: str
+    placed: str
+    waiting: str | None
+    wait_limit_s: int | None
 
 
 @dataclass(frozen=True)
@@ -198,6 +206,10 @@ def _job_view(job: _Job) -> JobView:
         worker=job.worker,
         mode=BuildMode(job.mode) if job.mode else None,
         consumed_from=job.consumed_from,
+        placement=Placement(job.placement),
+        placed=job.placed,
+        waiting=job.waiting,
+        wait_limit_s=job.wait_limit_s,
         queued_at=job.queued_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
@@ -274,6 +286,8 @@ class Store:
                 _Job(
                     id=job.job_id, target=job.target, arch=job.arch, queue=job.queue,
                     state=BuildState.QUEUED.value, attempt=1, queued_at=now,
+                    placement=job.placement, placed=job.placed, waiting=job.waiting,
+                    wait_limit_s=job.wait_limit_s,
                 )
                 for job in new.jobs
             ],
@@ -350,6 +364,43 @@ class Store:
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 return None
         return self.job(job_id).view
+
+    def requeue(self, job_id: JobId, attempt: int, queue: str, placed: str) -> JobView | None:
+        """Move a queued job to another queue under a new attempt number, so the message
+        left in the old queue is refused when a worker picks it up. None if the job
+        moved on (started, cancelled or requeued) in the meantime."""
+        with self._session() as session:
+            result = session.execute(
+                update(_Job)
+                .where(_Job.id == job_id, _Job.state == BuildState.QUEUED.value,
+                       _Job.attempt == attempt)
+                .values(attempt=attempt + 1, queue=queue, placed=placed, waiting=None)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+        return self.job(job_id).view
+
+    def set_waiting(self, waiting: dict[str, str | None]) -> list[str]:
+        """Record, per queued job id, what it is waiting for; returns the ids whose text
+        changed."""
+        changed = []
+        with self._session() as session:
+            for job_id, text in waiting.items():
+                result = session.execute(
+                    update(_Job).where(_Job.id == job_id, _Job.state == BuildState.QUEUED.value,
+                                       _Job.waiting.is_distinct_from(text))
+                    .values(waiting=text).execution_options(synchronize_session=False))
+                if result.rowcount:  # type: ignore[attr-defined]
+                    changed.append(job_id)
+        return changed
+
+    def queued_jobs(self) -> list[JobRecord]:
+        """Every queued job, oldest first."""
+        with self._session() as session:
+            ids = session.scalars(select(_Job.id).where(_Job.state == BuildState.QUEUED.value)
+                                  .order_by(_Job.queued_at, _Job.id)).all()
+        return [self.job(JobId(job_id)) for job_id in ids]
 
     def jobs_of(self, build_id: BuildId) -> list[JobRecord]:
         with self._session() as session:

@@ -31,6 +31,38 @@ class Arch(StrEnum):
         return cls.parse(platform.machine())
 
 
+class BuildMode(StrEnum):
+    """How a worker builds a target."""
+
+    #: on a host of the target's own architecture
+    NATIVE = "native"
+    #: with a cross toolchain on a host of another architecture
+    CROSS = "cross"
+    #: in a builder of the target's architecture run under emulation (QEMU): slow
+    EMULATED = "emulated"
+
+
+class Placement(StrEnum):
+    """Which build modes a request accepts, best first."""
+
+    #: wait for a worker of the target's own architecture
+    NATIVE = "native"
+    #: fall back to a cross toolchain on another architecture
+    CROSS_OK = "cross-ok"
+    #: fall back to emulation as a last resort
+    EMULATE_OK = "emulate-ok"
+
+    @property
+    def modes(self) -> tuple[BuildMode, ...]:
+        return _MODES[self]
+
+
+_MODES = {
+    Placement.NATIVE: (BuildMode.NATIVE,),
+    Placement.CROSS_OK: (BuildMode.NATIVE, BuildMode.CROSS),
+    Placement.EMULATE_OK: (BuildMode.NATIVE, BuildMode.CROSS, BuildMode.EMULATED),
+}
+
 _ALIASES: dict[str, Arch] = {
     "amd64": Arch.AMD64,
     "x86_64": Arch.AMD64,

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
-from crossfarm.shared.arch import Arch
+from crossfarm.shared.arch import Arch, BuildMode
 from crossfarm.shared.ids import BuildId, JobId, SourceDigest
 
 #: The one Celery task a worker runs: build one target of one build.
 BUILD_TASK = "crossfarm.build_job"
 
 
-def queue_name(arch: Arch) -> str:
-    """The Celery queue that workers of `arch` consume."""
-    return f"crossfarm.builds.{arch.value}"
+def queue_name(arch: Arch, mode: BuildMode = BuildMode.NATIVE) -> str:
+    """The Celery queue of `arch` targets built in `mode`: native workers of `arch` consume
+    the plain one; workers that cross-compile or emulate for `arch` consume the others."""
+    base = f"crossfarm.builds.{arch.value}"
+    return base if mode is BuildMode.NATIVE else f"{base}.{mode.value}"
+
+
+def parse_queue(queue: str) -> tuple[Arch, BuildMode]:
+    """The architecture and mode a queue name stands for (inverse of queue_name)."""
+    parts = queue.split(".")
+    if len(parts) not in (3, 4) or parts[:2] != ["crossfarm", "builds"]:
+        raise ValueError(f"{queue!r} is not a crossfarm build queue")
+    mode = BuildMode(parts[3]) if len(parts) == 4 else BuildMode.NATIVE
+    if mode is BuildMode.NATIVE and len(parts) == 4:
+        raise ValueError(f"{queue!r} is not a crossfarm build queue")
+    return Arch.parse(parts[2]), mode
 
 
 def events_stream(build_id: BuildId) -> str:

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from crossfarm.shared.arch import BuildMode, Placement
 from crossfarm.shared.states import BuildState
 
 Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -24,15 +25,6 @@ EnvValue = Annotated[str, Field(max_length=32_768)]
 
 class Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BuildMode(StrEnum):
-    """How a worker builds a target."""
-
-    #: on a host of the target's own architecture
-    NATIVE = "native"
-    #: with a cross toolchain on a host of another architecture
-    CROSS = "cross"
 
 
 class BuildRequest(Wire):
@@ -51,6 +43,10 @@ class BuildRequest(Wire):
     env: Annotated[dict[EnvName, EnvValue], Field(max_length=64)] = {}
     target_env: Annotated[dict[TargetName, dict[EnvName, EnvValue]], Field(max_length=16)] = {}
     submitter: Annotated[str, Field(max_length=200)] | None = None
+    #: which build modes are acceptable; the farm's default when unset
+    placement: Placement | None = None
+    #: fail a job that no worker has started after this long (default: wait for ever)
+    wait_limit_s: Annotated[int, Field(ge=1, le=7 * 24 * 3600)] | None = None
 
 
 class JobView(Wire):
@@ -65,6 +61,12 @@ class JobView(Wire):
     worker: str | None = None
     mode: BuildMode | None = None
     consumed_from: str | None = None
+    placement: Placement = Placement.NATIVE
+    #: why the job went to its queue ("cross: no arm64 worker online; …")
+    placed: str | None = None
+    #: while queued: what it waits for and its place in line
+    waiting: str | None = None
+    wait_limit_s: int | None = None
     queued_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -269,7 +271,13 @@ class ArchSummary(Wire):
 
     arch: str
     queue: str
+    #: online workers of this architecture
     workers_online: int
+    #: online workers of other architectures with a cross toolchain for it
+    cross_workers: int = 0
+    #: online workers that build it under emulation
+    emulating_workers: int = 0
+    #: messages waiting in its native, cross and emulated queues together
     queue_depth: int
     oldest_waiting: datetime | None
 

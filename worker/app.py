@@ -7,7 +7,6 @@ import logging
 
 from celery import Celery, signals
 
-from crossfarm.shared import keys
 from crossfarm.shared.arch import Arch
 from crossfarm.shared.broker import create_celery
 from crossfarm.shared.events import Events
@@ -15,15 +14,16 @@ from crossfarm.shared.storage import S3Store
 from crossfarm.worker import tasks
 from crossfarm.worker.container import Docker
 from crossfarm.worker.heartbeat import Heartbeat, describe
+from crossfarm.worker.images import served_queues
 from crossfarm.worker.pipeline import Toolbox
 from crossfarm.worker.reporter import Reporter
 from crossfarm.worker.settings import WorkerSettings, load_settings
 
 
-def queues_for(host: Arch, cross_arches: list[Arch]) -> list[str]:
-    """The host architecture's queue first, then those it serves with a cross toolchain."""
-    arches = list(dict.fromkeys([host, *cross_arches]))
-    return [keys.queue_name(arch) for arch in arches]
+def queues_for(host: Arch, cross_arches: list[Arch], emulate_arches: list[Arch] | None = None
+               ) -> list[str]:
+    """The queues a worker consumes, its host architecture's first."""
+    return list(served_queues(host, cross_arches, emulate_arches or []))
 
 
 def create_worker_app(settings: WorkerSettings, host: Arch) -> Celery:
@@ -61,7 +61,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = load_settings()
     host = Arch.host()
-    queues = queues_for(host, settings.cross_arches)
+    queues = queues_for(host, settings.cross_arches, settings.emulate_arches)
     app = create_worker_app(settings, host)
     logging.getLogger(__name__).info("worker %s (%s) consumes %s", settings.worker_name,
                                      host.value, ", ".join(queues))

@@ -11,7 +11,8 @@ import httpx
 
 from crossfarm.shared import keys
 from crossfarm.shared.arch import TARGETS, Arch
-from crossfarm.shared.wire import BuildMode, WorkerHeartbeat
+from crossfarm.shared.wire import WorkerHeartbeat
+from crossfarm.worker.images import served_queues
 from crossfarm.worker.reporter import Reporter
 from crossfarm.worker.settings import WorkerSettings
 
@@ -20,18 +21,18 @@ log = logging.getLogger(__name__)
 
 def describe(settings: WorkerSettings, host: Arch, image_id: str | None) -> WorkerHeartbeat:
     """This worker as the fleet sees it: detected architecture, queues and how it serves them."""
-    modes = {host: BuildMode.NATIVE, **{a: BuildMode.CROSS for a in settings.cross_arches
-                                        if a is not host}}
+    queues = served_queues(host, settings.cross_arches, settings.emulate_arches)
+    arches = {keys.parse_queue(queue)[0] for queue in queues}
     try:
         version = metadata.version("crossfarm")
     except metadata.PackageNotFoundError:
         version = "unknown"
     return WorkerHeartbeat(
         hostname=settings.hostname(), arch=host.value,
-        queues={keys.queue_name(arch): mode for arch, mode in modes.items()},
+        queues=queues,
         cpus=settings.build_cpus, memory_bytes=settings.build_memory_bytes,
         builder_image=settings.builder_image, builder_image_id=image_id,
-        targets=sorted(t for t, arch in TARGETS.items() if arch in modes),
+        targets=sorted(t for t, arch in TARGETS.items() if arch in arches),
         labels=settings.labels, version=version, concurrency=settings.concurrency,
     )
 

@@ -1,24 +1,54 @@
-"""Which builder image runs a job, and how the target's toolchain is invoked in it."""
+"""Which queues a worker serves, in which mode, and which builder image runs a job."""
 
 from __future__ import annotations
 
-from crossfarm.shared.arch import Arch, target_arch
+from collections.abc import Iterable
+
+from crossfarm.shared import keys
+from crossfarm.shared.arch import Arch, BuildMode, target_arch
 from crossfarm.shared.errors import BuildError
-from crossfarm.shared.wire import BuildMode
 
 #: The build user of every builder image (see deploy/images/builder/Dockerfile).
 BUILD_UID = 10001
 
 
-def build_mode(target: str, host: Arch, cross_arches: list[Arch]) -> BuildMode:
-    """Native if the target's architecture is the host's; cross if this worker is set up to
-    serve that architecture with its cross toolchain; otherwise the job is not for it."""
-    arch = target_arch(target)
-    if arch is host:
-        return BuildMode.NATIVE
-    if arch in cross_arches:
-        return BuildMode.CROSS
-    raise BuildError(
-        f"this {host.value} worker does not serve {arch.value} targets; "
-        f"set CROSSFARM_CROSS_ARCHES={arch.value} to build them with the cross toolchain"
-    )
+def served_queues(host: Arch, cross_arches: Iterable[Arch], emulate_arches: Iterable[Arch]
+                  ) -> dict[str, BuildMode]:
+    """Queue -> mode: the host's native queue first, then the architectures this worker
+    cross-compiles for, then those it builds under emulation. The controller decides
+    which queue a job goes to; this only says what the worker can do."""
+    queues = {keys.queue_name(host): BuildMode.NATIVE}
+    for arch in cross_arches:
+        if arch is not host:
+            queues.setdefault(keys.queue_name(arch, BuildMode.CROSS), BuildMode.CROSS)
+    for arch in emulate_arches:
+        if arch is not host:
+            queues.setdefault(keys.queue_name(arch, BuildMode.EMULATED), BuildMode.EMULATED)
+    return queues
+
+
+def job_mode(target: str, consumed_from: str, served: dict[str, BuildMode]) -> BuildMode:
+    """How this worker builds `target` taken from `consumed_from`; BuildError when the
+    queue is not one it serves or not one of the target's architecture."""
+    try:
+        arch, mode = keys.parse_queue(consumed_from)
+    except ValueError as exc:
+        raise BuildError(f"job came from an unknown queue: {exc}") from None
+    if consumed_from not in served:
+        raise BuildError(f"this worker does not serve {consumed_from}")
+    if arch is not target_arch(target):
+        raise BuildError(f"{target} does not belong on {consumed_from}")
+    return mode
+
+
+def builder_image(mode: BuildMode, arch: Arch, default: str, emulation_images: dict[str, str]
+                  ) -> str:
+    """The image for a job: the worker's own builder, or for an emulated build one of
+    the target's architecture."""
+    if mode is not BuildMode.EMULATED:
+        return default
+    try:
+        return emulation_images[arch.value]
+    except KeyError:
+        raise BuildError(f"no builder image for emulated {arch.value} builds "
+                         "(set CROSSFARM_EMULATION_IMAGES)") from None

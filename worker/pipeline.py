@@ -19,17 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crossfarm.shared import keys
-from crossfarm.shared.arch import Arch
+from crossfarm.shared.arch import Arch, target_arch
 from crossfarm.shared.errors import BuildCancelled, BuildError, BuildTimeout, StorageError
 from crossfarm.shared.ids import BuildId, JobId, SourceDigest
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.storage import ObjectStore
 from crossfarm.shared.tree import TreeLimits
-from crossfarm.shared.wire import BuildMode, JobFinished, JobMessage, JobStarted, Manifest
+from crossfarm.shared.wire import JobFinished, JobMessage, JobStarted, Manifest
 from crossfarm.worker import cargo
 from crossfarm.worker.artifacts import ArtifactCollector, JobOutput, build_manifest
 from crossfarm.worker.container import Docker, Step
-from crossfarm.worker.images import BUILD_UID, build_mode
+from crossfarm.worker.images import BUILD_UID, builder_image, job_mode, served_queues
 from crossfarm.worker.reporter import Reporter
 from crossfarm.worker.settings import WorkerSettings
 from crossfarm.worker.source import container_tar, fetch_blobs, fetch_tree
@@ -77,11 +77,15 @@ class JobLog:
 def run_job(tools: Toolbox, job: JobMessage, consumed_from: str) -> BuildState | None:
     """Run one job end to end; returns its final state, or None if the farm said not to run it."""
     job_id = JobId(job.job_id)
+    settings = tools.settings
     refusal: str | None = None
+    served = served_queues(tools.host, settings.cross_arches, settings.emulate_arches)
+    image = settings.builder_image
     try:
-        mode = build_mode(job.target, tools.host, tools.settings.cross_arches)
+        mode = job_mode(job.target, consumed_from, served)
+        image = builder_image(mode, target_arch(job.target), image, settings.emulation_images)
     except BuildError as exc:
-        mode, refusal = BuildMode.CROSS, exc.message
+        mode, refusal = keys.parse_queue(consumed_from)[1], exc.message
     verdict = tools.reporter.started(job_id, JobStarted(
         attempt=job.attempt, worker=tools.settings.worker_name,
         hostname=tools.settings.hostname(), mode=mode, consumed_from=consumed_from,
@@ -93,7 +97,7 @@ def run_job(tools: Toolbox, job: JobMessage, consumed_from: str) -> BuildState |
     joblog(f"crossfarm: {job.target} on {tools.settings.worker_name} "
            f"({tools.host.value}, {mode.value}), attempt {job.attempt}")
     outcome = (JobFinished(attempt=job.attempt, state=BuildState.FAILED, reason=refusal)
-               if refusal else _build(tools, job, mode, joblog))
+               if refusal else _build(tools, job, image, joblog))
     if outcome.reason:
         joblog(f"crossfarm: {outcome.state.value}: {outcome.reason}")
     _store_log(tools.storage, job, joblog)
@@ -101,10 +105,10 @@ def run_job(tools: Toolbox, job: JobMessage, consumed_from: str) -> BuildState |
     return outcome.state
 
 
-def _build(tools: Toolbox, job: JobMessage, mode: BuildMode, joblog: JobLog) -> JobFinished:
+def _build(tools: Toolbox, job: JobMessage, image: str, joblog: JobLog) -> JobFinished:
     deadline = time.monotonic() + job.timeout_s
     try:
-        manifest = _compile_and_publish(tools, job, joblog, deadline)
+        manifest = _compile_and_publish(tools, job, image, joblog, deadline)
     except BuildCancelled:
         return JobFinished(attempt=job.attempt, state=BuildState.CANCELLED, reason="cancelled")
     except BuildTimeout:
@@ -121,12 +125,12 @@ def _build(tools: Toolbox, job: JobMessage, mode: BuildMode, joblog: JobLog) -> 
 
 
 def _compile_and_publish(
-    tools: Toolbox, job: JobMessage, joblog: JobLog, deadline: float
+    tools: Toolbox, job: JobMessage, image: str, joblog: JobLog, deadline: float
 ) -> Manifest:
     settings = tools.settings
     settings.scratch_dir.mkdir(parents=True, exist_ok=True)
-    if not tools.docker.has_image(settings.builder_image):
-        raise BuildError(f"builder image {settings.builder_image} is missing on this worker; "
+    if not tools.docker.has_image(image):
+        raise BuildError(f"builder image {image} is missing on this worker; "
                          "build it with deploy/images/builder/build-offline.sh")
     with tempfile.TemporaryDirectory(dir=settings.scratch_dir) as scratch:
         tmp = Path(scratch)
@@ -142,7 +146,7 @@ def _compile_and_publish(
                   "io.crossfarm.worker": settings.worker_name}
         volume_name = f"crossfarm-{job.job_id}-a{job.attempt}"
         with tar, tools.docker.volume(volume_name, labels):
-            fetch = _step(settings, job, cargo.fetch_command(job, locked), volume_name,
+            fetch = _step(settings, job, image, cargo.fetch_command(job, locked), volume_name,
                           network=True, labels=labels)
             with joblog.timed("dependency fetch step"), tools.docker.container(fetch) as container:
                 container.put(cargo.WORK, tar)
@@ -151,12 +155,13 @@ def _compile_and_publish(
             if result.exit_code != 0:
                 raise BuildError("fetching dependencies failed (see the log above)",
                                  exit_code=result.exit_code)
-            files = _compile(tools, job, locked, volume_name, labels, joblog, deadline, tmp)
+            files = _compile(tools, job, image, locked, volume_name, labels, joblog, deadline,
+                             tmp)
         with joblog.timed("artifact upload"):
             return _publish(tools.storage, job, files)
 
 
-def _compile(tools: Toolbox, job: JobMessage, locked: bool, volume: str,
+def _compile(tools: Toolbox, job: JobMessage, image: str, locked: bool, volume: str,
              labels: dict[str, str], joblog: JobLog, deadline: float, tmp: Path) -> list[Path]:
     settings = tools.settings
     collector = ArtifactCollector()
@@ -167,7 +172,7 @@ def _compile(tools: Toolbox, job: JobMessage, locked: bool, volume: str,
         joblog(line)
 
     jobs = max(1, int(settings.build_cpus))
-    step = _step(settings, job, cargo.build_command(job, locked, jobs), volume,
+    step = _step(settings, job, image, cargo.build_command(job, locked, jobs), volume,
                  network=False, labels=labels)
     with joblog.timed("build step"), tools.docker.container(step) as container:
         result = container.run(sink, deadline, lambda: tools.reporter.cancelled(JobId(job.job_id)))
@@ -182,7 +187,7 @@ def _compile(tools: Toolbox, job: JobMessage, locked: bool, volume: str,
         return [container.copy_out(path, out) for path in collector.paths]
 
 
-def _step(settings: WorkerSettings, job: JobMessage, command: list[str], volume: str,
+def _step(settings: WorkerSettings, job: JobMessage, image: str, command: list[str], volume: str,
           network: bool, labels: dict[str, str]) -> Step:
     # The request's variables reach only the offline build step, never the networked one.
     env = {**({} if network else job.env), "CARGO_TARGET_DIR": cargo.TARGET_DIR}
@@ -191,7 +196,7 @@ def _step(settings: WorkerSettings, job: JobMessage, command: list[str], volume:
         binds[settings.ca_bundle] = _CA_IN_CONTAINER
         env["CARGO_HTTP_CAINFO"] = _CA_IN_CONTAINER
     return Step(
-        image=settings.builder_image, command=command, workdir=cargo.SRC,
+        image=image, command=command, workdir=cargo.SRC,
         user=f"{BUILD_UID}:{BUILD_UID}", env=env, network=network,
         volumes={volume: cargo.WORK, settings.cargo_home_volume: "/cargo"}, binds=binds,
         cpus=settings.build_cpus, memory_bytes=settings.build_memory_bytes,

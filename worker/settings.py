@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from crossfarm.shared.arch import Arch
@@ -30,6 +30,10 @@ class WorkerSettings(BaseSettings):
     worker_name: str = Field(default_factory=socket.gethostname)
     #: other architectures whose queues this worker also serves, with its cross toolchain
     cross_arches: Annotated[list[Arch], NoDecode] = []
+    #: other architectures this worker builds under emulation (binfmt + QEMU), each with
+    #: a builder image of that architecture (CROSSFARM_EMULATION_IMAGES='{"arm64": "…"}')
+    emulate_arches: Annotated[list[Arch], NoDecode] = []
+    emulation_images: dict[str, str] = {}
     concurrency: int = Field(default=1, ge=1, le=64)
     #: free-form labels shown in the fleet (CROSSFARM_LABELS='{"rack": "r1"}')
     labels: dict[str, str] = {}
@@ -43,12 +47,20 @@ class WorkerSettings(BaseSettings):
     ca_bundle: Path | None = None
     scratch_dir: Path = Path(".crossfarm/worker")
 
-    @field_validator("cross_arches", mode="before")
+    @field_validator("cross_arches", "emulate_arches", mode="before")
     @classmethod
     def _parse_arches(cls, value: object) -> object:
         if isinstance(value, str):
             return [Arch.parse(part) for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _images_for_emulation(self) -> WorkerSettings:
+        missing = [a.value for a in self.emulate_arches if a.value not in self.emulation_images]
+        if missing:
+            raise ValueError(f"CROSSFARM_EMULATE_ARCHES names {missing} but "
+                             "CROSSFARM_EMULATION_IMAGES has no builder image for them")
+        return self
 
     @field_validator("ca_bundle")
     @classmethod

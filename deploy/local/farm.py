@@ -91,6 +91,8 @@ class Farm:
             "CROSSFARM_URL": self.controller_url,
             "CROSSFARM_PORT": str(self.controller_port),
             "CROSSFARM_DATABASE_URL": f"sqlite:///{self.dir / 'crossfarm.db'}",
+            # One machine, one architecture: let other targets use its cross toolchain.
+            "CROSSFARM_DEFAULT_PLACEMENT": "cross-ok",
         })
         ca = Path("/etc/ssl/certs/ca-certificates.crt")
         if "CROSSFARM_CA_BUNDLE" not in env and ca.is_file():

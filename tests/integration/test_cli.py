@@ -93,11 +93,12 @@ def test_workers_command_shows_the_worker_with_its_arch_and_modes(farm, crate, c
     assert worker["state"] == "online"
     assert worker["info"]["arch"] == "amd64"
     assert worker["info"]["queues"] == {"crossfarm.builds.amd64": "native",
-                                        "crossfarm.builds.arm64": "cross"}
+                                        "crossfarm.builds.arm64.cross": "cross"}
     assert sorted(worker["info"]["targets"]) == [ARM, X86]
     arches = {a["arch"]: a for a in fleet["arches"]}
     assert arches["amd64"]["workers_online"] >= 1
-    assert arches["arm64"]["workers_online"] >= 1
+    assert arches["arm64"]["workers_online"] == 0
+    assert arches["arm64"]["cross_workers"] >= 1
 
 
 def test_a_symlink_pointing_outside_the_crate_is_refused_before_upload(farm, crate, cli):

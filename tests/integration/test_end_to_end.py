@@ -83,7 +83,11 @@ def test_each_job_went_through_its_architectures_queue_and_names_worker_and_mode
     _, build, _ = built
     jobs = {job.target: job for job in build.jobs}
     assert jobs[X86].queue == jobs[X86].consumed_from == "crossfarm.builds.amd64"
-    assert jobs[ARM].queue == jobs[ARM].consumed_from == "crossfarm.builds.arm64"
+    # No arm64 worker here: cross-ok (the local farm's default) sends it to the queue of
+    # workers with an arm64 cross toolchain, and the record says why.
+    assert jobs[ARM].queue == jobs[ARM].consumed_from == "crossfarm.builds.arm64.cross"
+    assert jobs[ARM].placed.startswith("cross: no arm64 worker online; cross-ok allows")
+    assert jobs[X86].placed == "native: an amd64 worker is online"
     assert jobs[X86].mode == "native"
     assert jobs[ARM].mode == "cross"
     assert {job.worker for job in build.jobs} == {"worker-amd64"}

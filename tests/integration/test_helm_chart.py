@@ -110,7 +110,7 @@ def test_two_pools_render_exactly_one_worker_deployment_per_architecture(chart):
 
 
 @pytest.mark.parametrize(("arch", "queues"), [
-    ("amd64", ["crossfarm.builds.amd64", "crossfarm.builds.arm64"]),
+    ("amd64", ["crossfarm.builds.amd64", "crossfarm.builds.arm64.cross"]),
     ("arm64", ["crossfarm.builds.arm64"]),
 ])
 def test_each_pool_env_makes_the_worker_consume_its_arch_queues(chart, monkeypatch, arch, queues):

@@ -98,7 +98,7 @@ and the one visibility timeout (see shared/broker.py).
 {{- $queues := list (printf "crossfarm.builds.%s" .arch) }}
 {{- range .crossArches | default list }}
 {{- if ne . $.arch }}
-{{- $queues = append $queues (printf "crossfarm.builds.%s" .) }}
+{{- $queues = append $queues (printf "crossfarm.builds.%s.cross" .) }}
 {{- end }}
 {{- end }}
 {{- join "," ($queues | uniq) }}
