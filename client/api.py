@@ -22,6 +22,7 @@ from crossfarm.shared.wire import (
     MissingBlobs,
     SourceStatus,
     SourceTree,
+    WorkerView,
 )
 
 
@@ -121,6 +122,10 @@ class FarmClient:
             params["state"] = state
         response = self._call("GET", "/v1/builds", params=params)
         return [BuildView.model_validate(item) for item in response.json()]
+
+    def drain(self, worker: str, drain: bool) -> WorkerView:
+        response = self._call("POST" if drain else "DELETE", f"/v1/workers/{worker}/drain")
+        return WorkerView.model_validate_json(response.content)
 
     def workers(self) -> Fleet:
         return Fleet.model_validate_json(self._call("GET", "/v1/workers").content)

@@ -10,7 +10,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
 
 from crossfarm.client import render
 from crossfarm.client.api import FarmClient, FarmError
@@ -83,6 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     artifacts.add_argument("--download", type=Path, metavar="DIR",
                            help="download into DIR/<triple>/<name>")
     commands.add_parser("workers", parents=[common], help="the farm's workers")
+    drain = commands.add_parser("drain", parents=[common],
+                                help="stop a worker taking jobs (it finishes running ones)")
+    drain.add_argument("worker")
+    drain.add_argument("--undo", action="store_true", help="let it take jobs again")
     commands.add_parser("config", parents=[common], help="the effective configuration")
     return parser
 
@@ -112,37 +120,57 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _dispatch(client: FarmClient, config: Config, args: argparse.Namespace) -> int:
-    command = args.command
-    if command == "build":
-        return _build(client, config, args)
-    if command == "status":
-        view = client.build(args.build_id or last_build())
-        render.emit_json(view) if args.json else render.build_table(view)
-        return exit_code(view.state) if view.state.terminal else EXIT_OK
-    if command == "cancel":
-        view = client.cancel(args.build_id)
-        render.emit_json(view) if args.json else render.build_table(view)
-        return EXIT_OK
-    if command == "logs":
-        follow(client, args.build_id, only=args.target, live=args.follow)
-        return EXIT_OK
-    if command == "list":
-        views = client.list_builds(config.user if args.mine else None, args.state, args.limit)
-        render.emit_json(views) if args.json else render.builds_table(views)
-        return EXIT_OK
-    if command == "artifacts":
-        if args.download:
-            count = download_all(client, args.build_id, args.download,
-                                 lambda name: render.Progress(name))
-            render.note(f"{count} artifact(s) in {args.download}")
-        items = client.artifacts(args.build_id)
-        render.emit_json(items) if args.json else render.artifacts_table(items)
-        return EXIT_OK
-    if command == "workers":
-        workers = client.workers()
-        render.emit_json(workers) if args.json else render.workers_table(workers)
-        return EXIT_OK
-    raise AssertionError(command)
+    command: Callable[[FarmClient, Config, argparse.Namespace], int] = _COMMANDS[args.command]
+    return command(client, config, args)
+
+
+def _show(document: BaseModel | list[BaseModel], as_json: bool,
+          table: Callable[[Any], None]) -> None:
+    render.emit_json(document) if as_json else table(document)
+
+
+def _status(client: FarmClient, _config: Config, args: argparse.Namespace) -> int:
+    view = client.build(args.build_id or last_build())
+    _show(view, args.json, render.build_table)
+    return exit_code(view.state) if view.state.terminal else EXIT_OK
+
+
+def _cancel(client: FarmClient, _config: Config, args: argparse.Namespace) -> int:
+    _show(client.cancel(args.build_id), args.json, render.build_table)
+    return EXIT_OK
+
+
+def _logs(client: FarmClient, _config: Config, args: argparse.Namespace) -> int:
+    follow(client, args.build_id, only=args.target, live=args.follow)
+    return EXIT_OK
+
+
+def _list(client: FarmClient, config: Config, args: argparse.Namespace) -> int:
+    views = client.list_builds(config.user if args.mine else None, args.state, args.limit)
+    _show(list(views), args.json, render.builds_table)
+    return EXIT_OK
+
+
+def _artifacts(client: FarmClient, _config: Config, args: argparse.Namespace) -> int:
+    if args.download:
+        count = download_all(client, args.build_id, args.download, render.Progress)
+        render.note(f"{count} artifact(s) in {args.download}")
+    _show(list(client.artifacts(args.build_id)), args.json, render.artifacts_table)
+    return EXIT_OK
+
+
+def _drain(client: FarmClient, _config: Config, args: argparse.Namespace) -> int:
+    view = client.drain(args.worker, not args.undo)
+    if args.json:
+        render.emit_json(view)
+    else:
+        print(f"{view.name}: {view.state.value} ({len(view.running_jobs)} job(s) running)")
+    return EXIT_OK
+
+
+def _workers(client: FarmClient, _config: Config, args: argparse.Namespace) -> int:
+    _show(client.workers(), args.json, render.workers_table)
+    return EXIT_OK
 
 
 def _build(client: FarmClient, config: Config, args: argparse.Namespace) -> int:
@@ -173,6 +201,13 @@ def _build(client: FarmClient, config: Config, args: argparse.Namespace) -> int:
     )
     cross = read_cross_toml(root / "Cross.toml", os.environ)
     return run_build(client, config, cross, options)
+
+
+_COMMANDS: dict[str, Callable[[FarmClient, Config, argparse.Namespace], int]] = {
+    "build": _build,
+    "status": _status, "cancel": _cancel, "logs": _logs, "list": _list,
+    "artifacts": _artifacts, "drain": _drain, "workers": _workers,
+}
 
 
 def parse_duration(text: str) -> int:

@@ -10,6 +10,7 @@ from typing import TextIO
 
 from pydantic import BaseModel
 
+from crossfarm.shared import keys
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import ArtifactView, BuildView, Fleet
 
@@ -49,7 +50,7 @@ def build_table(view: BuildView, artifacts: Sequence[ArtifactView] = (),
         counts[artifact.target] = counts.get(artifact.target, 0) + 1
     rows = [("TARGET", "RESULT", "WORKER", "MODE", "TIME", "ARTIFACTS", "WHY")]
     for job in view.jobs:
-        why = job.reason or (job.waiting if job.state is BuildState.QUEUED else job.placed)
+        why = job.reason or (job.state is BuildState.QUEUED and job.waiting) or job.placed
         rows.append((job.target, job.state.value, job.worker or "-",
                      job.mode.value if job.mode else "-", duration(job),
                      str(counts.get(job.target, 0)), why or ""))
@@ -75,7 +76,7 @@ def artifacts_table(artifacts: Sequence[ArtifactView], out: TextIO = sys.stdout)
 def workers_table(fleet: Fleet, out: TextIO = sys.stdout) -> None:
     rows = [("WORKER", "STATE", "ARCH", "QUEUES", "CPUS", "RUNNING", "LAST SEEN")]
     for worker in fleet.workers:
-        queues = ",".join(f"{q.rsplit('.', 1)[-1]}:{mode.value}"
+        queues = ",".join(f"{keys.parse_queue(q)[0].value}:{mode.value}"
                           for q, mode in worker.info.queues.items())
         rows.append((worker.name, worker.state.value, worker.info.arch, queues,
                      f"{worker.info.cpus:g}", str(len(worker.running_jobs)),

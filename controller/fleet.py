@@ -9,33 +9,57 @@ from crossfarm.controller.farm import Farm
 from crossfarm.controller.placement import Capacity
 from crossfarm.shared import keys
 from crossfarm.shared.arch import Arch, BuildMode
-from crossfarm.shared.wire import ArchSummary, Fleet, WorkerHeartbeat, WorkerState, WorkerView
+from crossfarm.shared.wire import (
+    ArchSummary,
+    Fleet,
+    HeartbeatReply,
+    WorkerHeartbeat,
+    WorkerState,
+    WorkerView,
+)
 
 
-def worker_state(last_seen: datetime, now: datetime, lost_after_s: int) -> WorkerState:
-    """Lost once no heartbeat arrived for `lost_after_s` seconds."""
+def worker_state(last_seen: datetime, now: datetime, lost_after_s: int,
+                 requested: bool = False, confirmed: bool = False, running: int = 0
+                 ) -> WorkerState:
+    """Lost once no heartbeat arrived for `lost_after_s` seconds. Draining from the moment
+    an operator asks (`requested`) or the worker says it stopped taking jobs
+    (`confirmed`); drained only once the worker confirmed and no job runs on it."""
     if now - last_seen > timedelta(seconds=lost_after_s):
         return WorkerState.LOST
+    if requested or confirmed:
+        return WorkerState.DRAINED if confirmed and not running else WorkerState.DRAINING
     return WorkerState.ONLINE
 
 
-def heartbeat(farm: Farm, name: str, info: WorkerHeartbeat, fresh_start: bool) -> None:
-    farm.store.heartbeat(name, info, fresh_start)
+def heartbeat(farm: Farm, name: str, info: WorkerHeartbeat, fresh_start: bool
+              ) -> HeartbeatReply:
+    return HeartbeatReply(drain=farm.store.heartbeat(name, info, fresh_start))
 
 
-def capacity(farm: Farm) -> Capacity:
-    """What the online workers serve now."""
+def set_drain(farm: Farm, name: str, drain: bool) -> WorkerView:
+    """Ask a worker to stop taking jobs (it finishes its running ones), or to resume."""
+    farm.store.set_drain(name, drain)
+    return next(w for w in fleet(farm).workers if w.name == name)
+
+
+def capacity(farm: Farm, now: datetime | None = None) -> Capacity:
+    """What the online workers serve (at `now`, by default the present)."""
     return Capacity.from_queues(
-        w.info.queues for w in fleet(farm).workers if w.state is WorkerState.ONLINE)
+        w.info.queues for w in fleet(farm, now).workers if w.state is WorkerState.ONLINE)
 
 
-def fleet(farm: Farm) -> Fleet:
-    now = datetime.now(UTC)
+def fleet(farm: Farm, now: datetime | None = None) -> Fleet:
+    now = now or datetime.now(UTC)
     running = farm.store.running_jobs()
     views = [
-        WorkerView(name=w.name, state=worker_state(w.last_seen, now, farm.settings.lost_after_s),
+        WorkerView(name=w.name,
+                   state=worker_state(w.last_seen, now, farm.settings.lost_after_s,
+                                      requested=w.drain, confirmed=w.info.draining,
+                                      running=len(running.get(w.name, []))),
                    last_seen=w.last_seen, started_at=w.started_at,
-                   running_jobs=sorted(running.get(w.name, [])), info=w.info)
+                   running_jobs=sorted(running.get(w.name, [])), drain_requested=w.drain,
+                   info=w.info)
         for w in farm.store.workers()
     ]
     oldest = farm.store.oldest_queued()

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def tick(farm: Farm, now: datetime | None = None) -> None:
     """One pass over the queued jobs (oldest first)."""
     now = now or datetime.now(UTC)
-    served = fleet.capacity(farm)
+    served = fleet.capacity(farm, now)
     waiting: dict[str, str | None] = {}
     line: dict[str, int] = {}
     for record in farm.store.queued_jobs():

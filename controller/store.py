@@ -111,7 +111,7 @@ class _Job(_Base):
 
 
 #: Bump on any change to the tables; a database made by another version is refused.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class _Meta(_Base):
@@ -148,6 +148,7 @@ class _Worker(_Base):
     info: Mapped[dict[str, Any]] = mapped_column(JSON)
     started_at: Mapped[datetime]
     last_seen: Mapped[datetime]
+    drain: Mapped[bool] = mapped_column(default=False)
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,7 @@ class WorkerRecord:
     info: WorkerHeartbeat
     started_at: datetime
     last_seen: datetime
+    drain: bool = False
 
 
 @dataclass(frozen=True)
@@ -454,25 +456,35 @@ class Store:
             return SourceStatus(digest=tree.digest, files=tree.files,
                                 total_bytes=tree.total_bytes, commit=tree.commit)
 
-    def heartbeat(self, name: str, info: WorkerHeartbeat, fresh_start: bool) -> None:
-        """Record a worker's heartbeat; `fresh_start` resets its start time."""
+    def heartbeat(self, name: str, info: WorkerHeartbeat, fresh_start: bool) -> bool:
+        """Record a worker's heartbeat; `fresh_start` resets its start time. Returns
+        whether an operator asked it to drain."""
         now = _now()
         with self._session() as session:
             worker = session.get(_Worker, name)
             if worker is None:
                 session.add(_Worker(name=name, info=info.model_dump(mode="json"),
-                                    started_at=now, last_seen=now))
-                return
+                                    started_at=now, last_seen=now, drain=False))
+                return False
             worker.info = info.model_dump(mode="json")
             worker.last_seen = now
             if fresh_start:
                 worker.started_at = now
+            return worker.drain
+
+    def set_drain(self, name: str, drain: bool) -> None:
+        with self._session() as session:
+            worker = session.get(_Worker, name)
+            if worker is None:
+                raise NotFound(f"no worker {name!r}; crossfarm workers lists them")
+            worker.drain = drain
 
     def workers(self) -> list[WorkerRecord]:
         with self._session() as session:
             rows = session.scalars(select(_Worker).order_by(_Worker.name)).all()
             return [WorkerRecord(name=w.name, info=WorkerHeartbeat.model_validate(w.info),
-                                 started_at=w.started_at, last_seen=w.last_seen) for w in rows]
+                                 started_at=w.started_at, last_seen=w.last_seen, drain=w.drain)
+                    for w in rows]
 
     def running_jobs(self) -> dict[str, list[str]]:
         """Worker name -> the ids of the jobs the record says it is running."""

@@ -21,10 +21,17 @@ def parse_queue(queue: str) -> tuple[Arch, BuildMode]:
     parts = queue.split(".")
     if len(parts) not in (3, 4) or parts[:2] != ["crossfarm", "builds"]:
         raise ValueError(f"{queue!r} is not a crossfarm build queue")
-    mode = BuildMode(parts[3]) if len(parts) == 4 else BuildMode.NATIVE
+    try:  # exact names only: no aliases, which queue_name never produces
+        arch = Arch(parts[2])
+    except ValueError:
+        raise ValueError(f"{queue!r}: unknown architecture {parts[2]!r}") from None
+    try:
+        mode = BuildMode(parts[3]) if len(parts) == 4 else BuildMode.NATIVE
+    except ValueError:
+        raise ValueError(f"{queue!r}: unknown build mode {parts[3]!r}") from None
     if mode is BuildMode.NATIVE and len(parts) == 4:
         raise ValueError(f"{queue!r} is not a crossfarm build queue")
-    return Arch.parse(parts[2]), mode
+    return arch, mode
 
 
 def events_stream(build_id: BuildId) -> str:

@@ -234,6 +234,10 @@ class WorkerState(StrEnum):
 
     #: heartbeating and taking jobs
     ONLINE = "online"
+    #: asked to drain (or shutting down): takes no new jobs, finishes its running ones
+    DRAINING = "draining"
+    #: drained: no running jobs left, takes no new ones
+    DRAINED = "drained"
     #: no heartbeat within the farm's bound
     LOST = "lost"
 
@@ -253,6 +257,14 @@ class WorkerHeartbeat(Wire):
     labels: dict[str, str] = {}
     version: str
     concurrency: Annotated[int, Field(ge=1)]
+    #: the worker stopped taking jobs on its own (SIGTERM) or because it was asked to
+    draining: bool = False
+
+
+class HeartbeatReply(Wire):
+    """The controller's answer to a heartbeat: whether an operator asked it to drain."""
+
+    drain: bool
 
 
 class WorkerView(Wire):
@@ -263,6 +275,7 @@ class WorkerView(Wire):
     last_seen: datetime
     started_at: datetime
     running_jobs: list[str]
+    drain_requested: bool = False
     info: WorkerHeartbeat
 
 

@@ -42,18 +42,39 @@ def create_worker_app(settings: WorkerSettings, host: Arch) -> Celery:
 
     tasks.register(app, toolbox)
 
-    def start_heartbeat(**_: object) -> None:
+    beats: list[Heartbeat] = []
+
+    def start_heartbeat(sender: object = None, **_: object) -> None:
         # In the main process, once Celery is consuming. Its clients are its own: the
         # pool's are made after fork (toolbox) and must not be shared with this process.
+        node = str(getattr(sender, "hostname", ""))
+        queues = queues_for(host, settings.cross_arches, settings.emulate_arches)
+
+        def consume(on: bool) -> None:
+            # Broadcast control reaches this very worker; the consumer changes its queues.
+            # Waiting for the reply means the next heartbeat's "draining" is the truth.
+            for queue in queues:
+                if on:
+                    app.control.add_consumer(queue, destination=[node], reply=True, timeout=10)
+                else:
+                    app.control.cancel_consumer(queue, destination=[node], reply=True,
+                                                timeout=10)
+
         docker = Docker()
         reporter = Reporter(settings.controller_url, settings.worker_token,
                             Events(settings.redis_url))
         beat = Heartbeat(reporter, settings.worker_name,
                          lambda: describe(settings, host, docker.image_id(settings.builder_image)),
-                         settings.heartbeat_s)
+                         settings.heartbeat_s, consume)
+        beats.append(beat)
         beat.start()
 
+    def shutting_down(**_: object) -> None:
+        for beat in beats:
+            beat.shutting_down()
+
     signals.worker_ready.connect(start_heartbeat, weak=False)
+    signals.worker_shutting_down.connect(shutting_down, weak=False)
     return app
 
 

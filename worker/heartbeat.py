@@ -38,13 +38,19 @@ def describe(settings: WorkerSettings, host: Arch, image_id: str | None) -> Work
 
 
 class Heartbeat:
-    """A daemon thread that posts this worker's description every `interval_s` seconds."""
+    """A daemon thread that posts this worker's description every `interval_s` seconds,
+    and stops or resumes consuming when an operator drains or undrains it."""
 
     def __init__(self, reporter: Reporter, name: str, info: Callable[[], WorkerHeartbeat],
-                 interval_s: float) -> None:
+                 interval_s: float, consume: Callable[[bool], None]) -> None:
         self._reporter, self._name, self._info = reporter, name, info
         self._interval = interval_s
+        self._consume = consume
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._fresh = True
+        self._asked_to_drain = False
+        self._shutting_down = False
         self._thread = threading.Thread(target=self._run, name="crossfarm-heartbeat", daemon=True)
 
     def start(self) -> None:
@@ -53,12 +59,27 @@ class Heartbeat:
     def stop(self) -> None:
         self._stop.set()
 
-    def _run(self) -> None:
-        fresh = True
-        while not self._stop.is_set():
+    def shutting_down(self) -> None:
+        """The worker got SIGTERM: say so at once, so no new job is placed on it."""
+        self._shutting_down = True
+        self.beat()
+
+    def beat(self) -> None:
+        with self._lock:
+            info = self._info().model_copy(
+                update={"draining": self._asked_to_drain or self._shutting_down})
             try:
-                self._reporter.heartbeat(self._name, self._info(), fresh_start=fresh)
-                fresh = False
+                reply = self._reporter.heartbeat(self._name, info, fresh_start=self._fresh)
             except (httpx.HTTPError, OSError) as exc:
                 log.warning("heartbeat to the controller failed: %s", exc)
+                return
+            self._fresh = False
+            if reply.drain != self._asked_to_drain and not self._shutting_down:
+                log.info("%s: %s", self._name, "draining" if reply.drain else "taking jobs again")
+                self._asked_to_drain = reply.drain
+                self._consume(not reply.drain)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.beat()
             self._stop.wait(self._interval)

@@ -35,7 +35,8 @@ def job_mode(target: str, consumed_from: str, served: dict[str, BuildMode]) -> B
     except ValueError as exc:
         raise BuildError(f"job came from an unknown queue: {exc}") from None
     if consumed_from not in served:
-        raise BuildError(f"this worker does not serve {consumed_from}")
+        raise BuildError(f"this worker does not serve {consumed_from} (CROSSFARM_CROSS_ARCHES "
+                         "and CROSSFARM_EMULATE_ARCHES say what a worker serves)")
     if arch is not target_arch(target):
         raise BuildError(f"{target} does not belong on {consumed_from}")
     return mode

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crossfarm.shared import keys
-from crossfarm.shared.arch import Arch, target_arch
+from crossfarm.shared.arch import Arch, BuildMode, target_arch
 from crossfarm.shared.errors import BuildCancelled, BuildError, BuildTimeout, StorageError
 from crossfarm.shared.ids import BuildId, JobId, SourceDigest
 from crossfarm.shared.states import BuildState
@@ -85,7 +85,7 @@ def run_job(tools: Toolbox, job: JobMessage, consumed_from: str) -> BuildState |
         mode = job_mode(job.target, consumed_from, served)
         image = builder_image(mode, target_arch(job.target), image, settings.emulation_images)
     except BuildError as exc:
-        mode, refusal = keys.parse_queue(consumed_from)[1], exc.message
+        mode, refusal = _queue_mode(consumed_from), exc.message
     verdict = tools.reporter.started(job_id, JobStarted(
         attempt=job.attempt, worker=tools.settings.worker_name,
         hostname=tools.settings.hostname(), mode=mode, consumed_from=consumed_from,
@@ -103,6 +103,14 @@ def run_job(tools: Toolbox, job: JobMessage, consumed_from: str) -> BuildState |
     _store_log(tools.storage, job, joblog)
     tools.reporter.finished(job_id, outcome)
     return outcome.state
+
+
+def _queue_mode(queue: str) -> BuildMode:
+    """The mode a queue stands for, to report with a refusal; native if it is not ours."""
+    try:
+        return keys.parse_queue(queue)[1]
+    except ValueError:
+        return BuildMode.NATIVE
 
 
 def _build(tools: Toolbox, job: JobMessage, image: str, joblog: JobLog) -> JobFinished:

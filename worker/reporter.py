@@ -9,7 +9,14 @@ import httpx
 from crossfarm.shared.errors import Conflict
 from crossfarm.shared.events import Events
 from crossfarm.shared.ids import BuildId, JobId
-from crossfarm.shared.wire import Event, JobFinished, JobStarted, StartVerdict, WorkerHeartbeat
+from crossfarm.shared.wire import (
+    Event,
+    HeartbeatReply,
+    JobFinished,
+    JobStarted,
+    StartVerdict,
+    WorkerHeartbeat,
+)
 
 
 class Reporter:
@@ -29,12 +36,13 @@ class Reporter:
         if response.status_code == 409:
             raise Conflict(response.json().get("message", "the job's attempt is no longer current"))
 
-    def heartbeat(self, name: str, info: WorkerHeartbeat, fresh_start: bool) -> None:
+    def heartbeat(self, name: str, info: WorkerHeartbeat, fresh_start: bool) -> HeartbeatReply:
         response = self._http.post(
             f"/v1/workers/{name}/heartbeat", params={"fresh_start": str(fresh_start).lower()},
             content=info.model_dump_json(), headers={"Content-Type": "application/json"},
         )
         response.raise_for_status()
+        return HeartbeatReply.model_validate_json(response.content)
 
     def line(self, build_id: BuildId, target: str, text: str) -> None:
         self._events.append(build_id, Event(kind="log", target=target, line=text))

@@ -8,17 +8,28 @@ from fastapi import APIRouter, Path, Query
 
 from crossfarm.controller import fleet
 from crossfarm.controller.api.deps import FarmDep, WorkerAuth
-from crossfarm.shared.wire import Fleet, WorkerHeartbeat
+from crossfarm.shared.wire import Fleet, HeartbeatReply, WorkerHeartbeat, WorkerView
 
 router = APIRouter(prefix="/v1/workers", tags=["workers"])
 
 WorkerName = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,199}$")]
 
 
-@router.post("/{name}/heartbeat", status_code=204, dependencies=[WorkerAuth])
+@router.post("/{name}/heartbeat", dependencies=[WorkerAuth])
 def heartbeat(farm: FarmDep, name: WorkerName, info: WorkerHeartbeat,
-              fresh_start: Annotated[bool, Query()] = False) -> None:
-    fleet.heartbeat(farm, name, info, fresh_start)
+              fresh_start: Annotated[bool, Query()] = False) -> HeartbeatReply:
+    return fleet.heartbeat(farm, name, info, fresh_start)
+
+
+@router.post("/{name}/drain")
+def drain(farm: FarmDep, name: WorkerName) -> WorkerView:
+    """The worker takes no new jobs, finishes its running ones, then shows as drained."""
+    return fleet.set_drain(farm, name, True)
+
+
+@router.delete("/{name}/drain")
+def undrain(farm: FarmDep, name: WorkerName) -> WorkerView:
+    return fleet.set_drain(farm, name, False)
 
 
 @router.get("")

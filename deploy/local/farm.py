@@ -138,18 +138,24 @@ class Farm:
         ])
         _wait(lambda: _http_ok(self.s3_url), "weed mini (S3)", proc, 60)
 
-    def start_controller(self) -> None:
+    def start_controller(self, **extra: str) -> None:
         proc = self._spawn("controller", [sys.executable, "-m", "crossfarm.controller"],
-                           self.env())
+                           self.env(**extra))
         _wait(lambda: _http_ok(f"{self.controller_url}/v1/health"), "controller", proc, 60)
 
     def start_worker(self, name: str = "worker", **extra: str) -> subprocess.Popen:
         env = self.env(CROSSFARM_WORKER_NAME=extra.pop("CROSSFARM_WORKER_NAME", name),
                        CROSSFARM_SCRATCH_DIR=str(self.dir / name), **extra)
         proc = self._spawn(name, [sys.executable, "-m", "crossfarm.worker"], env)
-        _wait(lambda: "ready." in (self.dir / f"{name}.log").read_text(errors="replace"),
-              f"worker {name}", proc, 60)
+        worker = env["CROSSFARM_WORKER_NAME"]
+        _wait(lambda: self.worker_state(worker) == "online", f"worker {name}", proc, 60)
         return proc
+
+    def worker_state(self, name: str) -> str | None:
+        """The fleet's word on a worker (online, draining, drained, lost), None if unknown."""
+        with urllib.request.urlopen(f"{self.controller_url}/v1/workers", timeout=5) as reply:
+            fleet = json.load(reply)
+        return next((w["state"] for w in fleet["workers"] if w["name"] == name), None)
 
     def stop(self) -> None:
         for name in reversed(list(self.procs)):

@@ -2,11 +2,11 @@ import io
 from datetime import UTC, datetime, timedelta
 
 from crossfarm.client.render import build_table, builds_table, workers_table
+from crossfarm.shared.arch import BuildMode
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import (
     ArchSummary,
     ArtifactView,
-    BuildMode,
     BuildView,
     Fleet,
     JobView,
@@ -95,7 +95,7 @@ def test_a_build_table_has_one_row_per_job_with_worker_mode_time_and_artifacts()
 
     rows = _rows(out)
     assert rows[0] == ["build", "b-0123456789abcdef:", "failed"]
-    assert rows[1] == ["TARGET", "RESULT", "WORKER", "MODE", "TIME", "ARTIFACTS", "REASON"]
+    assert rows[1] == ["TARGET", "RESULT", "WORKER", "MODE", "TIME", "ARTIFACTS", "WHY"]
     assert rows[2:] == [
         [X86, "succeeded", "w1", "native", "12.5s", "2"],
         [ARM, "failed", "w2", "cross", "3.0s", "0", "cargo", "failed"],
@@ -106,6 +106,35 @@ def test_a_job_that_has_not_run_shows_dashes():
     out = io.StringIO()
     build_table(_build("b-0123456789abcdef", [_job(X86, BuildState.QUEUED)]), out=out)
     assert _rows(out)[2] == [X86, "queued", "-", "-", "-", "0"]
+
+
+def test_a_queued_job_says_what_it_waits_for():
+    job = _job(ARM, BuildState.QUEUED, placed="native: waiting, as native allows nothing else",
+               waiting="waiting: no arm64 worker online")
+    out = io.StringIO()
+    build_table(_build("b-0123456789abcdef", [job]), out=out)
+    assert _rows(out)[2][:6] == [ARM, "queued", "-", "-", "-", "0"]
+    assert " ".join(_rows(out)[2][6:]) == "waiting: no arm64 worker online"
+
+
+def test_a_job_that_ran_says_why_it_was_placed_where_it_ran():
+    job = _job(ARM, BuildState.SUCCEEDED, worker="w1", mode=BuildMode.CROSS, started_at=T0,
+               finished_at=T0 + timedelta(seconds=1),
+               placed="cross: no arm64 worker online; cross-ok allows a cross toolchain",
+               waiting="queued: position 1 in crossfarm.builds.arm64.cross")
+    out = io.StringIO()
+    build_table(_build("b-0123456789abcdef", [job], state=BuildState.SUCCEEDED), out=out)
+    assert " ".join(_rows(out)[2][6:]) == (
+        "cross: no arm64 worker online; cross-ok allows a cross toolchain")
+
+
+def test_a_failed_jobs_reason_comes_before_its_placement():
+    job = _job(ARM, BuildState.FAILED, placed="native: waiting, as native allows nothing else",
+               waiting="waiting: no arm64 worker online",
+               reason="no worker started it within its wait limit of 60 s")
+    out = io.StringIO()
+    build_table(_build("b-0123456789abcdef", [job], state=BuildState.FAILED), out=out)
+    assert " ".join(_rows(out)[2][6:]) == "no worker started it within its wait limit of 60 s"
 
 
 def test_the_columns_line_up():
@@ -170,7 +199,7 @@ def test_a_workers_table_shows_online_and_lost_workers_and_each_architecture():
                 "amd64",
                 {
                     "crossfarm.builds.amd64": BuildMode.NATIVE,
-                    "crossfarm.builds.arm64": BuildMode.CROSS,
+                    "crossfarm.builds.arm64.cross": BuildMode.CROSS,
                 },
                 ["j-0000000000000001"],
             ),
@@ -190,6 +219,7 @@ def test_a_workers_table_shows_online_and_lost_workers_and_each_architecture():
                 arch="arm64",
                 queue="crossfarm.builds.arm64",
                 workers_online=0,
+                cross_workers=1,
                 queue_depth=4,
                 oldest_waiting=T0 - timedelta(minutes=1),
             ),
@@ -204,7 +234,21 @@ def test_a_workers_table_shows_online_and_lost_workers_and_each_architecture():
         ["w1", "online", "amd64", "amd64:native,arm64:cross", "8", "1", "12:00:00"],
         ["w2", "lost", "arm64", "arm64:native", "8", "0", "12:00:00"],
         [],
-        ["ARCH", "ONLINE", "QUEUED", "OLDEST", "WAITING"],
-        ["amd64", "1", "0", "-"],
-        ["arm64", "0", "4", "11:59:00"],
+        ["ARCH", "NATIVE", "CROSS", "EMULATED", "QUEUED", "OLDEST", "WAITING"],
+        ["amd64", "1", "0", "0", "0", "-"],
+        ["arm64", "0", "1", "0", "4", "11:59:00"],
     ]
+
+
+def test_a_workers_queues_are_shown_by_architecture_and_mode():
+    queues = {
+        "crossfarm.builds.amd64": BuildMode.NATIVE,
+        "crossfarm.builds.arm64.cross": BuildMode.CROSS,
+        "crossfarm.builds.arm64.emulated": BuildMode.EMULATED,
+    }
+    fleet = Fleet(workers=[_worker("w1", WorkerState.ONLINE, "amd64", queues, [])], arches=[])
+    out = io.StringIO()
+
+    workers_table(fleet, out=out)
+
+    assert _rows(out)[1][3] == "amd64:native,arm64:cross,arm64:emulated"

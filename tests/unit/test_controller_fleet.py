@@ -22,3 +22,19 @@ def test_a_worker_silent_past_the_bound_is_lost(silence):
 
 def test_a_heartbeat_stamped_slightly_ahead_of_the_controller_clock_is_online():
     assert worker_state(NOW + timedelta(seconds=2), NOW, lost_after_s=15) is WorkerState.ONLINE
+
+
+def test_a_worker_asked_to_drain_is_draining_until_it_confirms():
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert worker_state(now, now, 30, requested=True) is WorkerState.DRAINING
+
+
+def test_a_confirmed_drain_with_running_jobs_is_draining_and_without_them_drained():
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert worker_state(now, now, 30, confirmed=True, running=1) is WorkerState.DRAINING
+    assert worker_state(now, now, 30, confirmed=True, running=0) is WorkerState.DRAINED
+
+
+def test_a_silent_draining_worker_is_lost():
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert worker_state(now - timedelta(seconds=31), now, 30, confirmed=True) is WorkerState.LOST

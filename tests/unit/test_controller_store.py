@@ -3,12 +3,12 @@ from datetime import datetime
 import pytest
 
 from crossfarm.controller.store import NewBuild, NewJob, Store
+from crossfarm.shared.arch import BuildMode, Placement
 from crossfarm.shared.errors import IllegalTransition, NotFound
 from crossfarm.shared.ids import BuildId, JobId
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import (
     ArtifactEntry,
-    BuildMode,
     Manifest,
     SourceStatus,
     WorkerHeartbeat,
@@ -22,6 +22,18 @@ ARM = "aarch64-unknown-linux-gnu"
 DIGEST = "0123456789abcdef" * 4
 
 
+def _new_job(job_id, target, arch, **overrides):
+    fields = {
+        "queue": f"crossfarm.builds.{arch}",
+        "placement": "native",
+        "placed": f"native: an {arch} worker is online",
+        "waiting": None,
+        "wait_limit_s": None,
+        **overrides,
+    }
+    return NewJob(job_id=job_id, target=target, arch=arch, **fields)
+
+
 def _new_build(build_id=BUILD):
     return NewBuild(
         build_id=build_id,
@@ -33,8 +45,8 @@ def _new_build(build_id=BUILD):
         cargo_args=["--locked", "--bin", "app"],
         timeout_s=900,
         jobs=[
-            NewJob(job_id=X86_JOB, target=X86, arch="amd64", queue="crossfarm.builds.amd64"),
-            NewJob(job_id=ARM_JOB, target=ARM, arch="arm64", queue="crossfarm.builds.arm64"),
+            _new_job(X86_JOB, X86, "amd64"),
+            _new_job(ARM_JOB, ARM, "arm64"),
         ],
         env={"all": {"RUST_LOG": "debug", "CC": "cc"}, X86: {"CC": "clang", "X86_ONLY": "1"}},
         submitter="ada",
@@ -261,12 +273,7 @@ def test_two_builds_keep_their_jobs_apart(store, built):
             cargo_args=[],
             timeout_s=60,
             jobs=[
-                NewJob(
-                    job_id=JobId("j-00000000000000ff"),
-                    target=X86,
-                    arch="amd64",
-                    queue="crossfarm.builds.amd64",
-                )
+                _new_job(JobId("j-00000000000000ff"), X86, "amd64"),
             ],
             env={},
             submitter=None,
@@ -314,11 +321,7 @@ def _one_job_build(store, build_id, job_id, target=X86, submitter=None):
             no_default_features=False,
             cargo_args=[],
             timeout_s=60,
-            jobs=[
-                NewJob(
-                    job_id=JobId(job_id), target=target, arch=arch, queue=f"crossfarm.builds.{arch}"
-                )
-            ],
+            jobs=[_new_job(JobId(job_id), target, arch)],
             env={},
             submitter=submitter,
         )
@@ -505,3 +508,76 @@ def test_a_database_from_another_schema_version_is_refused_with_what_to_do(tmp_p
         db.execute("CREATE TABLE builds (id TEXT PRIMARY KEY)")
     with pytest.raises(RuntimeError, match="schema version unknown; this controller needs"):
         Store(f"sqlite:///{path}")
+
+
+def test_a_job_reads_back_with_its_placement_and_wait_limit(store):
+    store.add_build(NewBuild(
+        build_id=BUILD, source=DIGEST, profile="dev", features=[], all_features=False,
+        no_default_features=False, cargo_args=[], timeout_s=60, env={}, submitter=None,
+        jobs=[_new_job(ARM_JOB, ARM, "arm64", placement="cross-ok",
+                       placed="native: waiting, as cross-ok allows nothing else online",
+                       waiting="waiting: no arm64 worker online", wait_limit_s=600)],
+    ))
+    job = store.job(ARM_JOB).view
+    assert job.placement is Placement.CROSS_OK
+    assert job.placed == "native: waiting, as cross-ok allows nothing else online"
+    assert job.waiting == "waiting: no arm64 worker online"
+    assert job.wait_limit_s == 600
+
+
+def test_requeue_moves_a_queued_job_to_another_queue_under_the_next_attempt(store, built):
+    store.set_waiting({ARM_JOB: "waiting: no arm64 worker online"})
+    moved = store.requeue(ARM_JOB, 1, "crossfarm.builds.arm64.cross", "cross: because")
+    assert moved is not None
+    assert (moved.queue, moved.attempt, moved.state) == (
+        "crossfarm.builds.arm64.cross", 2, BuildState.QUEUED)
+    assert moved.placed == "cross: because"
+    assert moved.waiting is None
+    assert moved.queued_at == store.job(ARM_JOB).view.queued_at
+
+
+def test_the_old_attempt_of_a_requeued_job_can_no_longer_start_it(store, built):
+    store.requeue(ARM_JOB, 1, "crossfarm.builds.arm64.cross", "cross: because")
+    assert store.move_job(ARM_JOB, 1, BuildState.RUNNING, worker="late") is None
+    assert store.move_job(ARM_JOB, 2, BuildState.RUNNING, worker="w1") is not None
+
+
+def test_requeue_of_a_stale_attempt_changes_nothing(store, built):
+    assert store.requeue(ARM_JOB, 2, "crossfarm.builds.arm64.cross", "cross: because") is None
+    job = store.job(ARM_JOB).view
+    assert (job.queue, job.attempt) == ("crossfarm.builds.arm64", 1)
+
+
+def test_a_job_that_started_is_not_requeued(store, built):
+    store.move_job(ARM_JOB, 1, BuildState.RUNNING, worker="w1")
+    assert store.requeue(ARM_JOB, 1, "crossfarm.builds.arm64.cross", "cross: because") is None
+    assert store.job(ARM_JOB).view.queue == "crossfarm.builds.arm64"
+
+
+def test_set_waiting_returns_only_the_jobs_whose_text_changed(store, built):
+    assert sorted(store.set_waiting({X86_JOB: "queued: a", ARM_JOB: "queued: b"})) == sorted(
+        [X86_JOB, ARM_JOB])
+    assert store.set_waiting({X86_JOB: "queued: a", ARM_JOB: "queued: c"}) == [ARM_JOB]
+    assert store.set_waiting({X86_JOB: "queued: a", ARM_JOB: "queued: c"}) == []
+    assert store.job(ARM_JOB).view.waiting == "queued: c"
+
+
+def test_set_waiting_can_clear_the_text(store, built):
+    store.set_waiting({X86_JOB: "queued: a"})
+    assert store.set_waiting({X86_JOB: None}) == [X86_JOB]
+    assert store.job(X86_JOB).view.waiting is None
+    assert store.set_waiting({X86_JOB: None}) == []
+
+
+def test_set_waiting_leaves_a_job_that_is_no_longer_queued_alone(store, built):
+    store.move_job(X86_JOB, 1, BuildState.RUNNING, worker="w1")
+    assert store.set_waiting({X86_JOB: "queued: a"}) == []
+    assert store.job(X86_JOB).view.waiting is None
+
+
+def test_queued_jobs_lists_only_the_queued_ones_oldest_first(store, built):
+    _one_job_build(store, "b-0000000000000001", "j-0000000000000001")
+    store.move_job(X86_JOB, 1, BuildState.RUNNING, worker="w1")
+    queued = store.queued_jobs()
+    assert [record.view.job_id for record in queued] == [ARM_JOB, "j-0000000000000001"]
+    assert [record.build_id for record in queued] == [BUILD, "b-0000000000000001"]

@@ -3,7 +3,7 @@ from itertools import combinations
 import pytest
 
 from crossfarm.shared import keys
-from crossfarm.shared.arch import Arch
+from crossfarm.shared.arch import Arch, BuildMode
 from crossfarm.shared.ids import BuildId, JobId, SourceDigest
 
 BUILD = BuildId("b-0123456789abcdef")
@@ -18,6 +18,77 @@ ARM = "aarch64-unknown-linux-gnu"
 )
 def test_each_architecture_has_its_own_queue(arch, queue):
     assert keys.queue_name(arch) == queue
+
+
+@pytest.mark.parametrize(
+    ("arch", "mode", "queue"),
+    [
+        (Arch.AMD64, BuildMode.CROSS, "crossfarm.builds.amd64.cross"),
+        (Arch.ARM64, BuildMode.CROSS, "crossfarm.builds.arm64.cross"),
+        (Arch.ARM64, BuildMode.EMULATED, "crossfarm.builds.arm64.emulated"),
+        (Arch.ARM64, BuildMode.NATIVE, "crossfarm.builds.arm64"),
+    ],
+)
+def test_a_queue_is_named_by_its_architecture_and_mode_and_native_is_plain(arch, mode, queue):
+    assert keys.queue_name(arch, mode) == queue
+
+
+@pytest.mark.parametrize("mode", list(BuildMode))
+@pytest.mark.parametrize("arch", list(Arch))
+def test_a_queue_name_parses_back_to_its_architecture_and_mode(arch, mode):
+    assert keys.parse_queue(keys.queue_name(arch, mode)) == (arch, mode)
+
+
+def test_every_architecture_and_mode_has_a_queue_of_its_own():
+    names = [keys.queue_name(arch, mode) for arch in Arch for mode in BuildMode]
+    assert len(set(names)) == len(names)
+
+
+@pytest.mark.parametrize(
+    "queue",
+    [
+        "celery",
+        "unknown",
+        "",
+        "crossfarm.builds",
+        "crossfarm.jobs.arm64",
+        "other.builds.arm64",
+        "crossfarm.builds.arm64.cross.extra",
+        "crossfarm.builds.arm64.native",
+    ],
+)
+def test_a_name_that_is_not_a_crossfarm_build_queue_is_refused(queue):
+    with pytest.raises(ValueError, match="is not a crossfarm build queue"):
+        keys.parse_queue(queue)
+
+
+@pytest.mark.parametrize(
+    "queue", ["crossfarm.builds.riscv64", "crossfarm.builds.riscv64.cross", "crossfarm.builds."]
+)
+def test_a_queue_of_an_unknown_architecture_is_refused(queue):
+    with pytest.raises(ValueError, match="unknown architecture"):
+        keys.parse_queue(queue)
+
+
+@pytest.mark.parametrize(
+    "queue",
+    ["crossfarm.builds.arm64.qemu", "crossfarm.builds.arm64.CROSS", "crossfarm.builds.arm64."],
+)
+def test_a_queue_of_an_unknown_mode_is_refused(queue):
+    with pytest.raises(ValueError):  # noqa: PT011 - BuildMode's own message
+        keys.parse_queue(queue)
+
+
+# Arch.parse takes aliases for people's input, but a queue is a wire name: a worker
+# advertising crossfarm.builds.aarch64 would count as arm64 capacity while every arm64
+# job goes to crossfarm.builds.arm64, which it does not consume.
+@pytest.mark.parametrize(
+    "queue",
+    ["crossfarm.builds.aarch64", "crossfarm.builds.x86_64.cross", "crossfarm.builds.ARM64"],
+)
+def test_a_queue_name_queue_name_never_makes_is_refused(queue):
+    with pytest.raises(ValueError):  # noqa: PT011 - any refusal will do
+        keys.parse_queue(queue)
 
 
 def test_no_attempt_prefix_contains_another():

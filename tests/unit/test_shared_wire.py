@@ -4,6 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from crossfarm.shared import wire
+from crossfarm.shared.arch import BuildMode, Placement
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import BuildRequest, JobFinished, Wire
 
@@ -27,6 +28,37 @@ def test_a_minimal_request_gets_the_defaults():
     assert request.all_features is False
     assert request.no_default_features is False
     assert request.timeout_s is None
+    assert request.placement is None
+    assert request.wait_limit_s is None
+
+
+@pytest.mark.parametrize("placement", ["native", "cross-ok", "emulate-ok"])
+def test_a_request_names_its_placement_as_the_cli_spells_it(placement):
+    assert _request(placement=placement).placement is Placement(placement)
+
+
+@pytest.mark.parametrize("placement", ["cross", "emulated", "NATIVE", "anywhere", ""])
+def test_an_unknown_placement_is_refused(placement):
+    with pytest.raises(ValidationError) as exc:
+        _request(placement=placement)
+    assert _error_types(exc) == {"enum"}
+
+
+@pytest.mark.parametrize("wait_limit_s", [0, -1, 7 * 24 * 3600 + 1])
+def test_a_wait_limit_outside_its_bounds_is_refused(wait_limit_s):
+    with pytest.raises(ValidationError):
+        _request(wait_limit_s=wait_limit_s)
+
+
+@pytest.mark.parametrize("wait_limit_s", [1, 7 * 24 * 3600])
+def test_a_wait_limit_at_its_bounds_is_accepted(wait_limit_s):
+    assert _request(wait_limit_s=wait_limit_s).wait_limit_s == wait_limit_s
+
+
+def test_each_placement_allows_its_modes_best_first():
+    assert Placement.NATIVE.modes == (BuildMode.NATIVE,)
+    assert Placement.CROSS_OK.modes == (BuildMode.NATIVE, BuildMode.CROSS)
+    assert Placement.EMULATE_OK.modes == (BuildMode.NATIVE, BuildMode.CROSS, BuildMode.EMULATED)
 
 
 def test_an_unknown_field_is_refused():
@@ -106,7 +138,8 @@ def test_a_request_is_frozen():
 
 
 def test_a_request_round_trips_through_json():
-    request = _request(profile="release", features=["a"], cargo_args=["--locked"], timeout_s=60)
+    request = _request(profile="release", features=["a"], cargo_args=["--locked"], timeout_s=60,
+                       placement="emulate-ok", wait_limit_s=300)
     assert BuildRequest.model_validate_json(request.model_dump_json()) == request
 
 

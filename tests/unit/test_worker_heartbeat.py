@@ -1,12 +1,13 @@
 import socket
 
-from crossfarm.shared.arch import Arch
-from crossfarm.shared.wire import BuildMode
+from crossfarm.shared.arch import Arch, BuildMode
 from crossfarm.worker.heartbeat import describe
 from crossfarm.worker.settings import WorkerSettings
 
 AMD64_QUEUE = "crossfarm.builds.amd64"
 ARM64_QUEUE = "crossfarm.builds.arm64"
+ARM64_CROSS = "crossfarm.builds.arm64.cross"
+ARM64_EMULATED = "crossfarm.builds.arm64.emulated"
 X86 = "x86_64-unknown-linux-gnu"
 ARM = "aarch64-unknown-linux-gnu"
 
@@ -23,10 +24,30 @@ def _settings(**fields):
     )
 
 
-def test_an_amd64_host_with_an_arm64_cross_toolchain_serves_both_queues():
+def test_an_amd64_host_with_an_arm64_cross_toolchain_serves_its_queue_and_arm64s_cross_queue():
     info = describe(_settings(cross_arches=[Arch.ARM64]), Arch.AMD64, "sha256:abc")
     assert info.arch == "amd64"
-    assert info.queues == {AMD64_QUEUE: BuildMode.NATIVE, ARM64_QUEUE: BuildMode.CROSS}
+    assert info.queues == {AMD64_QUEUE: BuildMode.NATIVE, ARM64_CROSS: BuildMode.CROSS}
+    assert info.targets == [ARM, X86]
+
+
+def test_an_amd64_host_that_emulates_arm64_serves_arm64s_emulated_queue():
+    settings = _settings(emulate_arches=[Arch.ARM64],
+                         emulation_images={"arm64": "crossfarm/builder-arm64:test"})
+    info = describe(settings, Arch.AMD64, None)
+    assert info.queues == {AMD64_QUEUE: BuildMode.NATIVE, ARM64_EMULATED: BuildMode.EMULATED}
+    assert info.targets == [ARM, X86]
+
+
+def test_a_host_with_both_a_cross_toolchain_and_emulation_lists_both_queues():
+    settings = _settings(cross_arches=[Arch.ARM64], emulate_arches=[Arch.ARM64],
+                         emulation_images={"arm64": "crossfarm/builder-arm64:test"})
+    info = describe(settings, Arch.AMD64, None)
+    assert info.queues == {
+        AMD64_QUEUE: BuildMode.NATIVE,
+        ARM64_CROSS: BuildMode.CROSS,
+        ARM64_EMULATED: BuildMode.EMULATED,
+    }
     assert info.targets == [ARM, X86]
 
 

@@ -1,0 +1,114 @@
+"""The fleet against the real farm: placement policy, waiting reasons, wait limits,
+drain, SIGTERM and loss of a worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import httpx
+import pytest
+
+from crossfarm.client.api import FarmClient
+from crossfarm.client.source import scan, send
+
+pytestmark = pytest.mark.integration
+
+X86 = "x86_64-unknown-linux-gnu"
+ARM = "aarch64-unknown-linux-gnu"
+
+
+@pytest.fixture
+def api(farm):
+    with httpx.Client(base_url=farm.controller_url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def source(farm, crate) -> str:
+    with FarmClient(farm.controller_url) as client:
+        return send(client, scan(crate)).status.digest
+
+
+def _until(check, what: str, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+    return value
+
+
+def _job(api, build_id: str) -> dict:
+    return api.get(f"/v1/builds/{build_id}").json()["jobs"][0]
+
+
+def test_native_placement_waits_with_the_reason_and_fails_at_its_wait_limit(api, source):
+    build = api.post("/v1/builds", json={"source": source, "targets": [ARM],
+                                         "placement": "native", "wait_limit_s": 4}).json()
+    job = build["jobs"][0]
+    assert job["queue"] == "crossfarm.builds.arm64"
+    assert job["waiting"].startswith("waiting: no arm64 worker online")
+    assert "--placement cross-ok" in job["waiting"]
+    waiting = _until(lambda: "position 1 in crossfarm.builds.arm64" in (
+        _job(api, build["build_id"])["waiting"] or ""), "the placer's position")
+    assert waiting
+    failed = _until(lambda: (j := _job(api, build["build_id"]))["state"] == "failed" and j,
+                    "the wait limit", timeout=30)
+    assert failed["reason"].startswith("no worker started it within its wait limit of 4 s")
+    assert failed["worker"] is None
+
+
+def test_cross_ok_placement_runs_on_the_amd64_worker_and_says_why(api, source):
+    build = api.post("/v1/builds", json={"source": source, "targets": [ARM],
+                                         "placement": "cross-ok"}).json()
+    job = _until(lambda: (j := _job(api, build["build_id"]))["state"] in ("succeeded", "failed")
+                 and j, "the build", timeout=300)
+    assert job["state"] == "succeeded"
+    assert job["mode"] == "cross"
+    assert job["worker"] == "worker-amd64"
+    assert job["placed"] == ("cross: no arm64 worker online; cross-ok allows a cross toolchain")
+
+
+def test_a_drained_worker_takes_no_new_job_and_resumes_when_undrained(farm, api, source):
+    drained = api.post("/v1/workers/worker-amd64/drain")
+    assert drained.status_code == 200
+    try:
+        assert _until(lambda: farm.worker_state("worker-amd64") == "drained", "drained")
+        build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
+        assert _job(api, build["build_id"])["waiting"].startswith(
+            "waiting: no amd64 worker online")
+        time.sleep(4)  # a worker still consuming would have started it by now
+        assert _job(api, build["build_id"])["state"] == "queued"
+    finally:
+        assert api.delete("/v1/workers/worker-amd64/drain").status_code == 200
+    job = _until(lambda: (j := _job(api, build["build_id"]))["state"] in ("succeeded", "failed")
+                 and j, "the build after undrain", timeout=300)
+    assert job["state"] == "succeeded"
+    assert farm.worker_state("worker-amd64") == "online"
+
+
+def test_draining_an_unknown_worker_is_404(api):
+    assert api.post("/v1/workers/nobody/drain").status_code == 404
+
+
+def test_sigterm_drains_a_worker_then_it_is_reported_lost(farm):
+    proc = farm.start_worker("worker-term", CROSSFARM_HEARTBEAT_S="1")
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert farm.worker_state("worker-term") in ("draining", "drained")
+    started = time.monotonic()
+    _until(lambda: farm.worker_state("worker-term") == "lost", "lost", timeout=30)
+    # The controller's bound is 6 s after the last heartbeat (conftest).
+    assert time.monotonic() - started <= 8
+
+
+def test_a_killed_worker_is_reported_lost_within_the_bound(farm):
+    proc = farm.start_worker("worker-kill", CROSSFARM_HEARTBEAT_S="1")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed = time.monotonic()
+    _until(lambda: farm.worker_state("worker-kill") == "lost", "lost", timeout=30)
+    detected = time.monotonic() - killed
+    print(f"kill -9 to lost: {detected:.1f} s (bound 6 s, heartbeat 1 s)")
+    assert detected <= 8

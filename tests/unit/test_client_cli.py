@@ -1,0 +1,41 @@
+import argparse
+
+import pytest
+
+from crossfarm.client.cli import _parser, parse_duration
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90), ("90s", 90), ("1s", 1), ("5m", 300), ("1h", 3600), ("24h", 86400)],
+)
+def test_a_duration_is_read_in_seconds_minutes_or_hours(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["0", "0s", "-5", "5x", "", "m", "1.5h", "5 m", "1h30m", "5M"])
+def test_anything_else_is_refused_with_an_example_of_what_works(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="like 90s, 5m or 1h") as exc:
+        parse_duration(text)
+    assert repr(text) in str(exc.value)
+
+
+def test_build_takes_a_placement_and_a_wait_limit():
+    args = _parser().parse_args(["build", "--placement", "cross-ok", "--wait-limit", "5m"])
+    assert (args.placement, args.wait_limit) == ("cross-ok", 300)
+
+
+def test_build_leaves_the_placement_and_wait_limit_to_the_farm_by_default():
+    args = _parser().parse_args(["build"])
+    assert (args.placement, args.wait_limit) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("flags", "complaint"),
+    [(["--placement", "anywhere"], "invalid choice"), (["--wait-limit", "soon"], "5m or 1h")],
+)
+def test_build_refuses_an_unknown_placement_or_a_bad_wait_limit(capsys, flags, complaint):
+    with pytest.raises(SystemExit) as exc:
+        _parser().parse_args(["build", *flags])
+    assert exc.value.code == 2
+    assert complaint in capsys.readouterr().err

@@ -1,0 +1,354 @@
+"""The placer through the use-cases it serves: submit_build places each job from the
+fleet's heartbeats, tick keeps it where a worker can take it. A real SQLite store;
+in-test fakes for the broker, the event stream and the object store."""
+
+import time
+from datetime import timedelta
+
+import pytest
+
+from crossfarm.controller import placer
+from crossfarm.controller.builds import job_started, submit_build
+from crossfarm.controller.farm import Farm
+from crossfarm.controller.settings import ControllerSettings
+from crossfarm.controller.store import Store
+from crossfarm.shared.arch import BuildMode, Placement
+from crossfarm.shared.ids import BuildId, JobId
+from crossfarm.shared.states import BuildState
+from crossfarm.shared.wire import BuildRequest, JobStarted, SourceStatus, WorkerHeartbeat
+
+X86 = "x86_64-unknown-linux-gnu"
+ARM = "aarch64-unknown-linux-gnu"
+DIGEST = "0123456789abcdef" * 4
+AMD64_QUEUE = "crossfarm.builds.amd64"
+ARM64_QUEUE = "crossfarm.builds.arm64"
+ARM64_CROSS = "crossfarm.builds.arm64.cross"
+ARM64_EMULATED = "crossfarm.builds.arm64.emulated"
+N, C, E = BuildMode.NATIVE, BuildMode.CROSS, BuildMode.EMULATED
+
+
+class FakeQueue:
+    """Records each (message, queue) the controller sends to the broker."""
+
+    def __init__(self):
+        self.sent = []
+
+    def enqueue(self, message, queue):
+        self.sent.append((message, queue))
+
+
+class FakeEvents:
+    """Records each (build_id, event) appended to a build's stream."""
+
+    def __init__(self):
+        self.appended = []
+        self.cancelled = []
+
+    def append(self, build_id, event):
+        self.appended.append((build_id, event))
+        return f"{len(self.appended)}-0"
+
+    def raise_cancel(self, job_id):
+        self.cancelled.append(job_id)
+
+    def queue_depth(self, queue):
+        return 0
+
+    def logs(self):
+        return [event.line for _, event in self.appended if event.kind == "log"]
+
+
+class FakeStorage:
+    def exists(self, key):
+        return True
+
+
+def _settings(tmp_path, **fields):
+    # Long bounds unless a test shortens one, so a `now` in the future moves nothing by itself.
+    defaults = {"default_placement": Placement.NATIVE, "pickup_bound_s": 3600,
+                "lost_after_s": 3600}
+    return ControllerSettings(database_url=f"sqlite:///{tmp_path}/crossfarm.db",
+                              **{**defaults, **fields})
+
+
+@pytest.fixture
+def make_farm(tmp_path):
+    stores = []
+
+    def make(**fields):
+        settings = _settings(tmp_path, **fields)
+        store = Store(settings.database_url)
+        stores.append(store)
+        store.add_tree(SourceStatus(digest=DIGEST, files=1, total_bytes=10))
+        return Farm(settings=settings, store=store, queue=FakeQueue(), events=FakeEvents(),
+                    storage=FakeStorage())
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def farm(make_farm):
+    return make_farm()
+
+
+def _worker(farm, name, arch, queues):
+    info = WorkerHeartbeat(
+        hostname=name, arch=arch, queues=queues, cpus=4, memory_bytes=8 * 1024**3,
+        builder_image="crossfarm/builder:1", targets=[X86, ARM], version="0.1.0",
+        concurrency=1,
+    )
+    farm.store.heartbeat(name, info, fresh_start=True)
+
+
+def _amd64_with_arm64_cross(farm, name="amd64-1"):
+    _worker(farm, name, "amd64", {AMD64_QUEUE: N, ARM64_CROSS: C})
+
+
+def _arm64(farm, name="arm64-1"):
+    _worker(farm, name, "arm64", {ARM64_QUEUE: N})
+
+
+def _submit(farm, targets=(ARM,), **fields):
+    return submit_build(farm, BuildRequest(source=DIGEST, targets=list(targets), **fields))
+
+
+def _job(farm, build, target=ARM):
+    [job] = [j for j in farm.store.build(BuildId(build.build_id)).jobs if j.target == target]
+    return job
+
+
+def test_a_cross_ok_arm64_job_with_only_an_amd64_cross_worker_goes_to_the_cross_queue(farm):
+    _amd64_with_arm64_cross(farm)
+
+    build = _submit(farm, placement=Placement.CROSS_OK)
+
+    job = _job(farm, build)
+    assert (job.queue, job.placement, job.attempt) == (ARM64_CROSS, Placement.CROSS_OK, 1)
+    assert job.placed == "cross: no arm64 worker online; cross-ok allows a cross toolchain"
+    assert job.waiting is None
+    [(message, queue)] = farm.queue.sent
+    assert (message.job_id, message.attempt, queue) == (job.job_id, 1, ARM64_CROSS)
+
+
+def test_each_target_of_a_build_is_placed_on_its_own(farm):
+    _amd64_with_arm64_cross(farm)
+
+    build = _submit(farm, targets=(X86, ARM), placement=Placement.CROSS_OK)
+
+    assert {j.target: j.queue for j in build.jobs} == {X86: AMD64_QUEUE, ARM: ARM64_CROSS}
+    assert sorted(queue for _, queue in farm.queue.sent) == [AMD64_QUEUE, ARM64_CROSS]
+
+
+def test_an_arm64_worker_wins_over_a_cross_toolchain(farm):
+    _amd64_with_arm64_cross(farm)
+    _arm64(farm)
+
+    job = _job(farm, _submit(farm, placement=Placement.EMULATE_OK))
+
+    assert job.queue == ARM64_QUEUE
+    assert job.placed == "native: an arm64 worker is online"
+
+
+def test_an_emulate_ok_job_goes_to_an_emulating_worker_when_nothing_better_is_online(farm):
+    _worker(farm, "amd64-qemu", "amd64", {AMD64_QUEUE: N, ARM64_EMULATED: E})
+
+    assert _job(farm, _submit(farm, placement=Placement.CROSS_OK)).queue == ARM64_QUEUE
+    assert _job(farm, _submit(farm, placement=Placement.EMULATE_OK)).queue == ARM64_EMULATED
+
+
+def test_a_request_without_a_placement_takes_the_farms_default(make_farm):
+    farm = make_farm(default_placement=Placement.CROSS_OK)
+    _amd64_with_arm64_cross(farm)
+
+    job = _job(farm, _submit(farm))
+
+    assert (job.placement, job.queue) == (Placement.CROSS_OK, ARM64_CROSS)
+
+
+def test_a_request_carries_its_wait_limit_to_each_job(farm):
+    assert _job(farm, _submit(farm, wait_limit_s=90)).wait_limit_s == 90
+
+
+def test_a_native_arm64_job_with_no_arm64_worker_waits_on_the_native_queue_and_says_why(farm):
+    _amd64_with_arm64_cross(farm)
+
+    build = _submit(farm, placement=Placement.NATIVE)
+
+    job = _job(farm, build)
+    assert job.queue == ARM64_QUEUE
+    assert job.placed.startswith("native: waiting")
+    assert job.waiting.startswith("waiting: no arm64 worker online")
+    assert [queue for _, queue in farm.queue.sent] == [ARM64_QUEUE]
+
+    placer.tick(farm)
+
+    job = _job(farm, build)
+    assert job.queue == ARM64_QUEUE
+    assert job.waiting.startswith("waiting: no arm64 worker online")
+    assert "--placement cross-ok" in job.waiting
+    assert job.waiting.endswith("; position 1 in crossfarm.builds.arm64")
+
+
+def test_a_waiting_native_job_stays_on_its_queue_once_an_arm64_worker_appears(farm):
+    build = _submit(farm, placement=Placement.NATIVE)
+    placer.tick(farm)
+
+    _arm64(farm)
+    placer.tick(farm)
+
+    job = _job(farm, build)
+    assert (job.queue, job.attempt) == (ARM64_QUEUE, 1)
+    assert job.waiting == "queued: position 1 in crossfarm.builds.arm64"
+    assert len(farm.queue.sent) == 1
+
+
+def test_jobs_waiting_on_one_queue_are_numbered_oldest_first(farm):
+    _arm64(farm)
+    first = _submit(farm)
+    second = _submit(farm)
+    other = _submit(farm, targets=(X86,))
+
+    placer.tick(farm)
+
+    assert _job(farm, first).waiting == "queued: position 1 in crossfarm.builds.arm64"
+    assert _job(farm, second).waiting == "queued: position 2 in crossfarm.builds.arm64"
+    assert _job(farm, other, X86).waiting.endswith("; position 1 in crossfarm.builds.amd64")
+
+
+def test_a_cross_ok_job_whose_arm64_worker_is_lost_is_requeued_on_the_cross_queue(make_farm):
+    farm = make_farm(lost_after_s=2)
+    _arm64(farm)
+    _amd64_with_arm64_cross(farm)
+    build = _submit(farm, placement=Placement.CROSS_OK)
+    assert _job(farm, build).queue == ARM64_QUEUE
+
+    # Worker liveness is judged on the wall clock (see the next test), so the arm64
+    # worker really has to fall silent while the amd64 one keeps beating.
+    time.sleep(2.2)
+    _amd64_with_arm64_cross(farm)
+    placer.tick(farm)
+
+    job = _job(farm, build)
+    assert (job.queue, job.attempt, job.state) == (ARM64_CROSS, 2, BuildState.QUEUED)
+    assert job.placed.startswith("cross: no arm64 worker online")
+    assert [(m.job_id, m.attempt, q) for m, q in farm.queue.sent] == [
+        (job.job_id, 1, ARM64_QUEUE),
+        (job.job_id, 2, ARM64_CROSS),
+    ]
+
+
+# tick(farm, now) measures waits from `now` but asks fleet.capacity, which reads the
+# wall clock, who is online: one pass runs on two clocks.
+def test_tick_judges_workers_lost_at_the_time_it_is_given(make_farm):
+    farm = make_farm(lost_after_s=30)
+    _arm64(farm)
+    build = _submit(farm, placement=Placement.NATIVE)
+    queued_at = _job(farm, build).queued_at
+
+    placer.tick(farm, now=queued_at + timedelta(hours=1))
+
+    assert _job(farm, build).waiting.startswith("waiting: no arm64 worker online")
+
+
+def test_a_native_job_no_arm64_worker_took_within_the_pickup_bound_moves_to_cross(make_farm):
+    farm = make_farm(pickup_bound_s=60)
+    _arm64(farm)
+    _amd64_with_arm64_cross(farm)
+    build = _submit(farm, placement=Placement.CROSS_OK)
+    job = _job(farm, build)
+
+    placer.tick(farm, now=job.queued_at + timedelta(seconds=59))
+    assert (_job(farm, build).queue, _job(farm, build).attempt) == (ARM64_QUEUE, 1)
+
+    placer.tick(farm, now=job.queued_at + timedelta(seconds=61))
+    moved = _job(farm, build)
+    assert (moved.queue, moved.attempt) == (ARM64_CROSS, 2)
+    assert moved.placed == "cross: no arm64 worker took it within 60 s; cross-ok allows cross"
+    assert [q for _, q in farm.queue.sent] == [ARM64_QUEUE, ARM64_CROSS]
+
+
+def test_a_native_placement_never_leaves_the_native_queue_however_long_it_waits(make_farm):
+    farm = make_farm(pickup_bound_s=60)
+    _arm64(farm)
+    _amd64_with_arm64_cross(farm)
+    build = _submit(farm, placement=Placement.NATIVE)
+
+    placer.tick(farm, now=_job(farm, build).queued_at + timedelta(seconds=600))
+
+    assert (_job(farm, build).queue, _job(farm, build).attempt) == (ARM64_QUEUE, 1)
+    assert len(farm.queue.sent) == 1
+
+
+def test_the_message_left_on_the_old_queue_cannot_start_a_moved_job(make_farm):
+    farm = make_farm(pickup_bound_s=60)
+    _arm64(farm)
+    _amd64_with_arm64_cross(farm)
+    build = _submit(farm, placement=Placement.CROSS_OK)
+    job = _job(farm, build)
+    placer.tick(farm, now=job.queued_at + timedelta(seconds=61))
+
+    def start(attempt, worker, mode, queue):
+        return job_started(farm, JobId(job.job_id), JobStarted(
+            attempt=attempt, worker=worker, hostname=worker, mode=mode, consumed_from=queue))
+
+    assert not start(1, "arm64-1", N, ARM64_QUEUE).proceed
+    assert start(2, "amd64-1", C, ARM64_CROSS).proceed
+    assert _job(farm, build).state is BuildState.RUNNING
+
+
+def test_a_job_past_its_wait_limit_is_failed_with_a_reason_naming_the_limit(farm):
+    build = _submit(farm, placement=Placement.NATIVE, wait_limit_s=60)
+    queued_at = _job(farm, build).queued_at
+
+    placer.tick(farm, now=queued_at + timedelta(seconds=59))
+    assert _job(farm, build).state is BuildState.QUEUED
+
+    placer.tick(farm, now=queued_at + timedelta(seconds=61))
+    job = _job(farm, build)
+    assert job.state is BuildState.FAILED
+    assert "wait limit of 60 s" in job.reason
+    assert "no arm64 worker online" in job.reason
+    kinds = [(event.kind, event.state) for _, event in farm.events.appended]
+    assert kinds[-2:] == [("state", BuildState.FAILED), ("end", BuildState.FAILED)]
+
+
+def test_a_job_without_a_wait_limit_waits_for_ever(farm):
+    build = _submit(farm, placement=Placement.NATIVE)
+
+    placer.tick(farm, now=_job(farm, build).queued_at + timedelta(days=30))
+
+    assert _job(farm, build).state is BuildState.QUEUED
+
+
+def test_tick_logs_a_jobs_waiting_text_when_it_changes_and_only_then(farm):
+    build = _submit(farm, placement=Placement.NATIVE)
+    assert farm.events.logs() == []
+
+    placer.tick(farm)
+    [line] = farm.events.logs()
+    assert line.startswith("crossfarm: waiting: no arm64 worker online")
+    build_id, event = farm.events.appended[-1]
+    assert (build_id, event.kind, event.target) == (build.build_id, "log", ARM)
+
+    placer.tick(farm)
+    placer.tick(farm)
+    assert len(farm.events.logs()) == 1
+
+    _arm64(farm)
+    placer.tick(farm)
+    assert farm.events.logs()[1:] == ["crossfarm: queued: position 1 in crossfarm.builds.arm64"]
+
+
+def test_tick_leaves_jobs_that_started_alone(farm):
+    _arm64(farm)
+    build = _submit(farm, placement=Placement.NATIVE, wait_limit_s=1)
+    job = _job(farm, build)
+    job_started(farm, JobId(job.job_id), JobStarted(
+        attempt=1, worker="arm64-1", hostname="arm64-1", mode=N, consumed_from=ARM64_QUEUE))
+
+    placer.tick(farm, now=job.queued_at + timedelta(hours=1))
+
+    assert _job(farm, build).state is BuildState.RUNNING
+    assert _job(farm, build).waiting is None

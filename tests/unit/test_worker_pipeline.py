@@ -1,0 +1,117 @@
+"""run_job's refusals: a job this worker must not build is reported and failed before
+any container or download happens (the Docker stand-in has no methods at all)."""
+
+import pytest
+
+from crossfarm.shared import keys
+from crossfarm.shared.arch import Arch, BuildMode
+from crossfarm.shared.ids import BuildId
+from crossfarm.shared.states import BuildState
+from crossfarm.shared.wire import JobMessage, StartVerdict
+from crossfarm.worker.pipeline import Toolbox, run_job
+from crossfarm.worker.settings import WorkerSettings
+
+X86 = "x86_64-unknown-linux-gnu"
+ARM = "aarch64-unknown-linux-gnu"
+BUILD = "b-0123456789abcdef"
+JOB = "j-0123456789abcdef"
+
+
+class FakeReporter:
+    """Records what the worker tells the controller; says go ahead unless told not to."""
+
+    def __init__(self, proceed=True):
+        self.verdict = StartVerdict(proceed=proceed, reason=None if proceed else "stale")
+        self.starts, self.outcomes, self.lines = [], [], []
+
+    def started(self, job_id, report):
+        self.starts.append((job_id, report))
+        return self.verdict
+
+    def finished(self, job_id, report):
+        self.outcomes.append((job_id, report))
+
+    def line(self, build_id, target, text):
+        self.lines.append(text)
+
+    def cancelled(self, job_id):
+        return False
+
+
+class FakeStorage:
+    def __init__(self):
+        self.objects = {}
+
+    def put_bytes(self, key, data, content_type="application/octet-stream"):
+        self.objects[key] = data
+
+
+class NoDocker:
+    """Any use is a test failure: a refused job must never reach a container."""
+
+
+def _job(target):
+    return JobMessage(job_id=JOB, build_id=BUILD, target=target, attempt=1, source="ab" * 32,
+                      profile="dev", features=[], all_features=False, no_default_features=False,
+                      cargo_args=[], timeout_s=600)
+
+
+def _tools(tmp_path, reporter):
+    # an amd64 worker with an arm64 cross toolchain
+    settings = WorkerSettings(worker_name="w1", cross_arches=[Arch.ARM64],
+                              scratch_dir=tmp_path / "scratch")
+    return Toolbox(settings=settings, host=Arch.AMD64, docker=NoDocker(),
+                   storage=FakeStorage(), reporter=reporter)
+
+
+@pytest.mark.parametrize(
+    ("target", "queue", "mode", "reason"),
+    [
+        (ARM, "crossfarm.builds.arm64", BuildMode.NATIVE,
+         "this worker does not serve crossfarm.builds.arm64"),
+        (ARM, "crossfarm.builds.arm64.emulated", BuildMode.EMULATED,
+         "this worker does not serve crossfarm.builds.arm64.emulated"),
+        (X86, "crossfarm.builds.arm64.cross", BuildMode.CROSS,
+         f"{X86} does not belong on crossfarm.builds.arm64.cross"),
+    ],
+)
+def test_a_job_this_worker_must_not_build_is_reported_and_failed_with_the_reason(
+    tmp_path, target, queue, mode, reason
+):
+    reporter = FakeReporter()
+    tools = _tools(tmp_path, reporter)
+
+    assert run_job(tools, _job(target), consumed_from=queue) is BuildState.FAILED
+
+    [(_, start)] = reporter.starts
+    assert (start.mode, start.consumed_from, start.worker) == (mode, queue, "w1")
+    [(_, outcome)] = reporter.outcomes
+    assert outcome.state is BuildState.FAILED
+    assert outcome.reason.startswith(reason)
+    assert any(line.startswith(f"crossfarm: failed: {reason}") for line in reporter.lines)
+    log = tools.storage.objects[keys.log_key(BuildId(BUILD), target, 1)].decode()
+    assert reason in log
+
+
+# worker/tasks.py passes consumed_from="unknown" when Celery's delivery info has no
+# routing key; job_mode refuses it as a BuildError, which run_job must report like any
+# other refusal rather than crash.
+@pytest.mark.parametrize("queue", ["unknown", "celery"])
+def test_a_job_from_a_queue_that_is_not_crossfarms_is_failed_not_crashed(tmp_path, queue):
+    reporter = FakeReporter()
+
+    assert run_job(_tools(tmp_path, reporter), _job(X86), consumed_from=queue) is (
+        BuildState.FAILED)
+
+    [(_, outcome)] = reporter.outcomes
+    assert "unknown queue" in outcome.reason
+
+
+def test_a_job_the_controller_says_not_to_run_is_dropped_without_an_outcome(tmp_path):
+    reporter = FakeReporter(proceed=False)
+    tools = _tools(tmp_path, reporter)
+
+    assert run_job(tools, _job(ARM), consumed_from="crossfarm.builds.arm64") is None
+
+    assert reporter.outcomes == []
+    assert tools.storage.objects == {}
