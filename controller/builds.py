@@ -91,6 +91,7 @@ def enqueue(farm: Farm, build_id: BuildId, job: JobView) -> None:
         **farm.store.build_settings(build_id, job.target),
     )
     try:
+        farm.events.set_attempt(JobId(job.job_id), job.attempt)
         farm.queue.enqueue(message, job.queue)
     except Exception as exc:  # the broker's errors are many; the record must say what happened
         log.exception("enqueue of %s failed", job.job_id)

@@ -1,5 +1,15 @@
-"""The placer: run every few seconds by the controller, it keeps queued jobs where some
-worker can take them, fails those past their wait limit, and says what each waits for."""
+"""The placer: run every few seconds by the controller, it keeps every accepted job on
+its way. The record is the truth, not the broker:
+
+- a queued job goes where some worker can take it, fails past its wait limit, and
+  says what it waits for;
+- a queued job whose message the broker lost (Redis restarted or flushed) is re-sent;
+- a running job whose lease lapsed (its worker is lost, or no longer lists it in its
+  heartbeats) is re-run under a new attempt, up to max_attempts.
+
+Every move bumps the attempt (the fencing token), so a message or worker of an older
+attempt can no longer start, finish or publish.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +19,58 @@ from datetime import UTC, datetime
 from crossfarm.controller import fleet
 from crossfarm.controller.builds import enqueue, finish
 from crossfarm.controller.farm import Farm
-from crossfarm.controller.placement import replan, waiting_for
+from crossfarm.controller.placement import Capacity, Decision, decide, replan, waiting_for
+from crossfarm.controller.store import JobRecord
 from crossfarm.shared.arch import Arch
 from crossfarm.shared.ids import BuildId, JobId
 from crossfarm.shared.keys import parse_queue
 from crossfarm.shared.states import BuildState
-from crossfarm.shared.wire import Event
+from crossfarm.shared.wire import Event, Fleet, WorkerState
 
 log = logging.getLogger(__name__)
 
 
 def tick(farm: Farm, now: datetime | None = None) -> None:
-    """One pass over the queued jobs (oldest first)."""
+    """One pass: running jobs first (a re-run joins the queue), then queued ones."""
     now = now or datetime.now(UTC)
-    served = fleet.capacity(farm, now)
+    view = fleet.fleet(farm, now)
+    served = Capacity.from_queues(
+        w.info.queues for w in view.workers if w.state is WorkerState.ONLINE)
+    for record in farm.store.running_jobs_records():
+        _check_lease(farm, record, view, served, now)
+    _place_queued(farm, view, served, now)
+
+
+def _check_lease(farm: Farm, record: JobRecord, view: Fleet, served: Capacity,
+                 now: datetime) -> None:
+    job = record.view
+    worker = next((w for w in view.workers if w.name == job.worker), None)
+    task = f"{job.job_id}-{job.attempt}"
+    if worker is not None and worker.state is not WorkerState.LOST:
+        since = (now - (job.started_at or now)).total_seconds()
+        if task in worker.info.running or since < farm.settings.lease_grace_s:
+            return
+        why = f"worker {job.worker} no longer runs it (its build process died)"
+    else:
+        why = f"worker {job.worker} was lost"
+    if job.attempt >= farm.settings.max_attempts:
+        finish(farm, JobId(job.job_id), job.attempt, BuildState.FAILED,
+               reason=f"{why}; gave up after {job.attempt} attempts")
+        return
+    decision = decide(Arch.parse(job.arch), job.placement, served)
+    moved = farm.store.retry(JobId(job.job_id), job.attempt, decision.queue,
+                             f"{decision.placed} (attempt {job.attempt + 1}: {why})")
+    if moved is not None:
+        log.warning("job %s: %s; re-run as attempt %d", job.job_id, why, moved.attempt)
+        farm.events.append(record.build_id, Event(
+            kind="log", target=job.target,
+            line=f"crossfarm: {why}; re-running as attempt {moved.attempt}"))
+        enqueue(farm, record.build_id, moved)
+
+
+def _place_queued(farm: Farm, view: Fleet, served: Capacity, now: datetime) -> None:
+    active = {task for w in view.workers for task in w.info.running}
+    depth: dict[str, int] = {}
     waiting: dict[str, str | None] = {}
     line: dict[str, int] = {}
     for record in farm.store.queued_jobs():
@@ -36,11 +84,14 @@ def tick(farm: Farm, now: datetime | None = None) -> None:
         arch = Arch.parse(job.arch)
         better = replan(job.queue, arch, job.placement, served, waited,
                         farm.settings.pickup_bound_s)
+        if better is None and _message_lost(farm, record, active, depth, now):
+            better = Decision(mode=parse_queue(job.queue)[1], queue=job.queue,
+                              placed=f"{job.placed} (re-sent: the broker lost it)")
         if better is not None:
             moved = farm.store.requeue(JobId(job.job_id), job.attempt, better.queue,
                                        better.placed)
             if moved is not None:
-                log.info("job %s moved to %s: %s", job.job_id, better.queue, better.placed)
+                log.info("job %s sent to %s: %s", job.job_id, better.queue, better.placed)
                 enqueue(farm, BuildId(record.build_id), moved)
             continue
         line[job.queue] = line.get(job.queue, 0) + 1
@@ -54,3 +105,16 @@ def tick(farm: Farm, now: datetime | None = None) -> None:
         farm.events.append(record.build_id, Event(kind="log", target=record.view.target,
                                                   line=f"crossfarm: {waiting[job_id]}"))
 
+
+def _message_lost(farm: Farm, record: JobRecord, active: set[str], depth: dict[str, int],
+                  now: datetime) -> bool:
+    """Its queue is empty, no worker runs it, and it was sent long enough ago."""
+    job = record.view
+    sent = record.sent_at or job.queued_at
+    if (now - sent).total_seconds() < farm.settings.reconcile_after_s:
+        return False
+    if f"{job.job_id}-{job.attempt}" in active:
+        return False
+    if job.queue not in depth:
+        depth[job.queue] = farm.events.queue_depth(job.queue)
+    return depth[job.queue] == 0

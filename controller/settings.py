@@ -42,6 +42,12 @@ class ControllerSettings(BaseSettings):
     #: a job no native worker took within this long may move to an allowed fallback
     pickup_bound_s: float = Field(default=120, ge=1)
     placer_interval_s: float = Field(default=2, gt=0)
+    #: a running job missing from its worker's heartbeats this long has lost its lease
+    lease_grace_s: float = Field(default=15, gt=0)
+    #: attempts before a job whose workers keep dying fails
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    #: a queued job whose queue holds no message this long is re-sent (the broker lost it)
+    reconcile_after_s: float = Field(default=60, gt=0)
     host: str = "127.0.0.1"
     port: int = 8700
 

@@ -103,6 +103,8 @@ class _Job(_Base):
     waiting: Mapped[str | None] = mapped_column(String(500))
     wait_limit_s: Mapped[int | None]
     queued_at: Mapped[datetime]
+    #: when its current attempt's message was sent to the broker
+    sent_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     exit_code: Mapped[int | None]
@@ -111,7 +113,7 @@ class _Job(_Base):
 
 
 #: Bump on any change to the tables; a database made by another version is refused.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class _Meta(_Base):
@@ -195,6 +197,7 @@ class JobRecord:
     view: JobView
     build_id: BuildId
     manifest: Manifest | None
+    sent_at: datetime | None = None
 
 
 def _job_view(job: _Job) -> JobView:
@@ -289,7 +292,7 @@ class Store:
                     id=job.job_id, target=job.target, arch=job.arch, queue=job.queue,
                     state=BuildState.QUEUED.value, attempt=1, queued_at=now,
                     placement=job.placement, placed=job.placed, waiting=job.waiting,
-                    wait_limit_s=job.wait_limit_s,
+                    wait_limit_s=job.wait_limit_s, sent_at=now,
                 )
                 for job in new.jobs
             ],
@@ -339,7 +342,8 @@ class Store:
             if job is None:
                 raise NotFound(f"no job {job_id}")
             manifest = Manifest.model_validate(job.manifest) if job.manifest else None
-            return JobRecord(view=_job_view(job), build_id=BuildId(job.build_id), manifest=manifest)
+            return JobRecord(view=_job_view(job), build_id=BuildId(job.build_id), manifest=manifest,
+                             sent_at=job.sent_at)
 
     def move_job(
         self, job_id: JobId, attempt: int, new: BuildState, **fields: Any
@@ -376,12 +380,37 @@ class Store:
                 update(_Job)
                 .where(_Job.id == job_id, _Job.state == BuildState.QUEUED.value,
                        _Job.attempt == attempt)
-                .values(attempt=attempt + 1, queue=queue, placed=placed, waiting=None)
+                .values(attempt=attempt + 1, queue=queue, placed=placed, waiting=None,
+                        sent_at=_now())
                 .execution_options(synchronize_session=False)
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 return None
         return self.job(job_id).view
+
+    def retry(self, job_id: JobId, attempt: int, queue: str, placed: str) -> JobView | None:
+        """Put a running job back in the queue under attempt+1 (its worker was lost). The old
+        attempt can no longer start, finish or publish. None if the job moved on."""
+        with self._session() as session:
+            transition(BuildState.RUNNING, BuildState.QUEUED)
+            result = session.execute(
+                update(_Job)
+                .where(_Job.id == job_id, _Job.state == BuildState.RUNNING.value,
+                       _Job.attempt == attempt)
+                .values(state=BuildState.QUEUED.value, attempt=attempt + 1, queue=queue,
+                        placed=placed, waiting=None, worker=None, mode=None,
+                        consumed_from=None, started_at=None, sent_at=_now())
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+        return self.job(job_id).view
+
+    def running_jobs_records(self) -> list[JobRecord]:
+        with self._session() as session:
+            ids = session.scalars(select(_Job.id).where(
+                _Job.state == BuildState.RUNNING.value)).all()
+        return [self.job(JobId(job_id)) for job_id in ids]
 
     def set_waiting(self, waiting: dict[str, str | None]) -> list[str]:
         """Record, per queued job id, what it is waiting for; returns the ids whose text

@@ -43,6 +43,19 @@ class Events:
     def is_cancelled(self, job_id: JobId) -> bool:
         return bool(self._redis.exists(keys.cancel_flag(job_id)))
 
+    def set_attempt(self, job_id: JobId, attempt: int) -> None:
+        """Publish a job's current attempt, so a worker still running an older one stops."""
+        self._redis.set(keys.attempt_key(job_id), str(attempt), ex=RETENTION_S)
+
+    def stop_reason(self, job_id: JobId, attempt: int) -> str | None:
+        """Why a worker running `attempt` of a job must stop now, or None to go on."""
+        cancelled, current = self._redis.mget(keys.cancel_flag(job_id), keys.attempt_key(job_id))
+        if cancelled:
+            return "cancelled"
+        if current is not None and int(current) > attempt:
+            return f"superseded by attempt {int(current)}"
+        return None
+
     def queue_depth(self, queue: str) -> int:
         """Messages waiting in a Celery queue (kombu keeps one Redis list per priority step)."""
         names = [queue] + [f"{queue}\x06\x16{step}" for step in (3, 6, 9)]

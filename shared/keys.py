@@ -44,6 +44,11 @@ def cancel_flag(job_id: JobId) -> str:
     return f"crossfarm:job:{job_id}:cancel"
 
 
+def attempt_key(job_id: JobId) -> str:
+    """The Redis key holding a job's current attempt (its fencing token)."""
+    return f"crossfarm:job:{job_id}:attempt"
+
+
 def blob_key(digest: str) -> str:
     """A file's bytes, stored once whatever tree or build uses them."""
     return f"blobs/{digest[:2]}/{digest}"

@@ -1,10 +1,11 @@
 """The build state machine, for one target's job:
 
     queued ──► running ──► succeeded
-      │           ├──────► failed
-      │           └──────► cancelled
-      ├──────────────────► cancelled
-      └──────────────────► failed     (e.g. it could not be enqueued)
+      ▲  │        ├──────► failed
+      │  │        ├──────► cancelled
+      │  │        └──► queued   (its worker was lost: re-run under a new attempt)
+      │  ├──────────────────► cancelled
+      │  └──────────────────► failed     (e.g. it could not be enqueued)
 
 `TRANSITIONS` is the one table of allowed moves; `transition()` raises on any other.
 """
@@ -39,7 +40,7 @@ class BuildState(StrEnum):
 TRANSITIONS: dict[BuildState, frozenset[BuildState]] = {
     BuildState.QUEUED: frozenset({BuildState.RUNNING, BuildState.CANCELLED, BuildState.FAILED}),
     BuildState.RUNNING: frozenset(
-        {BuildState.SUCCEEDED, BuildState.FAILED, BuildState.CANCELLED}
+        {BuildState.SUCCEEDED, BuildState.FAILED, BuildState.CANCELLED, BuildState.QUEUED}
     ),
     BuildState.SUCCEEDED: frozenset(),
     BuildState.FAILED: frozenset(),

@@ -259,6 +259,8 @@ class WorkerHeartbeat(Wire):
     concurrency: Annotated[int, Field(ge=1)]
     #: the worker stopped taking jobs on its own (SIGTERM) or because it was asked to
     draining: bool = False
+    #: the jobs it is running, as "<job id>-<attempt>": each one's lease
+    running: list[str] = []
 
 
 class HeartbeatReply(Wire):

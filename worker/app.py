@@ -6,6 +6,7 @@ import functools
 import logging
 
 from celery import Celery, signals
+from celery.worker import state as celery_state
 
 from crossfarm.shared.arch import Arch
 from crossfarm.shared.broker import create_celery
@@ -24,6 +25,48 @@ def queues_for(host: Arch, cross_arches: list[Arch], emulate_arches: list[Arch] 
                ) -> list[str]:
     """The queues a worker consumes, its host architecture's first."""
     return list(served_queues(host, cross_arches, emulate_arches or []))
+
+
+log = logging.getLogger(__name__)
+
+
+def running_tasks() -> set[str]:
+    """The "<job>-<attempt>" task ids this worker holds (main process only)."""
+    requests = [*celery_state.active_requests, *celery_state.reserved_requests]
+    return {str(request.id) for request in requests}
+
+
+def _heartbeat(app: Celery, settings: WorkerSettings, host: Arch, node: str) -> Heartbeat:
+    """Start this worker's heartbeat. Its clients are its own: the pool's are made after
+    fork (toolbox) and must not be shared with the main process."""
+    queues = queues_for(host, settings.cross_arches, settings.emulate_arches)
+
+    def consume(on: bool) -> None:
+        # Broadcast control reaches this very worker; the consumer changes its queues.
+        # Waiting for the reply means the next heartbeat's "draining" is the truth.
+        for queue in queues:
+            if on:
+                app.control.add_consumer(queue, destination=[node], reply=True, timeout=10)
+            else:
+                app.control.cancel_consumer(queue, destination=[node], reply=True, timeout=10)
+
+    docker = Docker()
+    reporter = Reporter(settings.controller_url, settings.worker_token, Events(settings.redis_url))
+    # Leftovers of an earlier life of this worker (killed mid-build) go first.
+    if reaped := docker.reap(settings.worker_name, set):
+        log.warning("removed %d leftover container(s)/volume(s) of %s", reaped,
+                    settings.worker_name)
+
+    def housekeeping() -> None:
+        if reaped := docker.reap(settings.worker_name, running_tasks):
+            log.warning("reaped %d orphan container(s)/volume(s)", reaped)
+
+    beat = Heartbeat(reporter, settings.worker_name,
+                     lambda: describe(settings, host, docker.image_id(settings.builder_image),
+                                      running_tasks()),
+                     settings.heartbeat_s, consume, housekeeping)
+    beat.start()
+    return beat
 
 
 def create_worker_app(settings: WorkerSettings, host: Arch) -> Celery:
@@ -45,29 +88,8 @@ def create_worker_app(settings: WorkerSettings, host: Arch) -> Celery:
     beats: list[Heartbeat] = []
 
     def start_heartbeat(sender: object = None, **_: object) -> None:
-        # In the main process, once Celery is consuming. Its clients are its own: the
-        # pool's are made after fork (toolbox) and must not be shared with this process.
-        node = str(getattr(sender, "hostname", ""))
-        queues = queues_for(host, settings.cross_arches, settings.emulate_arches)
-
-        def consume(on: bool) -> None:
-            # Broadcast control reaches this very worker; the consumer changes its queues.
-            # Waiting for the reply means the next heartbeat's "draining" is the truth.
-            for queue in queues:
-                if on:
-                    app.control.add_consumer(queue, destination=[node], reply=True, timeout=10)
-                else:
-                    app.control.cancel_consumer(queue, destination=[node], reply=True,
-                                                timeout=10)
-
-        docker = Docker()
-        reporter = Reporter(settings.controller_url, settings.worker_token,
-                            Events(settings.redis_url))
-        beat = Heartbeat(reporter, settings.worker_name,
-                         lambda: describe(settings, host, docker.image_id(settings.builder_image)),
-                         settings.heartbeat_s, consume)
-        beats.append(beat)
-        beat.start()
+        # In the main process, once Celery is consuming (sender is its consumer).
+        beats.append(_heartbeat(app, settings, host, str(getattr(sender, "hostname", ""))))
 
     def shutting_down(**_: object) -> None:
         for beat in beats:

@@ -113,14 +113,24 @@ class Docker:
             with suppress(docker.errors.NotFound):
                 raw.remove(force=True, v=False)
 
-    def reap(self, labels: dict[str, str]) -> int:
-        """Remove crossfarm containers with these labels (leftovers of a lost worker)."""
-        selector = [f"{LABEL}=1"] + [f"{k}={v}" for k, v in labels.items()]
-        found = self._client.containers.list(all=True, filters={"label": selector})
-        for raw in found:
-            with suppress(docker.errors.NotFound):
-                raw.remove(force=True)
-        return len(found)
+    def reap(self, worker: str, keep: Callable[[], set[str]]) -> int:
+        """Remove this worker's containers and job volumes whose "<job>-<attempt>" is not in
+        keep() (leftovers of a build process that died). keep() is read after listing, so
+        a build that starts meanwhile is never mistaken for a leftover."""
+        selector = {"label": [f"{LABEL}=1", f"io.crossfarm.worker={worker}"]}
+        containers = self._client.containers.list(all=True, filters=selector)
+        volumes = self._client.volumes.list(filters=selector)
+        alive = keep()
+        removed = 0
+        for thing in [*containers, *volumes]:
+            labels = thing.attrs.get("Config", {}).get("Labels") or thing.attrs.get("Labels") or {}
+            task = f"{labels.get('io.crossfarm.job')}-{labels.get('io.crossfarm.attempt')}"
+            if task in alive:
+                continue
+            with suppress(docker.errors.NotFound, docker.errors.APIError):
+                thing.remove(force=True)
+                removed += 1
+        return removed
 
 
 class Container:
@@ -134,7 +144,8 @@ class Container:
         if not self._raw.put_archive(path, tar):
             raise BuildError(f"could not copy files into the container at {path}")
 
-    def run(self, sink: LineSink, deadline: float, should_stop: Callable[[], bool]) -> StepResult:
+    def run(self, sink: LineSink, deadline: float, should_stop: Callable[[], str | None]
+            ) -> StepResult:
         """Start, stream output lines to `sink`, and wait for exit, the deadline or a stop."""
         stream = self._raw.attach(stdout=True, stderr=True, stream=True, logs=True, demux=True)
         pump = threading.Thread(target=_pump, args=(stream, sink), daemon=True)
@@ -148,15 +159,16 @@ class Container:
         oom = bool(self._raw.attrs.get("State", {}).get("OOMKilled"))
         return StepResult(exit_code=int(status.get("StatusCode", -1)), oom_killed=oom)
 
-    def _wait(self, deadline: float, should_stop: Callable[[], bool]) -> dict[str, Any]:
+    def _wait(self, deadline: float, should_stop: Callable[[], str | None]) -> dict[str, Any]:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._kill()
                 raise BuildTimeout("the build ran past its time limit and was killed")
-            if should_stop():
+            reason = should_stop()
+            if reason:
                 self._kill()
-                raise BuildCancelled("the build was cancelled")
+                raise BuildCancelled(reason)
             try:
                 status: dict[str, Any] = self._raw.wait(timeout=min(1.0, max(remaining, 0.1)))
                 return status

@@ -19,7 +19,8 @@ from crossfarm.worker.settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 
-def describe(settings: WorkerSettings, host: Arch, image_id: str | None) -> WorkerHeartbeat:
+def describe(settings: WorkerSettings, host: Arch, image_id: str | None,
+             running: set[str] | None = None) -> WorkerHeartbeat:
     """This worker as the fleet sees it: detected architecture, queues and how it serves them."""
     queues = served_queues(host, settings.cross_arches, settings.emulate_arches)
     arches = {keys.parse_queue(queue)[0] for queue in queues}
@@ -34,6 +35,7 @@ def describe(settings: WorkerSettings, host: Arch, image_id: str | None) -> Work
         builder_image=settings.builder_image, builder_image_id=image_id,
         targets=sorted(t for t, arch in TARGETS.items() if arch in arches),
         labels=settings.labels, version=version, concurrency=settings.concurrency,
+        running=sorted(running or ()),
     )
 
 
@@ -42,10 +44,12 @@ class Heartbeat:
     and stops or resumes consuming when an operator drains or undrains it."""
 
     def __init__(self, reporter: Reporter, name: str, info: Callable[[], WorkerHeartbeat],
-                 interval_s: float, consume: Callable[[bool], None]) -> None:
+                 interval_s: float, consume: Callable[[bool], None],
+                 housekeeping: Callable[[], None] | None = None) -> None:
         self._reporter, self._name, self._info = reporter, name, info
         self._interval = interval_s
         self._consume = consume
+        self._housekeeping = housekeeping
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._fresh = True
@@ -82,4 +86,9 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.beat()
+            if self._housekeeping is not None:
+                try:
+                    self._housekeeping()
+                except Exception:  # housekeeping must never stop the heartbeat
+                    log.exception("worker housekeeping failed")
             self._stop.wait(self._interval)

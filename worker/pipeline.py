@@ -13,14 +13,20 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from crossfarm.shared import keys
 from crossfarm.shared.arch import Arch, BuildMode, target_arch
-from crossfarm.shared.errors import BuildCancelled, BuildError, BuildTimeout, StorageError
+from crossfarm.shared.errors import (
+    BuildCancelled,
+    BuildError,
+    BuildTimeout,
+    Conflict,
+    StorageError,
+)
 from crossfarm.shared.ids import BuildId, JobId, SourceDigest
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.storage import ObjectStore
@@ -101,7 +107,11 @@ def run_job(tools: Toolbox, job: JobMessage, consumed_from: str) -> BuildState |
     if outcome.reason:
         joblog(f"crossfarm: {outcome.state.value}: {outcome.reason}")
     _store_log(tools.storage, job, joblog)
-    tools.reporter.finished(job_id, outcome)
+    try:
+        tools.reporter.finished(job_id, outcome)
+    except Conflict as exc:  # a newer attempt owns the job now: this outcome is void
+        log.warning("job %s attempt %d: outcome dropped: %s", job_id, job.attempt, exc.message)
+        return None
     return outcome.state
 
 
@@ -117,8 +127,8 @@ def _build(tools: Toolbox, job: JobMessage, image: str, joblog: JobLog) -> JobFi
     deadline = time.monotonic() + job.timeout_s
     try:
         manifest = _compile_and_publish(tools, job, image, joblog, deadline)
-    except BuildCancelled:
-        return JobFinished(attempt=job.attempt, state=BuildState.CANCELLED, reason="cancelled")
+    except BuildCancelled as exc:
+        return JobFinished(attempt=job.attempt, state=BuildState.CANCELLED, reason=exc.message)
     except BuildTimeout:
         return JobFinished(attempt=job.attempt, state=BuildState.FAILED,
                            reason=f"timeout: the build ran past {job.timeout_s} s and was killed")
@@ -159,7 +169,7 @@ def _compile_and_publish(
             with joblog.timed("dependency fetch step"), tools.docker.container(fetch) as container:
                 container.put(cargo.WORK, tar)
                 result = container.run(lambda _s, line: joblog(line), deadline,
-                                       lambda: tools.reporter.cancelled(JobId(job.job_id)))
+                                       _stop_check(tools, job))
             if result.exit_code != 0:
                 raise BuildError("fetching dependencies failed (see the log above)",
                                  exit_code=result.exit_code)
@@ -183,7 +193,7 @@ def _compile(tools: Toolbox, job: JobMessage, image: str, locked: bool, volume: 
     step = _step(settings, job, image, cargo.build_command(job, locked, jobs), volume,
                  network=False, labels=labels)
     with joblog.timed("build step"), tools.docker.container(step) as container:
-        result = container.run(sink, deadline, lambda: tools.reporter.cancelled(JobId(job.job_id)))
+        result = container.run(sink, deadline, _stop_check(tools, job))
         if result.oom_killed:
             raise BuildError("out-of-memory: the build container hit its memory limit of "
                              f"{settings.build_memory_bytes} bytes", exit_code=result.exit_code)
@@ -193,6 +203,11 @@ def _compile(tools: Toolbox, job: JobMessage, image: str, locked: bool, volume: 
         out = tmp / "artifacts"
         out.mkdir()
         return [container.copy_out(path, out) for path in collector.paths]
+
+
+def _stop_check(tools: Toolbox, job: JobMessage) -> Callable[[], str | None]:
+    """Polled while a container runs: cancelled, or superseded by a newer attempt?"""
+    return lambda: tools.reporter.stop_reason(JobId(job.job_id), job.attempt)
 
 
 def _step(settings: WorkerSettings, job: JobMessage, image: str, command: list[str], volume: str,

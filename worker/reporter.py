@@ -47,8 +47,8 @@ class Reporter:
     def line(self, build_id: BuildId, target: str, text: str) -> None:
         self._events.append(build_id, Event(kind="log", target=target, line=text))
 
-    def cancelled(self, job_id: JobId) -> bool:
-        return self._events.is_cancelled(job_id)
+    def stop_reason(self, job_id: JobId, attempt: int) -> str | None:
+        return self._events.stop_reason(job_id, attempt)
 
     def _post(self, path: str, body: str) -> httpx.Response:
         # The controller may be restarting: retry a few times before giving up on the report.

@@ -8,14 +8,21 @@ from datetime import timedelta
 import pytest
 
 from crossfarm.controller import placer
-from crossfarm.controller.builds import job_started, submit_build
+from crossfarm.controller.builds import job_finished, job_started, submit_build
 from crossfarm.controller.farm import Farm
 from crossfarm.controller.settings import ControllerSettings
 from crossfarm.controller.store import Store
 from crossfarm.shared.arch import BuildMode, Placement
+from crossfarm.shared.errors import Conflict
 from crossfarm.shared.ids import BuildId, JobId
 from crossfarm.shared.states import BuildState
-from crossfarm.shared.wire import BuildRequest, JobStarted, SourceStatus, WorkerHeartbeat
+from crossfarm.shared.wire import (
+    BuildRequest,
+    JobFinished,
+    JobStarted,
+    SourceStatus,
+    WorkerHeartbeat,
+)
 
 X86 = "x86_64-unknown-linux-gnu"
 ARM = "aarch64-unknown-linux-gnu"
@@ -40,7 +47,8 @@ class FakeQueue:
 class FakeEvents:
     """Records each (build_id, event) appended to a build's stream."""
 
-    def __init__(self):
+    def __init__(self, broker):
+        self.broker = broker
         self.appended = []
         self.cancelled = []
 
@@ -51,8 +59,12 @@ class FakeEvents:
     def raise_cancel(self, job_id):
         self.cancelled.append(job_id)
 
+    def set_attempt(self, job_id, attempt):
+        self.attempts = {**getattr(self, "attempts", {}), job_id: attempt}
+
     def queue_depth(self, queue):
-        return 0
+        # The broker's view: every message sent to that queue and still there.
+        return sum(1 for _, sent_to in self.broker.sent if sent_to == queue)
 
     def logs(self):
         return [event.line for _, event in self.appended if event.kind == "log"]
@@ -80,7 +92,8 @@ def make_farm(tmp_path):
         store = Store(settings.database_url)
         stores.append(store)
         store.add_tree(SourceStatus(digest=DIGEST, files=1, total_bytes=10))
-        return Farm(settings=settings, store=store, queue=FakeQueue(), events=FakeEvents(),
+        queue = FakeQueue()
+        return Farm(settings=settings, store=store, queue=queue, events=FakeEvents(queue),
                     storage=FakeStorage())
 
     yield make
@@ -348,7 +361,127 @@ def test_tick_leaves_jobs_that_started_alone(farm):
     job_started(farm, JobId(job.job_id), JobStarted(
         attempt=1, worker="arm64-1", hostname="arm64-1", mode=N, consumed_from=ARM64_QUEUE))
 
-    placer.tick(farm, now=job.queued_at + timedelta(hours=1))
+    placer.tick(farm, now=job.queued_at + timedelta(seconds=2))
 
     assert _job(farm, build).state is BuildState.RUNNING
     assert _job(farm, build).waiting is None
+
+
+def _start(farm, build, worker="arm64-1", queue=ARM64_QUEUE, mode=N):
+    job = _job(farm, build)
+    assert job_started(farm, JobId(job.job_id), JobStarted(
+        attempt=job.attempt, worker=worker, hostname=worker, mode=mode,
+        consumed_from=queue)).proceed
+    return _job(farm, build)
+
+
+def _beat(farm, name, queues, running=(), arch="arm64"):
+    info = WorkerHeartbeat(
+        hostname=name, arch=arch, queues=queues, cpus=4, memory_bytes=8 * 1024**3,
+        builder_image="crossfarm/builder:1", targets=[X86, ARM], version="0.1.0",
+        concurrency=1, running=list(running))
+    farm.store.heartbeat(name, info, fresh_start=False)
+
+
+def test_a_running_job_whose_worker_is_lost_is_rerun_as_the_next_attempt(make_farm):
+    farm = make_farm(lost_after_s=30)
+    _arm64(farm)
+    build = _submit(farm, placement=Placement.NATIVE)
+    running = _start(farm, build)
+
+    placer.tick(farm, now=running.started_at + timedelta(seconds=31))
+
+    job = _job(farm, build)
+    assert (job.state, job.attempt, job.worker, job.queue) == (
+        BuildState.QUEUED, 2, None, ARM64_QUEUE)
+    assert "worker arm64-1 was lost" in job.placed
+    assert [q for _, q in farm.queue.sent] == [ARM64_QUEUE, ARM64_QUEUE]
+    assert farm.events.attempts[JobId(job.job_id)] == 2
+    assert any("re-running as attempt 2" in (e.line or "") for _, e in farm.events.appended)
+
+
+def test_a_running_job_its_live_worker_no_longer_lists_is_rerun_after_the_grace(make_farm):
+    farm = make_farm(lease_grace_s=15)
+    _arm64(farm)
+    build = _submit(farm, placement=Placement.NATIVE)
+    running = _start(farm, build)
+    _beat(farm, "arm64-1", {ARM64_QUEUE: N}, running=[])
+
+    placer.tick(farm, now=running.started_at + timedelta(seconds=10))
+    assert _job(farm, build).state is BuildState.RUNNING
+
+    placer.tick(farm, now=running.started_at + timedelta(seconds=16))
+    job = _job(farm, build)
+    assert (job.state, job.attempt) == (BuildState.QUEUED, 2)
+    assert "no longer runs it" in job.placed
+
+
+def test_a_running_job_its_worker_lists_keeps_its_lease(make_farm):
+    farm = make_farm(lease_grace_s=15)
+    _arm64(farm)
+    build = _submit(farm, placement=Placement.NATIVE)
+    running = _start(farm, build)
+    _beat(farm, "arm64-1", {ARM64_QUEUE: N}, running=[f"{running.job_id}-1"])
+
+    placer.tick(farm, now=running.started_at + timedelta(seconds=25))
+
+    assert (_job(farm, build).state, _job(farm, build).attempt) == (BuildState.RUNNING, 1)
+
+
+def test_a_job_whose_workers_keep_dying_fails_after_max_attempts(make_farm):
+    farm = make_farm(lost_after_s=30, max_attempts=2)
+    _arm64(farm)
+    build = _submit(farm, placement=Placement.NATIVE)
+    first = _start(farm, build)
+    placer.tick(farm, now=first.started_at + timedelta(seconds=31))
+    _arm64(farm)  # the worker comes back and takes attempt 2, then dies too
+    second = _start(farm, build)
+    assert second.attempt == 2
+    placer.tick(farm, now=second.started_at + timedelta(seconds=31))
+
+    job = _job(farm, build)
+    assert job.state is BuildState.FAILED
+    assert job.reason == "worker arm64-1 was lost; gave up after 2 attempts"
+
+
+def test_a_stale_attempt_can_neither_start_nor_finish_after_a_rerun(make_farm):
+    farm = make_farm(lost_after_s=30)
+    _arm64(farm)
+    build = _submit(farm, placement=Placement.NATIVE)
+    running = _start(farm, build)
+    placer.tick(farm, now=running.started_at + timedelta(seconds=31))
+    job_id = JobId(running.job_id)
+
+    stale_start = job_started(farm, job_id, JobStarted(
+        attempt=1, worker="arm64-1", hostname="h", mode=N, consumed_from=ARM64_QUEUE))
+    assert not stale_start.proceed
+    with pytest.raises(Conflict):
+        job_finished(farm, job_id, JobFinished(attempt=1, state=BuildState.SUCCEEDED))
+    assert _job(farm, build).state is BuildState.QUEUED
+
+
+def test_a_queued_job_whose_message_the_broker_lost_is_resent(make_farm):
+    farm = make_farm(reconcile_after_s=30)
+    _arm64(farm)
+    build = _submit(farm, placement=Placement.NATIVE)
+    job = _job(farm, build)
+    farm.queue.sent.clear()  # Redis restarted without its data
+
+    placer.tick(farm, now=job.queued_at + timedelta(seconds=10))
+    assert _job(farm, build).attempt == 1  # too early to tell a loss from a slow pickup
+
+    placer.tick(farm, now=job.queued_at + timedelta(seconds=31))
+    resent = _job(farm, build)
+    assert (resent.attempt, resent.queue) == (2, ARM64_QUEUE)
+    assert resent.placed.endswith("(re-sent: the broker lost it)")
+    assert [q for _, q in farm.queue.sent] == [ARM64_QUEUE]
+
+
+def test_a_queued_job_whose_message_is_still_there_is_not_resent(make_farm):
+    farm = make_farm(reconcile_after_s=30)
+    _arm64(farm)
+    build = _submit(farm, placement=Placement.NATIVE)
+
+    placer.tick(farm, now=_job(farm, build).queued_at + timedelta(seconds=300))
+
+    assert _job(farm, build).attempt == 1

@@ -20,7 +20,7 @@ REFUSED = sorted((a, b) for a, b in product(BuildState, BuildState) if b not in 
 def test_the_table_is_the_state_machine_of_the_module_docstring():
     expected = {
         Q: {R, C, F},
-        R: {S, F, C},
+        R: {S, F, C, Q},  # back to queued: its worker was lost, re-run as a new attempt
         S: set(),
         F: set(),
         C: set(),
@@ -30,7 +30,7 @@ def test_the_table_is_the_state_machine_of_the_module_docstring():
 
 def test_every_pair_of_states_is_either_allowed_or_refused():
     assert len(ALLOWED) + len(REFUSED) == len(BuildState) ** 2
-    assert len(ALLOWED) == 6
+    assert len(ALLOWED) == 7
 
 
 @pytest.mark.parametrize(("current", "new"), ALLOWED, ids=lambda s: s.value)

@@ -72,7 +72,7 @@ packages=$( { grep -v '^#' "$builder/packages.txt" | grep -Ev -- '-linux-gnu|-cr
 
 mmdebstrap --variant=apt --architectures=arm64 --include="$packages" \
   --customize-hook='cp "$CA_BUNDLE" "$1/etc/ssl/certs/ca-certificates.crt"' \
-  --customize-hook='set -f; chroot "$1" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+  --customize-hook='set -f; chroot "$1" env -i PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
       PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_NO_CACHE_DIR=1 \
       PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 \
       python3 -m pip install --quiet --break-system-packages $WORKER_DEPS' \
