@@ -48,8 +48,9 @@ def _check_lease(farm: Farm, record: JobRecord, view: Fleet, served: Capacity,
     task = f"{job.job_id}-{job.attempt}"
     if worker is not None and worker.state is not WorkerState.LOST:
         since = (now - (job.started_at or now)).total_seconds()
-        if task in worker.info.running or since < farm.settings.lease_grace_s:
-            return
+        silent = (now - worker.last_seen).total_seconds() > 2 * worker.info.interval_s + 1
+        if task in worker.info.running or since < farm.settings.lease_grace_s or silent:
+            return  # a silent worker's list is stale: wait until it is lost or speaks
         why = f"worker {job.worker} no longer runs it (its build process died)"
     else:
         why = f"worker {job.worker} was lost"

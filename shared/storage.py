@@ -120,6 +120,16 @@ class S3Store:
         with _translated(key):
             self._s3.download_file(self._bucket, key, str(path))
 
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under `prefix`."""
+        keys: list[str] = []
+        with _translated(prefix):
+            pages = self._s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self._bucket, Prefix=prefix)
+            for page in pages:
+                keys += [item["Key"] for item in page.get("Contents", [])]
+        return keys
+
     def presign_get(self, key: str, expires_s: int) -> str:
         url: str = self._signer.generate_presigned_url(
             "get_object", Params={"Bucket": self._bucket, "Key": key}, ExpiresIn=expires_s

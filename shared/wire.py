@@ -261,6 +261,8 @@ class WorkerHeartbeat(Wire):
     draining: bool = False
     #: the jobs it is running, as "<job id>-<attempt>": each one's lease
     running: list[str] = []
+    #: how often it heartbeats, so the controller can tell a silent worker from a busy one
+    interval_s: Annotated[float, Field(gt=0)] = 5.0
 
 
 class HeartbeatReply(Wire):

@@ -35,7 +35,7 @@ def describe(settings: WorkerSettings, host: Arch, image_id: str | None,
         builder_image=settings.builder_image, builder_image_id=image_id,
         targets=sorted(t for t, arch in TARGETS.items() if arch in arches),
         labels=settings.labels, version=version, concurrency=settings.concurrency,
-        running=sorted(running or ()),
+        running=sorted(running or ()), interval_s=settings.heartbeat_s,
     )
 
 

@@ -157,6 +157,11 @@ class Farm:
             fleet = json.load(reply)
         return next((w["state"] for w in fleet["workers"] if w["name"] == name), None)
 
+    def stop_process(self, name: str) -> None:
+        """Stop one process of the farm (a worker, the controller) and wait for it."""
+        _terminate(self.procs.pop(name))
+        (self.dir / f"{name}.pid").unlink(missing_ok=True)
+
     def stop(self) -> None:
         for name in reversed(list(self.procs)):
             _terminate(self.procs.pop(name))

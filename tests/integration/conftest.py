@@ -56,7 +56,8 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         running.start_redis()
         running.start_s3()
         # Short fleet bounds, so tests of loss and placement do not wait for minutes.
-        running.start_controller(CROSSFARM_LOST_AFTER_S="6", CROSSFARM_PLACER_INTERVAL_S="0.5")
+        running.start_controller(CROSSFARM_LOST_AFTER_S="6", CROSSFARM_PLACER_INTERVAL_S="0.5",
+                                 CROSSFARM_LEASE_GRACE_S="5", CROSSFARM_RECONCILE_AFTER_S="5")
         running.start_worker("worker-amd64", CROSSFARM_CROSS_ARCHES="arm64",
                              CROSSFARM_CONCURRENCY="2", CROSSFARM_BUILD_CPUS="1",
                              CROSSFARM_HEARTBEAT_S="1")

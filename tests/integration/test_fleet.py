@@ -96,6 +96,7 @@ def test_sigterm_drains_a_worker_then_it_is_reported_lost(farm):
     proc = farm.start_worker("worker-term", CROSSFARM_HEARTBEAT_S="1")
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=60)
+    farm.procs.pop("worker-term")
     assert farm.worker_state("worker-term") in ("draining", "drained")
     started = time.monotonic()
     _until(lambda: farm.worker_state("worker-term") == "lost", "lost", timeout=30)
@@ -107,6 +108,7 @@ def test_a_killed_worker_is_reported_lost_within_the_bound(farm):
     proc = farm.start_worker("worker-kill", CROSSFARM_HEARTBEAT_S="1")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+    farm.procs.pop("worker-kill")
     killed = time.monotonic()
     _until(lambda: farm.worker_state("worker-kill") == "lost", "lost", timeout=30)
     detected = time.monotonic() - killed

@@ -375,11 +375,11 @@ def _start(farm, build, worker="arm64-1", queue=ARM64_QUEUE, mode=N):
     return _job(farm, build)
 
 
-def _beat(farm, name, queues, running=(), arch="arm64"):
+def _beat(farm, name, queues, running=(), arch="arm64", interval_s=10.0):
     info = WorkerHeartbeat(
         hostname=name, arch=arch, queues=queues, cpus=4, memory_bytes=8 * 1024**3,
         builder_image="crossfarm/builder:1", targets=[X86, ARM], version="0.1.0",
-        concurrency=1, running=list(running))
+        concurrency=1, running=list(running), interval_s=interval_s)
     farm.store.heartbeat(name, info, fresh_start=False)
 
 
@@ -485,3 +485,21 @@ def test_a_queued_job_whose_message_is_still_there_is_not_resent(make_farm):
     placer.tick(farm, now=_job(farm, build).queued_at + timedelta(seconds=300))
 
     assert _job(farm, build).attempt == 1
+
+
+def test_a_silent_workers_stale_list_is_not_held_against_its_jobs(make_farm):
+    farm = make_farm(lease_grace_s=5, lost_after_s=30)
+    _arm64(farm)
+    build = _submit(farm, placement=Placement.NATIVE)
+    running = _start(farm, build)
+    _beat(farm, "arm64-1", {ARM64_QUEUE: N}, running=[], interval_s=1.0)
+
+    # 10 s without a heartbeat from a worker that beats every second: it may be dead,
+    # but it is not lost yet, so its last list (sent before the job started) says nothing.
+    placer.tick(farm, now=running.started_at + timedelta(seconds=10))
+    assert (_job(farm, build).state, _job(farm, build).attempt) == (BuildState.RUNNING, 1)
+
+    placer.tick(farm, now=running.started_at + timedelta(seconds=31))
+    job = _job(farm, build)
+    assert (job.state, job.attempt) == (BuildState.QUEUED, 2)
+    assert "worker arm64-1 was lost" in job.placed

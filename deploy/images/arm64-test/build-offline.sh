@@ -70,11 +70,13 @@ trap 'rm -rf "$tmp"' EXIT
 packages=$( { grep -v '^#' "$builder/packages.txt" | grep -Ev -- '-linux-gnu|-cross$|:'; \
               grep -v '^#' "$here/packages.txt"; } | paste -sd, -)
 
+# EXTERNALLY-MANAGED goes after pip has run: the image is disposable, and tests install
+# the crossfarm wheel into its system Python with a plain `python3 -m pip install`.
 mmdebstrap --variant=apt --architectures=arm64 --include="$packages" \
   --customize-hook='cp "$CA_BUNDLE" "$1/etc/ssl/certs/ca-certificates.crt"' \
   --customize-hook='set -f; chroot "$1" env -i PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
       PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_NO_CACHE_DIR=1 \
-      PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 \
+      PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 PIP_ROOT_USER_ACTION=ignore \
       python3 -m pip install --quiet --break-system-packages $WORKER_DEPS' \
   --customize-hook='rm -f "$1"/usr/lib/python3*/EXTERNALLY-MANAGED' \
   --customize-hook='chroot "$1" useradd --uid 10001 --create-home builder' \
@@ -87,5 +89,10 @@ mmdebstrap --variant=apt --architectures=arm64 --include="$packages" \
 changes=()
 while IFS= read -r line; do changes+=(--change "$line"); done \
   < <(grep -E '^(ENV|USER|WORKDIR) ' "$builder/Dockerfile" | grep -Evi 'unknown_linux_gnu')
+previous=$(docker image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
 docker import "${changes[@]}" "$tmp/rootfs.tar" "$image" >/dev/null
+# A rebuild leaves the old 1 GB image untagged; drop it unless a container still uses it.
+if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect --format '{{.Id}}' "$image")" ]; then
+  docker rmi "$previous" >/dev/null 2>&1 || true
+fi
 echo "built $image in $(( $(date +%s) - start )) s"

@@ -1,0 +1,200 @@
+"""Faults injected mid-build on the real farm. Each test asserts counts: how many
+attempts, which one published, what is left running."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from crossfarm.client.api import FarmClient
+from crossfarm.client.source import scan, send
+from crossfarm.shared.storage import S3Store, StorageSettings
+
+pytestmark = pytest.mark.integration
+
+X86 = "x86_64-unknown-linux-gnu"
+SLOW_BUILD_RS = (
+    "fn main() {\n"
+    "    cc::Build::new().file(\"src/answer.c\").compile(\"answer\");\n"
+    "    std::thread::sleep(std::time::Duration::from_secs({secs}));\n"
+    "}\n"
+)
+
+
+@pytest.fixture
+def api(farm):
+    with httpx.Client(base_url=farm.controller_url, timeout=30) as client:
+        yield client
+
+
+def _source(farm, crate, sleep_s: int | None = None) -> str:
+    if sleep_s is not None:
+        (crate / "build.rs").write_text(SLOW_BUILD_RS.replace("{secs}", str(sleep_s)))
+    with FarmClient(farm.controller_url) as client:
+        return send(client, scan(crate)).status.digest
+
+
+def _until(check, what: str, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+    return value
+
+
+def _job(api, build_id: str) -> dict:
+    return api.get(f"/v1/builds/{build_id}").json()["jobs"][0]
+
+
+def _finished(api, build_id: str, timeout: float = 300) -> dict:
+    return _until(lambda: (j := _job(api, build_id))["state"] in ("succeeded", "failed",
+                                                                  "cancelled") and j,
+                  f"build {build_id} to finish", timeout)
+
+
+def _containers(label: str) -> list[str]:
+    out = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={label}"],
+                         capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def _manifests(farm, build_id: str) -> list[str]:
+    store = S3Store(StorageSettings(endpoint_url=farm.s3_url, bucket="crossfarm",
+                                    access_key="crossfarm", secret_key="crossfarm-local-secret"))
+    return sorted(key for key in store.list_keys(f"builds/{build_id}/")
+                  if key.endswith("manifest.json"))
+
+
+@pytest.fixture
+def only(farm, api):
+    """Let only the named worker take jobs: drain the shared one for the test."""
+    assert api.post("/v1/workers/worker-amd64/drain").status_code == 200
+    _until(lambda: farm.worker_state("worker-amd64") == "drained", "worker-amd64 drained")
+    yield
+    api.delete("/v1/workers/worker-amd64/drain")
+    _until(lambda: farm.worker_state("worker-amd64") == "online", "worker-amd64 back")
+
+
+def test_kill_9_of_a_worker_mid_build_reruns_the_job_once_elsewhere(farm, api, crate, only):
+    victim = farm.start_worker("worker-victim", CROSSFARM_HEARTBEAT_S="1")
+    source = _source(farm, crate, sleep_s=15)
+    build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
+    build_id = build["build_id"]
+    first = _until(lambda: (j := _job(api, build_id))["state"] == "running" and j, "start")
+    assert first["worker"] == "worker-victim"
+    _until(lambda: _containers(f"io.crossfarm.job={first['job_id']}"), "the build container")
+
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=30)
+    killed = time.monotonic()
+    api.delete("/v1/workers/worker-amd64/drain")  # a live worker to take the re-run
+    rerun = _until(lambda: (j := _job(api, build_id))["attempt"] == 2 and j, "the re-run", 60)
+    print(f"worker kill -9 to re-run queued: {time.monotonic() - killed:.1f} s")
+    final = _finished(api, build_id)
+
+    assert final["state"] == "succeeded"
+    assert (final["attempt"], final["worker"]) == (2, "worker-amd64")
+    assert "worker worker-victim was lost" in rerun["placed"]
+    assert _manifests(farm, build_id) == [f"builds/{build_id}/{X86}/attempt-2/manifest.json"]
+    # The dead worker's container is an orphan until a worker of that name starts again.
+    farm.start_worker("worker-victim", CROSSFARM_HEARTBEAT_S="1")
+    _until(lambda: not _containers(f"io.crossfarm.job={first['job_id']}"), "the reap", 30)
+    farm.stop_process("worker-victim")
+
+
+def test_kill_9_of_the_pool_process_reruns_the_job_and_reaps_its_container(
+        farm, api, crate, only):
+    victim = farm.start_worker("worker-pool", CROSSFARM_HEARTBEAT_S="1")
+    source = _source(farm, crate, sleep_s=15)
+    build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
+    build_id = build["build_id"]
+    first = _until(lambda: (j := _job(api, build_id))["state"] == "running" and j, "start")
+    _until(lambda: _containers(f"io.crossfarm.job={first['job_id']}"), "the build container")
+
+    children = subprocess.run(["pgrep", "-P", str(victim.pid)], capture_output=True,
+                              text=True).stdout.split()
+    assert children, "no pool process found"
+    for pid in children:
+        os.kill(int(pid), signal.SIGKILL)
+    # The worker lives on and no longer lists the job: its lease lapses after the grace.
+    _until(lambda: not _containers(f"io.crossfarm.job={first['job_id']},"
+                                   "io.crossfarm.attempt=1"), "the orphan reaped", 30)
+    final = _finished(api, build_id)
+    assert final["state"] == "succeeded"
+    assert final["attempt"] == 2
+    assert "no longer runs it" in final["placed"]
+    assert _manifests(farm, build_id) == [f"builds/{build_id}/{X86}/attempt-2/manifest.json"]
+    farm.stop_process("worker-pool")
+
+
+def test_redis_flushed_while_a_job_waits_the_reconciler_resends_it(farm, api, crate, only):
+    source = _source(farm, crate)
+    build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
+    subprocess.run(["redis-cli", "-p", str(farm.redis_port), "FLUSHALL"], check=True,
+                   capture_output=True)
+    api.delete("/v1/workers/worker-amd64/drain")
+    final = _finished(api, build["build_id"])
+    assert final["state"] == "succeeded"
+    assert final["attempt"] == 2
+    assert final["placed"].endswith("(re-sent: the broker lost it)")
+
+
+def test_controller_restart_mid_build_loses_nothing(farm, api, crate):
+    source = _source(farm, crate, sleep_s=8)
+    build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
+    _until(lambda: _job(api, build["build_id"])["state"] == "running", "start")
+    farm.stop_process("controller")
+    farm.start_controller(CROSSFARM_LOST_AFTER_S="6", CROSSFARM_PLACER_INTERVAL_S="0.5",
+                          CROSSFARM_LEASE_GRACE_S="5", CROSSFARM_RECONCILE_AFTER_S="5")
+    final = _finished(api, build["build_id"])
+    assert final["state"] == "succeeded"
+    assert final["attempt"] == 1
+
+
+def test_cancel_stops_the_container_within_five_seconds(farm, api, crate):
+    source = _source(farm, crate, sleep_s=120)
+    build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
+    job = _until(lambda: (j := _job(api, build["build_id"]))["state"] == "running" and j,
+                 "start")
+    _until(lambda: _containers(f"io.crossfarm.job={job['job_id']}"), "the build container")
+    started = time.monotonic()
+    api.post(f"/v1/builds/{build['build_id']}/cancel")
+    _until(lambda: not _containers(f"io.crossfarm.job={job['job_id']}"), "container gone", 10)
+    latency = time.monotonic() - started
+    print(f"cancel to container gone: {latency:.2f} s")
+    assert latency < 5
+    assert _job(api, build["build_id"])["state"] == "cancelled"
+    assert _manifests(farm, build["build_id"]) == []
+
+
+def test_a_build_past_its_timeout_is_killed_and_fails_with_reason_timeout(farm, api, crate):
+    source = _source(farm, crate, sleep_s=120)
+    build = api.post("/v1/builds", json={"source": source, "targets": [X86],
+                                         "timeout_s": 15}).json()
+    final = _finished(api, build["build_id"], timeout=120)
+    assert final["state"] == "failed"
+    assert final["reason"].startswith("timeout: the build ran past 15 s")
+    assert not _containers(f"io.crossfarm.job={final['job_id']}")
+
+
+def test_out_of_memory_fails_with_that_reason_and_is_not_retried(farm, api, crate, only):
+    small = farm.start_worker("worker-small", CROSSFARM_HEARTBEAT_S="1",
+                              CROSSFARM_BUILD_MEMORY_BYTES=str(400 * 1024**2))
+    (crate / "build.rs").write_text(
+        "fn main() {\n"
+        "    let mut hog: Vec<Vec<u8>> = Vec::new();\n"
+        "    loop { hog.push(vec![1u8; 64 << 20]); }\n"
+        "}\n")
+    source = _source(farm, crate)
+    build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
+    final = _finished(api, build["build_id"])
+    assert final["state"] == "failed"
+    assert final["reason"].startswith("out-of-memory")
+    assert final["attempt"] == 1
+    assert small.poll() is None
+    farm.stop_process("worker-small")
