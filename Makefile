@@ -3,9 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 STATE ?= .crossfarm
 BUILDER_IMAGE ?= crossfarm/builder:1
-APT_PACKAGES := redis-server mmdebstrap qemu-user-static libc6-arm64-cross libgcc-s1-arm64-cross file git
+ARM64_IMAGE ?= crossfarm/arm64-test:1
+APT_PACKAGES := redis-server mmdebstrap qemu-user-static binfmt-support libc6-arm64-cross libgcc-s1-arm64-cross file git
 
-.PHONY: up down test lint typecheck unit integration install image demo bench
+.PHONY: up down test lint typecheck unit integration install image images demo
 
 up: install image ## install what is missing, start the farm here, run a demo build
 	$(PYTHON) deploy/local/farm.py up --dir $(STATE)
@@ -14,7 +15,7 @@ up: install image ## install what is missing, start the farm here, run a demo bu
 down: ## stop what `make up` started
 	$(PYTHON) deploy/local/farm.py down --dir $(STATE)
 
-test: lint typecheck ## every check and every test
+test: install images lint typecheck ## every check and every test (builds missing images first)
 	$(PYTHON) -m pytest tests
 
 unit:
@@ -45,6 +46,11 @@ install: ## apt and pip packages, only what is missing
 image: ## the builder image, built with no registry when it is missing
 	@docker image inspect $(BUILDER_IMAGE) >/dev/null 2>&1 \
 	  || deploy/images/builder/build-offline.sh $(BUILDER_IMAGE)
+
+# The tests also need the arm64 image (a truly-arm64 worker under QEMU, ~8 min to make);
+# its script re-registers qemu-aarch64 with binfmt_misc every time, as a reboot drops it.
+images: image
+	deploy/images/arm64-test/build-offline.sh $(ARM64_IMAGE)
 
 demo: ## build the sample crate for both architectures on the running farm
 	@rm -rf $(STATE)/demo && cp -r tests/fixtures/hello-c $(STATE)/demo

@@ -151,6 +151,47 @@ class Farm:
         _wait(lambda: self.worker_state(worker) == "online", f"worker {name}", proc, 60)
         return proc
 
+    def start_container_worker(self, name: str, image: str, wheels: Path,
+                               **extra: str) -> str:
+        """A worker in a container of `image` (e.g. the arm64 test image, whose Python runs
+        as aarch64 under QEMU), on the host's network and Docker engine, running the
+        crossfarm wheel in `wheels`. Returns the container's name; stop_container removes it."""
+        container = f"crossfarm-{name}"
+        ca = "/etc/ssl/certs/ca-certificates.crt"
+        env = {k: v for k, v in self.env().items() if k.startswith("CROSSFARM_")}
+        env.pop("CROSSFARM_CROSS_ARCHES", None)
+        env.update(CROSSFARM_WORKER_NAME=name, CROSSFARM_BUILDER_IMAGE=image,
+                   CROSSFARM_SCRATCH_DIR="/tmp/crossfarm", **extra)
+        if Path(ca).is_file():  # the build containers mount it from the host: same path
+            env["CROSSFARM_CA_BUNDLE"] = ca
+        subprocess.run(["docker", "rm", "-f", container], capture_output=True)
+        run = ["docker", "run", "-d", "--name", container, "--user", "0", "--network", "host",
+               "-v", "/var/run/docker.sock:/var/run/docker.sock", "-v", f"{wheels}:/wheels:ro"]
+        if "CROSSFARM_CA_BUNDLE" in env:
+            run += ["-v", f"{ca}:{ca}:ro"]
+        for key, value in env.items():
+            run += ["-e", f"{key}={value}"]
+        run += [image, "sh", "-c", "python3 -m pip install -q --root-user-action=ignore "
+                "--no-deps /wheels/crossfarm-*.whl && exec crossfarm-worker"]
+        subprocess.run(run, check=True, capture_output=True)
+        deadline = time.monotonic() + 600  # Python under QEMU imports slowly
+        while self.worker_state(name) != "online":
+            state = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", container],
+                                   capture_output=True, text=True).stdout.strip()
+            if state != "true" or time.monotonic() > deadline:
+                self.stop_container(container)
+                raise RuntimeError(f"worker {name} in {image} did not come up; see "
+                                   f"{self.dir / (container + '.log')}")
+            time.sleep(1)
+        return container
+
+    def stop_container(self, container: str, timeout_s: int = 60) -> None:
+        """Stop (SIGTERM: the worker drains) and remove a container worker, keeping its log."""
+        subprocess.run(["docker", "stop", "-t", str(timeout_s), container], capture_output=True)
+        logs = subprocess.run(["docker", "logs", container], capture_output=True, text=True)
+        (self.dir / f"{container}.log").write_text(logs.stdout + logs.stderr)
+        subprocess.run(["docker", "rm", "-f", container], capture_output=True)
+
     def worker_state(self, name: str) -> str | None:
         """The fleet's word on a worker (online, draining, drained, lost), None if unknown."""
         with urllib.request.urlopen(f"{self.controller_url}/v1/workers", timeout=5) as reply:

@@ -1,0 +1,104 @@
+"""A truly-arm64 worker: its Python runs as aarch64 under QEMU, it registers as arm64 by
+detection, consumes the arm64 queue and builds natively in an arm64 builder container.
+With it up, aarch64 jobs land on it and x86_64 jobs never do; with it gone, `native`
+waits with the reason shown and `cross-ok` completes on the amd64 worker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from crossfarm.shared.wire import BuildView
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE = "crossfarm/arm64-test:1"
+NAME = "worker-arm64"
+X86 = "x86_64-unknown-linux-gnu"
+ARM = "aarch64-unknown-linux-gnu"
+
+
+def _until(check, what: str, timeout: float):
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+    return value
+
+
+@pytest.fixture(scope="module")
+def arm64_worker(farm, tmp_path_factory):
+    """The arm64 worker, running the crossfarm wheel built from this checkout."""
+    if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode:
+        pytest.fail(f"{IMAGE} is missing: make images", pytrace=False)
+    wheels = tmp_path_factory.mktemp("wheels")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels),
+                    str(REPO)], check=True, capture_output=True)
+    container = farm.start_container_worker(NAME, IMAGE, wheels, CROSSFARM_HEARTBEAT_S="2",
+                                            CROSSFARM_BUILD_CPUS="2")
+    try:
+        yield NAME
+    finally:
+        farm.stop_container(container, timeout_s=5)
+
+
+def _fleet(farm) -> dict:
+    return httpx.get(f"{farm.controller_url}/v1/workers", timeout=30).json()
+
+
+def test_the_arm64_worker_registers_as_arm64_by_detection(farm, arm64_worker):
+    worker = next(w for w in _fleet(farm)["workers"] if w["name"] == arm64_worker)
+    assert worker["info"]["arch"] == "arm64"
+    assert worker["info"]["queues"] == {"crossfarm.builds.arm64": "native"}
+    assert worker["info"]["targets"] == [ARM]
+    arches = {a["arch"]: a for a in _fleet(farm)["arches"]}
+    assert arches["arm64"]["workers_online"] == 1
+
+
+def test_aarch64_lands_natively_on_the_arm64_worker_and_x86_64_never_does(
+        farm, arm64_worker, crate, cli):
+    started = time.monotonic()
+    result = cli(crate, "build", "--target", ARM, "--target", X86, "--release", "--json",
+                 "--placement", "native", timeout=1800)
+    print(f"native arm64 (emulated host) + amd64 release build: "
+          f"{time.monotonic() - started:.0f} s")
+    assert result.returncode == 0, result.stderr
+    build = BuildView.model_validate(json.loads(result.stdout)["build"])
+    jobs = {job.target: job for job in build.jobs}
+    assert (jobs[ARM].worker, jobs[ARM].mode, jobs[ARM].consumed_from) == (
+        arm64_worker, "native", "crossfarm.builds.arm64")
+    assert jobs[ARM].placed == "native: an arm64 worker is online"
+    assert jobs[X86].worker == "worker-amd64"
+    binary = crate / "target" / ARM / "release" / "hello-c"
+    out = subprocess.run(["qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu", binary],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "hello from aarch64: answer=42"
+
+
+def test_with_the_arm64_worker_gone_native_waits_and_cross_ok_crosses(
+        farm, arm64_worker, crate, cli):
+    subprocess.run(["docker", "stop", "-t", "60", f"crossfarm-{arm64_worker}"], check=True,
+                   capture_output=True)
+    _until(lambda: farm.worker_state(arm64_worker) in ("drained", "lost"), "the worker gone",
+           60)
+
+    waiting = cli(crate, "build", "--target", ARM, "--placement", "native", "--wait-limit",
+                  "5s", "--json", timeout=120)
+    assert waiting.returncode == 1
+    job = json.loads(waiting.stdout)["build"]["jobs"][0]
+    assert job["state"] == "failed"
+    assert "waiting: no arm64 worker online" in job["reason"]
+    assert "waiting: no arm64 worker online" in waiting.stderr  # shown while it waited
+
+    crossed = cli(crate, "build", "--target", ARM, "--placement", "cross-ok", "--json")
+    assert crossed.returncode == 0, crossed.stderr
+    job = json.loads(crossed.stdout)["build"]["jobs"][0]
+    assert (job["worker"], job["mode"]) == ("worker-amd64", "cross")
+    assert job["placed"].startswith("cross: no arm64 worker online")
