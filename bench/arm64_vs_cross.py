@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""One real crate built for aarch64 twice in one run: natively on a truly-arm64 worker
+(its Python and its builder run under QEMU on this x86_64 machine: emulated), and with
+the cross toolchain on the amd64 worker. Prints both wall times and their ratio.
+
+Needs `make up`'s farm and the arm64 image (`make images`). Run by hand:
+
+    python bench/arm64_vs_cross.py [CRATE_DIR]
+
+On real ARM hardware the native build would be the fast one; here it shows what
+crossfarm saves a user who would otherwise emulate: the ratio emulated / cross.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from crossfarm.client.api import FarmClient
+from crossfarm.client.source import scan, send
+from crossfarm.shared.arch import Placement
+from crossfarm.shared.wire import BuildRequest, JobView
+
+REPO = Path(__file__).resolve().parents[1]
+ARM = "aarch64-unknown-linux-gnu"
+
+
+def _localfarm():
+    spec = importlib.util.spec_from_file_location("localfarm", REPO / "deploy/local/farm.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["localfarm"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def timed_build(client: FarmClient, source: str, placement: Placement) -> tuple[float, JobView]:
+    started = time.monotonic()
+    build = client.submit(BuildRequest(source=source, targets=[ARM], profile="release",
+                                       placement=placement))
+    for _ in client.events(build.build_id):
+        pass
+    job = client.build(build.build_id).jobs[0]
+    return time.monotonic() - started, job
+
+
+def main() -> None:
+    crate = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "tests/fixtures/hello-c"
+    localfarm = _localfarm()
+    farm = localfarm.Farm(dir=(REPO / ".crossfarm").resolve(), redis_port=6379, s3_port=8333,
+                          controller_port=8700)
+    with tempfile.TemporaryDirectory() as tmp, FarmClient(farm.controller_url) as client:
+        wheels = Path(tmp) / "wheels"
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
+                        str(wheels), str(REPO)], check=True)
+        copy = Path(tmp) / "crate"
+        shutil.copytree(crate, copy, ignore=shutil.ignore_patterns("target"))
+        source = send(client, scan(copy)).status.digest
+        container = farm.start_container_worker("bench-arm64", "crossfarm/arm64-test:1",
+                                                wheels, CROSSFARM_HEARTBEAT_S="2")
+        try:
+            native_s, native = timed_build(client, source, Placement.NATIVE)
+        finally:
+            farm.stop_container(container, timeout_s=5)
+        time.sleep(3)  # let the fleet see it gone, so cross-ok picks the cross toolchain
+        cross_s, cross = timed_build(client, source, Placement.CROSS_OK)
+    for seconds, job in ((native_s, native), (cross_s, cross)):
+        print(f"{job.target}: {job.state} on {job.worker} ({job.mode}) in {seconds:.1f} s")
+    print(f"native on an emulated arm64 host / cross toolchain on amd64: {native_s / cross_s:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
