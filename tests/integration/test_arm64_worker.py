@@ -102,3 +102,30 @@ def test_with_the_arm64_worker_gone_native_waits_and_cross_ok_crosses(
     job = json.loads(crossed.stdout)["build"]["jobs"][0]
     assert (job["worker"], job["mode"]) == ("worker-amd64", "cross")
     assert job["placed"].startswith("cross: no arm64 worker online")
+
+
+def test_emulate_ok_builds_in_an_arm64_builder_under_emulation_as_a_last_resort(
+        farm, arm64_worker, crate, cli):
+    farm.stop_container(f"crossfarm-{arm64_worker}", timeout_s=5)
+    with httpx.Client(base_url=farm.controller_url, timeout=30) as api:
+        api.post("/v1/workers/worker-amd64/drain")  # no cross toolchain online either
+        try:
+            farm.start_worker("worker-emu", CROSSFARM_EMULATE_ARCHES="arm64",
+                              CROSSFARM_EMULATION_IMAGES=json.dumps({"arm64": IMAGE}),
+                              CROSSFARM_HEARTBEAT_S="1")
+            started = time.monotonic()
+            result = cli(crate, "build", "--target", ARM, "--placement", "emulate-ok",
+                         "--json", timeout=1800)
+            print(f"emulated arm64 dev build on amd64: {time.monotonic() - started:.0f} s")
+        finally:
+            api.delete("/v1/workers/worker-amd64/drain")
+            farm.stop_process("worker-emu")
+    assert result.returncode == 0, result.stderr
+    job = json.loads(result.stdout)["build"]["jobs"][0]
+    assert (job["worker"], job["mode"], job["consumed_from"]) == (
+        "worker-emu", "emulated", "crossfarm.builds.arm64.emulated")
+    assert job["placed"].startswith("emulated: no arm64 worker or cross toolchain online")
+    binary = crate / "target" / ARM / "debug" / "hello-c"
+    out = subprocess.run(["qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu", binary],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "hello from aarch64: answer=42"
