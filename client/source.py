@@ -9,7 +9,6 @@ answers which of those it lacks, and only those are uploaded.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from crossfarm.shared.errors import InvalidSource
-from crossfarm.shared.tree import TreeLimits, check_tree, pack_bytes, tree_digest
+from crossfarm.shared.tree import TreeLimits, check_tree, pack_bytes, sha256_file, tree_digest
 from crossfarm.shared.wire import MissingBlobs, SourceStatus, SourceTree, TreeEntry
 
 #: Parallel pack uploads: hides per-request latency on a slow link.
@@ -134,16 +133,8 @@ def _entry(root: Path, name: str, limits: TreeLimits) -> TreeEntry:
         raise InvalidSource("only regular files and symlinks can be sent", name)
     if st.st_size > limits.max_file_bytes:
         raise InvalidSource(f"{st.st_size} bytes; the limit is {limits.max_file_bytes}", name)
-    return TreeEntry(path=name, kind="file", sha256=_sha256(path), size=st.st_size,
+    return TreeEntry(path=name, kind="file", sha256=sha256_file(path), size=st.st_size,
                      executable=bool(st.st_mode & 0o111))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fileobj:
-        for block in iter(lambda: fileobj.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def send(farm: BlobSink, local: LocalTree,

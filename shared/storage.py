@@ -7,7 +7,6 @@ out SigV2 on non-AWS endpoints. botocore errors become StorageError/NotFound her
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,14 +43,6 @@ class ObjectStore(Protocol):
     def get_bytes(self, key: str) -> bytes: ...
     def download(self, key: str, path: Path) -> None: ...
     def presign_get(self, key: str, expires_s: int) -> str: ...
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fileobj:
-        for block in iter(lambda: fileobj.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _client(endpoint: str, settings: StorageSettings) -> Any:

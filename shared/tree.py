@@ -40,6 +40,14 @@ class TreeSummary:
     total_bytes: int
 
 
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fileobj:
+        for block in iter(lambda: fileobj.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def tree_digest(tree: SourceTree) -> str:
     """The tree's name: the sha256 of its canonical JSON (entries sorted by path)."""
     canonical = SourceTree(entries=sorted(tree.entries, key=lambda e: e.path))

@@ -9,7 +9,7 @@ from typing import Any
 
 from crossfarm.shared import keys
 from crossfarm.shared.ids import BuildId
-from crossfarm.shared.storage import sha256_file
+from crossfarm.shared.tree import sha256_file
 from crossfarm.shared.wire import ArtifactEntry, Manifest
 
 #: Library kinds whose files users ship; rlibs are cargo-internal and stay behind.

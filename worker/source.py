@@ -18,8 +18,15 @@ from typing import IO
 from crossfarm.shared import keys
 from crossfarm.shared.errors import StorageError
 from crossfarm.shared.ids import SourceDigest
-from crossfarm.shared.storage import ObjectStore, sha256_file
-from crossfarm.shared.tree import TreeLimits, check_tree, file_digests, read_pack, tree_digest
+from crossfarm.shared.storage import ObjectStore
+from crossfarm.shared.tree import (
+    TreeLimits,
+    check_tree,
+    file_digests,
+    read_pack,
+    sha256_file,
+    tree_digest,
+)
 from crossfarm.shared.wire import SourceTree
 
 #: Parallel blob downloads: enough to hide per-request latency, few enough for a small host.
