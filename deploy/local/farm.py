@@ -65,6 +65,7 @@ class Farm:
     s3_port: int = field(default_factory=free_port)
     controller_port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    weed_ports: list[int] = field(default_factory=list)
 
     @property
     def redis_url(self) -> str:
@@ -128,8 +129,9 @@ class Farm:
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]}))
         # weed listens on several ports (master, volume, filer, admin + gRPC at +10000):
-        # take free ones below 55535 so the gRPC ports are valid too.
-        ports = [_free_low_port() for _ in range(4)]
+        # take free ones below 55535 so the gRPC ports are valid too, and keep them, so
+        # a restart finds its own volumes where it left them.
+        ports = self.weed_ports = self.weed_ports or [_free_low_port() for _ in range(4)]
         proc = self._spawn("seaweedfs", [
             "weed", "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-master.port={ports[0]}", f"-volume.port={ports[1]}", f"-filer.port={ports[2]}",

@@ -198,3 +198,38 @@ def test_out_of_memory_fails_with_that_reason_and_is_not_retried(farm, api, crat
     assert final["attempt"] == 1
     assert small.poll() is None
     farm.stop_process("worker-small")
+
+
+def test_sigterm_mid_build_finishes_the_running_job_then_exits(farm, api, crate, only):
+    proc = farm.start_worker("worker-sigterm", CROSSFARM_HEARTBEAT_S="1")
+    source = _source(farm, crate, sleep_s=10)
+    build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
+    job = _until(lambda: (j := _job(api, build["build_id"]))["state"] == "running" and j,
+                 "start")
+    assert job["worker"] == "worker-sigterm"
+    proc.send_signal(signal.SIGTERM)  # the main process only, as an init system would
+    assert _until(lambda: farm.worker_state("worker-sigterm") == "draining", "draining", 10)
+    final = _finished(api, build["build_id"])
+    assert (final["state"], final["attempt"], final["worker"]) == (
+        "succeeded", 1, "worker-sigterm")
+    assert proc.wait(timeout=60) == 0
+    assert farm.worker_state("worker-sigterm") == "drained"
+    farm.procs.pop("worker-sigterm")
+
+
+def test_storage_down_at_upload_fails_the_job_with_a_storage_error_and_publishes_nothing(
+        farm, api, crate):
+    source = _source(farm, crate, sleep_s=8)
+    build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
+    _until(lambda: _job(api, build["build_id"])["state"] == "running", "start")
+    farm.stop_process("seaweedfs")
+    try:
+        final = _finished(api, build["build_id"], timeout=300)
+    finally:
+        farm.start_s3()
+    assert final["state"] == "failed"
+    assert final["reason"].startswith("storage: object store unreachable")
+    assert _manifests(farm, build["build_id"]) == []
+    # The farm is whole again: the same source builds.
+    again = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
+    assert _finished(api, again["build_id"])["state"] == "succeeded"
