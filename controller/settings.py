@@ -27,7 +27,7 @@ class ControllerSettings(BaseSettings):
     default_timeout_s: int = Field(default=3600, ge=10)
     max_timeout_s: int = Field(default=6 * 3600, ge=10)
     #: above the longest build plus its queueing time (see shared/broker.py)
-    visibility_timeout_s: int = Field(default=8 * 3600, ge=60)
+    visibility_timeout_s: int = Field(default=8 * 3600, ge=5)
     presign_ttl_s: int = Field(default=900, ge=10, le=7 * 24 * 3600)
     #: limits of one source tree: total bytes, file count, bytes of one file
     max_source_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)

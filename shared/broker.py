@@ -14,8 +14,15 @@ def create_celery(broker_url: str, *, visibility_timeout_s: int, name: str = "cr
     redelivered and an idle worker never hoards jobs.
     """
     app = Celery(name, broker=broker_url)
+    # kombu sweeps for messages past their visibility timeout about every interval x
+    # throttle seconds (100 s by default); a short timeout wants a matching sweep.
+    short = visibility_timeout_s < 600
     app.conf.update(
-        broker_transport_options={"visibility_timeout": visibility_timeout_s},
+        broker_transport_options={
+            "visibility_timeout": visibility_timeout_s,
+            "unacked_restore_interval": 1 if short else 10,
+            "unacked_restore_throttle": 1 if short else 10,
+        },
         broker_connection_retry_on_startup=True,
         task_serializer="json",
         accept_content=["json"],

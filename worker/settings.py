@@ -26,7 +26,7 @@ class WorkerSettings(BaseSettings):
     s3_bucket: str = "crossfarm"
     s3_access_key: str = "crossfarm"
     s3_secret_key: str = "crossfarm-local-secret"
-    visibility_timeout_s: int = Field(default=8 * 3600, ge=60)
+    visibility_timeout_s: int = Field(default=8 * 3600, ge=5)
     worker_name: str = Field(default_factory=socket.gethostname)
     #: other architectures whose queues this worker also serves, with its cross toolchain
     cross_arches: Annotated[list[Arch], NoDecode] = []

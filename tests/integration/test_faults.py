@@ -233,3 +233,21 @@ def test_storage_down_at_upload_fails_the_job_with_a_storage_error_and_publishes
     # The farm is whole again: the same source builds.
     again = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
     assert _finished(api, again["build_id"])["state"] == "succeeded"
+
+
+def test_a_build_longer_than_the_visibility_timeout_runs_once(farm, api, crate, only):
+    # Redis hands an unacked message out again after the visibility timeout, even while
+    # its build still runs; the redelivered copy must be refused, not built twice.
+    short = {"CROSSFARM_VISIBILITY_TIMEOUT_S": "5", "CROSSFARM_HEARTBEAT_S": "1"}
+    farm.start_worker("worker-vt-a", **short)
+    farm.start_worker("worker-vt-b", **short)
+    source = _source(farm, crate, sleep_s=25)
+    build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
+    final = _finished(api, build["build_id"])
+    logs = "".join((farm.dir / f"worker-vt-{x}.log").read_text() for x in "ab")
+    farm.stop_process("worker-vt-a")
+    farm.stop_process("worker-vt-b")
+    assert (final["state"], final["attempt"]) == ("succeeded", 1)
+    assert _manifests(farm, build["build_id"]) == [
+        f"builds/{build['build_id']}/{X86}/attempt-1/manifest.json"]
+    assert f"job {final['job_id']} not run: job is running" in logs
