@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,16 +22,32 @@ from crossfarm.controller.settings import ControllerSettings, load_settings
 from crossfarm.controller.store import Store
 from crossfarm.shared.arch import supported_targets
 from crossfarm.shared.broker import create_celery
+from crossfarm.shared.errors import StorageError
 from crossfarm.shared.events import EventReader, Events
 from crossfarm.shared.storage import S3Store
 
 log = logging.getLogger(__name__)
 
 
+def _ensure_bucket(storage: S3Store, wait_s: float = 60) -> None:
+    """The object store may still be starting (its port answers before it serves):
+    retry for a while before giving up the start-up."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            storage.ensure_bucket()
+            return
+        except StorageError as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("object store not ready (%s); retrying", exc.message)
+            time.sleep(1)
+
+
 def create_farm(settings: ControllerSettings) -> Farm:
     """Connect the real adapters: SQL store, Celery queue, Redis events, S3."""
     storage = S3Store(settings.storage())
-    storage.ensure_bucket()
+    _ensure_bucket(storage)
     celery = create_celery(settings.redis_url, visibility_timeout_s=settings.visibility_timeout_s)
     return Farm(
         settings=settings,
