@@ -87,7 +87,8 @@ class Docker:
 
     @contextmanager
     def container(self, step: Step) -> Iterator[Container]:
-        """A created (not started) container for `step`, removed when the block ends."""
+        """A created (not started) container for `step`, removed when the block ends.
+        Engine errors inside the block become BuildError, naming the engine."""
         mounts = {name: {"bind": path, "mode": "rw"} for name, path in step.volumes.items()}
         for host, path in step.binds.items():
             mounts[str(host)] = {"bind": path, "mode": "ro"}
@@ -109,6 +110,8 @@ class Docker:
         )
         try:
             yield Container(raw)
+        except docker.errors.APIError as exc:
+            raise BuildError(f"docker engine error: {exc.explanation or exc}") from exc
         finally:
             with suppress(docker.errors.NotFound):
                 raw.remove(force=True, v=False)

@@ -138,6 +138,10 @@ def _build(tools: Toolbox, job: JobMessage, image: str, joblog: JobLog) -> JobFi
     except StorageError as exc:
         return JobFinished(attempt=job.attempt, state=BuildState.FAILED,
                            reason=f"storage: {exc.message}")
+    except Exception as exc:  # a bug or an engine failure must still end the job as data
+        log.exception("job %s failed on this worker", job.job_id)
+        return JobFinished(attempt=job.attempt, state=BuildState.FAILED,
+                           reason=f"worker error: {type(exc).__name__}: {exc}")
     return JobFinished(attempt=job.attempt, state=BuildState.SUCCEEDED, exit_code=0,
                        manifest=manifest)
 
