@@ -115,3 +115,23 @@ def test_a_job_the_controller_says_not_to_run_is_dropped_without_an_outcome(tmp_
 
     assert reporter.outcomes == []
     assert tools.storage.objects == {}
+
+
+class BrokenDocker:
+    """An engine that fails in a way no adapter foresaw."""
+
+    def has_image(self, name):
+        raise RuntimeError("engine socket vanished")
+
+
+def test_an_unexpected_failure_ends_the_job_as_failed_with_the_reason(tmp_path):
+    reporter = FakeReporter()
+    settings = WorkerSettings(worker_name="w1", scratch_dir=tmp_path / "scratch")
+    tools = Toolbox(settings=settings, host=Arch.AMD64, docker=BrokenDocker(),
+                    storage=FakeStorage(), reporter=reporter)
+
+    state = run_job(tools, _job(X86), consumed_from=keys.queue_name(Arch.AMD64))
+
+    assert state is BuildState.FAILED
+    [(_, outcome)] = reporter.outcomes
+    assert outcome.reason == "worker error: RuntimeError: engine socket vanished"
