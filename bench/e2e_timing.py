@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from crossfarm.client.api import FarmClient
-from crossfarm.client.pack import pack
+from crossfarm.client.source import scan, send
 from crossfarm.shared.wire import BuildRequest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,12 +45,11 @@ def main() -> None:
         # a unique comment so the farm cannot reuse an earlier upload
         (crate / "src" / "main.rs").open("a").write(f"\n// bench {time.time_ns()}\n")
         t0 = time.monotonic()
-        packed = pack(crate)
+        local = scan(crate)
         t_pack = time.monotonic()
-        if not client.has_source(packed.digest):
-            client.upload_source(packed.digest, packed.data)
+        sent = send(client, local)
         t_upload = time.monotonic()
-        build = client.submit(BuildRequest(source=packed.digest, targets=targets,
+        build = client.submit(BuildRequest(source=sent.status.digest, targets=targets,
                                            profile="release"))
         t_submit = time.monotonic()
         steps: dict[str, dict[str, float]] = {t: {} for t in targets}
@@ -69,10 +68,11 @@ def main() -> None:
         l0 = time.monotonic()
         subprocess.run(["cargo", "build", "--release", "-q", "--target-dir", str(local_dir)],
                        cwd=crate, check=True)
-        local = time.monotonic() - l0
+        local_s = time.monotonic() - l0
 
-    print(f"crate {args.crate.name}: {packed.files} files, {len(packed.data)} bytes packed")
-    print(f"pack {t_pack - t0:.2f} s, upload {t_upload - t_pack:.2f} s, "
+    print(f"crate {args.crate.name}: {len(local.tree.entries)} files, "
+          f"{sent.bytes_sent} bytes sent")
+    print(f"scan {t_pack - t0:.2f} s, upload {t_upload - t_pack:.2f} s, "
           f"submit {t_submit - t_upload:.2f} s, all jobs done after {t_done - t_submit:.2f} s, "
           f"download {t_download - t_done:.2f} s")
     for job in final.jobs:
@@ -84,8 +84,8 @@ def main() -> None:
               f"on worker {run:.2f} s ({parts})")
     farm_total = t_download - t0
     print(f"farm wall time {farm_total:.2f} s for {len(targets)} target(s); "
-          f"local cargo build --release (host only) {local:.2f} s; "
-          f"ratio farm/local {farm_total / local:.2f}")
+          f"local cargo build --release (host only) {local_s:.2f} s; "
+          f"ratio farm/local {farm_total / local_s:.2f}")
     sys.exit(0 if final.state == "succeeded" else 1)
 
 
