@@ -10,7 +10,7 @@ from crossfarm.controller.farm import Farm
 from crossfarm.controller.placement import decide
 from crossfarm.controller.routing import route
 from crossfarm.controller.store import NewBuild, NewJob
-from crossfarm.shared.errors import Conflict, InvalidRequest
+from crossfarm.shared.errors import BrokerError, Conflict, InvalidRequest
 from crossfarm.shared.ids import BuildId, JobId, SourceDigest, new_build_id, new_job_id
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import (
@@ -29,6 +29,15 @@ log = logging.getLogger(__name__)
 
 #: Variables the builder sets itself; a request overriding them would break the build.
 _RESERVED_ENV = frozenset({"CARGO_HOME", "CARGO_TARGET_DIR", "HOME", "PATH", "CARGO_NET_OFFLINE"})
+
+
+def tell(farm: Farm, build_id: BuildId, event: Event) -> None:
+    """Add to a build's live stream. The record is already updated, so a Redis outage
+    only costs a live line: followers re-check the record and still see the end."""
+    try:
+        farm.events.append(build_id, event)
+    except BrokerError as exc:
+        log.warning("event for %s not streamed: %s", build_id, exc.message)
 
 
 def submit_build(farm: Farm, request: BuildRequest) -> BuildView:
@@ -98,7 +107,7 @@ def enqueue(farm: Farm, build_id: BuildId, job: JobView) -> None:
         finish(farm, JobId(job.job_id), job.attempt, BuildState.FAILED,
                 reason=f"could not enqueue on {job.queue}: {exc}")
         return
-    farm.events.append(build_id, Event(kind="state", target=job.target, state=BuildState.QUEUED))
+    tell(farm, build_id, Event(kind="state", target=job.target, state=BuildState.QUEUED))
 
 
 def get_build(farm: Farm, build_id: BuildId) -> BuildView:
@@ -135,7 +144,7 @@ def job_started(farm: Farm, job_id: JobId, report: JobStarted) -> StartVerdict:
     )
     if moved is None:
         return StartVerdict(proceed=False, reason="another report changed the job first")
-    farm.events.append(record.build_id,
+    tell(farm, record.build_id,
                        Event(kind="state", target=moved.target, state=BuildState.RUNNING))
     return StartVerdict(proceed=True)
 
@@ -163,10 +172,10 @@ def finish(farm: Farm, job_id: JobId, attempt: int, state: BuildState, **fields:
     moved = farm.store.move_job(job_id, attempt, state, **fields)
     if moved is None:
         return None
-    farm.events.append(record.build_id, Event(kind="state", target=moved.target, state=state))
+    tell(farm, record.build_id, Event(kind="state", target=moved.target, state=state))
     build = farm.store.build(record.build_id)
     if build.state.terminal:
-        farm.events.append(record.build_id, Event(kind="end", state=build.state))
+        tell(farm, record.build_id, Event(kind="end", state=build.state))
     return moved
 
 

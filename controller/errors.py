@@ -6,6 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from crossfarm.shared.errors import (
+    BrokerError,
     Conflict,
     CrossfarmError,
     InvalidRequest,
@@ -19,6 +20,7 @@ _STATUS: list[tuple[type[CrossfarmError], int]] = [
     (NotFound, 404),
     (Conflict, 409),
     (StorageError, 503),
+    (BrokerError, 503),
 ]
 
 

@@ -17,7 +17,7 @@ import logging
 from datetime import UTC, datetime
 
 from crossfarm.controller import fleet
-from crossfarm.controller.builds import enqueue, finish
+from crossfarm.controller.builds import enqueue, finish, tell
 from crossfarm.controller.farm import Farm
 from crossfarm.controller.placement import Capacity, Decision, decide, replan, waiting_for
 from crossfarm.controller.store import JobRecord
@@ -63,7 +63,7 @@ def _check_lease(farm: Farm, record: JobRecord, view: Fleet, served: Capacity,
                              f"{decision.placed} (attempt {job.attempt + 1}: {why})")
     if moved is not None:
         log.warning("job %s: %s; re-run as attempt %d", job.job_id, why, moved.attempt)
-        farm.events.append(record.build_id, Event(
+        tell(farm, record.build_id, Event(
             kind="log", target=job.target,
             line=f"crossfarm: {why}; re-running as attempt {moved.attempt}"))
         enqueue(farm, record.build_id, moved)
@@ -103,8 +103,8 @@ def _place_queued(farm: Farm, view: Fleet, served: Capacity, now: datetime) -> N
             waiting[job.job_id] = f"{waiting_for(arch, job.placement)}; {position}"
     for job_id in farm.store.set_waiting(waiting):
         record = farm.store.job(JobId(job_id))
-        farm.events.append(record.build_id, Event(kind="log", target=record.view.target,
-                                                  line=f"crossfarm: {waiting[job_id]}"))
+        tell(farm, record.build_id, Event(kind="log", target=record.view.target,
+                                          line=f"crossfarm: {waiting[job_id]}"))
 
 
 def _message_lost(farm: Farm, record: JobRecord, active: set[str], depth: dict[str, int],

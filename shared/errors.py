@@ -9,6 +9,7 @@
     ├── Conflict                  the request clashes with the current state (HTTP 409)
     │   └── IllegalTransition     a build-state move the state machine forbids
     ├── StorageError              the object store failed; retrying may help (HTTP 503)
+    ├── BrokerError               Redis (queues, events, flags) failed; retrying may help (503)
     └── BuildError                a build step failed on a worker
         ├── BuildTimeout          the build ran past its time limit
         └── BuildCancelled        the build was cancelled while it ran
@@ -77,6 +78,10 @@ class IllegalTransition(Conflict):
 
 class StorageError(CrossfarmError):
     """The object store failed; the operation may succeed when retried."""
+
+
+class BrokerError(CrossfarmError):
+    """Redis, which carries queues, log events and flags, failed; retrying may help."""
 
 
 class BuildError(CrossfarmError):

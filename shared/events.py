@@ -8,14 +8,20 @@ client that reconnects with Last-Event-ID resumes exactly where it stopped.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 import redis
 import redis.asyncio
 
 from crossfarm.shared import keys
+from crossfarm.shared.errors import BrokerError
 from crossfarm.shared.ids import BuildId, JobId
 from crossfarm.shared.wire import Event
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: Streams and flags outlive their build by this long, then Redis drops them.
 RETENTION_S = 7 * 24 * 3600
@@ -23,12 +29,27 @@ RETENTION_S = 7 * 24 * 3600
 MAX_EVENTS = 200_000
 
 
+def _translated(method: Callable[P, R]) -> Callable[P, R]:
+    """Redis errors become BrokerError, so callers decide without importing redis."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except redis.exceptions.RedisError as exc:
+            raise BrokerError(f"redis: {exc}") from exc
+
+    return call
+
+
 class Events:
-    """Append to a build's stream and raise or read cancel flags (blocking client)."""
+    """Append to a build's stream and raise or read cancel flags (blocking client).
+    Every method raises BrokerError when Redis fails."""
 
     def __init__(self, redis_url: str) -> None:
         self._redis = redis.Redis.from_url(redis_url)
 
+    @_translated
     def append(self, build_id: BuildId, event: Event) -> str:
         key = keys.events_stream(build_id)
         pipe = self._redis.pipeline()
@@ -37,16 +58,20 @@ class Events:
         entry_id, _ = pipe.execute()
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
+    @_translated
     def raise_cancel(self, job_id: JobId) -> None:
         self._redis.set(keys.cancel_flag(job_id), b"1", ex=RETENTION_S)
 
+    @_translated
     def is_cancelled(self, job_id: JobId) -> bool:
         return bool(self._redis.exists(keys.cancel_flag(job_id)))
 
+    @_translated
     def set_attempt(self, job_id: JobId, attempt: int) -> None:
         """Publish a job's current attempt, so a worker still running an older one stops."""
         self._redis.set(keys.attempt_key(job_id), str(attempt), ex=RETENTION_S)
 
+    @_translated
     def stop_reason(self, job_id: JobId, attempt: int) -> str | None:
         """Why a worker running `attempt` of a job must stop now, or None to go on."""
         cancelled, current = self._redis.mget(keys.cancel_flag(job_id), keys.attempt_key(job_id))
@@ -56,6 +81,7 @@ class Events:
             return f"superseded by attempt {int(current)}"
         return None
 
+    @_translated
     def queue_depth(self, queue: str) -> int:
         """Messages waiting in a Celery queue (kombu keeps one Redis list per priority step)."""
         names = [queue] + [f"{queue}\x06\x16{step}" for step in (3, 6, 9)]
@@ -64,6 +90,7 @@ class Events:
             pipe.llen(name)
         return sum(int(n) for n in pipe.execute())
 
+    @_translated
     def ping(self) -> bool:
         return bool(self._redis.ping())
 

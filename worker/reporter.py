@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-from crossfarm.shared.errors import Conflict
+from crossfarm.shared.errors import BrokerError, Conflict
 from crossfarm.shared.events import Events
 from crossfarm.shared.ids import BuildId, JobId
 from crossfarm.shared.wire import (
@@ -26,6 +26,7 @@ class Reporter:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=controller_url, headers=headers, timeout=30)
         self._events = events
+        self.dropped_lines = 0
 
     def started(self, job_id: JobId, report: JobStarted) -> StartVerdict:
         response = self._post(f"/v1/jobs/{job_id}/start", report.model_dump_json())
@@ -45,10 +46,18 @@ class Reporter:
         return HeartbeatReply.model_validate_json(response.content)
 
     def line(self, build_id: BuildId, target: str, text: str) -> None:
-        self._events.append(build_id, Event(kind="log", target=target, line=text))
+        """Forward a log line live; with Redis away it is dropped here (the whole log is
+        still stored with the artifacts)."""
+        try:
+            self._events.append(build_id, Event(kind="log", target=target, line=text))
+        except BrokerError:
+            self.dropped_lines += 1
 
     def stop_reason(self, job_id: JobId, attempt: int) -> str | None:
-        return self._events.stop_reason(job_id, attempt)
+        try:
+            return self._events.stop_reason(job_id, attempt)
+        except BrokerError:
+            return None  # Redis away for a moment: keep building, ask again next second
 
     def _post(self, path: str, body: str) -> httpx.Response:
         # The controller may be restarting: retry a few times before giving up on the report.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
@@ -66,15 +66,22 @@ async def stream_events(
     build = await run_in_threadpool(builds.get_build, farm, build_id)
     start = last_event_id or after or "0-0"
     reader: EventReader = request.app.state.event_reader
+
+    async def ended() -> bool:
+        if not follow:
+            return True
+        return (await run_in_threadpool(builds.get_build, farm, build_id)).state.terminal
+
     return StreamingResponse(
-        _sse(reader, build_id, start, build.state.terminal or not follow, request),
+        _sse(reader, build_id, start, build.state.terminal or not follow, ended, request),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
 async def _sse(
-    reader: EventReader, build_id: BuildId, after: str, terminal: bool, request: Request
+    reader: EventReader, build_id: BuildId, after: str, terminal: bool,
+    ended: Callable[[], Awaitable[bool]], request: Request,
 ) -> AsyncIterator[str]:
     yield "retry: 2000\n\n"
     while not await request.is_disconnected():
@@ -83,6 +90,9 @@ async def _sse(
             if terminal:  # all read (or the stream expired): still close with an end event
                 yield _frame(after, Event(kind="end"))
                 return
+            # The record is the truth: if the build ended while its events were lost (Redis
+            # restarted), one more read drains what is there, then the stream closes.
+            terminal = await ended()
             yield ": keep-alive\n\n"
             continue
         for entry_id, event in entries:

@@ -251,3 +251,24 @@ def test_a_build_longer_than_the_visibility_timeout_runs_once(farm, api, crate, 
     assert _manifests(farm, build["build_id"]) == [
         f"builds/{build['build_id']}/{X86}/attempt-1/manifest.json"]
     assert f"job {final['job_id']} not run: job is running" in logs
+
+
+def test_redis_restart_mid_build_the_build_and_its_follower_finish(farm, api, crate):
+    import sys
+
+    (crate / "build.rs").write_text(SLOW_BUILD_RS.replace("{secs}", "12"))
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "crossfarm.client", "build", "--target", X86, "--json"],
+        cwd=crate, env=farm.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    builds = _until(lambda: [b for b in api.get("/v1/builds", params={"limit": 1}).json()
+                             if b["jobs"][0]["state"] == "running"], "start")
+    time.sleep(2)
+    farm.stop_process("redis")  # no persistence: queues, streams and flags are gone
+    farm.start_redis()
+    _out, err = follower.communicate(timeout=300)
+    assert follower.returncode == 0, err
+    final = _job(api, builds[0]["build_id"])
+    assert (final["state"], final["attempt"]) == ("succeeded", 1)
+    assert (crate / "target" / X86 / "debug" / "hello-c").is_file()
+    assert _manifests(farm, builds[0]["build_id"]) == [
+        f"builds/{builds[0]['build_id']}/{X86}/attempt-1/manifest.json"]
