@@ -4,7 +4,7 @@ PYTHON ?= python3
 STATE ?= .crossfarm
 BUILDER_IMAGE ?= crossfarm/builder:1
 ARM64_IMAGE ?= crossfarm/arm64-test:1
-APT_PACKAGES := redis-server mmdebstrap qemu-user-static binfmt-support libc6-arm64-cross libgcc-s1-arm64-cross file git procps
+APT_PACKAGES := redis-server mmdebstrap qemu-user-static binfmt-support libc6-arm64-cross libgcc-s1-arm64-cross file git procps iproute2
 
 .PHONY: up down test lint typecheck unit integration install image images demo
 

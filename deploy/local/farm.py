@@ -2,7 +2,8 @@
 """A whole farm on this machine: Redis, SeaweedFS (S3), the controller and one worker.
 
 `make up` / `make down` use it, and the integration tests start their own
-farm with it on free loopback ports. Every process binds to 127.0.0.1.
+farm with it on free loopback ports. Every process binds to 127.0.0.1, or to the address
+of a test host the tests made themselves in a network namespace (`host`, `netns`).
 
     farm.py up [--dir .crossfarm]     start everything, wait until ready
     farm.py down [--dir .crossfarm]   stop what `up` started
@@ -66,18 +67,20 @@ class Farm:
     controller_port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     weed_ports: list[int] = field(default_factory=list)
+    #: where the services listen: loopback, or a namespace test host's own address
+    host: str = "127.0.0.1"
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+        return f"redis://{self.host}:{self.redis_port}/0"
 
     @property
     def s3_url(self) -> str:
-        return f"http://127.0.0.1:{self.s3_port}"
+        return f"http://{self.host}:{self.s3_port}"
 
     @property
     def controller_url(self) -> str:
-        return f"http://127.0.0.1:{self.controller_port}"
+        return f"http://{self.host}:{self.controller_port}"
 
     def env(self, **extra: str) -> dict[str, str]:
         """The CROSSFARM_* environment of every farm process."""
@@ -91,6 +94,7 @@ class Farm:
             "CROSSFARM_CONTROLLER_URL": self.controller_url,
             "CROSSFARM_URL": self.controller_url,
             "CROSSFARM_PORT": str(self.controller_port),
+            "CROSSFARM_HOST": self.host,
             "CROSSFARM_DATABASE_URL": f"sqlite:///{self.dir / 'crossfarm.db'}",
             # One machine, one architecture: let other targets use its cross toolchain.
             "CROSSFARM_DEFAULT_PLACEMENT": "cross-ok",
@@ -113,11 +117,13 @@ class Farm:
 
     def start_redis(self) -> None:
         proc = self._spawn("redis", [
-            "redis-server", "--bind", "127.0.0.1", "--port", str(self.redis_port),
+            "redis-server", "--bind", self.host, "--port", str(self.redis_port),
             "--dir", str(self.dir), "--save", "", "--appendonly", "no",
-            "--protected-mode", "yes",
+            # Protected mode refuses every non-loopback client: on a namespace test host
+            # of the tests' own, the workers are such clients.
+            "--protected-mode", "yes" if self.host.startswith("127.") else "no",
         ])
-        _wait(lambda: _redis_ping(self.redis_port), "redis-server", proc, 20)
+        _wait(lambda: _redis_ping(self.host, self.redis_port), "redis-server", proc, 20)
 
     def start_s3(self) -> None:
         data = self.dir / "seaweedfs"
@@ -133,7 +139,7 @@ class Farm:
         # a restart finds its own volumes where it left them.
         ports = self.weed_ports = self.weed_ports or [_free_low_port() for _ in range(4)]
         proc = self._spawn("seaweedfs", [
-            "weed", "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            "weed", "mini", f"-dir={data}", f"-ip={self.host}", f"-ip.bind={self.host}",
             f"-master.port={ports[0]}", f"-volume.port={ports[1]}", f"-filer.port={ports[2]}",
             f"-admin.port={ports[3]}", f"-s3.port={self.s3_port}", "-s3.port.iceberg=0",
             "-s3.port.lance=0", "-webdav=false", f"-s3.config={config}", f"-bucket={BUCKET}",
@@ -145,10 +151,13 @@ class Farm:
                            self.env(**extra))
         _wait(lambda: _http_ok(f"{self.controller_url}/v1/health"), "controller", proc, 60)
 
-    def start_worker(self, name: str = "worker", **extra: str) -> subprocess.Popen:
+    def start_worker(self, name: str = "worker", netns: str | None = None,
+                     **extra: str) -> subprocess.Popen:
+        """A worker process; with `netns`, on the test host of that network namespace."""
         env = self.env(CROSSFARM_WORKER_NAME=extra.pop("CROSSFARM_WORKER_NAME", name),
                        CROSSFARM_SCRATCH_DIR=str(self.dir / name), **extra)
-        proc = self._spawn(name, [sys.executable, "-m", "crossfarm.worker"], env)
+        host = ["ip", "netns", "exec", netns] if netns else []
+        proc = self._spawn(name, [*host, sys.executable, "-m", "crossfarm.worker"], env)
         worker = env["CROSSFARM_WORKER_NAME"]
         _wait(lambda: self.worker_state(worker) == "online", f"worker {name}", proc, 60)
         return proc
@@ -217,8 +226,8 @@ def _free_low_port() -> int:
     return port
 
 
-def _redis_ping(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+def _redis_ping(host: str, port: int) -> bool:
+    with socket.create_connection((host, port), timeout=1) as sock:
         sock.sendall(b"PING\r\n")
         return sock.recv(16).startswith(b"+PONG")
 
