@@ -137,7 +137,8 @@ def _build(tools: Toolbox, job: JobMessage, image: str, joblog: JobLog) -> JobFi
                            reason=exc.message)
     except StorageError as exc:
         return JobFinished(attempt=job.attempt, state=BuildState.FAILED,
-                           reason=f"storage: {exc.message}")
+                           reason=f"storage: {exc.message} (retryable: the build itself was "
+                                  "fine; resubmit once the object store is back)")
     except Exception as exc:  # a bug or an engine failure must still end the job as data
         log.exception("job %s failed on this worker", job.job_id)
         return JobFinished(attempt=job.attempt, state=BuildState.FAILED,
