@@ -16,7 +16,7 @@ from crossfarm.client.render import Progress, build_table, emit_json, note
 from crossfarm.client.source import scan, send
 from crossfarm.shared.arch import Placement
 from crossfarm.shared.states import BuildState
-from crossfarm.shared.wire import BuildRequest, BuildView
+from crossfarm.shared.wire import BuildRequest
 
 #: Exit codes scripts can rely on (documented in docs/ci.md).
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_CANCELLED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -171,7 +171,3 @@ def download_all(client: FarmClient, build_id: str, dest: Path,
         client.download(artifact, target, progress(artifact.name) if progress else None)
         note(f"{artifact.target}: {target}")
     return len(artifacts)
-
-
-__all__ = ["BuildOptions", "BuildView", "download_all", "exit_code", "follow", "last_build",
-           "run_build"]
