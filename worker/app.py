@@ -61,10 +61,14 @@ def _heartbeat(app: Celery, settings: WorkerSettings, host: Arch, node: str) -> 
         if reaped := docker.reap(settings.worker_name, running_tasks):
             log.warning("reaped %d orphan container(s)/volume(s)", reaped)
 
+    def consuming() -> bool:
+        # Answered from the consumer's own event loop: proof that it still runs.
+        return bool(app.control.ping(destination=[node], timeout=3))
+
     beat = Heartbeat(reporter, settings.worker_name,
                      lambda: describe(settings, host, docker.image_id(settings.builder_image),
                                       running_tasks()),
-                     settings.heartbeat_s, consume, housekeeping)
+                     settings.heartbeat_s, consume, housekeeping, consuming)
     beat.start()
     return beat
 

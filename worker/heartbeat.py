@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable
 from importlib import metadata
 
@@ -45,11 +47,19 @@ class Heartbeat:
 
     def __init__(self, reporter: Reporter, name: str, info: Callable[[], WorkerHeartbeat],
                  interval_s: float, consume: Callable[[bool], None],
-                 housekeeping: Callable[[], None] | None = None) -> None:
+                 housekeeping: Callable[[], None] | None = None,
+                 consuming: Callable[[], bool] | None = None,
+                 give_up_s: float = 45, exit: Callable[[int], None] = os._exit) -> None:
         self._reporter, self._name, self._info = reporter, name, info
         self._interval = interval_s
         self._consume = consume
         self._housekeeping = housekeeping
+        self._consuming = consuming
+        self._give_up_s = give_up_s
+        self._exit = exit
+        self._last_consuming = time.monotonic()
+        self._last_check = 0.0
+        self._stuck = False
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._fresh = True
@@ -70,8 +80,8 @@ class Heartbeat:
 
     def beat(self) -> None:
         with self._lock:
-            info = self._info().model_copy(
-                update={"draining": self._asked_to_drain or self._shutting_down})
+            info = self._info().model_copy(update={
+                "draining": self._asked_to_drain or self._shutting_down or self._stuck})
             try:
                 reply = self._reporter.heartbeat(self._name, info, fresh_start=self._fresh)
             except (httpx.HTTPError, OSError) as exc:
@@ -83,8 +93,29 @@ class Heartbeat:
                 self._asked_to_drain = reply.drain
                 self._consume(not reply.drain)
 
+    def watch(self, now: float) -> None:
+        """A worker whose consumer stopped (Celery can fail to recover from a broker restart)
+        must not look online: after give_up_s without an answer it reports draining, and
+        once nothing runs it exits non-zero for its supervisor to restart it."""
+        if self._consuming is None or now - self._last_check < 10:
+            return
+        self._last_check = now
+        if self._consuming():
+            self._last_consuming, self._stuck = now, False
+            return
+        if now - self._last_consuming < self._give_up_s:
+            return
+        if not self._stuck:
+            log.error("%s: its consumer has not answered for %.0f s; draining",
+                      self._name, now - self._last_consuming)
+            self._stuck = True
+        if not self._info().running:
+            log.error("%s: exiting for a restart: the broker consumer is gone", self._name)
+            self._exit(3)
+
     def _run(self) -> None:
         while not self._stop.is_set():
+            self.watch(time.monotonic())
             self.beat()
             if self._housekeeping is not None:
                 try:

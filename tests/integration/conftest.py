@@ -20,6 +20,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
 BUILDER_IMAGE = "crossfarm/builder:1"
+#: The shared amd64 worker's settings (a test that must restart it uses them too).
+WORKER_AMD64 = {"CROSSFARM_CROSS_ARCHES": "arm64", "CROSSFARM_CONCURRENCY": "2",
+                "CROSSFARM_BUILD_CPUS": "1", "CROSSFARM_HEARTBEAT_S": "1"}
 
 
 def _load_farm_module() -> ModuleType:
@@ -58,9 +61,7 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         # Short fleet bounds, so tests of loss and placement do not wait for minutes.
         running.start_controller(CROSSFARM_LOST_AFTER_S="6", CROSSFARM_PLACER_INTERVAL_S="0.5",
                                  CROSSFARM_LEASE_GRACE_S="5", CROSSFARM_RECONCILE_AFTER_S="5")
-        running.start_worker("worker-amd64", CROSSFARM_CROSS_ARCHES="arm64",
-                             CROSSFARM_CONCURRENCY="2", CROSSFARM_BUILD_CPUS="1",
-                             CROSSFARM_HEARTBEAT_S="1")
+        running.start_worker("worker-amd64", **WORKER_AMD64)
         yield running
     finally:
         running.stop()

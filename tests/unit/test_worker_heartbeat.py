@@ -70,3 +70,57 @@ def test_the_description_carries_the_workers_resources_and_image():
     assert info.labels == {"rack": "r1"}
     assert info.hostname == socket.gethostname()
     assert info.version
+
+
+class _Reporter:
+    def __init__(self):
+        self.sent = []
+
+    def heartbeat(self, name, info, fresh_start):
+        from crossfarm.shared.wire import HeartbeatReply
+
+        self.sent.append(info)
+        return HeartbeatReply(drain=False)
+
+
+def _watched(consuming, running=()):
+    from crossfarm.shared.arch import Arch
+    from crossfarm.worker.heartbeat import Heartbeat, describe
+    from crossfarm.worker.settings import WorkerSettings
+
+    exits = []
+    settings = WorkerSettings(worker_name="w1")
+    beat = Heartbeat(_Reporter(), "w1", lambda: describe(settings, Arch.AMD64, None, set(running)),
+                     1.0, lambda on: None, consuming=consuming, give_up_s=45,
+                     exit=exits.append)
+    return beat, exits
+
+
+def test_a_worker_whose_consumer_answers_stays_online():
+    beat, exits = _watched(lambda: True)
+    for t in range(0, 200, 10):
+        beat.watch(1000.0 + t)
+    beat.beat()
+    assert not beat._reporter.sent[-1].draining
+    assert exits == []
+
+
+def test_a_silent_consumer_first_drains_the_worker_then_exits_it_once_idle():
+    answers = iter([True] + [False] * 20)
+    beat, exits = _watched(lambda: next(answers), running={"j-1-1"})
+    beat.watch(1000.0)  # answers
+    beat.watch(1030.0)  # silent 30 s: within the bound
+    beat.beat()
+    assert not beat._reporter.sent[-1].draining
+    beat.watch(1050.0)  # silent 50 s: gives up, but a build runs
+    beat.beat()
+    assert beat._reporter.sent[-1].draining
+    assert exits == []
+
+
+def test_a_silent_consumer_with_nothing_running_exits_for_a_restart():
+    answers = iter([True] + [False] * 20)
+    beat, exits = _watched(lambda: next(answers))
+    beat.watch(1000.0)
+    beat.watch(1050.0)
+    assert exits == [3]
