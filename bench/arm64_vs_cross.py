@@ -13,7 +13,6 @@ crossfarm saves a user who would otherwise emulate: the ratio emulated / cross.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -27,17 +26,12 @@ from crossfarm.shared.arch import Placement
 from crossfarm.shared.wire import BuildRequest, JobView
 
 REPO = Path(__file__).resolve().parents[1]
+# The local-farm launcher is a script, not a package module: import it from its folder.
+sys.path.insert(0, str(REPO / "deploy" / "local"))
+import farm as localfarm  # noqa: E402
+
 ARM = "aarch64-unknown-linux-gnu"
 
-
-def _localfarm():
-    spec = importlib.util.spec_from_file_location("localfarm", REPO / "deploy/local/farm.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["localfarm"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def timed_build(client: FarmClient, source: str, placement: Placement) -> tuple[float, JobView]:
@@ -52,7 +46,6 @@ def timed_build(client: FarmClient, source: str, placement: Placement) -> tuple[
 
 def main() -> None:
     crate = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "tests/fixtures/hello-c"
-    localfarm = _localfarm()
     farm = localfarm.Farm(dir=(REPO / ".crossfarm").resolve(), redis_port=6379, s3_port=8333,
                           controller_port=8700)
     with tempfile.TemporaryDirectory() as tmp, FarmClient(farm.controller_url) as client:

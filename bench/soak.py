@@ -13,7 +13,6 @@ and orphan containers. Run by hand (not in CI):
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import random
 import shutil
@@ -31,18 +30,13 @@ from crossfarm.client.source import scan, send
 from crossfarm.shared.storage import S3Store, StorageSettings
 
 REPO = Path(__file__).resolve().parents[1]
+# The local-farm launcher is a script, not a package module: import it from its folder.
+sys.path.insert(0, str(REPO / "deploy" / "local"))
+import farm as localfarm  # noqa: E402
+
 X86 = "x86_64-unknown-linux-gnu"
 WORKERS = ("soak-a", "soak-b")
 
-
-def _localfarm():
-    spec = importlib.util.spec_from_file_location("localfarm", REPO / "deploy/local/farm.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["localfarm"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def main() -> None:
@@ -53,7 +47,6 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=1800)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    localfarm = _localfarm()
     with tempfile.TemporaryDirectory() as tmp:
         farm = localfarm.Farm(dir=Path(tmp))
         fast = {"CROSSFARM_HEARTBEAT_S": "1"}

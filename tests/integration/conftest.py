@@ -7,17 +7,19 @@ pipeline works.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+# The local-farm launcher is a script, not a package module: import it from its folder.
+sys.path.insert(0, str(REPO / "deploy" / "local"))
+import farm as localfarm  # noqa: E402
+
 FIXTURES = REPO / "tests" / "fixtures"
 BUILDER_IMAGE = "crossfarm/builder:1"
 #: The shared amd64 worker's settings (a test that must restart it uses them too).
@@ -25,17 +27,6 @@ WORKER_AMD64 = {"CROSSFARM_CROSS_ARCHES": "arm64", "CROSSFARM_CONCURRENCY": "2",
                 "CROSSFARM_BUILD_CPUS": "1", "CROSSFARM_HEARTBEAT_S": "1"}
 
 
-def _load_farm_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("localfarm", REPO / "deploy/local/farm.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["localfarm"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-localfarm = _load_farm_module()
 
 
 def _require(condition: bool, message: str) -> None:

@@ -7,7 +7,6 @@ cut. Prints one JSON document of what happened.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -18,17 +17,12 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[2]
+# The local-farm launcher is a script, not a package module: import it from its folder.
+sys.path.insert(0, str(REPO / "deploy" / "local"))
+import farm as localfarm  # noqa: E402
+
 X86 = "x86_64-unknown-linux-gnu"
 
-
-def _localfarm():
-    spec = importlib.util.spec_from_file_location("localfarm", REPO / "deploy/local/farm.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["localfarm"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _until(check, what, timeout=120):
@@ -42,7 +36,6 @@ def _until(check, what, timeout=120):
 
 def main() -> None:
     state_dir, hub_ip, w1_ns, w2_ns, net_ns, cut_link = sys.argv[1:7]
-    localfarm = _localfarm()
     Path(state_dir).mkdir(parents=True, exist_ok=True)
     farm = localfarm.Farm(dir=Path(state_dir), host=hub_ip)
     result: dict[str, object] = {}

@@ -193,7 +193,7 @@ def git_server(tmp_path_factory):
         subprocess.run(["git", *args], cwd=repo, env=env, check=True)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
                             text=True, check=True).stdout.strip()
-    from localfarm import free_port  # loaded by conftest
+    from farm import free_port  # deploy/local, on the path via conftest
 
     port = free_port()
     daemon = subprocess.Popen(
@@ -232,7 +232,7 @@ def test_git_source_with_a_missing_rev_is_a_clear_error(farm, cli, git_server, t
 
 
 def test_git_source_with_a_bad_url_is_a_clear_error(farm, cli, tmp_path):
-    from localfarm import free_port
+    from farm import free_port
 
     url = f"git://127.0.0.1:{free_port()}/nothing"
     result = cli(tmp_path, "build", "--git", url, "--rev", "main", "--target", X86)
