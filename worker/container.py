@@ -20,6 +20,8 @@ from typing import IO, Any
 import docker
 import docker.errors
 import requests.exceptions
+from docker.models.containers import Container as EngineContainer
+from docker.models.volumes import Volume as EngineVolume
 
 from crossfarm.shared.errors import BuildCancelled, BuildError, BuildTimeout
 
@@ -70,10 +72,9 @@ class Docker:
 
     def image_id(self, name: str) -> str | None:
         try:
-            image_id: str = self._client.images.get(name).id
+            return self._client.images.get(name).id
         except docker.errors.ImageNotFound:
             return None
-        return image_id
 
     @contextmanager
     def volume(self, name: str, labels: dict[str, str]) -> Iterator[str]:
@@ -120,20 +121,27 @@ class Docker:
         """Remove this worker's containers and job volumes whose "<job>-<attempt>" is not in
         keep() (leftovers of a build process that died). keep() is read after listing, so
         a build that starts meanwhile is never mistaken for a leftover."""
-        selector = {"label": [f"{LABEL}=1", f"io.crossfarm.worker={worker}"]}
+        selector: dict[str, str | list[str] | bool] = {
+            "label": [f"{LABEL}=1", f"io.crossfarm.worker={worker}"]
+        }
         containers = self._client.containers.list(all=True, filters=selector)
         volumes = self._client.volumes.list(filters=selector)
         alive = keep()
+        leftovers: list[EngineContainer | EngineVolume] = [
+            *(c for c in containers if _task(c.labels) not in alive),
+            *(v for v in volumes if _task(v.attrs.get("Labels") or {}) not in alive),
+        ]
         removed = 0
-        for thing in [*containers, *volumes]:
-            labels = thing.attrs.get("Config", {}).get("Labels") or thing.attrs.get("Labels") or {}
-            task = f"{labels.get('io.crossfarm.job')}-{labels.get('io.crossfarm.attempt')}"
-            if task in alive:
-                continue
+        for thing in leftovers:
             with suppress(docker.errors.NotFound, docker.errors.APIError):
                 thing.remove(force=True)
                 removed += 1
         return removed
+
+
+def _task(labels: dict[str, str]) -> str:
+    """The "<job>-<attempt>" a labelled container or volume belongs to."""
+    return f"{labels.get('io.crossfarm.job')}-{labels.get('io.crossfarm.attempt')}"
 
 
 class Container:
