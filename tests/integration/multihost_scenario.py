@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+from polling import until
 
 REPO = Path(__file__).resolve().parents[2]
 # The local-farm launcher is a script, not a package module: import it from its folder.
@@ -24,14 +25,6 @@ import farm as localfarm  # noqa: E402
 X86 = "x86_64-unknown-linux-gnu"
 
 
-
-def _until(check, what, timeout=120):
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.3)
-    return value
 
 
 def main() -> None:
@@ -72,21 +65,21 @@ def _scenario(farm, cut: list[str]) -> dict[str, object]:
     with FarmClient(farm.controller_url) as client:
         source = send(client, scan(crate)).status.digest
     api.post("/v1/workers/mh-w2/drain")  # so the build starts on worker 1
-    _until(lambda: farm.worker_state("mh-w2") == "drained", "w2 drained")
+    until(lambda: farm.worker_state("mh-w2") == "drained", "w2 drained")
     build_id = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()[
         "build_id"]
 
     def job():
         return api.get(f"/v1/builds/{build_id}").json()["jobs"][0]
 
-    first = _until(lambda: (j := job())["state"] == "running" and j, "start")
+    first = until(lambda: (j := job())["state"] == "running" and j, "start")
     time.sleep(3)
     api.delete("/v1/workers/mh-w2/drain")
     subprocess.run(cut, check=True)  # worker 1 is cut off from the hub
     cut = time.monotonic()
-    rerun = _until(lambda: (j := job())["attempt"] == 2 and j, "re-run", 60)
+    rerun = until(lambda: (j := job())["attempt"] == 2 and j, "re-run", 60)
     rerun_after = time.monotonic() - cut
-    final = _until(lambda: (j := job())["state"] in ("succeeded", "failed") and j, "end", 300)
+    final = until(lambda: (j := job())["state"] in ("succeeded", "failed") and j, "end", 300)
     time.sleep(20)  # worker 1's own build ends meanwhile; it must not publish
     store = S3Store(StorageSettings(endpoint_url=farm.s3_url, bucket="crossfarm",
                                     access_key="crossfarm", secret_key="crossfarm-local-secret"))

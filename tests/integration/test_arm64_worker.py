@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from polling import until
 
 from crossfarm.shared.wire import BuildView
 
@@ -24,13 +25,6 @@ NAME = "worker-arm64"
 X86 = "x86_64-unknown-linux-gnu"
 ARM = "aarch64-unknown-linux-gnu"
 
-
-def _until(check, what: str, timeout: float):
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
-    return value
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +80,7 @@ def test_with_the_arm64_worker_gone_native_waits_and_cross_ok_crosses(
         farm, arm64_worker, crate, cli):
     subprocess.run(["docker", "stop", "-t", "60", f"crossfarm-{arm64_worker}"], check=True,
                    capture_output=True)
-    _until(lambda: farm.worker_state(arm64_worker) in ("drained", "lost"), "the worker gone",
+    until(lambda: farm.worker_state(arm64_worker) in ("drained", "lost"), "the worker gone",
            60)
 
     waiting = cli(crate, "build", "--target", ARM, "--placement", "native", "--wait-limit",

@@ -10,6 +10,7 @@ import time
 
 import httpx
 import pytest
+from polling import until
 
 from crossfarm.client.api import FarmClient
 from crossfarm.client.source import scan, send
@@ -39,20 +40,13 @@ def _source(farm, crate, sleep_s: int | None = None) -> str:
         return send(client, scan(crate)).status.digest
 
 
-def _until(check, what: str, timeout: float = 120):
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-    return value
-
 
 def _job(api, build_id: str) -> dict:
     return api.get(f"/v1/builds/{build_id}").json()["jobs"][0]
 
 
 def _finished(api, build_id: str, timeout: float = 300) -> dict:
-    return _until(lambda: (j := _job(api, build_id))["state"] in ("succeeded", "failed",
+    return until(lambda: (j := _job(api, build_id))["state"] in ("succeeded", "failed",
                                                                   "cancelled") and j,
                   f"build {build_id} to finish", timeout)
 
@@ -74,10 +68,10 @@ def _manifests(farm, build_id: str) -> list[str]:
 def only(farm, api):
     """Let only the named worker take jobs: drain the shared one for the test."""
     assert api.post("/v1/workers/worker-amd64/drain").status_code == 200
-    _until(lambda: farm.worker_state("worker-amd64") == "drained", "worker-amd64 drained")
+    until(lambda: farm.worker_state("worker-amd64") == "drained", "worker-amd64 drained")
     yield
     api.delete("/v1/workers/worker-amd64/drain")
-    _until(lambda: farm.worker_state("worker-amd64") == "online", "worker-amd64 back")
+    until(lambda: farm.worker_state("worker-amd64") == "online", "worker-amd64 back")
 
 
 def test_kill_9_of_a_worker_mid_build_reruns_the_job_once_elsewhere(farm, api, crate, only):
@@ -85,15 +79,15 @@ def test_kill_9_of_a_worker_mid_build_reruns_the_job_once_elsewhere(farm, api, c
     source = _source(farm, crate, sleep_s=15)
     build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
     build_id = build["build_id"]
-    first = _until(lambda: (j := _job(api, build_id))["state"] == "running" and j, "start")
+    first = until(lambda: (j := _job(api, build_id))["state"] == "running" and j, "start")
     assert first["worker"] == "worker-victim"
-    _until(lambda: _containers(f"io.crossfarm.job={first['job_id']}"), "the build container")
+    until(lambda: _containers(f"io.crossfarm.job={first['job_id']}"), "the build container")
 
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait(timeout=30)
     killed = time.monotonic()
     api.delete("/v1/workers/worker-amd64/drain")  # a live worker to take the re-run
-    rerun = _until(lambda: (j := _job(api, build_id))["attempt"] == 2 and j, "the re-run", 60)
+    rerun = until(lambda: (j := _job(api, build_id))["attempt"] == 2 and j, "the re-run", 60)
     print(f"worker kill -9 to re-run queued: {time.monotonic() - killed:.1f} s")
     final = _finished(api, build_id)
 
@@ -103,7 +97,7 @@ def test_kill_9_of_a_worker_mid_build_reruns_the_job_once_elsewhere(farm, api, c
     assert _manifests(farm, build_id) == [f"builds/{build_id}/{X86}/attempt-2/manifest.json"]
     # The dead worker's container is an orphan until a worker of that name starts again.
     farm.start_worker("worker-victim", CROSSFARM_HEARTBEAT_S="1")
-    _until(lambda: not _containers(f"io.crossfarm.job={first['job_id']}"), "the reap", 30)
+    until(lambda: not _containers(f"io.crossfarm.job={first['job_id']}"), "the reap", 30)
     farm.stop_process("worker-victim")
 
 
@@ -113,8 +107,8 @@ def test_kill_9_of_the_pool_process_reruns_the_job_and_reaps_its_container(
     source = _source(farm, crate, sleep_s=15)
     build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
     build_id = build["build_id"]
-    first = _until(lambda: (j := _job(api, build_id))["state"] == "running" and j, "start")
-    _until(lambda: _containers(f"io.crossfarm.job={first['job_id']}"), "the build container")
+    first = until(lambda: (j := _job(api, build_id))["state"] == "running" and j, "start")
+    until(lambda: _containers(f"io.crossfarm.job={first['job_id']}"), "the build container")
 
     children = subprocess.run(["pgrep", "-P", str(victim.pid)], capture_output=True,
                               text=True).stdout.split()
@@ -122,7 +116,7 @@ def test_kill_9_of_the_pool_process_reruns_the_job_and_reaps_its_container(
     for pid in children:
         os.kill(int(pid), signal.SIGKILL)
     # The worker lives on and no longer lists the job: its lease lapses after the grace.
-    _until(lambda: not _containers(f"io.crossfarm.job={first['job_id']},"
+    until(lambda: not _containers(f"io.crossfarm.job={first['job_id']},"
                                    "io.crossfarm.attempt=1"), "the orphan reaped", 30)
     final = _finished(api, build_id)
     assert final["state"] == "succeeded"
@@ -147,7 +141,7 @@ def test_redis_flushed_while_a_job_waits_the_reconciler_resends_it(farm, api, cr
 def test_controller_restart_mid_build_loses_nothing(farm, api, crate):
     source = _source(farm, crate, sleep_s=8)
     build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
-    _until(lambda: _job(api, build["build_id"])["state"] == "running", "start")
+    until(lambda: _job(api, build["build_id"])["state"] == "running", "start")
     farm.stop_process("controller")
     farm.start_controller(CROSSFARM_LOST_AFTER_S="6", CROSSFARM_PLACER_INTERVAL_S="0.5",
                           CROSSFARM_LEASE_GRACE_S="5", CROSSFARM_RECONCILE_AFTER_S="5")
@@ -159,12 +153,12 @@ def test_controller_restart_mid_build_loses_nothing(farm, api, crate):
 def test_cancel_stops_the_container_within_five_seconds(farm, api, crate):
     source = _source(farm, crate, sleep_s=120)
     build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
-    job = _until(lambda: (j := _job(api, build["build_id"]))["state"] == "running" and j,
+    job = until(lambda: (j := _job(api, build["build_id"]))["state"] == "running" and j,
                  "start")
-    _until(lambda: _containers(f"io.crossfarm.job={job['job_id']}"), "the build container")
+    until(lambda: _containers(f"io.crossfarm.job={job['job_id']}"), "the build container")
     started = time.monotonic()
     api.post(f"/v1/builds/{build['build_id']}/cancel")
-    _until(lambda: not _containers(f"io.crossfarm.job={job['job_id']}"), "container gone", 10)
+    until(lambda: not _containers(f"io.crossfarm.job={job['job_id']}"), "container gone", 10)
     latency = time.monotonic() - started
     print(f"cancel to container gone: {latency:.2f} s")
     assert latency < 5
@@ -204,11 +198,11 @@ def test_sigterm_mid_build_finishes_the_running_job_then_exits(farm, api, crate,
     proc = farm.start_worker("worker-sigterm", CROSSFARM_HEARTBEAT_S="1")
     source = _source(farm, crate, sleep_s=10)
     build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
-    job = _until(lambda: (j := _job(api, build["build_id"]))["state"] == "running" and j,
+    job = until(lambda: (j := _job(api, build["build_id"]))["state"] == "running" and j,
                  "start")
     assert job["worker"] == "worker-sigterm"
     proc.send_signal(signal.SIGTERM)  # the main process only, as an init system would
-    assert _until(lambda: farm.worker_state("worker-sigterm") == "draining", "draining", 10)
+    assert until(lambda: farm.worker_state("worker-sigterm") == "draining", "draining", 10)
     final = _finished(api, build["build_id"])
     assert (final["state"], final["attempt"], final["worker"]) == (
         "succeeded", 1, "worker-sigterm")
@@ -221,7 +215,7 @@ def test_storage_down_at_upload_fails_the_job_with_a_storage_error_and_publishes
         farm, api, crate):
     source = _source(farm, crate, sleep_s=8)
     build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
-    _until(lambda: _job(api, build["build_id"])["state"] == "running", "start")
+    until(lambda: _job(api, build["build_id"])["state"] == "running", "start")
     farm.stop_process("seaweedfs")
     try:
         final = _finished(api, build["build_id"], timeout=300)
@@ -262,7 +256,7 @@ def test_redis_restart_mid_build_the_build_and_its_follower_finish(farm, api, cr
     follower = subprocess.Popen(
         [sys.executable, "-m", "crossfarm.client", "build", "--target", X86, "--json"],
         cwd=crate, env=farm.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    builds = _until(lambda: [b for b in api.get("/v1/builds", params={"limit": 1}).json()
+    builds = until(lambda: [b for b in api.get("/v1/builds", params={"limit": 1}).json()
                              if b["jobs"][0]["state"] == "running"], "start")
     time.sleep(2)
     farm.stop_process("redis")  # no persistence: queues, streams and flags are gone

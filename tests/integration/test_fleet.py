@@ -9,6 +9,7 @@ import time
 
 import httpx
 import pytest
+from polling import until
 
 from crossfarm.client.api import FarmClient
 from crossfarm.client.source import scan, send
@@ -31,13 +32,6 @@ def source(farm, crate) -> str:
         return send(client, scan(crate)).status.digest
 
 
-def _until(check, what: str, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-    return value
-
 
 def _job(api, build_id: str) -> dict:
     return api.get(f"/v1/builds/{build_id}").json()["jobs"][0]
@@ -50,10 +44,10 @@ def test_native_placement_waits_with_the_reason_and_fails_at_its_wait_limit(api,
     assert job["queue"] == "crossfarm.builds.arm64"
     assert job["waiting"].startswith("waiting: no arm64 worker online")
     assert "--placement cross-ok" in job["waiting"]
-    waiting = _until(lambda: "position 1 in crossfarm.builds.arm64" in (
+    waiting = until(lambda: "position 1 in crossfarm.builds.arm64" in (
         _job(api, build["build_id"])["waiting"] or ""), "the placer's position")
     assert waiting
-    failed = _until(lambda: (j := _job(api, build["build_id"]))["state"] == "failed" and j,
+    failed = until(lambda: (j := _job(api, build["build_id"]))["state"] == "failed" and j,
                     "the wait limit", timeout=30)
     assert failed["reason"].startswith("no worker started it within its wait limit of 4 s")
     assert failed["worker"] is None
@@ -62,7 +56,7 @@ def test_native_placement_waits_with_the_reason_and_fails_at_its_wait_limit(api,
 def test_cross_ok_placement_runs_on_the_amd64_worker_and_says_why(api, source):
     build = api.post("/v1/builds", json={"source": source, "targets": [ARM],
                                          "placement": "cross-ok"}).json()
-    job = _until(lambda: (j := _job(api, build["build_id"]))["state"] in ("succeeded", "failed")
+    job = until(lambda: (j := _job(api, build["build_id"]))["state"] in ("succeeded", "failed")
                  and j, "the build", timeout=300)
     assert job["state"] == "succeeded"
     assert job["mode"] == "cross"
@@ -74,7 +68,7 @@ def test_a_drained_worker_takes_no_new_job_and_resumes_when_undrained(farm, api,
     drained = api.post("/v1/workers/worker-amd64/drain")
     assert drained.status_code == 200
     try:
-        assert _until(lambda: farm.worker_state("worker-amd64") == "drained", "drained")
+        assert until(lambda: farm.worker_state("worker-amd64") == "drained", "drained")
         build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
         assert _job(api, build["build_id"])["waiting"].startswith(
             "waiting: no amd64 worker online")
@@ -82,7 +76,7 @@ def test_a_drained_worker_takes_no_new_job_and_resumes_when_undrained(farm, api,
         assert _job(api, build["build_id"])["state"] == "queued"
     finally:
         assert api.delete("/v1/workers/worker-amd64/drain").status_code == 200
-    job = _until(lambda: (j := _job(api, build["build_id"]))["state"] in ("succeeded", "failed")
+    job = until(lambda: (j := _job(api, build["build_id"]))["state"] in ("succeeded", "failed")
                  and j, "the build after undrain", timeout=300)
     assert job["state"] == "succeeded"
     assert farm.worker_state("worker-amd64") == "online"
@@ -99,7 +93,7 @@ def test_sigterm_drains_a_worker_then_it_is_reported_lost(farm):
     farm.procs.pop("worker-term")
     assert farm.worker_state("worker-term") in ("draining", "drained")
     started = time.monotonic()
-    _until(lambda: farm.worker_state("worker-term") == "lost", "lost", timeout=30)
+    until(lambda: farm.worker_state("worker-term") == "lost", "lost", timeout=30)
     # The controller's bound is 6 s after the last heartbeat (conftest).
     assert time.monotonic() - started <= 8
 
@@ -110,7 +104,7 @@ def test_a_killed_worker_is_reported_lost_within_the_bound(farm):
     proc.wait(timeout=30)
     farm.procs.pop("worker-kill")
     killed = time.monotonic()
-    _until(lambda: farm.worker_state("worker-kill") == "lost", "lost", timeout=30)
+    until(lambda: farm.worker_state("worker-kill") == "lost", "lost", timeout=30)
     detected = time.monotonic() - killed
     print(f"kill -9 to lost: {detected:.1f} s (bound 6 s, heartbeat 1 s)")
     assert detected <= 8
