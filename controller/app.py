@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from crossfarm.controller import errors, placer
+from crossfarm.controller import errors, placer, uploads
 from crossfarm.controller.api import builds as builds_api
 from crossfarm.controller.api import jobs as jobs_api
 from crossfarm.controller.api import sources as sources_api
@@ -58,14 +58,15 @@ def create_farm(settings: ControllerSettings) -> Farm:
     )
 
 
-async def _place_forever(farm: Farm) -> None:
-    """Run the placer every few seconds; a failed pass is logged, never fatal."""
+async def _every(interval_s: float, chore: Callable[[Farm], object], farm: Farm) -> None:
+    """Run a chore (the placer, the upload sweep) every interval; a failed pass is
+    logged, never fatal."""
     while True:
         try:
-            await run_in_threadpool(placer.tick, farm)
+            await run_in_threadpool(chore, farm)
         except Exception:  # the next pass retries; the controller must keep serving
-            log.exception("placer pass failed")
-        await asyncio.sleep(farm.settings.placer_interval_s)
+            log.exception("%s pass failed", chore.__module__)
+        await asyncio.sleep(interval_s)
 
 
 def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAPI:
@@ -73,9 +74,14 @@ def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAP
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.farm = farm or create_farm(settings)
         app.state.event_reader = EventReader(settings.redis_url)
-        placing = asyncio.create_task(_place_forever(app.state.farm))
+        running: Farm = app.state.farm
+        chores = [
+            asyncio.create_task(_every(running.settings.placer_interval_s, placer.tick, running)),
+            asyncio.create_task(_every(running.settings.upload_sweep_s, uploads.sweep, running)),
+        ]
         yield
-        placing.cancel()
+        for chore in chores:
+            chore.cancel()
         await app.state.event_reader.close()
         app.state.farm.store.close()
 

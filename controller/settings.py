@@ -48,6 +48,8 @@ class ControllerSettings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, le=20)
     #: a queued job whose queue holds no message this long is re-sent (the broker lost it)
     reconcile_after_s: float = Field(default=60, gt=0)
+    #: how often unfinished multipart uploads that no running attempt owns are aborted
+    upload_sweep_s: float = Field(default=300, gt=0)
     host: str = "127.0.0.1"
     port: int = 8700
 

@@ -83,3 +83,14 @@ def manifest_key(build_id: BuildId, target: str, attempt: int) -> str:
 
 def log_key(build_id: BuildId, target: str, attempt: int) -> str:
     return f"{job_prefix(build_id, target, attempt)}build.log"
+
+
+def parse_job_key(key: str) -> tuple[BuildId, str, int]:
+    """The build, target and attempt an output key (under job_prefix) belongs to."""
+    parts = key.split("/")
+    if len(parts) < 5 or parts[0] != "builds" or not parts[3].startswith("attempt-"):
+        raise ValueError(f"{key!r} is not a build output key")
+    number = parts[3].removeprefix("attempt-")
+    if not (number.isascii() and number.isdigit()) or number.startswith("0"):
+        raise ValueError(f"{key!r}: bad attempt {parts[3]!r}")
+    return BuildId(parts[1]), parts[2], int(number)

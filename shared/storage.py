@@ -33,6 +33,14 @@ class StorageSettings:
     public_endpoint_url: str | None = None
 
 
+@dataclass(frozen=True)
+class PendingUpload:
+    """A multipart upload that was started and neither completed nor aborted."""
+
+    key: str
+    upload_id: str
+
+
 class ObjectStore(Protocol):
     """What the controller and the workers need from object storage."""
 
@@ -43,6 +51,8 @@ class ObjectStore(Protocol):
     def get_bytes(self, key: str) -> bytes: ...
     def download(self, key: str, path: Path) -> None: ...
     def presign_get(self, key: str, expires_s: int) -> str: ...
+    def pending_uploads(self, prefix: str) -> list[PendingUpload]: ...
+    def abort_upload(self, upload: PendingUpload) -> None: ...
 
 
 def _client(endpoint: str, settings: StorageSettings) -> Any:
@@ -121,11 +131,36 @@ class S3Store:
                 keys += [item["Key"] for item in page.get("Contents", [])]
         return keys
 
+    def pending_uploads(self, prefix: str) -> list[PendingUpload]:
+        """Multipart uploads under `prefix` that were never completed: their parts take
+        space on the server but no object shows them."""
+        found: list[PendingUpload] = []
+        with _translated(prefix):
+            pages = self._s3.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self._bucket, Prefix=prefix)
+            for page in pages:
+                found += [PendingUpload(item["Key"], item["UploadId"])
+                          for item in page.get("Uploads", [])]
+        return found
+
+    def abort_upload(self, upload: PendingUpload) -> None:
+        """Drop an unfinished multipart upload and its parts; one already gone is fine."""
+        try:
+            with _translated(upload.key):
+                self._s3.abort_multipart_upload(
+                    Bucket=self._bucket, Key=upload.key, UploadId=upload.upload_id)
+        except NotFound:
+            pass
+
     def presign_get(self, key: str, expires_s: int) -> str:
         url: str = self._signer.generate_presigned_url(
             "get_object", Params={"Bucket": self._bucket, "Key": key}, ExpiresIn=expires_s
         )
         return url
+
+
+#: S3 error codes that mean "no such thing", whichever thing was asked for.
+_MISSING = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchUpload"})
 
 
 @contextmanager
@@ -134,7 +169,7 @@ def _translated(key: str) -> Iterator[None]:
     try:
         yield
     except botocore.exceptions.ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        if exc.response.get("Error", {}).get("Code") in _MISSING:
             raise NotFound(f"no object {key!r} in storage") from exc
         raise StorageError(f"object store error on {key}: {exc}") from exc
     except botocore.exceptions.BotoCoreError as exc:

@@ -37,6 +37,7 @@ from crossfarm.worker.artifacts import ArtifactCollector, JobOutput, build_manif
 from crossfarm.worker.container import Docker, Step
 from crossfarm.worker.images import BUILD_UID, builder_image, job_mode, served_queues
 from crossfarm.worker.reporter import Reporter
+from crossfarm.worker.retrying import Retry
 from crossfarm.worker.settings import WorkerSettings
 from crossfarm.worker.source import container_tar, fetch_blobs, fetch_tree
 
@@ -137,8 +138,8 @@ def _build(tools: Toolbox, job: JobMessage, image: str, joblog: JobLog) -> JobFi
                            reason=exc.message)
     except StorageError as exc:
         return JobFinished(attempt=job.attempt, state=BuildState.FAILED,
-                           reason=f"storage: {exc.message} (retryable: the build itself was "
-                                  "fine; resubmit once the object store is back)")
+                           reason=f"storage: {exc.message}; retryable: resubmit once the "
+                                  "object store is back")
     except Exception as exc:  # a bug or an engine failure must still end the job as data
         log.exception("job %s failed on this worker", job.job_id)
         return JobFinished(attempt=job.attempt, state=BuildState.FAILED,
@@ -155,13 +156,15 @@ def _compile_and_publish(
     if not tools.docker.has_image(image):
         raise BuildError(f"builder image {image} is missing on this worker; "
                          "build it with deploy/images/builder/build-offline.sh")
+    retry = Retry(window_s=settings.storage_retry_s, deadline=deadline,
+                  stop=_stop_check(tools, job), say=joblog)
     with tempfile.TemporaryDirectory(dir=settings.scratch_dir) as scratch:
         tmp = Path(scratch)
         with joblog.timed("source download and check"):
             source, limits = SourceDigest(job.source), TreeLimits()
-            tree = fetch_tree(tools.storage, source, limits)
-            fetched = fetch_blobs(tools.storage, source, tree, settings.scratch_dir / "blobs",
-                                  limits)
+            tree = retry.run("source download", lambda: fetch_tree(tools.storage, source, limits))
+            fetched = retry.run("source download", lambda: fetch_blobs(
+                tools.storage, source, tree, settings.scratch_dir / "blobs", limits))
             joblog(f"crossfarm: {len(tree.entries)} files, {fetched} blob(s) not cached here")
             tar = container_tar(tree, settings.scratch_dir / "blobs", "src", BUILD_UID)
         locked = any(entry.path == "Cargo.lock" for entry in tree.entries)
@@ -181,7 +184,7 @@ def _compile_and_publish(
             files = _compile(tools, job, image, locked, volume_name, labels, joblog, deadline,
                              tmp)
         with joblog.timed("artifact upload"):
-            return _publish(tools.storage, job, files)
+            return retry.run("artifact upload", lambda: _publish(tools.storage, job, files))
 
 
 def _compile(tools: Toolbox, job: JobMessage, image: str, locked: bool, volume: str,
@@ -233,9 +236,14 @@ def _step(settings: WorkerSettings, job: JobMessage, image: str, command: list[s
 
 
 def _publish(storage: ObjectStore, job: JobMessage, files: list[Path]) -> Manifest:
-    """Upload every artifact under this attempt's prefix, then the manifest, last."""
+    """Upload every artifact under this attempt's prefix, then the manifest, last.
+    An earlier try's unfinished multipart uploads (the store went away mid-upload, so
+    they could not be aborted then) are aborted first."""
     output = JobOutput(build_id=BuildId(job.build_id), job_id=job.job_id, target=job.target,
                        attempt=job.attempt, profile=job.profile)
+    for pending in storage.pending_uploads(keys.job_prefix(output.build_id, job.target,
+                                                          job.attempt)):
+        storage.abort_upload(pending)
     manifest = build_manifest(output, files)
     by_name = {path.name: path for path in files}
     for entry in manifest.artifacts:

@@ -25,6 +25,11 @@ BUILDER_IMAGE = "crossfarm/builder:1"
 #: The shared amd64 worker's settings (a test that must restart it uses them too).
 WORKER_AMD64 = {"CROSSFARM_CROSS_ARCHES": "arm64", "CROSSFARM_CONCURRENCY": "2",
                 "CROSSFARM_BUILD_CPUS": "1", "CROSSFARM_HEARTBEAT_S": "1"}
+#: The controller's settings: short fleet bounds and sweeps, so tests of loss, placement
+#: and leftovers do not wait for minutes (a test that restarts it uses them too).
+CONTROLLER = {"CROSSFARM_LOST_AFTER_S": "6", "CROSSFARM_PLACER_INTERVAL_S": "0.5",
+              "CROSSFARM_LEASE_GRACE_S": "5", "CROSSFARM_RECONCILE_AFTER_S": "5",
+              "CROSSFARM_UPLOAD_SWEEP_S": "1"}
 
 
 
@@ -49,9 +54,7 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     try:
         running.start_redis()
         running.start_s3()
-        # Short fleet bounds, so tests of loss and placement do not wait for minutes.
-        running.start_controller(CROSSFARM_LOST_AFTER_S="6", CROSSFARM_PLACER_INTERVAL_S="0.5",
-                                 CROSSFARM_LEASE_GRACE_S="5", CROSSFARM_RECONCILE_AFTER_S="5")
+        running.start_controller(**CONTROLLER)
         running.start_worker("worker-amd64", **WORKER_AMD64)
         yield running
     finally:

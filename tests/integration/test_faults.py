@@ -8,8 +8,10 @@ import signal
 import subprocess
 import time
 
+import boto3
 import httpx
 import pytest
+from conftest import CONTROLLER, WORKER_AMD64
 from polling import until
 
 from crossfarm.client.api import FarmClient
@@ -57,10 +59,13 @@ def _containers(label: str) -> list[str]:
     return out.stdout.split()
 
 
+def _store(farm) -> S3Store:
+    return S3Store(StorageSettings(endpoint_url=farm.s3_url, bucket="crossfarm",
+                                   access_key="crossfarm", secret_key="crossfarm-local-secret"))
+
+
 def _manifests(farm, build_id: str) -> list[str]:
-    store = S3Store(StorageSettings(endpoint_url=farm.s3_url, bucket="crossfarm",
-                                    access_key="crossfarm", secret_key="crossfarm-local-secret"))
-    return sorted(key for key in store.list_keys(f"builds/{build_id}/")
+    return sorted(key for key in _store(farm).list_keys(f"builds/{build_id}/")
                   if key.endswith("manifest.json"))
 
 
@@ -143,8 +148,7 @@ def test_controller_restart_mid_build_loses_nothing(farm, api, crate):
     build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
     until(lambda: _job(api, build["build_id"])["state"] == "running", "start")
     farm.stop_process("controller")
-    farm.start_controller(CROSSFARM_LOST_AFTER_S="6", CROSSFARM_PLACER_INTERVAL_S="0.5",
-                          CROSSFARM_LEASE_GRACE_S="5", CROSSFARM_RECONCILE_AFTER_S="5")
+    farm.start_controller(**CONTROLLER)
     final = _finished(api, build["build_id"])
     assert final["state"] == "succeeded"
     assert final["attempt"] == 1
@@ -211,8 +215,30 @@ def test_sigterm_mid_build_finishes_the_running_job_then_exits(farm, api, crate,
     farm.procs.pop("worker-sigterm")
 
 
-def test_storage_down_at_upload_fails_the_job_with_a_storage_error_and_publishes_nothing(
-        farm, api, crate):
+def test_a_storage_outage_during_the_build_is_ridden_out_and_published_once(farm, api, crate):
+    source = _source(farm, crate, sleep_s=4)
+    build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
+    until(lambda: _job(api, build["build_id"])["state"] == "running", "start")
+    farm.stop_process("seaweedfs")
+    try:  # the build ends while the store is down; it stays down past the ~15 s of
+        # retries the S3 client makes by itself, so the worker's own retries must carry it
+        _log_line(api, build["build_id"], "crossfarm: build step took")
+        time.sleep(25)
+    finally:
+        farm.start_s3()
+    final = _finished(api, build["build_id"])
+    assert (final["state"], final["attempt"]) == ("succeeded", 1)
+    assert _manifests(farm, build["build_id"]) == [
+        f"builds/{build['build_id']}/{X86}/attempt-1/manifest.json"]
+    log = _store(farm).get_bytes(f"builds/{build['build_id']}/{X86}/attempt-1/build.log")
+    assert b"crossfarm: artifact upload: object store unreachable" in log
+    assert b"; retrying in " in log
+
+
+def test_storage_down_past_the_retry_window_fails_the_job_with_a_storage_error(
+        farm, api, crate, only):
+    farm.start_worker("worker-s3-short", CROSSFARM_STORAGE_RETRY_S="3",
+                      CROSSFARM_HEARTBEAT_S="1")
     source = _source(farm, crate, sleep_s=8)
     build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
     until(lambda: _job(api, build["build_id"])["state"] == "running", "start")
@@ -221,12 +247,48 @@ def test_storage_down_at_upload_fails_the_job_with_a_storage_error_and_publishes
         final = _finished(api, build["build_id"], timeout=300)
     finally:
         farm.start_s3()
-    assert final["state"] == "failed"
+        farm.stop_process("worker-s3-short")
+    assert (final["state"], final["attempt"]) == ("failed", 1)
     assert final["reason"].startswith("storage: object store unreachable")
+    assert final["reason"].endswith("retryable: resubmit once the object store is back")
     assert _manifests(farm, build["build_id"]) == []
-    # The farm is whole again: the same source builds.
-    again = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
-    assert _finished(api, again["build_id"])["state"] == "succeeded"
+
+
+def test_unfinished_uploads_are_aborted_unless_their_attempt_is_running(farm, api, crate):
+    # Parts a cut-off upload left behind, as a worker's S3 client would have started them.
+    source = _source(farm, crate, sleep_s=8)
+    build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
+    job = until(lambda: (j := _job(api, build["build_id"]))["state"] == "running" and j,
+                "start")
+    prefix = f"builds/{build['build_id']}/{X86}"
+    s3 = _store(farm)
+    live = _start_upload(farm, f"{prefix}/attempt-{job['attempt']}/artifacts/big")
+    stale = _start_upload(farm, f"{prefix}/attempt-{job['attempt'] + 1}/artifacts/big")
+    assert {u.key for u in s3.pending_uploads(prefix)} == {live, stale}
+    until(lambda: [u.key for u in s3.pending_uploads(prefix)] == [live],
+          "the stale upload aborted", 30)
+    assert _finished(api, build["build_id"])["state"] == "succeeded"
+    until(lambda: s3.pending_uploads(prefix) == [], "the finished attempt's upload aborted", 30)
+    assert stale not in s3.list_keys(prefix)
+
+
+def _log_line(api, build_id: str, text: str) -> str:
+    """Follow the build's event stream until a log line starts with `text`."""
+    with api.stream("GET", f"/v1/builds/{build_id}/events") as events:
+        for line in events.iter_lines():
+            if line.startswith("data:") and text in line:
+                return line
+    raise AssertionError(f"the build ended without logging {text!r}")
+
+
+def _start_upload(farm, key: str) -> str:
+    """Start a multipart upload with one 5 MiB part and leave it unfinished."""
+    s3 = boto3.client("s3", endpoint_url=farm.s3_url, aws_access_key_id="crossfarm",
+                      aws_secret_access_key="crossfarm-local-secret", region_name="us-east-1")
+    upload = s3.create_multipart_upload(Bucket="crossfarm", Key=key)
+    s3.upload_part(Bucket="crossfarm", Key=key, UploadId=upload["UploadId"], PartNumber=1,
+                   Body=b"\0" * (5 * 1024 * 1024))
+    return key
 
 
 def test_a_build_longer_than_the_visibility_timeout_runs_once(farm, api, crate, only):
@@ -250,7 +312,6 @@ def test_a_build_longer_than_the_visibility_timeout_runs_once(farm, api, crate, 
 def test_redis_restart_mid_build_the_build_and_its_follower_finish(farm, api, crate):
     import sys
 
-    from conftest import WORKER_AMD64
 
     (crate / "build.rs").write_text(SLOW_BUILD_RS.replace("{secs}", "12"))
     follower = subprocess.Popen(

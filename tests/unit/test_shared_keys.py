@@ -160,3 +160,29 @@ def test_redis_keys_name_their_build_or_job():
     assert BUILD in keys.events_stream(BUILD)
     assert keys.events_stream(BUILD) != keys.events_stream(OTHER_BUILD)
     assert job in keys.cancel_flag(job)
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 10, 123])
+@pytest.mark.parametrize("target", [X86, ARM])
+def test_every_output_key_parses_back_to_its_build_target_and_attempt(target, attempt):
+    for key in (keys.artifact_key(BUILD, target, attempt, "hello"),
+                keys.manifest_key(BUILD, target, attempt),
+                keys.log_key(BUILD, target, attempt)):
+        assert keys.parse_job_key(key) == (BUILD, target, attempt)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "blobs/ab/abcdef",
+        f"builds/{BUILD}/{X86}/manifest.json",
+        f"builds/{BUILD}/{X86}/attempt-/manifest.json",
+        f"builds/{BUILD}/{X86}/attempt-01/manifest.json",
+        f"builds/{BUILD}/{X86}/attempt-x/manifest.json",
+        f"builds/{BUILD}/{X86}/attempt-\u0661/manifest.json",
+        f"builds/{BUILD}/{X86}/attempt-1",
+    ],
+)
+def test_a_key_that_is_not_a_build_output_is_refused(key):
+    with pytest.raises(ValueError):  # noqa: PT011 - any refusal will do
+        keys.parse_job_key(key)

@@ -7,8 +7,9 @@ from crossfarm.shared import keys
 from crossfarm.shared.arch import Arch, BuildMode
 from crossfarm.shared.ids import BuildId
 from crossfarm.shared.states import BuildState
+from crossfarm.shared.storage import PendingUpload
 from crossfarm.shared.wire import JobMessage, StartVerdict
-from crossfarm.worker.pipeline import Toolbox, run_job
+from crossfarm.worker.pipeline import Toolbox, _publish, run_job
 from crossfarm.worker.settings import WorkerSettings
 
 X86 = "x86_64-unknown-linux-gnu"
@@ -135,3 +136,39 @@ def test_an_unexpected_failure_ends_the_job_as_failed_with_the_reason(tmp_path):
     assert state is BuildState.FAILED
     [(_, outcome)] = reporter.outcomes
     assert outcome.reason == "worker error: RuntimeError: engine socket vanished"
+
+
+class UploadingStorage(FakeStorage):
+    """Holds unfinished multipart uploads, as a store does after an upload was cut off."""
+
+    def __init__(self, pending):
+        super().__init__()
+        self.pending, self.aborted = list(pending), []
+
+    def pending_uploads(self, prefix):
+        return [p for p in self.pending if p.key.startswith(prefix)]
+
+    def abort_upload(self, upload):
+        self.pending.remove(upload)
+        self.aborted.append(upload.key)
+
+    def put_file(self, key, path, sha256):
+        self.objects[key] = path.read_bytes()
+
+
+def test_publishing_aborts_this_attempts_unfinished_uploads_first_and_no_others(tmp_path):
+    mine = keys.artifact_key(BuildId(BUILD), X86, 1, "hello")
+    storage = UploadingStorage([
+        PendingUpload(mine, "u1"),
+        PendingUpload(keys.artifact_key(BuildId(BUILD), X86, 2, "hello"), "u2"),
+        PendingUpload(keys.artifact_key(BuildId(BUILD), ARM, 1, "hello"), "u3"),
+    ])
+    binary = tmp_path / "hello"
+    binary.write_bytes(b"\x7fELF")
+
+    manifest = _publish(storage, _job(X86), [binary])
+
+    assert storage.aborted == [mine]
+    assert storage.objects[mine] == b"\x7fELF"
+    assert [a.name for a in manifest.artifacts] == ["hello"]
+    assert list(storage.objects)[-1] == keys.manifest_key(BuildId(BUILD), X86, 1)
