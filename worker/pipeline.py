@@ -39,11 +39,13 @@ from crossfarm.worker.images import BUILD_UID, builder_image, job_mode, served_q
 from crossfarm.worker.reporter import Reporter
 from crossfarm.worker.retrying import Retry
 from crossfarm.worker.settings import WorkerSettings
-from crossfarm.worker.source import container_tar, fetch_blobs, fetch_tree
+from crossfarm.worker.source import container_tar, fetch_blobs, fetch_tree, trim_cache
 
 log = logging.getLogger(__name__)
 
 _CA_IN_CONTAINER = "/etc/crossfarm/ca.crt"
+#: A cached blob used this recently may be about to go into another build's tar: kept.
+_BLOB_IN_USE_S = 600
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,11 @@ def _compile_and_publish(
                 tools.storage, source, tree, settings.scratch_dir / "blobs", limits))
             joblog(f"crossfarm: {len(tree.entries)} files, {fetched} blob(s) not cached here")
             tar = container_tar(tree, settings.scratch_dir / "blobs", "src", BUILD_UID)
+            removed, freed = trim_cache(settings.scratch_dir / "blobs",
+                                        settings.blob_cache_bytes, _BLOB_IN_USE_S)
+            if removed:
+                joblog(f"crossfarm: blob cache trimmed to its budget: {removed} file(s), "
+                       f"{freed} bytes freed")
         locked = any(entry.path == "Cargo.lock" for entry in tree.entries)
         labels = {"io.crossfarm.job": job.job_id, "io.crossfarm.attempt": str(job.attempt),
                   "io.crossfarm.worker": settings.worker_name}

@@ -46,6 +46,8 @@ class WorkerSettings(BaseSettings):
     #: a CA bundle for the dependency-fetch step, for registries behind a TLS-inspecting proxy
     ca_bundle: Path | None = None
     scratch_dir: Path = Path(".crossfarm/worker")
+    #: the source blob cache's budget: least recently used blobs beyond it are deleted
+    blob_cache_bytes: int = Field(default=4 * 1024**3, ge=0)
     #: how long a storage step (source download, artifact upload) is retried with backoff
     #: while the object store is unreachable, before the job fails with a storage error
     storage_retry_s: float = Field(default=120, ge=0, le=3600)

@@ -2,7 +2,8 @@
 container receives.
 
 Blobs are cached on the worker's disk under their sha256, so a file that did not
-change since an earlier build on this worker is not downloaded again.
+change since an earlier build on this worker is not downloaded again. The cache is
+kept under a size budget by dropping the least recently used blobs.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import json
 import os
 import tarfile
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -47,7 +51,12 @@ def fetch_blobs(storage: ObjectStore, digest: SourceDigest, tree: SourceTree, ca
     """Make sure every blob of `tree` is in `cache`; returns how many were fetched.
     Blobs that came in a pack are fetched with their pack, one request per pack."""
     cache.mkdir(parents=True, exist_ok=True)
-    wanted = [d for d in file_digests(tree) if not (cache / d).is_file()]
+    wanted = []
+    for blob in file_digests(tree):
+        try:  # a cached blob this build uses is fresh again, for trim_cache
+            os.utime(cache / blob)
+        except FileNotFoundError:
+            wanted.append(blob)
     if not wanted:
         return 0
     located: dict[str, str] = json.loads(storage.get_bytes(keys.locations_key(digest)))
@@ -83,6 +92,50 @@ def _keep(cache: Path, digest: str, data: bytes) -> None:
     with os.fdopen(fd, "wb") as out:
         out.write(data)
     os.replace(partial, cache / digest)
+
+
+@dataclass(frozen=True)
+class Cached:
+    """One file in the blob cache."""
+
+    name: str
+    size: int
+    used_at: float  # its mtime: when a build last fetched or used it
+
+
+def to_evict(files: list[Cached], budget_bytes: int, keep_after: float) -> list[str]:
+    """The files to delete so the cache fits in `budget_bytes`, least recently used
+    first. Files used at or after `keep_after` are never chosen: a build running now may
+    be about to read them. Half-written files (".partial-…") older than that are always
+    chosen: their writer died."""
+    old = [f for f in files if f.used_at < keep_after]
+    partial = [f for f in old if f.name.startswith(".partial-")]
+    chosen = [f.name for f in partial]
+    total = sum(f.size for f in files) - sum(f.size for f in partial)
+    blobs = (f for f in old if not f.name.startswith(".partial-"))
+    for cached in sorted(blobs, key=lambda f: (f.used_at, f.name)):
+        if total <= budget_bytes:
+            break
+        chosen.append(cached.name)
+        total -= cached.size
+    return chosen
+
+
+def trim_cache(cache: Path, budget_bytes: int, keep_s: float) -> tuple[int, int]:
+    """Delete the least recently used blobs until the cache fits in `budget_bytes`;
+    returns (files removed, bytes freed)."""
+    files = []
+    for entry in os.scandir(cache):
+        with suppress(FileNotFoundError):  # another build may trim at the same time
+            info = entry.stat(follow_symlinks=False)
+            files.append(Cached(entry.name, info.st_size, info.st_mtime))
+    removed = freed = 0
+    sizes = {f.name: f.size for f in files}
+    for name in to_evict(files, budget_bytes, time.time() - keep_s):
+        with suppress(FileNotFoundError):
+            (cache / name).unlink()
+            removed, freed = removed + 1, freed + sizes[name]
+    return removed, freed
 
 
 def container_tar(tree: SourceTree, cache: Path, prefix: str, uid: int) -> IO[bytes]:

@@ -13,7 +13,9 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from polling import until
 
 REPO = Path(__file__).resolve().parents[2]
 # The local-farm launcher is a script, not a package module: import it from its folder.
@@ -59,6 +61,23 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture
+def api(farm: localfarm.Farm) -> Iterator[httpx.Client]:
+    """An HTTP client of the farm's controller API."""
+    with httpx.Client(base_url=farm.controller_url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def only(farm: localfarm.Farm, api: httpx.Client) -> Iterator[None]:
+    """Let only the named worker take jobs: drain the shared one for the test."""
+    assert api.post("/v1/workers/worker-amd64/drain").status_code == 200
+    until(lambda: farm.worker_state("worker-amd64") == "drained", "worker-amd64 drained")
+    yield
+    api.delete("/v1/workers/worker-amd64/drain")
+    until(lambda: farm.worker_state("worker-amd64") == "online", "worker-amd64 back")
 
 
 @pytest.fixture

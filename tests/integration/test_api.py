@@ -7,7 +7,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from crossfarm.client.api import FarmClient
@@ -22,12 +21,6 @@ def _upload(farm, crate: Path) -> str:
     """Send the crate's tree and blobs the way the CLI does; returns the tree digest."""
     with FarmClient(farm.controller_url) as client:
         return send(client, scan(crate)).status.digest
-
-
-@pytest.fixture
-def api(farm):
-    with httpx.Client(base_url=farm.controller_url, timeout=30) as client:
-        yield client
 
 
 def test_unsupported_target_gets_422_naming_the_supported_ones(farm, api, crate):

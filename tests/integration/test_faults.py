@@ -9,7 +9,6 @@ import subprocess
 import time
 
 import boto3
-import httpx
 import pytest
 from conftest import CONTROLLER, WORKER_AMD64
 from polling import until
@@ -27,12 +26,6 @@ SLOW_BUILD_RS = (
     "    std::thread::sleep(std::time::Duration::from_secs({secs}));\n"
     "}\n"
 )
-
-
-@pytest.fixture
-def api(farm):
-    with httpx.Client(base_url=farm.controller_url, timeout=30) as client:
-        yield client
 
 
 def _source(farm, crate, sleep_s: int | None = None) -> str:
@@ -67,16 +60,6 @@ def _store(farm) -> S3Store:
 def _manifests(farm, build_id: str) -> list[str]:
     return sorted(key for key in _store(farm).list_keys(f"builds/{build_id}/")
                   if key.endswith("manifest.json"))
-
-
-@pytest.fixture
-def only(farm, api):
-    """Let only the named worker take jobs: drain the shared one for the test."""
-    assert api.post("/v1/workers/worker-amd64/drain").status_code == 200
-    until(lambda: farm.worker_state("worker-amd64") == "drained", "worker-amd64 drained")
-    yield
-    api.delete("/v1/workers/worker-amd64/drain")
-    until(lambda: farm.worker_state("worker-amd64") == "online", "worker-amd64 back")
 
 
 def test_kill_9_of_a_worker_mid_build_reruns_the_job_once_elsewhere(farm, api, crate, only):

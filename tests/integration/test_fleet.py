@@ -7,7 +7,6 @@ import os
 import signal
 import time
 
-import httpx
 import pytest
 from polling import until
 
@@ -18,12 +17,6 @@ pytestmark = pytest.mark.integration
 
 X86 = "x86_64-unknown-linux-gnu"
 ARM = "aarch64-unknown-linux-gnu"
-
-
-@pytest.fixture
-def api(farm):
-    with httpx.Client(base_url=farm.controller_url, timeout=30) as client:
-        yield client
 
 
 @pytest.fixture
@@ -108,3 +101,28 @@ def test_a_killed_worker_is_reported_lost_within_the_bound(farm):
     detected = time.monotonic() - killed
     print(f"kill -9 to lost: {detected:.1f} s (bound 6 s, heartbeat 1 s)")
     assert detected <= 8
+
+
+def test_a_worker_keeps_its_blob_cache_within_budget(farm, api, crate, only):
+    farm.start_worker("worker-cache", CROSSFARM_BLOB_CACHE_BYTES="0", CROSSFARM_HEARTBEAT_S="1")
+    cache = farm.dir / "worker-cache" / "blobs"
+    cache.mkdir(parents=True, exist_ok=True)
+    day_ago = time.time() - 86400
+    for name in ("f" * 64, ".partial-dead"):  # a blob no build used today; a dead write
+        (cache / name).write_bytes(b"x" * 1000)
+        os.utime(cache / name, (day_ago, day_ago))
+    try:
+        local = scan(crate)
+        with FarmClient(farm.controller_url) as client:
+            digest = send(client, local).status.digest
+        build = api.post("/v1/builds", json={"source": digest, "targets": [X86]}).json()
+        job = until(lambda: (j := _job(api, build["build_id"]))["state"] == "succeeded" and j,
+                    "the build", timeout=300)
+    finally:
+        farm.stop_process("worker-cache")
+    assert job["worker"] == "worker-cache"
+    # The old files went; the blobs this build used stay (a build may be reading them).
+    assert sorted(p.name for p in cache.iterdir()) == sorted(local.files)
+    with api.stream("GET", f"/v1/builds/{build['build_id']}/events") as events:
+        log = "".join(events.iter_text())
+    assert "blob cache trimmed to its budget: 2 file(s), 2000 bytes freed" in log
