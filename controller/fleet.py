@@ -34,7 +34,8 @@ def worker_state(last_seen: datetime, now: datetime, lost_after_s: int,
 
 def heartbeat(farm: Farm, name: str, info: WorkerHeartbeat, fresh_start: bool
               ) -> HeartbeatReply:
-    return HeartbeatReply(drain=farm.store.heartbeat(name, info, fresh_start))
+    return HeartbeatReply(drain=farm.store.heartbeat(name, info, fresh_start),
+                          lost_after_s=farm.settings.lost_after_s)
 
 
 def set_drain(farm: Farm, name: str, drain: bool) -> WorkerView:

@@ -10,6 +10,7 @@
     │   └── IllegalTransition     a build-state move the state machine forbids
     ├── StorageError              the object store failed; retrying may help (HTTP 503)
     ├── BrokerError               Redis (queues, events, flags) failed; retrying may help (503)
+    ├── LeaseLost                 a worker cut off from the controller gave up its job
     └── BuildError                a build step failed on a worker
         ├── BuildTimeout          the build ran past its time limit
         └── BuildCancelled        the build was cancelled while it ran
@@ -82,6 +83,11 @@ class StorageError(CrossfarmError):
 
 class BrokerError(CrossfarmError):
     """Redis, which carries queues, log events and flags, failed; retrying may help."""
+
+
+class LeaseLost(CrossfarmError):
+    """A worker could not renew its lease (reach the controller) for so long that the
+    controller re-runs its job elsewhere: the worker stops the build and reports nothing."""
 
 
 class BuildError(CrossfarmError):

@@ -42,12 +42,19 @@ def _translated(method: Callable[P, R]) -> Callable[P, R]:
     return call
 
 
+#: How long one call to Redis may take before it counts as failed.
+_TIMEOUT_S = 2
+
+
 class Events:
     """Append to a build's stream and raise or read cancel flags (blocking client).
     Every method raises BrokerError when Redis fails."""
 
     def __init__(self, redis_url: str) -> None:
-        self._redis = redis.Redis.from_url(redis_url)
+        # Every call here is short: a peer that stops answering (a cut link) must turn
+        # into BrokerError within seconds, not hang a build's stop check for good.
+        self._redis = redis.Redis.from_url(redis_url, socket_timeout=_TIMEOUT_S,
+                                           socket_connect_timeout=_TIMEOUT_S)
 
     @_translated
     def append(self, build_id: BuildId, event: Event) -> str:

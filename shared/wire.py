@@ -266,9 +266,12 @@ class WorkerHeartbeat(Wire):
 
 
 class HeartbeatReply(Wire):
-    """The controller's answer to a heartbeat: whether an operator asked it to drain."""
+    """The controller's answer to a heartbeat: whether an operator asked it to drain,
+    and how long a silent worker stays its own (after that it is lost and its jobs run
+    elsewhere)."""
 
     drain: bool
+    lost_after_s: Annotated[float, Field(gt=0)] | None = None
 
 
 class WorkerView(Wire):

@@ -16,6 +16,7 @@ from crossfarm.worker import tasks
 from crossfarm.worker.container import Docker
 from crossfarm.worker.heartbeat import Heartbeat, describe
 from crossfarm.worker.images import served_queues
+from crossfarm.worker.lease import Lease
 from crossfarm.worker.pipeline import Toolbox
 from crossfarm.worker.reporter import Reporter
 from crossfarm.worker.settings import WorkerSettings, load_settings
@@ -36,7 +37,8 @@ def running_tasks() -> set[str]:
     return {str(request.id) for request in requests}
 
 
-def _heartbeat(app: Celery, settings: WorkerSettings, host: Arch, node: str) -> Heartbeat:
+def _heartbeat(app: Celery, settings: WorkerSettings, host: Arch, node: str,
+               lease: Lease) -> Heartbeat:
     """Start this worker's heartbeat. Its clients are its own: the pool's are made after
     fork (toolbox) and must not be shared with the main process."""
     queues = queues_for(host, settings.cross_arches, settings.emulate_arches)
@@ -68,13 +70,15 @@ def _heartbeat(app: Celery, settings: WorkerSettings, host: Arch, node: str) -> 
     beat = Heartbeat(reporter, settings.worker_name,
                      lambda: describe(settings, host, docker.image_id(settings.builder_image),
                                       running_tasks()),
-                     settings.heartbeat_s, consume, housekeeping, consuming)
+                     settings.heartbeat_s, consume, housekeeping, consuming, lease=lease)
     beat.start()
     return beat
 
 
 def create_worker_app(settings: WorkerSettings, host: Arch) -> Celery:
     app = create_celery(settings.redis_url, visibility_timeout_s=settings.visibility_timeout_s)
+    lease = Lease(settings.scratch_dir / "lease.json")
+    lease.forget()  # before any pool process reads it
 
     @functools.cache
     def toolbox() -> Toolbox:
@@ -85,6 +89,7 @@ def create_worker_app(settings: WorkerSettings, host: Arch) -> Celery:
             storage=S3Store(settings.storage()),
             reporter=Reporter(settings.controller_url, settings.worker_token,
                               Events(settings.redis_url)),
+            lease=lease,
         )
 
     tasks.register(app, toolbox)
@@ -93,7 +98,8 @@ def create_worker_app(settings: WorkerSettings, host: Arch) -> Celery:
 
     def start_heartbeat(sender: object = None, **_: object) -> None:
         # In the main process, once Celery is consuming (sender is its consumer).
-        beats.append(_heartbeat(app, settings, host, str(getattr(sender, "hostname", ""))))
+        node = str(getattr(sender, "hostname", ""))
+        beats.append(_heartbeat(app, settings, host, node, lease))
 
     def shutting_down(**_: object) -> None:
         for beat in beats:

@@ -164,6 +164,9 @@ class Container:
         self._raw.start()
         try:
             status = self._wait(deadline, should_stop)
+        except BaseException:  # whatever stopped the wait stops the build, before the
+            self._kill()       # log pump (perhaps stuck on a dead link) is waited for
+            raise
         finally:
             pump.join(timeout=10)
         self._raw.reload()

@@ -15,6 +15,7 @@ from crossfarm.shared import keys
 from crossfarm.shared.arch import TARGETS, Arch
 from crossfarm.shared.wire import WorkerHeartbeat
 from crossfarm.worker.images import served_queues
+from crossfarm.worker.lease import Lease
 from crossfarm.worker.reporter import Reporter
 from crossfarm.worker.settings import WorkerSettings
 
@@ -49,7 +50,8 @@ class Heartbeat:
                  interval_s: float, consume: Callable[[bool], None],
                  housekeeping: Callable[[], None] | None = None,
                  consuming: Callable[[], bool] | None = None,
-                 give_up_s: float = 45, exit: Callable[[int], None] = os._exit) -> None:
+                 give_up_s: float = 45, exit: Callable[[int], None] = os._exit,
+                 lease: Lease | None = None) -> None:
         self._reporter, self._name, self._info = reporter, name, info
         self._interval = interval_s
         self._consume = consume
@@ -57,6 +59,7 @@ class Heartbeat:
         self._consuming = consuming
         self._give_up_s = give_up_s
         self._exit = exit
+        self._lease = lease
         self._last_consuming = time.monotonic()
         self._last_check = 0.0
         self._stuck = False
@@ -88,6 +91,8 @@ class Heartbeat:
                 log.warning("heartbeat to the controller failed: %s", exc)
                 return
             self._fresh = False
+            if self._lease is not None and reply.lost_after_s is not None:
+                self._lease.renewed(reply.lost_after_s)
             if reply.drain != self._asked_to_drain and not self._shutting_down:
                 log.info("%s: %s", self._name, "draining" if reply.drain else "taking jobs again")
                 self._asked_to_drain = reply.drain

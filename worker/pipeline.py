@@ -25,6 +25,7 @@ from crossfarm.shared.errors import (
     BuildError,
     BuildTimeout,
     Conflict,
+    LeaseLost,
     StorageError,
 )
 from crossfarm.shared.ids import BuildId, JobId, SourceDigest
@@ -36,6 +37,7 @@ from crossfarm.worker import cargo
 from crossfarm.worker.artifacts import ArtifactCollector, JobOutput, build_manifest
 from crossfarm.worker.container import Docker, Step
 from crossfarm.worker.images import BUILD_UID, builder_image, job_mode, served_queues
+from crossfarm.worker.lease import Lease
 from crossfarm.worker.reporter import Reporter
 from crossfarm.worker.retrying import Retry
 from crossfarm.worker.settings import WorkerSettings
@@ -57,6 +59,8 @@ class Toolbox:
     docker: Docker
     storage: ObjectStore
     reporter: Reporter
+    #: None: the lease is never checked (a worker without a heartbeat, in tests)
+    lease: Lease | None = None
 
 
 class JobLog:
@@ -105,8 +109,14 @@ def run_job(tools: Toolbox, job: JobMessage, consumed_from: str) -> BuildState |
     joblog = JobLog(tools.reporter, BuildId(job.build_id), job.target, list(job.env.values()))
     joblog(f"crossfarm: {job.target} on {tools.settings.worker_name} "
            f"({tools.host.value}, {mode.value}), attempt {job.attempt}")
-    outcome = (JobFinished(attempt=job.attempt, state=BuildState.FAILED, reason=refusal)
-               if refusal else _build(tools, job, image, joblog))
+    try:
+        outcome = (JobFinished(attempt=job.attempt, state=BuildState.FAILED, reason=refusal)
+                   if refusal else _build(tools, job, image, joblog))
+    except LeaseLost as exc:  # its container is gone; the controller re-runs the job
+        log.warning("job %s attempt %d abandoned: %s", job_id, job.attempt, exc.message)
+        joblog(f"crossfarm: abandoned: {exc.message}")
+        _store_log(tools.storage, job, joblog)
+        return None
     if outcome.reason:
         joblog(f"crossfarm: {outcome.state.value}: {outcome.reason}")
     _store_log(tools.storage, job, joblog)
@@ -138,6 +148,8 @@ def _build(tools: Toolbox, job: JobMessage, image: str, joblog: JobLog) -> JobFi
     except BuildError as exc:
         return JobFinished(attempt=job.attempt, state=BuildState.FAILED, exit_code=exc.exit_code,
                            reason=exc.message)
+    except LeaseLost:
+        raise  # not an outcome: the job belongs to another attempt now
     except StorageError as exc:
         return JobFinished(attempt=job.attempt, state=BuildState.FAILED,
                            reason=f"storage: {exc.message}; retryable: resubmit once the "
@@ -221,8 +233,15 @@ def _compile(tools: Toolbox, job: JobMessage, image: str, locked: bool, volume: 
 
 
 def _stop_check(tools: Toolbox, job: JobMessage) -> Callable[[], str | None]:
-    """Polled while a container runs: cancelled, or superseded by a newer attempt?"""
-    return lambda: tools.reporter.stop_reason(JobId(job.job_id), job.attempt)
+    """Polled while a container runs (and while a storage step waits): cancelled, or
+    superseded by a newer attempt? Raises LeaseLost once this worker has been cut off
+    from the controller for so long that the job runs elsewhere."""
+    def check() -> str | None:
+        if tools.lease is not None and (lapsed := tools.lease.lapsed()):
+            raise LeaseLost(lapsed)
+        return tools.reporter.stop_reason(JobId(job.job_id), job.attempt)
+
+    return check
 
 
 def _step(settings: WorkerSettings, job: JobMessage, image: str, command: list[str], volume: str,

@@ -60,7 +60,7 @@ def _scenario(farm, cut: list[str]) -> dict[str, object]:
     (crate / "build.rs").write_text(
         "fn main() {\n"
         "    cc::Build::new().file(\"src/answer.c\").compile(\"answer\");\n"
-        "    std::thread::sleep(std::time::Duration::from_secs(15));\n"
+        "    std::thread::sleep(std::time::Duration::from_secs(40));\n"
         "}\n")
     with FarmClient(farm.controller_url) as client:
         source = send(client, scan(crate)).status.digest
@@ -79,6 +79,10 @@ def _scenario(farm, cut: list[str]) -> dict[str, object]:
     cut = time.monotonic()
     rerun = until(lambda: (j := job())["attempt"] == 2 and j, "re-run", 60)
     rerun_after = time.monotonic() - cut
+    # Worker 1 cannot hear that: it stops its own build once its lease has lapsed
+    # (twice the controller's 6 s bound), long before the 40 s build would end.
+    until(lambda: not _containers("mh-w1"), "worker 1's build stopped", 60)
+    fenced_after = time.monotonic() - cut
     final = until(lambda: (j := job())["state"] in ("succeeded", "failed") and j, "end", 300)
     time.sleep(20)  # worker 1's own build ends meanwhile; it must not publish
     store = S3Store(StorageSettings(endpoint_url=farm.s3_url, bucket="crossfarm",
@@ -87,7 +91,15 @@ def _scenario(farm, cut: list[str]) -> dict[str, object]:
                        if k.endswith("manifest.json"))
     return {"first": first, "rerun": rerun, "final": job(), "finished": final,
             "manifests": manifests, "rerun_after_s": rerun_after,
-            "w1_state": farm.worker_state("mh-w1")}
+            "fenced_after_s": fenced_after, "w1_state": farm.worker_state("mh-w1"),
+            "w1_log": (Path(farm.dir) / "mh-w1.log").read_text()[-20000:]}
+
+
+def _containers(worker: str) -> list[str]:
+    """The build containers of a worker, from the one Docker engine all hosts share."""
+    return subprocess.run(
+        ["docker", "ps", "-q", "--filter", f"label=io.crossfarm.worker={worker}"],
+        capture_output=True, text=True, check=True).stdout.split()
 
 
 if __name__ == "__main__":

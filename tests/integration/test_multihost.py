@@ -53,7 +53,7 @@ def hosts():
                    shell=True, capture_output=True)
 
 
-def test_a_worker_cut_off_mid_build_is_replaced_and_the_build_publishes_once(hosts, tmp_path):
+def test_a_worker_cut_off_mid_build_stops_its_build_and_another_publishes_it_once(hosts, tmp_path):
     # The scenario runs on the hub and cuts worker 1's link on the bridge itself.
     run = subprocess.run(
         ["ip", "netns", "exec", HUB, sys.executable, str(HERE / "multihost_scenario.py"),
@@ -62,7 +62,8 @@ def test_a_worker_cut_off_mid_build_is_replaced_and_the_build_publishes_once(hos
     assert run.returncode == 0, run.stderr[-3000:]
     outcome = json.loads(run.stdout.strip().splitlines()[-1])
     assert "error" not in outcome, outcome.get("error")
-    print(f"link cut to re-run queued: {outcome['rerun_after_s']:.1f} s")
+    print(f"link cut to re-run queued: {outcome['rerun_after_s']:.1f} s; "
+          f"to worker 1's own build stopped: {outcome['fenced_after_s']:.1f} s")
     assert outcome["first"]["worker"] == "mh-w1"
     assert "worker mh-w1 was lost" in outcome["rerun"]["placed"]
     final = outcome["final"]
@@ -71,3 +72,5 @@ def test_a_worker_cut_off_mid_build_is_replaced_and_the_build_publishes_once(hos
     assert len(outcome["manifests"]) == 1
     assert outcome["manifests"][0].endswith("/attempt-2/manifest.json"), build
     assert outcome["w1_state"] == "lost"
+    # Worker 1 stopped its build itself (its lease lapsed) and reported nothing.
+    assert "abandoned: cut off from the controller" in outcome["w1_log"]

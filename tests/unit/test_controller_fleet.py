@@ -1,8 +1,10 @@
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 
-from crossfarm.controller.fleet import worker_state
+from crossfarm.controller.fleet import heartbeat, worker_state
+from crossfarm.controller.settings import ControllerSettings
 from crossfarm.shared.wire import WorkerState
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -38,3 +40,10 @@ def test_a_confirmed_drain_with_running_jobs_is_draining_and_without_them_draine
 def test_a_silent_draining_worker_is_lost():
     now = datetime(2026, 1, 1, tzinfo=UTC)
     assert worker_state(now - timedelta(seconds=31), now, 30, confirmed=True) is WorkerState.LOST
+
+
+def test_a_heartbeat_is_answered_with_the_drain_wish_and_the_bound_the_worker_is_held_to():
+    store = SimpleNamespace(heartbeat=lambda name, info, fresh_start: True)
+    farm = SimpleNamespace(store=store, settings=ControllerSettings(lost_after_s=12))
+    reply = heartbeat(farm, "w1", info=None, fresh_start=False)
+    assert (reply.drain, reply.lost_after_s) == (True, 12)

@@ -5,6 +5,7 @@ import pytest
 
 from crossfarm.shared import keys
 from crossfarm.shared.arch import Arch, BuildMode
+from crossfarm.shared.errors import StorageError
 from crossfarm.shared.ids import BuildId
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.storage import PendingUpload
@@ -172,3 +173,35 @@ def test_publishing_aborts_this_attempts_unfinished_uploads_first_and_no_others(
     assert storage.objects[mine] == b"\x7fELF"
     assert [a.name for a in manifest.artifacts] == ["hello"]
     assert list(storage.objects)[-1] == keys.manifest_key(BuildId(BUILD), X86, 1)
+
+
+class ImageOnlyDocker:
+    """The builder image is there; nothing else may be used."""
+
+    def has_image(self, name):
+        return True
+
+
+class UnreachableStorage(FakeStorage):
+    def get_bytes(self, key):
+        raise StorageError(f"object store unreachable ({key}): connection refused")
+
+
+class LapsedLease:
+    def lapsed(self):
+        return "cut off from the controller for 61 s"
+
+
+def test_a_worker_cut_off_past_its_lease_abandons_the_job_and_reports_no_outcome(tmp_path):
+    reporter = FakeReporter()
+    settings = WorkerSettings(worker_name="w1", scratch_dir=tmp_path / "scratch")
+    storage = UnreachableStorage()
+    tools = Toolbox(settings=settings, host=Arch.AMD64, docker=ImageOnlyDocker(),
+                    storage=storage, reporter=reporter, lease=LapsedLease())
+
+    assert run_job(tools, _job(X86), consumed_from=keys.queue_name(Arch.AMD64)) is None
+
+    assert len(reporter.starts) == 1
+    assert reporter.outcomes == []  # the controller re-runs it; no verdict from here
+    log = storage.objects[keys.log_key(BuildId(BUILD), X86, 1)].decode()
+    assert "crossfarm: abandoned: cut off from the controller for 61 s" in log

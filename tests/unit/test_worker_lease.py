@@ -1,0 +1,83 @@
+"""The worker's lease: renewed by each acknowledged heartbeat, lapsed once the worker
+has been cut off for twice the controller's bound, shared through one file."""
+
+import httpx
+
+from crossfarm.shared.arch import Arch
+from crossfarm.shared.wire import HeartbeatReply
+from crossfarm.worker.heartbeat import Heartbeat, describe
+from crossfarm.worker.lease import Lease
+from crossfarm.worker.settings import WorkerSettings
+
+
+class Clock:
+    def __init__(self, now=1000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_worker_that_never_heard_from_the_controller_keeps_its_jobs(tmp_path):
+    assert Lease(tmp_path / "lease.json").lapsed() is None
+
+
+def test_the_lease_holds_for_twice_the_controllers_bound_then_lapses(tmp_path):
+    clock = Clock()
+    lease = Lease(tmp_path / "lease.json", clock)
+    lease.renewed(lost_after_s=30)
+
+    clock.now += 60
+    assert lease.lapsed() is None
+    clock.now += 1
+    assert lease.lapsed() == ("cut off from the controller for 61 s (it calls a worker lost "
+                              "after 30 s): the job runs again elsewhere, so this build stops")
+    lease.renewed(lost_after_s=30)
+    assert lease.lapsed() is None
+
+
+def test_another_process_reads_the_same_lease(tmp_path):
+    clock = Clock()
+    Lease(tmp_path / "lease.json", clock).renewed(lost_after_s=5)
+    clock.now += 11
+    assert Lease(tmp_path / "lease.json", clock).lapsed() is not None
+
+
+def test_a_new_worker_process_forgets_the_lease_of_its_earlier_life(tmp_path):
+    clock = Clock()
+    lease = Lease(tmp_path / "lease.json", clock)
+    lease.renewed(lost_after_s=5)
+    clock.now += 3600
+    lease.forget()
+    assert lease.lapsed() is None
+
+
+def test_a_garbled_lease_file_fences_nothing(tmp_path):
+    (tmp_path / "lease.json").write_text('{"acked_at": "soon"')
+    assert Lease(tmp_path / "lease.json").lapsed() is None
+
+
+class _Reporter:
+    def __init__(self, replies):
+        self.replies = list(replies)
+
+    def heartbeat(self, name, info, fresh_start):
+        reply = self.replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+
+def test_only_an_acknowledged_heartbeat_renews_the_lease(tmp_path):
+    clock = Clock()
+    lease = Lease(tmp_path / "lease.json", clock)
+    settings = WorkerSettings(worker_name="w1")
+    replies = [HeartbeatReply(drain=False, lost_after_s=10), httpx.ConnectError("link down")]
+    beat = Heartbeat(_Reporter(replies), "w1", lambda: describe(settings, Arch.AMD64, None),
+                     1.0, lambda on: None, lease=lease)
+
+    beat.beat()
+    clock.now += 15
+    beat.beat()  # fails: the lease is not renewed
+    clock.now += 6
+    assert lease.lapsed() is not None
