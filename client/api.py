@@ -182,6 +182,8 @@ def _explain(response: httpx.Response) -> str:
         parts = [f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}"
                  for d in detail if isinstance(d, dict)]
         return f"the farm refused the request: {'; '.join(parts)} (HTTP {response.status_code})"
+    if isinstance(detail, str):  # HTTPException("worker token missing or wrong")
+        return f"the farm refused the request: {detail} (HTTP {response.status_code})"
     return f"HTTP {response.status_code}: {response.text[:500]}"
 
 

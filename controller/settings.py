@@ -24,6 +24,8 @@ class ControllerSettings(BaseSettings):
     s3_secret_key: str = "crossfarm-local-secret"
     #: a shared secret workers present on the /v1/jobs endpoints; unset means no check
     worker_token: str | None = None
+    #: when set, draining and undraining workers needs it (`token` in the CLI's config)
+    operator_token: str | None = None
     default_timeout_s: int = Field(default=3600, ge=10)
     max_timeout_s: int = Field(default=6 * 3600, ge=10)
     #: above the longest build plus its queueing time (see shared/broker.py)

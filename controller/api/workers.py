@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from crossfarm.controller import fleet
-from crossfarm.controller.api.deps import FarmDep, WorkerAuth
+from crossfarm.controller.api.deps import FarmDep, OperatorAuth, WorkerAuth
 from crossfarm.shared.wire import Fleet, HeartbeatReply, WorkerHeartbeat, WorkerView
 
 router = APIRouter(prefix="/v1/workers", tags=["workers"])
@@ -21,13 +21,13 @@ def heartbeat(farm: FarmDep, name: WorkerName, info: WorkerHeartbeat,
     return fleet.heartbeat(farm, name, info, fresh_start)
 
 
-@router.post("/{name}/drain")
+@router.post("/{name}/drain", dependencies=[OperatorAuth])
 def drain(farm: FarmDep, name: WorkerName) -> WorkerView:
     """The worker takes no new jobs, finishes its running ones, then shows as drained."""
     return fleet.set_drain(farm, name, True)
 
 
-@router.delete("/{name}/drain")
+@router.delete("/{name}/drain", dependencies=[OperatorAuth])
 def undrain(farm: FarmDep, name: WorkerName) -> WorkerView:
     return fleet.set_drain(farm, name, False)
 

@@ -220,3 +220,21 @@ def test_two_pools_with_the_same_name_fail_to_render(chart):
 def test_dind_without_pulling_the_builder_image_fails_to_render(chart):
     with pytest.raises(HelmRenderError, match=r"builder\.pull=true"):
         render(chart, {"docker": {"mode": "dind"}})
+
+
+def _secret_env(objects: list[dict[str, Any]], component: str) -> dict[str, str]:
+    (secret,) = [o for o in objects if o["kind"] == "Secret"]
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"
+                     and o["metadata"]["labels"].get("app.kubernetes.io/component") == component]
+    return {e["name"]: base64.b64decode(secret["data"][e["valueFrom"]["secretKeyRef"]["key"]])
+            .decode() for e in container(deployment, component)["env"] if "valueFrom" in e}
+
+
+def test_the_controller_gets_an_operator_token_and_workers_never_see_it(chart):
+    generated = _secret_env(render(chart, {}), "controller")
+    assert len(generated["CROSSFARM_OPERATOR_TOKEN"]) == 40
+    assert generated["CROSSFARM_OPERATOR_TOKEN"] != generated["CROSSFARM_WORKER_TOKEN"]
+    given = _secret_env(render(chart, {"operatorToken": "op-secret"}), "controller")
+    assert given["CROSSFARM_OPERATOR_TOKEN"] == "op-secret"
+    (worker,) = worker_deployments(render(chart, {}))
+    assert "CROSSFARM_OPERATOR_TOKEN" not in {e["name"] for e in container(worker, "worker")["env"]}

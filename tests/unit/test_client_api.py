@@ -83,9 +83,15 @@ def test_a_long_text_body_is_cut_short():
     assert _explain(response) == "HTTP 500: " + "x" * 500
 
 
+def test_a_plain_detail_is_explained_as_the_reason():
+    response = httpx.Response(401, json={"detail": "operator token missing or wrong"})
+    assert _explain(response) == ("the farm refused the request: operator token missing or "
+                                  "wrong (HTTP 401)")
+
+
 def test_json_that_is_neither_shape_is_shown_as_text():
-    response = httpx.Response(400, json={"detail": "Not authenticated"})
-    assert _explain(response) == 'HTTP 400: {"detail":"Not authenticated"}'
+    response = httpx.Response(400, json={"error": "Not authenticated"})
+    assert _explain(response) == 'HTTP 400: {"error":"Not authenticated"}'
 
 
 # A proxy in front of the farm may answer with any JSON document; the CLI must
