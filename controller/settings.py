@@ -9,6 +9,9 @@ from crossfarm.shared.arch import Placement
 from crossfarm.shared.storage import StorageSettings
 from crossfarm.shared.tree import TreeLimits
 
+#: A token is printable and has no spaces: an empty or blank one is a mistake, not "open".
+_TOKEN = r"^[!-~]+$"
+
 
 class ControllerSettings(BaseSettings):
     """Everything the controller needs to know; the defaults are the single-machine farm's."""
@@ -23,9 +26,9 @@ class ControllerSettings(BaseSettings):
     s3_access_key: str = "crossfarm"
     s3_secret_key: str = "crossfarm-local-secret"
     #: a shared secret workers present on the /v1/jobs endpoints; unset means no check
-    worker_token: str | None = None
+    worker_token: str | None = Field(default=None, min_length=8, pattern=_TOKEN)
     #: when set, draining and undraining workers needs it (`token` in the CLI's config)
-    operator_token: str | None = None
+    operator_token: str | None = Field(default=None, min_length=8, pattern=_TOKEN)
     default_timeout_s: int = Field(default=3600, ge=10)
     max_timeout_s: int = Field(default=6 * 3600, ge=10)
     #: above the longest build plus its queueing time (see shared/broker.py)

@@ -78,7 +78,12 @@ class IllegalTransition(Conflict):
 
 
 class StorageError(CrossfarmError):
-    """The object store failed; the operation may succeed when retried."""
+    """The object store failed; the operation may succeed when retried, unless what it
+    holds is wrong (`retryable=False`: an object whose bytes do not match its name)."""
+
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class BrokerError(CrossfarmError):

@@ -161,7 +161,15 @@ class JobFinished(Wire):
     manifest: Manifest | None = None
 
 
-class StartVerdict(Wire):
+class Reply(Wire):
+    """An answer the controller gives a worker. Unlike requests, a reply may carry fields
+    this worker does not know yet (a newer controller): they are ignored, so upgrading
+    the controller first never cuts its workers off."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class StartVerdict(Reply):
     """The controller's answer to JobStarted: go ahead, or drop the job."""
 
     proceed: bool
@@ -265,7 +273,7 @@ class WorkerHeartbeat(Wire):
     interval_s: Annotated[float, Field(gt=0)] = 5.0
 
 
-class HeartbeatReply(Wire):
+class HeartbeatReply(Reply):
     """The controller's answer to a heartbeat: whether an operator asked it to drain,
     and how long a silent worker stays its own (after that it is lost and its jobs run
     elsewhere)."""

@@ -165,7 +165,8 @@ class Container:
         try:
             status = self._wait(deadline, should_stop)
         except BaseException:  # whatever stopped the wait stops the build, before the
-            self._kill()       # log pump (perhaps stuck on a dead link) is waited for
+            with suppress(Exception):  # log pump (perhaps stuck on a dead link) is joined
+                self._kill()
             raise
         finally:
             pump.join(timeout=10)

@@ -92,7 +92,10 @@ class Heartbeat:
                 return
             self._fresh = False
             if self._lease is not None and reply.lost_after_s is not None:
-                self._lease.renewed(reply.lost_after_s)
+                try:
+                    self._lease.renewed(reply.lost_after_s)
+                except OSError as exc:  # a full disk must not fence this worker's builds
+                    log.warning("could not record the lease: %s", exc)
             if reply.drain != self._asked_to_drain and not self._shutting_down:
                 log.info("%s: %s", self._name, "draining" if reply.drain else "taking jobs again")
                 self._asked_to_drain = reply.drain
@@ -120,11 +123,12 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.watch(time.monotonic())
-            self.beat()
-            if self._housekeeping is not None:
+            for chore in (lambda: self.watch(time.monotonic()), self.beat,
+                          self._housekeeping):
+                if chore is None:
+                    continue
                 try:
-                    self._housekeeping()
-                except Exception:  # housekeeping must never stop the heartbeat
-                    log.exception("worker housekeeping failed")
+                    chore()
+                except Exception:  # nothing may stop the heartbeat: it is the lease
+                    log.exception("worker heartbeat chore failed")
             self._stop.wait(self._interval)

@@ -23,7 +23,9 @@ MARGIN = 2
 
 
 class Lease:
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic) -> None:
+        # CLOCK_MONOTONIC is one clock for every process of a host (and immune to NTP
+        # steps); a reboot resets it, which forget() at start-up covers.
         self._path, self._clock = path, clock
 
     def forget(self) -> None:

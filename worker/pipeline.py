@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from crossfarm.shared import keys
 from crossfarm.shared.arch import Arch, BuildMode, target_arch
@@ -32,7 +33,7 @@ from crossfarm.shared.ids import BuildId, JobId, SourceDigest
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.storage import ObjectStore
 from crossfarm.shared.tree import TreeLimits
-from crossfarm.shared.wire import JobFinished, JobMessage, JobStarted, Manifest
+from crossfarm.shared.wire import JobFinished, JobMessage, JobStarted, Manifest, SourceTree
 from crossfarm.worker import cargo
 from crossfarm.worker.artifacts import ArtifactCollector, JobOutput, build_manifest
 from crossfarm.worker.container import Docker, Step
@@ -41,7 +42,13 @@ from crossfarm.worker.lease import Lease
 from crossfarm.worker.reporter import Reporter
 from crossfarm.worker.retrying import Retry
 from crossfarm.worker.settings import WorkerSettings
-from crossfarm.worker.source import container_tar, fetch_blobs, fetch_tree, trim_cache
+from crossfarm.worker.source import (
+    cache_lock,
+    container_tar,
+    fetch_blobs,
+    fetch_tree,
+    trim_cache,
+)
 
 log = logging.getLogger(__name__)
 
@@ -151,9 +158,11 @@ def _build(tools: Toolbox, job: JobMessage, image: str, joblog: JobLog) -> JobFi
     except LeaseLost:
         raise  # not an outcome: the job belongs to another attempt now
     except StorageError as exc:
+        advice = ("retryable: resubmit once the object store is back" if exc.retryable
+                  else "the stored source is damaged; an operator should check the object "
+                       "store")
         return JobFinished(attempt=job.attempt, state=BuildState.FAILED,
-                           reason=f"storage: {exc.message}; retryable: resubmit once the "
-                                  "object store is back")
+                           reason=f"storage: {exc.message}; {advice}")
     except Exception as exc:  # a bug or an engine failure must still end the job as data
         log.exception("job %s failed on this worker", job.job_id)
         return JobFinished(attempt=job.attempt, state=BuildState.FAILED,
@@ -177,15 +186,7 @@ def _compile_and_publish(
         with joblog.timed("source download and check"):
             source, limits = SourceDigest(job.source), TreeLimits()
             tree = retry.run("source download", lambda: fetch_tree(tools.storage, source, limits))
-            fetched = retry.run("source download", lambda: fetch_blobs(
-                tools.storage, source, tree, settings.scratch_dir / "blobs", limits))
-            joblog(f"crossfarm: {len(tree.entries)} files, {fetched} blob(s) not cached here")
-            tar = container_tar(tree, settings.scratch_dir / "blobs", "src", BUILD_UID)
-            removed, freed = trim_cache(settings.scratch_dir / "blobs",
-                                        settings.blob_cache_bytes, _BLOB_IN_USE_S)
-            if removed:
-                joblog(f"crossfarm: blob cache trimmed to its budget: {removed} file(s), "
-                       f"{freed} bytes freed")
+            tar = _source_tar(tools, retry, source, tree, limits, joblog)
         locked = any(entry.path == "Cargo.lock" for entry in tree.entries)
         labels = {"io.crossfarm.job": job.job_id, "io.crossfarm.attempt": str(job.attempt),
                   "io.crossfarm.worker": settings.worker_name}
@@ -204,6 +205,25 @@ def _compile_and_publish(
                              tmp)
         with joblog.timed("artifact upload"):
             return retry.run("artifact upload", lambda: _publish(tools.storage, job, files))
+
+
+def _source_tar(tools: Toolbox, retry: Retry, source: SourceDigest, tree: SourceTree,
+                limits: TreeLimits, joblog: JobLog) -> IO[bytes]:
+    """The tree as the container's tar, its blobs from this worker's cache (fetched if
+    missing); then the cache is trimmed to its budget, unless another build reads it."""
+    cache = tools.settings.scratch_dir / "blobs"
+    with cache_lock(cache):
+        fetched = retry.run("source download", lambda: fetch_blobs(
+            tools.storage, source, tree, cache, limits))
+        joblog(f"crossfarm: {len(tree.entries)} files, {fetched} blob(s) not cached here")
+        tar = container_tar(tree, cache, "src", BUILD_UID)
+    with cache_lock(cache, exclusive=True) as alone:
+        removed, freed = (trim_cache(cache, tools.settings.blob_cache_bytes, _BLOB_IN_USE_S)
+                          if alone else (0, 0))
+    if removed:
+        joblog(f"crossfarm: blob cache trimmed to its budget: {removed} file(s), "
+               f"{freed} bytes freed")
+    return tar
 
 
 def _compile(tools: Toolbox, job: JobMessage, image: str, locked: bool, volume: str,

@@ -52,9 +52,12 @@ class Retry:
             try:
                 return step()
             except StorageError as exc:
+                if not exc.retryable:
+                    raise
                 if self.clock() + delay > give_up_at:
                     raise StorageError(f"{exc.message} ({tries} tries over "
-                                       f"{self.clock() - started:.0f} s)") from exc
+                                       f"{self.clock() - started:.0f} s)",
+                                       retryable=exc.retryable) from exc
                 self.say(f"crossfarm: {what}: {exc.message}; retrying in {delay:g} s")
                 self._wait(delay)
         raise AssertionError("delays() never ends")  # pragma: no cover

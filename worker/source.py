@@ -8,13 +8,15 @@ kept under a size budget by dropping the least recently used blobs.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -41,7 +43,7 @@ def fetch_tree(storage: ObjectStore, digest: SourceDigest, limits: TreeLimits) -
     """The tree a build names, checked again and matched against its digest."""
     tree = SourceTree.model_validate_json(storage.get_bytes(keys.tree_key(digest)))
     if tree_digest(tree) != digest:
-        raise StorageError(f"stored tree {digest} does not match its digest")
+        raise StorageError(f"stored tree {digest} does not match its digest", retryable=False)
     check_tree(tree, limits)
     return tree
 
@@ -73,7 +75,7 @@ def fetch_blobs(storage: ObjectStore, digest: SourceDigest, tree: SourceTree, ca
         try:
             storage.download(keys.blob_key(digest), Path(partial))
             if sha256_file(Path(partial)) != digest:
-                raise StorageError(f"blob {digest} arrived with other bytes")
+                raise StorageError(f"blob {digest} arrived with other bytes", retryable=False)
             os.replace(partial, cache / digest)
         finally:
             Path(partial).unlink(missing_ok=True)
@@ -121,11 +123,35 @@ def to_evict(files: list[Cached], budget_bytes: int, keep_after: float) -> list[
     return chosen
 
 
+#: The lock file in the cache folder (see cache_lock); never a blob.
+_LOCK = ".lock"
+
+
+@contextmanager
+def cache_lock(cache: Path, exclusive: bool = False) -> Iterator[bool]:
+    """Builds of this worker share the cache: each holds a shared lock from the moment
+    it checks which blobs are cached until its tar is made; trimming needs the lock
+    alone and skips its turn (yields False) rather than wait while a build reads."""
+    cache.mkdir(parents=True, exist_ok=True)
+    with (cache / _LOCK).open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def trim_cache(cache: Path, budget_bytes: int, keep_s: float) -> tuple[int, int]:
     """Delete the least recently used blobs until the cache fits in `budget_bytes`;
-    returns (files removed, bytes freed)."""
+    returns (files removed, bytes freed). Call it holding cache_lock(exclusive=True)."""
     files = []
     for entry in os.scandir(cache):
+        if entry.name == _LOCK:
+            continue
         with suppress(FileNotFoundError):  # another build may trim at the same time
             info = entry.stat(follow_symlinks=False)
             files.append(Cached(entry.name, info.st_size, info.st_mtime))

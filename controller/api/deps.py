@@ -44,25 +44,25 @@ def _digest(digest: Annotated[str, Path()]) -> SourceDigest:
         raise HTTPException(status_code=422, detail=str(exc)) from None
 
 
-def _check_bearer(expected: str | None, authorization: str | None, who: str) -> None:
+def _check_bearer(expected: str | None, authorization: str | None, refusal: str) -> None:
     """No token configured: open (the single-machine farm). Otherwise the request must
     carry it as `Authorization: Bearer <token>`."""
     if expected is None:
         return
     given = (authorization or "").removeprefix("Bearer ")
     if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(status_code=401, detail=f"{who} token missing or wrong")
+        raise HTTPException(status_code=401, detail=refusal)
 
 
 def _worker(farm: Annotated[Farm, Depends(_farm)],
             authorization: Annotated[str | None, Header()] = None) -> None:
-    _check_bearer(farm.settings.worker_token, authorization, "worker")
+    _check_bearer(farm.settings.worker_token, authorization, "worker token missing or wrong")
 
 
 def _operator(farm: Annotated[Farm, Depends(_farm)],
               authorization: Annotated[str | None, Header()] = None) -> None:
     _check_bearer(farm.settings.operator_token, authorization,
-                  "operator (set `token` in the crossfarm config)")
+                  "operator token missing or wrong; set `token` in your crossfarm config")
 
 
 FarmDep = Annotated[Farm, Depends(_farm)]

@@ -93,3 +93,9 @@ def test_an_operator_token_is_required_to_drain_once_set(client):
     assert api.post("/v1/workers/w1/drain", headers=ok).json()["drain_requested"] is True
     assert api.delete("/v1/workers/w1/drain", headers=ok).status_code == 200
     assert api.get("/v1/workers").status_code == 200  # reading the fleet stays open
+
+
+@pytest.mark.parametrize("token", ["", "   ", "short", "has space in it"])
+def test_a_blank_short_or_spaced_token_is_refused_at_start_up(token):
+    with pytest.raises(ValueError, match="operator_token"):
+        ControllerSettings(operator_token=token)

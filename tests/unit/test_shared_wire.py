@@ -152,8 +152,23 @@ WIRE_MODELS = [
 
 @pytest.mark.parametrize("model", WIRE_MODELS, ids=lambda m: m.__name__)
 def test_every_wire_model_forbids_unknown_fields_and_is_frozen(model):
-    assert model.model_config["extra"] == "forbid"
+    # Replies to workers alone ignore fields a newer controller added.
+    assert model.model_config["extra"] == ("ignore" if issubclass(model, wire.Reply)
+                                           else "forbid")
     assert model.model_config["frozen"] is True
+
+
+def test_a_worker_reads_a_reply_from_a_newer_controller_that_has_more_fields():
+    reply = wire.HeartbeatReply.model_validate_json(
+        '{"drain": true, "lost_after_s": 30, "added_in_a_later_version": [1]}')
+    assert (reply.drain, reply.lost_after_s) == (True, 30)
+    verdict = wire.StartVerdict.model_validate_json('{"proceed": false, "hint": "x"}')
+    assert verdict.proceed is False
+
+
+def test_only_answers_to_workers_are_lenient():
+    assert {m.__name__ for m in WIRE_MODELS if issubclass(m, wire.Reply)} == {
+        "Reply", "HeartbeatReply", "StartVerdict"}
 
 
 def test_all_wire_models_were_found():

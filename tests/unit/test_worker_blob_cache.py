@@ -7,7 +7,7 @@ import time
 
 from crossfarm.shared.tree import TreeLimits
 from crossfarm.shared.wire import SourceTree, TreeEntry
-from crossfarm.worker.source import Cached, fetch_blobs, to_evict, trim_cache
+from crossfarm.worker.source import Cached, cache_lock, fetch_blobs, to_evict, trim_cache
 
 
 def _files(*spec):
@@ -58,3 +58,22 @@ def test_a_build_that_uses_cached_blobs_makes_them_recent_again(tmp_path):
 
     assert fetch_blobs(object(), "d" * 64, tree, tmp_path, TreeLimits()) == 0  # no download
     assert (tmp_path / digest).stat().st_mtime > time.time() - 60
+
+
+def test_trimming_waits_its_turn_while_a_build_reads_the_cache(tmp_path):
+    with cache_lock(tmp_path) as reading:
+        assert reading
+        with cache_lock(tmp_path) as another_reader:
+            assert another_reader  # builds read side by side
+        with cache_lock(tmp_path, exclusive=True) as alone:
+            assert alone is False  # a trim skips its turn
+    with cache_lock(tmp_path, exclusive=True) as alone:
+        assert alone
+
+
+def test_the_lock_file_is_never_trimmed(tmp_path):
+    with cache_lock(tmp_path):
+        pass
+    os.utime(tmp_path / ".lock", (1.0, 1.0))
+    assert trim_cache(tmp_path, budget_bytes=0, keep_s=0) == (0, 0)
+    assert (tmp_path / ".lock").exists()

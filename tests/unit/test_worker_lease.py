@@ -81,3 +81,16 @@ def test_only_an_acknowledged_heartbeat_renews_the_lease(tmp_path):
     beat.beat()  # fails: the lease is not renewed
     clock.now += 6
     assert lease.lapsed() is not None
+
+
+def test_a_lease_that_cannot_be_written_does_not_stop_the_heartbeat(tmp_path):
+    (tmp_path / "file").write_text("")
+    lease = Lease(tmp_path / "file" / "lease.json")  # its folder is a file: OSError
+    settings = WorkerSettings(worker_name="w1")
+    reporter = _Reporter([HeartbeatReply(drain=False, lost_after_s=10)] * 2)
+    beat = Heartbeat(reporter, "w1", lambda: describe(settings, Arch.AMD64, None),
+                     1.0, lambda on: None, lease=lease)
+
+    beat.beat()
+    beat.beat()
+    assert reporter.replies == []  # both beats went out

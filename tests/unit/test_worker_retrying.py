@@ -116,3 +116,17 @@ def test_a_cancel_while_waiting_stops_the_job_without_another_try():
         retry.run("artifact upload", step)
     assert len(calls) == 2  # tried, waited 1 s, tried, stopped half a second into 2 s
     assert clock.now == pytest.approx(101.5)
+
+
+def test_damaged_stored_data_is_not_retried():
+    clock = Clock()
+    retry, said = _retry(clock)
+    calls = []
+
+    def step():
+        calls.append(1)
+        raise StorageError("blob ab arrived with other bytes", retryable=False)
+
+    with pytest.raises(StorageError) as caught:
+        retry.run("source download", step)
+    assert (len(calls), said, caught.value.retryable) == (1, [], False)
