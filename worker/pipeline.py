@@ -53,7 +53,8 @@ from crossfarm.worker.source import (
 log = logging.getLogger(__name__)
 
 _CA_IN_CONTAINER = "/etc/crossfarm/ca.crt"
-#: A cached blob used this recently may be about to go into another build's tar: kept.
+#: Blobs used this recently are kept even over budget: the next build of the same crate
+#: is likely to want them. (A build reading the cache holds cache_lock; trims wait.)
 _BLOB_IN_USE_S = 600
 
 

@@ -107,9 +107,9 @@ class Cached:
 
 def to_evict(files: list[Cached], budget_bytes: int, keep_after: float) -> list[str]:
     """The files to delete so the cache fits in `budget_bytes`, least recently used
-    first. Files used at or after `keep_after` are never chosen: a build running now may
-    be about to read them. Half-written files (".partial-…") older than that are always
-    chosen: their writer died."""
+    first. Files used at or after `keep_after` are never chosen: recent builds' blobs are
+    the likeliest to be wanted again. Half-written files (".partial-…") older than that
+    are always chosen: their writer died."""
     old = [f for f in files if f.used_at < keep_after]
     partial = [f for f in old if f.name.startswith(".partial-")]
     chosen = [f.name for f in partial]
