@@ -262,23 +262,7 @@ def test_jobs_of_a_build_lists_each_job_once(store, built):
 
 def test_two_builds_keep_their_jobs_apart(store, built):
     other = BuildId("b-fedcba9876543210")
-    store.add_build(
-        NewBuild(
-            build_id=other,
-            source=DIGEST,
-            profile="dev",
-            features=[],
-            all_features=False,
-            no_default_features=False,
-            cargo_args=[],
-            timeout_s=60,
-            jobs=[
-                _new_job(JobId("j-00000000000000ff"), X86, "amd64"),
-            ],
-            env={},
-            submitter=None,
-        )
-    )
+    _one_job_build(store, other, "j-00000000000000ff")
     assert [r.view.job_id for r in store.jobs_of(other)] == ["j-00000000000000ff"]
     assert len(store.jobs_of(BUILD)) == 2
 
