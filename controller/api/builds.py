@@ -10,13 +10,13 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from crossfarm.controller import builds
-from crossfarm.controller.api.deps import BuildIdDep, FarmDep
+from crossfarm.controller.api.deps import BuildIdDep, ClientAuth, FarmDep
 from crossfarm.shared.events import EventReader
 from crossfarm.shared.ids import BuildId
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import ArtifactView, BuildRequest, BuildView, Event
 
-router = APIRouter(prefix="/v1/builds", tags=["builds"])
+router = APIRouter(prefix="/v1/builds", tags=["builds"], dependencies=[ClientAuth])
 
 #: How long one Redis read blocks before the stream sends a keep-alive comment.
 _KEEPALIVE_MS = 15_000

@@ -44,13 +44,16 @@ def _digest(digest: Annotated[str, Path()]) -> SourceDigest:
         raise HTTPException(status_code=422, detail=str(exc)) from None
 
 
-def _check_bearer(expected: str | None, authorization: str | None, refusal: str) -> None:
+def _check_bearer(expected: str | None, authorization: str | None, refusal: str,
+                  *also: str | None) -> None:
     """No token configured: open (the single-machine farm). Otherwise the request must
-    carry it as `Authorization: Bearer <token>`."""
+    carry it, or one of the tokens `also` accepted, as `Authorization: Bearer <token>`."""
     if expected is None:
         return
-    given = (authorization or "").removeprefix("Bearer ")
-    if not hmac.compare_digest(given.encode(), expected.encode()):
+    given = (authorization or "").removeprefix("Bearer ").encode()
+    accepted = [token.encode() for token in (expected, *also) if token is not None]
+    # a list, not a generator: every token is compared, each in constant time
+    if not any([hmac.compare_digest(given, token) for token in accepted]):
         raise HTTPException(status_code=401, detail=refusal)
 
 
@@ -65,9 +68,18 @@ def _operator(farm: Annotated[Farm, Depends(_farm)],
                   "operator token missing or wrong; set `token` in your crossfarm config")
 
 
+def _client(farm: Annotated[Farm, Depends(_farm)],
+            authorization: Annotated[str | None, Header()] = None) -> None:
+    """Builds, sources and the fleet: the client token, or the operator's."""
+    _check_bearer(farm.settings.client_token, authorization,
+                  "client token missing or wrong; set `token` in your crossfarm config "
+                  "(or CROSSFARM_TOKEN)", farm.settings.operator_token)
+
+
 FarmDep = Annotated[Farm, Depends(_farm)]
 BuildIdDep = Annotated[BuildId, Depends(_build_id)]
 JobIdDep = Annotated[JobId, Depends(_job_id)]
 DigestDep = Annotated[SourceDigest, Depends(_digest)]
 WorkerAuth = Depends(_worker)
 OperatorAuth = Depends(_operator)
+ClientAuth = Depends(_client)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from crossfarm.controller import sources
-from crossfarm.controller.api.deps import DigestDep, FarmDep
+from crossfarm.controller.api.deps import ClientAuth, DigestDep, FarmDep
 from crossfarm.shared.errors import InvalidSource
 from crossfarm.shared.wire import (
     BlobQuery,
@@ -21,7 +21,7 @@ from crossfarm.shared.wire import (
     SourceTree,
 )
 
-router = APIRouter(tags=["sources"])
+router = APIRouter(tags=["sources"], dependencies=[ClientAuth])
 
 
 @router.post("/v1/blobs/missing")

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from crossfarm.controller import fleet
-from crossfarm.controller.api.deps import FarmDep, OperatorAuth, WorkerAuth
+from crossfarm.controller.api.deps import ClientAuth, FarmDep, OperatorAuth, WorkerAuth
 from crossfarm.shared.wire import Fleet, HeartbeatReply, WorkerHeartbeat, WorkerView
 
 router = APIRouter(prefix="/v1/workers", tags=["workers"])
@@ -32,6 +32,6 @@ def undrain(farm: FarmDep, name: WorkerName) -> WorkerView:
     return fleet.set_drain(farm, name, False)
 
 
-@router.get("")
+@router.get("", dependencies=[ClientAuth])
 def list_workers(farm: FarmDep) -> Fleet:
     return fleet.fleet(farm)

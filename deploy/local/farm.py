@@ -69,6 +69,8 @@ class Farm:
     weed_ports: list[int] = field(default_factory=list)
     #: where the services listen: loopback, or a namespace test host's own address
     host: str = "127.0.0.1"
+    #: the client token the controller requires and the CLI presents; None: open
+    client_token: str | None = None
 
     @property
     def redis_url(self) -> str:
@@ -81,6 +83,11 @@ class Farm:
     @property
     def controller_url(self) -> str:
         return f"http://{self.host}:{self.controller_port}"
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The headers a client sends to the controller."""
+        return {"Authorization": f"Bearer {self.client_token}"} if self.client_token else {}
 
     def env(self, **extra: str) -> dict[str, str]:
         """The CROSSFARM_* environment of every farm process."""
@@ -99,6 +106,9 @@ class Farm:
             # One machine, one architecture: let other targets use its cross toolchain.
             "CROSSFARM_DEFAULT_PLACEMENT": "cross-ok",
         })
+        if self.client_token:
+            env.update(CROSSFARM_CLIENT_TOKEN=self.client_token,  # the controller's
+                       CROSSFARM_TOKEN=self.client_token)  # the CLI's
         ca = Path("/etc/ssl/certs/ca-certificates.crt")
         if "CROSSFARM_CA_BUNDLE" not in env and ca.is_file():
             env["CROSSFARM_CA_BUNDLE"] = str(ca)
@@ -205,7 +215,8 @@ class Farm:
 
     def worker_state(self, name: str) -> str | None:
         """The fleet's word on a worker (online, draining, drained, lost), None if unknown."""
-        with urllib.request.urlopen(f"{self.controller_url}/v1/workers", timeout=5) as reply:
+        request = urllib.request.Request(f"{self.controller_url}/v1/workers", headers=self.auth)
+        with urllib.request.urlopen(request, timeout=5) as reply:
             fleet = json.load(reply)
         return next((w["state"] for w in fleet["workers"] if w["name"] == name), None)
 

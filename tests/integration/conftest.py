@@ -52,7 +52,8 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
                               capture_output=True).returncode == 0
     _require(image_ok, f"builder image {BUILDER_IMAGE} is missing (make image)")
     state = tmp_path_factory.mktemp("farm")
-    running = localfarm.Farm(dir=state)
+    # With a client token, as a shared farm runs: every test's client presents it.
+    running = localfarm.Farm(dir=state, client_token="integration-client-token")
     try:
         running.start_redis()
         running.start_s3()
@@ -66,7 +67,7 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 @pytest.fixture
 def api(farm: localfarm.Farm) -> Iterator[httpx.Client]:
     """An HTTP client of the farm's controller API."""
-    with httpx.Client(base_url=farm.controller_url, timeout=30) as client:
+    with httpx.Client(base_url=farm.controller_url, headers=farm.auth, timeout=30) as client:
         yield client
 
 

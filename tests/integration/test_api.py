@@ -19,7 +19,7 @@ X86 = "x86_64-unknown-linux-gnu"
 
 def _upload(farm, crate: Path) -> str:
     """Send the crate's tree and blobs the way the CLI does; returns the tree digest."""
-    with FarmClient(farm.controller_url) as client:
+    with FarmClient(farm.controller_url, token=farm.client_token) as client:
         return send(client, scan(crate)).status.digest
 
 

@@ -44,7 +44,7 @@ def arm64_worker(farm, tmp_path_factory):
 
 
 def _fleet(farm) -> dict:
-    return httpx.get(f"{farm.controller_url}/v1/workers", timeout=30).json()
+    return httpx.get(f"{farm.controller_url}/v1/workers", headers=farm.auth, timeout=30).json()
 
 
 def test_the_arm64_worker_registers_as_arm64_by_detection(farm, arm64_worker):
@@ -101,7 +101,7 @@ def test_with_the_arm64_worker_gone_native_waits_and_cross_ok_crosses(
 def test_emulate_ok_builds_in_an_arm64_builder_under_emulation_as_a_last_resort(
         farm, arm64_worker, crate, cli):
     farm.stop_container(f"crossfarm-{arm64_worker}", timeout_s=5)
-    with httpx.Client(base_url=farm.controller_url, timeout=30) as api:
+    with httpx.Client(base_url=farm.controller_url, headers=farm.auth, timeout=30) as api:
         api.post("/v1/workers/worker-amd64/drain")  # no cross toolchain online either
         try:
             farm.start_worker("worker-emu", CROSSFARM_EMULATE_ARCHES="arm64",

@@ -22,7 +22,8 @@ ARM = "aarch64-unknown-linux-gnu"
 
 
 def _stats(farm) -> FarmStats:
-    return FarmStats.model_validate(httpx.get(f"{farm.controller_url}/v1/stats").json())
+    stats = httpx.get(f"{farm.controller_url}/v1/stats", headers=farm.auth)
+    return FarmStats.model_validate(stats.json())
 
 
 def _json(result: subprocess.CompletedProcess[str]) -> object:
@@ -55,7 +56,7 @@ def test_json_output_matches_the_servers_record(farm, crate, cli):
     document = _json(cli(crate, "build", "--target", X86, "--json"))
     build = BuildView.model_validate(document["build"])
     server = BuildView.model_validate(
-        httpx.get(f"{farm.controller_url}/v1/builds/{build.build_id}").json())
+        httpx.get(f"{farm.controller_url}/v1/builds/{build.build_id}", headers=farm.auth).json())
     assert build == server
     assert [a["name"] for a in document["artifacts"]] == ["hello-c"]
     status = _json(cli(crate, "status", build.build_id, "--json"))
@@ -116,6 +117,21 @@ def test_unsupported_target_is_an_error_naming_the_supported_ones(farm, crate, c
     assert f"supported targets: {ARM}, {X86}" in result.stderr
 
 
+def test_a_missing_or_wrong_token_is_refused_with_what_to_set(farm, crate):
+    before = _stats(farm)
+    for token in (None, "not-the-farm-token"):
+        env = {k: v for k, v in farm.env().items() if k != "CROSSFARM_TOKEN"}
+        if token:
+            env["CROSSFARM_TOKEN"] = token
+        result = subprocess.run(
+            [sys.executable, "-m", "crossfarm.client", "build", "--target", X86],
+            cwd=crate, env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert "client token missing or wrong; set `token` in your crossfarm config" in (
+            result.stderr)
+    assert _stats(farm) == before  # nothing was stored
+
+
 def test_config_precedence_flag_over_env_over_project_file(farm, crate, cli, tmp_path):
     (crate / "crossfarm.toml").write_text(
         'url = "http://127.0.0.1:1"\ntargets = ["aarch64-unknown-linux-gnu"]\ntimeout = 99\n')
@@ -165,7 +181,8 @@ def test_interrupt_with_cancel_on_interrupt_cancels_the_remote_build(farm, crate
     build_id = None
     while build_id is None:
         assert time.monotonic() < deadline, "the build never started"
-        builds = httpx.get(f"{farm.controller_url}/v1/builds", params={"limit": 5}).json()
+        builds = httpx.get(f"{farm.controller_url}/v1/builds", params={"limit": 5},
+                           headers=farm.auth).json()
         running = [b for b in builds if b["state"] == "running"
                    and b["jobs"][0]["started_at"] is not None]
         build_id = running[0]["build_id"] if running else None
@@ -174,7 +191,7 @@ def test_interrupt_with_cancel_on_interrupt_cancels_the_remote_build(farm, crate
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 3, err
-    view = httpx.get(f"{farm.controller_url}/v1/builds/{build_id}").json()
+    view = httpx.get(f"{farm.controller_url}/v1/builds/{build_id}", headers=farm.auth).json()
     assert view["state"] == "cancelled"
 
 

@@ -118,7 +118,7 @@ def test_event_stream_resumes_after_last_event_id(farm, built):
     url = f"{farm.controller_url}/v1/builds/{build.build_id}/events"
 
     def ids_and_data(headers):
-        with httpx.stream("GET", url, headers=headers, timeout=30) as response:
+        with httpx.stream("GET", url, headers={**farm.auth, **headers}, timeout=30) as response:
             assert response.status_code == 200
             text = response.read().decode()
         frames = [f for f in text.split("\n\n") if f.startswith("id:")]

@@ -32,7 +32,7 @@ SLOW_BUILD_RS = (
 def _source(farm, crate, sleep_s: int | None = None) -> str:
     if sleep_s is not None:
         (crate / "build.rs").write_text(SLOW_BUILD_RS.replace("{secs}", str(sleep_s)))
-    with FarmClient(farm.controller_url) as client:
+    with FarmClient(farm.controller_url, token=farm.client_token) as client:
         return send(client, scan(crate)).status.digest
 
 

@@ -21,7 +21,7 @@ ARM = "aarch64-unknown-linux-gnu"
 
 @pytest.fixture
 def source(farm, crate) -> str:
-    with FarmClient(farm.controller_url) as client:
+    with FarmClient(farm.controller_url, token=farm.client_token) as client:
         return send(client, scan(crate)).status.digest
 
 
@@ -113,7 +113,7 @@ def test_a_worker_keeps_its_blob_cache_within_budget(farm, api, crate, only):
         os.utime(cache / name, (day_ago, day_ago))
     try:
         local = scan(crate)
-        with FarmClient(farm.controller_url) as client:
+        with FarmClient(farm.controller_url, token=farm.client_token) as client:
             digest = send(client, local).status.digest
         build = api.post("/v1/builds", json={"source": digest, "targets": [X86]}).json()
         job = until(lambda: (j := _job(api, build["build_id"]))["state"] == "succeeded" and j,

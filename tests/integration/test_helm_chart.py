@@ -230,11 +230,14 @@ def _secret_env(objects: list[dict[str, Any]], component: str) -> dict[str, str]
             .decode() for e in container(deployment, component)["env"] if "valueFrom" in e}
 
 
-def test_the_controller_gets_an_operator_token_and_workers_never_see_it(chart):
+@pytest.mark.parametrize(("value", "variable"), [("operatorToken", "CROSSFARM_OPERATOR_TOKEN"),
+                                                 ("clientToken", "CROSSFARM_CLIENT_TOKEN")])
+def test_the_controller_gets_its_own_tokens_and_workers_never_see_them(chart, value, variable):
     generated = _secret_env(render(chart, {}), "controller")
-    assert len(generated["CROSSFARM_OPERATOR_TOKEN"]) == 40
-    assert generated["CROSSFARM_OPERATOR_TOKEN"] != generated["CROSSFARM_WORKER_TOKEN"]
-    given = _secret_env(render(chart, {"operatorToken": "op-secret"}), "controller")
-    assert given["CROSSFARM_OPERATOR_TOKEN"] == "op-secret"
+    assert len(generated[variable]) == 40
+    others = {k: v for k, v in generated.items() if k.endswith("_TOKEN") and k != variable}
+    assert generated[variable] not in others.values()
+    given = _secret_env(render(chart, {value: "given-secret"}), "controller")
+    assert given[variable] == "given-secret"
     (worker,) = worker_deployments(render(chart, {}))
-    assert "CROSSFARM_OPERATOR_TOKEN" not in {e["name"] for e in container(worker, "worker")["env"]}
+    assert variable not in {e["name"] for e in container(worker, "worker")["env"]}

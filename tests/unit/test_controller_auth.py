@@ -1,6 +1,7 @@
 """Tokens on the API: with none configured the single-machine farm is open; with one,
-workers must present the worker token on their endpoints and operators the operator
-token to drain. Real routes and a real SQLite store; no broker, no object store."""
+workers must present the worker token on their endpoints, operators the operator
+token to drain, and clients the client token (or the operator's) for everything else.
+Real routes and a real SQLite store; no broker, no object store."""
 
 import asyncio
 
@@ -95,7 +96,41 @@ def test_an_operator_token_is_required_to_drain_once_set(client):
     assert api.get("/v1/workers").status_code == 200  # reading the fleet stays open
 
 
+def _bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_a_client_token_is_required_on_builds_sources_and_the_fleet_once_set(client):
+    api = client(worker_token="w-secret", operator_token="op-secret",
+                 client_token="cl-secret")
+    reads = ["/v1/builds", "/v1/workers", "/v1/stats",
+             "/v1/builds/b-00000000000000000000000000/artifacts"]
+    for path in reads:
+        refused = api.get(path)
+        assert refused.status_code == 401, path
+        assert refused.json()["detail"].startswith("client token missing or wrong; set `token`")
+        # neither a wrong token nor the worker's opens them
+        assert api.get(path, headers=_bearer("cl-secreT")).status_code == 401, path
+        assert api.get(path, headers=_bearer("w-secret")).status_code == 401, path
+    assert api.get("/v1/builds", headers=_bearer("cl-secret")).json() == []
+    assert api.get("/v1/workers", headers=_bearer("op-secret")).status_code == 200
+    # Writes are refused before their body is even looked at; with the token, the body is.
+    for path in ["/v1/builds", "/v1/sources", "/v1/blobs/missing", "/v1/blobs/packs"]:
+        assert api.post(path, content=b"{}").status_code == 401, path
+        assert api.post(path, content=b"{", headers=_bearer("cl-secret")).status_code in (
+            400, 422), path
+    assert api.get("/v1/health").status_code == 200  # probes need no token
+    # The client token is not the operator's: it cannot drain.
+    assert api.post("/v1/workers/w1/drain", headers=_bearer("cl-secret")).status_code == 401
+
+
+def test_without_a_client_token_builds_stay_open_even_when_others_are_set(client):
+    api = client(worker_token="w-secret", operator_token="op-secret")
+    assert api.get("/v1/builds").json() == []
+
+
 @pytest.mark.parametrize("token", ["", "   ", "short", "has space in it"])
 def test_a_blank_short_or_spaced_token_is_refused_at_start_up(token):
-    with pytest.raises(ValueError, match="operator_token"):
-        ControllerSettings(operator_token=token)
+    for name in ("operator_token", "client_token"):
+        with pytest.raises(ValueError, match=name):
+            ControllerSettings(**{name: token})
