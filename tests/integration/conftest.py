@@ -93,11 +93,13 @@ def crate(tmp_path: Path) -> Path:
 def cli(farm: object) -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run the real `crossfarm` CLI against the farm, in a directory, as a user would."""
 
-    def run(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    def run(cwd: Path, *args: str, timeout: float = 600,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """`env`: instead of the farm's environment (which holds its URL and token)."""
         return subprocess.run(
             [sys.executable, "-m", "crossfarm.client", *args],
-            cwd=cwd, env=farm.env(), capture_output=True, text=True,  # type: ignore[attr-defined]
-            timeout=timeout,
+            cwd=cwd, env=env or farm.env(), capture_output=True,  # type: ignore[attr-defined]
+            text=True, timeout=timeout,
         )
 
     return run

@@ -117,15 +117,13 @@ def test_unsupported_target_is_an_error_naming_the_supported_ones(farm, crate, c
     assert f"supported targets: {ARM}, {X86}" in result.stderr
 
 
-def test_a_missing_or_wrong_token_is_refused_with_what_to_set(farm, crate):
+def test_a_missing_or_wrong_token_is_refused_with_what_to_set(farm, crate, cli):
     before = _stats(farm)
     for token in (None, "not-the-farm-token"):
         env = {k: v for k, v in farm.env().items() if k != "CROSSFARM_TOKEN"}
         if token:
             env["CROSSFARM_TOKEN"] = token
-        result = subprocess.run(
-            [sys.executable, "-m", "crossfarm.client", "build", "--target", X86],
-            cwd=crate, env=env, capture_output=True, text=True, timeout=120)
+        result = cli(crate, "build", "--target", X86, env=env, timeout=120)
         assert result.returncode == 2, result.stderr
         assert "client token missing or wrong; set `token` in your crossfarm config" in (
             result.stderr)
@@ -159,8 +157,7 @@ def test_cross_toml_passthrough_reaches_the_build_and_is_redacted_in_logs(farm, 
     main.write_text(main.read_text().replace(
         'println!("hello', 'println!("baked={}", env!("BAKED"));\n    println!("hello'))
     env = {**farm.env(), "CROSSFARM_TEST_SECRET": "hunter2-swordfish"}
-    result = subprocess.run([sys.executable, "-m", "crossfarm.client", "build", "--target", X86],
-                            cwd=crate, env=env, capture_output=True, text=True, timeout=600)
+    result = cli(crate, "build", "--target", X86, env=env)
     assert result.returncode == 0, result.stderr
     assert "build.env.volumes (/data) are not mounted on remote builders" in result.stderr
     assert "the secret is ***" in result.stderr
