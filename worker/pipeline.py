@@ -205,7 +205,8 @@ def _compile_and_publish(
             files = _compile(tools, job, image, locked, volume_name, labels, joblog, deadline,
                              tmp)
         with joblog.timed("artifact upload"):
-            return retry.run("artifact upload", lambda: _publish(tools.storage, job, files))
+            return retry.run("artifact upload", lambda: _publish(
+                tools.storage, job, files, _stop_check(tools, job)))
 
 
 def _source_tar(tools: Toolbox, retry: Retry, source: SourceDigest, tree: SourceTree,
@@ -282,10 +283,13 @@ def _step(settings: WorkerSettings, job: JobMessage, image: str, command: list[s
     )
 
 
-def _publish(storage: ObjectStore, job: JobMessage, files: list[Path]) -> Manifest:
-    """Upload every artifact under this attempt's prefix, then the manifest, last.
-    An earlier try's unfinished multipart uploads (the store went away mid-upload, so
-    they could not be aborted then) are aborted first."""
+def _publish(storage: ObjectStore, job: JobMessage, files: list[Path],
+             stop: Callable[[], str | None]) -> Manifest:
+    """Upload every artifact under this attempt's prefix, then the manifest, last: the
+    manifest is what publishes. A job cancelled or superseded while its artifacts were
+    uploading (`stop` says so) writes none. An earlier try's unfinished multipart
+    uploads (the store went away mid-upload, so they could not be aborted then) are
+    aborted first."""
     output = JobOutput(build_id=BuildId(job.build_id), job_id=job.job_id, target=job.target,
                        attempt=job.attempt, profile=job.profile)
     for pending in storage.pending_uploads(keys.job_prefix(output.build_id, job.target,
@@ -295,6 +299,8 @@ def _publish(storage: ObjectStore, job: JobMessage, files: list[Path]) -> Manife
     by_name = {path.name: path for path in files}
     for entry in manifest.artifacts:
         storage.put_file(entry.key, by_name[entry.name], entry.sha256)
+    if reason := stop():
+        raise BuildCancelled(reason)
     storage.put_bytes(keys.manifest_key(output.build_id, job.target, job.attempt),
                       manifest.model_dump_json(indent=2).encode(), "application/json")
     return manifest

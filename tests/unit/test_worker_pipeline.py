@@ -5,7 +5,7 @@ import pytest
 
 from crossfarm.shared import keys
 from crossfarm.shared.arch import Arch, BuildMode
-from crossfarm.shared.errors import StorageError
+from crossfarm.shared.errors import BuildCancelled, StorageError
 from crossfarm.shared.ids import BuildId
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.storage import PendingUpload
@@ -167,12 +167,24 @@ def test_publishing_aborts_this_attempts_unfinished_uploads_first_and_no_others(
     binary = tmp_path / "hello"
     binary.write_bytes(b"\x7fELF")
 
-    manifest = _publish(storage, _job(X86), [binary])
+    manifest = _publish(storage, _job(X86), [binary], lambda: None)
 
     assert storage.aborted == [mine]
     assert storage.objects[mine] == b"\x7fELF"
     assert [a.name for a in manifest.artifacts] == ["hello"]
     assert list(storage.objects)[-1] == keys.manifest_key(BuildId(BUILD), X86, 1)
+
+
+@pytest.mark.parametrize("reason", ["cancelled by request", "superseded by attempt 2"])
+def test_a_job_stopped_while_its_artifacts_upload_publishes_no_manifest(tmp_path, reason):
+    storage = UploadingStorage([])
+    binary = tmp_path / "hello"
+    binary.write_bytes(b"\x7fELF")
+
+    with pytest.raises(BuildCancelled, match=reason):
+        _publish(storage, _job(X86), [binary], lambda: reason)
+
+    assert keys.manifest_key(BuildId(BUILD), X86, 1) not in storage.objects
 
 
 class ImageOnlyDocker:
