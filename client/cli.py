@@ -29,6 +29,7 @@ from crossfarm.client.build import (
     run_build,
 )
 from crossfarm.client.config import Config, load_config, read_cross_toml
+from crossfarm.client.workspace import locate
 from crossfarm.shared.arch import Placement
 from crossfarm.shared.errors import CrossfarmError
 from crossfarm.shared.states import BuildState
@@ -176,6 +177,7 @@ def _workers(client: FarmClient, _config: Config, args: argparse.Namespace) -> i
 def _build(client: FarmClient, config: Config, args: argparse.Namespace) -> int:
     if bool(args.git) != bool(args.rev):
         raise FarmError("--git and --rev go together")
+    packages: list[str] = args.package
     if args.git:
         root = Path.cwd()
     else:
@@ -183,10 +185,13 @@ def _build(client: FarmClient, config: Config, args: argparse.Namespace) -> int:
         if not manifest.is_file():
             raise FarmError(f"{manifest} not found: run crossfarm in a crate directory "
                             "or pass --manifest-path")
-        root = manifest.resolve().parent
+        crate = locate(manifest)  # a workspace member sends its workspace, as cargo reads it
+        root = crate.root
+        if crate.package and not packages:
+            packages = [crate.package]
     if not config.targets:
         raise FarmError("no target: pass --target TRIPLE (or set targets in crossfarm.toml)")
-    cargo_args = [*(f"--package={p}" for p in args.package), *(f"--bin={b}" for b in args.bin),
+    cargo_args = [*(f"--package={p}" for p in packages), *(f"--bin={b}" for b in args.bin),
                   *(["--locked"] if args.locked else []), *args.cargo_args]
     options = BuildOptions(
         targets=config.targets,

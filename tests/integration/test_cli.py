@@ -130,6 +130,35 @@ def test_a_missing_or_wrong_token_is_refused_with_what_to_set(farm, crate, cli):
     assert _stats(farm) == before  # nothing was stored
 
 
+def test_in_a_workspace_member_the_workspace_is_sent_and_only_that_member_built(
+        farm, tmp_path, cli):
+    ws = tmp_path / "ws"
+    files = {
+        "Cargo.toml": '[workspace]\nmembers = ["app", "util", "other"]\nresolver = "2"\n'
+                      '[workspace.package]\nversion = "0.3.0"\nedition = "2021"\n',
+        "app/Cargo.toml": '[package]\nname = "app"\nversion.workspace = true\n'
+                          'edition.workspace = true\n[dependencies]\nutil = { path = "../util" }\n',
+        "app/src/main.rs": 'fn main() { println!("answer {}", util::answer()); }\n',
+        "util/Cargo.toml": '[package]\nname = "util"\nversion.workspace = true\n'
+                           'edition.workspace = true\n',
+        "util/src/lib.rs": "pub fn answer() -> u32 { 42 }\n",
+        "other/Cargo.toml": '[package]\nname = "other"\nversion.workspace = true\n'
+                            'edition.workspace = true\n',
+        "other/src/main.rs": "fn main() {}\n",
+    }
+    for name, text in files.items():
+        (ws / name).parent.mkdir(parents=True, exist_ok=True)
+        (ws / name).write_text(text)
+    result = cli(ws / "app", "build", "--target", X86)
+    assert result.returncode == 0, result.stderr
+    # where cargo itself would put it: the workspace's target/, not the member's
+    built = ws / "target" / X86 / "debug"
+    ran = subprocess.run([built / "app"], capture_output=True, text=True, check=True)
+    assert ran.stdout == "answer 42\n"
+    assert not (built / "other").exists()
+    assert not (ws / "app" / "target").exists()
+
+
 def test_config_precedence_flag_over_env_over_project_file(farm, crate, cli, tmp_path):
     (crate / "crossfarm.toml").write_text(
         'url = "http://127.0.0.1:1"\ntargets = ["aarch64-unknown-linux-gnu"]\ntimeout = 99\n')
