@@ -142,7 +142,11 @@ def _cancel(client: FarmClient, _config: Config, args: argparse.Namespace) -> in
 
 
 def _logs(client: FarmClient, _config: Config, args: argparse.Namespace) -> int:
-    follow(client, args.build_id, only=args.target, live=args.follow)
+    if args.json:  # the events themselves, as one list, once the stream has ended
+        render.emit_json([event for event in client.events(args.build_id, follow=args.follow)
+                          if not args.target or event.target == args.target])
+    else:
+        follow(client, args.build_id, only=args.target, live=args.follow)
     return EXIT_OK
 
 

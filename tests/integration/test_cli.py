@@ -75,6 +75,10 @@ def test_list_logs_and_artifacts_commands_see_the_same_build(farm, crate, cli, t
     logs = cli(crate, "logs", build.build_id, "--target", X86)
     assert logs.returncode == 0
     assert "Compiling hello-c" in logs.stderr
+    events = _json(cli(crate, "logs", build.build_id, "--json"))
+    assert {e["target"] for e in events if e["kind"] != "end"} == {X86}
+    assert any("Compiling hello-c" in (e["line"] or "") for e in events if e["kind"] == "log")
+    assert [e["state"] for e in events if e["kind"] == "state"][-1] == "succeeded"
 
     fetched = _json(cli(crate, "artifacts", build.build_id, "--download", str(tmp_path / "out"),
                         "--json"))
