@@ -10,11 +10,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import WORKER_AMD64
 
 from crossfarm.shared import keys
 from crossfarm.shared.ids import BuildId
 from crossfarm.shared.storage import S3Store, StorageSettings
 from crossfarm.shared.wire import BuildView, Manifest
+from crossfarm.worker.images import BUILD_UID
+from crossfarm.worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.integration
 
@@ -154,3 +157,56 @@ def test_a_crate_without_a_lockfile_builds_and_the_build_user_writes_the_lock(fa
     assert result.returncode == 0, result.stderr
     assert "Locking" in result.stderr  # cargo fetch resolved and wrote Cargo.lock itself
     assert (crate / "target" / X86 / "debug" / "hello-c").is_file()
+
+
+
+#: A build script that reports the sandbox it runs in (cgroup v2 paths, else v1).
+SANDBOX_PROBE_RS = r"""
+use std::fs::read_to_string;
+fn first(paths: &[&str]) -> String {
+    paths.iter().find_map(|p| read_to_string(p).ok()).unwrap_or_default().trim().to_string()
+}
+fn status(field: &str) -> String {
+    let text = read_to_string("/proc/self/status").unwrap();
+    let line = text.lines().find(|l| l.starts_with(field)).unwrap_or("");
+    line[field.len()..].split_whitespace().collect::<Vec<_>>().join(" ")
+}
+fn main() {
+    cc::Build::new().file("src/answer.c").compile("answer");
+    let mut nets: Vec<String> = std::fs::read_dir("/sys/class/net").unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    nets.sort();
+    let cpu = match read_to_string("/sys/fs/cgroup/cpu.max") {
+        Ok(v2) => v2.trim().to_string(),
+        Err(_) => format!("{} {}", first(&["/sys/fs/cgroup/cpu/cpu.cfs_quota_us"]),
+                          first(&["/sys/fs/cgroup/cpu/cpu.cfs_period_us"])),
+    };
+    println!("cargo:warning=sandbox nets={}", nets.join(","));
+    println!("cargo:warning=sandbox uid={}", status("Uid:"));
+    println!("cargo:warning=sandbox capbnd={}", status("CapBnd:"));
+    println!("cargo:warning=sandbox nonewprivs={}", status("NoNewPrivs:"));
+    println!("cargo:warning=sandbox memory={}", first(&["/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes"]));
+    println!("cargo:warning=sandbox pids={}", first(&["/sys/fs/cgroup/pids.max",
+        "/sys/fs/cgroup/pids/pids.max"]));
+    println!("cargo:warning=sandbox cpu={cpu}");
+}
+"""
+
+
+def test_the_build_step_runs_offline_unprivileged_and_inside_its_limits(farm, crate, cli):
+    (crate / "build.rs").write_text(SANDBOX_PROBE_RS)
+    result = cli(crate, "build", "--target", X86)
+    assert result.returncode == 0, result.stderr
+    probe = dict(line.split("sandbox ", 1)[1].split("=", 1)
+                 for line in result.stderr.splitlines() if "warning: hello-c" in line
+                 and "sandbox " in line)
+    assert probe["nets"] == "lo"  # network none: no interface but loopback
+    assert probe["uid"].split() == [str(BUILD_UID)] * 4  # real, effective, saved, fs
+    assert int(probe["capbnd"], 16) == 0  # every capability dropped
+    assert probe["nonewprivs"] == "1"
+    defaults = WorkerSettings.model_fields  # the shared worker keeps these two at default
+    assert int(probe["memory"]) == defaults["build_memory_bytes"].default
+    assert int(probe["pids"]) == defaults["build_pids"].default
+    quota, period = (int(x) for x in probe["cpu"].split())
+    assert quota / period == float(WORKER_AMD64["CROSSFARM_BUILD_CPUS"])
