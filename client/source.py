@@ -74,20 +74,55 @@ def _batches(digests: list[str], sizes: dict[str, int]) -> list[list[str]]:
     return batches
 
 
+#: Never sent, whatever .gitignore says.
+_NEVER = ("target", ".git")
+
+
 def list_files(root: Path) -> list[str]:
     """The crate's files, relative to `root`, as git sees them (ignores honoured)."""
-    root = root.resolve()
-    args = ["ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "."]
+    names = _ls_files(root.resolve(), "--cached", "--others", "--exclude-standard")
+    return sorted(n for n in names if n.split("/")[0] not in _NEVER)
+
+
+def _ls_files(root: Path, *options: str) -> set[str]:
+    listed = _git(root, "ls-files", "-z", *options, "--", ".")
+    if listed.returncode != 0:
+        raise InvalidSource(f"git ls-files failed: {listed.stderr.decode().strip()}")
+    return {name for name in listed.stdout.decode().split("\0") if name}
+
+
+def _git(root: Path, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """git in `root`: its own repository's, or a throwaway one's when `root` is not a
+    checkout (or sits in an ignored part of one), so .gitignore counts either way."""
     if _tracked_by_git(root):
-        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, check=True)
-    else:
-        with tempfile.TemporaryDirectory() as gitdir:
-            env = {**os.environ, "GIT_DIR": gitdir, "GIT_WORK_TREE": str(root)}
-            subprocess.run(["git", "init", "-q"], env=env, check=True, capture_output=True)
-            out = subprocess.run(["git", "-C", str(root), *args], env=env,
-                                 capture_output=True, check=True)
-    names = {name for name in out.stdout.decode().split("\0") if name}
-    return sorted(n for n in names if n.split("/")[0] not in ("target", ".git"))
+        return subprocess.run(["git", "-C", str(root), *args], input=stdin, capture_output=True)
+    with tempfile.TemporaryDirectory() as gitdir:
+        env = {**os.environ, "GIT_DIR": gitdir, "GIT_WORK_TREE": str(root)}
+        subprocess.run(["git", "init", "-q"], env=env, check=True, capture_output=True)
+        return subprocess.run(["git", "-C", str(root), *args], env=env, input=stdin,
+                              capture_output=True)
+
+
+def special_files(root: Path) -> list[str]:
+    """FIFOs, sockets and devices in the crate that .gitignore does not cover. Git never
+    lists them, so without this look they would silently stay behind."""
+    root = root.resolve()
+    ignored_dirs = {name for name in _ls_files(
+        root, "--others", "--ignored", "--exclude-standard", "--directory") if name.endswith("/")}
+    found = []
+    for directory, subdirs, names in os.walk(root):
+        here = Path(directory).relative_to(root)
+        subdirs[:] = [d for d in subdirs
+                      if d not in _NEVER and f"{(here / d).as_posix()}/" not in ignored_dirs]
+        found += [(here / name).as_posix() for name in names
+                  if not stat.S_ISREG(mode := (Path(directory) / name).lstat().st_mode)
+                  and not stat.S_ISLNK(mode)]
+    if not found:
+        return []
+    # git lists no special file, ignored or not: ask about each one found
+    checked = _git(root, "check-ignore", "-z", "--stdin", stdin="\0".join(found).encode())
+    ignored = set(checked.stdout.decode().split("\0"))
+    return sorted(name for name in found if name not in ignored)
 
 
 def _tracked_by_git(root: Path) -> bool:
@@ -106,6 +141,9 @@ def scan(root: Path, limits: TreeLimits | None = None) -> LocalTree:
     limits = limits or TreeLimits()
     root = root.resolve()
     names = [n for n in list_files(root) if (root / n).exists() or (root / n).is_symlink()]
+    if special := special_files(root):
+        raise InvalidSource("a FIFO, socket or device cannot be sent: remove it or add it "
+                            "to .gitignore", special[0])
     if len(names) > limits.max_files:
         raise InvalidSource(f"{len(names)} files; the farm's limit is {limits.max_files}")
     entries: list[TreeEntry] = []

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from crossfarm.client.source import list_files, scan, send
+from crossfarm.client.source import list_files, scan, send, special_files
 from crossfarm.shared.errors import InvalidSource
 from crossfarm.shared.tree import TreeLimits, check_tree, read_pack, tree_digest
 from crossfarm.shared.wire import MissingBlobs, SourceStatus
@@ -306,3 +306,21 @@ def test_many_small_files_travel_in_few_packs(tmp_path):
     assert report.blobs_sent == 4501
     assert len(farm.packs) == 3  # at most 2000 files a pack
     assert sorted(farm.uploads) == sorted(set(farm.uploads))
+
+
+def test_a_fifo_is_refused_by_name_unless_gitignore_covers_it(crate):
+    os.mkfifo(crate / "src" / "pipe")
+    with pytest.raises(InvalidSource, match="a FIFO, socket or device cannot be sent") as exc:
+        scan(crate)
+    assert exc.value.path == "src/pipe"
+    (crate / ".gitignore").write_text("*.log\nsrc/pipe\n")
+    assert "src/pipe" not in _entries(scan(crate))
+
+
+def test_a_fifo_in_target_or_an_ignored_directory_is_not_looked_at(crate):
+    (crate / ".gitignore").write_text("*.log\nscratch/\n")
+    (crate / "scratch" / "deep").mkdir(parents=True)
+    os.mkfifo(crate / "scratch" / "deep" / "pipe")
+    os.mkfifo(crate / "target" / "debug" / "pipe")
+    assert special_files(crate) == []
+    assert "scratch/deep/pipe" not in _entries(scan(crate))
