@@ -94,7 +94,9 @@ def _check_request(farm: Farm, request: BuildRequest) -> int:
 
 
 def enqueue(farm: Farm, build_id: BuildId, job: JobView) -> None:
-    """Send a recorded job to its queue; if the broker refuses, the job fails saying so."""
+    """Send a recorded job to its queue. If the broker is away, the job stays queued in
+    the record: the placer re-sends a queued job whose message the broker does not hold
+    (reconcile_after_s), so an accepted build survives a Redis outage."""
     message = JobMessage(
         job_id=job.job_id, build_id=build_id, target=job.target, attempt=job.attempt,
         **farm.store.build_settings(build_id, job.target),
@@ -103,9 +105,12 @@ def enqueue(farm: Farm, build_id: BuildId, job: JobView) -> None:
         farm.events.set_attempt(JobId(job.job_id), job.attempt)
         farm.queue.enqueue(message, job.queue)
     except Exception as exc:  # the broker's errors are many; the record must say what happened
-        log.exception("enqueue of %s failed", job.job_id)
-        finish(farm, JobId(job.job_id), job.attempt, BuildState.FAILED,
-                reason=f"could not enqueue on {job.queue}: {exc}")
+        log.warning("job %s stays queued: could not send it to %s: %s",
+                    job.job_id, job.queue, exc)
+        tell(farm, build_id, Event(
+            kind="log", target=job.target,
+            line=f"crossfarm: the broker is unreachable ({exc}); the job stays queued "
+                 f"and is sent once it is back"))
         return
     tell(farm, build_id, Event(kind="state", target=job.target, state=BuildState.QUEUED))
 

@@ -477,6 +477,26 @@ def test_a_queued_job_whose_message_the_broker_lost_is_resent(make_farm):
     assert [q for _, q in farm.queue.sent] == [ARM64_QUEUE]
 
 
+def test_a_job_the_broker_refused_stays_queued_and_is_sent_once_it_is_back(make_farm):
+    farm = make_farm(reconcile_after_s=30)
+    _arm64(farm)
+    def refuse(message, queue):
+        raise ConnectionError("Error 111 connecting to redis:6379")
+
+    sent, farm.queue.enqueue = farm.queue.enqueue, refuse
+    build = _submit(farm, placement=Placement.NATIVE)
+    job = _job(farm, build)
+    assert (job.state, job.attempt) == (BuildState.QUEUED, 1)  # accepted, not failed
+    assert "the broker is unreachable (Error 111 connecting to redis:6379); the job " \
+           "stays queued" in farm.events.logs()[-1]
+
+    farm.queue.enqueue = sent  # Redis is back, holding nothing
+    placer.tick(farm, now=job.queued_at + timedelta(seconds=31))
+    resent = _job(farm, build)
+    assert (resent.state, resent.attempt, resent.queue) == (BuildState.QUEUED, 2, ARM64_QUEUE)
+    assert [q for _, q in farm.queue.sent] == [ARM64_QUEUE]
+
+
 def test_a_queued_job_whose_message_is_still_there_is_not_resent(make_farm):
     farm = make_farm(reconcile_after_s=30)
     _arm64(farm)
