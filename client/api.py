@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 
+from crossfarm.shared.tree import TreeLimits
 from crossfarm.shared.wire import (
     ArtifactView,
     BlobQuery,
@@ -20,6 +21,7 @@ from crossfarm.shared.wire import (
     Fleet,
     GitSource,
     MissingBlobs,
+    SourceLimits,
     SourceStatus,
     SourceTree,
     WorkerView,
@@ -129,6 +131,11 @@ class FarmClient:
 
     def workers(self) -> Fleet:
         return Fleet.model_validate_json(self._call("GET", "/v1/workers").content)
+
+    def limits(self) -> TreeLimits:
+        """The farm's limits on one source tree."""
+        return TreeLimits.of(SourceLimits.model_validate_json(
+            self._call("GET", "/v1/sources/limits").content))
 
     def stats(self) -> FarmStats:
         return FarmStats.model_validate_json(self._call("GET", "/v1/stats").content)

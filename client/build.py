@@ -92,7 +92,7 @@ def _send_source(client: FarmClient, options: BuildOptions) -> str:
         status = client.create_git_source(url, rev)
         note(f"farm fetched {url} at {status.commit} ({status.files} files)")
         return status.digest
-    local = scan(options.root)
+    local = scan(options.root, client.limits())
     report = send(client, local, Progress("upload"))
     if report.blobs_sent:
         note(f"sent {report.blobs_sent} of {len(local.files)} file(s), {report.bytes_sent} bytes")

@@ -99,6 +99,7 @@ def enqueue(farm: Farm, build_id: BuildId, job: JobView) -> None:
     (reconcile_after_s), so an accepted build survives a Redis outage."""
     message = JobMessage(
         job_id=job.job_id, build_id=build_id, target=job.target, attempt=job.attempt,
+        limits=farm.settings.tree_limits().to_wire(),
         **farm.store.build_settings(build_id, job.target),
     )
     try:

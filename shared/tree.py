@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crossfarm.shared.errors import InvalidSource
-from crossfarm.shared.wire import SourceTree, TreeEntry
+from crossfarm.shared.wire import SourceLimits, SourceTree, TreeEntry
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
@@ -32,6 +32,15 @@ class TreeLimits:
     max_files: int = 20_000
     max_file_bytes: int = 64 * 1024 * 1024
     max_total_bytes: int = 512 * 1024 * 1024
+
+    @classmethod
+    def of(cls, wire: SourceLimits) -> TreeLimits:
+        return cls(max_files=wire.max_files, max_file_bytes=wire.max_file_bytes,
+                   max_total_bytes=wire.max_total_bytes)
+
+    def to_wire(self) -> SourceLimits:
+        return SourceLimits(max_files=self.max_files, max_file_bytes=self.max_file_bytes,
+                            max_total_bytes=self.max_total_bytes)
 
 
 @dataclass(frozen=True)

@@ -124,8 +124,26 @@ class ArtifactView(Wire):
     path: str  # where cargo would put it: target/<triple>/<profile dir>/<name>
 
 
-class JobMessage(Wire):
-    """The Celery payload of one job."""
+class Reply(Wire):
+    """An answer the controller gives a worker. Unlike requests, a reply may carry fields
+    this worker does not know yet (a newer controller): they are ignored, so upgrading
+    the controller first never cuts its workers off."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class SourceLimits(Wire):
+    """The farm's limits on one source tree (controller settings), which the CLI checks
+    before it uploads and the worker checks again on what it downloads."""
+
+    max_files: int = Field(ge=1)
+    max_file_bytes: int = Field(ge=1)
+    max_total_bytes: int = Field(ge=1)
+
+
+class JobMessage(Reply):
+    """The Celery payload of one job. Like a reply, it comes from the controller: fields
+    a newer controller adds are ignored by older workers."""
 
     job_id: str
     build_id: str
@@ -139,6 +157,8 @@ class JobMessage(Wire):
     cargo_args: list[str]
     timeout_s: int
     env: dict[str, str] = {}
+    #: the limits the controller checked the tree against (None: an older controller's)
+    limits: SourceLimits | None = None
 
 
 class JobStarted(Wire):
@@ -159,14 +179,6 @@ class JobFinished(Wire):
     exit_code: int | None = None
     reason: str | None = None
     manifest: Manifest | None = None
-
-
-class Reply(Wire):
-    """An answer the controller gives a worker. Unlike requests, a reply may carry fields
-    this worker does not know yet (a newer controller): they are ignored, so upgrading
-    the controller first never cuts its workers off."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 class StartVerdict(Reply):

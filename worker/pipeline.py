@@ -185,7 +185,9 @@ def _compile_and_publish(
     with tempfile.TemporaryDirectory(dir=settings.scratch_dir) as scratch:
         tmp = Path(scratch)
         with joblog.timed("source download and check"):
-            source, limits = SourceDigest(job.source), TreeLimits()
+            # the limits the controller accepted the tree under; defaults from an older one
+            limits = TreeLimits.of(job.limits) if job.limits else TreeLimits()
+            source = SourceDigest(job.source)
             tree = retry.run("source download", lambda: fetch_tree(tools.storage, source, limits))
             tar = _source_tar(tools, retry, source, tree, limits, joblog)
         locked = any(entry.path == "Cargo.lock" for entry in tree.entries)

@@ -17,6 +17,7 @@ from crossfarm.shared.wire import (
     FarmStats,
     GitSource,
     MissingBlobs,
+    SourceLimits,
     SourceStatus,
     SourceTree,
 )
@@ -66,6 +67,12 @@ def create_source(farm: FarmDep, tree: SourceTree) -> SourceStatus:
 @router.post("/v1/sources/git", status_code=201)
 def create_git_source(farm: FarmDep, git: GitSource) -> SourceStatus:
     return sources.create_git_source(farm, git)
+
+
+@router.get("/v1/sources/limits")
+def source_limits(farm: FarmDep) -> SourceLimits:
+    """What one tree may hold here, for the CLI to check before it uploads anything."""
+    return farm.settings.tree_limits().to_wire()
 
 
 @router.get("/v1/sources/{digest}")

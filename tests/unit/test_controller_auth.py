@@ -124,6 +124,14 @@ def test_a_client_token_is_required_on_builds_sources_and_the_fleet_once_set(cli
     assert api.post("/v1/workers/w1/drain", headers=_bearer("cl-secret")).status_code == 401
 
 
+def test_the_farms_source_limits_are_read_with_the_client_token(client):
+    api = client(client_token="cl-secret", max_source_files=7, max_file_bytes=4096,
+                 max_source_bytes=8192)
+    assert api.get("/v1/sources/limits").status_code == 401
+    limits = api.get("/v1/sources/limits", headers=_bearer("cl-secret")).json()
+    assert limits == {"max_files": 7, "max_file_bytes": 4096, "max_total_bytes": 8192}
+
+
 def test_without_a_client_token_builds_stay_open_even_when_others_are_set(client):
     api = client(worker_token="w-secret", operator_token="op-secret")
     assert api.get("/v1/builds").json() == []

@@ -20,6 +20,7 @@ from crossfarm.shared.wire import (
     BuildRequest,
     JobFinished,
     JobStarted,
+    SourceLimits,
     SourceStatus,
     WorkerHeartbeat,
 )
@@ -495,6 +496,15 @@ def test_a_job_the_broker_refused_stays_queued_and_is_sent_once_it_is_back(make_
     resent = _job(farm, build)
     assert (resent.state, resent.attempt, resent.queue) == (BuildState.QUEUED, 2, ARM64_QUEUE)
     assert [q for _, q in farm.queue.sent] == [ARM64_QUEUE]
+
+
+def test_each_job_message_carries_the_limits_its_tree_was_accepted_under(make_farm):
+    farm = make_farm(max_source_files=7, max_file_bytes=4096, max_source_bytes=8192)
+    _arm64(farm)
+    _submit(farm, placement=Placement.NATIVE)
+    [(message, _)] = farm.queue.sent
+    assert message.limits == SourceLimits(max_files=7, max_file_bytes=4096,
+                                          max_total_bytes=8192)
 
 
 def test_a_queued_job_whose_message_is_still_there_is_not_resent(make_farm):

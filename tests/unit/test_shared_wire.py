@@ -166,9 +166,21 @@ def test_a_worker_reads_a_reply_from_a_newer_controller_that_has_more_fields():
     assert verdict.proceed is False
 
 
-def test_only_answers_to_workers_are_lenient():
+def test_only_what_the_controller_sends_workers_is_lenient():
     assert {m.__name__ for m in WIRE_MODELS if issubclass(m, wire.Reply)} == {
-        "Reply", "HeartbeatReply", "StartVerdict"}
+        "Reply", "HeartbeatReply", "StartVerdict", "JobMessage"}
+
+
+def test_a_worker_reads_a_job_from_a_newer_controller_and_one_from_an_older_one():
+    job = {"job_id": "j-1", "build_id": "b-1", "target": "x86_64-unknown-linux-gnu",
+           "attempt": 1, "source": "ab" * 32, "profile": "dev", "features": [],
+           "all_features": False, "no_default_features": False, "cargo_args": [],
+           "timeout_s": 60}
+    older = wire.JobMessage.model_validate(job)
+    assert older.limits is None  # the worker then falls back to the default limits
+    limits = {"max_files": 5, "max_file_bytes": 100, "max_total_bytes": 200}
+    newer = wire.JobMessage.model_validate({**job, "limits": limits, "priority": 3})
+    assert newer.limits == wire.SourceLimits(**limits)
 
 
 def test_all_wire_models_were_found():

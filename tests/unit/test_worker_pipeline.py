@@ -9,7 +9,8 @@ from crossfarm.shared.errors import BuildCancelled, StorageError
 from crossfarm.shared.ids import BuildId
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.storage import PendingUpload
-from crossfarm.shared.wire import JobMessage, StartVerdict
+from crossfarm.shared.tree import tree_digest
+from crossfarm.shared.wire import JobMessage, SourceLimits, SourceTree, StartVerdict, TreeEntry
 from crossfarm.worker.pipeline import Toolbox, _publish, run_job
 from crossfarm.worker.settings import WorkerSettings
 
@@ -217,3 +218,38 @@ def test_a_worker_cut_off_past_its_lease_abandons_the_job_and_reports_no_outcome
     assert reporter.outcomes == []  # the controller re-runs it; no verdict from here
     log = storage.objects[keys.log_key(BuildId(BUILD), X86, 1)].decode()
     assert "crossfarm: abandoned: cut off from the controller for 61 s" in log
+
+
+class TreeOnlyStorage(FakeStorage):
+    """Holds one tree; any other object is missing."""
+
+    def __init__(self, tree):
+        super().__init__()
+        self.tree = tree
+
+    def get_bytes(self, key):
+        if key == keys.tree_key(tree_digest(self.tree)):
+            return self.tree.model_dump_json().encode()
+        raise StorageError(f"{key} is missing", retryable=False)
+
+
+@pytest.mark.parametrize(("limits", "refused"), [
+    (SourceLimits(max_files=2, max_file_bytes=100, max_total_bytes=1000), True),
+    (SourceLimits(max_files=3, max_file_bytes=100, max_total_bytes=1000), False),
+    (None, False),  # an older controller's job: the default limits
+])
+def test_the_worker_checks_the_tree_against_the_limits_the_job_carries(tmp_path, limits,
+                                                                        refused):
+    tree = SourceTree(entries=[TreeEntry(path=f"f{n}", kind="file", sha256=f"{n}" * 64, size=1)
+                               for n in range(3)])
+    reporter = FakeReporter()
+    settings = WorkerSettings(worker_name="w1", scratch_dir=tmp_path / "scratch",
+                              storage_retry_s=0)
+    tools = Toolbox(settings=settings, host=Arch.AMD64, docker=ImageOnlyDocker(),
+                    storage=TreeOnlyStorage(tree), reporter=reporter)
+    job = _job(X86).model_copy(update={"source": tree_digest(tree), "limits": limits})
+
+    assert run_job(tools, job, consumed_from=keys.queue_name(Arch.AMD64)) is BuildState.FAILED
+
+    [(_, outcome)] = reporter.outcomes  # failed either way: the blobs are missing
+    assert ("3 files; the limit is 2" in outcome.reason) is refused, outcome.reason
