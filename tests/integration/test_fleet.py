@@ -3,6 +3,7 @@ drain, SIGTERM and loss of a worker."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -57,9 +58,12 @@ def test_cross_ok_placement_runs_on_the_amd64_worker_and_says_why(api, source):
     assert job["placed"] == ("cross: no arm64 worker online; cross-ok allows a cross toolchain")
 
 
-def test_a_drained_worker_takes_no_new_job_and_resumes_when_undrained(farm, api, source):
-    drained = api.post("/v1/workers/worker-amd64/drain")
-    assert drained.status_code == 200
+def test_a_drained_worker_takes_no_new_job_and_resumes_when_undrained(farm, api, source, cli,
+                                                                     tmp_path):
+    # through the CLI, as an operator does it
+    drained = cli(tmp_path, "drain", "worker-amd64", "--json")
+    assert drained.returncode == 0, drained.stderr
+    assert json.loads(drained.stdout)["drain_requested"] is True
     try:
         assert until(lambda: farm.worker_state("worker-amd64") == "drained", "drained")
         build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
@@ -68,7 +72,9 @@ def test_a_drained_worker_takes_no_new_job_and_resumes_when_undrained(farm, api,
         time.sleep(4)  # a worker still consuming would have started it by now
         assert _job(api, build["build_id"])["state"] == "queued"
     finally:
-        assert api.delete("/v1/workers/worker-amd64/drain").status_code == 200
+        undone = cli(tmp_path, "drain", "worker-amd64", "--undo")
+        assert undone.returncode == 0, undone.stderr
+    assert undone.stdout.startswith("worker-amd64: ")
     job = until(lambda: (j := _job(api, build["build_id"]))["state"] in ("succeeded", "failed")
                  and j, "the build after undrain", timeout=300)
     assert job["state"] == "succeeded"
