@@ -9,12 +9,14 @@ answers which of those it lacks, and only those are uploaded.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -80,35 +82,56 @@ _NEVER = ("target", ".git")
 
 def list_files(root: Path) -> list[str]:
     """The crate's files, relative to `root`, as git sees them (ignores honoured)."""
-    names = _ls_files(root.resolve(), "--cached", "--others", "--exclude-standard")
-    return sorted(n for n in names if n.split("/")[0] not in _NEVER)
-
-
-def _ls_files(root: Path, *options: str) -> set[str]:
-    listed = _git(root, "ls-files", "-z", *options, "--", ".")
-    if listed.returncode != 0:
-        raise InvalidSource(f"git ls-files failed: {listed.stderr.decode().strip()}")
-    return {name for name in listed.stdout.decode().split("\0") if name}
-
-
-def _git(root: Path, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    """git in `root`: its own repository's, or a throwaway one's when `root` is not a
-    checkout (or sits in an ignored part of one), so .gitignore counts either way."""
-    if _tracked_by_git(root):
-        return subprocess.run(["git", "-C", str(root), *args], input=stdin, capture_output=True)
-    with tempfile.TemporaryDirectory() as gitdir:
-        env = {**os.environ, "GIT_DIR": gitdir, "GIT_WORK_TREE": str(root)}
-        subprocess.run(["git", "init", "-q"], env=env, check=True, capture_output=True)
-        return subprocess.run(["git", "-C", str(root), *args], env=env, input=stdin,
-                              capture_output=True)
+    with _git_at(root.resolve()) as git:
+        return _listed(git)
 
 
 def special_files(root: Path) -> list[str]:
     """FIFOs, sockets and devices in the crate that .gitignore does not cover. Git never
     lists them, so without this look they would silently stay behind."""
     root = root.resolve()
+    with _git_at(root) as git:
+        return _special(root, git)
+
+
+#: Runs one git command in the crate's repository: args, then stdin.
+Git = Callable[..., subprocess.CompletedProcess[bytes]]
+
+
+@contextmanager
+def _git_at(root: Path) -> Iterator[Git]:
+    """git in `root`: its own repository's, or a throwaway one's when `root` is not a
+    checkout (or sits in an ignored part of one), so .gitignore counts either way.
+    Decided (and the throwaway made) once, for every command of one scan."""
+    def run(*args: str, stdin: bytes | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(["git", "-C", str(root), *args], env=env, input=stdin,
+                              capture_output=True)
+
+    if _tracked_by_git(root):
+        yield run
+        return
+    with tempfile.TemporaryDirectory() as gitdir:
+        env = {**os.environ, "GIT_DIR": gitdir, "GIT_WORK_TREE": str(root)}
+        subprocess.run(["git", "init", "-q"], env=env, check=True, capture_output=True)
+        yield functools.partial(run, env=env)
+
+
+def _listed(git: Git) -> list[str]:
+    names = _ls_files(git, "--cached", "--others", "--exclude-standard")
+    return sorted(n for n in names if n.split("/")[0] not in _NEVER)
+
+
+def _ls_files(git: Git, *options: str) -> set[str]:
+    listed = git("ls-files", "-z", *options, "--", ".")
+    if listed.returncode != 0:
+        raise InvalidSource(f"git ls-files failed: {listed.stderr.decode().strip()}")
+    return {name for name in listed.stdout.decode().split("\0") if name}
+
+
+def _special(root: Path, git: Git) -> list[str]:
     ignored_dirs = {name for name in _ls_files(
-        root, "--others", "--ignored", "--exclude-standard", "--directory") if name.endswith("/")}
+        git, "--others", "--ignored", "--exclude-standard", "--directory") if name.endswith("/")}
     found = []
     for directory, subdirs, names in os.walk(root):
         here = Path(directory).relative_to(root)
@@ -120,7 +143,7 @@ def special_files(root: Path) -> list[str]:
     if not found:
         return []
     # git lists no special file, ignored or not: ask about each one found
-    checked = _git(root, "check-ignore", "-z", "--stdin", stdin="\0".join(found).encode())
+    checked = git("check-ignore", "-z", "--stdin", stdin="\0".join(found).encode())
     ignored = set(checked.stdout.decode().split("\0"))
     return sorted(name for name in found if name not in ignored)
 
@@ -140,8 +163,10 @@ def scan(root: Path, limits: TreeLimits | None = None) -> LocalTree:
     """Hash every file of the crate at `root`; refuses unsafe entries before anything is sent."""
     limits = limits or TreeLimits()
     root = root.resolve()
-    names = [n for n in list_files(root) if (root / n).exists() or (root / n).is_symlink()]
-    if special := special_files(root):
+    with _git_at(root) as git:
+        names = [n for n in _listed(git) if (root / n).exists() or (root / n).is_symlink()]
+        special = _special(root, git)
+    if special:
         raise InvalidSource("a FIFO, socket or device cannot be sent: remove it or add it "
                             "to .gitignore", special[0])
     if len(names) > limits.max_files:
