@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+from gate import gate, open_gate, wait_at_gate
 from polling import until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,11 +58,7 @@ def _scenario(farm, cut: list[str]) -> dict[str, object]:
     api = httpx.Client(base_url=farm.controller_url, timeout=30)
     crate = Path(farm.dir) / "crate"
     shutil.copytree(REPO / "tests/fixtures/hello-c", crate)
-    (crate / "build.rs").write_text(
-        "fn main() {\n"
-        "    cc::Build::new().file(\"src/answer.c\").compile(\"answer\");\n"
-        "    std::thread::sleep(std::time::Duration::from_secs(40));\n"
-        "}\n")
+    gate(crate)  # never opened on worker 1: only its own fence can stop that build
     with FarmClient(farm.controller_url) as client:
         source = send(client, scan(crate)).status.digest
     api.post("/v1/workers/mh-w2/drain")  # so the build starts on worker 1
@@ -73,18 +70,21 @@ def _scenario(farm, cut: list[str]) -> dict[str, object]:
         return api.get(f"/v1/builds/{build_id}").json()["jobs"][0]
 
     first = until(lambda: (j := job())["state"] == "running" and j, "start")
-    time.sleep(3)
+    wait_at_gate(first["job_id"], attempt=1)
     api.delete("/v1/workers/mh-w2/drain")
     subprocess.run(cut, check=True)  # worker 1 is cut off from the hub
     cut = time.monotonic()
-    rerun = until(lambda: (j := job())["attempt"] == 2 and j, "re-run", 60)
+    rerun = until(lambda: (j := job())["attempt"] == 2 and j, "re-run")
     rerun_after = time.monotonic() - cut
+    open_gate(first["job_id"], attempt=2)
     # Worker 1 cannot hear that: it stops its own build once its lease has lapsed
-    # (twice the controller's 6 s bound), long before the 40 s build would end.
-    until(lambda: not _containers("mh-w1"), "worker 1's build stopped", 60)
+    # (twice the controller's 6 s bound); its build would otherwise wait for ever.
+    until(lambda: not _containers("mh-w1"), "worker 1's build stopped")
     fenced_after = time.monotonic() - cut
     final = until(lambda: (j := job())["state"] in ("succeeded", "failed") and j, "end", 300)
-    time.sleep(20)  # worker 1's own build ends meanwhile; it must not publish
+    w1_log = Path(farm.dir) / "mh-w1.log"
+    until(lambda: "abandoned: cut off from the controller" in w1_log.read_text(),
+          "worker 1 to give its job up")  # and so to have published nothing, or never
     store = S3Store(StorageSettings(endpoint_url=farm.s3_url, bucket="crossfarm",
                                     access_key="crossfarm", secret_key="crossfarm-local-secret"))
     manifests = sorted(k for k in store.list_keys(f"builds/{build_id}/")
@@ -92,7 +92,7 @@ def _scenario(farm, cut: list[str]) -> dict[str, object]:
     return {"first": first, "rerun": rerun, "final": job(), "finished": final,
             "manifests": manifests, "rerun_after_s": rerun_after,
             "fenced_after_s": fenced_after, "w1_state": farm.worker_state("mh-w1"),
-            "w1_log": (Path(farm.dir) / "mh-w1.log").read_text()[-20000:]}
+            "w1_log": w1_log.read_text()[-20000:]}
 
 
 def _containers(worker: str) -> list[str]:

@@ -80,8 +80,7 @@ def test_with_the_arm64_worker_gone_native_waits_and_cross_ok_crosses(
         farm, arm64_worker, crate, cli):
     subprocess.run(["docker", "stop", "-t", "60", f"crossfarm-{arm64_worker}"], check=True,
                    capture_output=True)
-    until(lambda: farm.worker_state(arm64_worker) in ("drained", "lost"), "the worker gone",
-           60)
+    until(lambda: farm.worker_state(arm64_worker) in ("drained", "lost"), "the worker gone")
 
     waiting = cli(crate, "build", "--target", ARM, "--placement", "native", "--wait-limit",
                   "5s", "--json", timeout=120)

