@@ -6,18 +6,24 @@ Each trial is one pytest run of the fault tests (real Redis, Docker, SeaweedFS, 
 the fixtures start a farm of their own). Prints, per test: passed/trials, the median
 and worst time, and the first line of each failure. Run by hand (not in CI):
 
-    python bench/fault_trials.py [--trials 3] [-k kill_9]
+    python bench/fault_trials.py [--trials 3] [--load 2] [-k kill_9]
+
+`--load N` runs N CPU hogs (`stress-ng --cpu N`, from Debian) for the whole run, as a
+busy CI machine would: no fault test's verdict may depend on how fast the machine is.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +37,22 @@ def trial(junit: Path, select: str | None) -> None:
     if select:
         cmd += ["-k", select]
     subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL, check=False)
+
+
+@contextlib.contextmanager
+def cpu_load(hogs: int) -> Iterator[None]:
+    """`hogs` processes spinning on the CPU while the trials run (none for 0)."""
+    if hogs == 0:
+        yield
+        return
+    if shutil.which("stress-ng") is None:
+        raise SystemExit("--load needs stress-ng: apt-get install stress-ng")
+    proc = subprocess.Popen(["stress-ng", "--cpu", str(hogs), "--quiet"])
+    try:
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def outcomes(junit: Path) -> list[tuple[str, str | None, float]]:
@@ -53,15 +75,19 @@ def outcomes(junit: Path) -> list[tuple[str, str | None, float]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--load", type=int, default=0, metavar="N",
+                        help="run N CPU hogs (stress-ng --cpu N) beside the trials")
     parser.add_argument("-k", dest="select", help="only the tests pytest -k selects")
     args = parser.parse_args()
     if args.trials < 1:
         parser.error("--trials must be at least 1")
+    if args.load < 0:
+        parser.error("--load must be 0 or more")
 
     held: dict[str, int] = defaultdict(int)
     seconds: dict[str, list[float]] = defaultdict(list)
     failures: dict[str, list[str]] = defaultdict(list)
-    with tempfile.TemporaryDirectory(prefix="crossfarm-trials-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="crossfarm-trials-") as tmp, cpu_load(args.load):
         for n in range(1, args.trials + 1):
             junit = Path(tmp) / f"trial-{n}.xml"
             trial(junit, args.select)
@@ -85,7 +111,8 @@ def main() -> int:
         for line in failures[name]:
             print(f"    {line}")
     total = sum(len(t) for t in seconds.values())
-    print(f"\n{sum(held.values())}/{total} fault trials held")
+    load = f" beside {args.load} CPU hog(s)" if args.load else ""
+    print(f"\n{sum(held.values())}/{total} fault trials held{load}")
     return 0 if sum(held.values()) == total else 1
 
 
