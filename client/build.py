@@ -15,6 +15,7 @@ from crossfarm.client.config import Config, CrossConfig
 from crossfarm.client.render import Progress, build_table, emit_json, note
 from crossfarm.client.source import scan, send
 from crossfarm.shared.arch import Placement
+from crossfarm.shared.ids import SourceDigest
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import BuildRequest
 
@@ -86,7 +87,7 @@ def run_build(client: FarmClient, config: Config, cross: CrossConfig, options: B
     return exit_code(final.state)
 
 
-def _send_source(client: FarmClient, options: BuildOptions) -> str:
+def _send_source(client: FarmClient, options: BuildOptions) -> SourceDigest:
     if options.git:
         url, rev = options.git
         status = client.create_git_source(url, rev)

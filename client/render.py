@@ -76,7 +76,7 @@ def artifacts_table(artifacts: Sequence[ArtifactView], out: TextIO = sys.stdout)
 def workers_table(fleet: Fleet, out: TextIO = sys.stdout) -> None:
     rows = [("WORKER", "STATE", "ARCH", "QUEUES", "CPUS", "RUNNING", "LAST SEEN")]
     for worker in fleet.workers:
-        queues = ",".join(f"{keys.parse_queue(q)[0].value}:{mode.value}"
+        queues = ",".join(f"{keys.QueueKey.parse(q).arch.value}:{mode.value}"
                           for q, mode in worker.info.queues.items())
         rows.append((worker.name, worker.state.value, worker.info.arch, queues,
                      f"{worker.info.cpus:g}", str(len(worker.running_jobs)),

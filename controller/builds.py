@@ -8,10 +8,10 @@ from crossfarm.controller import fleet
 from crossfarm.controller.cargo_args import check_cargo_args
 from crossfarm.controller.farm import Farm
 from crossfarm.controller.placement import decide
-from crossfarm.controller.routing import route
 from crossfarm.controller.store import NewBuild, NewJob
+from crossfarm.shared.arch import target_arch
 from crossfarm.shared.errors import BrokerError, Conflict, InvalidRequest
-from crossfarm.shared.ids import BuildId, JobId, SourceDigest, new_build_id, new_job_id
+from crossfarm.shared.ids import BuildId, JobId, new_build_id, new_job_id
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import (
     ArtifactView,
@@ -43,11 +43,11 @@ def tell(farm: Farm, build_id: BuildId, event: Event) -> None:
 def submit_build(farm: Farm, request: BuildRequest) -> BuildView:
     """Check a request, record it, and enqueue one job per target on the queue its
     placement policy picks from the fleet's state."""
-    routes = [route(target) for target in request.targets]
+    arches = [target_arch(target) for target in request.targets]
     timeout_s = _check_request(farm, request)
     placement = request.placement or farm.settings.default_placement
     served = fleet.capacity(farm)
-    decisions = [decide(r.arch, placement, served) for r in routes]
+    decisions = [decide(arch, placement, served) for arch in arches]
     new = NewBuild(
         build_id=new_build_id(),
         source=request.source,
@@ -60,16 +60,16 @@ def submit_build(farm: Farm, request: BuildRequest) -> BuildView:
         env={"all": dict(request.env), **{t: dict(v) for t, v in request.target_env.items()}},
         submitter=request.submitter,
         jobs=[
-            NewJob(job_id=new_job_id(), target=r.target, arch=r.arch.value, queue=d.queue,
+            NewJob(job_id=new_job_id(), target=target, arch=arch, queue=d.queue,
                    placement=placement.value, placed=d.placed, waiting=d.waiting,
                    wait_limit_s=request.wait_limit_s)
-            for r, d in zip(routes, decisions, strict=True)
+            for target, arch, d in zip(request.targets, arches, decisions, strict=True)
         ],
     )
     build = farm.store.add_build(new)
     for job in build.jobs:
-        enqueue(farm, BuildId(build.build_id), job)
-    return farm.store.build(BuildId(build.build_id))
+        enqueue(farm, build.build_id, job)
+    return farm.store.build(build.build_id)
 
 
 def _check_request(farm: Farm, request: BuildRequest) -> int:
@@ -89,7 +89,7 @@ def _check_request(farm: Farm, request: BuildRequest) -> int:
         raise InvalidRequest(
             f"timeout_s {timeout_s} is over the farm's limit of {farm.settings.max_timeout_s}"
         )
-    farm.store.tree(SourceDigest(request.source))  # NotFound names the call to make first
+    farm.store.tree(request.source)  # NotFound names the call to make first
     return timeout_s
 
 
@@ -103,7 +103,7 @@ def enqueue(farm: Farm, build_id: BuildId, job: JobView) -> None:
         **farm.store.build_settings(build_id, job.target),
     )
     try:
-        farm.events.set_attempt(JobId(job.job_id), job.attempt)
+        farm.events.set_attempt(job.job_id, job.attempt)
         farm.queue.enqueue(message, job.queue)
     except Exception as exc:  # the broker's errors are many; the record must say what happened
         log.warning("job %s stays queued: could not send it to %s: %s",
@@ -131,8 +131,8 @@ def cancel_build(farm: Farm, build_id: BuildId) -> BuildView:
         job = record.view
         if job.state.terminal:
             continue
-        farm.events.raise_cancel(JobId(job.job_id))
-        finish(farm, JobId(job.job_id), job.attempt, BuildState.CANCELLED,
+        farm.events.raise_cancel(job.job_id)
+        finish(farm, job.job_id, job.attempt, BuildState.CANCELLED,
                 reason="cancelled by request")
     return farm.store.build(build_id)
 

@@ -67,13 +67,14 @@ def fleet(farm: Farm, now: datetime | None = None) -> Fleet:
     served = Capacity.from_queues(v.info.queues for v in views if v.state is WorkerState.ONLINE)
     arches = [
         ArchSummary(
-            arch=arch.value, queue=keys.queue_name(arch),
-            workers_online=served.online.get((arch, BuildMode.NATIVE), 0),
-            cross_workers=served.online.get((arch, BuildMode.CROSS), 0),
-            emulating_workers=served.online.get((arch, BuildMode.EMULATED), 0),
-            queue_depth=sum(farm.events.queue_depth(keys.queue_name(arch, mode))
+            arch=arch, queue=keys.QueueKey(arch),
+            workers_online=served.online.get(keys.QueueKey(arch), 0),
+            cross_workers=served.online.get(keys.QueueKey(arch, BuildMode.CROSS), 0),
+            emulating_workers=served.online.get(
+                keys.QueueKey(arch, BuildMode.EMULATED), 0),
+            queue_depth=sum(farm.events.queue_depth(keys.QueueKey(arch, mode).name)
                             for mode in BuildMode),
-            oldest_waiting=oldest.get(arch.value),
+            oldest_waiting=oldest.get(arch),
         )
         for arch in Arch
     ]

@@ -21,23 +21,23 @@ from crossfarm.shared.arch import Arch, BuildMode, Placement
 class Capacity:
     """How many online workers serve each (architecture, mode)."""
 
-    online: dict[tuple[Arch, BuildMode], int]
+    online: dict[keys.QueueKey, int]
 
     @classmethod
     def from_queues(cls, queue_lists: Iterable[Iterable[str]]) -> Capacity:
         """From each online worker's list of queues."""
-        online: dict[tuple[Arch, BuildMode], int] = {}
+        online: dict[keys.QueueKey, int] = {}
         for queues in queue_lists:
             for queue in queues:
                 try:
-                    key = keys.parse_queue(queue)
+                    key = keys.QueueKey.parse(queue)
                 except ValueError:
                     continue  # a queue this controller does not know: not capacity for it
                 online[key] = online.get(key, 0) + 1
         return cls(online=online)
 
     def serves(self, arch: Arch, mode: BuildMode) -> bool:
-        return self.online.get((arch, mode), 0) > 0
+        return self.online.get(keys.QueueKey(arch, mode), 0) > 0
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Decision:
     """Where a job goes and the sentence that explains it."""
 
     mode: BuildMode
-    queue: str
+    queue: keys.QueueKey
     placed: str
     #: set when no allowed worker is online: what the job waits for
     waiting: str | None = None
@@ -63,9 +63,9 @@ def decide(arch: Arch, placement: Placement, capacity: Capacity) -> Decision:
     """The best allowed mode some online worker serves; else wait on the native queue."""
     for mode in placement.modes:
         if capacity.serves(arch, mode):
-            return Decision(mode=mode, queue=keys.queue_name(arch, mode),
+            return Decision(mode=mode, queue=keys.QueueKey(arch, mode),
                             placed=_WHY[mode].format(arch=arch.value, placement=placement.value))
-    return Decision(mode=BuildMode.NATIVE, queue=keys.queue_name(arch),
+    return Decision(mode=BuildMode.NATIVE, queue=keys.QueueKey(arch),
                     placed=f"native: waiting, as {placement.value} allows nothing else online",
                     waiting=waiting_for(arch, placement))
 
@@ -81,7 +81,7 @@ def waiting_for(arch: Arch, placement: Placement) -> str:
     return text
 
 
-def replan(queue: str, arch: Arch, placement: Placement, capacity: Capacity,
+def replan(queue: keys.QueueKey, arch: Arch, placement: Placement, capacity: Capacity,
            waited_s: float, pickup_bound_s: float) -> Decision | None:
     """A better queue for a job waiting on `queue`, or None to leave it there.
 
@@ -89,7 +89,7 @@ def replan(queue: str, arch: Arch, placement: Placement, capacity: Capacity,
     when it has waited past the pickup bound on its native queue (native workers all
     busy) and a fallback is served.
     """
-    _, mode = keys.parse_queue(queue)
+    mode = queue.mode
     best = decide(arch, placement, capacity)
     if not capacity.serves(arch, mode):
         return best if best.queue != queue and best.waiting is None else None
@@ -97,7 +97,7 @@ def replan(queue: str, arch: Arch, placement: Placement, capacity: Capacity,
         for fallback in placement.modes[1:]:
             if capacity.serves(arch, fallback):
                 return Decision(
-                    mode=fallback, queue=keys.queue_name(arch, fallback),
+                    mode=fallback, queue=keys.QueueKey(arch, fallback),
                     placed=f"{fallback.value}: no {arch.value} worker took it within "
                            f"{pickup_bound_s:g} s; {placement.value} allows {fallback.value}")
     return None

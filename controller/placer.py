@@ -21,9 +21,8 @@ from crossfarm.controller.builds import enqueue, finish, tell
 from crossfarm.controller.farm import Farm
 from crossfarm.controller.placement import Capacity, Decision, decide, replan, waiting_for
 from crossfarm.controller.store import JobRecord
-from crossfarm.shared.arch import Arch
-from crossfarm.shared.ids import BuildId, JobId
-from crossfarm.shared.keys import parse_queue
+from crossfarm.shared import keys
+from crossfarm.shared.ids import JobId
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import Event, Fleet, WorkerState
 
@@ -45,7 +44,7 @@ def _check_lease(farm: Farm, record: JobRecord, view: Fleet, served: Capacity,
                  now: datetime) -> None:
     job = record.view
     worker = next((w for w in view.workers if w.name == job.worker), None)
-    task = f"{job.job_id}-{job.attempt}"
+    task = keys.task_id(job.job_id, job.attempt)
     if worker is not None and worker.state is not WorkerState.LOST:
         since = (now - (job.started_at or now)).total_seconds()
         silent = (now - worker.last_seen).total_seconds() > 2 * worker.info.interval_s + 1
@@ -55,11 +54,11 @@ def _check_lease(farm: Farm, record: JobRecord, view: Fleet, served: Capacity,
     else:
         why = f"worker {job.worker} was lost"
     if job.attempt >= farm.settings.max_attempts:
-        finish(farm, JobId(job.job_id), job.attempt, BuildState.FAILED,
+        finish(farm, job.job_id, job.attempt, BuildState.FAILED,
                reason=f"{why}; gave up after {job.attempt} attempts")
         return
-    decision = decide(Arch.parse(job.arch), job.placement, served)
-    moved = farm.store.retry(JobId(job.job_id), job.attempt, decision.queue,
+    decision = decide(job.arch, job.placement, served)
+    moved = farm.store.retry(job.job_id, job.attempt, decision.queue,
                              f"{decision.placed} (attempt {job.attempt + 1}: {why})")
     if moved is not None:
         log.warning("job %s: %s; re-run as attempt %d", job.job_id, why, moved.attempt)
@@ -71,33 +70,33 @@ def _check_lease(farm: Farm, record: JobRecord, view: Fleet, served: Capacity,
 
 def _place_queued(farm: Farm, view: Fleet, served: Capacity, now: datetime) -> None:
     active = {task for w in view.workers for task in w.info.running}
-    depth: dict[str, int] = {}
+    depth: dict[keys.QueueKey, int] = {}
     waiting: dict[str, str | None] = {}
-    line: dict[str, int] = {}
+    line: dict[keys.QueueKey, int] = {}
     for record in farm.store.queued_jobs():
         job = record.view
         waited = (now - job.queued_at).total_seconds()
         if job.wait_limit_s is not None and waited > job.wait_limit_s:
-            finish(farm, JobId(job.job_id), job.attempt, BuildState.FAILED,
+            finish(farm, job.job_id, job.attempt, BuildState.FAILED,
                    reason=f"no worker started it within its wait limit of {job.wait_limit_s} s "
                           f"({job.waiting or 'waiting'})")
             continue
-        arch = Arch.parse(job.arch)
+        arch = job.arch
         better = replan(job.queue, arch, job.placement, served, waited,
                         farm.settings.pickup_bound_s)
         if better is None and _message_lost(farm, record, active, depth, now):
-            better = Decision(mode=parse_queue(job.queue)[1], queue=job.queue,
+            better = Decision(mode=job.queue.mode, queue=job.queue,
                               placed=f"{job.placed} (re-sent: the broker lost it)")
         if better is not None:
-            moved = farm.store.requeue(JobId(job.job_id), job.attempt, better.queue,
+            moved = farm.store.requeue(job.job_id, job.attempt, better.queue,
                                        better.placed)
             if moved is not None:
                 log.info("job %s sent to %s: %s", job.job_id, better.queue, better.placed)
-                enqueue(farm, BuildId(record.build_id), moved)
+                enqueue(farm, record.build_id, moved)
             continue
         line[job.queue] = line.get(job.queue, 0) + 1
         position = f"position {line[job.queue]} in {job.queue}"
-        if served.serves(arch, parse_queue(job.queue)[1]):
+        if served.serves(arch, job.queue.mode):
             waiting[job.job_id] = f"queued: {position}"
         else:
             waiting[job.job_id] = f"{waiting_for(arch, job.placement)}; {position}"
@@ -107,15 +106,15 @@ def _place_queued(farm: Farm, view: Fleet, served: Capacity, now: datetime) -> N
                                           line=f"crossfarm: {waiting[job_id]}"))
 
 
-def _message_lost(farm: Farm, record: JobRecord, active: set[str], depth: dict[str, int],
+def _message_lost(farm: Farm, record: JobRecord, active: set[str], depth: dict[keys.QueueKey, int],
                   now: datetime) -> bool:
     """Its queue is empty, no worker runs it, and it was sent long enough ago."""
     job = record.view
     sent = record.sent_at or job.queued_at
     if (now - sent).total_seconds() < farm.settings.reconcile_after_s:
         return False
-    if f"{job.job_id}-{job.attempt}" in active:
+    if keys.task_id(job.job_id, job.attempt) in active:
         return False
     if job.queue not in depth:
-        depth[job.queue] = farm.events.queue_depth(job.queue)
+        depth[job.queue] = farm.events.queue_depth(job.queue.name)
     return depth[job.queue] == 0

@@ -12,7 +12,7 @@ from crossfarm.shared.wire import JobMessage
 
 
 class JobQueue(Protocol):
-    def enqueue(self, message: JobMessage, queue: str) -> None: ...
+    def enqueue(self, message: JobMessage, queue: keys.QueueKey) -> None: ...
 
 
 class CeleryJobQueue:
@@ -21,8 +21,8 @@ class CeleryJobQueue:
     def __init__(self, app: Celery) -> None:
         self._app = app
 
-    def enqueue(self, message: JobMessage, queue: str) -> None:
+    def enqueue(self, message: JobMessage, queue: keys.QueueKey) -> None:
         self._app.send_task(
-            keys.BUILD_TASK, args=[message.model_dump(mode="json")], queue=queue,
-            task_id=f"{message.job_id}-{message.attempt}",
+            keys.BUILD_TASK, args=[message.model_dump(mode="json")], queue=queue.name,
+            task_id=keys.task_id(message.job_id, message.attempt),
         )

@@ -30,9 +30,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
-from crossfarm.shared.arch import BuildMode, Placement
+from crossfarm.shared.arch import Arch, BuildMode, Placement
 from crossfarm.shared.errors import NotFound
-from crossfarm.shared.ids import BuildId, JobId
+from crossfarm.shared.ids import BuildId, JobId, SourceDigest
+from crossfarm.shared.keys import QueueKey
 from crossfarm.shared.states import BuildState, overall_state, transition
 from crossfarm.shared.wire import (
     BuildView,
@@ -166,8 +167,8 @@ class WorkerRecord:
 class NewJob:
     job_id: JobId
     target: str
-    arch: str
-    queue: str
+    arch: Arch
+    queue: QueueKey
     placement: str
     placed: str
     waiting: str | None
@@ -202,10 +203,10 @@ class JobRecord:
 
 def _job_view(job: _Job) -> JobView:
     return JobView(
-        job_id=job.id,
+        job_id=JobId(job.id),
         target=job.target,
-        arch=job.arch,
-        queue=job.queue,
+        arch=Arch(job.arch),
+        queue=QueueKey.parse(job.queue),
         state=BuildState(job.state),
         attempt=job.attempt,
         worker=job.worker,
@@ -226,10 +227,10 @@ def _job_view(job: _Job) -> JobView:
 def _build_view(build: _Build) -> BuildView:
     jobs = [_job_view(job) for job in build.jobs]
     return BuildView(
-        build_id=build.id,
+        build_id=BuildId(build.id),
         state=overall_state(job.state for job in jobs),
         created_at=build.created_at,
-        source=build.source,
+        source=SourceDigest(build.source),
         profile=build.profile,
         features=build.features,
         all_features=build.all_features,
@@ -289,7 +290,7 @@ class Store:
             submitter=new.submitter,
             jobs=[
                 _Job(
-                    id=job.job_id, target=job.target, arch=job.arch, queue=job.queue,
+                    id=job.job_id, target=job.target, arch=job.arch.value, queue=job.queue.name,
                     state=BuildState.QUEUED.value, attempt=1, queued_at=now,
                     placement=job.placement, placed=job.placed, waiting=job.waiting,
                     wait_limit_s=job.wait_limit_s, sent_at=now,
@@ -371,7 +372,8 @@ class Store:
                 return None
         return self.job(job_id).view
 
-    def requeue(self, job_id: JobId, attempt: int, queue: str, placed: str) -> JobView | None:
+    def requeue(self, job_id: JobId, attempt: int, queue: QueueKey, placed: str
+                ) -> JobView | None:
         """Move a queued job to another queue under a new attempt number, so the message
         left in the old queue is refused when a worker picks it up. None if the job
         moved on (started, cancelled or requeued) in the meantime."""
@@ -380,7 +382,7 @@ class Store:
                 update(_Job)
                 .where(_Job.id == job_id, _Job.state == BuildState.QUEUED.value,
                        _Job.attempt == attempt)
-                .values(attempt=attempt + 1, queue=queue, placed=placed, waiting=None,
+                .values(attempt=attempt + 1, queue=queue.name, placed=placed, waiting=None,
                         sent_at=_now())
                 .execution_options(synchronize_session=False)
             )
@@ -388,7 +390,8 @@ class Store:
                 return None
         return self.job(job_id).view
 
-    def retry(self, job_id: JobId, attempt: int, queue: str, placed: str) -> JobView | None:
+    def retry(self, job_id: JobId, attempt: int, queue: QueueKey, placed: str
+              ) -> JobView | None:
         """Put a running job back in the queue under attempt+1 (its worker was lost). The old
         attempt can no longer start, finish or publish. None if the job moved on."""
         with self._session() as session:
@@ -397,7 +400,7 @@ class Store:
                 update(_Job)
                 .where(_Job.id == job_id, _Job.state == BuildState.RUNNING.value,
                        _Job.attempt == attempt)
-                .values(state=BuildState.QUEUED.value, attempt=attempt + 1, queue=queue,
+                .values(state=BuildState.QUEUED.value, attempt=attempt + 1, queue=queue.name,
                         placed=placed, waiting=None, worker=None, mode=None,
                         consumed_from=None, started_at=None, sent_at=_now())
                 .execution_options(synchronize_session=False)
@@ -482,7 +485,7 @@ class Store:
             tree = session.get(_Tree, digest)
             if tree is None:
                 raise NotFound(f"no source tree {digest}; send it with POST /v1/sources first")
-            return SourceStatus(digest=tree.digest, files=tree.files,
+            return SourceStatus(digest=SourceDigest(tree.digest), files=tree.files,
                                 total_bytes=tree.total_bytes, commit=tree.commit)
 
     def heartbeat(self, name: str, info: WorkerHeartbeat, fresh_start: bool) -> bool:
@@ -515,24 +518,24 @@ class Store:
                                  started_at=w.started_at, last_seen=w.last_seen, drain=w.drain)
                     for w in rows]
 
-    def running_jobs(self) -> dict[str, list[str]]:
+    def running_jobs(self) -> dict[str, list[JobId]]:
         """Worker name -> the ids of the jobs the record says it is running."""
         with self._session() as session:
             rows = session.execute(select(_Job.worker, _Job.id).where(
                 _Job.state == BuildState.RUNNING.value)).all()
-        running: dict[str, list[str]] = {}
+        running: dict[str, list[JobId]] = {}
         for worker, job_id in rows:
-            running.setdefault(worker or "", []).append(job_id)
+            running.setdefault(worker or "", []).append(JobId(job_id))
         return running
 
-    def oldest_queued(self) -> dict[str, datetime]:
+    def oldest_queued(self) -> dict[Arch, datetime]:
         """Architecture -> when its longest-waiting queued job was queued."""
         with self._session() as session:
             rows = session.execute(
                 select(_Job.arch, func.min(_Job.queued_at))
                 .where(_Job.state == BuildState.QUEUED.value).group_by(_Job.arch)
             ).all()
-        return {arch: _as_utc(when) for arch, when in rows if when is not None}
+        return {Arch(arch): _as_utc(when) for arch, when in rows if when is not None}
 
     def close(self) -> None:
         self._engine.dispose()

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import GetCoreSchemaHandler
+from pydantic_core import core_schema
+
 from crossfarm.shared.arch import Arch, BuildMode
 from crossfarm.shared.ids import BuildId, JobId, SourceDigest
 
@@ -9,29 +15,95 @@ from crossfarm.shared.ids import BuildId, JobId, SourceDigest
 BUILD_TASK = "crossfarm.build_job"
 
 
-def queue_name(arch: Arch, mode: BuildMode = BuildMode.NATIVE) -> str:
+@dataclass(frozen=True, order=True)
+class QueueKey:
     """The Celery queue of `arch` targets built in `mode`: native workers of `arch` consume
-    the plain one; workers that cross-compile or emulate for `arch` consume the others."""
-    base = f"crossfarm.builds.{arch.value}"
-    return base if mode is BuildMode.NATIVE else f"{base}.{mode.value}"
+    the plain one; workers that cross-compile or emulate for `arch` consume the others.
+    On the wire it is its name."""
+
+    arch: Arch
+    mode: BuildMode = BuildMode.NATIVE
+
+    @property
+    def name(self) -> str:
+        base = f"crossfarm.builds.{self.arch.value}"
+        return base if self.mode is BuildMode.NATIVE else f"{base}.{self.mode.value}"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def parse(cls, name: str) -> QueueKey:
+        """The queue a name stands for; ValueError for a name `.name` never makes."""
+        parts = name.split(".")
+        if len(parts) not in (3, 4) or parts[:2] != ["crossfarm", "builds"]:
+            raise ValueError(f"{name!r} is not a crossfarm build queue")
+        try:  # exact names only: no aliases, which .name never produces
+            arch = Arch(parts[2])
+        except ValueError:
+            raise ValueError(f"{name!r}: unknown architecture {parts[2]!r}") from None
+        try:
+            mode = BuildMode(parts[3]) if len(parts) == 4 else BuildMode.NATIVE
+        except ValueError:
+            raise ValueError(f"{name!r}: unknown build mode {parts[3]!r}") from None
+        if mode is BuildMode.NATIVE and len(parts) == 4:
+            raise ValueError(f"{name!r} is not a crossfarm build queue")
+        return cls(arch, mode)
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler
+                                     ) -> core_schema.CoreSchema:
+        # A wire field or dict key typed QueueKey reads and writes the queue's name.
+        return core_schema.no_info_plain_validator_function(
+            cls._coerce, json_schema_input_schema=core_schema.str_schema(),
+            serialization=core_schema.plain_serializer_function_ser_schema(
+                lambda key: key.name))
+
+    @classmethod
+    def _coerce(cls, value: object) -> QueueKey:
+        if isinstance(value, QueueKey):
+            return value
+        if isinstance(value, str):
+            return cls.parse(value)
+        raise ValueError(f"{value!r} is not a queue name")
 
 
-def parse_queue(queue: str) -> tuple[Arch, BuildMode]:
-    """The architecture and mode a queue name stands for (inverse of queue_name)."""
-    parts = queue.split(".")
-    if len(parts) not in (3, 4) or parts[:2] != ["crossfarm", "builds"]:
-        raise ValueError(f"{queue!r} is not a crossfarm build queue")
-    try:  # exact names only: no aliases, which queue_name never produces
-        arch = Arch(parts[2])
-    except ValueError:
-        raise ValueError(f"{queue!r}: unknown architecture {parts[2]!r}") from None
-    try:
-        mode = BuildMode(parts[3]) if len(parts) == 4 else BuildMode.NATIVE
-    except ValueError:
-        raise ValueError(f"{queue!r}: unknown build mode {parts[3]!r}") from None
-    if mode is BuildMode.NATIVE and len(parts) == 4:
-        raise ValueError(f"{queue!r} is not a crossfarm build queue")
-    return arch, mode
+def task_id(job_id: JobId, attempt: int) -> str:
+    """The Celery task id of one attempt of a job: "<job id>-<attempt>". Workers list the
+    ones they run in their heartbeat; the controller reads a job's lease from it."""
+    return f"{job_id}-{attempt}"
+
+
+def parse_task_id(text: str) -> tuple[JobId, int]:
+    """The job and attempt a task id names (inverse of task_id)."""
+    job, _, number = text.rpartition("-")
+    if not job or not (number.isascii() and number.isdigit()):
+        raise ValueError(f"{text!r} is not a crossfarm task id")
+    return JobId(job), int(number)
+
+
+#: Every container and volume crossfarm makes carries this label.
+LABEL = "io.crossfarm"
+_JOB_LABEL = "io.crossfarm.job"
+_ATTEMPT_LABEL = "io.crossfarm.attempt"
+_WORKER_LABEL = "io.crossfarm.worker"
+
+
+def container_labels(job_id: JobId, attempt: int, worker: str) -> dict[str, str]:
+    """The labels of one attempt's containers and volume, so a worker can find its
+    leftovers after a crash and tell them from the builds it still runs."""
+    return {LABEL: "1", _JOB_LABEL: job_id, _ATTEMPT_LABEL: str(attempt), _WORKER_LABEL: worker}
+
+
+def worker_selector(worker: str) -> list[str]:
+    """The Docker label filter that finds every container and volume of one worker."""
+    return [f"{LABEL}=1", f"{_WORKER_LABEL}={worker}"]
+
+
+def labelled_task(labels: dict[str, str]) -> str | None:
+    """The task id (see task_id) a labelled container or volume belongs to, or None."""
+    job, attempt = labels.get(_JOB_LABEL), labels.get(_ATTEMPT_LABEL)
+    return f"{job}-{attempt}" if job and attempt else None
 
 
 def events_stream(build_id: BuildId) -> str:

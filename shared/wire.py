@@ -12,10 +12,14 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from crossfarm.shared.arch import BuildMode, Placement
+from crossfarm.shared.arch import Arch, BuildMode, Placement
+from crossfarm.shared.ids import BuildId, JobId, SourceDigest
+from crossfarm.shared.keys import QueueKey
 from crossfarm.shared.states import BuildState
 
 Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+#: a source tree, named by its digest (see tree_digest)
+SourceRef = Annotated[SourceDigest, Field(pattern=r"^[0-9a-f]{64}$")]
 ProfileName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
 FeatureName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.+/-]{0,127}$")]
 TargetName = Annotated[str, Field(min_length=1, max_length=100)]
@@ -30,7 +34,7 @@ class Wire(BaseModel):
 class BuildRequest(Wire):
     """What a user asks the farm to build."""
 
-    source: Digest
+    source: SourceRef
     targets: Annotated[list[TargetName], Field(min_length=1, max_length=16)]
     profile: ProfileName = "dev"
     features: Annotated[list[FeatureName], Field(max_length=256)] = []
@@ -52,10 +56,10 @@ class BuildRequest(Wire):
 class JobView(Wire):
     """One target of a build, as the API reports it."""
 
-    job_id: str
+    job_id: JobId
     target: str
-    arch: str
-    queue: str
+    arch: Arch
+    queue: QueueKey
     state: BuildState
     attempt: int
     worker: str | None = None
@@ -77,10 +81,10 @@ class JobView(Wire):
 class BuildView(Wire):
     """A build and each of its jobs."""
 
-    build_id: str
+    build_id: BuildId
     state: BuildState
     created_at: datetime
-    source: str
+    source: SourceDigest
     profile: str
     features: list[str]
     all_features: bool
@@ -104,8 +108,8 @@ class ArtifactEntry(Wire):
 class Manifest(Wire):
     """The list of one job's artifacts; written last, so its presence means complete."""
 
-    build_id: str
-    job_id: str
+    build_id: BuildId
+    job_id: JobId
     target: str
     attempt: int
     profile_dir: str
@@ -145,11 +149,11 @@ class JobMessage(Reply):
     """The Celery payload of one job. Like a reply, it comes from the controller: fields
     a newer controller adds are ignored by older workers."""
 
-    job_id: str
-    build_id: str
+    job_id: JobId
+    build_id: BuildId
     target: str
     attempt: int
-    source: Digest
+    source: SourceRef
     profile: ProfileName
     features: list[str]
     all_features: bool
@@ -243,7 +247,7 @@ class GitSource(Wire):
 class SourceStatus(Wire):
     """A stored source tree."""
 
-    digest: Digest
+    digest: SourceRef
     files: int
     total_bytes: int
     commit: str | None = None
@@ -301,7 +305,7 @@ class WorkerView(Wire):
     state: WorkerState
     last_seen: datetime
     started_at: datetime
-    running_jobs: list[str]
+    running_jobs: list[JobId]
     drain_requested: bool = False
     info: WorkerHeartbeat
 
@@ -309,8 +313,8 @@ class WorkerView(Wire):
 class ArchSummary(Wire):
     """One architecture's capacity and backlog."""
 
-    arch: str
-    queue: str
+    arch: Arch
+    queue: QueueKey
     #: online workers of this architecture
     workers_online: int
     #: online workers of other architectures with a cross toolchain for it

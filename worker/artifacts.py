@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from crossfarm.shared import keys
-from crossfarm.shared.ids import BuildId
+from crossfarm.shared.ids import BuildId, JobId
 from crossfarm.shared.tree import sha256_file
 from crossfarm.shared.wire import ArtifactEntry, Manifest
 
@@ -60,7 +60,7 @@ class ArtifactCollector:
 @dataclass(frozen=True)
 class JobOutput:
     build_id: BuildId
-    job_id: str
+    job_id: JobId
     target: str
     attempt: int
     profile: str

@@ -23,10 +23,8 @@ import requests.exceptions
 from docker.models.containers import Container as EngineContainer
 from docker.models.volumes import Volume as EngineVolume
 
+from crossfarm.shared import keys
 from crossfarm.shared.errors import BuildCancelled, BuildError, BuildTimeout
-
-#: Every container and volume crossfarm makes carries this label.
-LABEL = "io.crossfarm"
 
 LineSink = Callable[[str, str], None]  # (stream name "stdout" | "stderr", line)
 
@@ -79,7 +77,7 @@ class Docker:
     @contextmanager
     def volume(self, name: str, labels: dict[str, str]) -> Iterator[str]:
         """A named volume that exists for the `with` block only."""
-        self._client.volumes.create(name=name, labels={LABEL: "1", **labels})
+        self._client.volumes.create(name=name, labels={keys.LABEL: "1", **labels})
         try:
             yield name
         finally:
@@ -107,7 +105,7 @@ class Docker:
             pids_limit=step.pids,
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
-            labels={LABEL: "1", **step.labels},
+            labels={keys.LABEL: "1", **step.labels},
         )
         try:
             yield Container(raw)
@@ -122,14 +120,14 @@ class Docker:
         keep() (leftovers of a build process that died). keep() is read after listing, so
         a build that starts meanwhile is never mistaken for a leftover."""
         selector: dict[str, str | list[str] | bool] = {
-            "label": [f"{LABEL}=1", f"io.crossfarm.worker={worker}"]
+            "label": keys.worker_selector(worker)
         }
         containers = self._client.containers.list(all=True, filters=selector)
         volumes = self._client.volumes.list(filters=selector)
         alive = keep()
         leftovers: list[EngineContainer | EngineVolume] = [
-            *(c for c in containers if _task(c.labels) not in alive),
-            *(v for v in volumes if _task(v.attrs.get("Labels") or {}) not in alive),
+            *(c for c in containers if keys.labelled_task(c.labels) not in alive),
+            *(v for v in volumes if keys.labelled_task(v.attrs.get("Labels") or {}) not in alive),
         ]
         removed = 0
         for thing in leftovers:
@@ -137,11 +135,6 @@ class Docker:
                 thing.remove(force=True)
                 removed += 1
         return removed
-
-
-def _task(labels: dict[str, str]) -> str:
-    """The "<job>-<attempt>" a labelled container or volume belongs to."""
-    return f"{labels.get('io.crossfarm.job')}-{labels.get('io.crossfarm.attempt')}"
 
 
 class Container:

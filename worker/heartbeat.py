@@ -26,7 +26,7 @@ def describe(settings: WorkerSettings, host: Arch, image_id: str | None,
              running: set[str] | None = None) -> WorkerHeartbeat:
     """This worker as the fleet sees it: detected architecture, queues and how it serves them."""
     queues = served_queues(host, settings.cross_arches, settings.emulate_arches)
-    arches = {keys.parse_queue(queue)[0] for queue in queues}
+    arches = {keys.QueueKey.parse(queue).arch for queue in queues}
     try:
         version = metadata.version("crossfarm")
     except metadata.PackageNotFoundError:

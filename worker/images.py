@@ -17,13 +17,14 @@ def served_queues(host: Arch, cross_arches: Iterable[Arch], emulate_arches: Iter
     """Queue -> mode: the host's native queue first, then the architectures this worker
     cross-compiles for, then those it builds under emulation. The controller decides
     which queue a job goes to; this only says what the worker can do."""
-    queues = {keys.queue_name(host): BuildMode.NATIVE}
+    queues = {keys.QueueKey(host).name: BuildMode.NATIVE}
     for arch in cross_arches:
         if arch is not host:
-            queues.setdefault(keys.queue_name(arch, BuildMode.CROSS), BuildMode.CROSS)
+            queues.setdefault(keys.QueueKey(arch, BuildMode.CROSS).name, BuildMode.CROSS)
     for arch in emulate_arches:
         if arch is not host:
-            queues.setdefault(keys.queue_name(arch, BuildMode.EMULATED), BuildMode.EMULATED)
+            queues.setdefault(keys.QueueKey(arch, BuildMode.EMULATED).name,
+                              BuildMode.EMULATED)
     return queues
 
 
@@ -31,15 +32,15 @@ def job_mode(target: str, consumed_from: str, served: dict[str, BuildMode]) -> B
     """How this worker builds `target` taken from `consumed_from`; BuildError when the
     queue is not one it serves or not one of the target's architecture."""
     try:
-        arch, mode = keys.parse_queue(consumed_from)
+        queue = keys.QueueKey.parse(consumed_from)
     except ValueError as exc:
         raise BuildError(f"job came from an unknown queue: {exc}") from None
     if consumed_from not in served:
         raise BuildError(f"this worker does not serve {consumed_from} (CROSSFARM_CROSS_ARCHES "
                          "and CROSSFARM_EMULATE_ARCHES say what a worker serves)")
-    if arch is not target_arch(target):
+    if queue.arch is not target_arch(target):
         raise BuildError(f"{target} does not belong on {consumed_from}")
-    return mode
+    return queue.mode
 
 
 def builder_image(mode: BuildMode, arch: Arch, default: str, emulation_images: dict[str, str]

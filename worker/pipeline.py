@@ -139,7 +139,7 @@ def run_job(tools: Toolbox, job: JobMessage, consumed_from: str) -> BuildState |
 def _queue_mode(queue: str) -> BuildMode:
     """The mode a queue stands for, to report with a refusal; native if it is not ours."""
     try:
-        return keys.parse_queue(queue)[1]
+        return keys.QueueKey.parse(queue).mode
     except ValueError:
         return BuildMode.NATIVE
 
@@ -191,8 +191,7 @@ def _compile_and_publish(
             tree = retry.run("source download", lambda: fetch_tree(tools.storage, source, limits))
             tar = _source_tar(tools, retry, source, tree, limits, joblog)
         locked = any(entry.path == "Cargo.lock" for entry in tree.entries)
-        labels = {"io.crossfarm.job": job.job_id, "io.crossfarm.attempt": str(job.attempt),
-                  "io.crossfarm.worker": settings.worker_name}
+        labels = keys.container_labels(job.job_id, job.attempt, settings.worker_name)
         volume_name = f"crossfarm-{job.job_id}-a{job.attempt}"
         with tar, tools.docker.volume(volume_name, labels):
             fetch = _step(settings, job, image, cargo.fetch_command(job, locked), volume_name,

@@ -2,19 +2,20 @@ import pytest
 
 from crossfarm.controller.placement import Capacity, Decision, decide, replan, waiting_for
 from crossfarm.shared.arch import Arch, BuildMode, Placement
+from crossfarm.shared.keys import QueueKey
 
 N, C, E = BuildMode.NATIVE, BuildMode.CROSS, BuildMode.EMULATED
-ARM64_QUEUE = "crossfarm.builds.arm64"
-ARM64_CROSS = "crossfarm.builds.arm64.cross"
-ARM64_EMULATED = "crossfarm.builds.arm64.emulated"
-AMD64_QUEUE = "crossfarm.builds.amd64"
+ARM64_QUEUE = QueueKey.parse("crossfarm.builds.arm64")
+ARM64_CROSS = QueueKey.parse("crossfarm.builds.arm64.cross")
+ARM64_EMULATED = QueueKey.parse("crossfarm.builds.arm64.emulated")
+AMD64_QUEUE = QueueKey.parse("crossfarm.builds.amd64")
 QUEUE_OF = {N: ARM64_QUEUE, C: ARM64_CROSS, E: ARM64_EMULATED}
 BOUND = 120.0
 
 
 def _serving(*modes, arch=Arch.ARM64):
     """Capacity with one online worker for each of `modes` of `arch`."""
-    return Capacity(online={(arch, mode): 1 for mode in modes})
+    return Capacity(online={QueueKey(arch, mode): 1 for mode in modes})
 
 
 @pytest.mark.parametrize(
@@ -108,16 +109,16 @@ def test_only_the_native_placement_gets_the_hint_to_allow_more():
 
 def test_capacity_counts_online_workers_per_architecture_and_mode():
     capacity = Capacity.from_queues([
-        [AMD64_QUEUE, ARM64_CROSS],
-        [AMD64_QUEUE],
-        [ARM64_QUEUE, ARM64_EMULATED],
-        (q for q in [AMD64_QUEUE, ARM64_CROSS]),
+        [AMD64_QUEUE.name, ARM64_CROSS.name],
+        [AMD64_QUEUE.name],
+        [ARM64_QUEUE.name, ARM64_EMULATED.name],
+        (q.name for q in [AMD64_QUEUE, ARM64_CROSS]),
     ])
     assert capacity.online == {
-        (Arch.AMD64, N): 3,
-        (Arch.ARM64, C): 2,
-        (Arch.ARM64, N): 1,
-        (Arch.ARM64, E): 1,
+        QueueKey(Arch.AMD64, N): 3,
+        QueueKey(Arch.ARM64, C): 2,
+        QueueKey(Arch.ARM64, N): 1,
+        QueueKey(Arch.ARM64, E): 1,
     }
     assert capacity.serves(Arch.ARM64, C)
     assert not capacity.serves(Arch.AMD64, C)
@@ -126,9 +127,9 @@ def test_capacity_counts_online_workers_per_architecture_and_mode():
 def test_capacity_ignores_queues_it_does_not_know():
     capacity = Capacity.from_queues([
         ["celery", "crossfarm.builds.riscv64", "crossfarm.builds.arm64.qemu"],
-        ["crossfarm.builds.arm64.native", AMD64_QUEUE],
+        ["crossfarm.builds.arm64.native", AMD64_QUEUE.name],
     ])
-    assert capacity.online == {(Arch.AMD64, N): 1}
+    assert capacity.online == {QueueKey(Arch.AMD64, N): 1}
 
 
 # A worker naming its queue with an alias would never receive a job (jobs go to

@@ -42,7 +42,7 @@ class FakeQueue:
         self.sent = []
 
     def enqueue(self, message, queue):
-        self.sent.append((message, queue))
+        self.sent.append((message, queue.name))
 
 
 class FakeEvents:
@@ -139,7 +139,7 @@ def test_a_cross_ok_arm64_job_with_only_an_amd64_cross_worker_goes_to_the_cross_
     build = _submit(farm, placement=Placement.CROSS_OK)
 
     job = _job(farm, build)
-    assert (job.queue, job.placement, job.attempt) == (ARM64_CROSS, Placement.CROSS_OK, 1)
+    assert (job.queue.name, job.placement, job.attempt) == (ARM64_CROSS, Placement.CROSS_OK, 1)
     assert job.placed == "cross: no arm64 worker online; cross-ok allows a cross toolchain"
     assert job.waiting is None
     [(message, queue)] = farm.queue.sent
@@ -151,7 +151,7 @@ def test_each_target_of_a_build_is_placed_on_its_own(farm):
 
     build = _submit(farm, targets=(X86, ARM), placement=Placement.CROSS_OK)
 
-    assert {j.target: j.queue for j in build.jobs} == {X86: AMD64_QUEUE, ARM: ARM64_CROSS}
+    assert {j.target: j.queue.name for j in build.jobs} == {X86: AMD64_QUEUE, ARM: ARM64_CROSS}
     assert sorted(queue for _, queue in farm.queue.sent) == [AMD64_QUEUE, ARM64_CROSS]
 
 
@@ -161,15 +161,15 @@ def test_an_arm64_worker_wins_over_a_cross_toolchain(farm):
 
     job = _job(farm, _submit(farm, placement=Placement.EMULATE_OK))
 
-    assert job.queue == ARM64_QUEUE
+    assert job.queue.name == ARM64_QUEUE
     assert job.placed == "native: an arm64 worker is online"
 
 
 def test_an_emulate_ok_job_goes_to_an_emulating_worker_when_nothing_better_is_online(farm):
     _worker(farm, "amd64-qemu", "amd64", {AMD64_QUEUE: N, ARM64_EMULATED: E})
 
-    assert _job(farm, _submit(farm, placement=Placement.CROSS_OK)).queue == ARM64_QUEUE
-    assert _job(farm, _submit(farm, placement=Placement.EMULATE_OK)).queue == ARM64_EMULATED
+    assert _job(farm, _submit(farm, placement=Placement.CROSS_OK)).queue.name == ARM64_QUEUE
+    assert _job(farm, _submit(farm, placement=Placement.EMULATE_OK)).queue.name == ARM64_EMULATED
 
 
 def test_a_request_without_a_placement_takes_the_farms_default(make_farm):
@@ -178,7 +178,7 @@ def test_a_request_without_a_placement_takes_the_farms_default(make_farm):
 
     job = _job(farm, _submit(farm))
 
-    assert (job.placement, job.queue) == (Placement.CROSS_OK, ARM64_CROSS)
+    assert (job.placement, job.queue.name) == (Placement.CROSS_OK, ARM64_CROSS)
 
 
 def test_a_request_carries_its_wait_limit_to_each_job(farm):
@@ -191,7 +191,7 @@ def test_a_native_arm64_job_with_no_arm64_worker_waits_on_the_native_queue_and_s
     build = _submit(farm, placement=Placement.NATIVE)
 
     job = _job(farm, build)
-    assert job.queue == ARM64_QUEUE
+    assert job.queue.name == ARM64_QUEUE
     assert job.placed.startswith("native: waiting")
     assert job.waiting.startswith("waiting: no arm64 worker online")
     assert [queue for _, queue in farm.queue.sent] == [ARM64_QUEUE]
@@ -199,7 +199,7 @@ def test_a_native_arm64_job_with_no_arm64_worker_waits_on_the_native_queue_and_s
     placer.tick(farm)
 
     job = _job(farm, build)
-    assert job.queue == ARM64_QUEUE
+    assert job.queue.name == ARM64_QUEUE
     assert job.waiting.startswith("waiting: no arm64 worker online")
     assert "--placement cross-ok" in job.waiting
     assert job.waiting.endswith("; position 1 in crossfarm.builds.arm64")
@@ -213,7 +213,7 @@ def test_a_waiting_native_job_stays_on_its_queue_once_an_arm64_worker_appears(fa
     placer.tick(farm)
 
     job = _job(farm, build)
-    assert (job.queue, job.attempt) == (ARM64_QUEUE, 1)
+    assert (job.queue.name, job.attempt) == (ARM64_QUEUE, 1)
     assert job.waiting == "queued: position 1 in crossfarm.builds.arm64"
     assert len(farm.queue.sent) == 1
 
@@ -236,7 +236,7 @@ def test_a_cross_ok_job_whose_arm64_worker_is_lost_is_requeued_on_the_cross_queu
     _arm64(farm)
     _amd64_with_arm64_cross(farm)
     build = _submit(farm, placement=Placement.CROSS_OK)
-    assert _job(farm, build).queue == ARM64_QUEUE
+    assert _job(farm, build).queue.name == ARM64_QUEUE
 
     # Worker liveness is judged on the wall clock (see the next test), so the arm64
     # worker really has to fall silent while the amd64 one keeps beating.
@@ -245,7 +245,7 @@ def test_a_cross_ok_job_whose_arm64_worker_is_lost_is_requeued_on_the_cross_queu
     placer.tick(farm)
 
     job = _job(farm, build)
-    assert (job.queue, job.attempt, job.state) == (ARM64_CROSS, 2, BuildState.QUEUED)
+    assert (job.queue.name, job.attempt, job.state) == (ARM64_CROSS, 2, BuildState.QUEUED)
     assert job.placed.startswith("cross: no arm64 worker online")
     assert [(m.job_id, m.attempt, q) for m, q in farm.queue.sent] == [
         (job.job_id, 1, ARM64_QUEUE),
@@ -274,11 +274,11 @@ def test_a_native_job_no_arm64_worker_took_within_the_pickup_bound_moves_to_cros
     job = _job(farm, build)
 
     placer.tick(farm, now=job.queued_at + timedelta(seconds=59))
-    assert (_job(farm, build).queue, _job(farm, build).attempt) == (ARM64_QUEUE, 1)
+    assert (_job(farm, build).queue.name, _job(farm, build).attempt) == (ARM64_QUEUE, 1)
 
     placer.tick(farm, now=job.queued_at + timedelta(seconds=61))
     moved = _job(farm, build)
-    assert (moved.queue, moved.attempt) == (ARM64_CROSS, 2)
+    assert (moved.queue.name, moved.attempt) == (ARM64_CROSS, 2)
     assert moved.placed == "cross: no arm64 worker took it within 60 s; cross-ok allows cross"
     assert [q for _, q in farm.queue.sent] == [ARM64_QUEUE, ARM64_CROSS]
 
@@ -291,7 +291,7 @@ def test_a_native_placement_never_leaves_the_native_queue_however_long_it_waits(
 
     placer.tick(farm, now=_job(farm, build).queued_at + timedelta(seconds=600))
 
-    assert (_job(farm, build).queue, _job(farm, build).attempt) == (ARM64_QUEUE, 1)
+    assert (_job(farm, build).queue.name, _job(farm, build).attempt) == (ARM64_QUEUE, 1)
     assert len(farm.queue.sent) == 1
 
 
@@ -393,7 +393,7 @@ def test_a_running_job_whose_worker_is_lost_is_rerun_as_the_next_attempt(make_fa
     placer.tick(farm, now=running.started_at + timedelta(seconds=31))
 
     job = _job(farm, build)
-    assert (job.state, job.attempt, job.worker, job.queue) == (
+    assert (job.state, job.attempt, job.worker, job.queue.name) == (
         BuildState.QUEUED, 2, None, ARM64_QUEUE)
     assert "worker arm64-1 was lost" in job.placed
     assert [q for _, q in farm.queue.sent] == [ARM64_QUEUE, ARM64_QUEUE]
@@ -473,7 +473,7 @@ def test_a_queued_job_whose_message_the_broker_lost_is_resent(make_farm):
 
     placer.tick(farm, now=job.queued_at + timedelta(seconds=31))
     resent = _job(farm, build)
-    assert (resent.attempt, resent.queue) == (2, ARM64_QUEUE)
+    assert (resent.attempt, resent.queue.name) == (2, ARM64_QUEUE)
     assert resent.placed.endswith("(re-sent: the broker lost it)")
     assert [q for _, q in farm.queue.sent] == [ARM64_QUEUE]
 
@@ -494,7 +494,7 @@ def test_a_job_the_broker_refused_stays_queued_and_is_sent_once_it_is_back(make_
     farm.queue.enqueue = sent  # Redis is back, holding nothing
     placer.tick(farm, now=job.queued_at + timedelta(seconds=31))
     resent = _job(farm, build)
-    assert (resent.state, resent.attempt, resent.queue) == (BuildState.QUEUED, 2, ARM64_QUEUE)
+    assert (resent.state, resent.attempt, resent.queue.name) == (BuildState.QUEUED, 2, ARM64_QUEUE)
     assert [q for _, q in farm.queue.sent] == [ARM64_QUEUE]
 
 

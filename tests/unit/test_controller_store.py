@@ -3,9 +3,10 @@ from datetime import datetime
 import pytest
 
 from crossfarm.controller.store import NewBuild, NewJob, Store
-from crossfarm.shared.arch import BuildMode, Placement
+from crossfarm.shared.arch import Arch, BuildMode, Placement
 from crossfarm.shared.errors import IllegalTransition, NotFound
 from crossfarm.shared.ids import BuildId, JobId
+from crossfarm.shared.keys import QueueKey
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import (
     ArtifactEntry,
@@ -20,18 +21,19 @@ ARM_JOB = JobId("j-000000000000000b")
 X86 = "x86_64-unknown-linux-gnu"
 ARM = "aarch64-unknown-linux-gnu"
 DIGEST = "0123456789abcdef" * 4
+ARM64_CROSS = QueueKey.parse("crossfarm.builds.arm64.cross")
 
 
 def _new_job(job_id, target, arch, **overrides):
     fields = {
-        "queue": f"crossfarm.builds.{arch}",
+        "queue": QueueKey.parse(f"crossfarm.builds.{arch}"),
         "placement": "native",
         "placed": f"native: an {arch} worker is online",
         "waiting": None,
         "wait_limit_s": None,
         **overrides,
     }
-    return NewJob(job_id=job_id, target=target, arch=arch, **fields)
+    return NewJob(job_id=job_id, target=target, arch=Arch(arch), **fields)
 
 
 def _new_build(build_id=BUILD):
@@ -93,7 +95,8 @@ def test_a_new_build_is_queued_with_one_queued_job_per_target(built):
     assert built.build_id == BUILD
     assert built.state is BuildState.QUEUED
     assert sorted(
-        (job.job_id, job.target, job.arch, job.queue, job.state, job.attempt) for job in built.jobs
+        (job.job_id, job.target, job.arch, job.queue.name, job.state, job.attempt)
+        for job in built.jobs
     ) == [
         (X86_JOB, X86, "amd64", "crossfarm.builds.amd64", BuildState.QUEUED, 1),
         (ARM_JOB, ARM, "arm64", "crossfarm.builds.arm64", BuildState.QUEUED, 1),
@@ -511,9 +514,9 @@ def test_a_job_reads_back_with_its_placement_and_wait_limit(store):
 
 def test_requeue_moves_a_queued_job_to_another_queue_under_the_next_attempt(store, built):
     store.set_waiting({ARM_JOB: "waiting: no arm64 worker online"})
-    moved = store.requeue(ARM_JOB, 1, "crossfarm.builds.arm64.cross", "cross: because")
+    moved = store.requeue(ARM_JOB, 1, ARM64_CROSS, "cross: because")
     assert moved is not None
-    assert (moved.queue, moved.attempt, moved.state) == (
+    assert (moved.queue.name, moved.attempt, moved.state) == (
         "crossfarm.builds.arm64.cross", 2, BuildState.QUEUED)
     assert moved.placed == "cross: because"
     assert moved.waiting is None
@@ -521,21 +524,21 @@ def test_requeue_moves_a_queued_job_to_another_queue_under_the_next_attempt(stor
 
 
 def test_the_old_attempt_of_a_requeued_job_can_no_longer_start_it(store, built):
-    store.requeue(ARM_JOB, 1, "crossfarm.builds.arm64.cross", "cross: because")
+    store.requeue(ARM_JOB, 1, ARM64_CROSS, "cross: because")
     assert store.move_job(ARM_JOB, 1, BuildState.RUNNING, worker="late") is None
     assert store.move_job(ARM_JOB, 2, BuildState.RUNNING, worker="w1") is not None
 
 
 def test_requeue_of_a_stale_attempt_changes_nothing(store, built):
-    assert store.requeue(ARM_JOB, 2, "crossfarm.builds.arm64.cross", "cross: because") is None
+    assert store.requeue(ARM_JOB, 2, ARM64_CROSS, "cross: because") is None
     job = store.job(ARM_JOB).view
-    assert (job.queue, job.attempt) == ("crossfarm.builds.arm64", 1)
+    assert (job.queue.name, job.attempt) == ("crossfarm.builds.arm64", 1)
 
 
 def test_a_job_that_started_is_not_requeued(store, built):
     store.move_job(ARM_JOB, 1, BuildState.RUNNING, worker="w1")
-    assert store.requeue(ARM_JOB, 1, "crossfarm.builds.arm64.cross", "cross: because") is None
-    assert store.job(ARM_JOB).view.queue == "crossfarm.builds.arm64"
+    assert store.requeue(ARM_JOB, 1, ARM64_CROSS, "cross: because") is None
+    assert store.job(ARM_JOB).view.queue.name == "crossfarm.builds.arm64"
 
 
 def test_set_waiting_returns_only_the_jobs_whose_text_changed(store, built):

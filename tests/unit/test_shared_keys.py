@@ -1,9 +1,11 @@
+import dataclasses
 from itertools import combinations
 
 import pytest
 
 from crossfarm.shared import keys
-from crossfarm.shared.arch import Arch, BuildMode
+from crossfarm.shared.arch import Arch, BuildMode, target_arch
+from crossfarm.shared.errors import UnsupportedTarget
 from crossfarm.shared.ids import BuildId, JobId, SourceDigest
 
 BUILD = BuildId("b-0123456789abcdef")
@@ -17,7 +19,7 @@ ARM = "aarch64-unknown-linux-gnu"
     [(Arch.AMD64, "crossfarm.builds.amd64"), (Arch.ARM64, "crossfarm.builds.arm64")],
 )
 def test_each_architecture_has_its_own_queue(arch, queue):
-    assert keys.queue_name(arch) == queue
+    assert keys.QueueKey(arch).name == queue
 
 
 @pytest.mark.parametrize(
@@ -30,17 +32,17 @@ def test_each_architecture_has_its_own_queue(arch, queue):
     ],
 )
 def test_a_queue_is_named_by_its_architecture_and_mode_and_native_is_plain(arch, mode, queue):
-    assert keys.queue_name(arch, mode) == queue
+    assert keys.QueueKey(arch, mode).name == queue
 
 
 @pytest.mark.parametrize("mode", list(BuildMode))
 @pytest.mark.parametrize("arch", list(Arch))
 def test_a_queue_name_parses_back_to_its_architecture_and_mode(arch, mode):
-    assert keys.parse_queue(keys.queue_name(arch, mode)) == (arch, mode)
+    assert keys.QueueKey.parse(keys.QueueKey(arch, mode).name) == keys.QueueKey(arch, mode)
 
 
 def test_every_architecture_and_mode_has_a_queue_of_its_own():
-    names = [keys.queue_name(arch, mode) for arch in Arch for mode in BuildMode]
+    names = [keys.QueueKey(arch, mode).name for arch in Arch for mode in BuildMode]
     assert len(set(names)) == len(names)
 
 
@@ -59,7 +61,7 @@ def test_every_architecture_and_mode_has_a_queue_of_its_own():
 )
 def test_a_name_that_is_not_a_crossfarm_build_queue_is_refused(queue):
     with pytest.raises(ValueError, match="is not a crossfarm build queue"):
-        keys.parse_queue(queue)
+        keys.QueueKey.parse(queue)
 
 
 @pytest.mark.parametrize(
@@ -67,7 +69,7 @@ def test_a_name_that_is_not_a_crossfarm_build_queue_is_refused(queue):
 )
 def test_a_queue_of_an_unknown_architecture_is_refused(queue):
     with pytest.raises(ValueError, match="unknown architecture"):
-        keys.parse_queue(queue)
+        keys.QueueKey.parse(queue)
 
 
 @pytest.mark.parametrize(
@@ -76,7 +78,7 @@ def test_a_queue_of_an_unknown_architecture_is_refused(queue):
 )
 def test_a_queue_of_an_unknown_mode_is_refused(queue):
     with pytest.raises(ValueError):  # noqa: PT011 - BuildMode's own message
-        keys.parse_queue(queue)
+        keys.QueueKey.parse(queue)
 
 
 # Arch.parse takes aliases for people's input, but a queue is a wire name: a worker
@@ -86,9 +88,68 @@ def test_a_queue_of_an_unknown_mode_is_refused(queue):
     "queue",
     ["crossfarm.builds.aarch64", "crossfarm.builds.x86_64.cross", "crossfarm.builds.ARM64"],
 )
-def test_a_queue_name_queue_name_never_makes_is_refused(queue):
+def test_a_queue_name_the_key_never_makes_is_refused(queue):
     with pytest.raises(ValueError):  # noqa: PT011 - any refusal will do
-        keys.parse_queue(queue)
+        keys.QueueKey.parse(queue)
+
+
+# Folded in from the old controller/routing.py: a target's native queue is its arch's.
+@pytest.mark.parametrize(
+    ("target", "queue"),
+    [("x86_64-unknown-linux-gnu", "crossfarm.builds.amd64"),
+     ("aarch64-unknown-linux-gnu", "crossfarm.builds.arm64")],
+)
+def test_a_target_s_native_queue_is_the_plain_queue_of_its_architecture(target, queue):
+    assert keys.QueueKey(target_arch(target)).name == queue
+
+
+@pytest.mark.parametrize(
+    "target", ["aarch64-apple-darwin", "x86_64-unknown-linux-musl", "X86_64-unknown-linux-gnu"]
+)
+def test_an_unsupported_target_has_no_queue(target):
+    with pytest.raises(UnsupportedTarget) as exc:
+        keys.QueueKey(target_arch(target))
+    assert exc.value.target == target
+    assert exc.value.supported == ["aarch64-unknown-linux-gnu", "x86_64-unknown-linux-gnu"]
+
+
+def test_a_queue_key_is_immutable():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        keys.QueueKey(Arch.AMD64).mode = BuildMode.CROSS  # type: ignore[misc]
+
+
+def test_a_queue_key_on_the_wire_is_its_name():
+    from crossfarm.shared.wire import ArchSummary
+    summary = ArchSummary(arch=Arch.ARM64, queue=keys.QueueKey(Arch.ARM64, BuildMode.CROSS),
+                          workers_online=0, queue_depth=0, oldest_waiting=None)
+    assert summary.model_dump(mode="json")["queue"] == "crossfarm.builds.arm64.cross"
+    assert ArchSummary.model_validate_json(summary.model_dump_json()) == summary
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 10])
+def test_a_task_id_parses_back_to_its_job_and_attempt(attempt):
+    job = JobId("j-0123456789abcdef")
+    assert keys.task_id(job, attempt) == f"{job}-{attempt}"
+    assert keys.parse_task_id(keys.task_id(job, attempt)) == (job, attempt)
+
+
+@pytest.mark.parametrize("text", ["j-0123456789abcdef", "-1", "j-01-x", ""])
+def test_a_text_that_is_not_a_task_id_is_refused(text):
+    with pytest.raises(ValueError, match="is not a crossfarm task id"):
+        keys.parse_task_id(text)
+
+
+def test_a_container_s_labels_name_its_task_and_worker():
+    job = JobId("j-0123456789abcdef")
+    labels = keys.container_labels(job, 3, "w1")
+    assert keys.labelled_task(labels) == keys.task_id(job, 3)
+    assert set(keys.worker_selector("w1")) <= {f"{k}={v}" for k, v in labels.items()}
+    assert not set(keys.worker_selector("w2")) <= {f"{k}={v}" for k, v in labels.items()}
+
+
+def test_a_container_without_crossfarm_labels_belongs_to_no_task():
+    assert keys.labelled_task({}) is None
+    assert keys.labelled_task({"io.crossfarm.job": "j-0123456789abcdef"}) is None
 
 
 def test_no_attempt_prefix_contains_another():

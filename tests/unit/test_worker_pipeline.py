@@ -133,7 +133,7 @@ def test_an_unexpected_failure_ends_the_job_as_failed_with_the_reason(tmp_path):
     tools = Toolbox(settings=settings, host=Arch.AMD64, docker=BrokenDocker(),
                     storage=FakeStorage(), reporter=reporter)
 
-    state = run_job(tools, _job(X86), consumed_from=keys.queue_name(Arch.AMD64))
+    state = run_job(tools, _job(X86), consumed_from=keys.QueueKey(Arch.AMD64).name)
 
     assert state is BuildState.FAILED
     [(_, outcome)] = reporter.outcomes
@@ -212,7 +212,7 @@ def test_a_worker_cut_off_past_its_lease_abandons_the_job_and_reports_no_outcome
     tools = Toolbox(settings=settings, host=Arch.AMD64, docker=ImageOnlyDocker(),
                     storage=storage, reporter=reporter, lease=LapsedLease())
 
-    assert run_job(tools, _job(X86), consumed_from=keys.queue_name(Arch.AMD64)) is None
+    assert run_job(tools, _job(X86), consumed_from=keys.QueueKey(Arch.AMD64).name) is None
 
     assert len(reporter.starts) == 1
     assert reporter.outcomes == []  # the controller re-runs it; no verdict from here
@@ -249,7 +249,7 @@ def test_the_worker_checks_the_tree_against_the_limits_the_job_carries(tmp_path,
                     storage=TreeOnlyStorage(tree), reporter=reporter)
     job = _job(X86).model_copy(update={"source": tree_digest(tree), "limits": limits})
 
-    assert run_job(tools, job, consumed_from=keys.queue_name(Arch.AMD64)) is BuildState.FAILED
+    assert run_job(tools, job, consumed_from=keys.QueueKey(Arch.AMD64).name) is BuildState.FAILED
 
     [(_, outcome)] = reporter.outcomes  # failed either way: the blobs are missing
     assert ("3 files; the limit is 2" in outcome.reason) is refused, outcome.reason
