@@ -29,10 +29,12 @@ lint:
 	lint-imports
 
 # mypy follows the installed names (crossfarm.shared, …): give it a tree with those names.
+# tests/fakes.py is checked too: it holds each fake to the Protocol it stands in for.
 typecheck:
 	@rm -rf build/typecheck && mkdir -p build/typecheck/crossfarm
 	@for part in shared controller worker client; do ln -s ../../../$$part build/typecheck/crossfarm/$$part; done
 	MYPYPATH=build/typecheck $(PYTHON) -m mypy -p crossfarm.shared -p crossfarm.controller -p crossfarm.worker -p crossfarm.client
+	MYPYPATH=build/typecheck $(PYTHON) -m mypy --disallow-untyped-defs tests/fakes.py
 
 install: ## apt and pip packages, only what is missing
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

@@ -12,10 +12,10 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import docker
 import docker.errors
@@ -27,6 +27,8 @@ from crossfarm.shared import keys
 from crossfarm.shared.errors import BuildCancelled, BuildError, BuildTimeout
 
 LineSink = Callable[[str, str], None]  # (stream name "stdout" | "stderr", line)
+#: Polled while a step runs: a reason to stop it, or None to go on.
+StopCheck = Callable[[], str | None]
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,24 @@ class Step:
 class StepResult:
     exit_code: int
     oom_killed: bool
+
+
+class StepContainer(Protocol):
+    """A created builder container: files go in, the step runs once, files come out."""
+
+    def put(self, path: str, tar: IO[bytes]) -> None: ...
+    def run(self, sink: LineSink, deadline: float, should_stop: StopCheck) -> StepResult: ...
+    def copy_out(self, path: str, dest_dir: Path) -> Path: ...
+
+
+class ContainerRunner(Protocol):
+    """What a worker needs from a container engine; Docker is the one we ship."""
+
+    def has_image(self, name: str) -> bool: ...
+    def image_id(self, name: str) -> str | None: ...
+    def volume(self, name: str, labels: dict[str, str]) -> AbstractContextManager[str]: ...
+    def container(self, step: Step) -> AbstractContextManager[StepContainer]: ...
+    def reap(self, worker: str, keep: Callable[[], set[str]]) -> int: ...
 
 
 class Docker:
@@ -148,8 +168,7 @@ class Container:
         if not self._raw.put_archive(path, tar):
             raise BuildError(f"could not copy files into the container at {path}")
 
-    def run(self, sink: LineSink, deadline: float, should_stop: Callable[[], str | None]
-            ) -> StepResult:
+    def run(self, sink: LineSink, deadline: float, should_stop: StopCheck) -> StepResult:
         """Start, stream output lines to `sink`, and wait for exit, the deadline or a stop."""
         stream = self._raw.attach(stdout=True, stderr=True, stream=True, logs=True, demux=True)
         pump = threading.Thread(target=_pump, args=(stream, sink), daemon=True)
@@ -167,7 +186,7 @@ class Container:
         oom = bool(self._raw.attrs.get("State", {}).get("OOMKilled"))
         return StepResult(exit_code=int(status.get("StatusCode", -1)), oom_killed=oom)
 
-    def _wait(self, deadline: float, should_stop: Callable[[], str | None]) -> dict[str, Any]:
+    def _wait(self, deadline: float, should_stop: StopCheck) -> dict[str, Any]:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

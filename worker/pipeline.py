@@ -36,10 +36,10 @@ from crossfarm.shared.tree import TreeLimits
 from crossfarm.shared.wire import JobFinished, JobMessage, JobStarted, Manifest, SourceTree
 from crossfarm.worker import cargo
 from crossfarm.worker.artifacts import ArtifactCollector, JobOutput, build_manifest
-from crossfarm.worker.container import Docker, Step
+from crossfarm.worker.container import ContainerRunner, Step
 from crossfarm.worker.images import BUILD_UID, builder_image, job_mode, served_queues
 from crossfarm.worker.lease import Lease
-from crossfarm.worker.reporter import Reporter
+from crossfarm.worker.reporter import EventSink, JobReporter
 from crossfarm.worker.retrying import Retry
 from crossfarm.worker.settings import WorkerSettings
 from crossfarm.worker.source import (
@@ -64,9 +64,9 @@ class Toolbox:
 
     settings: WorkerSettings
     host: Arch
-    docker: Docker
+    docker: ContainerRunner
     storage: ObjectStore
-    reporter: Reporter
+    reporter: JobReporter
     #: None: the lease is never checked (a worker without a heartbeat, in tests)
     lease: Lease | None = None
 
@@ -74,9 +74,9 @@ class Toolbox:
 class JobLog:
     """Forwards each line to the build's event stream and keeps the whole log for storage."""
 
-    def __init__(self, reporter: Reporter, build_id: BuildId, target: str,
+    def __init__(self, sink: EventSink, build_id: BuildId, target: str,
                  secrets: list[str]) -> None:
-        self._reporter, self._build_id, self._target = reporter, build_id, target
+        self._sink, self._build_id, self._target = sink, build_id, target
         # Longest first, so a secret containing another is hidden whole.
         self._secrets = sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True)
         self.lines: list[str] = []
@@ -85,7 +85,7 @@ class JobLog:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         self.lines.append(text)
-        self._reporter.line(self._build_id, self._target, text)
+        self._sink.line(self._build_id, self._target, text)
 
     @contextmanager
     def timed(self, step: str) -> Iterator[None]:

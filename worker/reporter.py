@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 import httpx
 
@@ -17,6 +18,27 @@ from crossfarm.shared.wire import (
     StartVerdict,
     WorkerHeartbeat,
 )
+
+
+class EventSink(Protocol):
+    """Where a job's live log lines go."""
+
+    def line(self, build_id: BuildId, target: str, text: str) -> None: ...
+
+
+class JobReporter(EventSink, Protocol):
+    """What a running job tells the farm, and asks it."""
+
+    def started(self, job_id: JobId, report: JobStarted) -> StartVerdict: ...
+    def finished(self, job_id: JobId, report: JobFinished) -> None: ...
+    def stop_reason(self, job_id: JobId, attempt: int) -> str | None: ...
+
+
+class HeartbeatReporter(Protocol):
+    """What the heartbeat tells the controller about this worker."""
+
+    def heartbeat(self, name: str, info: WorkerHeartbeat, fresh_start: bool
+                  ) -> HeartbeatReply: ...
 
 
 class Reporter:

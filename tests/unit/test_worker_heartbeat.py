@@ -1,5 +1,7 @@
 import socket
 
+from fakes import FakeReporter
+
 from crossfarm.shared.arch import Arch, BuildMode
 from crossfarm.worker.heartbeat import describe
 from crossfarm.worker.settings import WorkerSettings
@@ -72,17 +74,6 @@ def test_the_description_carries_the_workers_resources_and_image():
     assert info.version
 
 
-class _Reporter:
-    def __init__(self):
-        self.sent = []
-
-    def heartbeat(self, name, info, fresh_start):
-        from crossfarm.shared.wire import HeartbeatReply
-
-        self.sent.append(info)
-        return HeartbeatReply(drain=False)
-
-
 def _watched(consuming, running=()):
     from crossfarm.shared.arch import Arch
     from crossfarm.worker.heartbeat import Heartbeat, describe
@@ -90,37 +81,38 @@ def _watched(consuming, running=()):
 
     exits = []
     settings = WorkerSettings(worker_name="w1")
-    beat = Heartbeat(_Reporter(), "w1", lambda: describe(settings, Arch.AMD64, None, set(running)),
+    reporter = FakeReporter()
+    beat = Heartbeat(reporter, "w1", lambda: describe(settings, Arch.AMD64, None, set(running)),
                      1.0, lambda on: None, consuming=consuming, give_up_s=45,
                      exit=exits.append)
-    return beat, exits
+    return beat, exits, reporter
 
 
 def test_a_worker_whose_consumer_answers_stays_online():
-    beat, exits = _watched(lambda: True)
+    beat, exits, reporter = _watched(lambda: True)
     for t in range(0, 200, 10):
         beat.watch(1000.0 + t)
     beat.beat()
-    assert not beat._reporter.sent[-1].draining
+    assert not reporter.beats[-1][0].draining
     assert exits == []
 
 
 def test_a_silent_consumer_first_drains_the_worker_then_exits_it_once_idle():
     answers = iter([True] + [False] * 20)
-    beat, exits = _watched(lambda: next(answers), running={"j-1-1"})
+    beat, exits, reporter = _watched(lambda: next(answers), running={"j-1-1"})
     beat.watch(1000.0)  # answers
     beat.watch(1030.0)  # silent 30 s: within the bound
     beat.beat()
-    assert not beat._reporter.sent[-1].draining
+    assert not reporter.beats[-1][0].draining
     beat.watch(1050.0)  # silent 50 s: gives up, but a build runs
     beat.beat()
-    assert beat._reporter.sent[-1].draining
+    assert reporter.beats[-1][0].draining
     assert exits == []
 
 
 def test_a_silent_consumer_with_nothing_running_exits_for_a_restart():
     answers = iter([True] + [False] * 20)
-    beat, exits = _watched(lambda: next(answers))
+    beat, exits, _ = _watched(lambda: next(answers))
     beat.watch(1000.0)
     beat.watch(1050.0)
     assert exits == [3]

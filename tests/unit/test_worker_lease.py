@@ -2,6 +2,7 @@
 has been cut off for twice the controller's bound, shared through one file."""
 
 import httpx
+from fakes import FakeReporter
 
 from crossfarm.shared.arch import Arch
 from crossfarm.shared.wire import HeartbeatReply
@@ -57,24 +58,14 @@ def test_a_garbled_lease_file_fences_nothing(tmp_path):
     assert Lease(tmp_path / "lease.json").lapsed() is None
 
 
-class _Reporter:
-    def __init__(self, replies):
-        self.replies = list(replies)
-
-    def heartbeat(self, name, info, fresh_start):
-        reply = self.replies.pop(0)
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
-
-
 def test_only_an_acknowledged_heartbeat_renews_the_lease(tmp_path):
     clock = Clock()
     lease = Lease(tmp_path / "lease.json", clock)
     settings = WorkerSettings(worker_name="w1")
     replies = [HeartbeatReply(drain=False, lost_after_s=10), httpx.ConnectError("link down")]
-    beat = Heartbeat(_Reporter(replies), "w1", lambda: describe(settings, Arch.AMD64, None),
-                     1.0, lambda on: None, lease=lease)
+    beat = Heartbeat(FakeReporter(replies=replies), "w1",
+                     lambda: describe(settings, Arch.AMD64, None), 1.0, lambda on: None,
+                     lease=lease)
 
     beat.beat()
     clock.now += 15
@@ -87,10 +78,10 @@ def test_a_lease_that_cannot_be_written_does_not_stop_the_heartbeat(tmp_path):
     (tmp_path / "file").write_text("")
     lease = Lease(tmp_path / "file" / "lease.json")  # its folder is a file: OSError
     settings = WorkerSettings(worker_name="w1")
-    reporter = _Reporter([HeartbeatReply(drain=False, lost_after_s=10)] * 2)
+    reporter = FakeReporter(replies=[HeartbeatReply(drain=False, lost_after_s=10)] * 2)
     beat = Heartbeat(reporter, "w1", lambda: describe(settings, Arch.AMD64, None),
                      1.0, lambda on: None, lease=lease)
 
     beat.beat()
     beat.beat()
-    assert reporter.replies == []  # both beats went out
+    assert len(reporter.beats) == 2  # both beats went out

@@ -1,16 +1,23 @@
-"""run_job's refusals: a job this worker must not build is reported and failed before
-any container or download happens (the Docker stand-in has no methods at all)."""
+"""run_job end to end on the fakes: refusals are reported and failed before any
+container or download happens; failures of every kind end the job as data."""
+
+import hashlib
+import io
+import tarfile
+from pathlib import Path
 
 import pytest
+from fakes import FakeDocker, FakeReporter, FakeStorage, Replay
 
 from crossfarm.shared import keys
 from crossfarm.shared.arch import Arch, BuildMode
-from crossfarm.shared.errors import BuildCancelled, StorageError
+from crossfarm.shared.errors import BuildCancelled
 from crossfarm.shared.ids import BuildId
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.storage import PendingUpload
 from crossfarm.shared.tree import tree_digest
-from crossfarm.shared.wire import JobMessage, SourceLimits, SourceTree, StartVerdict, TreeEntry
+from crossfarm.shared.wire import JobMessage, Manifest, SourceLimits, SourceTree, TreeEntry
+from crossfarm.worker.lease import Lease
 from crossfarm.worker.pipeline import Toolbox, _publish, run_job
 from crossfarm.worker.settings import WorkerSettings
 
@@ -20,50 +27,16 @@ BUILD = "b-0123456789abcdef"
 JOB = "j-0123456789abcdef"
 
 
-class FakeReporter:
-    """Records what the worker tells the controller; says go ahead unless told not to."""
-
-    def __init__(self, proceed=True):
-        self.verdict = StartVerdict(proceed=proceed, reason=None if proceed else "stale")
-        self.starts, self.outcomes, self.lines = [], [], []
-
-    def started(self, job_id, report):
-        self.starts.append((job_id, report))
-        return self.verdict
-
-    def finished(self, job_id, report):
-        self.outcomes.append((job_id, report))
-
-    def line(self, build_id, target, text):
-        self.lines.append(text)
-
-    def cancelled(self, job_id):
-        return False
-
-
-class FakeStorage:
-    def __init__(self):
-        self.objects = {}
-
-    def put_bytes(self, key, data, content_type="application/octet-stream"):
-        self.objects[key] = data
-
-
-class NoDocker:
-    """Any use is a test failure: a refused job must never reach a container."""
-
-
 def _job(target):
     return JobMessage(job_id=JOB, build_id=BUILD, target=target, attempt=1, source="ab" * 32,
-                      profile="dev", features=[], all_features=False, no_default_features=False,
-                      cargo_args=[], timeout_s=600)
+                      cargo=CargoSpec(), timeout_s=600)
 
 
 def _tools(tmp_path, reporter):
     # an amd64 worker with an arm64 cross toolchain
     settings = WorkerSettings(worker_name="w1", cross_arches=[Arch.ARM64],
                               scratch_dir=tmp_path / "scratch")
-    return Toolbox(settings=settings, host=Arch.AMD64, docker=NoDocker(),
+    return Toolbox(settings=settings, host=Arch.AMD64, docker=FakeDocker(),
                    storage=FakeStorage(), reporter=reporter)
 
 
@@ -94,6 +67,7 @@ def test_a_job_this_worker_must_not_build_is_reported_and_failed_with_the_reason
     assert any(line.startswith(f"crossfarm: failed: {reason}") for line in reporter.lines)
     log = tools.storage.objects[keys.log_key(BuildId(BUILD), target, 1)].decode()
     assert reason in log
+    assert tools.docker.calls == []  # a refused job never reaches a container
 
 
 # worker/tasks.py passes consumed_from="unknown" when Celery's delivery info has no
@@ -120,17 +94,11 @@ def test_a_job_the_controller_says_not_to_run_is_dropped_without_an_outcome(tmp_
     assert tools.storage.objects == {}
 
 
-class BrokenDocker:
-    """An engine that fails in a way no adapter foresaw."""
-
-    def has_image(self, name):
-        raise RuntimeError("engine socket vanished")
-
-
 def test_an_unexpected_failure_ends_the_job_as_failed_with_the_reason(tmp_path):
     reporter = FakeReporter()
     settings = WorkerSettings(worker_name="w1", scratch_dir=tmp_path / "scratch")
-    tools = Toolbox(settings=settings, host=Arch.AMD64, docker=BrokenDocker(),
+    docker = FakeDocker(broken=RuntimeError("engine socket vanished"))
+    tools = Toolbox(settings=settings, host=Arch.AMD64, docker=docker,
                     storage=FakeStorage(), reporter=reporter)
 
     state = run_job(tools, _job(X86), consumed_from=keys.QueueKey(Arch.AMD64).name)
@@ -140,27 +108,10 @@ def test_an_unexpected_failure_ends_the_job_as_failed_with_the_reason(tmp_path):
     assert outcome.reason == "worker error: RuntimeError: engine socket vanished"
 
 
-class UploadingStorage(FakeStorage):
-    """Holds unfinished multipart uploads, as a store does after an upload was cut off."""
-
-    def __init__(self, pending):
-        super().__init__()
-        self.pending, self.aborted = list(pending), []
-
-    def pending_uploads(self, prefix):
-        return [p for p in self.pending if p.key.startswith(prefix)]
-
-    def abort_upload(self, upload):
-        self.pending.remove(upload)
-        self.aborted.append(upload.key)
-
-    def put_file(self, key, path, sha256):
-        self.objects[key] = path.read_bytes()
-
-
 def test_publishing_aborts_this_attempts_unfinished_uploads_first_and_no_others(tmp_path):
     mine = keys.artifact_key(BuildId(BUILD), X86, 1, "hello")
-    storage = UploadingStorage([
+    # unfinished multipart uploads, as a store holds them after an upload was cut off
+    storage = FakeStorage(pending=[
         PendingUpload(mine, "u1"),
         PendingUpload(keys.artifact_key(BuildId(BUILD), X86, 2, "hello"), "u2"),
         PendingUpload(keys.artifact_key(BuildId(BUILD), ARM, 1, "hello"), "u3"),
@@ -178,7 +129,7 @@ def test_publishing_aborts_this_attempts_unfinished_uploads_first_and_no_others(
 
 @pytest.mark.parametrize("reason", ["cancelled by request", "superseded by attempt 2"])
 def test_a_job_stopped_while_its_artifacts_upload_publishes_no_manifest(tmp_path, reason):
-    storage = UploadingStorage([])
+    storage = FakeStorage()
     binary = tmp_path / "hello"
     binary.write_bytes(b"\x7fELF")
 
@@ -188,29 +139,16 @@ def test_a_job_stopped_while_its_artifacts_upload_publishes_no_manifest(tmp_path
     assert keys.manifest_key(BuildId(BUILD), X86, 1) not in storage.objects
 
 
-class ImageOnlyDocker:
-    """The builder image is there; nothing else may be used."""
-
-    def has_image(self, name):
-        return True
-
-
-class UnreachableStorage(FakeStorage):
-    def get_bytes(self, key):
-        raise StorageError(f"object store unreachable ({key}): connection refused")
-
-
-class LapsedLease:
-    def lapsed(self):
-        return "cut off from the controller for 61 s"
-
-
 def test_a_worker_cut_off_past_its_lease_abandons_the_job_and_reports_no_outcome(tmp_path):
     reporter = FakeReporter()
     settings = WorkerSettings(worker_name="w1", scratch_dir=tmp_path / "scratch")
-    storage = UnreachableStorage()
-    tools = Toolbox(settings=settings, host=Arch.AMD64, docker=ImageOnlyDocker(),
-                    storage=storage, reporter=reporter, lease=LapsedLease())
+    storage = FakeStorage(reads_fail=True)
+    now = [1000.0]
+    lease = Lease(tmp_path / "lease.json", clock=lambda: now[0])
+    lease.renewed(lost_after_s=30)
+    now[0] += 61
+    tools = Toolbox(settings=settings, host=Arch.AMD64, docker=FakeDocker(),
+                    storage=storage, reporter=reporter, lease=lease)
 
     assert run_job(tools, _job(X86), consumed_from=keys.QueueKey(Arch.AMD64).name) is None
 
@@ -218,19 +156,6 @@ def test_a_worker_cut_off_past_its_lease_abandons_the_job_and_reports_no_outcome
     assert reporter.outcomes == []  # the controller re-runs it; no verdict from here
     log = storage.objects[keys.log_key(BuildId(BUILD), X86, 1)].decode()
     assert "crossfarm: abandoned: cut off from the controller for 61 s" in log
-
-
-class TreeOnlyStorage(FakeStorage):
-    """Holds one tree; any other object is missing."""
-
-    def __init__(self, tree):
-        super().__init__()
-        self.tree = tree
-
-    def get_bytes(self, key):
-        if key == keys.tree_key(tree_digest(self.tree)):
-            return self.tree.model_dump_json().encode()
-        raise StorageError(f"{key} is missing", retryable=False)
 
 
 @pytest.mark.parametrize(("limits", "refused"), [
@@ -245,11 +170,94 @@ def test_the_worker_checks_the_tree_against_the_limits_the_job_carries(tmp_path,
     reporter = FakeReporter()
     settings = WorkerSettings(worker_name="w1", scratch_dir=tmp_path / "scratch",
                               storage_retry_s=0)
-    tools = Toolbox(settings=settings, host=Arch.AMD64, docker=ImageOnlyDocker(),
-                    storage=TreeOnlyStorage(tree), reporter=reporter)
+    storage = FakeStorage({keys.tree_key(tree_digest(tree)): tree.model_dump_json().encode()})
+    tools = Toolbox(settings=settings, host=Arch.AMD64, docker=FakeDocker(),
+                    storage=storage, reporter=reporter)
     job = _job(X86).model_copy(update={"source": tree_digest(tree), "limits": limits})
 
     assert run_job(tools, job, consumed_from=keys.QueueKey(Arch.AMD64).name) is BuildState.FAILED
 
     [(_, outcome)] = reporter.outcomes  # failed either way: the blobs are missing
     assert ("3 files; the limit is 2" in outcome.reason) is refused, outcome.reason
+
+
+RECORDED = Path(__file__).parent / "data" / "hello-c"
+#: the binary the recorded build.stdout names as its executable
+RECORDED_BINARY = "/tmp/rec/target/x86_64-unknown-linux-gnu/debug/hello-c"
+
+
+def _recorded(name, stream):
+    return [(stream, line) for line in (RECORDED / name).read_text().splitlines()]
+
+
+def _stored_crate(storage, root):
+    """Store a crate as the controller does (a tree, its blobs alone); returns its digest."""
+    entries = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        storage.objects[keys.blob_key(sha)] = data
+        entries.append(TreeEntry(path=path.relative_to(root).as_posix(), kind="file",
+                                 sha256=sha, size=len(data)))
+    tree = SourceTree(entries=entries)
+    digest = tree_digest(tree)
+    storage.objects[keys.tree_key(digest)] = tree.model_dump_json().encode()
+    storage.objects[keys.locations_key(digest)] = b"{}"
+    return digest
+
+
+def test_a_job_that_builds_publishes_its_binary_then_the_manifest_then_the_log(tmp_path):
+    reporter, storage = FakeReporter(), FakeStorage()
+    source = _stored_crate(storage, Path(__file__).parents[1] / "fixtures" / "hello-c")
+    stored_before = list(storage.objects)
+    docker = FakeDocker([
+        Replay(lines=_recorded("fetch.stderr", "stderr")),
+        Replay(lines=_recorded("build.stdout", "stdout") + _recorded("build.stderr", "stderr"),
+               files={RECORDED_BINARY: b"\x7fELF hello-c"}),
+    ])
+    settings = WorkerSettings(worker_name="w1", scratch_dir=tmp_path / "scratch")
+    tools = Toolbox(settings=settings, host=Arch.AMD64, docker=docker, storage=storage,
+                    reporter=reporter)
+    job = _job(X86).model_copy(update={"source": source})
+
+    assert run_job(tools, job, consumed_from="crossfarm.builds.amd64") is BuildState.SUCCEEDED
+
+    # reported started, as a native build
+    [(_, start)] = reporter.starts
+    assert (start.mode, start.worker) == (BuildMode.NATIVE, "w1")
+    # the source went into the networked fetch step; the build step ran offline
+    fetch, build = docker.containers
+    assert fetch.step.command[:2] == ["cargo", "fetch"]
+    assert fetch.step.network
+    [(path, tar)] = fetch.puts
+    with tarfile.open(fileobj=io.BytesIO(tar)) as members:
+        names = members.getnames()
+    assert path == "/work"
+    assert {"src/Cargo.toml", "src/src/main.rs"} <= set(names)
+    assert build.step.command[:2] == ["cargo", "build"]
+    assert not build.step.network
+    assert fetch.ran
+    assert build.ran
+    # the artifact cargo named, then the manifest (which publishes), then the log
+    artifact = keys.artifact_key(BuildId(BUILD), X86, 1, "hello-c")
+    manifest_key = keys.manifest_key(BuildId(BUILD), X86, 1)
+    log_key = keys.log_key(BuildId(BUILD), X86, 1)
+    assert list(storage.objects)[len(stored_before):] == [artifact, manifest_key, log_key]
+    assert storage.objects[artifact] == b"\x7fELF hello-c"
+    manifest = Manifest.model_validate_json(storage.objects[manifest_key])
+    [entry] = manifest.artifacts
+    assert (entry.name, entry.sha256, entry.executable, manifest.profile_dir) == (
+        "hello-c", hashlib.sha256(b"\x7fELF hello-c").hexdigest(), True, "debug")
+    # cargo's human lines reach the log; its JSON messages do not
+    log = storage.objects[log_key].decode()
+    assert "Downloaded itoa v1.0.19" in log
+    assert "Compiling hello-c v0.1.0" in log
+    assert '"reason":"compiler-artifact"' not in log
+    assert reporter.lines == log.splitlines()
+    # finished last, with the manifest it published
+    [(_, outcome)] = reporter.outcomes
+    assert (outcome.state, outcome.exit_code, outcome.manifest) == (
+        BuildState.SUCCEEDED, 0, manifest)
+    # nothing is left behind on the engine
+    assert f"crossfarm-{JOB}-a1" in docker.removed
+    assert len(docker.removed) == 3

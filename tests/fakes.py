@@ -1,0 +1,232 @@
+"""In-memory fakes of the worker's adapters, one per Protocol, for the unit tier.
+
+Each is checked against its Protocol by mypy (`make typecheck`, see the end of this
+file), so a fake cannot drift from what the pipeline calls. They record what they
+were asked, for tests to assert on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from crossfarm.shared.errors import BuildCancelled, BuildError, NotFound, StorageError
+from crossfarm.shared.ids import BuildId, JobId
+from crossfarm.shared.storage import PendingUpload
+from crossfarm.shared.wire import (
+    HeartbeatReply,
+    JobFinished,
+    JobStarted,
+    StartVerdict,
+    WorkerHeartbeat,
+)
+from crossfarm.worker.container import LineSink, Step, StepResult, StopCheck
+
+
+@dataclass(frozen=True)
+class Replay:
+    """One step as a real run of it went: its output lines, how it ended, what it left."""
+
+    #: (stream "stdout" | "stderr", line), in the order the step printed them
+    lines: list[tuple[str, str]] = field(default_factory=list)
+    exit_code: int = 0
+    oom_killed: bool = False
+    #: files the step leaves in the container, by their path there
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+class FakeContainer:
+    """A container that replays one recorded step."""
+
+    def __init__(self, step: Step, replay: Replay) -> None:
+        self.step, self.replay = step, replay
+        self.puts: list[tuple[str, bytes]] = []
+        self.ran = False
+
+    def put(self, path: str, tar: IO[bytes]) -> None:
+        self.puts.append((path, tar.read()))
+
+    def run(self, sink: LineSink, deadline: float, should_stop: StopCheck) -> StepResult:
+        self.ran = True
+        # As Docker's container does, the stop check comes before the step gets anywhere.
+        if reason := should_stop():
+            raise BuildCancelled(reason)
+        for stream, line in self.replay.lines:
+            sink(stream, line)
+        return StepResult(exit_code=self.replay.exit_code, oom_killed=self.replay.oom_killed)
+
+    def copy_out(self, path: str, dest_dir: Path) -> Path:
+        if path not in self.replay.files:
+            raise BuildError(f"{path} in the container is not a regular file")
+        local = dest_dir / Path(path).name
+        local.write_bytes(self.replay.files[path])
+        local.chmod(0o755)
+        return local
+
+
+class FakeDocker:
+    """A container engine whose containers replay `replays`, one per container, in order.
+    Every image is present unless named in `missing`; `broken` is raised by every call."""
+
+    def __init__(self, replays: Iterable[Replay] = (), missing: Iterable[str] = (),
+                 broken: Exception | None = None) -> None:
+        self.replays = list(replays)
+        self.missing = set(missing)
+        self.broken = broken
+        #: each call's method name, in order
+        self.calls: list[str] = []
+        self.containers: list[FakeContainer] = []
+        self.volumes: dict[str, dict[str, str]] = {}
+        self.removed: list[str] = []
+        #: "<job>-<attempt>" of containers left over from an earlier life, for reap()
+        self.leftovers: set[str] = set()
+
+    def _called(self, name: str) -> None:
+        self.calls.append(name)
+        if self.broken is not None:
+            raise self.broken
+
+    def has_image(self, name: str) -> bool:
+        self._called("has_image")
+        return name not in self.missing
+
+    def image_id(self, name: str) -> str | None:
+        self._called("image_id")
+        return None if name in self.missing else "sha256:" + "0" * 64
+
+    @contextmanager
+    def volume(self, name: str, labels: dict[str, str]) -> Iterator[str]:
+        self._called("volume")
+        self.volumes[name] = labels
+        try:
+            yield name
+        finally:
+            self.removed.append(name)
+
+    @contextmanager
+    def container(self, step: Step) -> Iterator[FakeContainer]:
+        self._called("container")
+        if not self.replays:
+            raise AssertionError(f"no recorded step left for {step.command}")
+        container = FakeContainer(step, self.replays.pop(0))
+        self.containers.append(container)
+        try:
+            yield container
+        finally:
+            self.removed.append(" ".join(step.command))
+
+    def reap(self, worker: str, keep: Callable[[], set[str]]) -> int:
+        self._called("reap")
+        gone = self.leftovers - keep()
+        self.leftovers -= gone
+        return len(gone)
+
+
+class FakeEventSink:
+    """Keeps the log lines a job sends live."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[BuildId, str, str]] = []
+        #: the texts alone
+        self.lines: list[str] = []
+
+    def line(self, build_id: BuildId, target: str, text: str) -> None:
+        self.events.append((build_id, target, text))
+        self.lines.append(text)
+
+
+class FakeReporter(FakeEventSink):
+    """The controller and event stream as a job and the heartbeat see them: says go ahead
+    unless `proceed` is False, stops a job once `stop` is set, answers heartbeats with
+    `replies` (an exception in them is raised) and then with plain acknowledgements."""
+
+    def __init__(self, proceed: bool = True, stop: str | None = None,
+                 replies: Iterable[HeartbeatReply | Exception] = ()) -> None:
+        super().__init__()
+        self.verdict = StartVerdict(proceed=proceed, reason=None if proceed else "stale")
+        self.stop = stop
+        self.replies = list(replies)
+        self.starts: list[tuple[JobId, JobStarted]] = []
+        self.outcomes: list[tuple[JobId, JobFinished]] = []
+        #: each heartbeat's description and fresh_start flag
+        self.beats: list[tuple[WorkerHeartbeat, bool]] = []
+
+    def started(self, job_id: JobId, report: JobStarted) -> StartVerdict:
+        self.starts.append((job_id, report))
+        return self.verdict
+
+    def finished(self, job_id: JobId, report: JobFinished) -> None:
+        self.outcomes.append((job_id, report))
+
+    def stop_reason(self, job_id: JobId, attempt: int) -> str | None:
+        return self.stop
+
+    def heartbeat(self, name: str, info: WorkerHeartbeat, fresh_start: bool
+                  ) -> HeartbeatReply:
+        self.beats.append((info, fresh_start))
+        reply = self.replies.pop(0) if self.replies else HeartbeatReply(drain=False)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+
+class FakeStorage:
+    """An object store in a dict. A missing key is NotFound, as on S3; with `reads_fail`
+    every read fails as an unreachable store does, while writes still land."""
+
+    def __init__(self, objects: dict[str, bytes] | None = None,
+                 pending: Iterable[PendingUpload] = (), reads_fail: bool = False) -> None:
+        self.objects = dict(objects or {})
+        self.pending = list(pending)
+        self.reads_fail = reads_fail
+        #: keys of the pending uploads aborted, in order
+        self.aborted: list[str] = []
+
+    def ensure_bucket(self) -> None:
+        pass
+
+    def exists(self, key: str) -> bool:
+        return key in self.objects
+
+    def put_bytes(self, key: str, data: bytes,
+                  content_type: str = "application/octet-stream") -> None:
+        self.objects[key] = data
+
+    def put_file(self, key: str, path: Path, sha256: str) -> None:
+        self.objects[key] = path.read_bytes()
+
+    def get_bytes(self, key: str) -> bytes:
+        if self.reads_fail:
+            raise StorageError(f"object store unreachable ({key}): connection refused")
+        if key not in self.objects:
+            raise NotFound(f"no object {key!r} in storage")
+        return self.objects[key]
+
+    def download(self, key: str, path: Path) -> None:
+        path.write_bytes(self.get_bytes(key))
+
+    def presign_get(self, key: str, expires_s: int) -> str:
+        return f"http://storage.invalid/{key}?expires={expires_s}"
+
+    def pending_uploads(self, prefix: str) -> list[PendingUpload]:
+        return [upload for upload in self.pending if upload.key.startswith(prefix)]
+
+    def abort_upload(self, upload: PendingUpload) -> None:
+        self.pending.remove(upload)
+        self.aborted.append(upload.key)
+
+
+if TYPE_CHECKING:  # mypy holds each fake to its Protocol here
+    from crossfarm.shared.storage import ObjectStore
+    from crossfarm.worker.container import ContainerRunner, StepContainer
+    from crossfarm.worker.reporter import EventSink, HeartbeatReporter, JobReporter
+
+    _runner: ContainerRunner = FakeDocker()
+    _container: StepContainer = FakeContainer(Step("i", [], "/", "0", {}, False, {}), Replay())
+    _sink: EventSink = FakeEventSink()
+    _reporter: JobReporter = FakeReporter()
+    _beats: HeartbeatReporter = FakeReporter()
+    _storage: ObjectStore = FakeStorage()
