@@ -23,7 +23,7 @@ from pathlib import Path
 from crossfarm.client.api import FarmClient
 from crossfarm.client.source import scan, send
 from crossfarm.shared.arch import Placement
-from crossfarm.shared.wire import BuildRequest, JobView
+from crossfarm.shared.wire import BuildRequest, CargoSpec, JobView
 
 REPO = Path(__file__).resolve().parents[1]
 # The local-farm launcher is a script, not a package module: import it from its folder.
@@ -36,8 +36,8 @@ ARM = "aarch64-unknown-linux-gnu"
 
 def timed_build(client: FarmClient, source: str, placement: Placement) -> tuple[float, JobView]:
     started = time.monotonic()
-    build = client.submit(BuildRequest(source=source, targets=[ARM], profile="release",
-                                       placement=placement))
+    build = client.submit(BuildRequest(source=source, targets=[ARM],
+                                       cargo=CargoSpec(profile="release"), placement=placement))
     for _ in client.events(build.build_id):
         pass
     job = client.build(build.build_id).jobs[0]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from crossfarm.client.api import FarmClient
 from crossfarm.client.source import scan, send
-from crossfarm.shared.wire import BuildRequest
+from crossfarm.shared.wire import BuildRequest, CargoSpec
 
 REPO = Path(__file__).resolve().parents[1]
 TOOK = re.compile(r"crossfarm: (.+) took ([0-9.]+) s")
@@ -50,7 +50,7 @@ def main() -> None:
         sent = send(client, local)
         t_upload = time.monotonic()
         build = client.submit(BuildRequest(source=sent.status.digest, targets=targets,
-                                           profile="release"))
+                                           cargo=CargoSpec(profile="release")))
         t_submit = time.monotonic()
         steps: dict[str, dict[str, float]] = {t: {} for t in targets}
         for event in client.events(build.build_id):

@@ -17,7 +17,7 @@ from crossfarm.client.source import scan, send
 from crossfarm.shared.arch import Placement
 from crossfarm.shared.ids import SourceDigest
 from crossfarm.shared.states import BuildState
-from crossfarm.shared.wire import BuildRequest
+from crossfarm.shared.wire import BuildRequest, CargoSpec
 
 #: Exit codes scripts can rely on (documented in docs/ci.md).
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_CANCELLED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -26,11 +26,7 @@ EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_CANCELLED, EXIT_INTERRUPTED = 0, 1, 2, 3,
 @dataclass(frozen=True)
 class BuildOptions:
     targets: list[str]
-    profile: str
-    features: list[str]
-    all_features: bool
-    no_default_features: bool
-    cargo_args: list[str]
+    cargo: CargoSpec
     timeout: int | None
     detach: bool
     as_json: bool
@@ -54,10 +50,8 @@ def run_build(client: FarmClient, config: Config, cross: CrossConfig, options: B
         note(f"warning: Cross.toml passes {name} through, but it is not set here")
     source = _send_source(client, options)
     request = BuildRequest(
-        source=source, targets=options.targets, profile=options.profile,
-        features=options.features, all_features=options.all_features,
-        no_default_features=options.no_default_features, cargo_args=options.cargo_args,
-        timeout_s=options.timeout, env=cross.passthrough,
+        source=source, targets=options.targets, cargo=options.cargo, timeout_s=options.timeout,
+        env=cross.passthrough,
         target_env={t: env for t, env in cross.per_target.items() if t in options.targets},
         submitter=config.user, placement=options.placement, wait_limit_s=options.wait_limit_s,
     )

@@ -33,6 +33,7 @@ from crossfarm.client.workspace import locate
 from crossfarm.shared.arch import Placement
 from crossfarm.shared.errors import CrossfarmError
 from crossfarm.shared.states import BuildState
+from crossfarm.shared.wire import CargoSpec
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -197,12 +198,15 @@ def _build(client: FarmClient, config: Config, args: argparse.Namespace) -> int:
         raise FarmError("no target: pass --target TRIPLE (or set targets in crossfarm.toml)")
     cargo_args = [*(f"--package={p}" for p in packages), *(f"--bin={b}" for b in args.bin),
                   *(["--locked"] if args.locked else []), *args.cargo_args]
-    options = BuildOptions(
-        targets=config.targets,
+    cargo = CargoSpec(
         profile=config.profile or "dev",
         features=[f for group in args.features for f in group.replace(",", " ").split()],
         all_features=args.all_features, no_default_features=args.no_default_features,
-        cargo_args=cargo_args, timeout=config.timeout, detach=args.detach, as_json=args.json,
+        cargo_args=cargo_args,
+    )
+    options = BuildOptions(
+        targets=config.targets, cargo=cargo, timeout=config.timeout, detach=args.detach,
+        as_json=args.json,
         cancel_on_interrupt=args.cancel_on_interrupt,
         git=(args.git, args.rev) if args.git else None, root=root,
         placement=Placement(args.placement) if args.placement else None,

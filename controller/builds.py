@@ -51,11 +51,7 @@ def submit_build(farm: Farm, request: BuildRequest) -> BuildView:
     new = NewBuild(
         build_id=new_build_id(),
         source=request.source,
-        profile=request.profile,
-        features=list(request.features),
-        all_features=request.all_features,
-        no_default_features=request.no_default_features,
-        cargo_args=list(request.cargo_args),
+        cargo=request.cargo,
         timeout_s=timeout_s,
         env={"all": dict(request.env), **{t: dict(v) for t, v in request.target_env.items()}},
         submitter=request.submitter,
@@ -83,7 +79,7 @@ def _check_request(farm: Farm, request: BuildRequest) -> int:
     unknown = set(request.target_env) - set(request.targets)
     if unknown:
         raise InvalidRequest(f"target_env names targets not in the request: {sorted(unknown)}")
-    check_cargo_args(request.cargo_args)
+    check_cargo_args(request.cargo.cargo_args)
     timeout_s = request.timeout_s or farm.settings.default_timeout_s
     if timeout_s > farm.settings.max_timeout_s:
         raise InvalidRequest(
@@ -97,10 +93,11 @@ def enqueue(farm: Farm, build_id: BuildId, job: JobView) -> None:
     """Send a recorded job to its queue. If the broker is away, the job stays queued in
     the record: the placer re-sends a queued job whose message the broker does not hold
     (reconcile_after_s), so an accepted build survives a Redis outage."""
+    settings = farm.store.build_settings(build_id, job.target)
     message = JobMessage(
         job_id=job.job_id, build_id=build_id, target=job.target, attempt=job.attempt,
-        limits=farm.settings.tree_limits().to_wire(),
-        **farm.store.build_settings(build_id, job.target),
+        source=settings.source, cargo=settings.cargo, timeout_s=settings.timeout_s,
+        env=settings.env, limits=farm.settings.tree_limits().to_wire(),
     )
     try:
         farm.events.set_attempt(job.job_id, job.attempt)

@@ -37,6 +37,7 @@ from crossfarm.shared.keys import QueueKey
 from crossfarm.shared.states import BuildState, overall_state, transition
 from crossfarm.shared.wire import (
     BuildView,
+    CargoSpec,
     JobView,
     Manifest,
     SourceStatus,
@@ -75,11 +76,8 @@ class _Build(_Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     created_at: Mapped[datetime]
     source: Mapped[str] = mapped_column(String(64))
-    profile: Mapped[str] = mapped_column(String(64))
-    features: Mapped[list[str]] = mapped_column(JSON)
-    all_features: Mapped[bool]
-    no_default_features: Mapped[bool]
-    cargo_args: Mapped[list[str]] = mapped_column(JSON)
+    #: the CargoSpec, as JSON: a new cargo option needs no new column
+    cargo: Mapped[dict[str, Any]] = mapped_column(JSON)
     timeout_s: Mapped[int]
     env: Mapped[dict[str, Any]] = mapped_column(JSON)
     submitter: Mapped[str | None] = mapped_column(String(200), index=True)
@@ -114,7 +112,7 @@ class _Job(_Base):
 
 
 #: Bump on any change to the tables; a database made by another version is refused.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class _Meta(_Base):
@@ -178,17 +176,24 @@ class NewJob:
 @dataclass(frozen=True)
 class NewBuild:
     build_id: BuildId
-    source: str
-    profile: str
-    features: list[str]
-    all_features: bool
-    no_default_features: bool
-    cargo_args: list[str]
+    source: SourceDigest
+    cargo: CargoSpec
     timeout_s: int
     jobs: list[NewJob]
     #: {"all": {...}, "<target>": {...}}: the variables each job's container gets
     env: dict[str, dict[str, str]]
     submitter: str | None
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """A build's settings as one of its jobs gets them: its own target's variables
+    merged over the shared ones."""
+
+    source: SourceDigest
+    cargo: CargoSpec
+    timeout_s: int
+    env: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -231,11 +236,7 @@ def _build_view(build: _Build) -> BuildView:
         state=overall_state(job.state for job in jobs),
         created_at=build.created_at,
         source=SourceDigest(build.source),
-        profile=build.profile,
-        features=build.features,
-        all_features=build.all_features,
-        no_default_features=build.no_default_features,
-        cargo_args=build.cargo_args,
+        cargo=CargoSpec.model_validate(build.cargo),
         env_names=sorted({name for values in build.env.values() for name in values}),
         submitter=build.submitter,
         jobs=jobs,
@@ -280,11 +281,7 @@ class Store:
             id=new.build_id,
             created_at=now,
             source=new.source,
-            profile=new.profile,
-            features=new.features,
-            all_features=new.all_features,
-            no_default_features=new.no_default_features,
-            cargo_args=new.cargo_args,
+            cargo=new.cargo.model_dump(mode="json"),
             timeout_s=new.timeout_s,
             env=new.env,
             submitter=new.submitter,
@@ -309,22 +306,18 @@ class Store:
                 raise NotFound(f"no build {build_id}")
             return _build_view(build)
 
-    def build_settings(self, build_id: BuildId, target: str) -> dict[str, Any]:
-        """The request fields a job message repeats (profile, features, args, timeout, env)."""
+    def build_settings(self, build_id: BuildId, target: str) -> BuildSettings:
+        """What a job message of `target` repeats from its build."""
         with self._session() as session:
             build = session.get(_Build, build_id)
             if build is None:
                 raise NotFound(f"no build {build_id}")
-            return {
-                "source": build.source,
-                "profile": build.profile,
-                "features": build.features,
-                "all_features": build.all_features,
-                "no_default_features": build.no_default_features,
-                "cargo_args": build.cargo_args,
-                "timeout_s": build.timeout_s,
-                "env": {**build.env.get("all", {}), **build.env.get(target, {})},
-            }
+            return BuildSettings(
+                source=SourceDigest(build.source),
+                cargo=CargoSpec.model_validate(build.cargo),
+                timeout_s=build.timeout_s,
+                env={**build.env.get("all", {}), **build.env.get(target, {})},
+            )
 
     def list_builds(self, submitter: str | None, state: BuildState | None, limit: int
                     ) -> list[BuildView]:

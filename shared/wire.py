@@ -31,16 +31,37 @@ class Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class BuildRequest(Wire):
-    """What a user asks the farm to build."""
+class CargoSpec(Wire):
+    """How cargo builds every target of a build: the one home of the build's cargo
+    options, carried unchanged from the CLI through the request, the record and the
+    job message to the worker's command line. A new option is a field here, its
+    flags in `flags()`, a CLI flag and a line in the cargo-argument allow-list."""
 
-    source: SourceRef
-    targets: Annotated[list[TargetName], Field(min_length=1, max_length=16)]
     profile: ProfileName = "dev"
     features: Annotated[list[FeatureName], Field(max_length=256)] = []
     all_features: bool = False
     no_default_features: bool = False
+    #: extra arguments, checked against the controller's allow-list (cargo_args.py)
     cargo_args: Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=64)] = []
+
+    def flags(self) -> list[str]:
+        """The `cargo build` arguments these options stand for, after the profile."""
+        flags = ["--features", ",".join(self.features)] if self.features else []
+        if self.all_features:
+            flags.append("--all-features")
+        if self.no_default_features:
+            flags.append("--no-default-features")
+        return flags + list(self.cargo_args)
+
+
+class BuildRequest(Wire):
+    """What a user asks the farm to build. The timeout and the variables are not part
+    of the cargo spec: the farm resolves the timeout and each job gets its own target's
+    variables, while views only ever name them."""
+
+    source: SourceRef
+    targets: Annotated[list[TargetName], Field(min_length=1, max_length=16)]
+    cargo: CargoSpec = CargoSpec()
     timeout_s: Annotated[int, Field(ge=10, le=24 * 3600)] | None = None
     #: variables set in the build container (Cross.toml passthrough); values are redacted
     #: from logs and never returned by the API
@@ -85,11 +106,7 @@ class BuildView(Wire):
     state: BuildState
     created_at: datetime
     source: SourceDigest
-    profile: str
-    features: list[str]
-    all_features: bool
-    no_default_features: bool
-    cargo_args: list[str]
+    cargo: CargoSpec
     env_names: list[str] = []
     submitter: str | None = None
     jobs: list[JobView]
@@ -154,11 +171,7 @@ class JobMessage(Reply):
     target: str
     attempt: int
     source: SourceRef
-    profile: ProfileName
-    features: list[str]
-    all_features: bool
-    no_default_features: bool
-    cargo_args: list[str]
+    cargo: CargoSpec
     timeout_s: int
     env: dict[str, str] = {}
     #: the limits the controller checked the tree against (None: an older controller's)

@@ -18,15 +18,9 @@ def fetch_command(job: JobMessage, locked: bool) -> list[str]:
 def build_command(job: JobMessage, locked: bool, jobs: int) -> list[str]:
     """Compile with no network; JSON messages on stdout name the artifacts."""
     command = [
-        "cargo", "build", "--offline", "--target", job.target, "--profile", job.profile,
+        "cargo", "build", "--offline", "--target", job.target, "--profile", job.cargo.profile,
         "--message-format=json-render-diagnostics", "--jobs", str(jobs),
     ]
     if locked:
         command.append("--locked")
-    if job.features:
-        command += ["--features", ",".join(job.features)]
-    if job.all_features:
-        command.append("--all-features")
-    if job.no_default_features:
-        command.append("--no-default-features")
-    return command + list(job.cargo_args)
+    return command + job.cargo.flags()

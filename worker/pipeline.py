@@ -29,7 +29,7 @@ from crossfarm.shared.errors import (
     LeaseLost,
     StorageError,
 )
-from crossfarm.shared.ids import BuildId, JobId, SourceDigest
+from crossfarm.shared.ids import BuildId, SourceDigest
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.storage import ObjectStore
 from crossfarm.shared.tree import TreeLimits
@@ -97,7 +97,7 @@ class JobLog:
 
 def run_job(tools: Toolbox, job: JobMessage, consumed_from: str) -> BuildState | None:
     """Run one job end to end; returns its final state, or None if the farm said not to run it."""
-    job_id = JobId(job.job_id)
+    job_id = job.job_id
     settings = tools.settings
     refusal: str | None = None
     served = served_queues(tools.host, settings.cross_arches, settings.emulate_arches)
@@ -114,7 +114,7 @@ def run_job(tools: Toolbox, job: JobMessage, consumed_from: str) -> BuildState |
     if not verdict.proceed:
         log.info("job %s not run: %s", job_id, verdict.reason)
         return None
-    joblog = JobLog(tools.reporter, BuildId(job.build_id), job.target, list(job.env.values()))
+    joblog = JobLog(tools.reporter, job.build_id, job.target, list(job.env.values()))
     joblog(f"crossfarm: {job.target} on {tools.settings.worker_name} "
            f"({tools.host.value}, {mode.value}), attempt {job.attempt}")
     try:
@@ -187,7 +187,7 @@ def _compile_and_publish(
         with joblog.timed("source download and check"):
             # the limits the controller accepted the tree under; defaults from an older one
             limits = TreeLimits.of(job.limits) if job.limits else TreeLimits()
-            source = SourceDigest(job.source)
+            source = job.source
             tree = retry.run("source download", lambda: fetch_tree(tools.storage, source, limits))
             tar = _source_tar(tools, retry, source, tree, limits, joblog)
         locked = any(entry.path == "Cargo.lock" for entry in tree.entries)
@@ -262,7 +262,7 @@ def _stop_check(tools: Toolbox, job: JobMessage) -> Callable[[], str | None]:
     def check() -> str | None:
         if tools.lease is not None and (lapsed := tools.lease.lapsed()):
             raise LeaseLost(lapsed)
-        return tools.reporter.stop_reason(JobId(job.job_id), job.attempt)
+        return tools.reporter.stop_reason(job.job_id, job.attempt)
 
     return check
 
@@ -291,8 +291,8 @@ def _publish(storage: ObjectStore, job: JobMessage, files: list[Path],
     uploading (`stop` says so) writes none. An earlier try's unfinished multipart
     uploads (the store went away mid-upload, so they could not be aborted then) are
     aborted first."""
-    output = JobOutput(build_id=BuildId(job.build_id), job_id=job.job_id, target=job.target,
-                       attempt=job.attempt, profile=job.profile)
+    output = JobOutput(build_id=job.build_id, job_id=job.job_id, target=job.target,
+                       attempt=job.attempt, profile=job.cargo.profile)
     for pending in storage.pending_uploads(keys.job_prefix(output.build_id, job.target,
                                                           job.attempt)):
         storage.abort_upload(pending)
@@ -308,7 +308,7 @@ def _publish(storage: ObjectStore, job: JobMessage, files: list[Path],
 
 
 def _store_log(storage: ObjectStore, job: JobMessage, joblog: JobLog) -> None:
-    key = keys.log_key(BuildId(job.build_id), job.target, job.attempt)
+    key = keys.log_key(job.build_id, job.target, job.attempt)
     try:
         storage.put_bytes(key, ("\n".join(joblog.lines) + "\n").encode(), "text/plain")
     except StorageError:

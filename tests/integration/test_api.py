@@ -38,7 +38,7 @@ def test_unsupported_target_gets_422_naming_the_supported_ones(farm, api, crate)
 def test_refused_cargo_argument_gets_422_with_the_alternative(farm, api, crate):
     digest = _upload(farm, crate)
     response = api.post("/v1/builds", json={"source": digest, "targets": [X86],
-                                            "cargo_args": ["--target-dir", "/tmp/x"]})
+                                            "cargo": {"cargo_args": ["--target-dir", "/tmp/x"]}})
     assert response.status_code == 422
     assert "the farm chooses where outputs go" in response.json()["message"]
 

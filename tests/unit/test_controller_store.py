@@ -2,7 +2,7 @@ from datetime import datetime
 
 import pytest
 
-from crossfarm.controller.store import NewBuild, NewJob, Store
+from crossfarm.controller.store import BuildSettings, NewBuild, NewJob, Store
 from crossfarm.shared.arch import Arch, BuildMode, Placement
 from crossfarm.shared.errors import IllegalTransition, NotFound
 from crossfarm.shared.ids import BuildId, JobId
@@ -10,6 +10,7 @@ from crossfarm.shared.keys import QueueKey
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import (
     ArtifactEntry,
+    CargoSpec,
     Manifest,
     SourceStatus,
     WorkerHeartbeat,
@@ -21,6 +22,8 @@ ARM_JOB = JobId("j-000000000000000b")
 X86 = "x86_64-unknown-linux-gnu"
 ARM = "aarch64-unknown-linux-gnu"
 DIGEST = "0123456789abcdef" * 4
+CARGO = CargoSpec(profile="release", features=["tls", "serde/derive"], all_features=False,
+                  no_default_features=True, cargo_args=["--locked", "--bin", "app"])
 ARM64_CROSS = QueueKey.parse("crossfarm.builds.arm64.cross")
 
 
@@ -40,11 +43,7 @@ def _new_build(build_id=BUILD):
     return NewBuild(
         build_id=build_id,
         source=DIGEST,
-        profile="release",
-        features=["tls", "serde/derive"],
-        all_features=False,
-        no_default_features=True,
-        cargo_args=["--locked", "--bin", "app"],
+        cargo=CARGO,
         timeout_s=900,
         jobs=[
             _new_job(X86_JOB, X86, "amd64"),
@@ -107,11 +106,11 @@ def test_a_new_build_is_queued_with_one_queued_job_per_target(built):
 def test_a_build_reads_back_with_its_request_fields(store, built):
     view = store.build(BUILD)
     assert view.source == DIGEST
-    assert view.profile == "release"
-    assert view.features == ["tls", "serde/derive"]
-    assert view.all_features is False
-    assert view.no_default_features is True
-    assert view.cargo_args == ["--locked", "--bin", "app"]
+    assert view.cargo.profile == "release"
+    assert view.cargo.features == ["tls", "serde/derive"]
+    assert view.cargo.all_features is False
+    assert view.cargo.no_default_features is True
+    assert view.cargo.cargo_args == ["--locked", "--bin", "app"]
     assert [job.job_id for job in view.jobs] == [ARM_JOB, X86_JOB]
     assert view.state is BuildState.QUEUED
 
@@ -128,26 +127,23 @@ def test_a_build_outlives_the_store_that_wrote_it(db_url, store, built):
             X86_JOB: (BuildState.RUNNING, "w1"),
             ARM_JOB: (BuildState.QUEUED, None),
         }
-        assert reopened.build_settings(BUILD, X86)["timeout_s"] == 900
+        assert reopened.build_settings(BUILD, X86).timeout_s == 900
     finally:
         reopened.close()
 
 
 def test_build_settings_repeat_the_request_fields_a_job_message_needs(store, built):
-    assert store.build_settings(BUILD, ARM) == {
-        "source": DIGEST,
-        "profile": "release",
-        "features": ["tls", "serde/derive"],
-        "all_features": False,
-        "no_default_features": True,
-        "cargo_args": ["--locked", "--bin", "app"],
-        "timeout_s": 900,
-        "env": {"RUST_LOG": "debug", "CC": "cc"},
-    }
+    assert store.build_settings(BUILD, ARM) == BuildSettings(
+        source=DIGEST,
+        cargo=CargoSpec(profile="release", features=["tls", "serde/derive"], all_features=False,
+                        no_default_features=True, cargo_args=["--locked", "--bin", "app"]),
+        timeout_s=900,
+        env={"RUST_LOG": "debug", "CC": "cc"},
+    )
 
 
 def test_build_settings_merge_the_targets_own_variables_over_the_shared_ones(store, built):
-    assert store.build_settings(BUILD, X86)["env"] == {
+    assert store.build_settings(BUILD, X86).env == {
         "RUST_LOG": "debug",
         "CC": "clang",
         "X86_ONLY": "1",
@@ -302,11 +298,7 @@ def _one_job_build(store, build_id, job_id, target=X86, submitter=None):
         NewBuild(
             build_id=BuildId(build_id),
             source=DIGEST,
-            profile="dev",
-            features=[],
-            all_features=False,
-            no_default_features=False,
-            cargo_args=[],
+            cargo=CargoSpec(),
             timeout_s=60,
             jobs=[_new_job(JobId(job_id), target, arch)],
             env={},
@@ -499,8 +491,7 @@ def test_a_database_from_another_schema_version_is_refused_with_what_to_do(tmp_p
 
 def test_a_job_reads_back_with_its_placement_and_wait_limit(store):
     store.add_build(NewBuild(
-        build_id=BUILD, source=DIGEST, profile="dev", features=[], all_features=False,
-        no_default_features=False, cargo_args=[], timeout_s=60, env={}, submitter=None,
+        build_id=BUILD, source=DIGEST, cargo=CargoSpec(), timeout_s=60, env={}, submitter=None,
         jobs=[_new_job(ARM_JOB, ARM, "arm64", placement="cross-ok",
                        placed="native: waiting, as cross-ok allows nothing else online",
                        waiting="waiting: no arm64 worker online", wait_limit_s=600)],

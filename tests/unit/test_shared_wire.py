@@ -6,14 +6,17 @@ from pydantic import ValidationError
 from crossfarm.shared import wire
 from crossfarm.shared.arch import BuildMode, Placement
 from crossfarm.shared.states import BuildState
-from crossfarm.shared.wire import BuildRequest, JobFinished, Wire
+from crossfarm.shared.wire import BuildRequest, CargoSpec, JobFinished, Wire
 
 DIGEST = "0123456789abcdef" * 4
 X86 = "x86_64-unknown-linux-gnu"
 
 
 def _request(**fields):
-    return BuildRequest.model_validate({"source": DIGEST, "targets": [X86], **fields})
+    """A request; cargo options (profile=, features=, …) go into its cargo spec."""
+    cargo = {name: fields.pop(name) for name in list(fields) if name in CargoSpec.model_fields}
+    return BuildRequest.model_validate({"source": DIGEST, "targets": [X86], "cargo": cargo,
+                                        **fields})
 
 
 def _error_types(exc):
@@ -22,11 +25,11 @@ def _error_types(exc):
 
 def test_a_minimal_request_gets_the_defaults():
     request = _request()
-    assert request.profile == "dev"
-    assert request.features == []
-    assert request.cargo_args == []
-    assert request.all_features is False
-    assert request.no_default_features is False
+    assert request.cargo.profile == "dev"
+    assert request.cargo.features == []
+    assert request.cargo.cargo_args == []
+    assert request.cargo.all_features is False
+    assert request.cargo.no_default_features is False
     assert request.timeout_s is None
     assert request.placement is None
     assert request.wait_limit_s is None
@@ -86,7 +89,7 @@ def test_more_than_sixteen_targets_are_refused():
 
 @pytest.mark.parametrize("profile", ["dev", "release", "my-profile_2", "a" * 64])
 def test_a_well_formed_profile_name_is_accepted(profile):
-    assert _request(profile=profile).profile == profile
+    assert _request(profile=profile).cargo.profile == profile
 
 
 @pytest.mark.parametrize(
@@ -95,7 +98,7 @@ def test_a_well_formed_profile_name_is_accepted(profile):
 def test_a_bad_profile_name_is_refused(profile):
     with pytest.raises(ValidationError) as exc:
         _request(profile=profile)
-    assert exc.value.errors()[0]["loc"] == ("profile",)
+    assert exc.value.errors()[0]["loc"] == ("cargo", "profile")
 
 
 @pytest.mark.parametrize(
@@ -115,7 +118,7 @@ def test_a_bad_feature_name_is_refused(feature):
 
 
 def test_dependency_features_are_accepted():
-    assert _request(features=["serde/derive", "tls"]).features == ["serde/derive", "tls"]
+    assert _request(features=["serde/derive", "tls"]).cargo.features == ["serde/derive", "tls"]
 
 
 @pytest.mark.parametrize("timeout_s", [9, 0, -1, 24 * 3600 + 1])
@@ -132,9 +135,9 @@ def test_a_timeout_at_its_bounds_is_accepted(timeout_s):
 def test_a_request_is_frozen():
     request = _request()
     with pytest.raises(ValidationError) as exc:
-        request.profile = "release"
+        request.cargo.profile = "release"
     assert _error_types(exc) == {"frozen_instance"}
-    assert request.profile == "dev"
+    assert request.cargo.profile == "dev"
 
 
 def test_a_request_round_trips_through_json():
@@ -173,8 +176,9 @@ def test_only_what_the_controller_sends_workers_is_lenient():
 
 def test_a_worker_reads_a_job_from_a_newer_controller_and_one_from_an_older_one():
     job = {"job_id": "j-1", "build_id": "b-1", "target": "x86_64-unknown-linux-gnu",
-           "attempt": 1, "source": "ab" * 32, "profile": "dev", "features": [],
-           "all_features": False, "no_default_features": False, "cargo_args": [],
+           "attempt": 1, "source": "ab" * 32,
+           "cargo": {"profile": "dev", "features": [], "all_features": False,
+                     "no_default_features": False, "cargo_args": []},
            "timeout_s": 60}
     older = wire.JobMessage.model_validate(job)
     assert older.limits is None  # the worker then falls back to the default limits
@@ -248,3 +252,11 @@ def test_a_bad_environment_variable_name_is_refused(name):
 def test_more_than_sixty_four_environment_variables_are_refused():
     with pytest.raises(ValidationError):
         _request(env={f"V{i}": "x" for i in range(65)})
+
+
+def test_a_cargo_spec_s_flags_follow_its_options_in_cargo_s_order():
+    spec = CargoSpec(profile="release", features=["a", "b/c"], all_features=True,
+                     no_default_features=True, cargo_args=["--locked"])
+    assert spec.flags() == ["--features", "a,b/c", "--all-features", "--no-default-features",
+                            "--locked"]
+    assert CargoSpec().flags() == []

@@ -6,7 +6,7 @@ from crossfarm.worker.cargo import build_command, fetch_command
 ARM = "aarch64-unknown-linux-gnu"
 
 
-def _job(**fields):
+def _job(**cargo):
     return JobMessage.model_validate(
         {
             "job_id": "j-0123456789abcdef",
@@ -14,13 +14,15 @@ def _job(**fields):
             "target": ARM,
             "attempt": 1,
             "source": "0123456789abcdef" * 4,
-            "profile": "release",
-            "features": [],
-            "all_features": False,
-            "no_default_features": False,
-            "cargo_args": [],
+            "cargo": {
+                "profile": "release",
+                "features": [],
+                "all_features": False,
+                "no_default_features": False,
+                "cargo_args": [],
+                **cargo,
+            },
             "timeout_s": 600,
-            **fields,
         }
     )
 

@@ -29,7 +29,8 @@ JOB = "j-0123456789abcdef"
 
 def _job(target):
     return JobMessage(job_id=JOB, build_id=BUILD, target=target, attempt=1, source="ab" * 32,
-                      cargo=CargoSpec(), timeout_s=600)
+                      profile="dev", features=[], all_features=False, no_default_features=False,
+                      cargo_args=[], timeout_s=600)
 
 
 def _tools(tmp_path, reporter):
