@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 
+from crossfarm.shared.errors import FarmError
 from crossfarm.shared.tree import TreeLimits
 from crossfarm.shared.wire import (
     ArtifactView,
@@ -26,10 +27,6 @@ from crossfarm.shared.wire import (
     SourceTree,
     WorkerView,
 )
-
-
-class FarmError(Exception):
-    """The farm refused a request or could not be reached; the message says what to do."""
 
 
 class FarmClient:

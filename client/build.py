@@ -10,11 +10,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from crossfarm.client.api import FarmClient, FarmError
+from crossfarm.client.api import FarmClient
 from crossfarm.client.config import Config, CrossConfig
 from crossfarm.client.render import Progress, build_table, emit_json, note
 from crossfarm.client.source import scan, send
 from crossfarm.shared.arch import Placement
+from crossfarm.shared.errors import UsageError
 from crossfarm.shared.ids import SourceDigest
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import BuildRequest, CargoSpec
@@ -154,7 +155,7 @@ def last_build() -> str:
     try:
         return (_state_dir() / "last-build").read_text().strip()
     except OSError:
-        raise FarmError("no build id given and no earlier build remembered here") from None
+        raise UsageError("no build id given and no earlier build remembered here") from None
 
 
 def download_all(client: FarmClient, build_id: str, dest: Path,

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from crossfarm.client import render
-from crossfarm.client.api import FarmClient, FarmError
+from crossfarm.client.api import FarmClient
 from crossfarm.client.build import (
     EXIT_ERROR,
     EXIT_OK,
@@ -31,7 +31,7 @@ from crossfarm.client.build import (
 from crossfarm.client.config import Config, load_config, read_cross_toml
 from crossfarm.client.workspace import locate
 from crossfarm.shared.arch import Placement
-from crossfarm.shared.errors import CrossfarmError
+from crossfarm.shared.errors import CrossfarmError, UsageError
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import CargoSpec
 
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             return _show_config(config, args.json)
         with FarmClient(config.url, token=config.token) as client:
             return _dispatch(client, config, args)
-    except (FarmError, CrossfarmError) as exc:
+    except CrossfarmError as exc:
         print(f"crossfarm: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
@@ -181,21 +181,21 @@ def _workers(client: FarmClient, _config: Config, args: argparse.Namespace) -> i
 
 def _build(client: FarmClient, config: Config, args: argparse.Namespace) -> int:
     if bool(args.git) != bool(args.rev):
-        raise FarmError("--git and --rev go together")
+        raise UsageError("--git and --rev go together")
     packages: list[str] = args.package
     if args.git:
         root = Path.cwd()
     else:
         manifest = args.manifest_path or Path("Cargo.toml")
         if not manifest.is_file():
-            raise FarmError(f"{manifest} not found: run crossfarm in a crate directory "
+            raise UsageError(f"{manifest} not found: run crossfarm in a crate directory "
                             "or pass --manifest-path")
         crate = locate(manifest)  # a workspace member sends its workspace, as cargo reads it
         root = crate.root
         if crate.package and not packages:
             packages = [crate.package]
     if not config.targets:
-        raise FarmError("no target: pass --target TRIPLE (or set targets in crossfarm.toml)")
+        raise UsageError("no target: pass --target TRIPLE (or set targets in crossfarm.toml)")
     cargo_args = [*(f"--package={p}" for p in packages), *(f"--bin={b}" for b in args.bin),
                   *(["--locked"] if args.locked else []), *args.cargo_args]
     cargo = CargoSpec(

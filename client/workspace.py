@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from crossfarm.client.api import FarmError
+from crossfarm.shared.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,12 @@ def locate(manifest: Path) -> Crate:
         return Crate(manifest.parent, None)
     package = crate.get("package")
     if not isinstance(package, dict) or not isinstance(package.get("name"), str):
-        raise FarmError(f"{manifest} has neither [package] with a name nor [workspace]")
+        raise UsageError(f"{manifest} has neither [package] with a name nor [workspace]")
     explicit = package.get("workspace")
     if isinstance(explicit, str):
         root = (manifest.parent / explicit).resolve()
         if "workspace" not in _read(root / "Cargo.toml"):
-            raise FarmError(f"{manifest}: package.workspace points at {root}, "
+            raise UsageError(f"{manifest}: package.workspace points at {root}, "
                             "whose Cargo.toml has no [workspace]")
         return Crate(root, package["name"])
     for root in manifest.parent.parents:
@@ -64,9 +64,9 @@ def _read(manifest: Path) -> dict[str, Any]:
         with manifest.open("rb") as file:
             return tomllib.load(file)
     except FileNotFoundError:
-        raise FarmError(f"{manifest} not found") from None
+        raise UsageError(f"{manifest} not found") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise FarmError(f"{manifest} cannot be read: {exc}") from None
+        raise UsageError(f"{manifest} cannot be read: {exc}") from None
 
 
 def _excluded(where: PurePosixPath, exclude: object) -> bool:

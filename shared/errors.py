@@ -11,9 +11,11 @@
     ├── StorageError              the object store failed; retrying may help (HTTP 503)
     ├── BrokerError               Redis (queues, events, flags) failed; retrying may help (503)
     ├── LeaseLost                 a worker cut off from the controller gave up its job
-    └── BuildError                a build step failed on a worker
-        ├── BuildTimeout          the build ran past its time limit
-        └── BuildCancelled        the build was cancelled while it ran
+    ├── BuildError                a build step failed on a worker
+    │   ├── BuildTimeout          the build ran past its time limit
+    │   └── BuildCancelled        the build was cancelled while it ran
+    ├── FarmError                 (CLI) the farm refused a request or could not be reached
+    └── UsageError                (CLI) the command line or the crate on disk needs fixing
 
 Each error carries the fields a caller acts on, not only prose.
 """
@@ -109,3 +111,13 @@ class BuildTimeout(BuildError):
 
 class BuildCancelled(BuildError):
     """The build was cancelled while it ran."""
+
+
+class FarmError(CrossfarmError):
+    """The client's view of a failed call: the farm refused a request or could not be
+    reached (client/api.py translates httpx's errors into it); the message says what to do."""
+
+
+class UsageError(CrossfarmError):
+    """The command line or the crate on disk is not something crossfarm can build yet:
+    nothing was sent to the farm, and the message says what to change."""

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from crossfarm.client.api import FarmError
 from crossfarm.client.workspace import Crate, locate
+from crossfarm.shared.errors import UsageError
 
 
 def _manifest(directory: Path, text: str) -> Path:
@@ -67,7 +67,7 @@ def test_package_workspace_points_at_the_root_explicitly(tmp_path):
 def test_package_workspace_pointing_at_no_workspace_is_an_error_naming_both(tmp_path):
     _manifest(tmp_path / "ws", _package("not-a-workspace"))
     member = _manifest(tmp_path / "app", _package("app", 'workspace = "../ws"\n'))
-    with pytest.raises(FarmError, match=r"package.workspace points at .*ws, whose Cargo.toml "
+    with pytest.raises(UsageError, match=r"package.workspace points at .*ws, whose Cargo.toml "
                                         r"has no \[workspace\]"):
         locate(member)
 
@@ -79,7 +79,7 @@ def test_package_workspace_pointing_at_no_workspace_is_an_error_naming_both(tmp_
 ])
 def test_a_manifest_cargo_could_not_use_is_an_error_naming_it(tmp_path, text, message):
     manifest = _manifest(tmp_path / "app", text)
-    with pytest.raises(FarmError, match=message) as refused:
+    with pytest.raises(UsageError, match=message) as refused:
         locate(manifest)
     assert str(manifest) in str(refused.value)
 
@@ -87,5 +87,5 @@ def test_a_manifest_cargo_could_not_use_is_an_error_naming_it(tmp_path, text, me
 def test_a_broken_ancestor_manifest_is_an_error_as_it_is_for_cargo(tmp_path):
     _manifest(tmp_path, "[workspace\n")
     member = _manifest(tmp_path / "app", _package("app"))
-    with pytest.raises(FarmError, match=f"{tmp_path / 'Cargo.toml'} cannot be read"):
+    with pytest.raises(UsageError, match=f"{tmp_path / 'Cargo.toml'} cannot be read"):
         locate(member)
