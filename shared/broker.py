@@ -1,8 +1,15 @@
-"""The one Celery configuration every process that talks to the broker uses."""
+"""The one Celery configuration every process that talks to the broker uses, and the one
+place that knows how Celery lays a queue out in Redis."""
 
 from __future__ import annotations
 
 from celery import Celery
+
+
+def queue_lists(queue: str) -> list[str]:
+    """The Redis lists holding a Celery queue's messages: kombu's Redis transport keeps
+    one list per priority step beside the plain one, named with its own separator."""
+    return [queue] + [f"{queue}\x06\x16{step}" for step in (3, 6, 9)]
 
 
 def create_celery(broker_url: str, *, visibility_timeout_s: int, name: str = "crossfarm") -> Celery:

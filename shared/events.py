@@ -16,6 +16,7 @@ import redis
 import redis.asyncio
 
 from crossfarm.shared import keys
+from crossfarm.shared.broker import queue_lists
 from crossfarm.shared.errors import BrokerError
 from crossfarm.shared.ids import BuildId, JobId
 from crossfarm.shared.wire import Event
@@ -90,10 +91,9 @@ class Events:
 
     @_translated
     def queue_depth(self, queue: str) -> int:
-        """Messages waiting in a Celery queue (kombu keeps one Redis list per priority step)."""
-        names = [queue] + [f"{queue}\x06\x16{step}" for step in (3, 6, 9)]
+        """Messages waiting in a Celery queue, over every Redis list the broker keeps for it."""
         pipe = self._redis.pipeline()
-        for name in names:
+        for name in queue_lists(queue):
             pipe.llen(name)
         return sum(int(n) for n in pipe.execute())
 
