@@ -16,7 +16,14 @@ from crossfarm.shared.ids import BuildId
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.storage import PendingUpload
 from crossfarm.shared.tree import tree_digest
-from crossfarm.shared.wire import JobMessage, Manifest, SourceLimits, SourceTree, TreeEntry
+from crossfarm.shared.wire import (
+    CargoSpec,
+    JobMessage,
+    Manifest,
+    SourceLimits,
+    SourceTree,
+    TreeEntry,
+)
 from crossfarm.worker.lease import Lease
 from crossfarm.worker.pipeline import Toolbox, _publish, run_job
 from crossfarm.worker.settings import WorkerSettings
@@ -29,8 +36,7 @@ JOB = "j-0123456789abcdef"
 
 def _job(target):
     return JobMessage(job_id=JOB, build_id=BUILD, target=target, attempt=1, source="ab" * 32,
-                      profile="dev", features=[], all_features=False, no_default_features=False,
-                      cargo_args=[], timeout_s=600)
+                      cargo=CargoSpec(), timeout_s=600)
 
 
 def _tools(tmp_path, reporter):
