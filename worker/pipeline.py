@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +36,7 @@ from crossfarm.shared.tree import TreeLimits
 from crossfarm.shared.wire import JobFinished, JobMessage, JobStarted, Manifest, SourceTree
 from crossfarm.worker import cargo
 from crossfarm.worker.artifacts import ArtifactCollector, JobOutput, build_manifest
-from crossfarm.worker.container import ContainerRunner, Step
+from crossfarm.worker.container import ContainerRunner, Step, StopCheck
 from crossfarm.worker.images import BUILD_UID, builder_image, job_mode, served_queues
 from crossfarm.worker.lease import Lease
 from crossfarm.worker.reporter import EventSink, JobReporter
@@ -69,6 +69,33 @@ class Toolbox:
     reporter: JobReporter
     #: None: the lease is never checked (a worker without a heartbeat, in tests)
     lease: Lease | None = None
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """One attempt of one job on this worker: what each of its steps reads."""
+
+    tools: Toolbox
+    job: JobMessage
+    image: str
+    log: JobLog
+    deadline: float
+    #: cancelled or superseded? built once per job; see _stop_check
+    stop: StopCheck
+
+    @property
+    def settings(self) -> WorkerSettings:
+        return self.tools.settings
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """The labels of its containers and volume, by which leftovers are reaped."""
+        return keys.container_labels(self.job.job_id, self.job.attempt,
+                                     self.settings.worker_name)
+
+    @property
+    def volume(self) -> str:
+        return f"crossfarm-{self.job.job_id}-a{self.job.attempt}"
 
 
 class JobLog:
@@ -145,9 +172,10 @@ def _queue_mode(queue: str) -> BuildMode:
 
 
 def _build(tools: Toolbox, job: JobMessage, image: str, joblog: JobLog) -> JobFinished:
-    deadline = time.monotonic() + job.timeout_s
+    run = JobRun(tools, job, image, joblog, deadline=time.monotonic() + job.timeout_s,
+                 stop=_stop_check(tools, job))
     try:
-        manifest = _compile_and_publish(tools, job, image, joblog, deadline)
+        manifest = _compile_and_publish(run)
     except BuildCancelled as exc:
         return JobFinished(attempt=job.attempt, state=BuildState.CANCELLED, reason=exc.message)
     except BuildTimeout:
@@ -172,78 +200,73 @@ def _build(tools: Toolbox, job: JobMessage, image: str, joblog: JobLog) -> JobFi
                        manifest=manifest)
 
 
-def _compile_and_publish(
-    tools: Toolbox, job: JobMessage, image: str, joblog: JobLog, deadline: float
-) -> Manifest:
-    settings = tools.settings
+def _compile_and_publish(run: JobRun) -> Manifest:
+    tools, job, settings = run.tools, run.job, run.settings
     settings.scratch_dir.mkdir(parents=True, exist_ok=True)
-    if not tools.docker.has_image(image):
-        raise BuildError(f"builder image {image} is missing on this worker; "
+    if not tools.docker.has_image(run.image):
+        raise BuildError(f"builder image {run.image} is missing on this worker; "
                          "build it with deploy/images/builder/build-offline.sh")
-    retry = Retry(window_s=settings.storage_retry_s, deadline=deadline,
-                  stop=_stop_check(tools, job), say=joblog)
+    retry = Retry(window_s=settings.storage_retry_s, deadline=run.deadline, stop=run.stop,
+                  say=run.log)
     with tempfile.TemporaryDirectory(dir=settings.scratch_dir) as scratch:
-        tmp = Path(scratch)
-        with joblog.timed("source download and check"):
+        with run.log.timed("source download and check"):
             # the limits the controller accepted the tree under; defaults from an older one
             limits = TreeLimits.of(job.limits) if job.limits else TreeLimits()
             source = job.source
             tree = retry.run("source download", lambda: fetch_tree(tools.storage, source, limits))
-            tar = _source_tar(tools, retry, source, tree, limits, joblog)
+            tar = _source_tar(run, retry, source, tree, limits)
         locked = any(entry.path == "Cargo.lock" for entry in tree.entries)
-        labels = keys.container_labels(job.job_id, job.attempt, settings.worker_name)
-        volume_name = f"crossfarm-{job.job_id}-a{job.attempt}"
-        with tar, tools.docker.volume(volume_name, labels):
-            fetch = _step(settings, job, image, cargo.fetch_command(job, locked), volume_name,
-                          network=True, labels=labels)
-            with joblog.timed("dependency fetch step"), tools.docker.container(fetch) as container:
-                container.put(cargo.WORK, tar)
-                result = container.run(lambda _s, line: joblog(line), deadline,
-                                       _stop_check(tools, job))
-            if result.exit_code != 0:
-                raise BuildError("fetching dependencies failed (see the log above)",
-                                 exit_code=result.exit_code)
-            files = _compile(tools, job, image, locked, volume_name, labels, joblog, deadline,
-                             tmp)
-        with joblog.timed("artifact upload"):
+        with tar, tools.docker.volume(run.volume, run.labels):
+            _fetch(run, locked, tar)
+            files = _compile(run, locked, Path(scratch))
+        with run.log.timed("artifact upload"):
             return retry.run("artifact upload", lambda: _publish(
-                tools.storage, job, files, _stop_check(tools, job)))
+                tools.storage, job, files, run.stop))
 
 
-def _source_tar(tools: Toolbox, retry: Retry, source: SourceDigest, tree: SourceTree,
-                limits: TreeLimits, joblog: JobLog) -> IO[bytes]:
+def _source_tar(run: JobRun, retry: Retry, source: SourceDigest, tree: SourceTree,
+                limits: TreeLimits) -> IO[bytes]:
     """The tree as the container's tar, its blobs from this worker's cache (fetched if
     missing); then the cache is trimmed to its budget, unless another build reads it."""
-    cache = tools.settings.scratch_dir / "blobs"
+    cache = run.settings.scratch_dir / "blobs"
     with cache_lock(cache):
         fetched = retry.run("source download", lambda: fetch_blobs(
-            tools.storage, source, tree, cache, limits))
-        joblog(f"crossfarm: {len(tree.entries)} files, {fetched} blob(s) not cached here")
+            run.tools.storage, source, tree, cache, limits))
+        run.log(f"crossfarm: {len(tree.entries)} files, {fetched} blob(s) not cached here")
         tar = container_tar(tree, cache, "src", BUILD_UID)
     with cache_lock(cache, exclusive=True) as alone:
-        removed, freed = (trim_cache(cache, tools.settings.blob_cache_bytes, _BLOB_IN_USE_S)
+        removed, freed = (trim_cache(cache, run.settings.blob_cache_bytes, _BLOB_IN_USE_S)
                           if alone else (0, 0))
     if removed:
-        joblog(f"crossfarm: blob cache trimmed to its budget: {removed} file(s), "
-               f"{freed} bytes freed")
+        run.log(f"crossfarm: blob cache trimmed to its budget: {removed} file(s), "
+                f"{freed} bytes freed")
     return tar
 
 
-def _compile(tools: Toolbox, job: JobMessage, image: str, locked: bool, volume: str,
-             labels: dict[str, str], joblog: JobLog, deadline: float, tmp: Path) -> list[Path]:
-    settings = tools.settings
+def _fetch(run: JobRun, locked: bool, tar: IO[bytes]) -> None:
+    """The dependency fetch step: the only one with a network, and without the job's env."""
+    step = _step(run, cargo.fetch_command(run.job, locked), network=True)
+    with run.log.timed("dependency fetch step"), run.tools.docker.container(step) as container:
+        container.put(cargo.WORK, tar)
+        result = container.run(lambda _s, line: run.log(line), run.deadline, run.stop)
+    if result.exit_code != 0:
+        raise BuildError("fetching dependencies failed (see the log above)",
+                         exit_code=result.exit_code)
+
+
+def _compile(run: JobRun, locked: bool, tmp: Path) -> list[Path]:
+    settings = run.settings
     collector = ArtifactCollector()
 
     def sink(stream: str, line: str) -> None:
         if stream == "stdout" and collector.feed(line):
             return
-        joblog(line)
+        run.log(line)
 
     jobs = max(1, int(settings.build_cpus))
-    step = _step(settings, job, image, cargo.build_command(job, locked, jobs), volume,
-                 network=False, labels=labels)
-    with joblog.timed("build step"), tools.docker.container(step) as container:
-        result = container.run(sink, deadline, _stop_check(tools, job))
+    step = _step(run, cargo.build_command(run.job, locked, jobs), network=False)
+    with run.log.timed("build step"), run.tools.docker.container(step) as container:
+        result = container.run(sink, run.deadline, run.stop)
         if result.oom_killed:
             raise BuildError("out-of-memory: the build container hit its memory limit of "
                              f"{settings.build_memory_bytes} bytes", exit_code=result.exit_code)
@@ -255,7 +278,7 @@ def _compile(tools: Toolbox, job: JobMessage, image: str, locked: bool, volume: 
         return [container.copy_out(path, out) for path in collector.paths]
 
 
-def _stop_check(tools: Toolbox, job: JobMessage) -> Callable[[], str | None]:
+def _stop_check(tools: Toolbox, job: JobMessage) -> StopCheck:
     """Polled while a container runs (and while a storage step waits): cancelled, or
     superseded by a newer attempt? Raises LeaseLost once this worker has been cut off
     from the controller for so long that the job runs elsewhere."""
@@ -267,25 +290,25 @@ def _stop_check(tools: Toolbox, job: JobMessage) -> Callable[[], str | None]:
     return check
 
 
-def _step(settings: WorkerSettings, job: JobMessage, image: str, command: list[str], volume: str,
-          network: bool, labels: dict[str, str]) -> Step:
+def _step(run: JobRun, command: list[str], network: bool) -> Step:
+    settings = run.settings
     # The request's variables reach only the offline build step, never the networked one.
-    env = {**({} if network else job.env), "CARGO_TARGET_DIR": cargo.TARGET_DIR}
+    env = {**({} if network else run.job.env), "CARGO_TARGET_DIR": cargo.TARGET_DIR}
     binds = {}
     if network and settings.ca_bundle is not None:
         binds[settings.ca_bundle] = _CA_IN_CONTAINER
         env["CARGO_HTTP_CAINFO"] = _CA_IN_CONTAINER
     return Step(
-        image=image, command=command, workdir=cargo.SRC,
+        image=run.image, command=command, workdir=cargo.SRC,
         user=f"{BUILD_UID}:{BUILD_UID}", env=env, network=network,
-        volumes={volume: cargo.WORK, settings.cargo_home_volume: "/cargo"}, binds=binds,
+        volumes={run.volume: cargo.WORK, settings.cargo_home_volume: "/cargo"}, binds=binds,
         cpus=settings.build_cpus, memory_bytes=settings.build_memory_bytes,
-        pids=settings.build_pids, labels=labels,
+        pids=settings.build_pids, labels=run.labels,
     )
 
 
 def _publish(storage: ObjectStore, job: JobMessage, files: list[Path],
-             stop: Callable[[], str | None]) -> Manifest:
+             stop: StopCheck) -> Manifest:
     """Upload every artifact under this attempt's prefix, then the manifest, last: the
     manifest is what publishes. A job cancelled or superseded while its artifacts were
     uploading (`stop` says so) writes none. An earlier try's unfinished multipart
