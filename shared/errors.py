@@ -10,6 +10,7 @@
     │   └── IllegalTransition     a build-state move the state machine forbids
     ├── StorageError              the object store failed; retrying may help (HTTP 503)
     ├── BrokerError               Redis (queues, events, flags) failed; retrying may help (503)
+    ├── ControllerError           (worker) the controller could not be reached or refused a report
     ├── LeaseLost                 a worker cut off from the controller gave up its job
     ├── BuildError                a build step failed on a worker
     │   ├── BuildTimeout          the build ran past its time limit
@@ -90,6 +91,15 @@ class StorageError(CrossfarmError):
 
 class BrokerError(CrossfarmError):
     """Redis, which carries queues, log events and flags, failed; retrying may help."""
+
+
+class ControllerError(CrossfarmError):
+    """A worker's report did not reach the controller, or the controller refused it
+    (`status_code`, None when it could not be reached); retrying may help."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
 
 
 class LeaseLost(CrossfarmError):

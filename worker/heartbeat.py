@@ -9,10 +9,9 @@ import time
 from collections.abc import Callable
 from importlib import metadata
 
-import httpx
-
 from crossfarm.shared import keys
 from crossfarm.shared.arch import TARGETS, Arch
+from crossfarm.shared.errors import ControllerError
 from crossfarm.shared.wire import WorkerHeartbeat
 from crossfarm.worker.images import served_queues
 from crossfarm.worker.lease import Lease
@@ -87,7 +86,7 @@ class Heartbeat:
                 "draining": self._asked_to_drain or self._shutting_down or self._stuck})
             try:
                 reply = self._reporter.heartbeat(self._name, info, fresh_start=self._fresh)
-            except (httpx.HTTPError, OSError) as exc:
+            except (ControllerError, OSError) as exc:
                 log.warning("heartbeat to the controller failed: %s", exc)
                 return
             self._fresh = False

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
 import httpx
 
-from crossfarm.shared.errors import BrokerError, Conflict
+from crossfarm.shared.errors import BrokerError, Conflict, ControllerError
 from crossfarm.shared.events import Events
 from crossfarm.shared.ids import BuildId, JobId
 from crossfarm.shared.wire import (
@@ -42,29 +44,36 @@ class HeartbeatReporter(Protocol):
 
 
 class Reporter:
-    """Reports one worker's jobs; the controller's record is the truth it defers to."""
+    """Reports one worker's jobs; the controller's record is the truth it defers to.
+    httpx errors become ControllerError here."""
 
-    def __init__(self, controller_url: str, token: str | None, events: Events) -> None:
+    def __init__(self, controller_url: str, token: str | None, events: Events,
+                 transport: httpx.BaseTransport | None = None) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=controller_url, headers=headers, timeout=30)
+        self._http = httpx.Client(base_url=controller_url, headers=headers, timeout=30,
+                                  transport=transport)
         self._events = events
         self.dropped_lines = 0
 
     def started(self, job_id: JobId, report: JobStarted) -> StartVerdict:
-        response = self._post(f"/v1/jobs/{job_id}/start", report.model_dump_json())
+        with _translated(f"start of {job_id}"):
+            response = self._post(f"/v1/jobs/{job_id}/start", report.model_dump_json())
         return StartVerdict.model_validate_json(response.content)
 
     def finished(self, job_id: JobId, report: JobFinished) -> None:
-        response = self._post(f"/v1/jobs/{job_id}/finish", report.model_dump_json())
+        with _translated(f"outcome of {job_id}"):
+            response = self._post(f"/v1/jobs/{job_id}/finish", report.model_dump_json())
         if response.status_code == 409:
             raise Conflict(response.json().get("message", "the job's attempt is no longer current"))
 
     def heartbeat(self, name: str, info: WorkerHeartbeat, fresh_start: bool) -> HeartbeatReply:
-        response = self._http.post(
-            f"/v1/workers/{name}/heartbeat", params={"fresh_start": str(fresh_start).lower()},
-            content=info.model_dump_json(), headers={"Content-Type": "application/json"},
-        )
-        response.raise_for_status()
+        with _translated(f"heartbeat of {name}"):
+            response = self._http.post(
+                f"/v1/workers/{name}/heartbeat",
+                params={"fresh_start": str(fresh_start).lower()},
+                content=info.model_dump_json(), headers={"Content-Type": "application/json"},
+            )
+            response.raise_for_status()
         return HeartbeatReply.model_validate_json(response.content)
 
     def line(self, build_id: BuildId, target: str, text: str) -> None:
@@ -99,3 +108,15 @@ class Reporter:
                 return response
             time.sleep(delay)
         raise AssertionError("unreachable")
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """Turn httpx errors into ControllerError, naming the report and the status."""
+    try:
+        yield
+    except httpx.HTTPStatusError as exc:
+        raise ControllerError(f"the controller refused the {what}: {exc}",
+                              exc.response.status_code) from exc
+    except httpx.HTTPError as exc:
+        raise ControllerError(f"the controller is unreachable ({what}): {exc}") from exc

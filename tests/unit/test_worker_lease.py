@@ -1,10 +1,10 @@
 """The worker's lease: renewed by each acknowledged heartbeat, lapsed once the worker
 has been cut off for twice the controller's bound, shared through one file."""
 
-import httpx
 from fakes import FakeReporter
 
 from crossfarm.shared.arch import Arch
+from crossfarm.shared.errors import ControllerError
 from crossfarm.shared.wire import HeartbeatReply
 from crossfarm.worker.heartbeat import Heartbeat, describe
 from crossfarm.worker.lease import Lease
@@ -62,7 +62,8 @@ def test_only_an_acknowledged_heartbeat_renews_the_lease(tmp_path):
     clock = Clock()
     lease = Lease(tmp_path / "lease.json", clock)
     settings = WorkerSettings(worker_name="w1")
-    replies = [HeartbeatReply(drain=False, lost_after_s=10), httpx.ConnectError("link down")]
+    replies = [HeartbeatReply(drain=False, lost_after_s=10),
+               ControllerError("the controller is unreachable: link down")]
     beat = Heartbeat(FakeReporter(replies=replies), "w1",
                      lambda: describe(settings, Arch.AMD64, None), 1.0, lambda on: None,
                      lease=lease)
