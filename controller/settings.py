@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from crossfarm.shared.arch import Placement
+from crossfarm.shared.settings import FarmSettings
 from crossfarm.shared.storage import StorageSettings
 from crossfarm.shared.tree import TreeLimits
 
@@ -13,18 +15,11 @@ from crossfarm.shared.tree import TreeLimits
 _TOKEN = r"^[!-~]+$"
 
 
-class ControllerSettings(BaseSettings):
+class ControllerSettings(FarmSettings):
     """Everything the controller needs to know; the defaults are the single-machine farm's."""
 
-    model_config = SettingsConfigDict(env_prefix="CROSSFARM_", extra="ignore", frozen=True)
-
     database_url: str = "sqlite:///.crossfarm/crossfarm.db"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    s3_endpoint: str = "http://127.0.0.1:8333"
     s3_public_endpoint: str | None = None
-    s3_bucket: str = "crossfarm"
-    s3_access_key: str = "crossfarm"
-    s3_secret_key: str = "crossfarm-local-secret"
     #: a shared secret workers present on the /v1/jobs endpoints; unset means no check
     worker_token: str | None = Field(default=None, min_length=8, pattern=_TOKEN)
     #: when set, draining and undraining workers needs it (`token` in the CLI's config)
@@ -62,13 +57,7 @@ class ControllerSettings(BaseSettings):
     port: int = 8700
 
     def storage(self) -> StorageSettings:
-        return StorageSettings(
-            endpoint_url=self.s3_endpoint,
-            public_endpoint_url=self.s3_public_endpoint,
-            bucket=self.s3_bucket,
-            access_key=self.s3_access_key,
-            secret_key=self.s3_secret_key,
-        )
+        return replace(super().storage(), public_endpoint_url=self.s3_public_endpoint)
 
     def tree_limits(self) -> TreeLimits:
         return TreeLimits(

@@ -8,35 +8,28 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
 
 from crossfarm.shared.arch import Arch
-from crossfarm.shared.storage import StorageSettings
+from crossfarm.shared.settings import FarmSettings
 
 
-class WorkerSettings(BaseSettings):
+class WorkerSettings(FarmSettings):
     """Everything a worker needs; the defaults are the single-machine farm's."""
-
-    model_config = SettingsConfigDict(env_prefix="CROSSFARM_", extra="ignore", frozen=True)
 
     controller_url: str = "http://127.0.0.1:8700"
     worker_token: str | None = None
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    s3_endpoint: str = "http://127.0.0.1:8333"
-    s3_bucket: str = "crossfarm"
-    s3_access_key: str = "crossfarm"
-    s3_secret_key: str = "crossfarm-local-secret"
     visibility_timeout_s: int = Field(default=8 * 3600, ge=5)
     worker_name: str = Field(default_factory=socket.gethostname)
     #: other architectures whose queues this worker also serves, with its cross toolchain
-    cross_arches: Annotated[list[Arch], NoDecode] = []
+    cross_arches: Annotated[list[Arch], NoDecode] = Field(default_factory=list)
     #: other architectures this worker builds under emulation (binfmt + QEMU), each with
     #: a builder image of that architecture (CROSSFARM_EMULATION_IMAGES='{"arm64": "…"}')
-    emulate_arches: Annotated[list[Arch], NoDecode] = []
-    emulation_images: dict[str, str] = {}
+    emulate_arches: Annotated[list[Arch], NoDecode] = Field(default_factory=list)
+    emulation_images: dict[str, str] = Field(default_factory=dict)
     concurrency: int = Field(default=1, ge=1, le=64)
     #: free-form labels shown in the fleet (CROSSFARM_LABELS='{"rack": "r1"}')
-    labels: dict[str, str] = {}
+    labels: dict[str, str] = Field(default_factory=dict)
     heartbeat_s: float = Field(default=5.0, gt=0)
     builder_image: str = "crossfarm/builder:1"
     cargo_home_volume: str = "crossfarm-cargo-home"
@@ -73,14 +66,6 @@ class WorkerSettings(BaseSettings):
         if value is not None and not value.is_file():
             raise ValueError(f"CROSSFARM_CA_BUNDLE {value} is not a readable file")
         return value
-
-    def storage(self) -> StorageSettings:
-        return StorageSettings(
-            endpoint_url=self.s3_endpoint,
-            bucket=self.s3_bucket,
-            access_key=self.s3_access_key,
-            secret_key=self.s3_secret_key,
-        )
 
     def hostname(self) -> str:
         return socket.gethostname()
