@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from datetime import UTC, datetime
 
 import boto3
 import httpx
@@ -127,17 +128,40 @@ def test_redis_flushed_while_a_job_waits_the_reconciler_resends_it(farm, api, cr
 
 
 def test_controller_restart_mid_build_loses_nothing(farm, api, crate):
-    source = _source(farm, crate, gated=True)
-    build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
-    job = until(lambda: (j := _job(api, build["build_id"]))["state"] == "running" and j,
-                "start")
-    wait_at_gate(job["job_id"])
-    farm.stop_process("controller")
-    farm.start_controller(**CONTROLLER)
-    open_gate(job["job_id"])
-    final = _finished(api, build["build_id"])
+    # A long fleet bound while this test runs: a controller slow to come back on a busy
+    # machine must not lapse the worker's lease (a lapsed lease is the re-run of the
+    # kill -9 and link-cut tests, not this test's subject).
+    patient = {**CONTROLLER, "CROSSFARM_LOST_AFTER_S": "300"}
+    _restart_controller(farm, api, patient)
+    try:
+        source = _source(farm, crate, gated=True)
+        build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
+        job = until(lambda: (j := _job(api, build["build_id"]))["state"] == "running" and j,
+                    "start")
+        wait_at_gate(job["job_id"])
+        farm.stop_process("controller")
+        farm.start_controller(**patient)
+        open_gate(job["job_id"])
+        final = _finished(api, build["build_id"])
+    finally:
+        _restart_controller(farm, api, CONTROLLER)
     assert final["state"] == "succeeded"
     assert final["attempt"] == 1
+
+
+def _restart_controller(farm, api, settings: dict[str, str]) -> None:
+    """Restart the controller with `settings`, then wait until the shared worker's lease
+    has been renewed under them (a heartbeat answered after the restart)."""
+    farm.stop_process("controller")
+    restarted = datetime.now(UTC)
+    farm.start_controller(**settings)
+
+    def renewed() -> bool:
+        workers = api.get("/v1/workers").json()["workers"]
+        return any(w["name"] == "worker-amd64"
+                   and datetime.fromisoformat(w["last_seen"]) > restarted for w in workers)
+
+    until(renewed, "a heartbeat answered by the restarted controller")
 
 
 def test_cancel_stops_the_running_container_and_publishes_nothing(farm, api, crate):
