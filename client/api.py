@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+from httpx_sse import EventSource, connect_sse
 
 from crossfarm.shared.errors import FarmError
 from crossfarm.shared.tree import TreeLimits
@@ -30,10 +31,12 @@ from crossfarm.shared.wire import (
 
 
 class FarmClient:
-    def __init__(self, url: str, token: str | None = None, timeout: float = 60) -> None:
+    def __init__(self, url: str, token: str | None = None, timeout: float = 60,
+                 transport: httpx.BaseTransport | None = None) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout,
+                                  transport=transport)
 
     def __enter__(self) -> FarmClient:
         return self
@@ -94,13 +97,13 @@ class FarmClient:
         while True:
             headers = {"Last-Event-ID": last_id} if last_id else {}
             try:
-                with self._http.stream("GET", f"/v1/builds/{build_id}/events", headers=headers,
-                                       params={"follow": str(follow).lower()},
-                                       timeout=httpx.Timeout(60, read=90)) as response:
-                    if response.status_code != 200:
-                        response.read()
-                        raise FarmError(_explain(response))
-                    for entry_id, event in _parse_sse(response.iter_lines()):
+                with connect_sse(self._http, "GET", f"/v1/builds/{build_id}/events",
+                                 headers=headers, params={"follow": str(follow).lower()},
+                                 timeout=httpx.Timeout(60, read=90)) as source:
+                    if source.response.status_code != 200:
+                        source.response.read()
+                        raise FarmError(_explain(source.response))
+                    for entry_id, event in _events(source):
                         failures = 0
                         last_id = entry_id or last_id
                         yield event
@@ -191,15 +194,9 @@ def _explain(response: httpx.Response) -> str:
     return f"HTTP {response.status_code}: {response.text[:500]}"
 
 
-def _parse_sse(lines: Iterator[str]) -> Iterator[tuple[str | None, Event]]:
-    entry_id: str | None = None
-    data: list[str] = []
-    for line in lines:
-        if not line:
-            if data:
-                yield entry_id, Event.model_validate_json("\n".join(data))
-            entry_id, data = None, []
-        elif line.startswith("id:"):
-            entry_id = line[3:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].lstrip())
+def _events(source: EventSource) -> Iterator[tuple[str, Event]]:
+    """Each event with the id to resume after it (the last id the stream sent, as in SSE)."""
+    for frame in source.iter_sse():
+        # The opening `retry:` frame and the keep-alive comments carry no data.
+        if frame.data:
+            yield frame.id, Event.model_validate_json(frame.data)

@@ -1,6 +1,9 @@
 import httpx
+import pytest
+from httpx_sse import EventSource
 
-from crossfarm.client.api import _explain, _parse_sse
+from crossfarm.client.api import FarmClient, _events, _explain
+from crossfarm.shared.errors import FarmError
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import ErrorBody, Event
 
@@ -14,6 +17,15 @@ def _frames(*events_and_ids):
             lines.append(f"id: {entry_id}")
         lines += [f"data: {event.model_dump_json()}", ""]
     return lines
+
+
+def _stream(lines):
+    return httpx.Response(200, headers={"Content-Type": "text/event-stream"},
+                          content="".join(f"{line}\n" for line in lines))
+
+
+def _parse_sse(lines):
+    return _events(EventSource(_stream(list(lines))))
 
 
 def test_each_frame_yields_its_id_and_event():
@@ -37,18 +49,51 @@ def test_data_spread_over_several_lines_is_joined():
     ]
 
 
-def test_a_frame_without_an_id_yields_none_and_does_not_inherit_the_previous_id():
+# As SSE has it, a frame without an id resumes after the last id the stream sent.
+def test_a_frame_without_an_id_yields_the_last_id_sent_before_it():
     first = Event(kind="log", line="a")
     second = Event(kind="log", line="b")
     assert list(_parse_sse(iter(_frames(("5-0", first), (None, second))))) == [
         ("5-0", first),
-        (None, second),
+        ("5-0", second),
     ]
 
 
 def test_comments_blank_runs_and_an_unfinished_frame_yield_nothing():
     lines = [": keep-alive", "", "", "data: " + Event(kind="end").model_dump_json()]
     assert list(_parse_sse(iter(lines))) == []
+
+
+def test_the_opening_retry_frame_and_a_keep_alive_after_an_event_yield_nothing_more():
+    log = Event(kind="log", line="a")
+    lines = ["retry: 2000", "", *_frames(("4-0", log)), ": keep-alive", ""]
+    assert list(_parse_sse(iter(lines))) == [("4-0", log)]
+
+
+def _farm(*streams):
+    """A client whose farm answers each events request with the next of `streams`."""
+    asked = []
+
+    def handler(request):
+        asked.append(request.headers.get("Last-Event-ID"))
+        return streams[len(asked) - 1]
+
+    return FarmClient("http://farm", transport=httpx.MockTransport(handler)), asked
+
+
+def test_a_stream_that_ends_early_is_resumed_after_the_last_event_id():
+    log = Event(kind="log", target=X86, line="Compiling hello")
+    end = Event(kind="end")
+    client, asked = _farm(_stream(_frames(("1-0", log))), _stream(_frames(("2-0", end))))
+    assert list(client.events("b-0123456789abcdef")) == [log, end]
+    assert asked == [None, "1-0"]
+
+
+def test_a_refused_stream_is_explained():
+    body = ErrorBody(error="NotFound", message="no build b-0123456789abcdef")
+    client, _ = _farm(httpx.Response(404, content=body.model_dump_json()))
+    with pytest.raises(FarmError, match=r"no build b-0123456789abcdef \(HTTP 404\)"):
+        list(client.events("b-0123456789abcdef"))
 
 
 def test_an_error_body_is_explained_by_its_message_and_status():
