@@ -14,7 +14,14 @@ from crossfarm.shared.events import Events
 from crossfarm.shared.storage import S3Store
 from crossfarm.worker import tasks
 from crossfarm.worker.container import Docker
-from crossfarm.worker.heartbeat import Heartbeat, describe
+from crossfarm.worker.heartbeat import (
+    ConsumerWatchdog,
+    ContainerReaper,
+    DrainSwitch,
+    Heartbeat,
+    Ticker,
+    describe,
+)
 from crossfarm.worker.images import served_queues
 from crossfarm.worker.lease import Lease
 from crossfarm.worker.pipeline import Toolbox
@@ -28,9 +35,6 @@ def queues_for(host: Arch, cross_arches: list[Arch], emulate_arches: list[Arch] 
     return list(served_queues(host, cross_arches, emulate_arches or []))
 
 
-log = logging.getLogger(__name__)
-
-
 def running_tasks() -> set[str]:
     """The "<job>-<attempt>" task ids this worker holds (main process only)."""
     requests = [*celery_state.active_requests, *celery_state.reserved_requests]
@@ -39,8 +43,8 @@ def running_tasks() -> set[str]:
 
 def _heartbeat(app: Celery, settings: WorkerSettings, host: Arch, node: str,
                lease: Lease) -> Heartbeat:
-    """Start this worker's heartbeat. Its clients are its own: the pool's are made after
-    fork (toolbox) and must not be shared with the main process."""
+    """Start this worker's heartbeat and its chores. Its clients are its own: the pool's
+    are made after fork (toolbox) and must not be shared with the main process."""
     queues = queues_for(host, settings.cross_arches, settings.emulate_arches)
 
     def consume(on: bool) -> None:
@@ -52,26 +56,22 @@ def _heartbeat(app: Celery, settings: WorkerSettings, host: Arch, node: str,
             else:
                 app.control.cancel_consumer(queue, destination=[node], reply=True, timeout=10)
 
-    docker = Docker()
-    reporter = Reporter(settings.controller_url, settings.worker_token, Events(settings.redis_url))
-    # Leftovers of an earlier life of this worker (killed mid-build) go first.
-    if reaped := docker.reap(settings.worker_name, set):
-        log.warning("removed %d leftover container(s)/volume(s) of %s", reaped,
-                    settings.worker_name)
-
-    def housekeeping() -> None:
-        if reaped := docker.reap(settings.worker_name, running_tasks):
-            log.warning("reaped %d orphan container(s)/volume(s)", reaped)
-
-    def consuming() -> bool:
+    def consumer_answers() -> bool:
         # Answered from the consumer's own event loop: proof that it still runs.
         return bool(app.control.ping(destination=[node], timeout=3))
 
-    beat = Heartbeat(reporter, settings.worker_name,
+    name = settings.worker_name
+    docker = Docker()
+    reporter = Reporter(settings.controller_url, settings.worker_token, Events(settings.redis_url))
+    reaper = ContainerReaper(docker, name, running_tasks)
+    reaper.reap_leftovers()  # of an earlier life of this worker (killed mid-build), first
+    watchdog = ConsumerWatchdog(name, consumer_answers, running_tasks)
+    switch = DrainSwitch(name, consume, lambda: watchdog.stuck)
+    beat = Heartbeat(reporter, name,
                      lambda: describe(settings, host, docker.image_id(settings.builder_image),
                                       running_tasks()),
-                     settings.heartbeat_s, consume, housekeeping, consuming, lease=lease)
-    beat.start()
+                     switch, lease)
+    Ticker(settings.heartbeat_s, [watchdog.check, beat.beat, reaper.reap_orphans]).start()
     return beat
 
 

@@ -3,7 +3,12 @@ import socket
 from fakes import FakeReporter
 
 from crossfarm.shared.arch import Arch, BuildMode
-from crossfarm.worker.heartbeat import describe
+from crossfarm.worker.heartbeat import (
+    ConsumerWatchdog,
+    DrainSwitch,
+    Heartbeat,
+    describe,
+)
 from crossfarm.worker.settings import WorkerSettings
 
 AMD64_QUEUE = "crossfarm.builds.amd64"
@@ -74,24 +79,38 @@ def test_the_description_carries_the_workers_resources_and_image():
     assert info.version
 
 
-def _watched(consuming, running=()):
-    from crossfarm.shared.arch import Arch
-    from crossfarm.worker.heartbeat import Heartbeat, describe
-    from crossfarm.worker.settings import WorkerSettings
+class Clock:
+    def __init__(self, now=1000.0):
+        self.now = now
 
+    def __call__(self):
+        return self.now
+
+
+def _watched(consuming, running=()):
+    """A watchdog and the heartbeat it makes say "draining", and `watch(now)` to run the
+    watchdog's check at that time."""
     exits = []
+    clock = Clock()
     settings = WorkerSettings(worker_name="w1")
     reporter = FakeReporter()
+    watchdog = ConsumerWatchdog("w1", consuming, lambda: set(running), give_up_s=45,
+                                exit=exits.append, clock=clock)
+    switch = DrainSwitch("w1", lambda on: None, lambda: watchdog.stuck)
     beat = Heartbeat(reporter, "w1", lambda: describe(settings, Arch.AMD64, None, set(running)),
-                     1.0, lambda on: None, consuming=consuming, give_up_s=45,
-                     exit=exits.append)
-    return beat, exits, reporter
+                     switch)
+
+    def watch(now):
+        clock.now = now
+        watchdog.check()
+
+    return watch, beat, exits, reporter
 
 
 def test_a_worker_whose_consumer_answers_stays_online():
-    beat, exits, reporter = _watched(lambda: True)
+    watch, beat, exits, reporter = _watched(lambda: True)
     for t in range(0, 200, 10):
-        beat.watch(1000.0 + t)
+        watch(1000.0 + t)
     beat.beat()
     assert not reporter.beats[-1][0].draining
     assert exits == []
@@ -99,12 +118,12 @@ def test_a_worker_whose_consumer_answers_stays_online():
 
 def test_a_silent_consumer_first_drains_the_worker_then_exits_it_once_idle():
     answers = iter([True] + [False] * 20)
-    beat, exits, reporter = _watched(lambda: next(answers), running={"j-1-1"})
-    beat.watch(1000.0)  # answers
-    beat.watch(1030.0)  # silent 30 s: within the bound
+    watch, beat, exits, reporter = _watched(lambda: next(answers), running={"j-1-1"})
+    watch(1000.0)  # answers
+    watch(1030.0)  # silent 30 s: within the bound
     beat.beat()
     assert not reporter.beats[-1][0].draining
-    beat.watch(1050.0)  # silent 50 s: gives up, but a build runs
+    watch(1050.0)  # silent 50 s: gives up, but a build runs
     beat.beat()
     assert reporter.beats[-1][0].draining
     assert exits == []
@@ -112,7 +131,7 @@ def test_a_silent_consumer_first_drains_the_worker_then_exits_it_once_idle():
 
 def test_a_silent_consumer_with_nothing_running_exits_for_a_restart():
     answers = iter([True] + [False] * 20)
-    beat, exits, _ = _watched(lambda: next(answers))
-    beat.watch(1000.0)
-    beat.watch(1050.0)
+    watch, _, exits, _ = _watched(lambda: next(answers))
+    watch(1000.0)
+    watch(1050.0)
     assert exits == [3]

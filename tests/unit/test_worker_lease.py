@@ -6,7 +6,7 @@ from fakes import FakeReporter
 from crossfarm.shared.arch import Arch
 from crossfarm.shared.errors import ControllerError
 from crossfarm.shared.wire import HeartbeatReply
-from crossfarm.worker.heartbeat import Heartbeat, describe
+from crossfarm.worker.heartbeat import DrainSwitch, Heartbeat, describe
 from crossfarm.worker.lease import Lease
 from crossfarm.worker.settings import WorkerSettings
 
@@ -58,6 +58,10 @@ def test_a_garbled_lease_file_fences_nothing(tmp_path):
     assert Lease(tmp_path / "lease.json").lapsed() is None
 
 
+def _switch():
+    return DrainSwitch("w1", lambda on: None, lambda: False)
+
+
 def test_only_an_acknowledged_heartbeat_renews_the_lease(tmp_path):
     clock = Clock()
     lease = Lease(tmp_path / "lease.json", clock)
@@ -65,8 +69,7 @@ def test_only_an_acknowledged_heartbeat_renews_the_lease(tmp_path):
     replies = [HeartbeatReply(drain=False, lost_after_s=10),
                ControllerError("the controller is unreachable: link down")]
     beat = Heartbeat(FakeReporter(replies=replies), "w1",
-                     lambda: describe(settings, Arch.AMD64, None), 1.0, lambda on: None,
-                     lease=lease)
+                     lambda: describe(settings, Arch.AMD64, None), _switch(), lease)
 
     beat.beat()
     clock.now += 15
@@ -81,7 +84,7 @@ def test_a_lease_that_cannot_be_written_does_not_stop_the_heartbeat(tmp_path):
     settings = WorkerSettings(worker_name="w1")
     reporter = FakeReporter(replies=[HeartbeatReply(drain=False, lost_after_s=10)] * 2)
     beat = Heartbeat(reporter, "w1", lambda: describe(settings, Arch.AMD64, None),
-                     1.0, lambda on: None, lease=lease)
+                     _switch(), lease)
 
     beat.beat()
     beat.beat()
