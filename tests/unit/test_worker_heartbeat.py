@@ -1,12 +1,17 @@
 import socket
+import threading
 
-from fakes import FakeReporter
+from fakes import FakeDocker, FakeReporter
 
 from crossfarm.shared.arch import Arch, BuildMode
+from crossfarm.shared.errors import ControllerError
+from crossfarm.shared.wire import HeartbeatReply
 from crossfarm.worker.heartbeat import (
     ConsumerWatchdog,
+    ContainerReaper,
     DrainSwitch,
     Heartbeat,
+    Ticker,
     describe,
 )
 from crossfarm.worker.settings import WorkerSettings
@@ -135,3 +140,124 @@ def test_a_silent_consumer_with_nothing_running_exits_for_a_restart():
     watch(1000.0)
     watch(1050.0)
     assert exits == [3]
+
+
+def test_the_consumer_is_asked_at_most_once_in_ten_seconds():
+    asked = []
+    clock = Clock()
+    watchdog = ConsumerWatchdog("w1", lambda: asked.append(1) or True, set, clock=clock)
+    watchdog.check()
+    clock.now += 9
+    watchdog.check()
+    clock.now += 1
+    watchdog.check()
+    assert len(asked) == 2
+
+
+def test_a_consumer_that_answers_again_is_no_longer_stuck():
+    answers = iter([False, True])
+    clock = Clock()
+    exits = []
+    watchdog = ConsumerWatchdog("w1", lambda: next(answers), lambda: {"j-1-1"},
+                                give_up_s=45, exit=exits.append, clock=clock)
+    clock.now += 50
+    watchdog.check()
+    assert watchdog.stuck
+    clock.now += 10
+    watchdog.check()
+    assert not watchdog.stuck
+    assert exits == []
+
+
+def _switch(stuck=False):
+    consumed = []
+    return DrainSwitch("w1", consumed.append, lambda: stuck), consumed
+
+
+def test_an_operators_drain_stops_consuming_and_an_undrain_resumes_it():
+    switch, consumed = _switch()
+    switch.operator_wants(True)
+    assert switch.draining
+    switch.operator_wants(True)  # the same wish again changes nothing
+    switch.operator_wants(False)
+    assert not switch.draining
+    assert consumed == [False, True]
+
+
+def test_a_worker_shutting_down_stays_draining_whatever_the_operator_says():
+    switch, consumed = _switch()
+    switch.shut_down()
+    switch.operator_wants(True)
+    switch.operator_wants(False)
+    assert switch.draining
+    assert consumed == []
+
+
+def test_a_stuck_consumer_drains_the_worker_but_leaves_the_consumer_alone():
+    switch, consumed = _switch(stuck=True)
+    assert switch.draining
+    assert consumed == []
+
+
+def _heartbeat(replies=()):
+    settings = WorkerSettings(worker_name="w1")
+    reporter = FakeReporter(replies=replies)
+    switch, consumed = _switch()
+    beat = Heartbeat(reporter, "w1", lambda: describe(settings, Arch.AMD64, None), switch)
+    return beat, reporter, consumed
+
+
+def test_only_the_first_acknowledged_heartbeat_is_a_fresh_start():
+    beat, reporter, _ = _heartbeat(replies=[ControllerError("the controller is unreachable")])
+    beat.beat()  # fails: the next one is still the first the controller hears
+    beat.beat()
+    beat.beat()
+    assert [fresh for _, fresh in reporter.beats] == [True, True, False]
+
+
+def test_a_drain_in_the_reply_stops_consuming_and_the_next_heartbeat_says_draining():
+    beat, reporter, consumed = _heartbeat(replies=[HeartbeatReply(drain=True)] * 2)
+    beat.beat()
+    beat.beat()
+    assert [info.draining for info, _ in reporter.beats] == [False, True]
+    assert consumed == [False]
+
+
+def test_a_worker_shutting_down_says_so_at_once():
+    beat, reporter, consumed = _heartbeat()
+    beat.shutting_down()
+    assert reporter.beats[-1][0].draining
+    assert consumed == []
+
+
+def test_at_start_every_leftover_container_of_the_worker_is_reaped():
+    docker = FakeDocker()
+    docker.leftovers = {"j-1-1", "j-2-1"}
+    ContainerReaper(docker, "w1", lambda: {"j-1-1"}).reap_leftovers()
+    assert docker.leftovers == set()
+
+
+def test_later_only_containers_of_no_running_task_are_reaped():
+    docker = FakeDocker()
+    docker.leftovers = {"j-1-1", "j-2-1"}
+    ContainerReaper(docker, "w1", lambda: {"j-1-1"}).reap_orphans()
+    assert docker.leftovers == {"j-1-1"}
+
+
+def test_a_failing_chore_does_not_stop_the_ones_after_it():
+    ran = []
+
+    def fails():
+        ran.append("fails")
+        raise ControllerError("boom")
+
+    Ticker(1.0, [lambda: ran.append("watch"), fails, lambda: ran.append("reap")]).tick()
+    assert ran == ["watch", "fails", "reap"]
+
+
+def test_the_ticker_runs_its_chores_on_its_own_thread_until_stopped():
+    ticked = threading.Event()
+    ticker = Ticker(0.01, [ticked.set])
+    ticker.start()
+    assert ticked.wait(5)
+    ticker.stop()
