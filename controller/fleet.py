@@ -34,13 +34,13 @@ def worker_state(last_seen: datetime, now: datetime, lost_after_s: int,
 
 def heartbeat(farm: Farm, name: str, info: WorkerHeartbeat, fresh_start: bool
               ) -> HeartbeatReply:
-    return HeartbeatReply(drain=farm.store.heartbeat(name, info, fresh_start),
+    return HeartbeatReply(drain=farm.store.workers.heartbeat(name, info, fresh_start),
                           lost_after_s=farm.settings.lost_after_s)
 
 
 def set_drain(farm: Farm, name: str, drain: bool) -> WorkerView:
     """Ask a worker to stop taking jobs (it finishes its running ones), or to resume."""
-    farm.store.set_drain(name, drain)
+    farm.store.workers.set_drain(name, drain)
     return next(w for w in fleet(farm).workers if w.name == name)
 
 
@@ -52,7 +52,7 @@ def capacity(farm: Farm, now: datetime | None = None) -> Capacity:
 
 def fleet(farm: Farm, now: datetime | None = None) -> Fleet:
     now = now or datetime.now(UTC)
-    running = farm.store.running_jobs()
+    running = farm.store.jobs.running_by_worker()
     views = [
         WorkerView(name=w.name,
                    state=worker_state(w.last_seen, now, farm.settings.lost_after_s,
@@ -61,9 +61,9 @@ def fleet(farm: Farm, now: datetime | None = None) -> Fleet:
                    last_seen=w.last_seen, started_at=w.started_at,
                    running_jobs=sorted(running.get(w.name, [])), drain_requested=w.drain,
                    info=w.info)
-        for w in farm.store.workers()
+        for w in farm.store.workers.all()
     ]
-    oldest = farm.store.oldest_queued()
+    oldest = farm.store.jobs.oldest_queued()
     served = Capacity.from_queues(v.info.queues for v in views if v.state is WorkerState.ONLINE)
     arches = [
         ArchSummary(

@@ -13,20 +13,16 @@ attempt can no longer start, finish or publish.
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 
-from crossfarm.controller import fleet
-from crossfarm.controller.builds import enqueue, finish, tell
+from crossfarm.controller import fleet, jobs
 from crossfarm.controller.farm import Farm
 from crossfarm.controller.placement import Capacity, Decision, decide, replan, waiting_for
-from crossfarm.controller.store import JobRecord
+from crossfarm.controller.store.jobs import JobRecord, Outcome
 from crossfarm.shared import keys
 from crossfarm.shared.ids import JobId
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import Event, Fleet, WorkerState
-
-log = logging.getLogger(__name__)
 
 
 def tick(farm: Farm, now: datetime | None = None) -> None:
@@ -35,7 +31,7 @@ def tick(farm: Farm, now: datetime | None = None) -> None:
     view = fleet.fleet(farm, now)
     served = Capacity.from_queues(
         w.info.queues for w in view.workers if w.state is WorkerState.ONLINE)
-    for record in farm.store.running_jobs_records():
+    for record in farm.store.jobs.running():
         _check_lease(farm, record, view, served, now)
     _place_queued(farm, view, served, now)
 
@@ -54,32 +50,26 @@ def _check_lease(farm: Farm, record: JobRecord, view: Fleet, served: Capacity,
     else:
         why = f"worker {job.worker} was lost"
     if job.attempt >= farm.settings.max_attempts:
-        finish(farm, job.job_id, job.attempt, BuildState.FAILED,
-               reason=f"{why}; gave up after {job.attempt} attempts")
+        jobs.finish(farm, job.job_id, job.attempt, Outcome(
+            BuildState.FAILED, reason=f"{why}; gave up after {job.attempt} attempts"))
         return
-    decision = decide(job.arch, job.placement, served)
-    moved = farm.store.retry(job.job_id, job.attempt, decision.queue,
-                             f"{decision.placed} (attempt {job.attempt + 1}: {why})")
-    if moved is not None:
-        log.warning("job %s: %s; re-run as attempt %d", job.job_id, why, moved.attempt)
-        tell(farm, record.build_id, Event(
-            kind="log", target=job.target,
-            line=f"crossfarm: {why}; re-running as attempt {moved.attempt}"))
-        enqueue(farm, record.build_id, moved)
+    jobs.rerun(farm, record, decide(job.arch, job.placement, served), why)
 
 
 def _place_queued(farm: Farm, view: Fleet, served: Capacity, now: datetime) -> None:
     active = {task for w in view.workers for task in w.info.running}
     depth: dict[keys.QueueKey, int] = {}
-    waiting: dict[str, str | None] = {}
+    waiting: dict[JobId, str | None] = {}
     line: dict[keys.QueueKey, int] = {}
-    for record in farm.store.queued_jobs():
+    queued = {record.view.job_id: record for record in farm.store.jobs.queued()}
+    for record in queued.values():
         job = record.view
         waited = (now - job.queued_at).total_seconds()
         if job.wait_limit_s is not None and waited > job.wait_limit_s:
-            finish(farm, job.job_id, job.attempt, BuildState.FAILED,
-                   reason=f"no worker started it within its wait limit of {job.wait_limit_s} s "
-                          f"({job.waiting or 'waiting'})")
+            jobs.finish(farm, job.job_id, job.attempt, Outcome(
+                BuildState.FAILED,
+                reason=f"no worker started it within its wait limit of {job.wait_limit_s} s "
+                       f"({job.waiting or 'waiting'})"))
             continue
         arch = job.arch
         better = replan(job.queue, arch, job.placement, served, waited,
@@ -88,11 +78,7 @@ def _place_queued(farm: Farm, view: Fleet, served: Capacity, now: datetime) -> N
             better = Decision(mode=job.queue.mode, queue=job.queue,
                               placed=f"{job.placed} (re-sent: the broker lost it)")
         if better is not None:
-            moved = farm.store.requeue(job.job_id, job.attempt, better.queue,
-                                       better.placed)
-            if moved is not None:
-                log.info("job %s sent to %s: %s", job.job_id, better.queue, better.placed)
-                enqueue(farm, record.build_id, moved)
+            jobs.resend(farm, record, better)
             continue
         line[job.queue] = line.get(job.queue, 0) + 1
         position = f"position {line[job.queue]} in {job.queue}"
@@ -100,10 +86,10 @@ def _place_queued(farm: Farm, view: Fleet, served: Capacity, now: datetime) -> N
             waiting[job.job_id] = f"queued: {position}"
         else:
             waiting[job.job_id] = f"{waiting_for(arch, job.placement)}; {position}"
-    for job_id in farm.store.set_waiting(waiting):
-        record = farm.store.job(JobId(job_id))
-        tell(farm, record.build_id, Event(kind="log", target=record.view.target,
-                                          line=f"crossfarm: {waiting[job_id]}"))
+    for job_id in farm.store.jobs.set_waiting(waiting):
+        record = queued[job_id]
+        jobs.tell(farm, record.build_id, Event(kind="log", target=record.view.target,
+                                               line=f"crossfarm: {waiting[job_id]}"))
 
 
 def _message_lost(farm: Farm, record: JobRecord, active: set[str], depth: dict[keys.QueueKey, int],

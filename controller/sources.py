@@ -29,7 +29,7 @@ from crossfarm.shared.wire import (
 
 
 def missing_blobs(farm: Farm, query: BlobQuery) -> MissingBlobs:
-    return MissingBlobs(missing=farm.store.missing_blobs(list(query.digests)))
+    return MissingBlobs(missing=farm.store.sources.missing_blobs(list(query.digests)))
 
 
 def put_blob(farm: Farm, digest: str, body: IO[bytes]) -> None:
@@ -47,7 +47,7 @@ def put_blob(farm: Farm, digest: str, body: IO[bytes]) -> None:
 
 def _store_blob(farm: Farm, digest: str, data: bytes) -> None:
     farm.storage.put_bytes(keys.blob_key(digest), data)
-    farm.store.add_blobs({digest: len(data)})
+    farm.store.sources.add_blobs({digest: len(data)})
 
 
 def put_pack(farm: Farm, body: IO[bytes]) -> int:
@@ -66,13 +66,13 @@ def put_pack(farm: Farm, body: IO[bytes]) -> int:
 def _store_pack(farm: Farm, data: bytes, sizes: dict[str, int]) -> None:
     pack = hashlib.sha256(data).hexdigest()
     farm.storage.put_bytes(keys.pack_key(pack), data, "application/gzip")
-    farm.store.add_blobs(sizes, pack=pack)
+    farm.store.sources.add_blobs(sizes, pack=pack)
 
 
 def create_source(farm: Farm, tree: SourceTree, commit: str | None = None) -> SourceStatus:
     """Check a tree, make sure every blob it names is stored, and store the tree."""
     summary = check_tree(tree, farm.settings.tree_limits())
-    missing = farm.store.missing_blobs(file_digests(tree))
+    missing = farm.store.sources.missing_blobs(file_digests(tree))
     if missing:
         shown = ", ".join(missing[:5]) + (" …" if len(missing) > 5 else "")
         raise InvalidSource(f"{len(missing)} blob(s) are not uploaded yet ({shown}); "
@@ -81,19 +81,19 @@ def create_source(farm: Farm, tree: SourceTree, commit: str | None = None) -> So
     status = SourceStatus(digest=digest, files=summary.files, total_bytes=summary.total_bytes,
                           commit=commit)
     canonical = SourceTree(entries=sorted(tree.entries, key=lambda e: e.path))
-    packs = farm.store.blob_packs(file_digests(tree))
+    packs = farm.store.sources.blob_packs(file_digests(tree))
     # Locations first, tree last: a stored tree always has its locations beside it.
     farm.storage.put_bytes(keys.locations_key(digest), json.dumps(packs).encode(),
                            "application/json")
     farm.storage.put_bytes(keys.tree_key(digest), canonical.model_dump_json().encode(),
                            "application/json")
-    farm.store.add_tree(status)
+    farm.store.sources.add_tree(status)
     farm.counters.tree()
     return status
 
 
 def source_status(farm: Farm, digest: SourceDigest) -> SourceStatus:
-    return farm.store.tree(digest)
+    return farm.store.sources.tree(digest)
 
 
 def create_git_source(farm: Farm, git: GitSource) -> SourceStatus:
@@ -105,7 +105,7 @@ def create_git_source(farm: Farm, git: GitSource) -> SourceStatus:
     tree = _tree_of(commit)
     check_tree(tree, settings.tree_limits())
     blobs = {hashlib.sha256(f.data).hexdigest(): f.data for f in commit.files if not f.symlink}
-    missing = farm.store.missing_blobs(list(blobs))
+    missing = farm.store.sources.missing_blobs(list(blobs))
     if missing:
         _store_pack(farm, pack_bytes((d, blobs[d]) for d in missing),
                     {d: len(blobs[d]) for d in missing})

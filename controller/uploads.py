@@ -42,7 +42,7 @@ def sweep(farm: Farm) -> int:
             build_id = parse_job_key(upload.key)[0]
         except ValueError:
             build_id = None
-        jobs = [r.view for r in farm.store.jobs_of(build_id)] if build_id else []
+        jobs = [r.view for r in farm.store.jobs.of_build(build_id)] if build_id else []
         if not may_finish(upload.key, jobs):
             farm.storage.abort_upload(upload)
             aborted += 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from crossfarm.controller import builds
+from crossfarm.controller import jobs
 from crossfarm.controller.api.deps import FarmDep, JobIdDep, WorkerAuth
 from crossfarm.shared.wire import JobFinished, JobStarted, JobView, StartVerdict
 
@@ -13,9 +13,9 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs (workers)"], dependencies=[Wor
 
 @router.post("/{job_id}/start")
 def job_started(farm: FarmDep, job_id: JobIdDep, report: JobStarted) -> StartVerdict:
-    return builds.job_started(farm, job_id, report)
+    return jobs.start(farm, job_id, report)
 
 
 @router.post("/{job_id}/finish")
 def job_finished(farm: FarmDep, job_id: JobIdDep, report: JobFinished) -> JobView:
-    return builds.job_finished(farm, job_id, report)
+    return jobs.report_finished(farm, job_id, report)

@@ -43,7 +43,7 @@ def test_a_silent_draining_worker_is_lost():
 
 
 def test_a_heartbeat_is_answered_with_the_drain_wish_and_the_bound_the_worker_is_held_to():
-    store = SimpleNamespace(heartbeat=lambda name, info, fresh_start: True)
+    store = SimpleNamespace(workers=SimpleNamespace(heartbeat=lambda name, info, fresh_start: True))
     farm = SimpleNamespace(store=store, settings=ControllerSettings(lost_after_s=12))
     reply = heartbeat(farm, "w1", info=None, fresh_start=False)
     assert (reply.drain, reply.lost_after_s) == (True, 12)

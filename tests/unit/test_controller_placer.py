@@ -7,8 +7,8 @@ from datetime import timedelta
 
 import pytest
 
-from crossfarm.controller import placer
-from crossfarm.controller.builds import job_finished, job_started, submit_build
+from crossfarm.controller import jobs, placer
+from crossfarm.controller.builds import submit_build
 from crossfarm.controller.farm import Farm
 from crossfarm.controller.settings import ControllerSettings
 from crossfarm.controller.store import Store
@@ -92,7 +92,7 @@ def make_farm(tmp_path):
         settings = _settings(tmp_path, **fields)
         store = Store(settings.database_url)
         stores.append(store)
-        store.add_tree(SourceStatus(digest=DIGEST, files=1, total_bytes=10))
+        store.sources.add_tree(SourceStatus(digest=DIGEST, files=1, total_bytes=10))
         queue = FakeQueue()
         return Farm(settings=settings, store=store, queue=queue, events=FakeEvents(queue),
                     storage=FakeStorage())
@@ -113,7 +113,7 @@ def _worker(farm, name, arch, queues):
         builder_image="crossfarm/builder:1", targets=[X86, ARM], version="0.1.0",
         concurrency=1,
     )
-    farm.store.heartbeat(name, info, fresh_start=True)
+    farm.store.workers.heartbeat(name, info, fresh_start=True)
 
 
 def _amd64_with_arm64_cross(farm, name="amd64-1"):
@@ -129,7 +129,7 @@ def _submit(farm, targets=(ARM,), **fields):
 
 
 def _job(farm, build, target=ARM):
-    [job] = [j for j in farm.store.build(BuildId(build.build_id)).jobs if j.target == target]
+    [job] = [j for j in farm.store.builds.get(BuildId(build.build_id)).jobs if j.target == target]
     return job
 
 
@@ -304,7 +304,7 @@ def test_the_message_left_on_the_old_queue_cannot_start_a_moved_job(make_farm):
     placer.tick(farm, now=job.queued_at + timedelta(seconds=61))
 
     def start(attempt, worker, mode, queue):
-        return job_started(farm, JobId(job.job_id), JobStarted(
+        return jobs.start(farm, JobId(job.job_id), JobStarted(
             attempt=attempt, worker=worker, hostname=worker, mode=mode, consumed_from=queue))
 
     assert not start(1, "arm64-1", N, ARM64_QUEUE).proceed
@@ -359,7 +359,7 @@ def test_tick_leaves_jobs_that_started_alone(farm):
     _arm64(farm)
     build = _submit(farm, placement=Placement.NATIVE, wait_limit_s=1)
     job = _job(farm, build)
-    job_started(farm, JobId(job.job_id), JobStarted(
+    jobs.start(farm, JobId(job.job_id), JobStarted(
         attempt=1, worker="arm64-1", hostname="arm64-1", mode=N, consumed_from=ARM64_QUEUE))
 
     placer.tick(farm, now=job.queued_at + timedelta(seconds=2))
@@ -370,7 +370,7 @@ def test_tick_leaves_jobs_that_started_alone(farm):
 
 def _start(farm, build, worker="arm64-1", queue=ARM64_QUEUE, mode=N):
     job = _job(farm, build)
-    assert job_started(farm, JobId(job.job_id), JobStarted(
+    assert jobs.start(farm, JobId(job.job_id), JobStarted(
         attempt=job.attempt, worker=worker, hostname=worker, mode=mode,
         consumed_from=queue)).proceed
     return _job(farm, build)
@@ -381,7 +381,7 @@ def _beat(farm, name, queues, running=(), arch="arm64", interval_s=10.0):
         hostname=name, arch=arch, queues=queues, cpus=4, memory_bytes=8 * 1024**3,
         builder_image="crossfarm/builder:1", targets=[X86, ARM], version="0.1.0",
         concurrency=1, running=list(running), interval_s=interval_s)
-    farm.store.heartbeat(name, info, fresh_start=False)
+    farm.store.workers.heartbeat(name, info, fresh_start=False)
 
 
 def test_a_running_job_whose_worker_is_lost_is_rerun_as_the_next_attempt(make_farm):
@@ -453,11 +453,11 @@ def test_a_stale_attempt_can_neither_start_nor_finish_after_a_rerun(make_farm):
     placer.tick(farm, now=running.started_at + timedelta(seconds=31))
     job_id = JobId(running.job_id)
 
-    stale_start = job_started(farm, job_id, JobStarted(
+    stale_start = jobs.start(farm, job_id, JobStarted(
         attempt=1, worker="arm64-1", hostname="h", mode=N, consumed_from=ARM64_QUEUE))
     assert not stale_start.proceed
     with pytest.raises(Conflict):
-        job_finished(farm, job_id, JobFinished(attempt=1, state=BuildState.SUCCEEDED))
+        jobs.report_finished(farm, job_id, JobFinished(attempt=1, state=BuildState.SUCCEEDED))
     assert _job(farm, build).state is BuildState.QUEUED
 
 

@@ -2,7 +2,9 @@ from datetime import datetime
 
 import pytest
 
-from crossfarm.controller.store import BuildSettings, NewBuild, NewJob, Store
+from crossfarm.controller.store import Store
+from crossfarm.controller.store.builds import BuildSettings, NewBuild, NewJob
+from crossfarm.controller.store.jobs import Outcome
 from crossfarm.shared.arch import Arch, BuildMode, Placement
 from crossfarm.shared.errors import IllegalTransition, NotFound
 from crossfarm.shared.ids import BuildId, JobId
@@ -68,7 +70,7 @@ def store(db_url):
 
 @pytest.fixture
 def built(store):
-    return store.add_build(_new_build())
+    return store.builds.add(_new_build())
 
 
 def _manifest():
@@ -104,7 +106,7 @@ def test_a_new_build_is_queued_with_one_queued_job_per_target(built):
 
 
 def test_a_build_reads_back_with_its_request_fields(store, built):
-    view = store.build(BUILD)
+    view = store.builds.get(BUILD)
     assert view.source == DIGEST
     assert view.cargo.profile == "release"
     assert view.cargo.features == ["tls", "serde/derive"]
@@ -116,24 +118,24 @@ def test_a_build_reads_back_with_its_request_fields(store, built):
 
 
 def test_a_build_outlives_the_store_that_wrote_it(db_url, store, built):
-    store.move_job(X86_JOB, 1, BuildState.RUNNING, worker="w1")
+    store.jobs.start(X86_JOB, 1, worker="w1")
     store.close()
     reopened = Store(db_url)
     try:
-        view = reopened.build(BUILD)
+        view = reopened.builds.get(BUILD)
         assert view.build_id == BUILD
         assert view.state is BuildState.RUNNING
         assert {job.job_id: (job.state, job.worker) for job in view.jobs} == {
             X86_JOB: (BuildState.RUNNING, "w1"),
             ARM_JOB: (BuildState.QUEUED, None),
         }
-        assert reopened.build_settings(BUILD, X86).timeout_s == 900
+        assert reopened.builds.settings(BUILD, X86).timeout_s == 900
     finally:
         reopened.close()
 
 
 def test_build_settings_repeat_the_request_fields_a_job_message_needs(store, built):
-    assert store.build_settings(BUILD, ARM) == BuildSettings(
+    assert store.builds.settings(BUILD, ARM) == BuildSettings(
         source=DIGEST,
         cargo=CargoSpec(profile="release", features=["tls", "serde/derive"], all_features=False,
                         no_default_features=True, cargo_args=["--locked", "--bin", "app"]),
@@ -143,7 +145,7 @@ def test_build_settings_repeat_the_request_fields_a_job_message_needs(store, bui
 
 
 def test_build_settings_merge_the_targets_own_variables_over_the_shared_ones(store, built):
-    assert store.build_settings(BUILD, X86).env == {
+    assert store.builds.settings(BUILD, X86).env == {
         "RUST_LOG": "debug",
         "CC": "clang",
         "X86_ONLY": "1",
@@ -151,17 +153,16 @@ def test_build_settings_merge_the_targets_own_variables_over_the_shared_ones(sto
 
 
 def test_a_build_view_names_its_variables_but_never_their_values(store, built):
-    view = store.build(BUILD)
+    view = store.builds.get(BUILD)
     assert view.env_names == ["CC", "RUST_LOG", "X86_ONLY"]
     assert "clang" not in view.model_dump_json()
     assert view.submitter == "ada"
 
 
 def test_a_job_moves_from_queued_to_running_with_its_worker(store, built):
-    view = store.move_job(
+    view = store.jobs.start(
         X86_JOB,
         1,
-        BuildState.RUNNING,
         worker="w1@host",
         mode=BuildMode.NATIVE,
         consumed_from="crossfarm.builds.amd64",
@@ -173,14 +174,14 @@ def test_a_job_moves_from_queued_to_running_with_its_worker(store, built):
     assert view.consumed_from == "crossfarm.builds.amd64"
     assert view.started_at is not None
     assert view.finished_at is None
-    assert store.build(BUILD).state is BuildState.RUNNING
+    assert store.builds.get(BUILD).state is BuildState.RUNNING
 
 
 def test_a_running_job_moves_to_succeeded_with_its_exit_code_and_manifest(store, built):
-    store.move_job(X86_JOB, 1, BuildState.RUNNING, worker="w1")
+    store.jobs.start(X86_JOB, 1, worker="w1")
     manifest = _manifest()
-    view = store.move_job(
-        X86_JOB, 1, BuildState.SUCCEEDED, exit_code=0, manifest=manifest.model_dump(mode="json")
+    view = store.jobs.finish(
+        X86_JOB, 1, Outcome(BuildState.SUCCEEDED, exit_code=0, manifest=manifest)
     )
     assert view is not None
     assert view.state is BuildState.SUCCEEDED
@@ -188,32 +189,34 @@ def test_a_running_job_moves_to_succeeded_with_its_exit_code_and_manifest(store,
     assert view.worker == "w1"
     assert view.finished_at is not None
     assert view.finished_at >= view.started_at
-    record = store.job(X86_JOB)
+    record = store.jobs.get(X86_JOB)
     assert record.build_id == BUILD
     assert record.manifest == manifest
-    assert store.build(BUILD).state is BuildState.RUNNING  # the arm64 job is still queued
+    assert store.builds.get(BUILD).state is BuildState.RUNNING  # the arm64 job is still queued
 
 
 def test_a_build_succeeds_when_all_its_jobs_do(store, built):
     for job in (X86_JOB, ARM_JOB):
-        store.move_job(job, 1, BuildState.RUNNING)
-        store.move_job(job, 1, BuildState.SUCCEEDED, exit_code=0)
-    assert store.build(BUILD).state is BuildState.SUCCEEDED
+        store.jobs.start(job, 1)
+        store.jobs.finish(job, 1, Outcome(BuildState.SUCCEEDED, exit_code=0))
+    assert store.builds.get(BUILD).state is BuildState.SUCCEEDED
 
 
 def test_a_failed_job_keeps_its_reason(store, built):
-    store.move_job(ARM_JOB, 1, BuildState.RUNNING)
-    view = store.move_job(
-        ARM_JOB, 1, BuildState.FAILED, exit_code=101, reason="cargo build failed with exit code 101"
+    store.jobs.start(ARM_JOB, 1)
+    view = store.jobs.finish(
+        ARM_JOB,
+        1,
+        Outcome(BuildState.FAILED, exit_code=101, reason="cargo build failed with exit code 101"),
     )
     assert view.reason == "cargo build failed with exit code 101"
-    assert store.job(ARM_JOB).view.exit_code == 101
-    assert store.job(ARM_JOB).manifest is None
+    assert store.jobs.get(ARM_JOB).view.exit_code == 101
+    assert store.jobs.get(ARM_JOB).manifest is None
 
 
 def test_a_stale_attempt_returns_none_and_changes_nothing(store, built):
-    assert store.move_job(X86_JOB, 2, BuildState.RUNNING, worker="late") is None
-    job = store.job(X86_JOB).view
+    assert store.jobs.start(X86_JOB, 2, worker="late") is None
+    job = store.jobs.get(X86_JOB).view
     assert job.state is BuildState.QUEUED
     assert job.worker is None
     assert job.started_at is None
@@ -221,40 +224,40 @@ def test_a_stale_attempt_returns_none_and_changes_nothing(store, built):
 
 
 def test_a_stale_attempt_cannot_finish_a_running_job(store, built):
-    store.move_job(X86_JOB, 1, BuildState.RUNNING, worker="w1")
-    assert store.move_job(X86_JOB, 0, BuildState.FAILED, reason="old") is None
-    job = store.job(X86_JOB).view
+    store.jobs.start(X86_JOB, 1, worker="w1")
+    assert store.jobs.finish(X86_JOB, 0, Outcome(BuildState.FAILED, reason="old")) is None
+    job = store.jobs.get(X86_JOB).view
     assert job.state is BuildState.RUNNING
     assert job.reason is None
     assert job.finished_at is None
 
 
 def test_an_illegal_move_raises_and_changes_nothing(store, built):
-    store.move_job(X86_JOB, 1, BuildState.RUNNING)
-    store.move_job(X86_JOB, 1, BuildState.SUCCEEDED, exit_code=0)
+    store.jobs.start(X86_JOB, 1)
+    store.jobs.finish(X86_JOB, 1, Outcome(BuildState.SUCCEEDED, exit_code=0))
     with pytest.raises(IllegalTransition) as exc:
-        store.move_job(X86_JOB, 1, BuildState.RUNNING, worker="again")
+        store.jobs.start(X86_JOB, 1, worker="again")
     assert (exc.value.current, exc.value.new) == ("succeeded", "running")
-    job = store.job(X86_JOB).view
+    job = store.jobs.get(X86_JOB).view
     assert job.state is BuildState.SUCCEEDED
     assert job.worker is None
 
 
 def test_a_queued_job_cannot_skip_to_succeeded(store, built):
     with pytest.raises(IllegalTransition):
-        store.move_job(ARM_JOB, 1, BuildState.SUCCEEDED)
-    assert store.job(ARM_JOB).view.state is BuildState.QUEUED
+        store.jobs.finish(ARM_JOB, 1, Outcome(BuildState.SUCCEEDED))
+    assert store.jobs.get(ARM_JOB).view.state is BuildState.QUEUED
 
 
 def test_a_queued_job_can_be_cancelled(store, built):
-    view = store.move_job(ARM_JOB, 1, BuildState.CANCELLED)
+    view = store.jobs.finish(ARM_JOB, 1, Outcome(BuildState.CANCELLED))
     assert view.state is BuildState.CANCELLED
     assert view.started_at is None
     assert view.finished_at is not None
 
 
 def test_jobs_of_a_build_lists_each_job_once(store, built):
-    records = store.jobs_of(BUILD)
+    records = store.jobs.of_build(BUILD)
     assert sorted(record.view.job_id for record in records) == [X86_JOB, ARM_JOB]
     assert all(record.build_id == BUILD for record in records)
 
@@ -262,30 +265,30 @@ def test_jobs_of_a_build_lists_each_job_once(store, built):
 def test_two_builds_keep_their_jobs_apart(store, built):
     other = BuildId("b-fedcba9876543210")
     _one_job_build(store, other, "j-00000000000000ff")
-    assert [r.view.job_id for r in store.jobs_of(other)] == ["j-00000000000000ff"]
-    assert len(store.jobs_of(BUILD)) == 2
+    assert [r.view.job_id for r in store.jobs.of_build(other)] == ["j-00000000000000ff"]
+    assert len(store.jobs.of_build(BUILD)) == 2
 
 
 def test_an_unknown_build_is_not_found(store, built):
     with pytest.raises(NotFound, match="b-ffffffffffffffff"):
-        store.build(BuildId("b-ffffffffffffffff"))
+        store.builds.get(BuildId("b-ffffffffffffffff"))
     with pytest.raises(NotFound):
-        store.build_settings(BuildId("b-ffffffffffffffff"), X86)
-    assert store.jobs_of(BuildId("b-ffffffffffffffff")) == []
+        store.builds.settings(BuildId("b-ffffffffffffffff"), X86)
+    assert store.jobs.of_build(BuildId("b-ffffffffffffffff")) == []
 
 
 def test_an_unknown_job_is_not_found(store, built):
     with pytest.raises(NotFound, match="j-ffffffffffffffff"):
-        store.job(JobId("j-ffffffffffffffff"))
+        store.jobs.get(JobId("j-ffffffffffffffff"))
     with pytest.raises(NotFound):
-        store.move_job(JobId("j-ffffffffffffffff"), 1, BuildState.RUNNING)
+        store.jobs.start(JobId("j-ffffffffffffffff"), 1)
 
 
 # The columns are plain DateTime, so SQLite (and PostgreSQL's "timestamp without
 # time zone") hand back naive datetimes: add_build answers with "+00:00" times and
 # every later read without an offset.
 def test_timestamps_read_back_as_the_same_aware_instants(store, built):
-    view = store.build(BUILD)
+    view = store.builds.get(BUILD)
     assert isinstance(view.created_at, datetime)
     assert view.created_at.tzinfo is not None
     assert view.created_at == built.created_at
@@ -294,7 +297,7 @@ def test_timestamps_read_back_as_the_same_aware_instants(store, built):
 
 def _one_job_build(store, build_id, job_id, target=X86, submitter=None):
     arch = "amd64" if target == X86 else "arm64"
-    return store.add_build(
+    return store.builds.add(
         NewBuild(
             build_id=BuildId(build_id),
             source=DIGEST,
@@ -315,38 +318,39 @@ def test_missing_blobs_answers_across_more_digests_than_one_query_holds(store):
     digests = [_digest(n) for n in range(1234)]
     stored = set(digests[::7])
     for digest in stored:
-        store.add_blobs({digest: 10})
+        store.sources.add_blobs({digest: 10})
     assert any(digests.index(d) > 1000 for d in stored)
-    assert store.missing_blobs(digests) == [d for d in digests if d not in stored]
+    assert store.sources.missing_blobs(digests) == [d for d in digests if d not in stored]
 
 
 def test_missing_blobs_lists_a_repeated_digest_once(store):
-    store.add_blobs({_digest(1): 1})
-    assert store.missing_blobs([_digest(2), _digest(1), _digest(2)]) == [_digest(2)]
-    assert store.missing_blobs([]) == []
+    store.sources.add_blobs({_digest(1): 1})
+    assert store.sources.missing_blobs([_digest(2), _digest(1), _digest(2)]) == [_digest(2)]
+    assert store.sources.missing_blobs([]) == []
 
 
 def test_adding_a_blob_twice_keeps_one_record(store):
-    store.add_blobs({_digest(5): 3})
-    store.add_blobs({_digest(5): 3})
-    assert store.missing_blobs([_digest(5)]) == []
+    store.sources.add_blobs({_digest(5): 3})
+    store.sources.add_blobs({_digest(5): 3})
+    assert store.sources.missing_blobs([_digest(5)]) == []
 
 
 def test_a_tree_reads_back_as_it_was_added(store):
     status = SourceStatus(digest=_digest(9), files=3, total_bytes=48, commit="a" * 40)
-    store.add_tree(status)
-    assert store.tree(_digest(9)) == status
+    store.sources.add_tree(status)
+    assert store.sources.tree(_digest(9)) == status
 
 
 def test_adding_a_tree_twice_keeps_the_first_record(store):
-    store.add_tree(SourceStatus(digest=_digest(9), files=3, total_bytes=48))
-    store.add_tree(SourceStatus(digest=_digest(9), files=3, total_bytes=48, commit="b" * 40))
-    assert store.tree(_digest(9)).commit is None
+    store.sources.add_tree(SourceStatus(digest=_digest(9), files=3, total_bytes=48))
+    store.sources.add_tree(
+        SourceStatus(digest=_digest(9), files=3, total_bytes=48, commit="b" * 40))
+    assert store.sources.tree(_digest(9)).commit is None
 
 
 def test_an_unknown_tree_is_not_found_and_says_how_to_send_it(store):
     with pytest.raises(NotFound, match="POST /v1/sources") as exc:
-        store.tree(_digest(7))
+        store.sources.tree(_digest(7))
     assert _digest(7) in str(exc.value)
 
 
@@ -355,7 +359,7 @@ def three_builds(store):
     _one_job_build(store, "b-0000000000000001", "j-0000000000000001", submitter="ada")
     _one_job_build(store, "b-0000000000000002", "j-0000000000000002", submitter="bob")
     _one_job_build(store, "b-0000000000000003", "j-0000000000000003", submitter="ada")
-    store.move_job(JobId("j-0000000000000002"), 1, BuildState.RUNNING, worker="w1")
+    store.jobs.start(JobId("j-0000000000000002"), 1, worker="w1")
 
 
 def _ids(views):
@@ -363,7 +367,7 @@ def _ids(views):
 
 
 def test_list_builds_shows_the_newest_first(store, three_builds):
-    assert _ids(store.list_builds(None, None, 10)) == [
+    assert _ids(store.builds.newest(None, None, 10)) == [
         "b-0000000000000003",
         "b-0000000000000002",
         "b-0000000000000001",
@@ -371,18 +375,19 @@ def test_list_builds_shows_the_newest_first(store, three_builds):
 
 
 def test_list_builds_respects_the_limit(store, three_builds):
-    assert _ids(store.list_builds(None, None, 2)) == ["b-0000000000000003", "b-0000000000000002"]
+    assert _ids(store.builds.newest(None, None, 2)) == ["b-0000000000000003", "b-0000000000000002"]
 
 
 def test_list_builds_filters_by_submitter(store, three_builds):
-    assert _ids(store.list_builds("ada", None, 10)) == ["b-0000000000000003", "b-0000000000000001"]
-    assert store.list_builds("nobody", None, 10) == []
+    assert _ids(store.builds.newest("ada", None, 10)) == [
+        "b-0000000000000003", "b-0000000000000001"]
+    assert store.builds.newest("nobody", None, 10) == []
 
 
 def test_list_builds_filters_by_the_state_derived_from_the_jobs(store, three_builds):
-    assert _ids(store.list_builds(None, BuildState.RUNNING, 10)) == ["b-0000000000000002"]
-    assert _ids(store.list_builds("ada", BuildState.QUEUED, 1)) == ["b-0000000000000003"]
-    assert store.list_builds(None, BuildState.SUCCEEDED, 10) == []
+    assert _ids(store.builds.newest(None, BuildState.RUNNING, 10)) == ["b-0000000000000002"]
+    assert _ids(store.builds.newest("ada", BuildState.QUEUED, 1)) == ["b-0000000000000003"]
+    assert store.builds.newest(None, BuildState.SUCCEEDED, 10) == []
 
 
 def _heartbeat(cpus=4.0):
@@ -400,8 +405,8 @@ def _heartbeat(cpus=4.0):
 
 
 def test_a_first_heartbeat_registers_the_worker(store):
-    store.heartbeat("w1", _heartbeat(), fresh_start=True)
-    [worker] = store.workers()
+    store.workers.heartbeat("w1", _heartbeat(), fresh_start=True)
+    [worker] = store.workers.all()
     assert worker.name == "w1"
     assert worker.info == _heartbeat()
     assert worker.started_at == worker.last_seen
@@ -409,39 +414,39 @@ def test_a_first_heartbeat_registers_the_worker(store):
 
 
 def test_a_later_heartbeat_updates_the_worker_but_keeps_its_start(store):
-    store.heartbeat("w1", _heartbeat(), fresh_start=True)
-    [first] = store.workers()
-    store.heartbeat("w1", _heartbeat(cpus=8.0), fresh_start=False)
-    [worker] = store.workers()
+    store.workers.heartbeat("w1", _heartbeat(), fresh_start=True)
+    [first] = store.workers.all()
+    store.workers.heartbeat("w1", _heartbeat(cpus=8.0), fresh_start=False)
+    [worker] = store.workers.all()
     assert worker.info.cpus == 8.0
     assert worker.last_seen > first.last_seen
     assert worker.started_at == first.started_at
 
 
 def test_a_fresh_start_heartbeat_resets_the_start_time(store):
-    store.heartbeat("w1", _heartbeat(), fresh_start=True)
-    [first] = store.workers()
-    store.heartbeat("w1", _heartbeat(), fresh_start=True)
-    [worker] = store.workers()
+    store.workers.heartbeat("w1", _heartbeat(), fresh_start=True)
+    [first] = store.workers.all()
+    store.workers.heartbeat("w1", _heartbeat(), fresh_start=True)
+    [worker] = store.workers.all()
     assert worker.started_at > first.started_at
     assert worker.started_at == worker.last_seen
 
 
 def test_workers_are_listed_by_name(store):
     for name in ("w2", "w10", "w1"):
-        store.heartbeat(name, _heartbeat(), fresh_start=True)
-    assert [w.name for w in store.workers()] == ["w1", "w10", "w2"]
+        store.workers.heartbeat(name, _heartbeat(), fresh_start=True)
+    assert [w.name for w in store.workers.all()] == ["w1", "w10", "w2"]
 
 
 def test_running_jobs_are_grouped_by_worker(store, built):
     _one_job_build(store, "b-0000000000000001", "j-0000000000000001")
     _one_job_build(store, "b-0000000000000002", "j-0000000000000002")
-    store.move_job(X86_JOB, 1, BuildState.RUNNING, worker="w1")
-    store.move_job(ARM_JOB, 1, BuildState.RUNNING, worker="w2")
-    store.move_job(JobId("j-0000000000000001"), 1, BuildState.RUNNING, worker="w1")
-    store.move_job(JobId("j-0000000000000002"), 1, BuildState.RUNNING, worker="w2")
-    store.move_job(ARM_JOB, 1, BuildState.SUCCEEDED, exit_code=0)
-    running = store.running_jobs()
+    store.jobs.start(X86_JOB, 1, worker="w1")
+    store.jobs.start(ARM_JOB, 1, worker="w2")
+    store.jobs.start(JobId("j-0000000000000001"), 1, worker="w1")
+    store.jobs.start(JobId("j-0000000000000002"), 1, worker="w2")
+    store.jobs.finish(ARM_JOB, 1, Outcome(BuildState.SUCCEEDED, exit_code=0))
+    running = store.jobs.running_by_worker()
     assert {worker: sorted(jobs) for worker, jobs in running.items()} == {
         "w1": sorted([X86_JOB, "j-0000000000000001"]),
         "w2": ["j-0000000000000002"],
@@ -449,34 +454,34 @@ def test_running_jobs_are_grouped_by_worker(store, built):
 
 
 def test_nothing_runs_on_a_fresh_farm(store, built):
-    assert store.running_jobs() == {}
-    store.move_job(X86_JOB, 1, BuildState.CANCELLED)
-    assert store.running_jobs() == {}
+    assert store.jobs.running_by_worker() == {}
+    store.jobs.finish(X86_JOB, 1, Outcome(BuildState.CANCELLED))
+    assert store.jobs.running_by_worker() == {}
 
 
 def test_oldest_queued_names_each_architectures_longest_wait(store, built):
     later = _one_job_build(store, "b-0000000000000001", "j-0000000000000001")
     queued_at = {job.arch: job.queued_at for job in built.jobs}
-    oldest = store.oldest_queued()
+    oldest = store.jobs.oldest_queued()
     assert oldest == queued_at
     assert all(when.tzinfo is not None for when in oldest.values())
 
-    store.move_job(X86_JOB, 1, BuildState.RUNNING, worker="w1")
-    store.move_job(ARM_JOB, 1, BuildState.CANCELLED)
-    assert store.oldest_queued() == {"amd64": later.jobs[0].queued_at}
+    store.jobs.start(X86_JOB, 1, worker="w1")
+    store.jobs.finish(ARM_JOB, 1, Outcome(BuildState.CANCELLED))
+    assert store.jobs.oldest_queued() == {"amd64": later.jobs[0].queued_at}
 
 
 def test_blobs_stored_in_a_pack_are_located_by_it_and_others_are_not(store):
-    store.add_blobs({_digest(1): 1, _digest(2): 2}, pack="p" * 64)
-    store.add_blobs({_digest(3): 3})
-    assert store.blob_packs([_digest(1), _digest(2), _digest(3), _digest(4)]) == {
+    store.sources.add_blobs({_digest(1): 1, _digest(2): 2}, pack="p" * 64)
+    store.sources.add_blobs({_digest(3): 3})
+    assert store.sources.blob_packs([_digest(1), _digest(2), _digest(3), _digest(4)]) == {
         _digest(1): "p" * 64, _digest(2): "p" * 64}
 
 
 def test_a_blob_recorded_alone_keeps_its_place_when_a_pack_repeats_it(store):
-    store.add_blobs({_digest(1): 1})
-    store.add_blobs({_digest(1): 1}, pack="p" * 64)
-    assert store.blob_packs([_digest(1)]) == {}
+    store.sources.add_blobs({_digest(1): 1})
+    store.sources.add_blobs({_digest(1): 1}, pack="p" * 64)
+    assert store.sources.blob_packs([_digest(1)]) == {}
 
 
 def test_a_database_from_another_schema_version_is_refused_with_what_to_do(tmp_path):
@@ -490,13 +495,13 @@ def test_a_database_from_another_schema_version_is_refused_with_what_to_do(tmp_p
 
 
 def test_a_job_reads_back_with_its_placement_and_wait_limit(store):
-    store.add_build(NewBuild(
+    store.builds.add(NewBuild(
         build_id=BUILD, source=DIGEST, cargo=CargoSpec(), timeout_s=60, env={}, submitter=None,
         jobs=[_new_job(ARM_JOB, ARM, "arm64", placement="cross-ok",
                        placed="native: waiting, as cross-ok allows nothing else online",
                        waiting="waiting: no arm64 worker online", wait_limit_s=600)],
     ))
-    job = store.job(ARM_JOB).view
+    job = store.jobs.get(ARM_JOB).view
     assert job.placement is Placement.CROSS_OK
     assert job.placed == "native: waiting, as cross-ok allows nothing else online"
     assert job.waiting == "waiting: no arm64 worker online"
@@ -504,58 +509,58 @@ def test_a_job_reads_back_with_its_placement_and_wait_limit(store):
 
 
 def test_requeue_moves_a_queued_job_to_another_queue_under_the_next_attempt(store, built):
-    store.set_waiting({ARM_JOB: "waiting: no arm64 worker online"})
-    moved = store.requeue(ARM_JOB, 1, ARM64_CROSS, "cross: because")
+    store.jobs.set_waiting({ARM_JOB: "waiting: no arm64 worker online"})
+    moved = store.jobs.requeue(ARM_JOB, 1, ARM64_CROSS, "cross: because")
     assert moved is not None
     assert (moved.queue.name, moved.attempt, moved.state) == (
         "crossfarm.builds.arm64.cross", 2, BuildState.QUEUED)
     assert moved.placed == "cross: because"
     assert moved.waiting is None
-    assert moved.queued_at == store.job(ARM_JOB).view.queued_at
+    assert moved.queued_at == store.jobs.get(ARM_JOB).view.queued_at
 
 
 def test_the_old_attempt_of_a_requeued_job_can_no_longer_start_it(store, built):
-    store.requeue(ARM_JOB, 1, ARM64_CROSS, "cross: because")
-    assert store.move_job(ARM_JOB, 1, BuildState.RUNNING, worker="late") is None
-    assert store.move_job(ARM_JOB, 2, BuildState.RUNNING, worker="w1") is not None
+    store.jobs.requeue(ARM_JOB, 1, ARM64_CROSS, "cross: because")
+    assert store.jobs.start(ARM_JOB, 1, worker="late") is None
+    assert store.jobs.start(ARM_JOB, 2, worker="w1") is not None
 
 
 def test_requeue_of_a_stale_attempt_changes_nothing(store, built):
-    assert store.requeue(ARM_JOB, 2, ARM64_CROSS, "cross: because") is None
-    job = store.job(ARM_JOB).view
+    assert store.jobs.requeue(ARM_JOB, 2, ARM64_CROSS, "cross: because") is None
+    job = store.jobs.get(ARM_JOB).view
     assert (job.queue.name, job.attempt) == ("crossfarm.builds.arm64", 1)
 
 
 def test_a_job_that_started_is_not_requeued(store, built):
-    store.move_job(ARM_JOB, 1, BuildState.RUNNING, worker="w1")
-    assert store.requeue(ARM_JOB, 1, ARM64_CROSS, "cross: because") is None
-    assert store.job(ARM_JOB).view.queue.name == "crossfarm.builds.arm64"
+    store.jobs.start(ARM_JOB, 1, worker="w1")
+    assert store.jobs.requeue(ARM_JOB, 1, ARM64_CROSS, "cross: because") is None
+    assert store.jobs.get(ARM_JOB).view.queue.name == "crossfarm.builds.arm64"
 
 
 def test_set_waiting_returns_only_the_jobs_whose_text_changed(store, built):
-    assert sorted(store.set_waiting({X86_JOB: "queued: a", ARM_JOB: "queued: b"})) == sorted(
+    assert sorted(store.jobs.set_waiting({X86_JOB: "queued: a", ARM_JOB: "queued: b"})) == sorted(
         [X86_JOB, ARM_JOB])
-    assert store.set_waiting({X86_JOB: "queued: a", ARM_JOB: "queued: c"}) == [ARM_JOB]
-    assert store.set_waiting({X86_JOB: "queued: a", ARM_JOB: "queued: c"}) == []
-    assert store.job(ARM_JOB).view.waiting == "queued: c"
+    assert store.jobs.set_waiting({X86_JOB: "queued: a", ARM_JOB: "queued: c"}) == [ARM_JOB]
+    assert store.jobs.set_waiting({X86_JOB: "queued: a", ARM_JOB: "queued: c"}) == []
+    assert store.jobs.get(ARM_JOB).view.waiting == "queued: c"
 
 
 def test_set_waiting_can_clear_the_text(store, built):
-    store.set_waiting({X86_JOB: "queued: a"})
-    assert store.set_waiting({X86_JOB: None}) == [X86_JOB]
-    assert store.job(X86_JOB).view.waiting is None
-    assert store.set_waiting({X86_JOB: None}) == []
+    store.jobs.set_waiting({X86_JOB: "queued: a"})
+    assert store.jobs.set_waiting({X86_JOB: None}) == [X86_JOB]
+    assert store.jobs.get(X86_JOB).view.waiting is None
+    assert store.jobs.set_waiting({X86_JOB: None}) == []
 
 
 def test_set_waiting_leaves_a_job_that_is_no_longer_queued_alone(store, built):
-    store.move_job(X86_JOB, 1, BuildState.RUNNING, worker="w1")
-    assert store.set_waiting({X86_JOB: "queued: a"}) == []
-    assert store.job(X86_JOB).view.waiting is None
+    store.jobs.start(X86_JOB, 1, worker="w1")
+    assert store.jobs.set_waiting({X86_JOB: "queued: a"}) == []
+    assert store.jobs.get(X86_JOB).view.waiting is None
 
 
 def test_queued_jobs_lists_only_the_queued_ones_oldest_first(store, built):
     _one_job_build(store, "b-0000000000000001", "j-0000000000000001")
-    store.move_job(X86_JOB, 1, BuildState.RUNNING, worker="w1")
-    queued = store.queued_jobs()
+    store.jobs.start(X86_JOB, 1, worker="w1")
+    queued = store.jobs.queued()
     assert [record.view.job_id for record in queued] == [ARM_JOB, "j-0000000000000001"]
     assert [record.build_id for record in queued] == [BUILD, "b-0000000000000001"]

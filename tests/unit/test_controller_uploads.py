@@ -58,12 +58,17 @@ class Storage:
         self.aborted.append(upload)
 
 
-class Store:
-    def __init__(self, jobs):
-        self.jobs = jobs
+class Jobs:
+    def __init__(self, views):
+        self.views = views
 
-    def jobs_of(self, build_id):
-        return [SimpleNamespace(view=view) for view in self.jobs.get(build_id, [])]
+    def of_build(self, build_id):
+        return [SimpleNamespace(view=view) for view in self.views.get(build_id, [])]
+
+
+class Store:
+    def __init__(self, views):
+        self.jobs = Jobs(views)
 
 
 def test_the_sweep_aborts_what_no_running_attempt_owns_and_counts_it():

@@ -1,0 +1,119 @@
+"""The job lifecycle: send a recorded job to its queue, let a worker start it, record
+how it ended, re-run or move it; each move is told to the build's live stream.
+
+The use-cases of a build as a whole (submit, cancel, list, view) are in builds.py;
+the placer decides when a job moves, this module moves it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from crossfarm.controller.farm import Farm
+from crossfarm.controller.placement import Decision
+from crossfarm.controller.store.jobs import JobRecord, Outcome
+from crossfarm.shared.errors import BrokerError, Conflict, InvalidRequest
+from crossfarm.shared.ids import BuildId, JobId
+from crossfarm.shared.states import BuildState
+from crossfarm.shared.wire import Event, JobFinished, JobMessage, JobStarted, JobView, StartVerdict
+
+log = logging.getLogger(__name__)
+
+
+def tell(farm: Farm, build_id: BuildId, event: Event) -> None:
+    """Add to a build's live stream. The record is already updated, so a Redis outage
+    only costs a live line: followers re-check the record and still see the end."""
+    try:
+        farm.events.append(build_id, event)
+    except BrokerError as exc:
+        log.warning("event for %s not streamed: %s", build_id, exc.message)
+
+
+def enqueue(farm: Farm, build_id: BuildId, job: JobView) -> None:
+    """Send a recorded job to its queue. If the broker is away, the job stays queued in
+    the record: the placer re-sends a queued job whose message the broker does not hold
+    (reconcile_after_s), so an accepted build survives a Redis outage."""
+    settings = farm.store.builds.settings(build_id, job.target)
+    message = JobMessage(
+        job_id=job.job_id, build_id=build_id, target=job.target, attempt=job.attempt,
+        source=settings.source, cargo=settings.cargo, timeout_s=settings.timeout_s,
+        env=settings.env, limits=farm.settings.tree_limits().to_wire(),
+    )
+    try:
+        farm.events.set_attempt(job.job_id, job.attempt)
+        farm.queue.enqueue(message, job.queue)
+    except Exception as exc:  # the broker's errors are many; the record must say what happened
+        log.warning("job %s stays queued: could not send it to %s: %s",
+                    job.job_id, job.queue, exc)
+        tell(farm, build_id, Event(
+            kind="log", target=job.target,
+            line=f"crossfarm: the broker is unreachable ({exc}); the job stays queued "
+                 f"and is sent once it is back"))
+        return
+    tell(farm, build_id, Event(kind="state", target=job.target, state=BuildState.QUEUED))
+
+
+def start(farm: Farm, job_id: JobId, report: JobStarted) -> StartVerdict:
+    """A worker asks to start a job; only the current attempt of a queued job may."""
+    record = farm.store.jobs.get(job_id)
+    if record.view.attempt != report.attempt:
+        return StartVerdict(proceed=False, reason=f"attempt {report.attempt} is stale")
+    if record.view.state is not BuildState.QUEUED:
+        return StartVerdict(proceed=False, reason=f"job is {record.view.state.value}")
+    moved = farm.store.jobs.start(job_id, report.attempt, worker=report.worker,
+                                  mode=report.mode, consumed_from=report.consumed_from)
+    if moved is None:
+        return StartVerdict(proceed=False, reason="another report changed the job first")
+    tell(farm, record.build_id, Event(kind="state", target=moved.target, state=BuildState.RUNNING))
+    return StartVerdict(proceed=True)
+
+
+def report_finished(farm: Farm, job_id: JobId, report: JobFinished) -> JobView:
+    """A worker reports how its attempt ended."""
+    record = farm.store.jobs.get(job_id)
+    if record.view.state is BuildState.CANCELLED:
+        return record.view  # cancelled while it ran: the cancel stands
+    if report.manifest is not None and report.manifest.job_id != job_id:
+        raise InvalidRequest("the manifest names another job")
+    moved = finish(farm, job_id, report.attempt, Outcome(
+        state=report.state, exit_code=report.exit_code, reason=report.reason,
+        manifest=report.manifest))
+    if moved is None:
+        raise Conflict(f"job {job_id} attempt {report.attempt} is no longer current")
+    return moved
+
+
+def finish(farm: Farm, job_id: JobId, attempt: int, outcome: Outcome) -> JobView | None:
+    """Move a job to a terminal state and tell the build's stream (and its end)."""
+    record = farm.store.jobs.get(job_id)
+    moved = farm.store.jobs.finish(job_id, attempt, outcome)
+    if moved is None:
+        return None
+    tell(farm, record.build_id, Event(kind="state", target=moved.target, state=outcome.state))
+    build = farm.store.builds.get(record.build_id)
+    if build.state.terminal:
+        tell(farm, record.build_id, Event(kind="end", state=build.state))
+    return moved
+
+
+def rerun(farm: Farm, record: JobRecord, decision: Decision, why: str) -> None:
+    """Run a running job again under the next attempt, on the queue `decision` names,
+    as its worker no longer does (`why`)."""
+    job = record.view
+    moved = farm.store.jobs.retry(job.job_id, job.attempt, decision.queue,
+                                  f"{decision.placed} (attempt {job.attempt + 1}: {why})")
+    if moved is not None:
+        log.warning("job %s: %s; re-run as attempt %d", job.job_id, why, moved.attempt)
+        tell(farm, record.build_id, Event(
+            kind="log", target=job.target,
+            line=f"crossfarm: {why}; re-running as attempt {moved.attempt}"))
+        enqueue(farm, record.build_id, moved)
+
+
+def resend(farm: Farm, record: JobRecord, decision: Decision) -> None:
+    """Send a queued job again, under the next attempt, to the queue `decision` names."""
+    job = record.view
+    moved = farm.store.jobs.requeue(job.job_id, job.attempt, decision.queue, decision.placed)
+    if moved is not None:
+        log.info("job %s sent to %s: %s", job.job_id, decision.queue, decision.placed)
+        enqueue(farm, record.build_id, moved)

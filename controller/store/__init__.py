@@ -1,0 +1,30 @@
+"""The system of record: the only package that imports SQLAlchemy. SQLite by default,
+PostgreSQL by URL.
+
+One database, four stores by what they keep: `schema.py` (the tables, the engine, the
+schema-version check), `builds.py` (what was asked), `jobs.py` (where each target's job
+stands; every move a conditional UPDATE), `sources.py` (blobs and trees), `workers.py`
+(heartbeats and drain requests). `Store` opens the database once and holds one of each.
+"""
+
+from __future__ import annotations
+
+from crossfarm.controller.store.builds import BuildStore
+from crossfarm.controller.store.jobs import JobStore
+from crossfarm.controller.store.schema import Database
+from crossfarm.controller.store.sources import SourceStore
+from crossfarm.controller.store.workers import WorkerStore
+
+
+class Store:
+    """The controller's record: builds, jobs, sources and workers in one database."""
+
+    def __init__(self, database_url: str) -> None:
+        self.db = Database(database_url)
+        self.builds = BuildStore(self.db)
+        self.jobs = JobStore(self.db)
+        self.sources = SourceStore(self.db)
+        self.workers = WorkerStore(self.db)
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,130 @@
+"""The builds: what was asked for, once, with the jobs it became."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from crossfarm.controller.store.jobs import job_view
+from crossfarm.controller.store.schema import BuildRow, Database, JobRow, now
+from crossfarm.shared.arch import Arch
+from crossfarm.shared.errors import NotFound
+from crossfarm.shared.ids import BuildId, JobId, SourceDigest
+from crossfarm.shared.keys import QueueKey
+from crossfarm.shared.states import BuildState, overall_state
+from crossfarm.shared.wire import BuildView, CargoSpec
+
+
+@dataclass(frozen=True)
+class NewJob:
+    job_id: JobId
+    target: str
+    arch: Arch
+    queue: QueueKey
+    placement: str
+    placed: str
+    waiting: str | None
+    wait_limit_s: int | None
+
+
+@dataclass(frozen=True)
+class NewBuild:
+    build_id: BuildId
+    source: SourceDigest
+    cargo: CargoSpec
+    timeout_s: int
+    jobs: list[NewJob]
+    #: {"all": {...}, "<target>": {...}}: the variables each job's container gets
+    env: dict[str, dict[str, str]]
+    submitter: str | None
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """A build's settings as one of its jobs gets them: its own target's variables
+    merged over the shared ones."""
+
+    source: SourceDigest
+    cargo: CargoSpec
+    timeout_s: int
+    env: dict[str, str]
+
+
+def _build_view(build: BuildRow) -> BuildView:
+    jobs = [job_view(job) for job in build.jobs]
+    return BuildView(
+        build_id=BuildId(build.id),
+        state=overall_state(job.state for job in jobs),
+        created_at=build.created_at,
+        source=SourceDigest(build.source),
+        cargo=CargoSpec.model_validate(build.cargo),
+        env_names=sorted({name for values in build.env.values() for name in values}),
+        submitter=build.submitter,
+        jobs=jobs,
+    )
+
+
+class BuildStore:
+    """Builds: record one with its jobs, read one back, list the newest."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def add(self, new: NewBuild) -> BuildView:
+        created = now()
+        build = BuildRow(
+            id=new.build_id,
+            created_at=created,
+            source=new.source,
+            cargo=new.cargo.model_dump(mode="json"),
+            timeout_s=new.timeout_s,
+            env=new.env,
+            submitter=new.submitter,
+            jobs=[
+                JobRow(
+                    id=job.job_id, target=job.target, arch=job.arch.value, queue=job.queue.name,
+                    state=BuildState.QUEUED.value, attempt=1, queued_at=created,
+                    placement=job.placement, placed=job.placed, waiting=job.waiting,
+                    wait_limit_s=job.wait_limit_s, sent_at=created,
+                )
+                for job in new.jobs
+            ],
+        )
+        with self._db.session() as session:
+            session.add(build)
+        return _build_view(build)
+
+    def get(self, build_id: BuildId) -> BuildView:
+        with self._db.session() as session:
+            return _build_view(self._row(session, build_id))
+
+    def settings(self, build_id: BuildId, target: str) -> BuildSettings:
+        """What a job message of `target` repeats from its build."""
+        with self._db.session() as session:
+            build = self._row(session, build_id)
+            return BuildSettings(
+                source=SourceDigest(build.source),
+                cargo=CargoSpec.model_validate(build.cargo),
+                timeout_s=build.timeout_s,
+                env={**build.env.get("all", {}), **build.env.get(target, {})},
+            )
+
+    @staticmethod
+    def _row(session: Session, build_id: BuildId) -> BuildRow:
+        build = session.get(BuildRow, build_id)
+        if build is None:
+            raise NotFound(f"no build {build_id}")
+        return build
+
+    def newest(self, submitter: str | None, state: BuildState | None, limit: int
+               ) -> list[BuildView]:
+        """The newest builds first, optionally only one submitter's or in one state."""
+        query = select(BuildRow).order_by(BuildRow.created_at.desc())
+        if submitter is not None:
+            query = query.where(BuildRow.submitter == submitter)
+        # A build's state is derived from its jobs, so filter after reading a bounded window.
+        with self._db.session() as session:
+            views = [_build_view(b) for b in session.scalars(query.limit(max(limit, 1) * 20))]
+        return [v for v in views if state is None or v.state is state][:limit]

@@ -1,0 +1,189 @@
+"""The tables and the connection: the database's shape, shared by the stores beside it.
+
+Six tables: `builds` and their `jobs`, `blobs` and `trees` (the sources), `workers`,
+and `crossfarm_meta` holding the schema version a database was made with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    String,
+    TypeDecorator,
+    create_engine,
+    event,
+    inspect,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+class _UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps stored in UTC and read back timezone-aware (SQLite drops the offset)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return as_utc(value) if value is not None else None
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: _UTCDateTime}
+
+
+class BuildRow(Base):
+    __tablename__ = "builds"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime]
+    source: Mapped[str] = mapped_column(String(64))
+    #: the CargoSpec, as JSON: a new cargo option needs no new column
+    cargo: Mapped[dict[str, Any]] = mapped_column(JSON)
+    timeout_s: Mapped[int]
+    env: Mapped[dict[str, Any]] = mapped_column(JSON)
+    submitter: Mapped[str | None] = mapped_column(String(200), index=True)
+    jobs: Mapped[list[JobRow]] = relationship(order_by="JobRow.target", lazy="selectin")
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    build_id: Mapped[str] = mapped_column(ForeignKey("builds.id"), index=True)
+    target: Mapped[str] = mapped_column(String(100))
+    arch: Mapped[str] = mapped_column(String(16))
+    queue: Mapped[str] = mapped_column(String(100))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempt: Mapped[int]
+    worker: Mapped[str | None] = mapped_column(String(200))
+    mode: Mapped[str | None] = mapped_column(String(16))
+    consumed_from: Mapped[str | None] = mapped_column(String(100))
+    placement: Mapped[str] = mapped_column(String(16))
+    placed: Mapped[str | None] = mapped_column(String(500))
+    waiting: Mapped[str | None] = mapped_column(String(500))
+    wait_limit_s: Mapped[int | None]
+    queued_at: Mapped[datetime]
+    #: when its current attempt's message was sent to the broker
+    sent_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    exit_code: Mapped[int | None]
+    reason: Mapped[str | None] = mapped_column(String(4000))
+    manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+#: Bump on any change to the tables; a database made by another version is refused.
+SCHEMA_VERSION = 6
+
+
+class MetaRow(Base):
+    __tablename__ = "crossfarm_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+
+
+class BlobRow(Base):
+    __tablename__ = "blobs"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int]
+    #: the pack object holding it, or None when it is stored alone under blob_key
+    pack: Mapped[str | None] = mapped_column(String(64))
+    stored_at: Mapped[datetime]
+
+
+class TreeRow(Base):
+    __tablename__ = "trees"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    files: Mapped[int]
+    total_bytes: Mapped[int]
+    commit: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+
+
+class WorkerRow(Base):
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    info: Mapped[dict[str, Any]] = mapped_column(JSON)
+    started_at: Mapped[datetime]
+    last_seen: Mapped[datetime]
+    drain: Mapped[bool] = mapped_column(default=False)
+
+
+class Database:
+    """One engine and its transactions; refuses a database another schema version made."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = _create_engine(url)
+        self._check_schema(url)
+
+    def _check_schema(self, url: str) -> None:
+        """Create the tables in an empty database; refuse one another version made, rather
+        than fail later on a missing column."""
+        existing = set(inspect(self.engine).get_table_names())
+        if not existing:
+            Base.metadata.create_all(self.engine)
+            with self.session() as session:
+                session.add(MetaRow(key="schema_version", value=str(SCHEMA_VERSION)))
+            return
+        version = None
+        if MetaRow.__tablename__ in existing:
+            with self.session() as session:
+                row = session.get(MetaRow, "schema_version")
+                version = row.value if row else None
+        if version != str(SCHEMA_VERSION):
+            raise RuntimeError(
+                f"the database at {url} has schema version {version or 'unknown'}; this "
+                f"controller needs {SCHEMA_VERSION}. There are no migrations yet: keep the old "
+                "database with its controller, or point CROSSFARM_DATABASE_URL at a new one.")
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction, committed when the block ends."""
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _create_engine(url: str) -> Engine:
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    path = url.removeprefix("sqlite:///")
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        # WAL lets the SSE readers and the worker reports proceed side by side.
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return engine
