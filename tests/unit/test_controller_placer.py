@@ -6,6 +6,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import event
 
 from crossfarm.controller import jobs, placer
 from crossfarm.controller.builds import submit_build
@@ -533,3 +534,31 @@ def test_a_silent_workers_stale_list_is_not_held_against_its_jobs(make_farm):
     job = _job(farm, build)
     assert (job.state, job.attempt) == (BuildState.QUEUED, 2)
     assert "worker arm64-1 was lost" in job.placed
+
+
+def _statements(farm, chore):
+    """How many SQL statements `chore` sends to the farm's database."""
+    count = 0
+
+    def counted(*_args):
+        nonlocal count
+        count += 1
+
+    event.listen(farm.store.db.engine, "before_cursor_execute", counted)
+    try:
+        chore()
+    finally:
+        event.remove(farm.store.db.engine, "before_cursor_execute", counted)
+    return count
+
+
+def test_a_tick_reads_a_long_queue_in_as_many_statements_as_a_short_one(farm):
+    for _ in range(3):
+        _submit(farm)
+    placer.tick(farm)  # the first tick writes each job's waiting text
+    short = _statements(farm, lambda: placer.tick(farm))
+    for _ in range(40):
+        _submit(farm)
+    placer.tick(farm)
+    assert _statements(farm, lambda: placer.tick(farm)) == short
+    assert len(farm.store.jobs.queued()) == 43
