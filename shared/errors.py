@@ -14,7 +14,8 @@
     ├── LeaseLost                 a worker cut off from the controller gave up its job
     ├── BuildError                a build step failed on a worker
     │   ├── BuildTimeout          the build ran past its time limit
-    │   └── BuildCancelled        the build was cancelled while it ran
+    │   ├── BuildCancelled        the build was cancelled while it ran
+    │   └── LimitExceeded         the build crossed a hard limit (disk, log, artifacts)
     ├── FarmError                 (CLI) the farm refused a request or could not be reached
     └── UsageError                (CLI) the command line or the crate on disk needs fixing
 
@@ -121,6 +122,17 @@ class BuildTimeout(BuildError):
 
 class BuildCancelled(BuildError):
     """The build was cancelled while it ran."""
+
+
+class LimitExceeded(BuildError):
+    """The build crossed one of the worker's hard limits; the message starts with the
+    limit's kind ("disk:", "log:", "artifacts:") and names the budget and its setting."""
+
+    def __init__(self, kind: str, message: str, limit: int, setting: str) -> None:
+        super().__init__(f"{kind}: {message} (the worker's {setting})")
+        self.kind = kind
+        self.limit = limit
+        self.setting = setting
 
 
 class FarmError(CrossfarmError):

@@ -26,8 +26,29 @@ R = TypeVar("R")
 
 #: Streams and flags outlive their build by this long, then Redis drops them.
 RETENTION_S = 7 * 24 * 3600
-#: An upper bound on one build's stream, so a runaway log cannot fill Redis.
+#: Upper bounds on one build's stream, so a runaway log cannot fill Redis: a count, and
+#: the bytes of log events (state changes always go in). Past the bytes, the stream says
+#: so once and takes no more log lines; the stored log keeps every line.
 MAX_EVENTS = 200_000
+MAX_LOG_BYTES = 64 * 1024**2
+
+# Atomic, so two workers' jobs of one build cannot both slip past the bound.
+# KEYS: stream, byte counter. ARGV: event, its size, retention, byte bound, count bound,
+# "1" if the event is a log line (may be dropped), the notice to append once instead.
+_APPEND = """
+local total = redis.call('INCRBY', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+local event = ARGV[1]
+if ARGV[6] == '1' and total > tonumber(ARGV[4]) then
+    if total - tonumber(ARGV[2]) > tonumber(ARGV[4]) then
+        return false
+    end
+    event = ARGV[7]
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'e', event)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return id
+"""
 
 
 def _translated(method: Callable[P, R]) -> Callable[P, R]:
@@ -56,14 +77,23 @@ class Events:
         # into BrokerError within seconds, not hang a build's stop check for good.
         self._redis = redis.Redis.from_url(redis_url, socket_timeout=_TIMEOUT_S,
                                            socket_connect_timeout=_TIMEOUT_S)
+        self._append = self._redis.register_script(_APPEND)
 
     @_translated
-    def append(self, build_id: BuildId, event: Event) -> str:
-        key = keys.events_stream(build_id)
-        pipe = self._redis.pipeline()
-        pipe.xadd(key, {"e": event.model_dump_json(exclude_none=True)}, maxlen=MAX_EVENTS)
-        pipe.expire(key, RETENTION_S)
-        entry_id, _ = pipe.execute()
+    def append(self, build_id: BuildId, event: Event, max_log_bytes: int = MAX_LOG_BYTES
+               ) -> str | None:
+        """Add an event; its entry id, or None for a log line past the stream's bound."""
+        body = event.model_dump_json(exclude_none=True)
+        notice = Event(kind="log", target=event.target,
+                       line=f"crossfarm: this build's live log passed {max_log_bytes} bytes; "
+                            "the rest is in each target's stored log").model_dump_json(
+                                exclude_none=True)
+        entry_id = self._append(
+            keys=[keys.events_stream(build_id), keys.events_bytes(build_id)],
+            args=[body, len(body), RETENTION_S, max_log_bytes, MAX_EVENTS,
+                  "1" if event.kind == "log" else "0", notice])
+        if entry_id is None:
+            return None
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
     @_translated

@@ -100,6 +100,11 @@ def worker_selector(worker: str) -> list[str]:
     return [f"{LABEL}=1", f"{_WORKER_LABEL}={worker}"]
 
 
+def labelled_worker(labels: dict[str, str]) -> str | None:
+    """The worker a labelled container or volume belongs to, or None."""
+    return labels.get(_WORKER_LABEL)
+
+
 def labelled_task(labels: dict[str, str]) -> str | None:
     """The task id (see task_id) a labelled container or volume belongs to, or None."""
     job, attempt = labels.get(_JOB_LABEL), labels.get(_ATTEMPT_LABEL)
@@ -109,6 +114,11 @@ def labelled_task(labels: dict[str, str]) -> str | None:
 def events_stream(build_id: BuildId) -> str:
     """The Redis stream holding a build's log lines and state changes, in order."""
     return f"crossfarm:build:{build_id}:events"
+
+
+def events_bytes(build_id: BuildId) -> str:
+    """The Redis counter of the bytes appended to a build's event stream."""
+    return f"crossfarm:build:{build_id}:events-bytes"
 
 
 def cancel_flag(job_id: JobId) -> str:
