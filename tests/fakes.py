@@ -7,6 +7,8 @@ were asked, for tests to assert on.
 
 from __future__ import annotations
 
+import hashlib
+import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from crossfarm.shared.wire import (
     WorkerHeartbeat,
 )
 from crossfarm.worker.container import LineSink, Step, StepResult, StopCheck
+from crossfarm.worker.deps import DependencyError, LockedCrate
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,41 @@ class FakeContainer:
         return local
 
 
+class FakeShelf:
+    """A volume as the paths written into it."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.puts = 0
+
+    def has(self, path: str) -> bool:
+        return path in self.files
+
+    def put(self, tar: IO[bytes]) -> None:
+        self.puts += 1
+        with tarfile.open(fileobj=tar) as archive:
+            for member in archive:
+                data = archive.extractfile(member) if member.isfile() else None
+                self.files[member.name] = data.read() if data else b""
+
+
+class FakeCrates:
+    """A registry serving `crates` (by "<name>-<version>"), checked as Registry checks."""
+
+    def __init__(self, crates: dict[str, bytes] | None = None) -> None:
+        self.crates = crates or {}
+        self.downloaded: list[str] = []
+
+    def download(self, crate: LockedCrate, dest: IO[bytes]) -> None:
+        self.downloaded.append(crate.dirname)
+        data = self.crates.get(crate.dirname)
+        if data is None:
+            raise DependencyError(f"{crate.name} {crate.version}: the registry answered 404")
+        if hashlib.sha256(data).hexdigest() != crate.sha256:
+            raise DependencyError(f"{crate.name} {crate.version}: not the sha256 in Cargo.lock")
+        dest.write(data)
+
+
 class FakeDocker:
     """A container engine whose containers replay `replays`, one per container, in order.
     Every image is present unless named in `missing`; `broken` is raised by every call."""
@@ -83,6 +121,8 @@ class FakeDocker:
         self.removed: list[str] = []
         #: "<job>-<attempt>" of containers left over from an earlier life, for reap()
         self.leftovers: set[str] = set()
+        #: volumes written through shelf(), by name
+        self.shelves: dict[str, FakeShelf] = {}
 
     def _called(self, name: str) -> None:
         self.calls.append(name)
@@ -117,6 +157,11 @@ class FakeDocker:
             yield container
         finally:
             self.removed.append(" ".join(step.command))
+
+    @contextmanager
+    def shelf(self, volume: str, image: str) -> Iterator[FakeShelf]:
+        self._called("shelf")
+        yield self.shelves.setdefault(volume, FakeShelf())
 
     def reap(self, worker: str, keep: Callable[[], set[str]]) -> int:
         self._called("reap")
@@ -221,7 +266,8 @@ class FakeStorage:
 
 if TYPE_CHECKING:  # mypy holds each fake to its Protocol here
     from crossfarm.shared.storage import ObjectStore
-    from crossfarm.worker.container import ContainerRunner, StepContainer
+    from crossfarm.worker.container import ContainerRunner, Shelf, StepContainer
+    from crossfarm.worker.deps import CrateSource
     from crossfarm.worker.reporter import EventSink, HeartbeatReporter, JobReporter
 
     _runner: ContainerRunner = FakeDocker()
@@ -230,3 +276,5 @@ if TYPE_CHECKING:  # mypy holds each fake to its Protocol here
     _reporter: JobReporter = FakeReporter()
     _beats: HeartbeatReporter = FakeReporter()
     _storage: ObjectStore = FakeStorage()
+    _shelf: Shelf = FakeShelf()
+    _crates: CrateSource = FakeCrates()

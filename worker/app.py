@@ -14,6 +14,7 @@ from crossfarm.shared.events import Events
 from crossfarm.shared.storage import S3Store
 from crossfarm.worker import tasks
 from crossfarm.worker.container import Docker
+from crossfarm.worker.deps import Registry
 from crossfarm.worker.heartbeat import (
     ConsumerWatchdog,
     ContainerReaper,
@@ -89,6 +90,8 @@ def create_worker_app(settings: WorkerSettings, host: Arch) -> Celery:
             storage=S3Store(settings.storage()),
             reporter=Reporter(settings.controller_url, settings.worker_token,
                               Events(settings.redis_url)),
+            crates=Registry(settings.registry_url, settings.max_crate_bytes,
+                            verify=str(settings.ca_bundle) if settings.ca_bundle else True),
             lease=lease,
         )
 

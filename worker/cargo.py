@@ -1,4 +1,5 @@
-"""The cargo command lines of a job's two steps: fetch (network on), build (network off)."""
+"""The cargo command lines of a job: the build (network off), and for a crate with no
+Cargo.lock, making one (network on, with none of the crate's configuration)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ SRC = f"{WORK}/src"
 TARGET_DIR = f"{WORK}/target"
 
 
-def fetch_command(job: JobMessage, locked: bool) -> list[str]:
-    """Download the dependencies for this target into the shared cargo home."""
-    return ["cargo", "fetch", "--target", job.target, *(["--locked"] if locked else [])]
+#: Resolves the manifests against the registry's index; builds nothing, runs no crate code.
+LOCK_COMMAND = ["cargo", "generate-lockfile"]
 
 
 def build_command(job: JobMessage, locked: bool, jobs: int) -> list[str]:

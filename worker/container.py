@@ -43,6 +43,8 @@ class Step:
     network: bool
     #: named volumes → mount point
     volumes: dict[str, str]
+    #: named volumes → read-only mount point (shared between builds: never writable)
+    readonly_volumes: dict[str, str] = field(default_factory=dict)
     #: host files → read-only mount point
     binds: dict[Path, str] = field(default_factory=dict)
     cpus: float = 1.0
@@ -65,6 +67,13 @@ class StepContainer(Protocol):
     def copy_out(self, path: str, dest_dir: Path) -> Path: ...
 
 
+class Shelf(Protocol):
+    """A named volume the worker itself writes into, through a container never started."""
+
+    def has(self, path: str) -> bool: ...
+    def put(self, tar: IO[bytes]) -> None: ...
+
+
 class ContainerRunner(Protocol):
     """What a worker needs from a container engine; Docker is the one we ship."""
 
@@ -72,6 +81,7 @@ class ContainerRunner(Protocol):
     def image_id(self, name: str) -> str | None: ...
     def volume(self, name: str, labels: dict[str, str]) -> AbstractContextManager[str]: ...
     def container(self, step: Step) -> AbstractContextManager[StepContainer]: ...
+    def shelf(self, volume: str, image: str) -> AbstractContextManager[Shelf]: ...
     def reap(self, worker: str, keep: Callable[[], set[str]]) -> int: ...
 
 
@@ -109,6 +119,8 @@ class Docker:
         """A created (not started) container for `step`, removed when the block ends.
         Engine errors inside the block become BuildError, naming the engine."""
         mounts = {name: {"bind": path, "mode": "rw"} for name, path in step.volumes.items()}
+        for name, path in step.readonly_volumes.items():
+            mounts[name] = {"bind": path, "mode": "ro"}
         for host, path in step.binds.items():
             mounts[str(host)] = {"bind": path, "mode": "ro"}
         raw = self._client.containers.create(
@@ -135,6 +147,21 @@ class Docker:
             with suppress(docker.errors.NotFound):
                 raw.remove(force=True, v=False)
 
+    @contextmanager
+    def shelf(self, volume: str, image: str) -> Iterator[VolumeShelf]:
+        """`volume` mounted read-write at its root in a container that never starts (no
+        code runs in it): the engine itself reads and writes the files."""
+        raw = self._client.containers.create(
+            image=image, command=["true"], user="0:0", network_mode="none",
+            volumes={volume: {"bind": _SHELF, "mode": "rw"}}, labels={keys.LABEL: "1"})
+        try:
+            yield VolumeShelf(raw)
+        except docker.errors.APIError as exc:
+            raise BuildError(f"docker engine error: {exc.explanation or exc}") from exc
+        finally:
+            with suppress(docker.errors.NotFound):
+                raw.remove(force=True, v=False)
+
     def reap(self, worker: str, keep: Callable[[], set[str]]) -> int:
         """Remove this worker's containers and job volumes whose "<job>-<attempt>" is not in
         keep() (leftovers of a build process that died). keep() is read after listing, so
@@ -155,6 +182,31 @@ class Docker:
                 thing.remove(force=True)
                 removed += 1
         return removed
+
+
+#: Where a shelf's volume is mounted in its container.
+_SHELF = "/shelf"
+
+
+class VolumeShelf:
+    """A volume written through a stopped container; see Docker.shelf."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+
+    def has(self, path: str) -> bool:
+        try:
+            chunks, _stat = self._raw.get_archive(f"{_SHELF}/{path}")
+        except docker.errors.NotFound:
+            return False
+        for _chunk in chunks:  # the engine holds the container until the stream is read
+            pass
+        return True
+
+    def put(self, tar: IO[bytes]) -> None:
+        """Extract a tar stream at the volume's root; headers' owners and modes are kept."""
+        if not self._raw.put_archive(_SHELF, tar):
+            raise BuildError("could not write into the dependency volume")
 
 
 class Container:

@@ -1,8 +1,13 @@
 """One job, as a readable list of steps:
 
-    report start → fetch source → fetch dependencies (network on) → cargo build
-    (network off) → copy artifacts out → upload artifacts → write manifest last
-    → store the log → report the outcome
+    report start → fetch source → [make a Cargo.lock: network on, no crate config]
+    → registry crates into the verified deps volume (the worker's own downloads)
+    → cargo build (network off) → copy artifacts out → upload artifacts
+    → write manifest last → store the log → report the outcome
+
+No code of the crate runs while a network is reachable: the only networked step
+resolves a lock file with none of the crate's configuration, and dependencies are
+fetched by the worker (worker/deps.py), not by cargo.
 
 Expected failures (cargo errors, timeouts, cancels, storage) become the job's
 outcome; they are data, not crashes.
@@ -34,9 +39,10 @@ from crossfarm.shared.states import BuildState
 from crossfarm.shared.storage import ObjectStore
 from crossfarm.shared.tree import TreeLimits
 from crossfarm.shared.wire import JobFinished, JobMessage, JobStarted, Manifest, SourceTree
-from crossfarm.worker import cargo
+from crossfarm.worker import cargo, deps
 from crossfarm.worker.artifacts import ArtifactCollector, JobOutput, build_manifest
 from crossfarm.worker.container import ContainerRunner, Step, StopCheck
+from crossfarm.worker.deps import CrateSource, DependencyCache
 from crossfarm.worker.images import BUILD_UID, builder_image, job_mode, served_queues
 from crossfarm.worker.lease import Lease
 from crossfarm.worker.reporter import EventSink, JobReporter
@@ -67,6 +73,8 @@ class Toolbox:
     docker: ContainerRunner
     storage: ObjectStore
     reporter: JobReporter
+    #: where registry crates come from (verified against Cargo.lock on download)
+    crates: CrateSource
     #: None: the lease is never checked (a worker without a heartbeat, in tests)
     lease: Lease | None = None
 
@@ -215,10 +223,12 @@ def _compile_and_publish(run: JobRun) -> Manifest:
             source = job.source
             tree = retry.run("source download", lambda: fetch_tree(tools.storage, source, limits))
             tar = _source_tar(run, retry, source, tree, limits)
-        locked = any(entry.path == "Cargo.lock" for entry in tree.entries)
-        with tar, tools.docker.volume(run.volume, run.labels):
-            _fetch(run, locked, tar)
-            files = _compile(run, locked, Path(scratch))
+        lock = _lock_file(run, tree)
+        with tar:
+            with run.log.timed("dependencies"):
+                vendored = _dependencies(run, tree, lock, Path(scratch))
+            with vendored, tools.docker.volume(run.volume, run.labels):
+                files = _compile(run, lock is not None, [tar, vendored], Path(scratch))
         with run.log.timed("artifact upload"):
             return retry.run("artifact upload", lambda: _publish(
                 tools.storage, job, files, run.stop))
@@ -243,18 +253,63 @@ def _source_tar(run: JobRun, retry: Retry, source: SourceDigest, tree: SourceTre
     return tar
 
 
-def _fetch(run: JobRun, locked: bool, tar: IO[bytes]) -> None:
-    """The dependency fetch step: the only one with a network, and without the job's env."""
-    step = _step(run, cargo.fetch_command(run.job, locked), network=True)
-    with run.log.timed("dependency fetch step"), run.tools.docker.container(step) as container:
+def _lock_file(run: JobRun, tree: SourceTree) -> bytes | None:
+    """The crate's own Cargo.lock (from the blob cache), or None if it has none."""
+    entry = next((e for e in tree.entries if e.path == "Cargo.lock" and e.kind == "file"), None)
+    if entry is None:
+        return None
+    cache = run.settings.scratch_dir / "blobs"
+    with cache_lock(cache):
+        return (cache / (entry.sha256 or "")).read_bytes()
+
+
+def _dependencies(run: JobRun, tree: SourceTree, lock: bytes | None, scratch: Path
+                  ) -> IO[bytes]:
+    """Every registry crate of the lock file in the deps volume; returns the tar of the
+    job's vendor links and cargo home (and of the Cargo.lock made, if it had none)."""
+    made = None
+    if lock is None:
+        lock = made = _make_lock(run, tree, scratch)
+    try:
+        crates = deps.locked_crates(lock.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise deps.DependencyError("Cargo.lock is not UTF-8 text") from None
+    cache = DependencyCache(
+        runner=run.tools.docker, crates=run.tools.crates, volume=run.settings.deps_volume,
+        image=run.image, lock_path=run.settings.scratch_dir / "deps.lock", scratch=scratch)
+    fetched = cache.provide(crates, run.log)
+    run.log(f"crossfarm: {len(crates)} crate(s) from the verified dependency volume, "
+            f"{fetched} downloaded now")
+    out = tempfile.TemporaryFile(dir=scratch)  # noqa: SIM115 - the caller closes it
+    deps.vendor_tar(crates, BUILD_UID, out, lock_file=made)
+    out.seek(0)
+    return out
+
+
+def _make_lock(run: JobRun, tree: SourceTree, scratch: Path) -> bytes:
+    """A Cargo.lock for a crate that has none: cargo resolves the manifests against the
+    registry's index with the network on, so the crate's own configuration (.cargo/,
+    which may name programs for cargo to run) is left out of that step."""
+    cache = run.settings.scratch_dir / "blobs"
+    with cache_lock(cache):
+        tar = container_tar(tree, cache, "src", BUILD_UID,
+                            keep=lambda path: ".cargo" not in path.split("/"))
+    step = _step(run, cargo.LOCK_COMMAND, network=True)
+    with (tar, run.log.timed("Cargo.lock step (network on, no crate configuration)"),
+          run.tools.docker.container(step) as container):
         container.put(cargo.WORK, tar)
         result = container.run(lambda _s, line: run.log(line), run.deadline, run.stop)
-    if result.exit_code != 0:
-        raise BuildError("fetching dependencies failed (see the log above)",
-                         exit_code=result.exit_code)
+        if result.exit_code != 0:
+            raise BuildError("making a Cargo.lock failed (see the log above); commit one "
+                             "to build exactly what you tested", exit_code=result.exit_code)
+        made = container.copy_out(f"{cargo.SRC}/Cargo.lock", scratch)
+    run.log("crossfarm: no Cargo.lock in the source: made one with the newest compatible "
+            "versions")
+    return made.read_bytes()
 
 
-def _compile(run: JobRun, locked: bool, tmp: Path) -> list[Path]:
+def _compile(run: JobRun, locked: bool, inputs: list[IO[bytes]], tmp: Path) -> list[Path]:
+    """The build step, network off: `inputs` (tars) go into the job volume first."""
     settings = run.settings
     collector = ArtifactCollector()
 
@@ -266,6 +321,8 @@ def _compile(run: JobRun, locked: bool, tmp: Path) -> list[Path]:
     jobs = max(1, int(settings.build_cpus))
     step = _step(run, cargo.build_command(run.job, locked, jobs), network=False)
     with run.log.timed("build step"), run.tools.docker.container(step) as container:
+        for tar in inputs:
+            container.put(cargo.WORK, tar)
         result = container.run(sink, run.deadline, run.stop)
         if result.oom_killed:
             raise BuildError("out-of-memory: the build container hit its memory limit of "
@@ -291,17 +348,23 @@ def _stop_check(tools: Toolbox, job: JobMessage) -> StopCheck:
 
 
 def _step(run: JobRun, command: list[str], network: bool) -> Step:
+    """The build step (network off: the job volume, the deps volume read-only, the
+    request's variables) or the lock step (network on: none of those)."""
     settings = run.settings
-    # The request's variables reach only the offline build step, never the networked one.
-    env = {**({} if network else run.job.env), "CARGO_TARGET_DIR": cargo.TARGET_DIR}
-    binds = {}
-    if network and settings.ca_bundle is not None:
-        binds[settings.ca_bundle] = _CA_IN_CONTAINER
-        env["CARGO_HTTP_CAINFO"] = _CA_IN_CONTAINER
+    binds, volumes, readonly = {}, {}, {}
+    if network:
+        env = {"CARGO_HOME": "/tmp/cargo-home"}
+        if settings.ca_bundle is not None:
+            binds[settings.ca_bundle] = _CA_IN_CONTAINER
+            env["CARGO_HTTP_CAINFO"] = _CA_IN_CONTAINER
+    else:
+        env = {**run.job.env, "CARGO_TARGET_DIR": cargo.TARGET_DIR,
+               "CARGO_HOME": f"{cargo.WORK}/{deps.CARGO_HOME}"}
+        volumes, readonly = {run.volume: cargo.WORK}, {settings.deps_volume: deps.DEPS}
     return Step(
         image=run.image, command=command, workdir=cargo.SRC,
         user=f"{BUILD_UID}:{BUILD_UID}", env=env, network=network,
-        volumes={run.volume: cargo.WORK, settings.cargo_home_volume: "/cargo"}, binds=binds,
+        volumes=volumes, readonly_volumes=readonly, binds=binds,
         cpus=settings.build_cpus, memory_bytes=settings.build_memory_bytes,
         pids=settings.build_pids, labels=run.labels,
     )

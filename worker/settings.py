@@ -32,11 +32,17 @@ class WorkerSettings(FarmSettings):
     labels: dict[str, str] = Field(default_factory=dict)
     heartbeat_s: float = Field(default=5.0, gt=0)
     builder_image: str = "crossfarm/builder:1"
-    cargo_home_volume: str = "crossfarm-cargo-home"
+    #: the worker's shared dependency volume: crates checked against Cargo.lock's sha256,
+    #: written by the worker only, mounted read-only into builds
+    deps_volume: str = "crossfarm-deps"
+    #: where the worker downloads crates.io packages (<url>/<name>/<name>-<version>.crate)
+    registry_url: str = "https://static.crates.io/crates"
+    max_crate_bytes: int = Field(default=64 * 1024**2, ge=1024)
     build_cpus: float = Field(default_factory=lambda: float(os.cpu_count() or 1), gt=0)
     build_memory_bytes: int = Field(default=8 * 1024**3, ge=256 * 1024**2)
     build_pids: int = Field(default=4096, ge=64)
-    #: a CA bundle for the dependency-fetch step, for registries behind a TLS-inspecting proxy
+    #: a CA bundle for crate downloads and Cargo.lock generation, for registries behind a
+    #: TLS-inspecting proxy
     ca_bundle: Path | None = None
     scratch_dir: Path = Path(".crossfarm/worker")
     #: the source blob cache's budget: least recently used blobs beyond it are deleted

@@ -14,7 +14,7 @@ import os
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -164,8 +164,10 @@ def trim_cache(cache: Path, budget_bytes: int, keep_s: float) -> tuple[int, int]
     return removed, freed
 
 
-def container_tar(tree: SourceTree, cache: Path, prefix: str, uid: int) -> IO[bytes]:
-    """The tree under `prefix`, owned by `uid`, as an uncompressed tar.
+def container_tar(tree: SourceTree, cache: Path, prefix: str, uid: int,
+                  keep: Callable[[str], bool] | None = None) -> IO[bytes]:
+    """The tree under `prefix`, owned by `uid`, as an uncompressed tar (only the entries
+    whose path `keep` accepts, if given).
 
     The Docker engine keeps a tar's uid/gid when copying into a container, so the
     non-root build user owns its tree without a chown step as root.
@@ -174,6 +176,8 @@ def container_tar(tree: SourceTree, cache: Path, prefix: str, uid: int) -> IO[by
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         directories: set[str] = set()
         for entry in sorted(tree.entries, key=lambda e: e.path):
+            if keep is not None and not keep(entry.path):
+                continue
             parts = f"{prefix}/{entry.path}".split("/")
             for depth in range(1, len(parts)):
                 directory = "/".join(parts[:depth])

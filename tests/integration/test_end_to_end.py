@@ -85,10 +85,10 @@ def test_aarch64_binary_runs_under_qemu_user_and_prints_its_answer(built):
 def test_each_job_went_through_its_architectures_queue_and_names_worker_and_mode(built):
     _, build, _ = built
     jobs = {job.target: job for job in build.jobs}
-    assert jobs[X86].queue == jobs[X86].consumed_from == "crossfarm.builds.amd64"
+    assert jobs[X86].queue.name == jobs[X86].consumed_from == "crossfarm.builds.amd64"
     # No arm64 worker here: cross-ok (the local farm's default) sends it to the queue of
     # workers with an arm64 cross toolchain, and the record says why.
-    assert jobs[ARM].queue == jobs[ARM].consumed_from == "crossfarm.builds.arm64.cross"
+    assert jobs[ARM].queue.name == jobs[ARM].consumed_from == "crossfarm.builds.arm64.cross"
     assert jobs[ARM].placed.startswith("cross: no arm64 worker online; cross-ok allows")
     assert jobs[X86].placed == "native: an amd64 worker is online"
     assert jobs[X86].mode == "native"

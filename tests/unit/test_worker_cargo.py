@@ -1,7 +1,7 @@
 import pytest
 
 from crossfarm.shared.wire import JobMessage
-from crossfarm.worker.cargo import build_command, fetch_command
+from crossfarm.worker.cargo import LOCK_COMMAND, build_command
 
 ARM = "aarch64-unknown-linux-gnu"
 
@@ -31,13 +31,8 @@ def _value_after(command, flag):
     return command[command.index(flag) + 1]
 
 
-@pytest.mark.parametrize("locked", [True, False])
-def test_fetch_downloads_for_the_target(locked):
-    command = fetch_command(_job(), locked=locked)
-    assert command[:2] == ["cargo", "fetch"]
-    assert _value_after(command, "--target") == ARM
-    assert "--offline" not in command
-    assert ("--locked" in command) is locked
+def test_a_lock_file_is_made_by_resolving_only():
+    assert LOCK_COMMAND == ["cargo", "generate-lockfile"]
 
 
 def test_build_runs_offline_for_the_target_and_profile():

@@ -7,7 +7,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from fakes import FakeDocker, FakeReporter, FakeStorage, Replay
+from fakes import FakeCrates, FakeDocker, FakeReporter, FakeStorage, Replay
 
 from crossfarm.shared import keys
 from crossfarm.shared.arch import Arch, BuildMode
@@ -44,7 +44,7 @@ def _tools(tmp_path, reporter):
     settings = WorkerSettings(worker_name="w1", cross_arches=[Arch.ARM64],
                               scratch_dir=tmp_path / "scratch")
     return Toolbox(settings=settings, host=Arch.AMD64, docker=FakeDocker(),
-                   storage=FakeStorage(), reporter=reporter)
+                   storage=FakeStorage(), reporter=reporter, crates=FakeCrates())
 
 
 @pytest.mark.parametrize(
@@ -106,7 +106,7 @@ def test_an_unexpected_failure_ends_the_job_as_failed_with_the_reason(tmp_path):
     settings = WorkerSettings(worker_name="w1", scratch_dir=tmp_path / "scratch")
     docker = FakeDocker(broken=RuntimeError("engine socket vanished"))
     tools = Toolbox(settings=settings, host=Arch.AMD64, docker=docker,
-                    storage=FakeStorage(), reporter=reporter)
+                    storage=FakeStorage(), reporter=reporter, crates=FakeCrates())
 
     state = run_job(tools, _job(X86), consumed_from=keys.QueueKey(Arch.AMD64).name)
 
@@ -155,7 +155,8 @@ def test_a_worker_cut_off_past_its_lease_abandons_the_job_and_reports_no_outcome
     lease.renewed(lost_after_s=30)
     now[0] += 61
     tools = Toolbox(settings=settings, host=Arch.AMD64, docker=FakeDocker(),
-                    storage=storage, reporter=reporter, lease=lease)
+                    storage=storage, reporter=reporter, lease=lease,
+                    crates=FakeCrates())
 
     assert run_job(tools, _job(X86), consumed_from=keys.QueueKey(Arch.AMD64).name) is None
 
@@ -179,7 +180,7 @@ def test_the_worker_checks_the_tree_against_the_limits_the_job_carries(tmp_path,
                               storage_retry_s=0)
     storage = FakeStorage({keys.tree_key(tree_digest(tree)): tree.model_dump_json().encode()})
     tools = Toolbox(settings=settings, host=Arch.AMD64, docker=FakeDocker(),
-                    storage=storage, reporter=reporter)
+                    storage=storage, reporter=reporter, crates=FakeCrates())
     job = _job(X86).model_copy(update={"source": tree_digest(tree), "limits": limits})
 
     assert run_job(tools, job, consumed_from=keys.QueueKey(Arch.AMD64).name) is BuildState.FAILED
@@ -197,15 +198,16 @@ def _recorded(name, stream):
     return [(stream, line) for line in (RECORDED / name).read_text().splitlines()]
 
 
-def _stored_crate(storage, root):
-    """Store a crate as the controller does (a tree, its blobs alone); returns its digest."""
+def _stored_crate(storage, root, replace=None):
+    """Store a crate as the controller does (a tree, its blobs alone); returns its digest.
+    `replace`: file contents to use instead of the files' own, by relative path."""
     entries = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        data = path.read_bytes()
+        relative = path.relative_to(root).as_posix()
+        data = (replace or {}).get(relative, path.read_bytes())
         sha = hashlib.sha256(data).hexdigest()
         storage.objects[keys.blob_key(sha)] = data
-        entries.append(TreeEntry(path=path.relative_to(root).as_posix(), kind="file",
-                                 sha256=sha, size=len(data)))
+        entries.append(TreeEntry(path=relative, kind="file", sha256=sha, size=len(data)))
     tree = SourceTree(entries=entries)
     digest = tree_digest(tree)
     storage.objects[keys.tree_key(digest)] = tree.model_dump_json().encode()
@@ -213,18 +215,45 @@ def _stored_crate(storage, root):
     return digest
 
 
+def _crate_file(name, version):
+    """A small .crate: a gzip'd tar of `<name>-<version>/`, as crates.io serves them."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for path, text in (("Cargo.toml", f'[package]\nname = "{name}"\n'),
+                           ("src/lib.rs", "pub fn f() {}\n")):
+            data = text.encode()
+            info = tarfile.TarInfo(f"{name}-{version}/{path}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def _registry_and_lock():
+    """A registry holding hello-c's two crates (stand-ins), and the Cargo.lock pinning them."""
+    crates = {"cc-1.11.3": _crate_file("cc", "1.11.3"),
+              "itoa-1.0.19": _crate_file("itoa", "1.0.19")}
+    lock = 'version = 4\n\n[[package]]\nname = "hello-c"\nversion = "0.1.0"\n'
+    for dirname, data in crates.items():
+        name, version = dirname.rsplit("-", 1)
+        lock += (f'\n[[package]]\nname = "{name}"\nversion = "{version}"\n'
+                 f'source = "registry+https://github.com/rust-lang/crates.io-index"\n'
+                 f'checksum = "{hashlib.sha256(data).hexdigest()}"\n')
+    return FakeCrates(crates), lock.encode()
+
+
 def test_a_job_that_builds_publishes_its_binary_then_the_manifest_then_the_log(tmp_path):
     reporter, storage = FakeReporter(), FakeStorage()
-    source = _stored_crate(storage, Path(__file__).parents[1] / "fixtures" / "hello-c")
+    registry, lock = _registry_and_lock()
+    source = _stored_crate(storage, Path(__file__).parents[1] / "fixtures" / "hello-c",
+                           replace={"Cargo.lock": lock})
     stored_before = list(storage.objects)
     docker = FakeDocker([
-        Replay(lines=_recorded("fetch.stderr", "stderr")),
         Replay(lines=_recorded("build.stdout", "stdout") + _recorded("build.stderr", "stderr"),
                files={RECORDED_BINARY: b"\x7fELF hello-c"}),
     ])
     settings = WorkerSettings(worker_name="w1", scratch_dir=tmp_path / "scratch")
     tools = Toolbox(settings=settings, host=Arch.AMD64, docker=docker, storage=storage,
-                    reporter=reporter)
+                    reporter=reporter, crates=registry)
     job = _job(X86).model_copy(update={"source": source})
 
     assert run_job(tools, job, consumed_from="crossfarm.builds.amd64") is BuildState.SUCCEEDED
@@ -232,18 +261,30 @@ def test_a_job_that_builds_publishes_its_binary_then_the_manifest_then_the_log(t
     # reported started, as a native build
     [(_, start)] = reporter.starts
     assert (start.mode, start.worker) == (BuildMode.NATIVE, "w1")
-    # the source went into the networked fetch step; the build step ran offline
-    fetch, build = docker.containers
-    assert fetch.step.command[:2] == ["cargo", "fetch"]
-    assert fetch.step.network
-    [(path, tar)] = fetch.puts
-    with tarfile.open(fileobj=io.BytesIO(tar)) as members:
-        names = members.getnames()
-    assert path == "/work"
-    assert {"src/Cargo.toml", "src/src/main.rs"} <= set(names)
+    # the worker fetched the locked crates itself into the deps volume, unpacked under
+    # their sha256, complete with cargo's checksum file
+    assert sorted(registry.downloaded) == ["cc-1.11.3", "itoa-1.0.19"]
+    shelf = docker.shelves[settings.deps_volume]
+    itoa = hashlib.sha256(registry.crates["itoa-1.0.19"]).hexdigest()
+    assert {f"{itoa}/Cargo.toml", f"{itoa}/src/lib.rs", f"{itoa}/.cargo-checksum.json"} <= set(
+        shelf.files)
+    # one step only, with no network: the source and the vendor links go into its volume,
+    # the deps volume is mounted read-only
+    [build] = docker.containers
     assert build.step.command[:2] == ["cargo", "build"]
+    assert "--locked" in build.step.command
     assert not build.step.network
-    assert fetch.ran
+    assert build.step.readonly_volumes == {settings.deps_volume: "/deps"}
+    assert build.step.env["CARGO_HOME"] == "/work/cargo-home"
+    [(source_path, source_tar), (vendor_path, vendor_tar)] = build.puts
+    assert (source_path, vendor_path) == ("/work", "/work")
+    with tarfile.open(fileobj=io.BytesIO(source_tar)) as members:
+        assert {"src/Cargo.toml", "src/src/main.rs"} <= set(members.getnames())
+    with tarfile.open(fileobj=io.BytesIO(vendor_tar)) as members:
+        link = members.getmember("vendor/itoa-1.0.19")
+        config = members.extractfile("cargo-home/config.toml").read().decode()
+    assert (link.issym(), link.linkname) == (True, f"/deps/{itoa}")
+    assert 'directory = "/work/vendor"' in config
     assert build.ran
     # the artifact cargo named, then the manifest (which publishes), then the log
     artifact = keys.artifact_key(BuildId(BUILD), X86, 1, "hello-c")
@@ -257,7 +298,7 @@ def test_a_job_that_builds_publishes_its_binary_then_the_manifest_then_the_log(t
         "hello-c", hashlib.sha256(b"\x7fELF hello-c").hexdigest(), True, "debug")
     # cargo's human lines reach the log; its JSON messages do not
     log = storage.objects[log_key].decode()
-    assert "Downloaded itoa v1.0.19" in log
+    assert "2 crate(s) from the verified dependency volume, 2 downloaded now" in log
     assert "Compiling hello-c v0.1.0" in log
     assert '"reason":"compiler-artifact"' not in log
     assert reporter.lines == log.splitlines()
@@ -267,4 +308,56 @@ def test_a_job_that_builds_publishes_its_binary_then_the_manifest_then_the_log(t
         BuildState.SUCCEEDED, 0, manifest)
     # nothing is left behind on the engine
     assert f"crossfarm-{JOB}-a1" in docker.removed
-    assert len(docker.removed) == 3
+    assert len(docker.removed) == 2
+
+
+def test_crates_already_in_the_deps_volume_are_not_downloaded_again(tmp_path):
+    registry, lock = _registry_and_lock()
+    storage = FakeStorage()
+    source = _stored_crate(storage, Path(__file__).parents[1] / "fixtures" / "hello-c",
+                           replace={"Cargo.lock": lock})
+    docker = FakeDocker([Replay(), Replay()])
+    settings = WorkerSettings(worker_name="w1", scratch_dir=tmp_path / "scratch")
+    tools = Toolbox(settings=settings, host=Arch.AMD64, docker=docker, storage=storage,
+                    reporter=FakeReporter(), crates=registry)
+    for attempt in (1, 2):
+        job = _job(X86).model_copy(update={"source": source, "attempt": attempt})
+        assert run_job(tools, job, consumed_from="crossfarm.builds.amd64") is (
+            BuildState.SUCCEEDED)
+    assert sorted(registry.downloaded) == ["cc-1.11.3", "itoa-1.0.19"]  # once each
+
+
+def test_a_crate_with_no_lock_file_gets_one_made_without_its_cargo_config(tmp_path):
+    registry, lock = _registry_and_lock()
+    storage = FakeStorage()
+    crate = tmp_path / "crate"
+    crate.mkdir()
+    (crate / "Cargo.toml").write_text('[package]\nname = "x"\nversion = "0.1.0"\n')
+    (crate / ".cargo").mkdir()
+    (crate / ".cargo" / "config.toml").write_text('[build]\nrustc = "./evil.sh"\n')
+    source = _stored_crate(storage, crate)
+    docker = FakeDocker([Replay(files={"/work/src/Cargo.lock": lock}), Replay()])
+    settings = WorkerSettings(worker_name="w1", scratch_dir=tmp_path / "scratch")
+    reporter = FakeReporter()
+    tools = Toolbox(settings=settings, host=Arch.AMD64, docker=docker, storage=storage,
+                    reporter=reporter, crates=registry)
+    job = _job(X86).model_copy(update={"source": source})
+
+    assert run_job(tools, job, consumed_from="crossfarm.builds.amd64") is BuildState.SUCCEEDED
+
+    resolve, build = docker.containers
+    assert resolve.step.command == ["cargo", "generate-lockfile"]
+    assert resolve.step.network
+    assert (resolve.step.volumes, resolve.step.readonly_volumes) == ({}, {})
+    [(_, tar)] = resolve.puts
+    with tarfile.open(fileobj=io.BytesIO(tar)) as members:
+        names = members.getnames()
+    assert "src/Cargo.toml" in names
+    assert not [n for n in names if ".cargo" in n.split("/")]
+    # the build step has the crate's own config, and the lock file made for it
+    assert not build.step.network
+    assert "--locked" not in build.step.command
+    _, (_, vendor_tar) = build.puts
+    with tarfile.open(fileobj=io.BytesIO(vendor_tar)) as members:
+        assert members.extractfile("src/Cargo.lock").read() == lock
+    assert sorted(registry.downloaded) == ["cc-1.11.3", "itoa-1.0.19"]
