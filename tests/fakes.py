@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from crossfarm.shared.errors import BuildCancelled, BuildError, NotFound, StorageError
+from crossfarm.shared.errors import (
+    BuildCancelled,
+    BuildError,
+    LimitExceeded,
+    NotFound,
+    StorageError,
+)
 from crossfarm.shared.ids import BuildId, JobId
 from crossfarm.shared.storage import PendingUpload
 from crossfarm.shared.wire import (
@@ -25,8 +31,9 @@ from crossfarm.shared.wire import (
     StartVerdict,
     WorkerHeartbeat,
 )
-from crossfarm.worker.container import LineSink, Step, StepResult, StopCheck
+from crossfarm.worker.container import MAX_LINE_BYTES, LineSink, Step, StepResult, StopCheck
 from crossfarm.worker.deps import DependencyError, LockedCrate
+from crossfarm.worker.disk import DiskSpec
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,8 @@ class FakeContainer:
     def put(self, path: str, tar: IO[bytes]) -> None:
         self.puts.append((path, tar.read()))
 
-    def run(self, sink: LineSink, deadline: float, should_stop: StopCheck) -> StepResult:
+    def run(self, sink: LineSink, deadline: float, should_stop: StopCheck,
+            max_line: int = MAX_LINE_BYTES) -> StepResult:
         self.ran = True
         # As Docker's container does, the stop check comes before the step gets anywhere.
         if reason := should_stop():
@@ -61,9 +69,11 @@ class FakeContainer:
             sink(stream, line)
         return StepResult(exit_code=self.replay.exit_code, oom_killed=self.replay.oom_killed)
 
-    def copy_out(self, path: str, dest_dir: Path) -> Path:
+    def copy_out(self, path: str, dest_dir: Path, max_bytes: int | None = None) -> Path:
         if path not in self.replay.files:
             raise BuildError(f"{path} in the container is not a regular file")
+        if max_bytes is not None and len(self.replay.files[path]) > max_bytes:
+            raise LimitExceeded("artifacts", f"{path} is too big", max_bytes, "the budget")
         local = dest_dir / Path(path).name
         local.write_bytes(self.replay.files[path])
         local.chmod(0o755)
@@ -121,6 +131,10 @@ class FakeDocker:
         self.removed: list[str] = []
         #: "<job>-<attempt>" of containers left over from an earlier life, for reap()
         self.leftovers: set[str] = set()
+        #: each volume's size limit, by name (None: unlimited)
+        self.sizes: dict[str, DiskSpec | None] = {}
+        #: volumes volume_full() says are full
+        self.full: set[str] = set()
         #: volumes written through shelf(), by name
         self.shelves: dict[str, FakeShelf] = {}
 
@@ -138,13 +152,19 @@ class FakeDocker:
         return None if name in self.missing else "sha256:" + "0" * 64
 
     @contextmanager
-    def volume(self, name: str, labels: dict[str, str]) -> Iterator[str]:
+    def volume(self, name: str, labels: dict[str, str], size: DiskSpec | None = None
+               ) -> Iterator[str]:
         self._called("volume")
         self.volumes[name] = labels
+        self.sizes[name] = size
         try:
             yield name
         finally:
             self.removed.append(name)
+
+    def volume_full(self, name: str) -> bool:
+        self._called("volume_full")
+        return name in self.full
 
     @contextmanager
     def container(self, step: Step) -> Iterator[FakeContainer]:

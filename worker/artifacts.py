@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from crossfarm.shared import keys
+from crossfarm.shared.errors import BuildError, LimitExceeded
 from crossfarm.shared.ids import BuildId, JobId
 from crossfarm.shared.tree import sha256_file
 from crossfarm.shared.wire import ArtifactEntry, Manifest
@@ -38,10 +40,18 @@ def artifact_paths(message: dict[str, Any]) -> list[str]:
 
 
 class ArtifactCollector:
-    """Reads cargo's stdout (JSON lines) and remembers every shipped artifact path."""
+    """Reads cargo's stdout (JSON lines) and remembers every shipped artifact path.
 
-    def __init__(self) -> None:
+    The build's own code can print to that stdout too (a build script writing to
+    /proc/1/fd/1), so every message is untrusted: a path outside `target_dir`, or more
+    than `max_count` artifacts, is remembered as a refusal that check() raises once the
+    step is over (the collector runs on the log pump's thread, which must go on)."""
+
+    def __init__(self, target_dir: str, max_count: int) -> None:
+        self._root = posixpath.normpath(target_dir) + "/"
+        self._max_count = max_count
         self.paths: list[str] = []
+        self.refusal: BuildError | None = None
 
     def feed(self, line: str) -> bool:
         """Take one stdout line; False if it was not a cargo JSON message."""
@@ -52,9 +62,28 @@ class ArtifactCollector:
         if not isinstance(message, dict):
             return False
         for path in artifact_paths(message):
-            if path not in self.paths:
-                self.paths.append(path)
+            self._take(path)
         return True
+
+    def check(self) -> None:
+        """Raise the first refusal, if any (BuildError or LimitExceeded)."""
+        if self.refusal is not None:
+            raise self.refusal
+
+    def _take(self, path: str) -> None:
+        if self.refusal is not None or path in self.paths:
+            return
+        if ".." in path.split("/") or not posixpath.normpath(path).startswith(self._root):
+            self.refusal = BuildError(
+                f"artifacts: cargo's output names {path!r}, outside the target dir "
+                f"{self._root.rstrip('/')}: refused (build code can print forged cargo "
+                "messages)")
+        elif len(self.paths) >= self._max_count:
+            self.refusal = LimitExceeded(
+                "artifacts", f"the build names more than {self._max_count} artifacts",
+                self._max_count, "CROSSFARM_ARTIFACT_MAX_COUNT")
+        else:
+            self.paths.append(path)
 
 
 @dataclass(frozen=True)

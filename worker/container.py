@@ -24,11 +24,17 @@ from docker.models.containers import Container as EngineContainer
 from docker.models.volumes import Volume as EngineVolume
 
 from crossfarm.shared import keys
-from crossfarm.shared.errors import BuildCancelled, BuildError, BuildTimeout
+from crossfarm.shared.errors import BuildCancelled, BuildError, BuildTimeout, LimitExceeded
+from crossfarm.worker import disk
+from crossfarm.worker.disk import DiskSpec, JobDisk
 
 LineSink = Callable[[str, str], None]  # (stream name "stdout" | "stderr", line)
 #: Polled while a step runs: a reason to stop it, or None to go on.
 StopCheck = Callable[[], str | None]
+#: A line of output longer than this many bytes is cut (Container.run's default).
+MAX_LINE_BYTES = 64 * 1024
+#: Ends a line cut at its limit; the rest of that line is dropped, not carried over.
+LINE_CUT = " [crossfarm: line cut at {limit} bytes; the rest of it was dropped]"
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,15 @@ class Step:
     memory_bytes: int = 2 * 1024**3
     pids: int = 1024
     labels: dict[str, str] = field(default_factory=dict)
+    #: the size of each tmpfs (/tmp and HOME) beside the read-only root
+    tmpfs_bytes: int = 512 * 1024**2
+    #: a writable root filesystem, for a step that runs none of the crate's code and
+    #: gets its files in the image's tree rather than in a volume
+    writable_root: bool = False
+
+
+#: The build user's HOME in the builder image (deploy/images/builder).
+BUILD_HOME = "/home/builder"
 
 
 @dataclass(frozen=True)
@@ -63,8 +78,9 @@ class StepContainer(Protocol):
     """A created builder container: files go in, the step runs once, files come out."""
 
     def put(self, path: str, tar: IO[bytes]) -> None: ...
-    def run(self, sink: LineSink, deadline: float, should_stop: StopCheck) -> StepResult: ...
-    def copy_out(self, path: str, dest_dir: Path) -> Path: ...
+    def run(self, sink: LineSink, deadline: float, should_stop: StopCheck,
+            max_line: int = MAX_LINE_BYTES) -> StepResult: ...
+    def copy_out(self, path: str, dest_dir: Path, max_bytes: int | None = None) -> Path: ...
 
 
 class Shelf(Protocol):
@@ -79,7 +95,9 @@ class ContainerRunner(Protocol):
 
     def has_image(self, name: str) -> bool: ...
     def image_id(self, name: str) -> str | None: ...
-    def volume(self, name: str, labels: dict[str, str]) -> AbstractContextManager[str]: ...
+    def volume(self, name: str, labels: dict[str, str], size: DiskSpec | None = None
+               ) -> AbstractContextManager[str]: ...
+    def volume_full(self, name: str) -> bool: ...
     def container(self, step: Step) -> AbstractContextManager[StepContainer]: ...
     def shelf(self, volume: str, image: str) -> AbstractContextManager[Shelf]: ...
     def reap(self, worker: str, keep: Callable[[], set[str]]) -> int: ...
@@ -90,6 +108,8 @@ class Docker:
 
     def __init__(self) -> None:
         self._client = docker.from_env(timeout=300)
+        #: the job disks of the volumes this process made, by volume name
+        self._disks: dict[str, tuple[JobDisk, int]] = {}
 
     def has_image(self, name: str) -> bool:
         try:
@@ -105,14 +125,36 @@ class Docker:
             return None
 
     @contextmanager
-    def volume(self, name: str, labels: dict[str, str]) -> Iterator[str]:
-        """A named volume that exists for the `with` block only."""
-        self._client.volumes.create(name=name, labels={keys.LABEL: "1", **labels})
+    def volume(self, name: str, labels: dict[str, str], size: DiskSpec | None = None
+               ) -> Iterator[str]:
+        """A named volume that exists for the `with` block only. With `size`, it is a
+        filesystem of that size on a loop device (worker/disk.py): a hard limit. The
+        disk is detached and its image deleted when the block ends, whatever happens."""
+        job_disk, options = None, {}
+        if size is not None and size.size_bytes:
+            worker, task = keys.labelled_worker(labels), keys.labelled_task(labels)
+            if worker is None or task is None:
+                raise BuildError(f"volume {name}: a sized volume needs its worker and task "
+                                 "labels, for the reaper")
+            job_disk = disk.attach(size, worker, task)
+            options = {"type": "ext4", "device": job_disk.device, "o": "nodev,nosuid"}
         try:
+            self._client.volumes.create(name=name, driver="local", driver_opts=options,
+                                        labels={keys.LABEL: "1", **labels})
+            if job_disk is not None:
+                self._disks[name] = (job_disk, size.size_bytes if size else 0)
             yield name
         finally:
+            self._disks.pop(name, None)
             with suppress(docker.errors.NotFound):
                 self._client.volumes.get(name).remove(force=True)
+            if job_disk is not None:
+                disk.release(job_disk)
+
+    def volume_full(self, name: str) -> bool:
+        """Whether a sized volume made here is full; False for any other."""
+        made = self._disks.get(name)
+        return made is not None and disk.is_full(*made)
 
     @contextmanager
     def container(self, step: Step) -> Iterator[Container]:
@@ -136,7 +178,10 @@ class Docker:
             memswap_limit=step.memory_bytes,
             pids_limit=step.pids,
             cap_drop=["ALL"],
+            # The engine's default seccomp profile applies: no seccomp option is given.
             security_opt=["no-new-privileges"],
+            read_only=not step.writable_root,
+            tmpfs=_tmpfs(step),
             labels={keys.LABEL: "1", **step.labels},
         )
         try:
@@ -171,6 +216,7 @@ class Docker:
         }
         containers = self._client.containers.list(all=True, filters=selector)
         volumes = self._client.volumes.list(filters=selector)
+        disks = disk.attached(worker)
         alive = keep()
         leftovers: list[EngineContainer | EngineVolume] = [
             *(c for c in containers if keys.labelled_task(c.labels) not in alive),
@@ -181,7 +227,22 @@ class Docker:
             with suppress(docker.errors.NotFound, docker.errors.APIError):
                 thing.remove(force=True)
                 removed += 1
+        # Last: a disk's volume (and any container using it) is gone by now.
+        for job_disk in disks:
+            if job_disk.task not in alive:
+                disk.release(job_disk)
+                removed += 1
         return removed
+
+
+def _tmpfs(step: Step) -> dict[str, str]:
+    """/tmp and HOME as size-limited tmpfs beside a read-only root (exec allowed: build
+    tools run what they compile in temporary directories)."""
+    if step.writable_root:
+        return {}
+    size = f"size={step.tmpfs_bytes},exec,nosuid,nodev"
+    uid = step.user.split(":")[0]
+    return {"/tmp": f"{size},mode=1777", BUILD_HOME: f"{size},mode=0700,uid={uid},gid={uid}"}
 
 
 #: Where a shelf's volume is mounted in its container.
@@ -220,10 +281,12 @@ class Container:
         if not self._raw.put_archive(path, tar):
             raise BuildError(f"could not copy files into the container at {path}")
 
-    def run(self, sink: LineSink, deadline: float, should_stop: StopCheck) -> StepResult:
-        """Start, stream output lines to `sink`, and wait for exit, the deadline or a stop."""
+    def run(self, sink: LineSink, deadline: float, should_stop: StopCheck,
+            max_line: int = MAX_LINE_BYTES) -> StepResult:
+        """Start, stream output lines to `sink` (each cut at `max_line` bytes), and wait
+        for exit, the deadline or a stop."""
         stream = self._raw.attach(stdout=True, stderr=True, stream=True, logs=True, demux=True)
-        pump = threading.Thread(target=_pump, args=(stream, sink), daemon=True)
+        pump = threading.Thread(target=_pump, args=(stream, sink, max_line), daemon=True)
         pump.start()
         self._raw.start()
         try:
@@ -258,34 +321,128 @@ class Container:
         with suppress(docker.errors.APIError):
             self._raw.kill()
 
-    def copy_out(self, path: str, dest_dir: Path) -> Path:
-        """Copy one file out of the container into `dest_dir`; returns the local path."""
-        chunks, _stat = self._raw.get_archive(path)
-        # The whole stream must be read: the engine holds the container until it is.
-        buffer = io.BytesIO(b"".join(chunks))
-        with tarfile.open(fileobj=buffer) as tar:
-            member = tar.next()
-            if member is None or not member.isfile():
-                raise BuildError(f"{path} in the container is not a regular file")
-            source = tar.extractfile(member)
-            assert source is not None
-            local = dest_dir / Path(path).name
-            with local.open("wb") as out:
-                while block := source.read(1 << 20):
-                    out.write(block)
-            local.chmod(0o755 if member.mode & 0o111 else 0o644)
-        return local
+    def copy_out(self, path: str, dest_dir: Path, max_bytes: int | None = None) -> Path:
+        """Copy one regular file out of the container into `dest_dir`, streamed to disk;
+        returns the local path. A file over `max_bytes` is refused before its bytes are
+        read (LimitExceeded, kind "artifacts")."""
+        chunks, stat = self._raw.get_archive(path)
+        stream = _ChunkReader(chunks)
+        del chunks  # the reader holds the only reference: drop() lets go of it
+        try:
+            declared = int((stat or {}).get("size", 0))
+            if max_bytes is not None and declared > max_bytes:
+                raise _too_big(path, declared, max_bytes)
+            return _save(path, stream, dest_dir, max_bytes)
+        finally:
+            # The engine holds the container until its archive stream is read or closed:
+            # an unread (refused) stream is closed here, and its connection with it.
+            stream.drop()
 
 
-def _pump(stream: Iterator[tuple[bytes | None, bytes | None]], sink: LineSink) -> None:
-    pending = {"stdout": b"", "stderr": b""}
+def _save(path: str, stream: _ChunkReader, dest_dir: Path, max_bytes: int | None) -> Path:
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        member = tar.next()
+        if member is None or not member.isfile():
+            raise BuildError(f"{path} in the container is not a regular file")
+        if max_bytes is not None and member.size > max_bytes:
+            raise _too_big(path, member.size, max_bytes)
+        source = tar.extractfile(member)
+        assert source is not None
+        local = dest_dir / Path(path).name
+        with local.open("wb") as out:
+            while block := source.read(1 << 20):
+                out.write(block)
+        local.chmod(0o755 if member.mode & 0o111 else 0o644)
+        for _rest in tar:  # the tar's end blocks: the whole stream is read
+            pass
+    return local
+
+
+def _too_big(path: str, size: int, max_bytes: int) -> LimitExceeded:
+    return LimitExceeded("artifacts", f"{path} is {size} bytes, more than the {max_bytes} "
+                         "bytes left of the job's artifact budget", max_bytes,
+                         "CROSSFARM_ARTIFACT_MAX_BYTES")
+
+
+class _ChunkReader(io.RawIOBase):
+    """A byte stream over docker-py's chunk iterator, read as far as asked and no further."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks: Iterator[bytes] = chunks
+        self._left = memoryview(b"")
+
+    def drop(self) -> None:
+        """Close the chunk iterator and let go of it (its connection closes with it)."""
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+        self._chunks = iter(())
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._left:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._left = memoryview(chunk)
+        size = min(len(buffer), len(self._left))
+        buffer[:size] = self._left[:size]
+        self._left = self._left[size:]
+        return size
+
+
+def _pump(stream: Iterator[tuple[bytes | None, bytes | None]], sink: LineSink,
+          max_line: int = MAX_LINE_BYTES) -> None:
+    lines = {name: _Lines(name, sink, max_line) for name in ("stdout", "stderr")}
     for out, err in stream:
-        for name, chunk in (("stdout", out), ("stderr", err)):
-            if not chunk:
-                continue
-            *lines, pending[name] = (pending[name] + chunk).split(b"\n")
-            for line in lines:
-                sink(name, line.decode("utf-8", "replace").rstrip("\r"))
-    for name, rest in pending.items():
-        if rest:
-            sink(name, rest.decode("utf-8", "replace"))
+        if out:
+            lines["stdout"].feed(out)
+        if err:
+            lines["stderr"].feed(err)
+    for each in lines.values():
+        each.close()
+
+
+class _Lines:
+    """One stream's bytes as lines, in time linear in the bytes: a line that grows past
+    `limit` is passed on at once, cut and marked, and the rest of it is skipped as it
+    comes (never held), up to its newline."""
+
+    def __init__(self, name: str, sink: LineSink, limit: int) -> None:
+        self._name, self._sink, self._limit = name, sink, limit
+        self._pending = bytearray()
+        self._skipping = False
+
+    def feed(self, chunk: bytes) -> None:
+        start = 0
+        while True:
+            newline = chunk.find(b"\n", start)
+            end = len(chunk) if newline < 0 else newline
+            if not self._skipping:
+                room = self._limit - len(self._pending)
+                if end - start > room:
+                    self._pending += chunk[start:start + room]
+                    self._emit(cut=True)
+                    self._skipping = True
+                else:
+                    self._pending += chunk[start:end]
+            if newline < 0:
+                return
+            if self._skipping:
+                self._skipping = False
+            else:
+                self._emit(cut=False)
+            start = newline + 1
+
+    def close(self) -> None:
+        if self._pending and not self._skipping:
+            self._sink(self._name, self._pending.decode("utf-8", "replace"))
+        self._pending.clear()
+
+    def _emit(self, cut: bool) -> None:
+        text = self._pending.decode("utf-8", "replace")
+        self._pending.clear()
+        self._sink(self._name, text + LINE_CUT.format(limit=self._limit) if cut
+                   else text.rstrip("\r"))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 from collections.abc import Iterable
 from contextlib import suppress
@@ -119,7 +120,10 @@ def free_in_header(header: str) -> int:
 
 def attached(worker: str) -> list[JobDisk]:
     """The job disks of `worker` attached on this host (found by their image's name,
-    wherever the image is, and whether or not it still exists)."""
+    wherever the image is, and whether or not it still exists). None without losetup:
+    a worker that cannot make job disks has none."""
+    if shutil.which("losetup") is None:
+        return []
     return in_listing(_run("losetup", "--list", "--json", "--output", "NAME,BACK-FILE"),
                       worker)
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -32,20 +30,23 @@ from crossfarm.shared.errors import (
     BuildTimeout,
     Conflict,
     LeaseLost,
+    LimitExceeded,
     StorageError,
 )
-from crossfarm.shared.ids import BuildId, SourceDigest
+from crossfarm.shared.ids import SourceDigest
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.storage import ObjectStore
 from crossfarm.shared.tree import TreeLimits
 from crossfarm.shared.wire import JobFinished, JobMessage, JobStarted, Manifest, SourceTree
 from crossfarm.worker import cargo, deps
 from crossfarm.worker.artifacts import ArtifactCollector, JobOutput, build_manifest
-from crossfarm.worker.container import ContainerRunner, Step, StopCheck
+from crossfarm.worker.container import ContainerRunner, Step, StepContainer, StopCheck
 from crossfarm.worker.deps import CrateSource, DependencyCache
+from crossfarm.worker.disk import DiskSpec
 from crossfarm.worker.images import BUILD_UID, builder_image, job_mode, served_queues
+from crossfarm.worker.joblog import JobLog
 from crossfarm.worker.lease import Lease
-from crossfarm.worker.reporter import EventSink, JobReporter
+from crossfarm.worker.reporter import JobReporter
 from crossfarm.worker.retrying import Retry
 from crossfarm.worker.settings import WorkerSettings
 from crossfarm.worker.source import (
@@ -106,30 +107,6 @@ class JobRun:
         return f"crossfarm-{self.job.job_id}-a{self.job.attempt}"
 
 
-class JobLog:
-    """Forwards each line to the build's event stream and keeps the whole log for storage."""
-
-    def __init__(self, sink: EventSink, build_id: BuildId, target: str,
-                 secrets: list[str]) -> None:
-        self._sink, self._build_id, self._target = sink, build_id, target
-        # Longest first, so a secret containing another is hidden whole.
-        self._secrets = sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True)
-        self.lines: list[str] = []
-
-    def __call__(self, text: str) -> None:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        self.lines.append(text)
-        self._sink.line(self._build_id, self._target, text)
-
-    @contextmanager
-    def timed(self, step: str) -> Iterator[None]:
-        """Log how long a step took, so a slow build shows where its time went."""
-        started = time.monotonic()
-        yield
-        self(f"crossfarm: {step} took {time.monotonic() - started:.2f} s")
-
-
 def run_job(tools: Toolbox, job: JobMessage, consumed_from: str) -> BuildState | None:
     """Run one job end to end; returns its final state, or None if the farm said not to run it."""
     job_id = job.job_id
@@ -149,7 +126,8 @@ def run_job(tools: Toolbox, job: JobMessage, consumed_from: str) -> BuildState |
     if not verdict.proceed:
         log.info("job %s not run: %s", job_id, verdict.reason)
         return None
-    joblog = JobLog(tools.reporter, job.build_id, job.target, list(job.env.values()))
+    joblog = JobLog(tools.reporter, job.build_id, job.target, list(job.env.values()),
+                    settings.log_max_bytes)
     joblog(f"crossfarm: {job.target} on {tools.settings.worker_name} "
            f"({tools.host.value}, {mode.value}), attempt {job.attempt}")
     try:
@@ -227,7 +205,7 @@ def _compile_and_publish(run: JobRun) -> Manifest:
         with tar:
             with run.log.timed("dependencies"):
                 vendored = _dependencies(run, tree, lock, Path(scratch))
-            with vendored, tools.docker.volume(run.volume, run.labels):
+            with vendored, tools.docker.volume(run.volume, run.labels, _disk(run)):
                 files = _compile(run, lock is not None, [tar, vendored], Path(scratch))
         with run.log.timed("artifact upload"):
             return retry.run("artifact upload", lambda: _publish(
@@ -311,28 +289,56 @@ def _make_lock(run: JobRun, tree: SourceTree, scratch: Path) -> bytes:
 def _compile(run: JobRun, locked: bool, inputs: list[IO[bytes]], tmp: Path) -> list[Path]:
     """The build step, network off: `inputs` (tars) go into the job volume first."""
     settings = run.settings
-    collector = ArtifactCollector()
+    collector = ArtifactCollector(cargo.TARGET_DIR, settings.artifact_max_count)
 
     def sink(stream: str, line: str) -> None:
         if stream == "stdout" and collector.feed(line):
             return
-        run.log(line)
+        run.log.output(line)
+
+    def stop() -> str | None:
+        run.log.check()  # output past the log budget stops the build (LimitExceeded)
+        return run.stop()
 
     jobs = max(1, int(settings.build_cpus))
     step = _step(run, cargo.build_command(run.job, locked, jobs), network=False)
     with run.log.timed("build step"), run.tools.docker.container(step) as container:
         for tar in inputs:
             container.put(cargo.WORK, tar)
-        result = container.run(sink, run.deadline, run.stop)
+        result = container.run(sink, run.deadline, stop, max_line=settings.log_line_max_bytes)
+        run.log.check()
         if result.oom_killed:
             raise BuildError("out-of-memory: the build container hit its memory limit of "
                              f"{settings.build_memory_bytes} bytes", exit_code=result.exit_code)
+        if result.exit_code != 0 and run.tools.docker.volume_full(run.volume):
+            raise LimitExceeded("disk", "the job's writable space of "
+                                f"{settings.job_disk_bytes} bytes is full", settings.job_disk_bytes,
+                                "CROSSFARM_JOB_DISK_BYTES")
+        collector.check()
         if result.exit_code != 0:
             raise BuildError(f"cargo build failed with exit code {result.exit_code}",
                              exit_code=result.exit_code)
         out = tmp / "artifacts"
         out.mkdir()
-        return [container.copy_out(path, out) for path in collector.paths]
+        return _copy_artifacts(container, collector.paths, out, settings.artifact_max_bytes)
+
+
+def _disk(run: JobRun) -> DiskSpec | None:
+    """The job volume's hard size (CROSSFARM_JOB_DISK_BYTES; 0: a plain volume)."""
+    size = run.settings.job_disk_bytes
+    return DiskSpec(size, run.settings.scratch_dir / "disks", BUILD_UID) if size else None
+
+
+def _copy_artifacts(container: StepContainer, paths: list[str], out: Path, budget: int
+                    ) -> list[Path]:
+    """Each artifact streamed to `out`, refused (LimitExceeded) before its bytes are
+    read if it is bigger than what is left of the job's artifact budget."""
+    files = []
+    for path in paths:
+        local = container.copy_out(path, out, max_bytes=budget)
+        budget -= local.stat().st_size
+        files.append(local)
+    return files
 
 
 def _stop_check(tools: Toolbox, job: JobMessage) -> StopCheck:
@@ -366,7 +372,9 @@ def _step(run: JobRun, command: list[str], network: bool) -> Step:
         user=f"{BUILD_UID}:{BUILD_UID}", env=env, network=network,
         volumes=volumes, readonly_volumes=readonly, binds=binds,
         cpus=settings.build_cpus, memory_bytes=settings.build_memory_bytes,
-        pids=settings.build_pids, labels=run.labels,
+        pids=settings.build_pids, labels=run.labels, tmpfs_bytes=settings.build_tmpfs_bytes,
+        # the lock step runs no crate code, and its source goes into the image's /work
+        writable_root=network,
     )
 
 

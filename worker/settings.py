@@ -41,6 +41,19 @@ class WorkerSettings(FarmSettings):
     build_cpus: float = Field(default_factory=lambda: float(os.cpu_count() or 1), gt=0)
     build_memory_bytes: int = Field(default=8 * 1024**3, ge=256 * 1024**2)
     build_pids: int = Field(default=4096, ge=64)
+    #: the hard budget of a job's writable space (/work: source, target dir, cargo home),
+    #: a loop-mounted ext4 filesystem of this size; 0: no limit (a plain volume)
+    job_disk_bytes: int = Field(default=20 * 1024**3, ge=0)
+    #: the size of each tmpfs of a build container (/tmp and the build user's HOME); its
+    #: pages also count against the container's memory limit
+    build_tmpfs_bytes: int = Field(default=512 * 1024**2, ge=1024**2)
+    #: at most this many artifacts per job, of at most this many bytes together
+    artifact_max_count: int = Field(default=256, ge=1)
+    artifact_max_bytes: int = Field(default=4 * 1024**3, ge=1)
+    #: a job's log (the build's output) past this many bytes fails the build; a line
+    #: longer than log_line_max_bytes is cut there, with a marker
+    log_max_bytes: int = Field(default=32 * 1024**2, ge=4096)
+    log_line_max_bytes: int = Field(default=64 * 1024, ge=256)
     #: a CA bundle for crate downloads and Cargo.lock generation, for registries behind a
     #: TLS-inspecting proxy
     ca_bundle: Path | None = None
@@ -65,6 +78,14 @@ class WorkerSettings(FarmSettings):
             raise ValueError(f"CROSSFARM_EMULATE_ARCHES names {missing} but "
                              "CROSSFARM_EMULATION_IMAGES has no builder image for them")
         return self
+
+    @field_validator("job_disk_bytes")
+    @classmethod
+    def _disk_fits_a_filesystem(cls, value: int) -> int:
+        if 0 < value < 32 * 1024**2:
+            raise ValueError("CROSSFARM_JOB_DISK_BYTES must be 0 (no limit) or at least "
+                             "32 MiB (an ext4 filesystem and a build's source need that)")
+        return value
 
     @field_validator("ca_bundle")
     @classmethod

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from crossfarm.shared import keys
+from crossfarm.shared.errors import BuildError, LimitExceeded
 from crossfarm.shared.ids import BuildId
 from crossfarm.worker.artifacts import (
     ArtifactCollector,
@@ -146,8 +147,16 @@ def test_a_malformed_artifact_message_yields_nothing():
     )
 
 
+def _collector(max_count=10):
+    return ArtifactCollector("/work/target", max_count)
+
+
+def _bin_line(path):
+    return json.dumps(_artifact(["bin"], [path], executable=path))
+
+
 def test_the_collector_remembers_artifacts_from_json_lines_once_each_in_order():
-    collector = ArtifactCollector()
+    collector = _collector()
     bin_line = json.dumps(_artifact(["bin"], [f"{OUT}/hello"], executable=f"{OUT}/hello"))
     so_line = json.dumps(_artifact(["cdylib"], [f"{OUT}/libhello.so"]))
     rlib_line = json.dumps(_artifact(["lib"], [f"{OUT}/libdep.rlib"]))
@@ -165,13 +174,58 @@ def test_the_collector_remembers_artifacts_from_json_lines_once_each_in_order():
     ["   Compiling hello v0.1.0 (/work/src)", "", "{not json", "[1, 2]", "42", '"text"', "null"],
 )
 def test_the_collector_reports_a_line_that_is_not_a_cargo_message(line):
-    collector = ArtifactCollector()
+    collector = _collector()
     assert collector.feed(line) is False
     assert collector.paths == []
 
 
+@pytest.mark.parametrize("path", [
+    "/etc/passwd",
+    "/proc/1/environ",
+    "/work/src/big.bin",
+    "/work/targetx/hello",
+    "/work/target/../src/secret",
+    "relative/hello",
+])
+def test_a_forged_message_naming_a_file_outside_the_target_dir_is_refused(path):
+    collector = _collector()
+    collector.feed(_bin_line(f"{OUT}/hello"))
+    assert collector.feed(_bin_line(path)) is True
+    assert collector.paths == [f"{OUT}/hello"]
+    with pytest.raises(BuildError, match=r"^artifacts: cargo's output names .*outside the "
+                                         r"target dir /work/target"):
+        collector.check()
+
+
+def test_the_first_refusal_is_kept_and_nothing_is_collected_after_it():
+    collector = _collector()
+    collector.feed(_bin_line("/etc/shadow"))
+    collector.feed(_bin_line(f"{OUT}/hello"))
+    assert collector.paths == []
+    with pytest.raises(BuildError, match="/etc/shadow"):
+        collector.check()
+
+
+def test_more_artifacts_than_the_count_limit_are_refused_naming_the_setting():
+    collector = _collector(max_count=2)
+    for name in ("a", "b", "c", "d"):
+        collector.feed(_bin_line(f"{OUT}/{name}"))
+    assert collector.paths == [f"{OUT}/a", f"{OUT}/b"]
+    with pytest.raises(LimitExceeded) as refused:
+        collector.check()
+    assert str(refused.value).startswith("artifacts: the build names more than 2 artifacts")
+    assert refused.value.setting == "CROSSFARM_ARTIFACT_MAX_COUNT"
+
+
+def test_a_collector_within_its_limits_checks_clean():
+    collector = _collector(max_count=1)
+    collector.feed(_bin_line(f"{OUT}/hello"))
+    collector.feed(_bin_line(f"{OUT}/hello"))  # the same artifact twice counts once
+    collector.check()
+
+
 def test_the_collector_accepts_a_json_message_that_names_no_artifact():
-    collector = ArtifactCollector()
+    collector = _collector()
     assert collector.feed('{"reason": "build-finished", "success": true}') is True
     assert collector.paths == []
 

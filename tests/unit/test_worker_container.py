@@ -1,13 +1,16 @@
 """Container.run's stop paths with a stand-in for docker-py's container object: whatever
 stops the wait (a cancel, a lapsed lease) kills the container first, and a failing kill
-never hides why it was stopped."""
+never hides why it was stopped; its output split into lines, long ones cut; artifacts
+streamed out, big ones refused."""
 
+import io
+import tarfile
 import time
 
 import pytest
 
-from crossfarm.shared.errors import BuildCancelled, LeaseLost
-from crossfarm.worker.container import Container
+from crossfarm.shared.errors import BuildCancelled, BuildError, LeaseLost, LimitExceeded
+from crossfarm.worker.container import LINE_CUT, Container, _pump
 
 
 class RawContainer:
@@ -49,3 +52,94 @@ def test_a_cancel_kills_the_container_once():
     with pytest.raises(BuildCancelled, match="cancelled"):
         Container(raw).run(lambda s, line: None, time.monotonic() + 60, lambda: "cancelled")
     assert raw.killed >= 1
+
+
+def _lines(chunks, limit=16):
+    got = []
+    _pump(iter(chunks), lambda stream, line: got.append((stream, line)), limit)
+    return got
+
+
+def test_lines_are_split_across_chunks_and_streams_kept_apart():
+    got = _lines([(b"hel", None), (b"lo\nwor", b"warn"), (b"ld\r\n", b"ing\n"), (b"tail", None)])
+    assert got == [("stdout", "hello"), ("stdout", "world"), ("stderr", "warning"),
+                   ("stdout", "tail")]
+
+
+def test_a_line_longer_than_the_limit_is_cut_with_a_marker_and_the_rest_dropped():
+    marker = LINE_CUT.format(limit=8)
+    got = _lines([(b"0123456789abc", None), (b"def\nnext\n", None)], limit=8)
+    assert got == [("stdout", "01234567" + marker), ("stdout", "next")]
+
+
+def test_a_line_of_exactly_the_limit_is_not_cut():
+    assert _lines([(b"01234567\n", None)], limit=8) == [("stdout", "01234567")]
+
+
+def test_a_huge_line_without_a_newline_is_cut_once_in_linear_time():
+    chunk = b"x" * (1 << 20)
+    started = time.process_time()
+    got = _lines([(chunk, None)] * 100, limit=64 * 1024)  # 100 MiB, no newline
+    spent = time.process_time() - started
+    assert got == [("stdout", "x" * 65536 + LINE_CUT.format(limit=65536))]
+    # Linear: a scan of 100 MiB takes well under a second; the quadratic join took minutes.
+    assert spent < 20
+
+
+class ArchiveContainer:
+    """Answers get_archive with a tar of one file, in chunks, and records if it is closed."""
+
+    def __init__(self, data: bytes, mode=0o755, kind=tarfile.REGTYPE):
+        self.data, self.mode, self.kind = data, mode, kind
+        self.closed = self.read = False
+
+    def get_archive(self, path):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo(path.rsplit("/", 1)[-1])
+            info.size, info.mode, info.type = len(self.data), self.mode, self.kind
+            tar.addfile(info, io.BytesIO(self.data) if self.kind == tarfile.REGTYPE else None)
+        raw = buffer.getvalue()
+
+        return Chunks(self, raw), {"name": "x", "size": len(self.data), "mode": self.mode}
+
+
+class Chunks:
+    """docker-py's archive stream: chunks of 1000 bytes, and a close()."""
+
+    def __init__(self, owner, raw):
+        self.owner, self.parts = owner, (raw[at:at + 1000] for at in range(0, len(raw), 1000))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.owner.read = True
+        return next(self.parts)
+
+    def close(self):
+        self.owner.closed = True
+
+
+def test_an_artifact_is_streamed_to_disk_with_its_mode(tmp_path):
+    raw = ArchiveContainer(b"\x7fELF" + bytes(5000))
+    local = Container(raw).copy_out("/work/target/debug/hello", tmp_path, max_bytes=10_000)
+    assert local == tmp_path / "hello"
+    assert local.read_bytes() == b"\x7fELF" + bytes(5000)
+    assert local.stat().st_mode & 0o111
+    assert raw.closed
+
+
+def test_an_artifact_over_the_budget_is_refused_before_its_bytes_are_read(tmp_path):
+    raw = ArchiveContainer(bytes(5000))
+    with pytest.raises(LimitExceeded, match=r"^artifacts: /work/target/big is 5000 bytes"):
+        Container(raw).copy_out("/work/target/big", tmp_path, max_bytes=4999)
+    assert not raw.read
+    assert raw.closed
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_path_that_is_not_a_regular_file_is_refused(tmp_path):
+    raw = ArchiveContainer(b"", kind=tarfile.SYMTYPE)
+    with pytest.raises(BuildError, match="not a regular file"):
+        Container(raw).copy_out("/work/target/link", tmp_path, max_bytes=10)

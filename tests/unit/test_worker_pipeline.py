@@ -191,7 +191,7 @@ def test_the_worker_checks_the_tree_against_the_limits_the_job_carries(tmp_path,
 
 RECORDED = Path(__file__).parent / "data" / "hello-c"
 #: the binary the recorded build.stdout names as its executable
-RECORDED_BINARY = "/tmp/rec/target/x86_64-unknown-linux-gnu/debug/hello-c"
+RECORDED_BINARY = "/work/target/x86_64-unknown-linux-gnu/debug/hello-c"
 
 
 def _recorded(name, stream):
