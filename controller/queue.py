@@ -22,7 +22,11 @@ class CeleryJobQueue:
         self._app = app
 
     def enqueue(self, message: JobMessage, queue: keys.QueueKey) -> None:
+        # Celery otherwise puts a repr of the arguments, the variables' values with them,
+        # in the message's headers, and workers pass it to every log record they make of
+        # the task (as `extra`, which a structured log handler prints).
         self._app.send_task(
             keys.BUILD_TASK, args=[message.model_dump(mode="json")], queue=queue.name,
             task_id=keys.task_id(message.job_id, message.attempt),
+            argsrepr=f"[job {message.job_id} attempt {message.attempt}]", kwargsrepr="{}",
         )
