@@ -51,7 +51,8 @@ def create_farm(settings: ControllerSettings) -> Farm:
     celery = create_celery(settings.redis_url, visibility_timeout_s=settings.visibility_timeout_s)
     return Farm(
         settings=settings,
-        store=Store(settings.database_url),
+        store=Store(settings.database_url, settings.secrets_key.get_secret_value()
+                    if settings.secrets_key else None),
         queue=CeleryJobQueue(celery),
         events=Events(settings.redis_url),
         storage=storage,

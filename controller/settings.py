@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from crossfarm.shared.arch import Placement
 from crossfarm.shared.settings import FarmSettings
@@ -19,6 +19,9 @@ class ControllerSettings(FarmSettings):
     """Everything the controller needs to know; the defaults are the single-machine farm's."""
 
     database_url: str = "sqlite:///.crossfarm/crossfarm.db"
+    #: the Fernet key sealing build variables in the database; required with PostgreSQL,
+    #: while a SQLite farm without it keeps a key file beside its database
+    secrets_key: SecretStr | None = None
     s3_public_endpoint: str | None = None
     #: a shared secret workers present on the /v1/jobs endpoints; unset means no check
     worker_token: str | None = Field(default=None, min_length=8, pattern=_TOKEN)

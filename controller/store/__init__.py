@@ -5,6 +5,7 @@ One database, four stores by what they keep: `schema.py` (the tables, the engine
 schema-version check), `builds.py` (what was asked), `jobs.py` (where each target's job
 stands; every move a conditional UPDATE), `sources.py` (blobs and trees), `workers.py`
 (heartbeats and drain requests). `Store` opens the database once and holds one of each.
+`vault.py` seals the values of a build's variables, the only values kept encrypted.
 """
 
 from __future__ import annotations
@@ -13,15 +14,20 @@ from crossfarm.controller.store.builds import BuildStore
 from crossfarm.controller.store.jobs import JobStore
 from crossfarm.controller.store.schema import Database
 from crossfarm.controller.store.sources import SourceStore
+from crossfarm.controller.store.vault import open_vault
 from crossfarm.controller.store.workers import WorkerStore
 
 
 class Store:
     """The controller's record: builds, jobs, sources and workers in one database."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, secrets_key: str | None = None) -> None:
+        """`secrets_key` seals build variables (vault.py says where one comes from when
+        it is None); a key the database was not made with is refused here."""
+        vault = open_vault(database_url, secrets_key)
         self.db = Database(database_url)
-        self.builds = BuildStore(self.db)
+        vault.check(self.db)
+        self.builds = BuildStore(self.db, vault)
         self.jobs = JobStore(self.db)
         self.sources = SourceStore(self.db)
         self.workers = WorkerStore(self.db)

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from crossfarm.controller.store.jobs import job_view
 from crossfarm.controller.store.schema import BuildRow, Database, JobRow, now
+from crossfarm.controller.store.vault import Vault
 from crossfarm.shared.arch import Arch
 from crossfarm.shared.errors import NotFound
 from crossfarm.shared.ids import BuildId, JobId, SourceDigest
@@ -60,17 +61,19 @@ def _build_view(build: BuildRow) -> BuildView:
         created_at=build.created_at,
         source=SourceDigest(build.source),
         cargo=CargoSpec.model_validate(build.cargo),
-        env_names=sorted({name for values in build.env.values() for name in values}),
+        env_names=build.env_names,
         submitter=build.submitter,
         jobs=jobs,
     )
 
 
 class BuildStore:
-    """Builds: record one with its jobs, read one back, list the newest."""
+    """Builds: record one with its jobs, read one back, list the newest. The values of
+    its variables are stored sealed by `vault`, their names in clear."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, vault: Vault) -> None:
         self._db = db
+        self._vault = vault
 
     def add(self, new: NewBuild) -> BuildView:
         created = now()
@@ -80,7 +83,8 @@ class BuildStore:
             source=new.source,
             cargo=new.cargo.model_dump(mode="json"),
             timeout_s=new.timeout_s,
-            env=new.env,
+            env_names=sorted({name for values in new.env.values() for name in values}),
+            env_sealed=self._vault.seal(new.env) if any(new.env.values()) else None,
             submitter=new.submitter,
             jobs=[
                 JobRow(
@@ -104,11 +108,15 @@ class BuildStore:
         """What a job message of `target` repeats from its build."""
         with self._db.session() as session:
             build = self._row(session, build_id)
+            # No values left means none were given or every job has ended (the job store
+            # drops them then): a message sent after that is for a job that can no
+            # longer start, so it goes without them.
+            env = self._vault.open(build.env_sealed, build_id) if build.env_sealed else {}
             return BuildSettings(
                 source=SourceDigest(build.source),
                 cargo=CargoSpec.model_validate(build.cargo),
                 timeout_s=build.timeout_s,
-                env={**build.env.get("all", {}), **build.env.get(target, {})},
+                env={**env.get("all", {}), **env.get(target, {})},
             )
 
     @staticmethod

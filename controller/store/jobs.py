@@ -1,6 +1,9 @@
 """The jobs: each state change is one conditional UPDATE (`WHERE state = current AND
 attempt = attempt`), so two racing reports cannot both win and a stale attempt cannot
-overwrite a newer one. The placer's reads are one query each, whatever the backlog."""
+overwrite a newer one. The placer's reads are one query each, whatever the backlog.
+
+The move that ends a build's last job also drops the sealed values of the build's
+variables, in the same transaction: no job of it can run again, so nothing needs them."""
 
 from __future__ import annotations
 
@@ -8,11 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, exists, func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from crossfarm.controller.store.schema import Database, JobRow, as_utc, now
+from crossfarm.controller.store.schema import BuildRow, Database, JobRow, as_utc, now
 from crossfarm.shared.arch import Arch, BuildMode, Placement
 from crossfarm.shared.errors import NotFound
 from crossfarm.shared.ids import BuildId, JobId
@@ -22,6 +25,7 @@ from crossfarm.shared.wire import JobView, Manifest
 
 #: Rows per IN (…) list, to stay under SQL parameter limits.
 _CHUNK = 500
+_TERMINAL = [state.value for state in BuildState if state.terminal]
 
 
 @dataclass(frozen=True)
@@ -150,9 +154,28 @@ class JobStore:
                 values["started_at"] = now()
             if new.terminal:
                 values["finished_at"] = now()
+                # Ends of one build's jobs take turns (a row lock on PostgreSQL; SQLite
+                # has one writer anyway), so the last to end sees all the others ended.
+                session.execute(select(BuildRow.id).where(BuildRow.id == job.build_id)
+                                .with_for_update())
             if not self._update(session, job_id, current, attempt, values | {"state": new.value}):
                 return None
+            if new.terminal:
+                self._forget_values_once_ended(session, BuildId(job.build_id))
         return self.get(job_id).view
+
+    @staticmethod
+    def _forget_values_once_ended(session: Session, build_id: BuildId) -> None:
+        """Drop the sealed values of the build's variables if none of its jobs can run
+        again; the names stay."""
+        session.execute(
+            update(BuildRow)
+            .where(BuildRow.id == build_id, BuildRow.env_sealed.is_not(None),
+                   ~exists().where(JobRow.build_id == build_id,
+                                   JobRow.state.not_in(_TERMINAL)))
+            .values(env_sealed=None)
+            .execution_options(synchronize_session=False)
+        )
 
     @staticmethod
     def _update(session: Session, job_id: JobId, current: BuildState, attempt: int,

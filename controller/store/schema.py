@@ -1,7 +1,8 @@
 """The tables and the connection: the database's shape, shared by the stores beside it.
 
 Six tables: `builds` and their `jobs`, `blobs` and `trees` (the sources), `workers`,
-and `crossfarm_meta` holding the schema version a database was made with.
+and `crossfarm_meta` holding the schema version a database was made with and a text
+sealed with its secrets key (vault.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     String,
+    Text,
     TypeDecorator,
     create_engine,
     event,
@@ -60,7 +62,11 @@ class BuildRow(Base):
     #: the CargoSpec, as JSON: a new cargo option needs no new column
     cargo: Mapped[dict[str, Any]] = mapped_column(JSON)
     timeout_s: Mapped[int]
-    env: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: the names of its variables, kept for the build's life: views show names, never values
+    env_names: Mapped[list[str]] = mapped_column(JSON)
+    #: their values, {"all": {...}, "<target>": {...}}, sealed (vault.py); None when it has
+    #: none or once every job of the build has ended
+    env_sealed: Mapped[str | None] = mapped_column(Text)
     submitter: Mapped[str | None] = mapped_column(String(200), index=True)
     jobs: Mapped[list[JobRow]] = relationship(order_by="JobRow.target", lazy="selectin")
 
@@ -93,7 +99,7 @@ class JobRow(Base):
 
 
 #: Bump on any change to the tables; a database made by another version is refused.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 class MetaRow(Base):

@@ -402,6 +402,26 @@ def test_a_running_job_whose_worker_is_lost_is_rerun_as_the_next_attempt(make_fa
     assert any("re-running as attempt 2" in (e.line or "") for _, e in farm.events.appended)
 
 
+def test_a_rerun_jobs_message_carries_the_builds_variables_until_the_build_ends(make_farm):
+    farm = make_farm(lost_after_s=30)
+    _arm64(farm)
+    build = _submit(farm, placement=Placement.NATIVE, env={"TOKEN": "s3cret-abc"},
+                    target_env={ARM: {"PIN": "k1"}})
+    running = _start(farm, build)
+
+    placer.tick(farm, now=running.started_at + timedelta(seconds=31))
+
+    [first, rerun] = [message for message, _ in farm.queue.sent]
+    assert rerun.attempt == 2
+    assert rerun.env == first.env == {"TOKEN": "s3cret-abc", "PIN": "k1"}
+    _arm64(farm)
+    _start(farm, build)
+    jobs.report_finished(farm, JobId(running.job_id),
+                         JobFinished(attempt=2, state=BuildState.SUCCEEDED, exit_code=0))
+    assert farm.store.builds.settings(BuildId(build.build_id), ARM).env == {}
+    assert farm.store.builds.get(BuildId(build.build_id)).env_names == ["PIN", "TOKEN"]
+
+
 def test_a_running_job_its_live_worker_no_longer_lists_is_rerun_after_the_grace(make_farm):
     farm = make_farm(lease_grace_s=15)
     _arm64(farm)

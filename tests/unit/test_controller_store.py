@@ -564,3 +564,83 @@ def test_queued_jobs_lists_only_the_queued_ones_oldest_first(store, built):
     queued = store.jobs.queued()
     assert [record.view.job_id for record in queued] == [ARM_JOB, "j-0000000000000001"]
     assert [record.build_id for record in queued] == [BUILD, "b-0000000000000001"]
+
+
+SECRET = "hunter2-Xq9v7Lw3"
+SHORT = "k1"
+
+
+def _build_with_secrets(store):
+    return store.builds.add(NewBuild(
+        build_id=BUILD, source=DIGEST, cargo=CargoSpec(), timeout_s=60, submitter=None,
+        jobs=[_new_job(X86_JOB, X86, "amd64"), _new_job(ARM_JOB, ARM, "arm64")],
+        env={"all": {"API_TOKEN": SECRET}, ARM: {"PIN": SHORT}},
+    ))
+
+
+def _raw_build_row(tmp_path):
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "db.sqlite") as db:
+        return db.execute("SELECT env_names, env_sealed FROM builds WHERE id = ?",
+                          (BUILD,)).fetchone()
+
+
+def test_no_byte_of_the_database_holds_a_variables_value_in_clear(tmp_path, store):
+    _build_with_secrets(store)
+    store.close()  # the write-ahead log is folded into the database file
+    files = list(tmp_path.glob("db.sqlite*"))
+    assert files
+    for path in files:
+        assert SECRET.encode() not in path.read_bytes()
+
+
+def test_the_build_row_holds_the_names_in_clear_and_the_values_sealed(tmp_path, store):
+    _build_with_secrets(store)
+    names, sealed = _raw_build_row(tmp_path)
+    assert names == '["API_TOKEN", "PIN"]'
+    assert sealed
+    assert SECRET not in sealed
+    assert "API_TOKEN" not in sealed
+
+
+def test_a_job_gets_its_variables_back_from_the_sealed_values(store):
+    _build_with_secrets(store)
+    assert store.builds.settings(BUILD, X86).env == {"API_TOKEN": SECRET}
+    assert store.builds.settings(BUILD, ARM).env == {"API_TOKEN": SECRET, "PIN": SHORT}
+
+
+def test_while_a_job_of_the_build_may_still_run_its_values_are_kept(tmp_path, store):
+    _build_with_secrets(store)
+    store.jobs.start(X86_JOB, 1, worker="w1")
+    store.jobs.finish(X86_JOB, 1, Outcome(BuildState.SUCCEEDED, exit_code=0))
+    store.jobs.start(ARM_JOB, 1, worker="w2")
+    store.jobs.retry(ARM_JOB, 1, QueueKey.parse("crossfarm.builds.arm64"), "its worker was lost")
+    assert _raw_build_row(tmp_path)[1] is not None
+    assert store.builds.settings(BUILD, ARM).env == {"API_TOKEN": SECRET, "PIN": SHORT}
+
+
+@pytest.mark.parametrize("last", [BuildState.SUCCEEDED, BuildState.FAILED, BuildState.CANCELLED])
+def test_once_every_job_has_ended_the_values_are_gone_and_the_names_remain(
+        tmp_path, store, last):
+    _build_with_secrets(store)
+    store.jobs.finish(X86_JOB, 1, Outcome(BuildState.CANCELLED))
+    store.jobs.start(ARM_JOB, 1, worker="w1")
+    store.jobs.finish(ARM_JOB, 1, Outcome(last, exit_code=0))
+    assert _raw_build_row(tmp_path) == ('["API_TOKEN", "PIN"]', None)
+    assert store.builds.get(BUILD).env_names == ["API_TOKEN", "PIN"]
+    assert store.builds.settings(BUILD, ARM).env == {}
+
+
+def test_a_stale_attempt_ending_does_not_drop_the_values(tmp_path, store):
+    _build_with_secrets(store)
+    store.jobs.finish(X86_JOB, 1, Outcome(BuildState.CANCELLED))
+    assert store.jobs.finish(ARM_JOB, 7, Outcome(BuildState.CANCELLED)) is None
+    assert _raw_build_row(tmp_path)[1] is not None
+
+
+def test_ending_one_builds_jobs_leaves_another_builds_values(tmp_path, store):
+    _build_with_secrets(store)
+    _one_job_build(store, "b-0000000000000001", "j-0000000000000001")
+    store.jobs.finish(JobId("j-0000000000000001"), 1, Outcome(BuildState.CANCELLED))
+    assert _raw_build_row(tmp_path)[1] is not None
