@@ -279,6 +279,29 @@ class WorkerState(StrEnum):
     LOST = "lost"
 
 
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class WorkerLimits(Wire):
+    """The hard limits a worker holds each of its builds to, as it reports them; None:
+    it sets no such limit, or is too old to know it."""
+
+    #: the build container's memory (its tmpfs pages included), processes and CPUs
+    memory_bytes: PositiveInt | None = None
+    pids: PositiveInt | None = None
+    cpus: Annotated[float, Field(gt=0)] | None = None
+    #: the job's writable disk (source, target dir, cargo home)
+    disk_bytes: PositiveInt | None = None
+    #: each tmpfs of the build container (/tmp and HOME)
+    tmpfs_bytes: PositiveInt | None = None
+    #: artifacts of one job: how many, and their bytes together
+    artifact_count: PositiveInt | None = None
+    artifact_bytes: PositiveInt | None = None
+    #: the job's log; a longer line is cut there with a marker rather than failing it
+    log_bytes: PositiveInt | None = None
+    log_line_bytes: PositiveInt | None = None
+
+
 class WorkerHeartbeat(Wire):
     """What a worker reports about itself, on start and then periodically."""
 
@@ -300,6 +323,8 @@ class WorkerHeartbeat(Wire):
     running: list[str] = []
     #: how often it heartbeats, so the controller can tell a silent worker from a busy one
     interval_s: Annotated[float, Field(gt=0)] = 5.0
+    #: the limits it holds each build to (None: a worker older than this field)
+    limits: WorkerLimits | None = None
 
 
 class HeartbeatReply(Reply):

@@ -18,7 +18,7 @@ from importlib import metadata
 from crossfarm.shared import keys
 from crossfarm.shared.arch import TARGETS, Arch
 from crossfarm.shared.errors import ControllerError
-from crossfarm.shared.wire import WorkerHeartbeat
+from crossfarm.shared.wire import WorkerHeartbeat, WorkerLimits
 from crossfarm.worker.container import ContainerRunner
 from crossfarm.worker.images import served_queues
 from crossfarm.worker.lease import Lease
@@ -45,6 +45,14 @@ def describe(settings: WorkerSettings, host: Arch, image_id: str | None,
         targets=sorted(t for t, arch in TARGETS.items() if arch in arches),
         labels=settings.labels, version=version, concurrency=settings.concurrency,
         running=sorted(running or ()), interval_s=settings.heartbeat_s,
+        limits=WorkerLimits(
+            memory_bytes=settings.build_memory_bytes, pids=settings.build_pids,
+            cpus=settings.build_cpus, disk_bytes=settings.job_disk_bytes or None,
+            tmpfs_bytes=settings.build_tmpfs_bytes,
+            artifact_count=settings.artifact_max_count,
+            artifact_bytes=settings.artifact_max_bytes,
+            log_bytes=settings.log_max_bytes, log_line_bytes=settings.log_line_max_bytes,
+        ),
     )
 
 

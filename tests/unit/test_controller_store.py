@@ -16,6 +16,7 @@ from crossfarm.shared.wire import (
     Manifest,
     SourceStatus,
     WorkerHeartbeat,
+    WorkerLimits,
 )
 
 BUILD = BuildId("b-0123456789abcdef")
@@ -430,6 +431,23 @@ def test_a_fresh_start_heartbeat_resets_the_start_time(store):
     [worker] = store.workers.all()
     assert worker.started_at > first.started_at
     assert worker.started_at == worker.last_seen
+
+
+def test_an_older_workers_heartbeat_without_limits_is_accepted_and_reads_back(store):
+    older = _heartbeat().model_dump(mode="json", exclude={"limits"})
+    assert "limits" not in older
+    store.workers.heartbeat("w1", WorkerHeartbeat.model_validate(older), fresh_start=True)
+    [worker] = store.workers.all()
+    assert worker.info.limits is None
+
+
+def test_a_workers_limits_read_back_as_it_reported_them(store):
+    limits = WorkerLimits(memory_bytes=2**33, pids=4096, cpus=1.5, disk_bytes=None,
+                          artifact_count=256, log_line_bytes=65536)
+    store.workers.heartbeat("w1", _heartbeat().model_copy(update={"limits": limits}),
+                            fresh_start=True)
+    [worker] = store.workers.all()
+    assert worker.info.limits == limits
 
 
 def test_workers_are_listed_by_name(store):

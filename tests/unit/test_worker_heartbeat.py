@@ -5,7 +5,7 @@ from fakes import FakeDocker, FakeReporter
 
 from crossfarm.shared.arch import Arch, BuildMode
 from crossfarm.shared.errors import ControllerError
-from crossfarm.shared.wire import HeartbeatReply
+from crossfarm.shared.wire import HeartbeatReply, WorkerLimits
 from crossfarm.worker.heartbeat import (
     ConsumerWatchdog,
     ContainerReaper,
@@ -73,6 +73,24 @@ def test_the_host_architecture_named_as_a_cross_arch_stays_native():
     info = describe(_settings(cross_arches=[Arch.ARM64]), Arch.ARM64, None)
     assert info.queues == {ARM64_QUEUE: BuildMode.NATIVE}
     assert info.targets == [ARM]
+
+
+def test_the_description_carries_every_limit_the_worker_holds_builds_to():
+    settings = _settings(build_pids=512, job_disk_bytes=2 * 1024**3,
+                         build_tmpfs_bytes=64 * 1024**2, artifact_max_count=10,
+                         artifact_max_bytes=1024**3, log_max_bytes=8 * 1024**2,
+                         log_line_max_bytes=4096)
+    limits = describe(settings, Arch.AMD64, None).limits
+    assert limits == WorkerLimits(
+        memory_bytes=4 * 1024**3, pids=512, cpus=6.0, disk_bytes=2 * 1024**3,
+        tmpfs_bytes=64 * 1024**2, artifact_count=10, artifact_bytes=1024**3,
+        log_bytes=8 * 1024**2, log_line_bytes=4096)
+
+
+def test_a_worker_without_a_disk_budget_reports_no_disk_limit():
+    limits = describe(_settings(job_disk_bytes=0), Arch.AMD64, None).limits
+    assert limits is not None
+    assert limits.disk_bytes is None
 
 
 def test_the_description_carries_the_workers_resources_and_image():
