@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from crossfarm.shared import keys
 from crossfarm.shared.states import BuildState
-from crossfarm.shared.wire import ArtifactView, BuildView, Fleet
+from crossfarm.shared.wire import ArtifactView, BuildView, Fleet, WorkerLimits
 
 
 def emit_json(document: object) -> None:
@@ -83,12 +83,49 @@ def workers_table(fleet: Fleet, out: TextIO = sys.stdout) -> None:
                      worker.last_seen.strftime("%H:%M:%S")))
     _table(rows, out)
     print(file=out)
+    _limits_table(fleet, out)
+    print(file=out)
     summary = [("ARCH", "NATIVE", "CROSS", "EMULATED", "QUEUED", "OLDEST WAITING")]
     for arch in fleet.arches:
         oldest = arch.oldest_waiting.strftime("%H:%M:%S") if arch.oldest_waiting else "-"
         summary.append((arch.arch, str(arch.workers_online), str(arch.cross_workers),
                         str(arch.emulating_workers), str(arch.queue_depth), oldest))
     _table(summary, out)
+
+
+def _limits_table(fleet: Fleet, out: TextIO) -> None:
+    """What each worker holds a build to: "-" is no such limit, "?" one a worker too old
+    to report its limits did not say."""
+    rows = [("WORKER", "MEMORY", "PIDS", "CPUS", "DISK", "TMPFS", "ARTIFACTS",
+             "ARTIFACT BYTES", "LOG", "LOG LINE")]
+    older = [worker.name for worker in fleet.workers if worker.info.limits is None]
+    for worker in fleet.workers:
+        limits = worker.info.limits
+        rows.append((worker.name, *(_limit_cells(limits) if limits else ["?"] * 9)))
+    _table(rows, out)
+    if older:
+        print(f"?: not reported by {', '.join(older)} (too old to report limits)", file=out)
+
+
+def _limit_cells(limits: WorkerLimits) -> tuple[str, ...]:
+    def number(value: float | None) -> str:
+        return "-" if value is None else str(value) if isinstance(value, int) else f"{value:g}"
+
+    return (_size(limits.memory_bytes), number(limits.pids), number(limits.cpus),
+            _size(limits.disk_bytes), _size(limits.tmpfs_bytes), number(limits.artifact_count),
+            _size(limits.artifact_bytes), _size(limits.log_bytes), _size(limits.log_line_bytes))
+
+
+def _size(value: int | None) -> str:
+    """Bytes in the largest binary unit that keeps one decimal at most: 4GiB, 1.5MiB."""
+    if value is None:
+        return "-"
+    amount, unit = float(value), "B"
+    for bigger in ("KiB", "MiB", "GiB", "TiB"):
+        if amount < 1024:
+            break
+        amount, unit = amount / 1024, bigger
+    return f"{amount:.1f}".removesuffix(".0") + unit
 
 
 # Plain padded columns, not rich: a rich Table fits itself to the console, 80 columns

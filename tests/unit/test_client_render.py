@@ -1,7 +1,8 @@
 import io
+import json
 from datetime import UTC, datetime, timedelta
 
-from crossfarm.client.render import build_table, builds_table, workers_table
+from crossfarm.client.render import build_table, builds_table, emit_json, workers_table
 from crossfarm.shared.arch import BuildMode
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import (
@@ -12,6 +13,7 @@ from crossfarm.shared.wire import (
     Fleet,
     JobView,
     WorkerHeartbeat,
+    WorkerLimits,
     WorkerState,
     WorkerView,
 )
@@ -170,7 +172,7 @@ def test_a_builds_table_lists_each_build_with_its_targets_and_submitter():
     ]
 
 
-def _worker(name, state, arch, queues, running):
+def _worker(name, state, arch, queues, running, limits=None):
     info = WorkerHeartbeat(
         hostname=name,
         arch=arch,
@@ -181,6 +183,7 @@ def _worker(name, state, arch, queues, running):
         targets=[X86],
         version="0.1.0",
         concurrency=1,
+        limits=limits,
     )
     return WorkerView(
         name=name, state=state, last_seen=T0, started_at=T0, running_jobs=running, info=info
@@ -231,6 +234,12 @@ def test_a_workers_table_shows_online_and_lost_workers_and_each_architecture():
         ["w1", "online", "amd64", "amd64:native,arm64:cross", "8", "1", "12:00:00"],
         ["w2", "lost", "arm64", "arm64:native", "8", "0", "12:00:00"],
         [],
+        ["WORKER", "MEMORY", "PIDS", "CPUS", "DISK", "TMPFS", "ARTIFACTS", "ARTIFACT", "BYTES",
+         "LOG", "LOG", "LINE"],
+        ["w1", *["?"] * 9],
+        ["w2", *["?"] * 9],
+        ["?:", "not", "reported", "by", "w1,", "w2", "(too", "old", "to", "report", "limits)"],
+        [],
         ["ARCH", "NATIVE", "CROSS", "EMULATED", "QUEUED", "OLDEST", "WAITING"],
         ["amd64", "1", "0", "0", "0", "-"],
         ["arm64", "0", "1", "0", "4", "11:59:00"],
@@ -249,3 +258,39 @@ def test_a_workers_queues_are_shown_by_architecture_and_mode():
     workers_table(fleet, out=out)
 
     assert _rows(out)[1][3] == "amd64:native,arm64:cross,arm64:emulated"
+
+
+LIMITS = WorkerLimits(memory_bytes=8 * 1024**3, pids=4096, cpus=1.5, disk_bytes=20 * 1024**3,
+                      tmpfs_bytes=512 * 1024**2, artifact_count=256,
+                      artifact_bytes=4 * 1024**3, log_bytes=32 * 1024**2,
+                      log_line_bytes=64 * 1024)
+
+
+def test_a_workers_table_lists_the_limits_each_worker_holds_builds_to():
+    unlimited_disk = LIMITS.model_copy(update={"disk_bytes": None})
+    fleet = Fleet(workers=[
+        _worker("w1", WorkerState.ONLINE, "amd64", {}, [], limits=LIMITS),
+        _worker("w2", WorkerState.ONLINE, "amd64", {}, [], limits=unlimited_disk),
+    ], arches=[])
+    out = io.StringIO()
+
+    workers_table(fleet, out=out)
+
+    rows = _rows(out)
+    limits_at = rows.index([])
+    assert rows[limits_at + 1:limits_at + 4] == [
+        ["WORKER", "MEMORY", "PIDS", "CPUS", "DISK", "TMPFS", "ARTIFACTS", "ARTIFACT", "BYTES",
+         "LOG", "LOG", "LINE"],
+        ["w1", "8GiB", "4096", "1.5", "20GiB", "512MiB", "256", "4GiB", "32MiB", "64KiB"],
+        ["w2", "8GiB", "4096", "1.5", "-", "512MiB", "256", "4GiB", "32MiB", "64KiB"],
+    ]
+
+
+def test_the_json_of_the_fleet_carries_each_workers_limits(capsys):
+    fleet = Fleet(workers=[_worker("w1", WorkerState.ONLINE, "amd64", {}, [], limits=LIMITS)],
+                  arches=[])
+
+    emit_json(fleet)
+
+    [worker] = json.loads(capsys.readouterr().out)["workers"]
+    assert WorkerLimits.model_validate(worker["info"]["limits"]) == LIMITS
