@@ -166,6 +166,9 @@ class JobMessage(Reply):
     """The Celery payload of one job. Like a reply, it comes from the controller: fields
     a newer controller adds are ignored by older workers."""
 
+    # It carries the build's variables: a validation error must not print their values.
+    model_config = ConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
+
     job_id: JobId
     build_id: BuildId
     target: str

@@ -187,6 +187,15 @@ def test_a_worker_reads_a_job_from_a_newer_controller_and_one_from_an_older_one(
     assert newer.limits == wire.SourceLimits(**limits)
 
 
+def test_a_job_message_that_fails_validation_does_not_print_the_builds_variables():
+    job = {"job_id": "j-1", "build_id": "b-1", "target": "x86_64-unknown-linux-gnu",
+           "attempt": 1, "source": "ab" * 32, "cargo": {}, "timeout_s": 60,
+           "env": {"TOKEN": ["hunter2-swordfish"]}}  # a list: not a valid value
+    with pytest.raises(ValidationError) as refused:
+        wire.JobMessage.model_validate(job)
+    assert "hunter2-swordfish" not in str(refused.value)
+
+
 def test_all_wire_models_were_found():
     assert {model.__name__ for model in WIRE_MODELS} >= {
         "BuildRequest",
