@@ -184,13 +184,8 @@ class Docker:
             tmpfs=_tmpfs(step),
             labels={keys.LABEL: "1", **step.labels},
         )
-        try:
+        with _removed_after(raw):
             yield Container(raw)
-        except docker.errors.APIError as exc:
-            raise BuildError(f"docker engine error: {exc.explanation or exc}") from exc
-        finally:
-            with suppress(docker.errors.NotFound):
-                raw.remove(force=True, v=False)
 
     @contextmanager
     def shelf(self, volume: str, image: str) -> Iterator[VolumeShelf]:
@@ -199,13 +194,8 @@ class Docker:
         raw = self._client.containers.create(
             image=image, command=["true"], user="0:0", network_mode="none",
             volumes={volume: {"bind": _SHELF, "mode": "rw"}}, labels={keys.LABEL: "1"})
-        try:
+        with _removed_after(raw):
             yield VolumeShelf(raw)
-        except docker.errors.APIError as exc:
-            raise BuildError(f"docker engine error: {exc.explanation or exc}") from exc
-        finally:
-            with suppress(docker.errors.NotFound):
-                raw.remove(force=True, v=False)
 
     def reap(self, worker: str, keep: Callable[[], set[str]]) -> int:
         """Remove this worker's containers and job volumes whose "<job>-<attempt>" is not in
@@ -243,6 +233,19 @@ def _tmpfs(step: Step) -> dict[str, str]:
     size = f"size={step.tmpfs_bytes},exec,nosuid,nodev"
     uid = step.user.split(":")[0]
     return {"/tmp": f"{size},mode=1777", BUILD_HOME: f"{size},mode=0700,uid={uid},gid={uid}"}
+
+
+@contextmanager
+def _removed_after(raw: EngineContainer) -> Iterator[None]:
+    """Engine errors inside the block become BuildError, naming the engine; the
+    container is removed when the block ends, whatever happened."""
+    try:
+        yield
+    except docker.errors.APIError as exc:
+        raise BuildError(f"docker engine error: {exc.explanation or exc}") from exc
+    finally:
+        with suppress(docker.errors.NotFound):
+            raw.remove(force=True, v=False)
 
 
 #: Where a shelf's volume is mounted in its container.
