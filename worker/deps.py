@@ -21,6 +21,7 @@ import json
 import re
 import tarfile
 import tempfile
+import time
 import tomllib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +51,8 @@ _VERSION = re.compile(r"^[0-9A-Za-z.+-]{1,64}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DOWNLOADS = 8
 _MAX_PACKAGES = 10_000
+#: Tries of one download whose connection fails or which the registry answers 5xx.
+_TRIES = 3
 #: An unpacked crate may be at most this many times its .crate file (a tar bomb guard).
 _MAX_EXPANSION = 40
 
@@ -136,11 +139,26 @@ class Registry:
 
     def download(self, crate: LockedCrate, dest: IO[bytes]) -> None:
         """Stream `crate`'s .crate file into `dest`; DependencyError unless its bytes are
-        the ones Cargo.lock names and no larger than the farm's limit."""
+        the ones Cargo.lock names and no larger than the farm's limit. A connection that
+        fails or a registry that answers 5xx is tried again, as cargo does."""
+        for attempt in range(1, _TRIES + 1):
+            dest.seek(0)
+            dest.truncate()
+            try:
+                return self._download(crate, dest)
+            except _Transient as exc:
+                if attempt == _TRIES:
+                    raise DependencyError(f"{crate.name} {crate.version}: download failed "
+                                          f"{_TRIES} times: {exc}") from None
+                time.sleep(attempt)
+
+    def _download(self, crate: LockedCrate, dest: IO[bytes]) -> None:
         digest, size = hashlib.sha256(), 0
         try:
             with self._client.stream("GET", f"{self.url}/{crate.name}/{crate.dirname}.crate"
                                      ) as response:
+                if response.status_code >= 500:
+                    raise _Transient(f"the registry answered {response.status_code}")
                 if response.status_code != 200:
                     raise DependencyError(f"{crate.name} {crate.version}: the registry answered "
                                           f"{response.status_code}; is Cargo.lock up to date?")
@@ -151,12 +169,15 @@ class Registry:
                                               f"farm's limit of {self._max_bytes} bytes a crate")
                     digest.update(chunk)
                     dest.write(chunk)
-        except httpx.HTTPError as exc:
-            raise DependencyError(f"{crate.name} {crate.version}: download failed: "
-                                  f"{type(exc).__name__}: {exc}") from None
+        except httpx.TransportError as exc:
+            raise _Transient(f"{type(exc).__name__}: {exc}") from None
         if digest.hexdigest() != crate.sha256:
             raise DependencyError(f"{crate.name} {crate.version}: the registry served bytes "
                                   "whose sha256 is not the one in Cargo.lock; not used")
+
+
+class _Transient(Exception):
+    """A download failure worth another try (no answer, or a 5xx)."""
 
 
 def install_tar(crate: LockedCrate, crate_file: IO[bytes], out: IO[bytes]) -> None:

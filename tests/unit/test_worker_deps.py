@@ -153,3 +153,24 @@ def test_a_download_past_the_size_limit_or_refused_by_the_registry_fails_with_wh
         _registry(b"x" * 4096, max_bytes=1024).download(crate, io.BytesIO())
     with pytest.raises(DependencyError, match="the registry answered 404"):
         _registry(b"", status=404).download(crate, io.BytesIO())
+
+
+def test_a_download_the_registry_fails_for_a_moment_is_tried_again():
+    data = b"crate bytes"
+    crate = LockedCrate("x", "1.0.0", hashlib.sha256(data).hexdigest())
+    answers = iter([httpx.Response(503), httpx.Response(200, content=data)])
+    registry = Registry("https://registry.invalid/crates", 1 << 20,
+                        transport=httpx.MockTransport(lambda request: next(answers)))
+    out = io.BytesIO()
+    registry.download(crate, out)
+    assert out.getvalue() == data
+
+
+def test_a_registry_that_keeps_failing_fails_the_download_with_why():
+    def refuse(request):
+        raise httpx.ConnectError("connection refused", request=request)
+
+    registry = Registry("https://registry.invalid/crates", 1 << 20,
+                        transport=httpx.MockTransport(refuse))
+    with pytest.raises(DependencyError, match="download failed 3 times: ConnectError"):
+        registry.download(LockedCrate("x", "1.0.0", SHA), io.BytesIO())
