@@ -17,6 +17,17 @@ from pathlib import Path
 
 import pytest
 import redis
+from bombs import (
+    BUILD_RS,
+    DISK_BOMB,
+    HUGE_ARTIFACT,
+    HUGE_LINE,
+    LOG_FLOOD,
+    MAIN_ERR,
+    MAIN_OUT,
+    forged,
+    too_many_artifacts,
+)
 from conftest import FIXTURES
 from polling import until
 
@@ -43,35 +54,6 @@ LIMITS = {
     "CROSSFARM_ARTIFACT_MAX_BYTES": str(ARTIFACT_BYTES),
     "CROSSFARM_BUILD_TMPFS_BYTES": str(TMPFS),
 }
-
-#: The fixture's own build script, then the bomb (`{bomb}`): Rust statements.
-BUILD_RS = """
-#![allow(unused_imports)]
-use std::io::Write;
-use std::path::Path;
-
-fn main() {{
-    cc::Build::new().file("src/answer.c").compile("answer");
-    println!("cargo:rerun-if-changed=src/answer.c");
-    {bomb}
-}}
-"""
-
-#: Writes to the container's main process (cargo), whose stdout and stderr are the
-#: worker's log stream: cargo keeps what build scripts print to their own.
-MAIN_OUT = ('let mut main_out = std::fs::OpenOptions::new().write(true)'
-            '.open("/proc/1/fd/1").unwrap();')
-MAIN_ERR = ('let mut main_err = std::fs::OpenOptions::new().write(true)'
-            '.open("/proc/1/fd/2").unwrap();')
-
-
-def _forged(path: str) -> str:
-    """A statement printing a cargo message that names `path` as an executable."""
-    message = json.dumps({"reason": "compiler-artifact", "package_id": "forged",
-                          "target": {"kind": ["bin"], "name": "forged"},
-                          "filenames": [path], "executable": path, "fresh": False})
-    return f"writeln!(main_out, \"{{}}\", r#\"{message}\"#).unwrap();"
-
 
 @pytest.fixture(scope="module")
 def limited(farm):
@@ -169,12 +151,7 @@ def _bomb(farm, api, limited, tmp_path, bomb: str) -> tuple[dict, float]:
 
 
 def test_a_disk_bomb_fails_at_the_jobs_disk_budget(farm, api, limited, only, tmp_path):
-    final, _ = _bomb(farm, api, limited, tmp_path, """
-        let out = std::env::var("OUT_DIR").unwrap();
-        let mut file = std::fs::File::create(Path::new(&out).join("bomb")).unwrap();
-        let block = vec![0x5au8; 1 << 20];
-        loop { file.write_all(&block).expect("disk bomb stopped"); }
-    """)
+    final, _ = _bomb(farm, api, limited, tmp_path, DISK_BOMB)
     assert final["state"] == "failed"
     assert final["reason"].startswith(
         f"disk: the job's writable space of {DISK} bytes is full"), final["reason"]
@@ -184,10 +161,7 @@ def test_a_disk_bomb_fails_at_the_jobs_disk_budget(farm, api, limited, only, tmp
 
 
 def test_a_log_flood_stops_the_build_at_the_log_budget(farm, api, limited, only, tmp_path):
-    final, _ = _bomb(farm, api, limited, tmp_path, MAIN_ERR + """
-        let line = "flood ".repeat(20);
-        for i in 0u64.. { writeln!(main_err, "{} {}", i, line).unwrap(); }
-    """)
+    final, _ = _bomb(farm, api, limited, tmp_path, LOG_FLOOD)
     assert final["state"] == "failed"
     assert final["reason"].startswith(
         f"log: the build's output passed the job's log budget of {LOG} bytes"), final["reason"]
@@ -207,10 +181,7 @@ def test_one_huge_line_without_a_newline_is_cut_with_a_marker(farm, api, limited
                                                               tmp_path):
     # 100 MiB with no newline: cut at the line budget as it comes, in linear time; the
     # build itself is fine and succeeds, its log holding the cut line.
-    final, seconds = _bomb(farm, api, limited, tmp_path, MAIN_ERR + """
-        let block = vec![b'x'; 1 << 20];
-        for _ in 0..100 { main_err.write_all(&block).unwrap(); }
-    """)
+    final, seconds = _bomb(farm, api, limited, tmp_path, HUGE_LINE)
     assert final["state"] == "succeeded", final
     log = _stored_log(farm, final).decode()
     [cut] = [line for line in log.splitlines() if line.startswith("xxxx")]
@@ -221,10 +192,7 @@ def test_one_huge_line_without_a_newline_is_cut_with_a_marker(farm, api, limited
 
 def test_more_artifacts_than_the_count_limit_fail_the_build(farm, api, limited, only,
                                                             tmp_path):
-    names = [f"/work/target/forged-{i}" for i in range(ARTIFACT_COUNT + 2)]
-    bomb = MAIN_OUT + "".join(
-        f'std::fs::write("{name}", b"x").unwrap(); {_forged(name)}' for name in names)
-    final, _ = _bomb(farm, api, limited, tmp_path, bomb)
+    final, _ = _bomb(farm, api, limited, tmp_path, too_many_artifacts(ARTIFACT_COUNT + 2))
     assert final["state"] == "failed"
     assert final["reason"].startswith(
         f"artifacts: the build names more than {ARTIFACT_COUNT} artifacts"), final["reason"]
@@ -234,11 +202,7 @@ def test_more_artifacts_than_the_count_limit_fail_the_build(farm, api, limited, 
 
 def test_a_forged_message_naming_a_1_gib_sparse_file_is_refused_unread(farm, api, limited,
                                                                       only, tmp_path):
-    bomb = MAIN_OUT + """
-        let file = std::fs::File::create("/work/target/huge").unwrap();
-        file.set_len(1 << 30).unwrap();
-    """ + _forged("/work/target/huge")
-    final, _ = _bomb(farm, api, limited, tmp_path, bomb)
+    final, _ = _bomb(farm, api, limited, tmp_path, HUGE_ARTIFACT)
     assert final["state"] == "failed"
     assert final["reason"].startswith(
         f"artifacts: /work/target/huge is {1 << 30} bytes, more than the"), final["reason"]
@@ -251,7 +215,7 @@ def test_a_forged_message_naming_a_1_gib_sparse_file_is_refused_unread(farm, api
                                   "/work/target/../src/build.rs"])
 def test_a_forged_message_naming_a_file_outside_the_target_dir_is_refused(
         farm, api, limited, only, tmp_path, path):
-    final, _ = _bomb(farm, api, limited, tmp_path, MAIN_OUT + _forged(path))
+    final, _ = _bomb(farm, api, limited, tmp_path, MAIN_OUT + forged(path))
     assert final["state"] == "failed"
     assert final["reason"].startswith(
         f"artifacts: cargo's output names '{path}', outside the target dir /work/target"
