@@ -72,11 +72,12 @@ def _crate(tmp_path: Path, bomb: str) -> Path:
     return crate
 
 
-def _submit(farm, api, crate: Path, timeout_s: int | None = None) -> str:
+def _submit(farm, api, crate: Path, timeout_s: int | None = None,
+            env: dict[str, str] | None = None) -> str:
     with FarmClient(farm.controller_url, token=farm.client_token) as client:
         source = send(client, scan(crate)).status.digest
     build = api.post("/v1/builds", json={"source": source, "targets": [X86],
-                                         "timeout_s": timeout_s})
+                                         "timeout_s": timeout_s, "env": env or {}})
     assert build.status_code in (200, 201), build.text
     return build.json()["build_id"]
 
@@ -298,3 +299,38 @@ def test_the_build_container_is_read_only_but_work_tmp_and_home(farm, api, limit
     assert others <= {"/", "/work", "/deps", "/etc/resolv.conf", "/etc/hostname",
                       "/etc/hosts"}, others
     _healthy_after(farm, api, limited, final)
+
+
+#: A multi-line secret, as a PEM body or a key file would be.
+SECRET = "-----BEGIN KEY-----\nhunter2-swordfish-0123\nsecond-line-abcdef\n-----END KEY-----"
+#: Prints the secret in every form a log can carry it: verbatim (over several lines),
+#: Rust's {:?} escape, JSON-style escapes, one cargo warning per line, and one piece a
+#: line.
+SECRET_PRINTER = MAIN_ERR + r"""
+        let secret = std::env::var("CROSSFARM_TEST_SECRET").unwrap();
+        writeln!(main_err, "verbatim: {}", secret).unwrap();
+        writeln!(main_err, "debug: {:?}", secret).unwrap();
+        writeln!(main_err, "json: \"{}\"", secret.replace('\n', "\\n")).unwrap();
+        for line in secret.lines() {
+            println!("cargo:warning=line: {}", line);
+            writeln!(main_err, "{}", line).unwrap();
+        }
+    """
+
+
+def test_a_secret_is_hidden_in_every_form_a_build_prints_it(farm, api, limited, only,
+                                                           tmp_path):
+    build_id = _submit(farm, api, _crate(tmp_path, SECRET_PRINTER),
+                       env={"CROSSFARM_TEST_SECRET": SECRET})
+    final = until(lambda: (j := _job(api, build_id))["state"] in ("succeeded", "failed") and j,
+                  f"build {build_id} to finish", 600)
+    final["build_id"] = build_id
+    assert final["state"] == "succeeded", final
+    log = _stored_log(farm, final).decode()
+    stream = b"".join(
+        value for _id, fields in redis.Redis(port=farm.redis_port).xrange(
+            keys.events_stream(build_id)) for value in fields.values()).decode()
+    assert "verbatim: " in log  # the build printed, and the log kept the rest of the line
+    for piece in ("hunter2-swordfish-0123", "second-line-abcdef", "-----BEGIN KEY-----"):
+        assert piece not in log, piece
+        assert piece not in stream, piece
