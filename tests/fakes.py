@@ -87,8 +87,9 @@ class FakeShelf:
         self.files: dict[str, bytes] = {}
         self.puts = 0
 
-    def has(self, path: str) -> bool:
-        return path in self.files
+    def names(self, folder: str) -> set[str]:
+        return {name.split("/")[1] for name in self.files
+                if name.startswith(f"{folder}/") and name.count("/") == 1}
 
     def put(self, tar: IO[bytes]) -> None:
         self.puts += 1

@@ -86,7 +86,7 @@ class StepContainer(Protocol):
 class Shelf(Protocol):
     """A named volume the worker itself writes into, through a container never started."""
 
-    def has(self, path: str) -> bool: ...
+    def names(self, folder: str) -> set[str]: ...
     def put(self, tar: IO[bytes]) -> None: ...
 
 
@@ -258,14 +258,16 @@ class VolumeShelf:
     def __init__(self, raw: Any) -> None:
         self._raw = raw
 
-    def has(self, path: str) -> bool:
+    def names(self, folder: str) -> set[str]:
+        """The names directly in `folder` of the volume; none if it does not exist."""
         try:
-            chunks, _stat = self._raw.get_archive(f"{_SHELF}/{path}")
+            chunks, _stat = self._raw.get_archive(f"{_SHELF}/{folder}")
         except docker.errors.NotFound:
-            return False
-        for _chunk in chunks:  # the engine holds the container until the stream is read
-            pass
-        return True
+            return set()
+        # The whole stream is read (the engine holds the container until it is); the
+        # archive holds the folder under its own name.
+        with tarfile.open(fileobj=io.BytesIO(b"".join(chunks)), mode="r:") as tar:
+            return {Path(m.name).name for m in tar if len(Path(m.name).parts) == 2}
 
     def put(self, tar: IO[bytes]) -> None:
         """Extract a tar stream at the volume's root; headers' owners and modes are kept."""

@@ -43,9 +43,11 @@ DEPS = "/deps"
 VENDOR = "vendor"
 #: The job's own cargo home, in its job volume: its config points crates.io at VENDOR.
 CARGO_HOME = "cargo-home"
-#: Written last into each entry: cargo's directory source needs it, and the worker
-#: takes its presence to mean the entry is complete.
+#: Written last into each entry: cargo's directory source needs it.
 _CHECKSUM_FILE = ".cargo-checksum.json"
+#: One empty file per complete entry, named by its sha256, written after every entry of
+#: an install: listing this folder is one call to the engine, however many crates.
+_PRESENT = ".present"
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _VERSION = re.compile(r"^[0-9A-Za-z.+-]{1,64}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -180,16 +182,15 @@ class _Transient(Exception):
     """A download failure worth another try (no answer, or a 5xx)."""
 
 
-def install_tar(crate: LockedCrate, crate_file: IO[bytes], out: IO[bytes]) -> None:
-    """Re-pack a verified .crate as its deps-volume entry: `<sha256>/…`, root-owned and
-    read-only, with only regular files and directories under `<name>-<version>/`,
-    and the checksum file last."""
+def install_tar(crate: LockedCrate, crate_file: IO[bytes], dst: tarfile.TarFile) -> None:
+    """Re-pack a verified .crate into `dst` as its deps-volume entry: `<sha256>/…`,
+    root-owned and read-only, with only regular files and directories under
+    `<name>-<version>/`, and the checksum file last."""
     crate_file.seek(0, io.SEEK_END)
     budget = max(crate_file.tell(), 1 << 20) * _MAX_EXPANSION
     crate_file.seek(0)
     prefix = PurePosixPath(crate.dirname)
-    with (tarfile.open(fileobj=crate_file, mode="r:gz") as src,
-          tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as dst):
+    with tarfile.open(fileobj=crate_file, mode="r:gz") as src:
         dst.addfile(_entry(crate.sha256, tarfile.DIRTYPE, 0o555))
         for member in src:
             relative = _inside(crate, prefix, member)
@@ -277,18 +278,25 @@ class DependencyCache:
     def provide(self, crates: list[LockedCrate], say: Callable[[str], None]) -> int:
         """Make sure every crate is in the volume; returns how many were downloaded."""
         with _locked_file(self.lock_path), self.runner.shelf(self.volume, self.image) as shelf:
-            missing = [c for c in crates if not shelf.has(f"{c.sha256}/{_CHECKSUM_FILE}")]
+            present = shelf.names(_PRESENT)
+            missing = [c for c in crates if c.sha256 not in present]
             if not missing:
                 return 0
             say(f"crossfarm: downloading {len(missing)} of {len(crates)} crate(s), each "
                 "checked against the sha256 in Cargo.lock")
-            with ThreadPoolExecutor(_DOWNLOADS) as pool:
-                for crate, crate_file in zip(missing, pool.map(self._fetch, missing),
-                                             strict=True):
-                    with crate_file, tempfile.TemporaryFile(dir=self.scratch) as entry:
-                        install_tar(crate, crate_file, entry)
-                        entry.seek(0)
-                        shelf.put(entry)
+            # One tar for all of them: each write through the engine mounts the volume.
+            with tempfile.TemporaryFile(dir=self.scratch) as out:
+                with (tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as dst,
+                      ThreadPoolExecutor(_DOWNLOADS) as pool):
+                    for crate, crate_file in zip(missing, pool.map(self._fetch, missing),
+                                                 strict=True):
+                        with crate_file:
+                            install_tar(crate, crate_file, dst)
+                    dst.addfile(_entry(_PRESENT, tarfile.DIRTYPE, 0o555))
+                    for crate in missing:
+                        dst.addfile(_entry(f"{_PRESENT}/{crate.sha256}", tarfile.REGTYPE, 0o444))
+                out.seek(0)
+                shelf.put(out)
         return len(missing)
 
     def _fetch(self, crate: LockedCrate) -> IO[bytes]:

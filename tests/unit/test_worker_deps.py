@@ -45,7 +45,8 @@ def _crate_file(members: dict[str, bytes | None], kinds: dict[str, bytes] | None
 
 def _entries(crate: LockedCrate, data: bytes) -> dict[str, tarfile.TarInfo]:
     out = io.BytesIO()
-    install_tar(crate, io.BytesIO(data), out)
+    with tarfile.open(fileobj=out, mode="w") as dst:
+        install_tar(crate, io.BytesIO(data), dst)
     out.seek(0)
     with tarfile.open(fileobj=out) as tar:
         return {member.name: member for member in tar}

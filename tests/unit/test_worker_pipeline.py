@@ -268,6 +268,10 @@ def test_a_job_that_builds_publishes_its_binary_then_the_manifest_then_the_log(t
     itoa = hashlib.sha256(registry.crates["itoa-1.0.19"]).hexdigest()
     assert {f"{itoa}/Cargo.toml", f"{itoa}/src/lib.rs", f"{itoa}/.cargo-checksum.json"} <= set(
         shelf.files)
+    # in one write through the engine, the entries' markers after every entry
+    assert shelf.puts == 1
+    assert set(list(shelf.files)[-2:]) == {
+        f".present/{hashlib.sha256(data).hexdigest()}" for data in registry.crates.values()}
     # one step only, with no network: the source and the vendor links go into its volume,
     # the deps volume is mounted read-only
     [build] = docker.containers
