@@ -320,7 +320,24 @@ class Container:
                 status: dict[str, Any] = self._raw.wait(timeout=min(1.0, max(remaining, 0.1)))
                 return status
             except (requests.exceptions.ConnectionError, requests.exceptions.ReadTimeout):
-                continue  # docker-py reports a wait timeout as one of these, by transport
+                pass  # docker-py reports a wait timeout as one of these, by transport
+            if limit := self._at_pids_limit():
+                # A fork bomb held at the limit never ends by itself (its children keep
+                # cargo's pipes open): end it now, saying which limit it met.
+                self._kill()
+                raise LimitExceeded("pids", f"the build reached its limit of {limit} "
+                                    "processes and threads", limit, "CROSSFARM_BUILD_PIDS")
+
+    def _at_pids_limit(self) -> int | None:
+        """The container's pids limit if it has reached it, else None (or unknown)."""
+        try:
+            pids = self._raw.stats(stream=False, one_shot=True).get("pids_stats") or {}
+        except (docker.errors.APIError, requests.exceptions.RequestException):
+            return None
+        current, limit = pids.get("current"), pids.get("limit")
+        if isinstance(current, int) and isinstance(limit, int) and 0 < limit <= current:
+            return limit
+        return None
 
     def _kill(self) -> None:
         with suppress(docker.errors.APIError):

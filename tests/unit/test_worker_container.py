@@ -8,6 +8,7 @@ import tarfile
 import time
 
 import pytest
+import requests.exceptions
 
 from crossfarm.shared.errors import BuildCancelled, BuildError, LeaseLost, LimitExceeded
 from crossfarm.worker.container import LINE_CUT, Container, _pump
@@ -51,6 +52,23 @@ def test_a_cancel_kills_the_container_once():
     raw = RawContainer()
     with pytest.raises(BuildCancelled, match="cancelled"):
         Container(raw).run(lambda s, line: None, time.monotonic() + 60, lambda: "cancelled")
+    assert raw.killed >= 1
+
+
+class ForkBombed(RawContainer):
+    """Running, its processes at the pids limit, never finishing."""
+
+    def wait(self, timeout):
+        raise requests.exceptions.ReadTimeout("still running")
+
+    def stats(self, stream, one_shot):
+        return {"pids_stats": {"current": 256, "limit": 256}}
+
+
+def test_a_build_at_its_pids_limit_is_killed_with_that_reason():
+    raw = ForkBombed()
+    with pytest.raises(LimitExceeded, match=r"^pids: the build reached its limit of 256"):
+        Container(raw).run(lambda s, line: None, time.monotonic() + 60, lambda: None)
     assert raw.killed >= 1
 
 
