@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 
 from celery import Celery, signals
 from celery.worker import state as celery_state
@@ -116,6 +117,11 @@ def create_worker_app(settings: WorkerSettings, host: Arch) -> Celery:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = load_settings()
+    if settings.job_disk_bytes and not shutil.which("losetup"):
+        raise SystemExit("crossfarm-worker: CROSSFARM_JOB_DISK_BYTES needs losetup (util-linux) "
+                         "and a worker that may attach loop devices (root); install it, or set "
+                         "CROSSFARM_JOB_DISK_BYTES=0 to run with no disk budget "
+                         "(docs/security.md)")
     host = Arch.host()
     queues = queues_for(host, settings.cross_arches, settings.emulate_arches)
     app = create_worker_app(settings, host)

@@ -181,8 +181,11 @@ class Farm:
         ca = "/etc/ssl/certs/ca-certificates.crt"
         env = {k: v for k, v in self.env().items() if k.startswith("CROSSFARM_")}
         env.pop("CROSSFARM_CROSS_ARCHES", None)
+        # No job disk budget: loop devices are the host's, out of an unprivileged
+        # container's reach (as for compose and Helm workers; docs/security.md).
         env.update(CROSSFARM_WORKER_NAME=name, CROSSFARM_BUILDER_IMAGE=image,
-                   CROSSFARM_SCRATCH_DIR="/tmp/crossfarm", **extra)
+                   CROSSFARM_SCRATCH_DIR="/tmp/crossfarm", CROSSFARM_JOB_DISK_BYTES="0")
+        env.update(extra)
         if Path(ca).is_file():  # the build containers mount it from the host: same path
             env["CROSSFARM_CA_BUNDLE"] = ca
         subprocess.run(["docker", "rm", "-f", container], capture_output=True)

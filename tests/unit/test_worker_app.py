@@ -53,3 +53,16 @@ def test_emulated_architectures_add_their_emulated_queue(host, emulate, queues):
 def test_cross_queues_come_before_emulated_ones():
     assert queues_for(Arch.AMD64, [Arch.ARM64], [Arch.ARM64]) == [
         AMD64_QUEUE, ARM64_CROSS, ARM64_EMULATED]
+
+
+def test_a_worker_with_a_disk_budget_and_no_losetup_refuses_to_start(tmp_path):
+    import subprocess
+    import sys
+
+    env = {"PATH": str(tmp_path), "CROSSFARM_JOB_DISK_BYTES": str(1 << 30),
+           "CROSSFARM_SCRATCH_DIR": str(tmp_path / "scratch")}
+    run = subprocess.run([sys.executable, "-m", "crossfarm.worker"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert "CROSSFARM_JOB_DISK_BYTES needs losetup" in run.stderr
+    assert "set CROSSFARM_JOB_DISK_BYTES=0" in run.stderr
