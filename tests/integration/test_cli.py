@@ -203,10 +203,13 @@ def test_cross_toml_passthrough_reaches_the_build_and_is_redacted_in_logs(farm, 
 
 def test_interrupt_with_cancel_on_interrupt_cancels_the_remote_build(farm, crate):
     gate(crate)  # never opened: only the interrupt's cancel can end this build
+    # A runner may start the suite with SIGINT ignored (a background job of a shell
+    # without job control), and Python then keeps ignoring it: give the CLI the default.
     proc = subprocess.Popen(
         [sys.executable, "-m", "crossfarm.client", "build", "--target", X86,
          "--cancel-on-interrupt"],
-        cwd=crate, env=farm.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=crate, env=farm.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def running() -> list[dict]:
         builds = httpx.get(f"{farm.controller_url}/v1/builds", params={"limit": 5},
