@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from crossfarm.controller.store.jobs import job_view
-from crossfarm.controller.store.schema import BuildRow, Database, JobRow, now
+from crossfarm.controller.store.schema import DEFAULT_TENANT, BuildRow, Database, JobRow, now
 from crossfarm.controller.store.vault import Vault
 from crossfarm.shared.arch import Arch
 from crossfarm.shared.errors import NotFound
@@ -40,6 +40,7 @@ class NewBuild:
     #: {"all": {...}, "<target>": {...}}: the variables each job's container gets
     env: dict[str, dict[str, str]]
     submitter: str | None
+    tenant: str = DEFAULT_TENANT
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,11 @@ class BuildStore:
             env_names=sorted({name for values in new.env.values() for name in values}),
             env_sealed=self._vault.seal(new.env) if any(new.env.values()) else None,
             submitter=new.submitter,
+            tenant=new.tenant,
             jobs=[
                 JobRow(
-                    id=job.job_id, target=job.target, arch=job.arch.value, queue=job.queue.name,
+                    id=job.job_id, tenant=new.tenant, target=job.target, arch=job.arch.value,
+                    queue=job.queue.name,
                     state=BuildState.QUEUED.value, attempt=1, queued_at=created,
                     placement=job.placement, placed=job.placed, waiting=job.waiting,
                     wait_limit_s=job.wait_limit_s, sent_at=created,

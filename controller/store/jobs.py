@@ -15,7 +15,14 @@ from sqlalchemy import bindparam, exists, func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from crossfarm.controller.store.schema import BuildRow, Database, JobRow, as_utc, now
+from crossfarm.controller.store.schema import (
+    DEFAULT_TENANT,
+    BuildRow,
+    Database,
+    JobRow,
+    as_utc,
+    now,
+)
 from crossfarm.shared.arch import Arch, BuildMode, Placement
 from crossfarm.shared.errors import NotFound
 from crossfarm.shared.ids import BuildId, JobId
@@ -36,6 +43,7 @@ class JobRecord:
     build_id: BuildId
     manifest: Manifest | None
     sent_at: datetime | None = None
+    tenant: str = DEFAULT_TENANT
 
 
 @dataclass(frozen=True)
@@ -74,7 +82,7 @@ def job_view(job: JobRow) -> JobView:
 def _record(job: JobRow) -> JobRecord:
     manifest = Manifest.model_validate(job.manifest) if job.manifest else None
     return JobRecord(view=job_view(job), build_id=BuildId(job.build_id), manifest=manifest,
-                     sent_at=job.sent_at)
+                     sent_at=job.sent_at, tenant=job.tenant)
 
 
 class JobStore:

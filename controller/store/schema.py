@@ -49,6 +49,10 @@ class _UTCDateTime(TypeDecorator[datetime]):
         return as_utc(value) if value is not None else None
 
 
+#: The tenant of a farm with no tokens (the loopback `make up` farm) and of old records.
+DEFAULT_TENANT = "default"
+
+
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: _UTCDateTime}
 
@@ -68,6 +72,8 @@ class BuildRow(Base):
     #: none or once every job of the build has ended
     env_sealed: Mapped[str | None] = mapped_column(Text)
     submitter: Mapped[str | None] = mapped_column(String(200), index=True)
+    #: who owns it: every read of a build, its jobs, logs and artifacts is scoped to it
+    tenant: Mapped[str] = mapped_column(String(64), index=True, default=DEFAULT_TENANT)
     jobs: Mapped[list[JobRow]] = relationship(order_by="JobRow.target", lazy="selectin")
 
 
@@ -76,6 +82,8 @@ class JobRow(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     build_id: Mapped[str] = mapped_column(ForeignKey("builds.id"), index=True)
+    #: its build's tenant, repeated so the placer's fair share needs no join
+    tenant: Mapped[str] = mapped_column(String(64), index=True, default=DEFAULT_TENANT)
     target: Mapped[str] = mapped_column(String(100))
     arch: Mapped[str] = mapped_column(String(16))
     queue: Mapped[str] = mapped_column(String(100))
@@ -99,7 +107,7 @@ class JobRow(Base):
 
 
 #: Bump on any change to the tables; a database made by another version is refused.
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 class MetaRow(Base):
