@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from crossfarm.shared.arch import Placement
 from crossfarm.shared.settings import FarmSettings
@@ -13,6 +13,22 @@ from crossfarm.shared.tree import TreeLimits
 
 #: A token is printable and has no spaces: an empty or blank one is a mistake, not "open".
 _TOKEN = r"^[!-~]+$"
+
+
+class TenantQuota(BaseModel):
+    """What one tenant may hold at once; None is no limit. The farm's default applies to
+    every tenant, and `tenant_quotas` overrides single fields of it per tenant."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: jobs running (or handed to a worker) per architecture; the placer holds the rest
+    running_per_arch: int | None = Field(default=None, ge=1)
+    #: jobs accepted and not yet ended; a submit over it is refused with 429
+    queued: int | None = Field(default=None, ge=1)
+    #: bytes of source blobs the tenant stores
+    source_bytes: int | None = Field(default=None, ge=0)
+    #: bytes of artifacts the tenant's builds keep
+    artifact_bytes: int | None = Field(default=None, ge=0)
 
 
 class ControllerSettings(FarmSettings):
@@ -56,11 +72,22 @@ class ControllerSettings(FarmSettings):
     reconcile_after_s: float = Field(default=60, gt=0)
     #: how often unfinished multipart uploads that no running attempt owns are aborted
     upload_sweep_s: float = Field(default=300, gt=0)
+    #: every tenant's quota (CROSSFARM_QUOTA as JSON), and per-tenant overrides of single
+    #: fields (CROSSFARM_TENANT_QUOTAS: {"acme": {"running_per_arch": 4}})
+    quota: TenantQuota = TenantQuota()
+    tenant_quotas: dict[str, TenantQuota] = Field(default_factory=dict)
     host: str = "127.0.0.1"
     port: int = 8700
 
     def storage(self) -> StorageSettings:
         return replace(super().storage(), public_endpoint_url=self.s3_public_endpoint)
+
+    def quota_for(self, tenant: str) -> TenantQuota:
+        """The farm's quota with the tenant's own overrides laid over it."""
+        override = self.tenant_quotas.get(tenant)
+        if override is None:
+            return self.quota
+        return self.quota.model_copy(update=override.model_dump(exclude_unset=True))
 
     def tree_limits(self) -> TreeLimits:
         return TreeLimits(
