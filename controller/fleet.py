@@ -45,6 +45,12 @@ def set_drain(farm: Farm, name: str, drain: bool) -> WorkerView:
     return next(w for w in fleet(farm).workers if w.name == name)
 
 
+def _leases_of(info: WorkerHeartbeat, jobs: set[JobId]) -> WorkerHeartbeat:
+    """The heartbeat with only the leases ("<job id>-<attempt>") of these jobs."""
+    return info.model_copy(update={"running": [
+        lease for lease in info.running if lease.rpartition("-")[0] in jobs]})
+
+
 def capacity(farm: Farm, now: datetime | None = None) -> Capacity:
     """What the online workers serve (at `now`, by default the present)."""
     return Capacity.from_queues(
@@ -71,7 +77,8 @@ def fleet(farm: Farm, now: datetime | None = None, tenant: str | None = None) ->
             state=worker_state(w.last_seen, now, farm.settings.lost_after_s,
                                requested=w.drain, confirmed=w.info.draining, running=len(jobs)),
             last_seen=w.last_seen, started_at=w.started_at, running_jobs=own,
-            other_tenants_jobs=len(jobs) - len(own), drain_requested=w.drain, info=w.info))
+            other_tenants_jobs=len(jobs) - len(own), drain_requested=w.drain,
+            info=w.info if tenant is None else _leases_of(w.info, set(own))))
     oldest = farm.store.jobs.oldest_queued()
     served = Capacity.from_queues(v.info.queues for v in views if v.state is WorkerState.ONLINE)
     arches = [

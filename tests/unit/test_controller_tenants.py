@@ -205,10 +205,11 @@ def test_the_fleet_view_counts_other_tenants_jobs_without_naming_them(farm):
         hostname="w1", arch="amd64", queues={"crossfarm.builds.amd64": "native"}, cpus=2,
         memory_bytes=2**30, builder_image="crossfarm/builder:1", targets=[X86],
         version="0", concurrency=2)
+    job_id = farm.build["jobs"][0]["job_id"]
+    beat = beat.model_copy(update={"running": [f"{job_id}-1"]})
     assert farm.api.post("/v1/workers/w1/heartbeat", content=beat.model_dump_json(),
                          headers={"Authorization": "Bearer w-secret",
                                   "Content-Type": "application/json"}).status_code == 200
-    job_id = farm.build["jobs"][0]["job_id"]
     farm.api.farm.store.jobs.start(JobId(job_id), 1, worker="w1")
 
     def worker(who):
@@ -216,6 +217,8 @@ def test_the_fleet_view_counts_other_tenants_jobs_without_naming_them(farm):
         return view["running_jobs"], view["other_tenants_jobs"]
 
     assert worker(farm.alice) == ([job_id], 0)
+    [mine] = farm.api.get("/v1/workers", headers=farm.alice).json()["workers"]
+    assert mine["info"]["running"] == [f"{job_id}-1"]
     assert worker(OPERATOR) == ([job_id], 0)
     assert worker(farm.bob) == ([], 1)
     assert job_id not in farm.api.get("/v1/workers", headers=farm.bob).text
