@@ -254,3 +254,19 @@ def test_a_blank_short_or_spaced_token_is_refused_at_start_up(token):
     for name in ("operator_token", "client_token"):
         with pytest.raises(ValueError, match=name):
             ControllerSettings(**{name: token})
+
+
+def test_the_openapi_declares_a_bearer_scheme_on_client_routes():
+    from fastapi import FastAPI
+
+    from crossfarm.controller.api import admin, sources
+
+    app = FastAPI()
+    for module in (admin, sources):
+        app.include_router(module.router)
+    document = app.openapi()
+    assert document["components"]["securitySchemes"]["token"] == {
+        "type": "http", "scheme": "bearer", "description": document["components"][
+            "securitySchemes"]["token"]["description"]}
+    operations = [op for path in document["paths"].values() for op in path.values()]
+    assert all(op["security"] == [{"token": []}] for op in operations)
