@@ -22,10 +22,13 @@ from crossfarm.shared.wire import (
     FarmStats,
     Fleet,
     GitSource,
+    IssuedToken,
     MissingBlobs,
     SourceLimits,
     SourceStatus,
     SourceTree,
+    TokenRequest,
+    TokenView,
     WorkerView,
 )
 
@@ -115,11 +118,13 @@ class FarmClient:
                     raise FarmError(f"lost the log stream of {build_id}: {exc}") from exc
                 time.sleep(min(2**failures, 10))
 
-    def list_builds(self, submitter: str | None, state: str | None, limit: int
+    def list_builds(self, state: str | None, limit: int, mine: bool = False
                     ) -> list[BuildView]:
+        """The newest builds this token may see; `mine`: only those submitted with its name
+        (the farm knows it from the token, not from anything the client says)."""
         params: dict[str, str | int] = {"limit": limit}
-        if submitter:
-            params["submitter"] = submitter
+        if mine:
+            params["mine"] = "true"
         if state:
             params["state"] = state
         response = self._call("GET", "/v1/builds", params=params)
@@ -128,6 +133,19 @@ class FarmClient:
     def drain(self, worker: str, drain: bool) -> WorkerView:
         response = self._call("POST" if drain else "DELETE", f"/v1/workers/{worker}/drain")
         return WorkerView.model_validate_json(response.content)
+
+    def create_token(self, request: TokenRequest) -> IssuedToken:
+        response = self._call("POST", "/v1/admin/tokens", content=request.model_dump_json(),
+                              headers={"Content-Type": "application/json"})
+        return IssuedToken.model_validate_json(response.content)
+
+    def tokens(self) -> list[TokenView]:
+        return [TokenView.model_validate(item)
+                for item in self._call("GET", "/v1/admin/tokens").json()]
+
+    def revoke_token(self, token_id: int) -> TokenView:
+        return TokenView.model_validate_json(
+            self._call("DELETE", f"/v1/admin/tokens/{token_id}").content)
 
     def workers(self) -> Fleet:
         return Fleet.model_validate_json(self._call("GET", "/v1/workers").content)

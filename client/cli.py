@@ -33,7 +33,7 @@ from crossfarm.client.workspace import locate
 from crossfarm.shared.arch import Placement
 from crossfarm.shared.errors import CrossfarmError, UsageError
 from crossfarm.shared.states import BuildState
-from crossfarm.shared.wire import CargoSpec
+from crossfarm.shared.wire import CargoSpec, Role, TokenRequest
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true", help="keep following until the end")
     logs.add_argument("--target", help="only this target's lines")
     listing = commands.add_parser("list", parents=[common], help="list recent builds")
-    listing.add_argument("--mine", action="store_true", help="only builds you submitted")
+    listing.add_argument("--mine", action="store_true",
+                         help="only builds submitted with your token's name")
     listing.add_argument("--state", choices=[s.value for s in BuildState])
     listing.add_argument("--limit", type=int, default=20)
     artifacts = commands.add_parser("artifacts", parents=[common], help="list or fetch artifacts")
@@ -94,6 +95,22 @@ def _parser() -> argparse.ArgumentParser:
     drain.add_argument("worker")
     drain.add_argument("--undo", action="store_true", help="let it take jobs again")
     commands.add_parser("config", parents=[common], help="the effective configuration")
+    admin = commands.add_parser("admin", parents=[common], help="what operators do")
+    token = admin.add_subparsers(dest="admin", required=True).add_parser(
+        "token", parents=[common], help="issue, list and revoke API tokens")
+    tokens = token.add_subparsers(dest="token_command", required=True)
+    create = tokens.add_parser("create", parents=[common],
+                               help="issue a token; it is printed this once")
+    create.add_argument("--tenant", required=True, help="whose builds and sources it reaches")
+    create.add_argument("--role", choices=[r.value for r in Role], default=Role.SUBMIT.value,
+                        help="read, submit (read + build, cancel, upload) or operator")
+    create.add_argument("--expires", metavar="DURATION",
+                        help="valid for this long (90d, 12h, 30m); default: until revoked")
+    create.add_argument("--name", metavar="LABEL",
+                        help="shown as the submitter of its builds (default: token-<id>)")
+    tokens.add_parser("list", parents=[common], help="every token, never a secret")
+    revoke = tokens.add_parser("revoke", parents=[common], help="refuse a token from now on")
+    revoke.add_argument("token_id", type=int, metavar="ID")
     return parser
 
 
@@ -152,7 +169,7 @@ def _logs(client: FarmClient, _config: Config, args: argparse.Namespace) -> int:
 
 
 def _list(client: FarmClient, config: Config, args: argparse.Namespace) -> int:
-    views = client.list_builds(config.user if args.mine else None, args.state, args.limit)
+    views = client.list_builds(args.state, args.limit, mine=args.mine)
     _show(list(views), args.json, render.builds_table)
     return EXIT_OK
 
@@ -172,6 +189,36 @@ def _drain(client: FarmClient, _config: Config, args: argparse.Namespace) -> int
     else:
         print(f"{view.name}: {view.state.value} ({len(view.running_jobs)} job(s) running)")
     return EXIT_OK
+
+
+def _admin(client: FarmClient, _config: Config, args: argparse.Namespace) -> int:
+    if args.token_command == "create":
+        try:
+            request = TokenRequest(tenant=args.tenant, role=Role(args.role), name=args.name,
+                                   expires=args.expires)
+        except ValueError as exc:
+            raise UsageError(f"--tenant, --name and --expires: {_first_error(exc)}") from None
+        issued = client.create_token(request)
+        if args.json:
+            render.emit_json(issued)
+        else:
+            view = issued.view
+            render.note(f"token {view.id} ({view.role.value} in tenant {view.tenant}, named "
+                        f"{view.name}); it is shown this once, keep it now")
+            print(issued.token)
+    elif args.token_command == "list":
+        _show(list(client.tokens()), args.json, render.tokens_table)
+    else:
+        _show(client.revoke_token(args.token_id), args.json, render.tokens_table_of_one)
+    return EXIT_OK
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    return str(exc)
 
 
 def _workers(client: FarmClient, _config: Config, args: argparse.Namespace) -> int:
@@ -219,7 +266,7 @@ def _build(client: FarmClient, config: Config, args: argparse.Namespace) -> int:
 _COMMANDS: dict[str, Callable[[FarmClient, Config, argparse.Namespace], int]] = {
     "build": _build,
     "status": _status, "cancel": _cancel, "logs": _logs, "list": _list,
-    "artifacts": _artifacts, "drain": _drain, "workers": _workers,
+    "artifacts": _artifacts, "drain": _drain, "workers": _workers, "admin": _admin,
 }
 
 

@@ -12,7 +12,14 @@ from pydantic import BaseModel
 
 from crossfarm.shared import keys
 from crossfarm.shared.states import BuildState
-from crossfarm.shared.wire import ArtifactView, BuildView, Fleet, WorkerLimits
+from crossfarm.shared.wire import (
+    ArtifactView,
+    BuildView,
+    Fleet,
+    TokenView,
+    WorkerLimits,
+    WorkerView,
+)
 
 
 def emit_json(document: object) -> None:
@@ -79,7 +86,7 @@ def workers_table(fleet: Fleet, out: TextIO = sys.stdout) -> None:
         queues = ",".join(f"{keys.QueueKey.parse(q).arch.value}:{mode.value}"
                           for q, mode in worker.info.queues.items())
         rows.append((worker.name, worker.state.value, worker.info.arch, queues,
-                     f"{worker.info.cpus:g}", str(len(worker.running_jobs)),
+                     f"{worker.info.cpus:g}", _running(worker),
                      worker.last_seen.strftime("%H:%M:%S")))
     _table(rows, out)
     print(file=out)
@@ -91,6 +98,28 @@ def workers_table(fleet: Fleet, out: TextIO = sys.stdout) -> None:
         summary.append((arch.arch, str(arch.workers_online), str(arch.cross_workers),
                         str(arch.emulating_workers), str(arch.queue_depth), oldest))
     _table(summary, out)
+
+
+def tokens_table(tokens: list[TokenView], out: TextIO = sys.stdout) -> None:
+    rows: list[tuple[str, ...]] = [
+        ("ID", "TENANT", "ROLE", "NAME", "CREATED", "EXPIRES", "LAST USED", "REVOKED")]
+    for token in tokens:
+        rows.append((str(token.id), token.tenant, token.role.value, token.name,
+                     *(f"{when:%Y-%m-%d %H:%M}" if when else "-" for when in (
+                         token.created_at, token.expires_at, token.last_used_at,
+                         token.revoked_at))))
+    _table(rows, out)
+
+
+def tokens_table_of_one(token: TokenView, out: TextIO = sys.stdout) -> None:
+    tokens_table([token], out)
+
+
+def _running(worker: WorkerView) -> str:
+    """Its jobs you may see, and how many of other tenants' (never named)."""
+    others = f" (+{worker.other_tenants_jobs} another tenant's)" if worker.other_tenants_jobs \
+        else ""
+    return f"{len(worker.running_jobs)}{others}"
 
 
 def _limits_table(fleet: Fleet, out: TextIO) -> None:

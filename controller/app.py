@@ -11,7 +11,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from crossfarm.controller import errors, placer, uploads
+from crossfarm.controller import auth, errors, placer, uploads
+from crossfarm.controller.api import admin as admin_api
 from crossfarm.controller.api import builds as builds_api
 from crossfarm.controller.api import jobs as jobs_api
 from crossfarm.controller.api import sources as sources_api
@@ -76,6 +77,7 @@ def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAP
         app.state.farm = farm or create_farm(settings)
         app.state.event_reader = EventReader(settings.redis_url)
         running: Farm = app.state.farm
+        auth.check_start(running.settings, running.store.tokens)
         chores = [
             asyncio.create_task(_every(running.settings.placer_interval_s, placer.tick, running)),
             asyncio.create_task(_every(running.settings.upload_sweep_s, uploads.sweep, running)),
@@ -92,6 +94,7 @@ def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAP
     app.include_router(builds_api.router)
     app.include_router(jobs_api.router)
     app.include_router(workers_api.router)
+    app.include_router(admin_api.router)
 
     @app.get("/v1/health", tags=["health"])
     def health() -> dict[str, object]:
@@ -104,4 +107,7 @@ def main() -> None:
     import uvicorn
 
     settings = load_settings()
+    problem = auth.settings_problem(settings)
+    if problem:
+        raise SystemExit(f"crossfarm controller: {problem}")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")

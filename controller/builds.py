@@ -3,12 +3,13 @@ a job's own lifecycle (enqueue, start, finish, re-run) is in jobs.py."""
 
 from __future__ import annotations
 
-from crossfarm.controller import fleet, jobs
+from crossfarm.controller import fleet, jobs, quotas
 from crossfarm.controller.cargo_args import check_cargo_args
 from crossfarm.controller.farm import Farm
 from crossfarm.controller.placement import decide
 from crossfarm.controller.store.builds import NewBuild, NewJob
 from crossfarm.controller.store.jobs import Outcome
+from crossfarm.controller.store.schema import DEFAULT_TENANT
 from crossfarm.shared.arch import target_arch
 from crossfarm.shared.errors import InvalidRequest
 from crossfarm.shared.ids import BuildId, new_build_id, new_job_id
@@ -19,11 +20,15 @@ from crossfarm.shared.wire import ArtifactView, BuildRequest, BuildView
 _RESERVED_ENV = frozenset({"CARGO_HOME", "CARGO_TARGET_DIR", "HOME", "PATH", "CARGO_NET_OFFLINE"})
 
 
-def submit_build(farm: Farm, request: BuildRequest) -> BuildView:
-    """Check a request, record it, and enqueue one job per target on the queue its
-    placement policy picks from the fleet's state."""
+def submit_build(farm: Farm, request: BuildRequest, tenant: str = DEFAULT_TENANT, *,
+                 submitter: str | None = None, any_source: bool = False) -> BuildView:
+    """Check a request, record it as `tenant`'s, submitted by `submitter` (the request's
+    own `submitter` field is a client's claim, never recorded), and enqueue one job per
+    target on the queue its placement policy picks from the fleet's state. The source
+    must be the tenant's own unless `any_source` (an operator's build)."""
     arches = [target_arch(target) for target in request.targets]
-    timeout_s = _check_request(farm, request)
+    timeout_s = _check_request(farm, request, None if any_source else tenant)
+    quotas.check_submit(farm, tenant, len(request.targets))
     placement = request.placement or farm.settings.default_placement
     served = fleet.capacity(farm)
     decisions = [decide(arch, placement, served) for arch in arches]
@@ -33,7 +38,8 @@ def submit_build(farm: Farm, request: BuildRequest) -> BuildView:
         cargo=request.cargo,
         timeout_s=timeout_s,
         env={"all": dict(request.env), **{t: dict(v) for t, v in request.target_env.items()}},
-        submitter=request.submitter,
+        submitter=submitter,
+        tenant=tenant,
         jobs=[
             NewJob(job_id=new_job_id(), target=target, arch=arch, queue=d.queue,
                    placement=placement.value, placed=d.placed, waiting=d.waiting,
@@ -47,7 +53,7 @@ def submit_build(farm: Farm, request: BuildRequest) -> BuildView:
     return farm.store.builds.get(build.build_id)
 
 
-def _check_request(farm: Farm, request: BuildRequest) -> int:
+def _check_request(farm: Farm, request: BuildRequest, source_scope: str | None) -> int:
     """Refuse what the farm will not build; returns the build's timeout."""
     if len(set(request.targets)) != len(request.targets):
         raise InvalidRequest("each target may be named once")
@@ -64,21 +70,25 @@ def _check_request(farm: Farm, request: BuildRequest) -> int:
         raise InvalidRequest(
             f"timeout_s {timeout_s} is over the farm's limit of {farm.settings.max_timeout_s}"
         )
-    farm.store.sources.tree(request.source)  # NotFound names the call to make first
+    # NotFound names the call to make first; another tenant's source is as absent
+    farm.store.sources.tree(request.source, source_scope)
     return timeout_s
 
 
-def get_build(farm: Farm, build_id: BuildId) -> BuildView:
-    return farm.store.builds.get(build_id)
+def get_build(farm: Farm, build_id: BuildId, tenant: str | None = None) -> BuildView:
+    """A build; with `tenant`, only that tenant's (NotFound for another's)."""
+    return farm.store.builds.get(build_id, tenant)
 
 
 def list_builds(farm: Farm, submitter: str | None, state: BuildState | None,
-                limit: int) -> list[BuildView]:
-    return farm.store.builds.newest(submitter, state, limit)
+                limit: int, tenant: str | None = None) -> list[BuildView]:
+    return farm.store.builds.newest(submitter, state, limit, tenant)
 
 
-def cancel_build(farm: Farm, build_id: BuildId) -> BuildView:
-    """Cancel every job that has not finished; running ones are stopped by their worker."""
+def cancel_build(farm: Farm, build_id: BuildId, tenant: str | None = None) -> BuildView:
+    """Cancel every job that has not finished; running ones are stopped by their worker.
+    With `tenant`, only that tenant's build (NotFound for another's)."""
+    farm.store.builds.get(build_id, tenant)
     for record in farm.store.jobs.of_build(build_id):
         job = record.view
         if job.state.terminal:
@@ -89,8 +99,11 @@ def cancel_build(farm: Farm, build_id: BuildId) -> BuildView:
     return farm.store.builds.get(build_id)
 
 
-def list_artifacts(farm: Farm, build_id: BuildId) -> list[ArtifactView]:
-    """Every stored artifact of a build, with a short-lived download URL."""
+def list_artifacts(farm: Farm, build_id: BuildId, tenant: str | None = None
+                   ) -> list[ArtifactView]:
+    """Every stored artifact of a build, with a short-lived download URL. With `tenant`,
+    only that tenant's build (NotFound for another's)."""
+    farm.store.builds.get(build_id, tenant)
     views: list[ArtifactView] = []
     for record in farm.store.jobs.of_build(build_id):
         manifest = record.manifest

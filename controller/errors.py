@@ -9,15 +9,21 @@ from crossfarm.shared.errors import (
     BrokerError,
     Conflict,
     CrossfarmError,
+    Forbidden,
     InvalidRequest,
     NotFound,
+    QuotaExceeded,
     StorageError,
+    Unauthenticated,
 )
 from crossfarm.shared.wire import ErrorBody
 
 _STATUS: list[tuple[type[CrossfarmError], int]] = [
     (InvalidRequest, 422),
     (NotFound, 404),
+    (Unauthenticated, 401),
+    (Forbidden, 403),
+    (QuotaExceeded, 429),
     (Conflict, 409),
     (StorageError, 503),
     (BrokerError, 503),
@@ -38,7 +44,17 @@ def _fields(exc: CrossfarmError) -> dict[str, object]:
 async def _handle(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, CrossfarmError)
     body = ErrorBody(error=type(exc).__name__, message=exc.message, fields=_fields(exc))
-    return JSONResponse(status_code=status_for(exc), content=body.model_dump(mode="json"))
+    return JSONResponse(status_code=status_for(exc), content=body.model_dump(mode="json"),
+                        headers=_headers(exc))
+
+
+def _headers(exc: CrossfarmError) -> dict[str, str]:
+    """What a client needs beside the body: when to retry, how to authenticate."""
+    if isinstance(exc, QuotaExceeded):
+        return {"Retry-After": str(exc.retry_after_s)}
+    if isinstance(exc, Unauthenticated):
+        return {"WWW-Authenticate": "Bearer"}
+    return {}
 
 
 def install(app: FastAPI) -> None:

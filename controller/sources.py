@@ -12,8 +12,10 @@ import tempfile
 from pathlib import Path
 from typing import IO
 
+from crossfarm.controller import quotas
 from crossfarm.controller.farm import Farm
 from crossfarm.controller.gitsource import GitCommit, fetch_commit
+from crossfarm.controller.store.schema import DEFAULT_TENANT
 from crossfarm.shared import keys
 from crossfarm.shared.errors import InvalidSource
 from crossfarm.shared.ids import SourceDigest
@@ -28,11 +30,12 @@ from crossfarm.shared.wire import (
 )
 
 
-def missing_blobs(farm: Farm, query: BlobQuery) -> MissingBlobs:
-    return MissingBlobs(missing=farm.store.sources.missing_blobs(list(query.digests)))
+def missing_blobs(farm: Farm, query: BlobQuery, tenant: str = DEFAULT_TENANT) -> MissingBlobs:
+    """What `tenant` has not sent itself: another tenant holding a blob is never told."""
+    return MissingBlobs(missing=farm.store.sources.missing_blobs(list(query.digests), tenant))
 
 
-def put_blob(farm: Farm, digest: str, body: IO[bytes]) -> None:
+def put_blob(farm: Farm, digest: str, body: IO[bytes], tenant: str = DEFAULT_TENANT) -> None:
     """Store one file's bytes after checking the size limit and that they hash to `digest`."""
     limit = farm.settings.max_file_bytes
     data = body.read(limit + 1)
@@ -41,16 +44,17 @@ def put_blob(farm: Farm, digest: str, body: IO[bytes]) -> None:
     actual = hashlib.sha256(data).hexdigest()
     if actual != digest:
         raise InvalidSource(f"the body's sha256 is {actual}, not {digest} as the URL says")
-    _store_blob(farm, digest, data)
+    quotas.check_upload(farm, tenant, {digest: len(data)})
+    _store_blob(farm, digest, data, tenant)
     farm.counters.blob(len(data))
 
 
-def _store_blob(farm: Farm, digest: str, data: bytes) -> None:
+def _store_blob(farm: Farm, digest: str, data: bytes, tenant: str) -> None:
     farm.storage.put_bytes(keys.blob_key(digest), data)
-    farm.store.sources.add_blobs({digest: len(data)})
+    farm.store.sources.add_blobs({digest: len(data)}, tenant=tenant)
 
 
-def put_pack(farm: Farm, body: IO[bytes]) -> int:
+def put_pack(farm: Farm, body: IO[bytes], tenant: str = DEFAULT_TENANT) -> int:
     """Store a pack of blobs as one object after checking every blob in it; returns how
     many blobs it held. Blobs the farm already had are harmless duplicates."""
     limit = farm.settings.max_pack_bytes
@@ -58,21 +62,23 @@ def put_pack(farm: Farm, body: IO[bytes]) -> int:
     if len(data) > limit:
         raise InvalidSource(f"a pack is over the farm's limit of {limit} bytes")
     sizes = {digest: len(blob) for digest, blob in read_pack(data, farm.settings.tree_limits())}
-    _store_pack(farm, data, sizes)
+    quotas.check_upload(farm, tenant, sizes)
+    _store_pack(farm, data, sizes, tenant)
     farm.counters.pack(len(data), sizes)
     return len(sizes)
 
 
-def _store_pack(farm: Farm, data: bytes, sizes: dict[str, int]) -> None:
+def _store_pack(farm: Farm, data: bytes, sizes: dict[str, int], tenant: str) -> None:
     pack = hashlib.sha256(data).hexdigest()
     farm.storage.put_bytes(keys.pack_key(pack), data, "application/gzip")
-    farm.store.sources.add_blobs(sizes, pack=pack)
+    farm.store.sources.add_blobs(sizes, pack=pack, tenant=tenant)
 
 
-def create_source(farm: Farm, tree: SourceTree, commit: str | None = None) -> SourceStatus:
+def create_source(farm: Farm, tree: SourceTree, commit: str | None = None,
+                  tenant: str = DEFAULT_TENANT) -> SourceStatus:
     """Check a tree, make sure every blob it names is stored, and store the tree."""
     summary = check_tree(tree, farm.settings.tree_limits())
-    missing = farm.store.sources.missing_blobs(file_digests(tree))
+    missing = farm.store.sources.missing_blobs(file_digests(tree), tenant)
     if missing:
         shown = ", ".join(missing[:5]) + (" …" if len(missing) > 5 else "")
         raise InvalidSource(f"{len(missing)} blob(s) are not uploaded yet ({shown}); "
@@ -87,16 +93,18 @@ def create_source(farm: Farm, tree: SourceTree, commit: str | None = None) -> So
                            "application/json")
     farm.storage.put_bytes(keys.tree_key(digest), canonical.model_dump_json().encode(),
                            "application/json")
-    farm.store.sources.add_tree(status)
+    farm.store.sources.add_tree(status, tenant)
     farm.counters.tree()
     return status
 
 
-def source_status(farm: Farm, digest: SourceDigest) -> SourceStatus:
-    return farm.store.sources.tree(digest)
+def source_status(farm: Farm, digest: SourceDigest, tenant: str | None = None) -> SourceStatus:
+    """A stored tree; with `tenant`, only one that tenant owns."""
+    return farm.store.sources.tree(digest, tenant)
 
 
-def create_git_source(farm: Farm, git: GitSource) -> SourceStatus:
+def create_git_source(farm: Farm, git: GitSource, tenant: str = DEFAULT_TENANT
+                      ) -> SourceStatus:
     """Fetch a commit, store its files as blobs (only those the farm lacks) and its tree."""
     settings = farm.settings
     with tempfile.TemporaryDirectory(prefix="crossfarm-git-") as workdir:
@@ -105,11 +113,12 @@ def create_git_source(farm: Farm, git: GitSource) -> SourceStatus:
     tree = _tree_of(commit)
     check_tree(tree, settings.tree_limits())
     blobs = {hashlib.sha256(f.data).hexdigest(): f.data for f in commit.files if not f.symlink}
-    missing = farm.store.sources.missing_blobs(list(blobs))
+    missing = farm.store.sources.missing_blobs(list(blobs), tenant)
     if missing:
-        _store_pack(farm, pack_bytes((d, blobs[d]) for d in missing),
-                    {d: len(blobs[d]) for d in missing})
-    return create_source(farm, tree, commit=commit.commit)
+        sizes = {d: len(blobs[d]) for d in missing}
+        quotas.check_upload(farm, tenant, sizes)
+        _store_pack(farm, pack_bytes((d, blobs[d]) for d in missing), sizes, tenant)
+    return create_source(farm, tree, commit=commit.commit, tenant=tenant)
 
 
 def _tree_of(commit: GitCommit) -> SourceTree:

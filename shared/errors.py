@@ -6,6 +6,9 @@
     │   ├── InvalidCargoArgs      a cargo flag the farm does not pass through
     │   └── InvalidSource         a source tree that is unsafe or too big
     ├── NotFound                  an id or object that does not exist (HTTP 404)
+    ├── Unauthenticated           no token, or one the farm does not accept (HTTP 401)
+    ├── Forbidden                 a valid token whose role is too weak (HTTP 403)
+    ├── QuotaExceeded             the tenant holds what its quota allows (HTTP 429)
     ├── Conflict                  the request clashes with the current state (HTTP 409)
     │   └── IllegalTransition     a build-state move the state machine forbids
     ├── StorageError              the object store failed; retrying may help (HTTP 503)
@@ -66,6 +69,32 @@ class InvalidSource(InvalidRequest):
 
 class NotFound(CrossfarmError):
     """A build, job or object that does not exist."""
+
+
+class Unauthenticated(CrossfarmError):
+    """The request carries no token, or one that is wrong, expired or revoked."""
+
+
+class Forbidden(CrossfarmError):
+    """The token is valid, but its role does not allow the request."""
+
+    def __init__(self, message: str, needed: str) -> None:
+        super().__init__(message)
+        self.needed = needed
+
+
+class QuotaExceeded(CrossfarmError):
+    """A tenant is at one of its quotas: `quota` names it (queued, source_bytes,
+    artifact_bytes), with the limit and what the tenant holds; retrying after
+    `retry_after_s` may succeed once jobs end or storage is freed."""
+
+    def __init__(self, quota: str, limit: int, used: int, retry_after_s: int,
+                 message: str) -> None:
+        super().__init__(message)
+        self.quota = quota
+        self.limit = limit
+        self.used = used
+        self.retry_after_s = retry_after_s
 
 
 class Conflict(CrossfarmError):

@@ -347,6 +347,8 @@ class WorkerView(Wire):
     last_seen: datetime
     started_at: datetime
     running_jobs: list[JobId]
+    #: jobs of other tenants it runs, counted, never named (operators see them in running_jobs)
+    other_tenants_jobs: int = 0
     drain_requested: bool = False
     info: WorkerHeartbeat
 
@@ -390,3 +392,49 @@ class ErrorBody(Wire):
     error: str
     message: str
     fields: dict[str, object] = {}
+
+
+class Role(StrEnum):
+    """What a token may do; each role includes the ones before it."""
+
+    #: read its own tenant's builds, logs, artifacts and sources
+    READ = "read"
+    #: read, and submit, cancel and upload
+    SUBMIT = "submit"
+    #: everything, across every tenant: tokens, drains
+    OPERATOR = "operator"
+
+
+#: a tenant's or a token's name: no "@", so "<token>@<tenant>" reads back unambiguously
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+class TokenRequest(Wire):
+    """What an operator asks for when issuing a token."""
+
+    tenant: Name
+    role: Role = Role.SUBMIT
+    #: a label people recognise in listings and as the submitter of builds
+    name: Name | None = None
+    #: how long it is valid ("90d", "12h", "30m"); never expires when unset
+    expires: Annotated[str, Field(pattern=r"^[1-9][0-9]{0,5}[smhd]$")] | None = None
+
+
+class TokenView(Wire):
+    """A token as listings show it: never its secret, which only its issuing shows."""
+
+    id: int
+    tenant: str
+    role: Role
+    name: str
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+
+class IssuedToken(Wire):
+    """A token just issued, with its secret: shown this once, stored only as a hash."""
+
+    token: str
+    view: TokenView

@@ -10,51 +10,61 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from crossfarm.controller import builds
-from crossfarm.controller.api.deps import BuildIdDep, ClientAuth, FarmDep
+from crossfarm.controller.api.deps import BuildIdDep, FarmDep, PrincipalDep, SubmitterDep
 from crossfarm.shared.events import EventReader
 from crossfarm.shared.ids import BuildId
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import ArtifactView, BuildRequest, BuildView, Event
 
-router = APIRouter(prefix="/v1/builds", tags=["builds"], dependencies=[ClientAuth])
+router = APIRouter(prefix="/v1/builds", tags=["builds"])
 
 #: How long one Redis read blocks before the stream sends a keep-alive comment.
 _KEEPALIVE_MS = 15_000
 
 
 @router.post("", status_code=201)
-def submit_build(farm: FarmDep, request: BuildRequest) -> BuildView:
-    return builds.submit_build(farm, request)
+def submit_build(farm: FarmDep, principal: SubmitterDep, request: BuildRequest) -> BuildView:
+    """The build is the token's tenant's, submitted by "<token name>@<tenant>"; a
+    `submitter` in the request is ignored."""
+    return builds.submit_build(farm, request, principal.tenant, submitter=principal.submitter,
+                               any_source=principal.scope is None)
 
 
 @router.get("")
 def list_builds(
     farm: FarmDep,
-    submitter: str | None = None,
+    principal: PrincipalDep,
+    submitter: Annotated[str | None, Query(max_length=200)] = None,
+    mine: Annotated[bool, Query(description="only builds submitted with this token's name")
+                    ] = False,
     state: BuildState | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 20,
 ) -> list[BuildView]:
-    return builds.list_builds(farm, submitter, state, limit)
+    """The tenant's newest builds (an operator's: every tenant's)."""
+    return builds.list_builds(farm, principal.submitter if mine else submitter, state, limit,
+                              principal.scope)
 
 
 @router.get("/{build_id}")
-def get_build(farm: FarmDep, build_id: BuildIdDep) -> BuildView:
-    return builds.get_build(farm, build_id)
+def get_build(farm: FarmDep, principal: PrincipalDep, build_id: BuildIdDep) -> BuildView:
+    return builds.get_build(farm, build_id, principal.scope)
 
 
 @router.post("/{build_id}/cancel")
-def cancel_build(farm: FarmDep, build_id: BuildIdDep) -> BuildView:
-    return builds.cancel_build(farm, build_id)
+def cancel_build(farm: FarmDep, principal: SubmitterDep, build_id: BuildIdDep) -> BuildView:
+    return builds.cancel_build(farm, build_id, principal.scope)
 
 
 @router.get("/{build_id}/artifacts")
-def list_artifacts(farm: FarmDep, build_id: BuildIdDep) -> list[ArtifactView]:
-    return builds.list_artifacts(farm, build_id)
+def list_artifacts(farm: FarmDep, principal: PrincipalDep, build_id: BuildIdDep
+                   ) -> list[ArtifactView]:
+    return builds.list_artifacts(farm, build_id, principal.scope)
 
 
 @router.get("/{build_id}/events", response_class=StreamingResponse)
 async def stream_events(
     farm: FarmDep,
+    principal: PrincipalDep,
     build_id: BuildIdDep,
     request: Request,
     last_event_id: Annotated[str | None, Header()] = None,
@@ -63,7 +73,7 @@ async def stream_events(
 ) -> StreamingResponse:
     """Server-Sent Events: log lines and state changes in order, ending with an `end` event.
     Reconnect with Last-Event-ID (or ?after=) to resume without gaps or repeats."""
-    build = await run_in_threadpool(builds.get_build, farm, build_id)
+    build = await run_in_threadpool(builds.get_build, farm, build_id, principal.scope)
     start = last_event_id or after or "0-0"
     reader: EventReader = request.app.state.event_reader
 

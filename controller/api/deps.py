@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Path, Request
+from fastapi import Depends, HTTPException, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from crossfarm.controller import auth
+from crossfarm.controller.auth import Principal
 from crossfarm.controller.farm import Farm
 from crossfarm.shared.ids import (
     BuildId,
@@ -16,6 +18,7 @@ from crossfarm.shared.ids import (
     parse_digest,
     parse_job_id,
 )
+from crossfarm.shared.wire import Role
 
 
 def _farm(request: Request) -> Farm:
@@ -44,42 +47,46 @@ def _digest(digest: Annotated[str, Path()]) -> SourceDigest:
         raise HTTPException(status_code=422, detail=str(exc)) from None
 
 
-def _check_bearer(expected: str | None, authorization: str | None, refusal: str,
-                  *also: str | None) -> None:
-    """No token configured: open (the single-machine farm). Otherwise the request must
-    carry it, or one of the tokens `also` accepted, as `Authorization: Bearer <token>`."""
-    if expected is None:
-        return
-    given = (authorization or "").removeprefix("Bearer ").encode()
-    accepted = [token.encode() for token in (expected, *also) if token is not None]
-    # a list, not a generator: every token is compared, each in constant time
-    if not any([hmac.compare_digest(given, token) for token in accepted]):
-        raise HTTPException(status_code=401, detail=refusal)
+#: Every client route's security scheme in the OpenAPI; missing headers are ours to refuse.
+_client_bearer = HTTPBearer(
+    auto_error=False, scheme_name="token",
+    description="a token an operator issued (crossfarm admin token create), "
+                "or the farm's configured client or operator token")
+_worker_bearer = HTTPBearer(auto_error=False, scheme_name="workerToken",
+                            description="the farm's CROSSFARM_WORKER_TOKEN")
+Credentials = HTTPAuthorizationCredentials | None
+
+
+def _principal(farm: Annotated[Farm, Depends(_farm)],
+               credentials: Annotated[Credentials, Depends(_client_bearer)]) -> Principal:
+    return auth.authenticate(farm, credentials.credentials if credentials else None)
+
+
+def _reader(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+    return auth.require(principal, Role.READ)
+
+
+def _submitter(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+    return auth.require(principal, Role.SUBMIT)
+
+
+def _operator(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+    return auth.require(principal, Role.OPERATOR)
 
 
 def _worker(farm: Annotated[Farm, Depends(_farm)],
-            authorization: Annotated[str | None, Header()] = None) -> None:
-    _check_bearer(farm.settings.worker_token, authorization, "worker token missing or wrong")
-
-
-def _operator(farm: Annotated[Farm, Depends(_farm)],
-              authorization: Annotated[str | None, Header()] = None) -> None:
-    _check_bearer(farm.settings.operator_token, authorization,
-                  "operator token missing or wrong; set `token` in your crossfarm config")
-
-
-def _client(farm: Annotated[Farm, Depends(_farm)],
-            authorization: Annotated[str | None, Header()] = None) -> None:
-    """Builds, sources and the fleet: the client token, or the operator's."""
-    _check_bearer(farm.settings.client_token, authorization,
-                  "client token missing or wrong; set `token` in your crossfarm config "
-                  "(or CROSSFARM_TOKEN)", farm.settings.operator_token)
+            credentials: Annotated[Credentials, Depends(_worker_bearer)]) -> None:
+    auth.check_worker(farm, credentials.credentials if credentials else None)
 
 
 FarmDep = Annotated[Farm, Depends(_farm)]
 BuildIdDep = Annotated[BuildId, Depends(_build_id)]
 JobIdDep = Annotated[JobId, Depends(_job_id)]
 DigestDep = Annotated[SourceDigest, Depends(_digest)]
+#: any valid token: reads of its own tenant's records (an operator's: every tenant's)
+PrincipalDep = Annotated[Principal, Depends(_reader)]
+#: a token that may submit, cancel and upload
+SubmitterDep = Annotated[Principal, Depends(_submitter)]
+#: an operator's token: tokens, drains
+OperatorDep = Annotated[Principal, Depends(_operator)]
 WorkerAuth = Depends(_worker)
-OperatorAuth = Depends(_operator)
-ClientAuth = Depends(_client)

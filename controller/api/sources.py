@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from crossfarm.controller import sources
-from crossfarm.controller.api.deps import ClientAuth, DigestDep, FarmDep
+from crossfarm.controller.api.deps import DigestDep, FarmDep, PrincipalDep, SubmitterDep
 from crossfarm.shared.errors import InvalidSource
 from crossfarm.shared.wire import (
     BlobQuery,
@@ -22,26 +22,30 @@ from crossfarm.shared.wire import (
     SourceTree,
 )
 
-router = APIRouter(tags=["sources"], dependencies=[ClientAuth])
+router = APIRouter(tags=["sources"])
 
 
 @router.post("/v1/blobs/missing")
-def missing_blobs(farm: FarmDep, query: BlobQuery) -> MissingBlobs:
-    return sources.missing_blobs(farm, query)
+def missing_blobs(farm: FarmDep, principal: SubmitterDep, query: BlobQuery) -> MissingBlobs:
+    """The blobs this token's tenant has not sent itself, whoever else has."""
+    return sources.missing_blobs(farm, query, principal.tenant)
 
 
 @router.put("/v1/blobs/{digest}", status_code=204)
-async def put_blob(farm: FarmDep, digest: DigestDep, request: Request) -> None:
+async def put_blob(farm: FarmDep, principal: SubmitterDep, digest: DigestDep,
+                   request: Request) -> None:
     """One file's bytes (large files; small ones travel better in packs)."""
     with await _spooled(request, farm.settings.max_file_bytes, "a file") as body:
-        await run_in_threadpool(sources.put_blob, farm, digest, body)
+        await run_in_threadpool(sources.put_blob, farm, digest, body, principal.tenant)
 
 
 @router.post("/v1/blobs/packs", status_code=201)
-async def put_pack(farm: FarmDep, request: Request) -> dict[str, int]:
+async def put_pack(farm: FarmDep, principal: SubmitterDep, request: Request
+                   ) -> dict[str, int]:
     """Many blobs in one gzip'd tar, each member named by its sha256."""
     with await _spooled(request, farm.settings.max_pack_bytes, "a pack") as body:
-        return {"blobs": await run_in_threadpool(sources.put_pack, farm, body)}
+        return {"blobs": await run_in_threadpool(sources.put_pack, farm, body,
+                                                 principal.tenant)}
 
 
 async def _spooled(request: Request, limit: int, what: str) -> IO[bytes]:
@@ -60,26 +64,26 @@ async def _spooled(request: Request, limit: int, what: str) -> IO[bytes]:
 
 
 @router.post("/v1/sources", status_code=201)
-def create_source(farm: FarmDep, tree: SourceTree) -> SourceStatus:
-    return sources.create_source(farm, tree)
+def create_source(farm: FarmDep, principal: SubmitterDep, tree: SourceTree) -> SourceStatus:
+    return sources.create_source(farm, tree, tenant=principal.tenant)
 
 
 @router.post("/v1/sources/git", status_code=201)
-def create_git_source(farm: FarmDep, git: GitSource) -> SourceStatus:
-    return sources.create_git_source(farm, git)
+def create_git_source(farm: FarmDep, principal: SubmitterDep, git: GitSource) -> SourceStatus:
+    return sources.create_git_source(farm, git, principal.tenant)
 
 
 @router.get("/v1/sources/limits")
-def source_limits(farm: FarmDep) -> SourceLimits:
+def source_limits(farm: FarmDep, _principal: PrincipalDep) -> SourceLimits:
     """What one tree may hold here, for the CLI to check before it uploads anything."""
     return farm.settings.tree_limits().to_wire()
 
 
 @router.get("/v1/sources/{digest}")
-def get_source(farm: FarmDep, digest: DigestDep) -> SourceStatus:
-    return sources.source_status(farm, digest)
+def get_source(farm: FarmDep, principal: PrincipalDep, digest: DigestDep) -> SourceStatus:
+    return sources.source_status(farm, digest, principal.scope)
 
 
 @router.get("/v1/stats", tags=["health"])
-def stats(farm: FarmDep) -> FarmStats:
+def stats(farm: FarmDep, _principal: PrincipalDep) -> FarmStats:
     return farm.counters.snapshot()

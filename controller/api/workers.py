@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from crossfarm.controller import fleet
-from crossfarm.controller.api.deps import ClientAuth, FarmDep, OperatorAuth, WorkerAuth
+from crossfarm.controller.api.deps import FarmDep, OperatorDep, PrincipalDep, WorkerAuth
 from crossfarm.shared.wire import Fleet, HeartbeatReply, WorkerHeartbeat, WorkerView
 
 router = APIRouter(prefix="/v1/workers", tags=["workers"])
@@ -21,17 +21,18 @@ def heartbeat(farm: FarmDep, name: WorkerName, info: WorkerHeartbeat,
     return fleet.heartbeat(farm, name, info, fresh_start)
 
 
-@router.post("/{name}/drain", dependencies=[OperatorAuth])
-def drain(farm: FarmDep, name: WorkerName) -> WorkerView:
+@router.post("/{name}/drain")
+def drain(farm: FarmDep, _operator: OperatorDep, name: WorkerName) -> WorkerView:
     """The worker takes no new jobs, finishes its running ones, then shows as drained."""
     return fleet.set_drain(farm, name, True)
 
 
-@router.delete("/{name}/drain", dependencies=[OperatorAuth])
-def undrain(farm: FarmDep, name: WorkerName) -> WorkerView:
+@router.delete("/{name}/drain")
+def undrain(farm: FarmDep, _operator: OperatorDep, name: WorkerName) -> WorkerView:
     return fleet.set_drain(farm, name, False)
 
 
-@router.get("", dependencies=[ClientAuth])
-def list_workers(farm: FarmDep) -> Fleet:
-    return fleet.fleet(farm)
+@router.get("")
+def list_workers(farm: FarmDep, principal: PrincipalDep) -> Fleet:
+    """Every worker; another tenant's jobs are counted, not named (an operator sees all)."""
+    return fleet.fleet(farm, tenant=principal.scope)

@@ -3,8 +3,10 @@ PostgreSQL by URL.
 
 One database, four stores by what they keep: `schema.py` (the tables, the engine, the
 schema-version check), `builds.py` (what was asked), `jobs.py` (where each target's job
-stands; every move a conditional UPDATE), `sources.py` (blobs and trees), `workers.py`
-(heartbeats and drain requests). `Store` opens the database once and holds one of each.
+stands; every move a conditional UPDATE), `sources.py` (blobs and trees, and which tenant
+holds which), `workers.py` (heartbeats and drain requests), `tokens.py` (issued API
+tokens, by hash), `usage.py` (what each tenant holds, for its quotas). `Store` opens
+the database once and holds one of each.
 `vault.py` seals the values of a build's variables, the only values kept encrypted.
 """
 
@@ -14,6 +16,8 @@ from crossfarm.controller.store.builds import BuildStore
 from crossfarm.controller.store.jobs import JobStore
 from crossfarm.controller.store.schema import Database
 from crossfarm.controller.store.sources import SourceStore
+from crossfarm.controller.store.tokens import TokenStore
+from crossfarm.controller.store.usage import UsageStore
 from crossfarm.controller.store.vault import open_vault
 from crossfarm.controller.store.workers import WorkerStore
 
@@ -31,6 +35,8 @@ class Store:
         self.jobs = JobStore(self.db)
         self.sources = SourceStore(self.db)
         self.workers = WorkerStore(self.db)
+        self.tokens = TokenStore(self.db)
+        self.usage = UsageStore(self.db)
 
     def close(self) -> None:
         self.db.close()

@@ -103,9 +103,11 @@ class BuildStore:
             session.add(build)
         return _build_view(build)
 
-    def get(self, build_id: BuildId) -> BuildView:
+    def get(self, build_id: BuildId, tenant: str | None = None) -> BuildView:
+        """A build; with `tenant`, only that tenant's (another's is as absent as one never
+        submitted, so ids tell nothing)."""
         with self._db.session() as session:
-            return _build_view(self._row(session, build_id))
+            return _build_view(self._row(session, build_id, tenant))
 
     def settings(self, build_id: BuildId, target: str) -> BuildSettings:
         """What a job message of `target` repeats from its build."""
@@ -123,16 +125,19 @@ class BuildStore:
             )
 
     @staticmethod
-    def _row(session: Session, build_id: BuildId) -> BuildRow:
+    def _row(session: Session, build_id: BuildId, tenant: str | None = None) -> BuildRow:
         build = session.get(BuildRow, build_id)
-        if build is None:
+        if build is None or (tenant is not None and build.tenant != tenant):
             raise NotFound(f"no build {build_id}")
         return build
 
-    def newest(self, submitter: str | None, state: BuildState | None, limit: int
-               ) -> list[BuildView]:
-        """The newest builds first, optionally only one submitter's or in one state."""
+    def newest(self, submitter: str | None, state: BuildState | None, limit: int,
+               tenant: str | None = None) -> list[BuildView]:
+        """The newest builds first, optionally only one tenant's, one submitter's or in
+        one state."""
         query = select(BuildRow).order_by(BuildRow.created_at.desc())
+        if tenant is not None:
+            query = query.where(BuildRow.tenant == tenant)
         if submitter is not None:
             query = query.where(BuildRow.submitter == submitter)
         # A build's state is derived from its jobs, so filter after reading a bounded window.

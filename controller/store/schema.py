@@ -1,8 +1,9 @@
 """The tables and the connection: the database's shape, shared by the stores beside it.
 
-Six tables: `builds` and their `jobs`, `blobs` and `trees` (the sources), `workers`,
-and `crossfarm_meta` holding the schema version a database was made with and a text
-sealed with its secrets key (vault.py).
+Tables: `builds` and their `jobs`; `blobs` and `trees` (the sources, stored once) with
+`tenant_blobs` and `tenant_trees` (who proved to hold which); `workers`; `tokens` (the
+hashes of issued API tokens); and `crossfarm_meta` holding the schema version a
+database was made with and a text sealed with its secrets key (vault.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy import (
     JSON,
     DateTime,
     ForeignKey,
+    Index,
     String,
     Text,
     TypeDecorator,
@@ -107,7 +109,7 @@ class JobRow(Base):
 
 
 #: Bump on any change to the tables; a database made by another version is refused.
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 class MetaRow(Base):
@@ -135,6 +137,45 @@ class TreeRow(Base):
     total_bytes: Mapped[int]
     commit: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime]
+
+
+class TenantBlobRow(Base):
+    """A tenant sent these bytes itself (hash-checked): only then is the blob present for
+    it, so no tenant learns from /v1/blobs/missing what another one holds."""
+
+    __tablename__ = "tenant_blobs"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: repeated from the blob so a tenant's storage sums without a join
+    size: Mapped[int]
+
+
+class TenantTreeRow(Base):
+    """A tenant made this tree from blobs it holds: only its owners read or build it."""
+
+    __tablename__ = "tenant_trees"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class TokenRow(Base):
+    """An issued API token: its sha256, never the token (32 random bytes need no slow
+    hash), with its tenant, role and life."""
+
+    __tablename__ = "tokens"
+    __table_args__ = (Index("ix_tokens_sha256", "sha256", unique=True),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
 
 
 class WorkerRow(Base):

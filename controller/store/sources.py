@@ -1,11 +1,21 @@
-"""The sources: which blobs are stored (alone or in which pack) and which trees."""
+"""The sources: which blobs are stored (alone or in which pack) and which trees, and
+which tenant holds which. Storage keeps one copy of each; a tenant sees only what it
+sent itself (a blob) or made from what it sent (a tree)."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from crossfarm.controller.store.schema import BlobRow, Database, TreeRow, now
+from crossfarm.controller.store.schema import (
+    DEFAULT_TENANT,
+    BlobRow,
+    Database,
+    TenantBlobRow,
+    TenantTreeRow,
+    TreeRow,
+    now,
+)
 from crossfarm.shared.errors import NotFound
 from crossfarm.shared.ids import SourceDigest
 from crossfarm.shared.wire import SourceStatus
@@ -20,10 +30,10 @@ class SourceStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def missing_blobs(self, digests: list[str]) -> list[str]:
-        """The digests in `digests` that no upload has stored yet."""
+    def missing_blobs(self, digests: list[str], tenant: str = DEFAULT_TENANT) -> list[str]:
+        """The digests in `digests` that `tenant` has not sent yet, whoever else did."""
         with self._db.session() as session:
-            present = self._present(session, digests)
+            present = self._owned(session, digests, tenant)
         return [digest for digest in dict.fromkeys(digests) if digest not in present]
 
     @staticmethod
@@ -35,13 +45,34 @@ class SourceStore:
                 BlobRow.digest.in_(chunk))))
         return present
 
-    def add_blobs(self, sizes: dict[str, int], pack: str | None = None) -> None:
-        """Record stored blobs in one transaction; a blob already recorded keeps its place."""
+    @staticmethod
+    def _owned(session: Session, digests: list[str], tenant: str) -> set[str]:
+        owned: set[str] = set()
+        for start in range(0, len(digests), _CHUNK):
+            chunk = digests[start:start + _CHUNK]
+            owned.update(session.scalars(select(TenantBlobRow.digest).where(
+                TenantBlobRow.tenant == tenant, TenantBlobRow.digest.in_(chunk))))
+        return owned
+
+    def add_blobs(self, sizes: dict[str, int], pack: str | None = None,
+                  tenant: str = DEFAULT_TENANT) -> None:
+        """Record blobs `tenant` sent (their bytes checked against their digests) in one
+        transaction; a blob already recorded keeps its place."""
         stored = now()
         with self._db.session() as session:
-            known = set(self._present(session, list(sizes)))
+            known = self._present(session, list(sizes))
             session.add_all(BlobRow(digest=d, size=s, pack=pack, stored_at=stored)
                             for d, s in sizes.items() if d not in known)
+            owned = self._owned(session, list(sizes), tenant)
+            session.add_all(TenantBlobRow(tenant=tenant, digest=d, size=s)
+                            for d, s in sizes.items() if d not in owned)
+
+    def source_bytes(self, tenant: str) -> int:
+        """The bytes of every blob `tenant` holds, as its storage quota counts them."""
+        with self._db.session() as session:
+            total = session.scalar(select(func.sum(TenantBlobRow.size)).where(
+                TenantBlobRow.tenant == tenant))
+        return int(total or 0)
 
     def blob_packs(self, digests: list[str]) -> dict[str, str]:
         """digest -> pack for the given blobs that are stored in a pack."""
@@ -53,16 +84,24 @@ class SourceStore:
                 packs.update({digest: pack for digest, pack in rows if pack})
         return packs
 
-    def add_tree(self, status: SourceStatus) -> None:
+    def add_tree(self, status: SourceStatus, tenant: str = DEFAULT_TENANT) -> None:
+        """Record a tree `tenant` made (from blobs it holds)."""
         with self._db.session() as session:
             if session.get(TreeRow, status.digest) is None:
                 session.add(TreeRow(digest=status.digest, files=status.files,
                                     total_bytes=status.total_bytes, commit=status.commit,
                                     created_at=now()))
+            if session.get(TenantTreeRow, (tenant, status.digest)) is None:
+                session.add(TenantTreeRow(tenant=tenant, digest=status.digest))
 
-    def tree(self, digest: str) -> SourceStatus:
+    def tree(self, digest: str, tenant: str | None = None) -> SourceStatus:
+        """A stored tree; with `tenant`, only one that tenant owns (another's is as absent
+        as one never made, so ids tell nothing)."""
         with self._db.session() as session:
             tree = session.get(TreeRow, digest)
+            if tree is not None and tenant is not None and session.get(
+                    TenantTreeRow, (tenant, digest)) is None:
+                tree = None
             if tree is None:
                 raise NotFound(f"no source tree {digest}; send it with POST /v1/sources first")
             return SourceStatus(digest=SourceDigest(tree.digest), files=tree.files,

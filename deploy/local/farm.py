@@ -7,6 +7,11 @@ of a test host the tests made themselves in a network namespace (`host`, `netns`
 
     farm.py up [--dir .crossfarm]     start everything, wait until ready
     farm.py down [--dir .crossfarm]   stop what `up` started
+
+The farm is open (one implicit tenant, everyone its operator) unless
+CROSSFARM_OPERATOR_TOKEN is set in the environment of `up`: then it requires tokens
+exactly like a shared farm (its worker gets a worker token made for it), and
+`crossfarm admin token create` with that operator token issues the others.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -69,8 +75,16 @@ class Farm:
     weed_ports: list[int] = field(default_factory=list)
     #: where the services listen: loopback, or a namespace test host's own address
     host: str = "127.0.0.1"
-    #: the client token the controller requires and the CLI presents; None: open
+    #: the (legacy) client token the controller accepts; None: none
     client_token: str | None = None
+    #: the bootstrap operator token; with it or a client token the farm requires tokens
+    operator_token: str | None = None
+    #: what the workers present; made up when the farm requires tokens and none is given
+    worker_token: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.client_token or self.operator_token) and not self.worker_token:
+            self.worker_token = secrets.token_urlsafe(32)
 
     @property
     def redis_url(self) -> str:
@@ -85,13 +99,19 @@ class Farm:
         return f"http://{self.host}:{self.controller_port}"
 
     @property
+    def token(self) -> str | None:
+        """The token this launcher and the CLI it runs present: the operator's if any."""
+        return self.operator_token or self.client_token
+
+    @property
     def auth(self) -> dict[str, str]:
         """The headers a client sends to the controller."""
-        return {"Authorization": f"Bearer {self.client_token}"} if self.client_token else {}
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def env(self, **extra: str) -> dict[str, str]:
         """The CROSSFARM_* environment of every farm process."""
-        env = dict(os.environ)
+        # The farm's own tokens only: a token in the caller's environment is not this farm's.
+        env = {k: v for k, v in os.environ.items() if k not in _TOKENS}
         env.update({
             "CROSSFARM_REDIS_URL": self.redis_url,
             "CROSSFARM_S3_ENDPOINT": self.s3_url,
@@ -106,9 +126,11 @@ class Farm:
             # One machine, one architecture: let other targets use its cross toolchain.
             "CROSSFARM_DEFAULT_PLACEMENT": "cross-ok",
         })
-        if self.client_token:
-            env.update(CROSSFARM_CLIENT_TOKEN=self.client_token,  # the controller's
-                       CROSSFARM_TOKEN=self.client_token)  # the CLI's
+        mine = {"CROSSFARM_CLIENT_TOKEN": self.client_token,  # the controller's
+                "CROSSFARM_OPERATOR_TOKEN": self.operator_token,  # the controller's
+                "CROSSFARM_WORKER_TOKEN": self.worker_token,  # the controller's and workers'
+                "CROSSFARM_TOKEN": self.token}  # the CLI's
+        env.update({name: value for name, value in mine.items() if value})
         ca = Path("/etc/ssl/certs/ca-certificates.crt")
         if "CROSSFARM_CA_BUNDLE" not in env and ca.is_file():
             env["CROSSFARM_CA_BUNDLE"] = str(ca)
@@ -234,6 +256,10 @@ class Farm:
             (self.dir / f"{name}.pid").unlink(missing_ok=True)
 
 
+_TOKENS = ("CROSSFARM_CLIENT_TOKEN", "CROSSFARM_OPERATOR_TOKEN", "CROSSFARM_WORKER_TOKEN",
+           "CROSSFARM_TOKEN")
+
+
 def _free_low_port() -> int:
     while (port := free_port()) >= 55535:
         pass
@@ -259,7 +285,9 @@ def _terminate(proc: subprocess.Popen) -> None:
 
 def up(state_dir: Path, cross: str) -> Farm:
     state_dir.mkdir(parents=True, exist_ok=True)
-    farm = Farm(dir=state_dir, redis_port=6379, s3_port=8333, controller_port=8700)
+    farm = Farm(dir=state_dir, redis_port=6379, s3_port=8333, controller_port=8700,
+                operator_token=os.environ.get("CROSSFARM_OPERATOR_TOKEN") or None,
+                worker_token=os.environ.get("CROSSFARM_WORKER_TOKEN") or None)
     try:
         farm.start_redis()
         farm.start_s3()
@@ -314,6 +342,10 @@ def main() -> None:
     farm = up(state_dir, args.cross)
     print(f"farm up: controller {farm.controller_url}, S3 {farm.s3_url}, Redis {farm.redis_url}; "
           f"logs in {state_dir}")
+    if farm.operator_token:
+        print("tokens required (CROSSFARM_OPERATOR_TOKEN is set): issue one with "
+              "CROSSFARM_TOKEN=$CROSSFARM_OPERATOR_TOKEN crossfarm admin token create "
+              "--tenant NAME")
 
 
 if __name__ == "__main__":

@@ -52,8 +52,11 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
                               capture_output=True).returncode == 0
     _require(image_ok, f"builder image {BUILDER_IMAGE} is missing (make image)")
     state = tmp_path_factory.mktemp("farm")
-    # With a client token, as a shared farm runs: every test's client presents it.
-    running = localfarm.Farm(dir=state, client_token="integration-client-token")
+    # With tokens, as a shared farm runs: the CLI and `api` present the operator's (they
+    # drain workers), FarmClient(token=farm.client_token) the legacy client token; the
+    # workers get a worker token the launcher makes.
+    running = localfarm.Farm(dir=state, client_token="integration-client-token",
+                             operator_token="integration-operator-token")
     try:
         running.start_redis()
         running.start_s3()

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 from gate import gate, wait_at_gate
 from polling import until
 
 from crossfarm.client.api import FarmClient
 from crossfarm.client.source import scan, send
+from crossfarm.shared.errors import FarmError
+from crossfarm.shared.wire import BuildRequest
 
 pytestmark = pytest.mark.integration
 
 X86 = "x86_64-unknown-linux-gnu"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def _upload(farm, crate: Path) -> str:
@@ -106,3 +111,58 @@ def test_cancel_while_running_stops_the_container_and_publishes_nothing(farm, ap
     final = api.get(f"/v1/builds/{build['build_id']}").json()
     assert final["jobs"][0]["state"] == "cancelled"
     assert api.get(f"/v1/builds/{build['build_id']}/artifacts").json() == []
+
+
+def _tenant_token(api, tenant: str, name: str) -> str:
+    issued = api.post("/v1/admin/tokens", json={"tenant": tenant, "name": name})
+    assert issued.status_code == 201, issued.text
+    return issued.json()["token"]
+
+
+def test_another_tenant_can_neither_see_nor_cancel_a_build_and_the_next_build_is_clean(
+        farm, api, crate, tmp_path):
+    alice = FarmClient(farm.controller_url, token=_tenant_token(api, "acme-e2e", "alice"))
+    bob_token = _tenant_token(api, "globex-e2e", "bob")
+    bob = httpx.Client(base_url=farm.controller_url, timeout=30,
+                       headers={"Authorization": f"Bearer {bob_token}"})
+    gate(crate)  # alice's build holds at the gate until she cancels it
+    with alice:
+        sent = send(alice, scan(crate))
+        build = alice.submit(BuildRequest(source=sent.status.digest, targets=[X86]))
+        job_id = build.jobs[0].job_id
+        wait_at_gate(job_id)
+        assert build.submitter == "alice@acme-e2e"
+
+        with bob:
+            for path in ("", "/artifacts", "/events?follow=false"):
+                assert bob.get(f"/v1/builds/{build.build_id}{path}").status_code == 404, path
+            assert bob.post(f"/v1/builds/{build.build_id}/cancel").status_code == 404
+            assert build.build_id not in bob.get("/v1/builds", params={"limit": 500}).text
+            assert bob.get(f"/v1/sources/{sent.status.digest}").status_code == 404
+            assert bob.post("/v1/builds", json={"source": sent.status.digest,
+                                                "targets": [X86]}).status_code == 404
+            digests = sorted({e.sha256 for e in scan(crate).tree.entries if e.sha256})
+            missing = bob.post("/v1/blobs/missing", json={"digests": digests}).json()
+            assert missing["missing"] == digests  # alice's files tell bob nothing
+            fleet = bob.get("/v1/workers")
+            assert job_id not in fleet.text
+            assert sum(w["other_tenants_jobs"] for w in fleet.json()["workers"]) >= 1
+            assert alice.build(build.build_id).state.value == "running"  # bob changed nothing
+
+            # bob's own, normal build of the same crate runs clean beside and after it
+            clean = tmp_path / "clean"
+            shutil.copytree(FIXTURES / "hello-c", clean)
+            with FarmClient(farm.controller_url, token=bob_token) as bob_client:
+                own = send(bob_client, scan(clean)).status.digest
+                next_build = bob_client.submit(BuildRequest(source=own, targets=[X86]))
+                assert alice.cancel(build.build_id).state.value == "cancelled"
+                until(lambda: not _containers_of(job_id), "alice's container gone")
+                done = until(lambda: (view := bob_client.build(next_build.build_id))
+                             .state.terminal and view, "bob's build to end", timeout=600)
+                assert done.state.value == "succeeded", done.jobs[0].reason
+                [artifact] = [a for a in bob_client.artifacts(next_build.build_id)
+                              if a.name == "hello-c"]
+                assert artifact.size > 0
+        assert alice.artifacts(build.build_id) == []
+        with pytest.raises(FarmError, match="HTTP 404"):
+            alice.artifacts(next_build.build_id)

@@ -130,7 +130,8 @@ def test_a_missing_or_wrong_token_is_refused_with_what_to_set(farm, crate, cli):
             env["CROSSFARM_TOKEN"] = token
         result = cli(crate, "build", "--target", X86, env=env, timeout=120)
         assert result.returncode == 2, result.stderr
-        assert "client token missing or wrong; set `token` in your crossfarm config" in (
+        assert "set `token` in your crossfarm config (or CROSSFARM_TOKEN)" in result.stderr
+        assert ("this farm needs a token" if token is None else "not one this farm issued") in (
             result.stderr)
     assert _stats(farm) == before  # nothing was stored
 
@@ -291,3 +292,34 @@ def test_git_source_refuses_local_paths(farm, cli, tmp_path):
     result = cli(tmp_path, "build", "--git", "file:///etc", "--rev", "main", "--target", X86)
     assert result.returncode == 2
     assert "must start with one of https://" in result.stderr
+
+
+def test_an_operator_issues_lists_and_revokes_a_token_that_then_builds_only_its_tenants(
+        farm, crate, cli, tmp_path):
+    created = cli(tmp_path, "admin", "token", "create", "--tenant", "cli-e2e", "--name", "ada",
+                  "--expires", "1d")
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert "shown this once" in created.stderr
+    listed = _json(cli(tmp_path, "admin", "token", "list", "--json"))
+    [row] = [t for t in listed if t["tenant"] == "cli-e2e"]
+    assert row["name"] == "ada"
+    assert token not in json.dumps(listed)
+
+    ada = {**farm.env(), "CROSSFARM_TOKEN": token}
+    built = _json(cli(crate, "build", "--target", X86, "--detach", "--json", env=ada))
+    assert built["submitter"] == "ada@cli-e2e"
+    mine = _json(cli(crate, "list", "--mine", "--json", env=ada))
+    assert [b["build_id"] for b in mine] == [built["build_id"]]
+    # the farm's own (default-tenant) client token does not see ada's build
+    client = {**farm.env(), "CROSSFARM_TOKEN": farm.client_token}
+    refused = cli(crate, "status", built["build_id"], env=client)
+    assert refused.returncode == 2
+    assert "HTTP 404" in refused.stderr
+    assert cli(tmp_path, "admin", "token", "list", env=client).returncode == 2  # not an operator
+
+    assert cli(tmp_path, "admin", "token", "revoke", str(row["id"])).returncode == 0
+    revoked = cli(crate, "list", env=ada)
+    assert revoked.returncode == 2
+    assert "was revoked at" in revoked.stderr
+    cli(crate, "cancel", built["build_id"])

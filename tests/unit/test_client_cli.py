@@ -39,3 +39,23 @@ def test_build_refuses_an_unknown_placement_or_a_bad_wait_limit(capsys, flags, c
         _parser().parse_args(["build", *flags])
     assert exc.value.code == 2
     assert complaint in capsys.readouterr().err
+
+
+def test_admin_token_create_takes_a_tenant_role_expiry_and_name():
+    args = _parser().parse_args(["admin", "token", "create", "--tenant", "acme", "--role",
+                                 "read", "--expires", "90d", "--name", "ci"])
+    assert (args.token_command, args.tenant, args.role, args.expires, args.name) == (
+        "create", "acme", "read", "90d", "ci")
+
+
+def test_admin_token_create_submits_by_default_and_needs_a_tenant(capsys):
+    assert _parser().parse_args(["admin", "token", "create", "--tenant", "a"]).role == "submit"
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["admin", "token", "create"])
+    assert "--tenant" in capsys.readouterr().err
+
+
+def test_admin_token_revoke_takes_a_numeric_id():
+    assert _parser().parse_args(["admin", "token", "revoke", "7"]).token_id == 7
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["admin", "token", "revoke", "seven"])
