@@ -12,10 +12,12 @@ from crossfarm.shared.errors import (
     InvalidRequest,
     NotFound,
     StorageError,
+    TooLarge,
 )
 from crossfarm.shared.wire import ErrorBody
 
 _STATUS: list[tuple[type[CrossfarmError], int]] = [
+    (TooLarge, 413),
     (InvalidRequest, 422),
     (NotFound, 404),
     (Conflict, 409),

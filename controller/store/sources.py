@@ -35,6 +35,16 @@ class SourceStore:
                 BlobRow.digest.in_(chunk))))
         return present
 
+    def blob_sizes(self, digests: list[str]) -> dict[str, int]:
+        """digest -> stored size for those of `digests` that are stored."""
+        sizes: dict[str, int] = {}
+        with self._db.session() as session:
+            for start in range(0, len(digests), _CHUNK):
+                rows = session.execute(select(BlobRow.digest, BlobRow.size).where(
+                    BlobRow.digest.in_(digests[start:start + _CHUNK])))
+                sizes.update({digest: size for digest, size in rows})
+        return sizes
+
     def add_blobs(self, sizes: dict[str, int], pack: str | None = None) -> None:
         """Record stored blobs in one transaction; a blob already recorded keeps its place."""
         stored = now()
