@@ -27,6 +27,7 @@ _REV = re.compile(r"^[A-Za-z0-9._/@{}^~+-]{1,256}$")
 _MODES = {"100644": False, "100755": True}
 _SYMLINK = "120000"
 _SUBMODULE = "160000"
+_TIMED_OUT = 124  # as timeout(1) exits
 # the user and password of any URL in a text, up to the host's '@'
 _USERINFO = re.compile(r"(://)[^/\s]*@")
 #: Why a fetch failed, whatever git said: one answer for a closed port, an open one that
@@ -96,9 +97,10 @@ def _fetch(git: _Git, url: str, rev: str) -> str:
     shallow = git.try_run("fetch", "-q", "--depth=1", "--no-tags", url, rev)
     if shallow.returncode == 0:
         return git.run("rev-parse", "--verify", "FETCH_HEAD^{commit}").stdout.decode().strip()
-    # A bare commit id is often not fetchable directly: fetch the refs and look it up.
-    full = git.try_run("fetch", "-q", "--no-tags", url, "+refs/heads/*:refs/heads/*",
-                       "+refs/tags/*:refs/tags/*")
+    # A bare commit id is often not fetchable directly: fetch the refs and look it up
+    # (unless the far end did not answer at all: waiting for it twice helps no one).
+    full = shallow if shallow.returncode == _TIMED_OUT else git.try_run(
+        "fetch", "-q", "--no-tags", url, "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
     if full.returncode != 0:
         reason = full.stderr.decode(errors="replace").strip().splitlines()
         log.info("git fetch of %s failed: %s", shown(url),
@@ -191,7 +193,7 @@ class _Git:
             )
         except subprocess.TimeoutExpired:
             # as a refusal: the same words whether the far end is silent or slow
-            return subprocess.CompletedProcess(args, 124, b"", b"timed out")
+            return subprocess.CompletedProcess(args, _TIMED_OUT, b"", b"timed out")
 
     def run(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
         result = self.try_run(*args, cwd=cwd)

@@ -4,9 +4,9 @@ Each route has a byte limit: blob and pack uploads their own settings, every oth
 route (JSON) `max_json_bytes`. A body whose Content-Length says it is too big is
 refused before one byte of it is read; one without (chunked) is counted as it streams
 and refused as soon as it passes the limit. A JSON body is also refused while still
-bytes when it holds more values than `max_json_items`, nests deeper than
-`MAX_JSON_DEPTH`, or holds a lone UTF-16 surrogate, which Python's json accepts but
-no response, database or file name can encode.
+bytes when it is not UTF-8, holds more values than `max_json_items`, nests deeper
+than `MAX_JSON_DEPTH`, or holds a lone UTF-16 surrogate escape, which Python's json
+accepts but no response, database or file name can encode.
 
 The middleware sits inside the router, under the exception handlers, so its refusals
 are ordinary errors of the error tree rendered in the one place statuses are chosen.
@@ -29,9 +29,8 @@ MAX_JSON_DEPTH = 32
 _BLOB = re.compile(r"^/v1/blobs/[^/]+$")
 # a string, or an unterminated one to the end, so that no match ever backtracks
 _STRING = re.compile(rb'"(?:[^"\\]|\\.?)*(?:"|\Z)', re.DOTALL)
-# an escape (any, so that an escaped backslash is skipped whole) or a raw UTF-8
-# encoded surrogate, which json.loads lets through too
-_ESCAPE = re.compile(rb"\\(?:u([dD][0-9a-fA-F]{3})|.)|\xed[\xa0-\xbf]", re.DOTALL)
+# any escape, so that an escaped backslash is skipped whole
+_ESCAPE = re.compile(rb"\\(?:u([dD][0-9a-fA-F]{3})|.)", re.DOTALL)
 _PAIRS = (b"[]", b"{}")
 
 
@@ -84,6 +83,12 @@ def install(app: FastAPI, settings: ControllerSettings) -> None:
 def check_json(body: bytes, max_items: int) -> None:
     """Refuse, before parsing, a JSON body that would parse into too many objects, nest
     too deep, or carry a lone surrogate; malformed JSON is left to the parser."""
+    try:
+        body.decode()
+    except UnicodeDecodeError as exc:
+        # json.loads would let UTF-8 encoded surrogates through, and FastAPI answers the
+        # rest vaguely, or echoes the bytes in a validation error it cannot encode
+        raise InvalidRequest(f"the request body is not valid UTF-8 (at byte {exc.start})") from None
     if _ESCAPE.search(body) and (where := lone_surrogate(body)) is not None:
         raise InvalidRequest(
             f"the JSON body holds a lone UTF-16 surrogate at byte {where}: strings must be "
@@ -114,8 +119,6 @@ def lone_surrogate(body: bytes) -> int | None:
     high_at = 0
     for match in _ESCAPE.finditer(body):
         unit = match.group(1)
-        if match.group(0)[:1] != b"\\":
-            return match.start()  # raw surrogate bytes: never valid UTF-8
         low = unit is not None and unit[1:2] in b"cdefCDEF"
         high = unit is not None and unit[1:2] in b"89abAB"
         if high_ends >= 0:

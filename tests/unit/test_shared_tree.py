@@ -13,6 +13,7 @@ from crossfarm.shared.tree import (
     TreeLimits,
     TreeSummary,
     check_path,
+    check_sizes,
     check_tree,
     file_digests,
     pack_bytes,
@@ -559,3 +560,20 @@ def test_a_pack_tarfile_writes_in_pax_format_reads_back():
         info.pax_headers = {"comment": "é" * 10}
         tar.addfile(info, io.BytesIO(one[1]))
     assert dict(read_pack(buffer.getvalue(), TreeLimits())) == dict([one])
+
+
+def test_declared_sizes_equal_to_the_stored_blobs_pass():
+    tree = _tree(*CRATE)
+    check_sizes(tree, {entry.sha256: entry.size for entry in CRATE})
+
+
+@pytest.mark.parametrize("declared", [0, 12, 14, 10**9])
+def test_a_declared_size_that_is_not_the_blobs_is_refused(declared):
+    tree = _tree(_file("src/main.rs", b"fn main() {}\n", size=declared))
+    with pytest.raises(InvalidSource, match=f"declared {declared} bytes.*holds 13") as exc:
+        check_sizes(tree, {_sha(b"fn main() {}\n"): 13})
+    assert exc.value.path == "src/main.rs"
+
+
+def test_a_blob_not_stored_is_not_judged_by_size():
+    check_sizes(_tree(*CRATE), {})
