@@ -105,7 +105,7 @@ def _fetch(git: _Git, url: str, rev: str) -> str:
         reason = full.stderr.decode(errors="replace").strip().splitlines()
         log.info("git fetch of %s failed: %s", shown(url),
                  excerpt(redact(reason[-1] if reason else "no message"), 300))
-        raise InvalidRequest(f"could not fetch {shown(url)}: {UNREADABLE}")
+        raise InvalidRequest(f"cannot fetch {shown(url)}: {UNREADABLE}")
     found = git.try_run("rev-parse", "--verify", "--end-of-options", f"{rev}^{{commit}}")
     if found.returncode != 0:
         raise InvalidRequest(f"revision {excerpt(rev)!r} was not found in {shown(url)}")

@@ -417,10 +417,10 @@ CASES: dict[str, Case] = {
                            ("not a branch",)),
     "git-password-closed-port": Case(
         _git_source(f"http://alice:{SECRET}@127.0.0.1:{{closed}}/x.git"),
-        ("could not fetch", "***@127.0.0.1"), absent=(SECRET, "alice")),
+        ("cannot fetch", "***@127.0.0.1"), absent=(SECRET, "alice")),
     "git-password-open-port": Case(
         _git_source(f"http://alice:{SECRET}@127.0.0.1:{{open}}/x.git"),
-        ("could not fetch", "***@127.0.0.1"), absent=(SECRET, "alice")),
+        ("cannot fetch", "***@127.0.0.1"), absent=(SECRET, "alice")),
     "git-password-in-bad-scheme": Case(_git_source(f"ftp://alice:{SECRET}@127.0.0.1/x"),
                                        ("must start with",), absent=(SECRET,)),
     "git-oversized-blob": Case(_git_source("{git}/big.git"),
