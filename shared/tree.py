@@ -126,6 +126,9 @@ class TreeCheck:
             raise InvalidSource("the path is a file and also a directory of other paths", name)
         if entry.kind == "symlink":
             target = entry.target or ""
+            if not target.isprintable():
+                raise InvalidSource("control characters, format characters and bidi controls "
+                                    "are not allowed in symlink targets", name)
             walked = _walk_link(name, target)
             if (walked & self._links) or name in self._walked or name in self._dirs:
                 raise InvalidSource(
@@ -279,11 +282,13 @@ class _PackReader:
             name = size = None
 
     def _check_member(self, kind: bytes, name: str, size: int, total: int) -> int:
-        if kind not in (b"0", b"\0") or not _DIGEST.fullmatch(name):
-            what = _KINDS.get(kind, f"of tar type {excerpt(_text(kind))}")
-            shown = "a regular file" if kind in (b"0", b"\0") else what
-            raise InvalidSource(f"pack members are regular files named by sha256, "
-                                f"not {shown} named so", name)
+        if kind not in (b"0", b"\0"):
+            what = _KINDS.get(kind, f"an entry of tar type {excerpt(_text(kind))!r}")
+            raise InvalidSource(f"pack members are regular files named by sha256, not {what}",
+                                name)
+        if not _DIGEST.fullmatch(name):
+            raise InvalidSource("pack members are regular files named by sha256; this name "
+                                "is not one", name)
         if size > self._limits.max_file_bytes:
             raise InvalidSource(f"blob is {size} bytes; the limit is "
                                 f"{self._limits.max_file_bytes}", name)

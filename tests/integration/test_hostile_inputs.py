@@ -346,6 +346,8 @@ CASES: dict[str, Case] = {
                                  ("outside the source tree",)),
     "absolute-symlink": Case(_source(_link("link", "/etc/shadow")),
                              ("outside the source tree",)),
+    "symlink-target-with-nul": Case(_source(_link("link", "src/\0main.rs")),
+                                    ("symlink targets",)),
     "path-through-symlink": Case(_source(_link("lib", "src"), _file("lib/x.rs")),
                                  ("through the symlink",)),
     "duplicate-path": Case(_source(_file("src/main.rs"), _file("src/main.rs")), ("twice",)),

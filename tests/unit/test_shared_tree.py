@@ -577,3 +577,10 @@ def test_a_declared_size_that_is_not_the_blobs_is_refused(declared):
 
 def test_a_blob_not_stored_is_not_judged_by_size():
     check_sizes(_tree(*CRATE), {})
+
+
+@pytest.mark.parametrize("target", ["src/a\x00b", "src/\u202eb", "a\nb"])
+def test_a_symlink_target_with_a_hidden_character_is_refused(target):
+    with pytest.raises(InvalidSource, match="symlink targets") as exc:
+        _check(_link("link", target))
+    assert exc.value.path == "link"
