@@ -27,8 +27,8 @@ from crossfarm.shared.errors import InvalidRequest, TooLarge
 MAX_JSON_DEPTH = 32
 
 _BLOB = re.compile(r"^/v1/blobs/[^/]+$")
-# a string, or an unterminated one to the end, so that no match ever backtracks
-_STRING = re.compile(rb'"(?:[^"\\]|\\.?)*(?:"|\Z)', re.DOTALL)
+# a string, or an unterminated one to the end; possessive, so that no match backtracks
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.?)*+(?:"|\Z)', re.DOTALL)
 # any escape, so that an escaped backslash is skipped whole
 _ESCAPE = re.compile(rb"\\(?:u([dD][0-9a-fA-F]{3})|.)", re.DOTALL)
 _PAIRS = (b"[]", b"{}")

@@ -14,6 +14,7 @@ from crossfarm.controller.limits import MAX_JSON_DEPTH, check_json, limit_for, l
 from crossfarm.controller.settings import ControllerSettings
 from crossfarm.controller.store import Store
 from crossfarm.shared.errors import InvalidRequest
+from crossfarm.shared.wire import SourceTree, TreeEntry
 
 DIGEST = "ab" * 32
 
@@ -160,3 +161,13 @@ def test_malformed_json_is_left_to_the_parser(app):
     check_json(b'"unterminated \\', 100)
     response = _query(app, b'{"digests": [')
     assert response.status_code == 422
+
+
+def test_a_20000_file_tree_fits_the_default_json_limits():
+    settings = ControllerSettings()
+    entries = [TreeEntry(path=f"vendor/crate-{n // 100}-1.2.3/src/deeper/module_{n}/{'x' * 150}.rs",
+                         kind="file", sha256=DIGEST, size=n, executable=n % 2 == 0)
+               for n in range(settings.max_source_files)]
+    body = SourceTree(entries=entries).model_dump_json().encode()
+    assert len(body) <= settings.max_json_bytes
+    check_json(body, settings.max_json_items)
