@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from crossfarm.controller import auth, errors, placer, uploads
+from crossfarm.controller import auth, errors, limits, placer, uploads
 from crossfarm.controller.api import admin as admin_api
 from crossfarm.controller.api import builds as builds_api
 from crossfarm.controller.api import jobs as jobs_api
@@ -90,6 +90,7 @@ def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAP
 
     app = FastAPI(title="crossfarm", version="0.1.0", lifespan=lifespan)
     errors.install(app)
+    limits.install(app, settings)
     app.include_router(sources_api.router)
     app.include_router(builds_api.router)
     app.include_router(jobs_api.router)

@@ -14,11 +14,13 @@ from crossfarm.shared.errors import (
     NotFound,
     QuotaExceeded,
     StorageError,
+    TooLarge,
     Unauthenticated,
 )
 from crossfarm.shared.wire import ErrorBody
 
 _STATUS: list[tuple[type[CrossfarmError], int]] = [
+    (TooLarge, 413),
     (InvalidRequest, 422),
     (NotFound, 404),
     (Unauthenticated, 401),

@@ -56,6 +56,12 @@ class ControllerSettings(FarmSettings):
     max_source_files: int = Field(default=20_000, ge=1)
     max_file_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_pack_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    #: bytes of one JSON request body (a 20,000-file tree with long paths fits)
+    max_json_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    #: values (items, members) in one JSON request body: its parsed size follows their
+    #: count, not its bytes (8 MiB of `[{},{},…]` would take ~230 MiB of objects). A tree
+    #: entry is about 7 values: raise both JSON limits with max_source_files
+    max_json_items: int = Field(default=250_000, ge=100)
     git_timeout_s: int = Field(default=300, ge=5)
     #: a worker with no heartbeat for this long is reported lost
     lost_after_s: int = Field(default=30, ge=2)

@@ -14,12 +14,19 @@ from typing import IO
 
 from crossfarm.controller import quotas
 from crossfarm.controller.farm import Farm
-from crossfarm.controller.gitsource import GitCommit, fetch_commit
+from crossfarm.controller.gitsource import GitCommit, GitFile, fetch_commit
 from crossfarm.controller.store.schema import DEFAULT_TENANT
 from crossfarm.shared import keys
-from crossfarm.shared.errors import InvalidSource
+from crossfarm.shared.errors import InvalidSource, TooLarge
 from crossfarm.shared.ids import SourceDigest
-from crossfarm.shared.tree import check_tree, file_digests, pack_bytes, read_pack, tree_digest
+from crossfarm.shared.tree import (
+    check_sizes,
+    check_tree,
+    file_digests,
+    pack_bytes,
+    read_pack,
+    tree_digest,
+)
 from crossfarm.shared.wire import (
     BlobQuery,
     GitSource,
@@ -40,7 +47,7 @@ def put_blob(farm: Farm, digest: str, body: IO[bytes], tenant: str = DEFAULT_TEN
     limit = farm.settings.max_file_bytes
     data = body.read(limit + 1)
     if len(data) > limit:
-        raise InvalidSource(f"a file is over the farm's limit of {limit} bytes")
+        raise TooLarge("a file", limit, "max_file_bytes")
     actual = hashlib.sha256(data).hexdigest()
     if actual != digest:
         raise InvalidSource(f"the body's sha256 is {actual}, not {digest} as the URL says")
@@ -60,7 +67,7 @@ def put_pack(farm: Farm, body: IO[bytes], tenant: str = DEFAULT_TENANT) -> int:
     limit = farm.settings.max_pack_bytes
     data = body.read(limit + 1)
     if len(data) > limit:
-        raise InvalidSource(f"a pack is over the farm's limit of {limit} bytes")
+        raise TooLarge("a pack", limit, "max_pack_bytes")
     sizes = {digest: len(blob) for digest, blob in read_pack(data, farm.settings.tree_limits())}
     quotas.check_upload(farm, tenant, sizes)
     _store_pack(farm, data, sizes, tenant)
@@ -78,11 +85,14 @@ def create_source(farm: Farm, tree: SourceTree, commit: str | None = None,
                   tenant: str = DEFAULT_TENANT) -> SourceStatus:
     """Check a tree, make sure every blob it names is stored, and store the tree."""
     summary = check_tree(tree, farm.settings.tree_limits())
-    missing = farm.store.sources.missing_blobs(file_digests(tree), tenant)
+    digests = file_digests(tree)
+    missing = farm.store.sources.missing_blobs(digests, tenant)
+    stored = farm.store.sources.blob_sizes(digests) if not missing else {}
     if missing:
         shown = ", ".join(missing[:5]) + (" …" if len(missing) > 5 else "")
         raise InvalidSource(f"{len(missing)} blob(s) are not uploaded yet ({shown}); "
                             "ask POST /v1/blobs/missing and send them first")
+    check_sizes(tree, stored)
     digest = SourceDigest(tree_digest(tree))
     status = SourceStatus(digest=digest, files=summary.files, total_bytes=summary.total_bytes,
                           commit=commit)
@@ -109,7 +119,7 @@ def create_git_source(farm: Farm, git: GitSource, tenant: str = DEFAULT_TENANT
     settings = farm.settings
     with tempfile.TemporaryDirectory(prefix="crossfarm-git-") as workdir:
         commit = fetch_commit(git.url, git.rev, Path(workdir), settings.git_timeout_s,
-                              settings.max_source_files)
+                              settings.tree_limits())
     tree = _tree_of(commit)
     check_tree(tree, settings.tree_limits())
     blobs = {hashlib.sha256(f.data).hexdigest(): f.data for f in commit.files if not f.symlink}
@@ -122,11 +132,15 @@ def create_git_source(farm: Farm, git: GitSource, tenant: str = DEFAULT_TENANT
 
 
 def _tree_of(commit: GitCommit) -> SourceTree:
-    entries = [
-        TreeEntry(path=f.path, kind="symlink", target=f.data.decode(errors="replace"))
-        if f.symlink else
-        TreeEntry(path=f.path, kind="file", sha256=hashlib.sha256(f.data).hexdigest(),
-                  size=len(f.data), executable=f.executable)
-        for f in commit.files
-    ]
-    return SourceTree(entries=entries)
+    return SourceTree(entries=[_entry_of(f) for f in commit.files])
+
+
+def _entry_of(file: GitFile) -> TreeEntry:
+    if not file.symlink:
+        return TreeEntry(path=file.path, kind="file", sha256=hashlib.sha256(file.data).hexdigest(),
+                         size=len(file.data), executable=file.executable)
+    try:
+        target = file.data.decode()
+    except UnicodeDecodeError:
+        raise InvalidSource("symlink targets must be UTF-8", file.path) from None
+    return TreeEntry(path=file.path, kind="symlink", target=target)

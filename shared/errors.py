@@ -4,7 +4,8 @@
     ├── InvalidRequest            the caller sent something to fix (HTTP 422)
     │   ├── UnsupportedTarget     a triple the farm has no toolchain for
     │   ├── InvalidCargoArgs      a cargo flag the farm does not pass through
-    │   └── InvalidSource         a source tree that is unsafe or too big
+    │   ├── InvalidSource         a source tree that is unsafe or too big
+    │   └── TooLarge              a request body over one of the farm's limits (HTTP 413)
     ├── NotFound                  an id or object that does not exist (HTTP 404)
     ├── Unauthenticated           no token, or one the farm does not accept (HTTP 401)
     ├── Forbidden                 a valid token whose role is too weak (HTTP 403)
@@ -26,6 +27,23 @@ Each error carries the fields a caller acts on, not only prose.
 """
 
 from __future__ import annotations
+
+#: How much of a caller's text an error echoes: enough to find it, never all of it.
+EXCERPT_CHARS = 80
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """A caller's text made safe to echo: every character that does not print (control,
+    format and bidi characters, lone surrogates) written as an escape, and cut short."""
+    shown = "".join(map(_escaped, text[:limit]))
+    return shown if len(text) <= limit else f"{shown}… ({len(text)} characters)"
+
+
+def _escaped(char: str) -> str:
+    # the backslash too, so an escape shown can never be text the caller sent
+    if char == "\\":
+        return "\\\\"
+    return char if char.isprintable() else f"\\u{ord(char):04x}"
 
 
 class CrossfarmError(Exception):
@@ -63,8 +81,20 @@ class InvalidSource(InvalidRequest):
     """A source tree or blob that is malformed, unsafe or over a limit."""
 
     def __init__(self, message: str, path: str | None = None) -> None:
-        super().__init__(message if path is None else f"{path}: {message}")
-        self.path = path
+        shown = None if path is None else excerpt(path)
+        super().__init__(message if shown is None else f"{shown}: {message}")
+        #: the path as it may be echoed (escaped, cut short), not necessarily as it was sent
+        self.path = shown
+
+
+class TooLarge(InvalidRequest):
+    """A request body over one of the farm's limits: `limit` bytes, set by `setting`."""
+
+    def __init__(self, what: str, limit: int, setting: str) -> None:
+        super().__init__(f"{what} is over the farm's limit of {limit} bytes "
+                         f"(the controller's {setting})")
+        self.limit = limit
+        self.setting = setting
 
 
 class NotFound(CrossfarmError):

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from crossfarm.controller import sources
 from crossfarm.controller.api.deps import DigestDep, FarmDep, PrincipalDep, SubmitterDep
-from crossfarm.shared.errors import InvalidSource
+from crossfarm.shared.errors import TooLarge
 from crossfarm.shared.wire import (
     BlobQuery,
     FarmStats,
@@ -35,7 +35,8 @@ def missing_blobs(farm: FarmDep, principal: SubmitterDep, query: BlobQuery) -> M
 async def put_blob(farm: FarmDep, principal: SubmitterDep, digest: DigestDep,
                    request: Request) -> None:
     """One file's bytes (large files; small ones travel better in packs)."""
-    with await _spooled(request, farm.settings.max_file_bytes, "a file") as body:
+    limit = farm.settings.max_file_bytes
+    with await _spooled(request, limit, "a file", "max_file_bytes") as body:
         await run_in_threadpool(sources.put_blob, farm, digest, body, principal.tenant)
 
 
@@ -43,21 +44,23 @@ async def put_blob(farm: FarmDep, principal: SubmitterDep, digest: DigestDep,
 async def put_pack(farm: FarmDep, principal: SubmitterDep, request: Request
                    ) -> dict[str, int]:
     """Many blobs in one gzip'd tar, each member named by its sha256."""
-    with await _spooled(request, farm.settings.max_pack_bytes, "a pack") as body:
+    limit = farm.settings.max_pack_bytes
+    with await _spooled(request, limit, "a pack", "max_pack_bytes") as body:
         return {"blobs": await run_in_threadpool(sources.put_pack, farm, body,
                                                  principal.tenant)}
 
 
-async def _spooled(request: Request, limit: int, what: str) -> IO[bytes]:
+async def _spooled(request: Request, limit: int, what: str, setting: str) -> IO[bytes]:
     """The request body in a temporary file; reading stops at the limit, so a huge body
-    is refused without being buffered."""
+    is refused without being buffered (controller/limits.py refuses it first; this keeps
+    the route safe on its own)."""
     spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # noqa: SIM115 - caller closes
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             spool.close()
-            raise InvalidSource(f"{what} is over the farm's limit of {limit} bytes")
+            raise TooLarge(what, limit, setting)
         spool.write(chunk)
     spool.seek(0)
     return spool

@@ -54,6 +54,16 @@ class SourceStore:
                 TenantBlobRow.tenant == tenant, TenantBlobRow.digest.in_(chunk))))
         return owned
 
+    def blob_sizes(self, digests: list[str]) -> dict[str, int]:
+        """digest -> stored size for those of `digests` that are stored."""
+        sizes: dict[str, int] = {}
+        with self._db.session() as session:
+            for start in range(0, len(digests), _CHUNK):
+                rows = session.execute(select(BlobRow.digest, BlobRow.size).where(
+                    BlobRow.digest.in_(digests[start:start + _CHUNK])))
+                sizes.update({digest: size for digest, size in rows})
+        return sizes
+
     def add_blobs(self, sizes: dict[str, int], pack: str | None = None,
                   tenant: str = DEFAULT_TENANT) -> None:
         """Record blobs `tenant` sent (their bytes checked against their digests) in one

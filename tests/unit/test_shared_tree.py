@@ -1,14 +1,19 @@
+import gzip
 import hashlib
+import io
+import re
+import tarfile
 
 import pytest
 from pydantic import ValidationError
 
-from crossfarm.shared.errors import InvalidRequest, InvalidSource
+from crossfarm.shared.errors import InvalidRequest, InvalidSource, excerpt
 from crossfarm.shared.tree import (
     TreeCheck,
     TreeLimits,
     TreeSummary,
     check_path,
+    check_sizes,
     check_tree,
     file_digests,
     pack_bytes,
@@ -105,8 +110,8 @@ def test_a_symlink_inside_the_tree_is_accepted(name, target):
 def test_an_unsafe_entry_is_refused_by_path(entry, why):
     with pytest.raises(InvalidSource) as exc:
         _check(*CRATE, entry)
-    assert exc.value.path == entry.path
-    assert str(exc.value).startswith(f"{entry.path}: ")
+    assert exc.value.path == excerpt(entry.path)
+    assert str(exc.value).startswith(f"{excerpt(entry.path)}: ")
     assert why in str(exc.value)
 
 
@@ -123,7 +128,7 @@ def test_target_and_git_paths_are_refused_with_a_dot_slash_prefix(path):
 def test_check_path_refuses_an_empty_absolute_or_backslashed_path(path):
     with pytest.raises(InvalidSource, match="relative, non-empty and use '/'") as exc:
         check_path(path)
-    assert exc.value.path == path
+    assert exc.value.path == excerpt(path)
 
 
 @pytest.mark.parametrize("path", ["Cargo.toml", "src/main.rs", "member/target/x", ".github/ci"])
@@ -357,3 +362,225 @@ def test_a_pack_over_the_total_limit_is_refused():
 def test_garbage_is_not_a_pack():
     with pytest.raises(InvalidSource, match="not a readable pack"):
         list(read_pack(b"not gzip at all", TreeLimits()))
+
+
+@pytest.mark.parametrize(
+    ("path", "char"),
+    [
+        ("src/a\x7fb.rs", "U+007F"),          # DEL
+        ("src/a\x85b.rs", "U+0085"),          # C1
+        ("src/a\x00b.rs", "U+0000"),          # NUL
+        ("src/main\u202e\u0073\u0072.rs", "U+202E"),  # right-to-left override
+        ("src/\u2066x\u2069.rs", "U+2066"),  # left-to-right isolate
+        ("src/a\u200bb.rs", "U+200B"),        # zero-width space
+        ("src/\ufeffmain.rs", "U+FEFF"),      # byte order mark
+        ("src/a\u2028b.rs", "U+2028"),        # line separator
+        ("src/a\udcffb.rs", "U+DCFF"),        # lone surrogate
+    ],
+)
+def test_a_path_with_a_character_that_does_not_show_as_itself_is_refused(path, char):
+    refusal = rf"control characters.*\(here {re.escape(char)}\)"
+    with pytest.raises(InvalidSource, match=refusal) as exc:
+        check_path(path)
+    assert exc.value.path.isprintable()
+    assert str(exc.value).encode()  # the refusal itself is always encodable
+
+
+@pytest.mark.parametrize("path", ["src/données.rs", "src/日本.rs", "docs/a b.md", "src/[x].rs"])
+def test_a_path_with_printable_unicode_and_spaces_is_accepted(path):
+    check_path(path)
+
+
+def test_a_path_component_of_255_bytes_is_accepted_and_256_is_refused():
+    check_path("src/" + "a" * 255)
+    check_path("src/" + "é" * 127)  # 254 bytes
+    with pytest.raises(InvalidSource, match="component is over 255 bytes"):
+        check_path("src/" + "a" * 256)
+    with pytest.raises(InvalidSource, match="component is over 255 bytes"):
+        check_path("src/" + "é" * 128)  # 128 characters, 256 bytes
+
+
+def test_a_path_of_4096_bytes_is_accepted_and_longer_is_refused():
+    deep = "/".join(["a" * 254] * 16)  # 16 * 255 - 1 = 4079 bytes
+    check_path(deep + "/" + "b" * 16)
+    with pytest.raises(InvalidSource, match="over 4096 bytes") as exc:
+        check_path(deep + "/" + "b" * 17)
+    assert len(str(exc.value)) < 200  # the path is echoed as a short excerpt
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        (_file("f"), _file("f/g")),
+        (_file("f/g"), _file("f")),
+        (_file("a/b"), _file("a/b/c/d")),
+        (_file("a/b/c/d"), _file("a/b")),
+    ],
+    ids=["file-then-below", "below-then-file", "deep-file-then-below", "deep-below-then-file"],
+)
+def test_a_path_that_is_both_a_file_and_a_directory_is_refused_in_either_order(entries):
+    with pytest.raises(InvalidSource, match="a file"):
+        _check(*entries)
+
+
+def test_names_that_differ_only_in_case_are_both_kept():
+    assert _check(_file("Cargo.toml"), _file("README"), _file("readme")).files == 3
+
+
+def _tar_block(name=b"", kind=b"0", size_field=None, size=0, magic=b"ustar  \0"):
+    """One raw tar header, for packs no tarfile would write."""
+    block = bytearray(512)
+    block[:len(name)] = name
+    block[100:108] = b"0000644\0"
+    block[124:136] = size_field if size_field is not None else b"%011o\0" % size
+    block[156:157] = kind
+    block[257:257 + len(magic)] = magic
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def _raw_pack(*parts):
+    return gzip.compress(b"".join(parts) + bytes(1024))
+
+
+def _pax_record(key, value):
+    """`<length> key=value\\n`, the length counting its own digits."""
+    body = b" " + key + b"=" + value + b"\n"
+    length = len(body) + len(str(len(body)))
+    length += len(str(length)) - len(str(len(body)))
+    return b"%d" % length + body
+
+
+def _padded(data):
+    return data + bytes(-len(data) % 512)
+
+
+def test_a_long_name_header_declaring_hundreds_of_mib_is_refused_before_it_is_read():
+    pack = _raw_pack(_tar_block(b"././@LongLink", b"L", size=400 * 1024 * 1024))
+    with pytest.raises(InvalidSource, match="extended tar header declares 419430400 bytes"):
+        list(read_pack(pack, TreeLimits()))
+
+
+@pytest.mark.parametrize("kind", [b"x", b"g", b"K"])
+def test_any_oversized_extended_header_is_refused(kind):
+    pack = _raw_pack(_tar_block(b"pax", kind, size=1 << 20))
+    with pytest.raises(InvalidSource, match="packs allow at most 4096"):
+        list(read_pack(pack, TreeLimits()))
+
+
+def test_a_negative_base_256_size_is_refused():
+    pack = _raw_pack(_tar_block(b"././@LongLink", b"L", size_field=b"\xff" * 12))
+    with pytest.raises(InvalidSource, match="negative size"):
+        list(read_pack(pack, TreeLimits()))
+
+
+@pytest.mark.parametrize("field", [b"-0000000001\0", b"zzzzzzzzzzz\0", b"0x10\0\0\0\0\0\0\0\0"])
+def test_a_garbage_size_field_is_refused(field):
+    pack = _raw_pack(_tar_block(b"a" * 64, size_field=field))
+    with pytest.raises(InvalidSource, match="malformed size field"):
+        list(read_pack(pack, TreeLimits()))
+
+
+@pytest.mark.parametrize("value", [b"-5", b"12x", b""])
+def test_a_pax_size_that_is_not_a_size_is_refused(value):
+    record = _pax_record(b"size", value)
+    pack = _raw_pack(_tar_block(b"pax", b"x", size=len(record)), _padded(record))
+    with pytest.raises(InvalidSource, match="PAX"):
+        list(read_pack(pack, TreeLimits()))
+
+
+def test_small_long_name_and_pax_headers_name_the_next_member():
+    one, two = _blob("one"), _blob("two")
+    long_name = one[0].encode() + b"\0"
+    record = _pax_record(b"path", two[0].encode())
+    pack = _raw_pack(
+        _tar_block(b"././@LongLink", b"L", size=len(long_name)), _padded(long_name),
+        _tar_block(b"short", size=3), _padded(one[1]),
+        _tar_block(b"pax", b"x", size=len(record)), _padded(record),
+        _tar_block(b"short", size=3), _padded(two[1]),
+    )
+    assert dict(read_pack(pack, TreeLimits())) == dict([one, two])
+
+
+@pytest.mark.parametrize(
+    ("kind", "what"),
+    [(b"1", "hard link"), (b"2", "symlink"), (b"3", "character device"),
+     (b"4", "block device"), (b"5", "directory"), (b"6", "FIFO")],
+)
+def test_a_pack_member_that_is_not_a_regular_file_is_refused_by_kind(kind, what):
+    pack = _raw_pack(_tar_block(_blob("x")[0].encode(), kind))
+    with pytest.raises(InvalidSource, match=f"not a {what}"):
+        list(read_pack(pack, TreeLimits()))
+
+
+def test_a_pack_member_over_the_file_limit_is_refused_before_its_bytes_are_read():
+    # a gzip bomb: 64 MiB of zeros, declared honestly, under a 1 MiB file limit
+    pack = _raw_pack(_tar_block(b"a" * 64, size=64 << 20))
+    with pytest.raises(InvalidSource, match="the limit is 1048576"):
+        list(read_pack(pack, TreeLimits(max_file_bytes=1 << 20)))
+
+
+def test_a_long_member_name_is_echoed_as_a_short_escaped_excerpt():
+    name = ("\u202e" + "x" * 3000).encode()
+    pack = _raw_pack(_tar_block(b"././@LongLink", b"L", size=len(name)), _padded(name),
+                     _tar_block(b"short", size=1), _padded(b"x"))
+    with pytest.raises(InvalidSource, match="named by sha256") as exc:
+        list(read_pack(pack, TreeLimits()))
+    assert len(str(exc.value)) < 300
+    assert "\u202e" not in str(exc.value)
+
+
+def test_a_header_with_a_wrong_checksum_is_refused():
+    block = bytearray(_tar_block(b"a" * 64, size=1))
+    block[0] = ord("b")
+    with pytest.raises(InvalidSource, match="checksum"):
+        list(read_pack(_raw_pack(bytes(block)), TreeLimits()))
+
+
+def test_a_pack_cut_short_in_a_member_is_refused():
+    digest, data = _blob("x" * 100)
+    with pytest.raises(InvalidSource, match="ends in the middle"):
+        list(read_pack(gzip.compress(_tar_block(digest.encode(), size=100) + data[:50]),
+                       TreeLimits()))
+
+
+def test_a_pack_is_read_from_a_file_as_well_as_from_bytes():
+    one = _blob("fn main() {}\n")
+    assert dict(read_pack(io.BytesIO(pack_bytes([one])), TreeLimits())) == dict([one])
+
+
+def test_a_pack_tarfile_writes_in_pax_format_reads_back():
+    one = _blob("pax")
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb") as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(one[0])
+        info.size = 3
+        info.pax_headers = {"comment": "é" * 10}
+        tar.addfile(info, io.BytesIO(one[1]))
+    assert dict(read_pack(buffer.getvalue(), TreeLimits())) == dict([one])
+
+
+def test_declared_sizes_equal_to_the_stored_blobs_pass():
+    tree = _tree(*CRATE)
+    check_sizes(tree, {entry.sha256: entry.size for entry in CRATE})
+
+
+@pytest.mark.parametrize("declared", [0, 12, 14, 10**9])
+def test_a_declared_size_that_is_not_the_blobs_is_refused(declared):
+    tree = _tree(_file("src/main.rs", b"fn main() {}\n", size=declared))
+    with pytest.raises(InvalidSource, match=f"declared {declared} bytes.*holds 13") as exc:
+        check_sizes(tree, {_sha(b"fn main() {}\n"): 13})
+    assert exc.value.path == "src/main.rs"
+
+
+def test_a_blob_not_stored_is_not_judged_by_size():
+    check_sizes(_tree(*CRATE), {})
+
+
+@pytest.mark.parametrize("target", ["src/a\x00b", "src/\u202eb", "a\nb"])
+def test_a_symlink_target_with_a_hidden_character_is_refused(target):
+    with pytest.raises(InvalidSource, match="symlink targets") as exc:
+        _check(_link("link", target))
+    assert exc.value.path == "link"
