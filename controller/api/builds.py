@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -27,14 +27,30 @@ def submit_build(farm: FarmDep, request: BuildRequest) -> BuildView:
     return builds.submit_build(farm, request)
 
 
-@router.get("")
+_NEXT_LINK = {
+    "description": 'RFC 8288: `<URL of the next page>; rel="next"`, present only when more '
+                   "builds follow. Its URL repeats this request's filters with `after` set "
+                   "to an opaque cursor; follow it as it is.",
+    "schema": {"type": "string"},
+}
+
+
+@router.get("", responses={200: {"headers": {"Link": _NEXT_LINK}}})
 def list_builds(
     farm: FarmDep,
+    request: Request,
+    response: Response,
     submitter: str | None = None,
     state: BuildState | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 20,
+    after: Annotated[str | None, Query(max_length=200)] = None,
 ) -> list[BuildView]:
-    return builds.list_builds(farm, submitter, state, limit)
+    """The builds, newest first, `limit` at a time: a `Link` header names the next page."""
+    page = builds.list_builds(farm, limit, after, submitter=submitter, state=state)
+    if page.next is not None:
+        url = request.url.include_query_params(after=page.next.encode())
+        response.headers["Link"] = f'<{url}>; rel="next"'
+    return page.builds
 
 
 @router.get("/{build_id}")
