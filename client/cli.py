@@ -162,8 +162,8 @@ _PAGE = 100
 def _list(client: FarmClient, config: Config, args: argparse.Namespace) -> int:
     builds = client.list_builds(config.user if args.mine else None, args.state,
                                 page_size=_PAGE if args.all else min(args.limit, _PAGE))
-    views = list(builds if args.all else itertools.islice(builds, args.limit))
-    _show(views, args.json, render.builds_table)
+    _show(list(builds if args.all else itertools.islice(builds, args.limit)), args.json,
+          render.builds_table)
     return EXIT_OK
 
 
