@@ -11,7 +11,8 @@ from starlette.concurrency import run_in_threadpool
 
 from crossfarm.controller import builds
 from crossfarm.controller.api.deps import BuildIdDep, ClientAuth, FarmDep
-from crossfarm.shared.events import EventReader
+from crossfarm.shared.errors import InvalidRequest
+from crossfarm.shared.events import EventReader, parse_event_id
 from crossfarm.shared.ids import BuildId
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import ArtifactView, BuildRequest, BuildView, Event
@@ -73,14 +74,19 @@ async def stream_events(
     farm: FarmDep,
     build_id: BuildIdDep,
     request: Request,
-    last_event_id: Annotated[str | None, Header()] = None,
-    after: Annotated[str | None, Query(pattern=r"^\d+-\d+$")] = None,
+    last_event_id: Annotated[str | None, Header(max_length=100)] = None,
+    after: Annotated[str | None, Query(max_length=100)] = None,
     follow: bool = True,
 ) -> StreamingResponse:
     """Server-Sent Events: log lines and state changes in order, ending with an `end` event.
-    Reconnect with Last-Event-ID (or ?after=) to resume without gaps or repeats."""
+    Reconnect with Last-Event-ID (or ?after=) to resume without gaps or repeats; an id
+    this stream never sent (not `<ms>-<seq>`) is refused with 422 before it starts, as
+    reading from the start instead would repeat what the client already has.
+
+    The stream opens with each job's `queued` state, from the record: every job starts
+    there, and the build's Redis stream holds only what happened since."""
+    start = _resume_point(last_event_id, after)
     build = await run_in_threadpool(builds.get_build, farm, build_id)
-    start = last_event_id or after or "0-0"
     reader: EventReader = request.app.state.event_reader
 
     async def ended() -> bool:
@@ -89,17 +95,45 @@ async def stream_events(
         return (await run_in_threadpool(builds.get_build, farm, build_id)).state.terminal
 
     return StreamingResponse(
-        _sse(reader, build_id, start, build.state.terminal or not follow, ended, request),
+        _sse(reader, build_id, _opening(build, start), start,
+             build.state.terminal or not follow, ended, request),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
+def _resume_point(last_event_id: str | None, after: str | None) -> str:
+    """The entry id to read after: the header's, else the query's, else the start."""
+    for name, given in (("Last-Event-ID", last_event_id), ("after", after)):
+        if given is None:
+            continue
+        try:
+            parse_event_id(given)
+        except ValueError as exc:
+            raise InvalidRequest(
+                f"{name}: {exc}. Resume with an id this stream sent, or leave it out to "
+                "read from the start") from None
+        return given
+    return "0-0"
+
+
+def _opening(build: BuildView, after: str) -> list[tuple[str, Event]]:
+    """Each job's first state, as ids 0-1, 0-2, ...: below any id Redis gives, so a client
+    that resumes inside the opening gets the rest of it and then the whole stream."""
+    ms, seq = parse_event_id(after)
+    if ms:
+        return []
+    return [(f"0-{n}", Event(kind="state", target=job.target, state=BuildState.QUEUED))
+            for n, job in enumerate(build.jobs, start=1) if n > seq]
+
+
 async def _sse(
-    reader: EventReader, build_id: BuildId, after: str, terminal: bool,
-    ended: Callable[[], Awaitable[bool]], request: Request,
+    reader: EventReader, build_id: BuildId, opening: list[tuple[str, Event]], after: str,
+    terminal: bool, ended: Callable[[], Awaitable[bool]], request: Request,
 ) -> AsyncIterator[str]:
     yield "retry: 2000\n\n"
+    for entry_id, event in opening:
+        yield _frame(entry_id, event)
     while not await request.is_disconnected():
         entries = await reader.read(build_id, after, block_ms=0 if terminal else _KEEPALIVE_MS)
         if not entries:
