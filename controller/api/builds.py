@@ -105,7 +105,7 @@ async def stream_events(
 def _resume_point(last_event_id: str | None, after: str | None) -> str:
     """The entry id to read after: the header's, else the query's, else the start."""
     for name, given in (("Last-Event-ID", last_event_id), ("after", after)):
-        if given is None:
+        if not given:  # an empty id is SSE's "none yet"
             continue
         try:
             parse_event_id(given)
@@ -132,8 +132,8 @@ async def _sse(
     terminal: bool, ended: Callable[[], Awaitable[bool]], request: Request,
 ) -> AsyncIterator[str]:
     yield "retry: 2000\n\n"
-    for entry_id, event in opening:
-        yield _frame(entry_id, event)
+    for after, event in opening:
+        yield _frame(after, event)
     while not await request.is_disconnected():
         entries = await reader.read(build_id, after, block_ms=0 if terminal else _KEEPALIVE_MS)
         if not entries:

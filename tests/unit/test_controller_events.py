@@ -142,7 +142,7 @@ def test_the_stream_opens_with_each_jobs_queued_state_then_what_happened(farm, a
 def test_a_build_with_no_stream_still_opens_and_ends_when_not_followed(farm, api):
     build = _submit(farm, targets=(X86,))
     frames = _frames(api(f"/v1/builds/{build.build_id}/events?follow=false"))
-    assert [(i, e.kind) for i, e in frames] == [("0-1", "state"), ("0-0", "end")]
+    assert [(i, e.kind) for i, e in frames] == [("0-1", "state"), ("0-1", "end")]
 
 
 @pytest.mark.parametrize(("resume", "first"), [("0-1", "0-2"), ("0-2", "1000-0"),
@@ -167,6 +167,12 @@ def test_an_id_the_stream_never_sent_is_refused_with_422_before_it_starts(farm, 
     assert "Last-Event-ID" in response.json()["message"]
     assert "leave it out to read from the start" in response.json()["message"]
     assert api.reader.asked_after == []
+
+
+def test_an_empty_id_reads_from_the_start(farm, api):
+    build = _submit(farm, targets=(X86,))
+    response = api(f"/v1/builds/{build.build_id}/events?follow=false", **{"Last-Event-ID": ""})
+    assert [i for i, _ in _frames(response)] == ["0-1", "0-1"]
 
 
 def test_a_bad_after_parameter_is_refused_the_same_way(farm, api):
