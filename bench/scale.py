@@ -12,7 +12,8 @@ the real endpoint all along. Run by hand, under the integration lock:
 
 At each depth: submit p50/p99 (sequential), `GET /v1/builds/{id}` p50/p99 over 8
 concurrent connections, `GET /v1/workers` p50/p99, the first page of `GET /v1/builds`,
-heartbeat p50/p99, the controller's CPU over a quiet window (the heartbeats paused),
+heartbeat p50/p99 over 15 s when nothing else is asked, the controller's CPU over 10 s
+with no requests at all (the heartbeats paused),
 its RSS, and Redis bytes per queued build, split into the builds' event streams, the
 broker's messages and the other per-job keys.
 """
@@ -249,7 +250,6 @@ class Bench:
     def measure(self, depth: int, samples: int) -> Row:
         self.fill(depth)
         row = Row(depth=len(self.queued))
-        self.beaters.take()
         row.submit = [self.submit() for _ in range(samples)]
         ids = list(self.queued)
 
@@ -263,7 +263,8 @@ class Bench:
         row.workers = [_timed(lambda: self.http.get("/v1/workers")) for _ in range(samples // 2)]
         row.list_page = [_timed(lambda: self.http.get("/v1/builds"))
                          for _ in range(samples // 2)]
-        time.sleep(10)  # heartbeats while nothing else is asked
+        self.beaters.take()  # those that waited behind the calls above
+        time.sleep(15)  # heartbeats while nothing else is asked
         row.heartbeat = self.beaters.take()
         with self.beaters.paused():
             before = _cpu_seconds(self.pid)

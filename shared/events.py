@@ -184,9 +184,11 @@ class EventReader:
     async def read(
         self, build_id: BuildId, after: str, block_ms: int, count: int = 500
     ) -> list[tuple[str, Event]]:
+        """The entries after `after`, waiting up to `block_ms` for one (0: not at all)."""
         try:
             answer: Any = await self._redis.xread(
-                {keys.events_stream(build_id): after}, count=count, block=block_ms
+                # BLOCK 0 is Redis's "for ever": no wait at all is no BLOCK
+                {keys.events_stream(build_id): after}, count=count, block=block_ms or None
             )
         except (redis.exceptions.TimeoutError, redis.exceptions.ConnectionError):
             # Redis restarting or slow: the caller sends a keep-alive and asks again.

@@ -91,6 +91,21 @@ def test_the_end_entry_reads_back_as_the_end_event(events, db, server):
         _log("hello"), Event(kind="end", state=BuildState.SUCCEEDED)]
 
 
+def test_a_read_that_may_not_wait_returns_nothing_when_nothing_follows(events, server):
+    events.append(BUILD, _log("hello"))
+
+    async def read(build_id, after):
+        reader = EventReader(server.redis_url)
+        try:
+            return await reader.read(build_id, after, block_ms=0)
+        finally:
+            await reader.close()
+
+    [(last, _)] = asyncio.run(read(BUILD, "0-0"))
+    assert asyncio.run(read(BUILD, last)) == []  # BLOCK 0 would have waited for ever
+    assert asyncio.run(read(BuildId("b-00000000000000e2"), "0-0")) == []  # no stream at all
+
+
 def test_log_lines_past_the_byte_bound_are_dropped_after_one_notice(events, db):
     for n in range(20):
         events.append(BUILD, _log(f"line {n:02d} " + "x" * 80), max_log_bytes=1000)
