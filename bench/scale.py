@@ -91,6 +91,8 @@ class Beaters:
         self._go.set()
         self._lock = threading.Lock()
         self._latencies: list[float] = []
+        #: heartbeats the controller refused or dropped (connection reset under load)
+        self.failures: list[str] = []
         self._threads: list[threading.Thread] = []
 
     def _beat(self, index: int) -> None:
@@ -106,14 +108,19 @@ class Beaters:
         while not self._stop.is_set():
             self._go.wait()
             started = time.monotonic()
-            response = self._http.post(f"/v1/workers/{name}/heartbeat", content=info,
-                                       params={"fresh_start": str(fresh).lower()},
-                                       headers={"Content-Type": "application/json"})
+            try:
+                response = self._http.post(f"/v1/workers/{name}/heartbeat", content=info,
+                                           params={"fresh_start": str(fresh).lower()},
+                                           headers={"Content-Type": "application/json"})
+                response.raise_for_status()
+            except httpx.HTTPError as exc:  # a real worker retries next beat too
+                with self._lock:
+                    self.failures.append(f"{name}: {exc}")
+            else:
+                fresh = False
+                with self._lock:
+                    self._latencies.append(time.monotonic() - started)
             took = time.monotonic() - started
-            response.raise_for_status()
-            fresh = False
-            with self._lock:
-                self._latencies.append(took)
             self._stop.wait(max(0.0, self._interval - took))
 
     def start(self) -> None:
@@ -368,6 +375,9 @@ def main() -> None:
                 _table(rows[-1:])
             _table(rows)
             _goals(rows)
+            if beaters.failures:
+                print(f"\n{len(beaters.failures)} heartbeat(s) failed, the first: "
+                      f"{beaters.failures[0]}")
         finally:
             if beaters is not None:
                 beaters.stop()

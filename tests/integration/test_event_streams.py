@@ -91,7 +91,7 @@ def test_the_end_entry_reads_back_as_the_end_event(events, db, server):
         _log("hello"), Event(kind="end", state=BuildState.SUCCEEDED)]
 
 
-def test_a_read_that_may_not_wait_returns_nothing_when_nothing_follows(events, server):
+def test_a_read_that_may_not_wait_returns_nothing_when_nothing_follows(events, db, server):
     events.append(BUILD, _log("hello"))
 
     async def read(build_id, after):
