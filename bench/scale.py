@@ -106,8 +106,12 @@ class Beaters:
         # Spread the workers over the interval, as real ones drift apart.
         self._stop.wait(self._interval * index / self._count)
         while not self._stop.is_set():
-            self._go.wait()
             started = time.monotonic()
+            if not self._go.is_set():
+                # Paused: skip this beat but keep to the schedule, as resuming all at
+                # once would bunch a hundred heartbeats into one burst.
+                self._stop.wait(self._interval)
+                continue
             try:
                 response = self._http.post(f"/v1/workers/{name}/heartbeat", content=info,
                                            params={"fresh_start": str(fresh).lower()},
@@ -145,7 +149,6 @@ class Beaters:
 
     def stop(self) -> None:
         self._stop.set()
-        self._go.set()
         for thread in self._threads:
             thread.join(timeout=70)
         self._http.close()
