@@ -118,17 +118,26 @@ class FarmClient:
                     raise FarmError(f"lost the log stream of {build_id}: {exc}") from exc
                 time.sleep(min(2**failures, 10))
 
-    def list_builds(self, state: str | None, limit: int, mine: bool = False
-                    ) -> list[BuildView]:
-        """The newest builds this token may see; `mine`: only those submitted with its name
-        (the farm knows it from the token, not from anything the client says)."""
-        params: dict[str, str | int] = {"limit": limit}
+    def list_builds(self, state: str | None, mine: bool = False, page_size: int = 100
+                    ) -> Iterator[BuildView]:
+        """The builds this token may see, newest first, one page of `page_size` read at a
+        time as the caller goes on: the next page is asked for only once this one is used
+        up. `mine`: only those submitted with the token's name (the farm knows it from the
+        token, not from anything the client says)."""
+        params: dict[str, str | int] = {"limit": page_size}
         if mine:
             params["mine"] = "true"
         if state:
             params["state"] = state
         response = self._call("GET", "/v1/builds", params=params)
-        return [BuildView.model_validate(item) for item in response.json()]
+        while True:
+            yield from (BuildView.model_validate(item) for item in response.json())
+            link = response.links.get("next", {}).get("url")
+            if not link:
+                return
+            # Resolved against the page's own URL, as RFC 8288 says; no params here, as
+            # httpx would let them replace the link's query.
+            response = self._call("GET", str(response.url.join(link)))
 
     def drain(self, worker: str, drain: bool) -> WorkerView:
         response = self._call("POST" if drain else "DELETE", f"/v1/workers/{worker}/drain")

@@ -8,6 +8,7 @@ tree) > ~/.config/crossfarm/config.toml. Exit codes: 0 success, 1 a target faile
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 from collections.abc import Callable
@@ -84,7 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--mine", action="store_true",
                          help="only builds submitted with your token's name")
     listing.add_argument("--state", choices=[s.value for s in BuildState])
-    listing.add_argument("--limit", type=int, default=20)
+    shown = listing.add_mutually_exclusive_group()
+    shown.add_argument("--limit", type=_positive, default=20,
+                       help="show this many of the newest (default 20)")
+    shown.add_argument("--all", action="store_true", help="show every build, page after page")
     artifacts = commands.add_parser("artifacts", parents=[common], help="list or fetch artifacts")
     artifacts.add_argument("build_id")
     artifacts.add_argument("--download", type=Path, metavar="DIR",
@@ -168,9 +172,15 @@ def _logs(client: FarmClient, _config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: Builds asked for per page when the CLI lists them all.
+_PAGE = 100
+
+
 def _list(client: FarmClient, config: Config, args: argparse.Namespace) -> int:
-    views = client.list_builds(args.state, args.limit, mine=args.mine)
-    _show(list(views), args.json, render.builds_table)
+    builds = client.list_builds(args.state, mine=args.mine,
+                                page_size=_PAGE if args.all else min(args.limit, _PAGE))
+    _show(list(builds if args.all else itertools.islice(builds, args.limit)), args.json,
+          render.builds_table)
     return EXIT_OK
 
 
@@ -268,6 +278,12 @@ _COMMANDS: dict[str, Callable[[FarmClient, Config, argparse.Namespace], int]] = 
     "status": _status, "cancel": _cancel, "logs": _logs, "list": _list,
     "artifacts": _artifacts, "drain": _drain, "workers": _workers, "admin": _admin,
 }
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
 
 
 def parse_duration(text: str) -> int:

@@ -55,7 +55,7 @@ def create_farm(settings: ControllerSettings) -> Farm:
         store=Store(settings.database_url, settings.secrets_key.get_secret_value()
                     if settings.secrets_key else None),
         queue=CeleryJobQueue(celery),
-        events=Events(settings.redis_url),
+        events=Events(settings.redis_url, ended_ttl_s=settings.event_ttl_s),
         storage=storage,
     )
 

@@ -7,7 +7,7 @@ from crossfarm.controller import fleet, jobs, quotas
 from crossfarm.controller.cargo_args import check_cargo_args
 from crossfarm.controller.farm import Farm
 from crossfarm.controller.placement import decide
-from crossfarm.controller.store.builds import NewBuild, NewJob
+from crossfarm.controller.store.builds import BuildPage, ListCursor, NewBuild, NewJob
 from crossfarm.controller.store.jobs import Outcome
 from crossfarm.controller.store.schema import DEFAULT_TENANT
 from crossfarm.shared.arch import target_arch
@@ -80,9 +80,12 @@ def get_build(farm: Farm, build_id: BuildId, tenant: str | None = None) -> Build
     return farm.store.builds.get(build_id, tenant)
 
 
-def list_builds(farm: Farm, submitter: str | None, state: BuildState | None,
-                limit: int, tenant: str | None = None) -> list[BuildView]:
-    return farm.store.builds.newest(submitter, state, limit, tenant)
+def list_builds(farm: Farm, limit: int, after: str | None = None, submitter: str | None = None,
+                state: BuildState | None = None, tenant: str | None = None) -> BuildPage:
+    """A page of builds, newest first, after the opaque cursor `after` a previous page
+    gave; `tenant` scopes it to one tenant's builds."""
+    cursor = ListCursor.parse(after) if after is not None else None
+    return farm.store.builds.page(limit, cursor, submitter=submitter, state=state, tenant=tenant)
 
 
 def cancel_build(farm: Farm, build_id: BuildId, tenant: str | None = None) -> BuildView:

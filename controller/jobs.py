@@ -50,7 +50,10 @@ def enqueue(farm: Farm, build_id: BuildId, job: JobView) -> None:
             line=f"crossfarm: the broker is unreachable ({exc}); the job stays queued "
                  f"and is sent once it is back"))
         return
-    tell(farm, build_id, Event(kind="state", target=job.target, state=BuildState.QUEUED))
+    if job.attempt > 1:
+        # A first attempt is queued as every job starts: the events route opens each
+        # stream with that from the record, so a build nobody watches costs no stream.
+        tell(farm, build_id, Event(kind="state", target=job.target, state=BuildState.QUEUED))
 
 
 def start(farm: Farm, job_id: JobId, report: JobStarted) -> StartVerdict:

@@ -76,6 +76,9 @@ class ControllerSettings(FarmSettings):
     max_attempts: int = Field(default=3, ge=1, le=20)
     #: a queued job whose queue holds no message this long is re-sent (the broker lost it)
     reconcile_after_s: float = Field(default=60, gt=0)
+    #: how long a build's live event stream stays in Redis once the build has ended (its
+    #: logs and artifacts stay in the object store)
+    event_ttl_s: int = Field(default=3 * 24 * 3600, ge=60)
     #: how often unfinished multipart uploads that no running attempt owns are aborted
     upload_sweep_s: float = Field(default=300, gt=0)
     #: every tenant's quota (CROSSFARM_QUOTA as JSON), and per-tenant overrides of single

@@ -2,7 +2,9 @@
 module that imports redis.
 
 Each build has one Redis stream; its entry ids double as SSE event ids, so a
-client that reconnects with Last-Event-ID resumes exactly where it stopped.
+client that reconnects with Last-Event-ID resumes exactly where it stopped. A stream is
+made by the first event appended to it (a queued build nobody watches has none), takes
+nothing after its `end` event, and expires `ended_ttl_s` after it.
 """
 
 from __future__ import annotations
@@ -24,8 +26,14 @@ from crossfarm.shared.wire import Event
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: Streams and flags outlive their build by this long, then Redis drops them.
+#: Streams and flags outlive their last write by this long, then Redis drops them: the
+#: bound on a stream whose build never got its end event (Redis was away then).
 RETENTION_S = 7 * 24 * 3600
+#: How long a build's stream stays readable once its end event is in (the controller's
+#: event_ttl_s setting).
+ENDED_TTL_S = 3 * 24 * 3600
+#: The largest value of either half of a stream entry id, "<ms>-<seq>".
+_ID_PART_MAX = 2**64 - 1
 #: Upper bounds on one build's stream, so a runaway log cannot fill Redis: a count, and
 #: the bytes of log events (state changes always go in). Past the bytes, the stream says
 #: so once and takes no more log lines; the stored log keeps every line.
@@ -34,10 +42,21 @@ MAX_LOG_BYTES = 64 * 1024**2
 
 # Atomic, so two workers' jobs of one build cannot both slip past the bound.
 # KEYS: stream, byte counter. ARGV: event, its size, retention, byte bound, count bound,
-# "1" if the event is a log line (may be dropped), the notice to append once instead.
+# "1" if the event is a log line (may be dropped), the notice to append once instead,
+# "1" if it is the build's end, the time the stream stays once ended.
+# An end entry carries a second field, so the next append sees the stream is over: late
+# lines (a cancelled build's container still printing) would only push its expiry back.
 _APPEND = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+if last and #last[2] > 2 then
+    return false
+end
+local ttl = ARGV[3]
+if ARGV[8] == '1' then
+    ttl = ARGV[9]
+end
 local total = redis.call('INCRBY', KEYS[2], ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ttl)
 local event = ARGV[1]
 if ARGV[6] == '1' and total > tonumber(ARGV[4]) then
     if total - tonumber(ARGV[2]) > tonumber(ARGV[4]) then
@@ -45,10 +64,27 @@ if ARGV[6] == '1' and total > tonumber(ARGV[4]) then
     end
     event = ARGV[7]
 end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'e', event)
-redis.call('EXPIRE', KEYS[1], ARGV[3])
+local id
+if ARGV[8] == '1' then
+    id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'e', event, 'end', '1')
+else
+    id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'e', event)
+end
+redis.call('EXPIRE', KEYS[1], ttl)
 return id
 """
+
+
+def parse_event_id(text: str) -> tuple[int, int]:
+    """The (milliseconds, sequence) of a stream entry id "<ms>-<seq>", as Redis makes them
+    and SSE sends them; ValueError for anything else."""
+    ms, dash, seq = text.partition("-")
+    if not dash or not all(p.isascii() and p.isdigit() for p in (ms, seq)):
+        raise ValueError(f"{text[:80]!r} is not an event id (<milliseconds>-<sequence>)")
+    parts = (int(ms), int(seq))
+    if max(parts) > _ID_PART_MAX:
+        raise ValueError(f"{text[:80]!r} is out of an event id's range")
+    return parts
 
 
 def _translated(method: Callable[P, R]) -> Callable[P, R]:
@@ -72,7 +108,8 @@ class Events:
     """Append to a build's stream and raise or read cancel flags (blocking client).
     Every method raises BrokerError when Redis fails."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, ended_ttl_s: int = ENDED_TTL_S) -> None:
+        self._ended_ttl_s = ended_ttl_s
         # Every call here is short: a peer that stops answering (a cut link) must turn
         # into BrokerError within seconds, not hang a build's stop check for good.
         self._redis = redis.Redis.from_url(redis_url, socket_timeout=_TIMEOUT_S,
@@ -82,7 +119,8 @@ class Events:
     @_translated
     def append(self, build_id: BuildId, event: Event, max_log_bytes: int = MAX_LOG_BYTES
                ) -> str | None:
-        """Add an event; its entry id, or None for a log line past the stream's bound."""
+        """Add an event; its entry id, or None for a log line past the stream's bound or
+        any event after the stream's end."""
         body = event.model_dump_json(exclude_none=True)
         notice = Event(kind="log", target=event.target,
                        line=f"crossfarm: this build's live log passed {max_log_bytes} bytes; "
@@ -91,7 +129,8 @@ class Events:
         entry_id = self._append(
             keys=[keys.events_stream(build_id), keys.events_bytes(build_id)],
             args=[body, len(body), RETENTION_S, max_log_bytes, MAX_EVENTS,
-                  "1" if event.kind == "log" else "0", notice])
+                  "1" if event.kind == "log" else "0", notice,
+                  "1" if event.kind == "end" else "0", self._ended_ttl_s])
         if entry_id is None:
             return None
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
@@ -145,9 +184,11 @@ class EventReader:
     async def read(
         self, build_id: BuildId, after: str, block_ms: int, count: int = 500
     ) -> list[tuple[str, Event]]:
+        """The entries after `after`, waiting up to `block_ms` for one (0: not at all)."""
         try:
             answer: Any = await self._redis.xread(
-                {keys.events_stream(build_id): after}, count=count, block=block_ms
+                # BLOCK 0 is Redis's "for ever": no wait at all is no BLOCK
+                {keys.events_stream(build_id): after}, count=count, block=block_ms or None
             )
         except (redis.exceptions.TimeoutError, redis.exceptions.ConnectionError):
             # Redis restarting or slow: the caller sends a keep-alive and asks again.

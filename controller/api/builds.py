@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from crossfarm.controller import builds
 from crossfarm.controller.api.deps import BuildIdDep, FarmDep, PrincipalDep, SubmitterDep
-from crossfarm.shared.events import EventReader
+from crossfarm.shared.errors import InvalidRequest
+from crossfarm.shared.events import EventReader, parse_event_id
 from crossfarm.shared.ids import BuildId
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import ArtifactView, BuildRequest, BuildView, Event
@@ -30,19 +31,36 @@ def submit_build(farm: FarmDep, principal: SubmitterDep, request: BuildRequest) 
                                any_source=principal.scope is None)
 
 
-@router.get("")
+_NEXT_LINK = {
+    "description": 'RFC 8288: `<URL of the next page>; rel="next"`, present only when more '
+                   "builds follow. Its URL repeats this request's filters with `after` set "
+                   "to an opaque cursor; follow it as it is.",
+    "schema": {"type": "string"},
+}
+
+
+@router.get("", responses={200: {"headers": {"Link": _NEXT_LINK}}})
 def list_builds(
     farm: FarmDep,
     principal: PrincipalDep,
+    request: Request,
+    response: Response,
     submitter: Annotated[str | None, Query(max_length=200)] = None,
     mine: Annotated[bool, Query(description="only builds submitted with this token's name")
                     ] = False,
     state: BuildState | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 20,
+    after: Annotated[str | None, Query(max_length=200)] = None,
 ) -> list[BuildView]:
-    """The tenant's newest builds (an operator's: every tenant's)."""
-    return builds.list_builds(farm, principal.submitter if mine else submitter, state, limit,
-                              principal.scope)
+    """The tenant's builds (an operator's: every tenant's), newest first, `limit` at a
+    time: a `Link` header names the next page."""
+    page = builds.list_builds(farm, limit, after,
+                              submitter=principal.submitter if mine else submitter,
+                              state=state, tenant=principal.scope)
+    if page.next is not None:
+        url = request.url.include_query_params(after=page.next.encode())
+        response.headers["Link"] = f'<{url}>; rel="next"'
+    return page.builds
 
 
 @router.get("/{build_id}")
@@ -67,14 +85,20 @@ async def stream_events(
     principal: PrincipalDep,
     build_id: BuildIdDep,
     request: Request,
-    last_event_id: Annotated[str | None, Header()] = None,
-    after: Annotated[str | None, Query(pattern=r"^\d+-\d+$")] = None,
+    last_event_id: Annotated[str | None, Header(max_length=100)] = None,
+    after: Annotated[str | None, Query(max_length=100)] = None,
     follow: bool = True,
 ) -> StreamingResponse:
     """Server-Sent Events: log lines and state changes in order, ending with an `end` event.
-    Reconnect with Last-Event-ID (or ?after=) to resume without gaps or repeats."""
-    build = await run_in_threadpool(builds.get_build, farm, build_id, principal.scope)
-    start = last_event_id or after or "0-0"
+    Reconnect with Last-Event-ID (or ?after=) to resume without gaps or repeats; an id
+    this stream never sent (not `<ms>-<seq>`) is refused with 422 before it starts, as
+    reading from the start instead would repeat what the client already has.
+
+    The stream opens with each job's `queued` state, from the record: every job starts
+    there, and the build's Redis stream holds only what happened since."""
+    start = _resume_point(last_event_id, after)
+    build = await run_in_threadpool(builds.get_build, farm, build_id,
+                                    principal.scope)
     reader: EventReader = request.app.state.event_reader
 
     async def ended() -> bool:
@@ -83,17 +107,45 @@ async def stream_events(
         return (await run_in_threadpool(builds.get_build, farm, build_id)).state.terminal
 
     return StreamingResponse(
-        _sse(reader, build_id, start, build.state.terminal or not follow, ended, request),
+        _sse(reader, build_id, _opening(build, start), start,
+             build.state.terminal or not follow, ended, request),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
+def _resume_point(last_event_id: str | None, after: str | None) -> str:
+    """The entry id to read after: the header's, else the query's, else the start."""
+    for name, given in (("Last-Event-ID", last_event_id), ("after", after)):
+        if not given:  # an empty id is SSE's "none yet"
+            continue
+        try:
+            parse_event_id(given)
+        except ValueError as exc:
+            raise InvalidRequest(
+                f"{name}: {exc}. Resume with an id this stream sent, or leave it out to "
+                "read from the start") from None
+        return given
+    return "0-0"
+
+
+def _opening(build: BuildView, after: str) -> list[tuple[str, Event]]:
+    """Each job's first state, as ids 0-1, 0-2, ...: below any id Redis gives, so a client
+    that resumes inside the opening gets the rest of it and then the whole stream."""
+    ms, seq = parse_event_id(after)
+    if ms:
+        return []
+    return [(f"0-{n}", Event(kind="state", target=job.target, state=BuildState.QUEUED))
+            for n, job in enumerate(build.jobs, start=1) if n > seq]
+
+
 async def _sse(
-    reader: EventReader, build_id: BuildId, after: str, terminal: bool,
-    ended: Callable[[], Awaitable[bool]], request: Request,
+    reader: EventReader, build_id: BuildId, opening: list[tuple[str, Event]], after: str,
+    terminal: bool, ended: Callable[[], Awaitable[bool]], request: Request,
 ) -> AsyncIterator[str]:
     yield "retry: 2000\n\n"
+    for after, event in opening:
+        yield _frame(after, event)
     while not await request.is_disconnected():
         entries = await reader.read(build_id, after, block_ms=0 if terminal else _KEEPALIVE_MS)
         if not entries:

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, exists, or_, select
 from sqlalchemy.orm import Session
 
 from crossfarm.controller.store.jobs import job_view
-from crossfarm.controller.store.schema import DEFAULT_TENANT, BuildRow, Database, JobRow, now
+from crossfarm.controller.store.schema import (
+    DEFAULT_TENANT,
+    BuildRow,
+    Database,
+    JobRow,
+    as_utc,
+    now,
+)
 from crossfarm.controller.store.vault import Vault
 from crossfarm.shared.arch import Arch
-from crossfarm.shared.errors import NotFound
-from crossfarm.shared.ids import BuildId, JobId, SourceDigest
+from crossfarm.shared.errors import InvalidRequest, NotFound
+from crossfarm.shared.ids import BuildId, JobId, SourceDigest, parse_build_id
 from crossfarm.shared.keys import QueueKey
 from crossfarm.shared.states import BuildState, overall_state
 from crossfarm.shared.wire import BuildView, CargoSpec
@@ -69,7 +78,7 @@ def _build_view(build: BuildRow) -> BuildView:
 
 
 class BuildStore:
-    """Builds: record one with its jobs, read one back, list the newest. The values of
+    """Builds: record one with its jobs, read one back, list them a page at a time. The values of
     its variables are stored sealed by `vault`, their names in clear."""
 
     def __init__(self, db: Database, vault: Vault) -> None:
@@ -131,16 +140,91 @@ class BuildStore:
             raise NotFound(f"no build {build_id}")
         return build
 
-    def newest(self, submitter: str | None, state: BuildState | None, limit: int,
-               tenant: str | None = None) -> list[BuildView]:
-        """The newest builds first, optionally only one tenant's, one submitter's or in
-        one state."""
-        query = select(BuildRow).order_by(BuildRow.created_at.desc())
+    def page(self, limit: int, after: ListCursor | None = None, submitter: str | None = None,
+             state: BuildState | None = None, tenant: str | None = None) -> BuildPage:
+        """Up to `limit` builds, newest first, after `after` (the previous page's cursor);
+        optionally only one tenant's, one submitter's, or those in one state. Two
+        statements whatever the depth: the page's builds, then their jobs."""
+        query = select(BuildRow).order_by(BuildRow.created_at.desc(), BuildRow.id.desc())
+        if after is not None:
+            query = query.where(or_(
+                BuildRow.created_at < after.created_at,
+                and_(BuildRow.created_at == after.created_at, BuildRow.id < after.build_id)))
         if tenant is not None:
             query = query.where(BuildRow.tenant == tenant)
         if submitter is not None:
             query = query.where(BuildRow.submitter == submitter)
-        # A build's state is derived from its jobs, so filter after reading a bounded window.
+        if state is not None:
+            query = query.where(in_state(state))
         with self._db.session() as session:
-            views = [_build_view(b) for b in session.scalars(query.limit(max(limit, 1) * 20))]
-        return [v for v in views if state is None or v.state is state][:limit]
+            # One more than asked says whether another page follows.
+            rows = list(session.scalars(query.limit(limit + 1)))
+            views = [_build_view(row) for row in rows[:limit]]
+        more = len(rows) > limit
+        last = views[-1] if more else None
+        return BuildPage(builds=views, next=ListCursor(last.created_at, last.build_id)
+                         if last is not None else None)
+
+
+@dataclass(frozen=True)
+class ListCursor:
+    """Where a page of the build listing ended: its last build's (created_at, id), the
+    key the listing is ordered by, so builds added meanwhile shift no page. On the wire
+    an opaque token (`encode`/`parse`)."""
+
+    created_at: datetime
+    build_id: BuildId
+
+    def encode(self) -> str:
+        text = f"{as_utc(self.created_at).isoformat()}|{self.build_id}"
+        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+    @classmethod
+    def parse(cls, token: str) -> ListCursor:
+        """The cursor a token stands for; InvalidRequest for one no page gave."""
+        try:
+            text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+            stamp, build_id = text.split("|")
+            created_at = datetime.fromisoformat(stamp)
+            if created_at.tzinfo is None:
+                raise ValueError("no time zone")
+            return cls(as_utc(created_at), parse_build_id(build_id))
+        except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+            raise InvalidRequest(
+                f"after={token[:80]!r} is not a cursor this farm gave: pass the `next` "
+                "link of the previous page as it is, or start again without `after`"
+            ) from None
+
+
+@dataclass(frozen=True)
+class BuildPage:
+    """One page of the build listing, and the cursor of the next (None: the last page)."""
+
+    builds: list[BuildView]
+    next: ListCursor | None
+
+
+def in_state(state: BuildState) -> ColumnElement[bool]:
+    """SQL true for a build whose jobs make it `state`, exactly as overall_state()
+    decides it (a test holds the two equal over every small mix of job states)."""
+
+    def having(*states: BuildState) -> ColumnElement[bool]:
+        return exists().where(JobRow.build_id == BuildRow.id,
+                              JobRow.state.in_([s.value for s in states]))
+
+    def other_than(one: BuildState) -> ColumnElement[bool]:
+        return exists().where(JobRow.build_id == BuildRow.id, JobRow.state != one.value)
+
+    q, r = BuildState.QUEUED, BuildState.RUNNING
+    active = having(q, r)
+    match state:
+        case BuildState.QUEUED:
+            return and_(having(q), ~other_than(q))
+        case BuildState.RUNNING:
+            return or_(having(r), and_(having(q), other_than(q)))
+        case BuildState.FAILED:
+            return and_(having(BuildState.FAILED), ~active)
+        case BuildState.CANCELLED:
+            return and_(having(BuildState.CANCELLED), ~having(BuildState.FAILED), ~active)
+        case BuildState.SUCCEEDED:
+            return and_(having(BuildState.SUCCEEDED), ~other_than(BuildState.SUCCEEDED))

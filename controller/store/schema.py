@@ -78,6 +78,13 @@ class BuildRow(Base):
     tenant: Mapped[str] = mapped_column(String(64), index=True, default=DEFAULT_TENANT)
     jobs: Mapped[list[JobRow]] = relationship(order_by="JobRow.target", lazy="selectin")
 
+    # The listing's order and its keyset cursor, whole or within a tenant or a submitter.
+    __table_args__ = (
+        Index("ix_builds_created_at_id", "created_at", "id"),
+        Index("ix_builds_tenant_created_at_id", "tenant", "created_at", "id"),
+        Index("ix_builds_submitter_created_at_id", "submitter", "created_at", "id"),
+    )
+
 
 class JobRow(Base):
     __tablename__ = "jobs"
@@ -107,9 +114,12 @@ class JobRow(Base):
     reason: Mapped[str | None] = mapped_column(String(4000))
     manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
+    # The listing's state filter asks "has this build a job in state x?" per build.
+    __table_args__ = (Index("ix_jobs_build_id_state", "build_id", "state"),)
+
 
 #: Bump on any change to the tables; a database made by another version is refused.
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 
 class MetaRow(Base):

@@ -166,3 +166,46 @@ def test_another_tenant_can_neither_see_nor_cancel_a_build_and_the_next_build_is
         assert alice.artifacts(build.build_id) == []
         with pytest.raises(FarmError, match="HTTP 404"):
             alice.artifacts(next_build.build_id)
+
+
+ARM = "aarch64-unknown-linux-gnu"
+
+
+def _waiting_build(farm, api, crate) -> dict:
+    """An arm64 build that only a native arm64 worker may take: this farm has none."""
+    digest = _upload(farm, crate)
+    response = api.post("/v1/builds", json={"source": digest, "targets": [ARM],
+                                            "placement": "native"})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def test_the_event_stream_refuses_an_id_it_never_sent_before_it_starts(farm, api, crate):
+    build = _waiting_build(farm, api, crate)
+    url = f"/v1/builds/{build['build_id']}/events"
+    try:
+        for bad in ("null", "garbage", f"{2**64}-0"):
+            response = api.get(url, headers={"Last-Event-ID": bad})
+            assert response.status_code == 422, (bad, response.text)
+            assert "Last-Event-ID" in response.json()["message"]
+        with api.stream("GET", url, params={"follow": "false"}) as response:
+            assert response.status_code == 200
+            text = response.read().decode()
+        assert text.split("\n\n")[1].startswith("id: 0-1\nevent: state\n")
+    finally:
+        api.post(f"/v1/builds/{build['build_id']}/cancel")
+
+
+def test_the_listing_links_its_next_page_with_the_filters_kept(farm, api, crate):
+    builds = [_waiting_build(farm, api, crate) for _ in range(3)]
+    try:
+        first = api.get("/v1/builds", params={"limit": 2, "state": "queued"})
+        assert first.status_code == 200
+        following = api.get(first.links["next"]["url"])
+        listed = [b["build_id"] for b in first.json() + following.json()]
+        assert listed[:3] == [b["build_id"] for b in reversed(builds)]
+        assert len(listed) == len(set(listed))
+        assert "state=queued" in first.links["next"]["url"]
+    finally:
+        for build in builds:
+            api.post(f"/v1/builds/{build['build_id']}/cancel")

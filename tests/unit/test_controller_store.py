@@ -355,42 +355,6 @@ def test_an_unknown_tree_is_not_found_and_says_how_to_send_it(store):
     assert _digest(7) in str(exc.value)
 
 
-@pytest.fixture
-def three_builds(store):
-    _one_job_build(store, "b-0000000000000001", "j-0000000000000001", submitter="ada")
-    _one_job_build(store, "b-0000000000000002", "j-0000000000000002", submitter="bob")
-    _one_job_build(store, "b-0000000000000003", "j-0000000000000003", submitter="ada")
-    store.jobs.start(JobId("j-0000000000000002"), 1, worker="w1")
-
-
-def _ids(views):
-    return [view.build_id for view in views]
-
-
-def test_list_builds_shows_the_newest_first(store, three_builds):
-    assert _ids(store.builds.newest(None, None, 10)) == [
-        "b-0000000000000003",
-        "b-0000000000000002",
-        "b-0000000000000001",
-    ]
-
-
-def test_list_builds_respects_the_limit(store, three_builds):
-    assert _ids(store.builds.newest(None, None, 2)) == ["b-0000000000000003", "b-0000000000000002"]
-
-
-def test_list_builds_filters_by_submitter(store, three_builds):
-    assert _ids(store.builds.newest("ada", None, 10)) == [
-        "b-0000000000000003", "b-0000000000000001"]
-    assert store.builds.newest("nobody", None, 10) == []
-
-
-def test_list_builds_filters_by_the_state_derived_from_the_jobs(store, three_builds):
-    assert _ids(store.builds.newest(None, BuildState.RUNNING, 10)) == ["b-0000000000000002"]
-    assert _ids(store.builds.newest("ada", BuildState.QUEUED, 1)) == ["b-0000000000000003"]
-    assert store.builds.newest(None, BuildState.SUCCEEDED, 10) == []
-
-
 def _heartbeat(cpus=4.0):
     return WorkerHeartbeat(
         hostname="host-1",
