@@ -111,4 +111,7 @@ def main() -> None:
     problem = auth.settings_problem(settings)
     if problem:
         raise SystemExit(f"crossfarm controller: {problem}")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    # Keep-alive well past the workers' 5 s heartbeat: at uvicorn's default of 5 s the
+    # server closed idle connections just as a worker reused them ("connection reset").
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
+                timeout_keep_alive=75)
