@@ -9,19 +9,22 @@ from crossfarm.controller.farm import Farm
 from crossfarm.controller.placement import decide
 from crossfarm.controller.store.builds import NewBuild, NewJob
 from crossfarm.controller.store.jobs import Outcome
+from crossfarm.controller.store.schema import DEFAULT_TENANT
 from crossfarm.shared.arch import target_arch
 from crossfarm.shared.errors import InvalidRequest
 from crossfarm.shared.ids import BuildId, new_build_id, new_job_id
 from crossfarm.shared.states import BuildState
-from crossfarm.shared.wire import ArtifactView, BuildRequest, BuildView
+from crossfarm.shared.wire import ArtifactView, BuildRequest, BuildView, Event
 
 #: Variables the builder sets itself; a request overriding them would break the build.
 _RESERVED_ENV = frozenset({"CARGO_HOME", "CARGO_TARGET_DIR", "HOME", "PATH", "CARGO_NET_OFFLINE"})
 
 
-def submit_build(farm: Farm, request: BuildRequest) -> BuildView:
-    """Check a request, record it, and enqueue one job per target on the queue its
-    placement policy picks from the fleet's state."""
+def submit_build(farm: Farm, request: BuildRequest, tenant: str = DEFAULT_TENANT) -> BuildView:
+    """Check a request and record it for `tenant`, one job per target on the queue its
+    placement policy picks from the workers' heartbeats; the placer sends each job when
+    a slot is free and its tenant's turn comes (rung now, so an idle worker starts it at
+    once). Nothing here reads the queue: a submit costs the same at any depth."""
     arches = [target_arch(target) for target in request.targets]
     timeout_s = _check_request(farm, request)
     placement = request.placement or farm.settings.default_placement
@@ -34,6 +37,7 @@ def submit_build(farm: Farm, request: BuildRequest) -> BuildView:
         timeout_s=timeout_s,
         env={"all": dict(request.env), **{t: dict(v) for t, v in request.target_env.items()}},
         submitter=request.submitter,
+        tenant=tenant,
         jobs=[
             NewJob(job_id=new_job_id(), target=target, arch=arch, queue=d.queue,
                    placement=placement.value, placed=d.placed, waiting=d.waiting,
@@ -43,7 +47,10 @@ def submit_build(farm: Farm, request: BuildRequest) -> BuildView:
     )
     build = farm.store.builds.add(new)
     for job in build.jobs:
-        jobs.enqueue(farm, build.build_id, job)
+        if job.waiting is not None:
+            jobs.tell(farm, build.build_id, Event(kind="log", target=job.target,
+                                                  line=f"crossfarm: {job.waiting}"))
+    farm.doorbell.ring()
     return farm.store.builds.get(build.build_id)
 
 

@@ -1,8 +1,8 @@
-"""The placer through the use-cases it serves: submit_build places each job from the
-fleet's heartbeats, tick keeps it where a worker can take it. A real SQLite store;
-in-test fakes for the broker, the event stream and the object store."""
+"""The placer through the use-cases it serves: submit_build records each job on the
+queue the fleet's heartbeats suggest, held; tick sends it when a worker has a free slot,
+in fair order across tenants, and keeps it where a worker can take it. A real SQLite
+store; in-test fakes for the broker, the event stream and the object store."""
 
-import time
 from datetime import timedelta
 
 import pytest
@@ -108,17 +108,17 @@ def farm(make_farm):
     return make_farm()
 
 
-def _worker(farm, name, arch, queues):
+def _worker(farm, name, arch, queues, concurrency=1, at=None):
     info = WorkerHeartbeat(
         hostname=name, arch=arch, queues=queues, cpus=4, memory_bytes=8 * 1024**3,
         builder_image="crossfarm/builder:1", targets=[X86, ARM], version="0.1.0",
-        concurrency=1,
+        concurrency=concurrency,
     )
-    farm.store.workers.heartbeat(name, info, fresh_start=True)
+    farm.store.workers.heartbeat(name, info, fresh_start=True, at=at)
 
 
-def _amd64_with_arm64_cross(farm, name="amd64-1"):
-    _worker(farm, name, "amd64", {AMD64_QUEUE: N, ARM64_CROSS: C})
+def _amd64_with_arm64_cross(farm, name="amd64-1", at=None):
+    _worker(farm, name, "amd64", {AMD64_QUEUE: N, ARM64_CROSS: C}, at=at)
 
 
 def _arm64(farm, name="arm64-1"):
@@ -142,7 +142,12 @@ def test_a_cross_ok_arm64_job_with_only_an_amd64_cross_worker_goes_to_the_cross_
     job = _job(farm, build)
     assert (job.queue.name, job.placement, job.attempt) == (ARM64_CROSS, Placement.CROSS_OK, 1)
     assert job.placed == "cross: no arm64 worker online; cross-ok allows a cross toolchain"
-    assert job.waiting is None
+    assert job.waiting == "queued; position 1 in crossfarm.builds.arm64.cross"
+    assert farm.queue.sent == []  # held until the placer's tick, which the submit rang for
+
+    placer.tick(farm)
+
+    assert _job(farm, build).waiting is None
     [(message, queue)] = farm.queue.sent
     assert (message.job_id, message.attempt, queue) == (job.job_id, 1, ARM64_CROSS)
 
@@ -153,6 +158,7 @@ def test_each_target_of_a_build_is_placed_on_its_own(farm):
     build = _submit(farm, targets=(X86, ARM), placement=Placement.CROSS_OK)
 
     assert {j.target: j.queue.name for j in build.jobs} == {X86: AMD64_QUEUE, ARM: ARM64_CROSS}
+    placer.tick(farm)
     assert sorted(queue for _, queue in farm.queue.sent) == [AMD64_QUEUE, ARM64_CROSS]
 
 
@@ -195,9 +201,9 @@ def test_a_native_arm64_job_with_no_arm64_worker_waits_on_the_native_queue_and_s
     assert job.queue.name == ARM64_QUEUE
     assert job.placed.startswith("native: waiting")
     assert job.waiting.startswith("waiting: no arm64 worker online")
-    assert [queue for _, queue in farm.queue.sent] == [ARM64_QUEUE]
 
     placer.tick(farm)
+    assert farm.queue.sent == []  # held: no worker could take it
 
     job = _job(farm, build)
     assert job.queue.name == ARM64_QUEUE
@@ -215,35 +221,44 @@ def test_a_waiting_native_job_stays_on_its_queue_once_an_arm64_worker_appears(fa
 
     job = _job(farm, build)
     assert (job.queue.name, job.attempt) == (ARM64_QUEUE, 1)
-    assert job.waiting == "queued: position 1 in crossfarm.builds.arm64"
-    assert len(farm.queue.sent) == 1
+    assert job.waiting is None
+    assert [(m.attempt, q) for m, q in farm.queue.sent] == [(1, ARM64_QUEUE)]
 
 
-def test_jobs_waiting_on_one_queue_are_numbered_oldest_first(farm):
-    _arm64(farm)
+def test_jobs_waiting_on_one_queue_are_numbered_oldest_first_when_read(farm):
     first = _submit(farm)
     second = _submit(farm)
     other = _submit(farm, targets=(X86,))
 
     placer.tick(farm)
 
-    assert _job(farm, first).waiting == "queued: position 1 in crossfarm.builds.arm64"
-    assert _job(farm, second).waiting == "queued: position 2 in crossfarm.builds.arm64"
+    assert _job(farm, first).waiting.endswith("; position 1 in crossfarm.builds.arm64")
+    assert _job(farm, second).waiting.endswith("; position 2 in crossfarm.builds.arm64")
     assert _job(farm, other, X86).waiting.endswith("; position 1 in crossfarm.builds.amd64")
+    # The row keeps what the job waits for, not its place: a moving queue rewrites nothing.
+    assert farm.store.jobs.get(JobId(_job(farm, second).job_id)).view.waiting == (
+        "waiting: no arm64 worker online (placement native: use --placement cross-ok to "
+        "allow a cross toolchain)")
+
+    _arm64(farm)
+    placer.tick(farm)
+    assert _job(farm, first).waiting is None  # sent
+    assert _job(farm, second).waiting == "queued: waiting for a free worker; position 1 in " \
+                                         "crossfarm.builds.arm64"
 
 
 def test_a_cross_ok_job_whose_arm64_worker_is_lost_is_requeued_on_the_cross_queue(make_farm):
-    farm = make_farm(lost_after_s=2)
+    farm = make_farm(lost_after_s=30)
     _arm64(farm)
     _amd64_with_arm64_cross(farm)
     build = _submit(farm, placement=Placement.CROSS_OK)
+    queued_at = _job(farm, build).queued_at
     assert _job(farm, build).queue.name == ARM64_QUEUE
+    placer.tick(farm, now=queued_at)
 
-    # Worker liveness is judged on the wall clock (see the next test), so the arm64
-    # worker really has to fall silent while the amd64 one keeps beating.
-    time.sleep(2.2)
-    _amd64_with_arm64_cross(farm)
-    placer.tick(farm)
+    # The arm64 worker falls silent while the amd64 one keeps beating.
+    _amd64_with_arm64_cross(farm, at=queued_at + timedelta(seconds=31))
+    placer.tick(farm, now=queued_at + timedelta(seconds=32))
 
     job = _job(farm, build)
     assert (job.queue.name, job.attempt, job.state) == (ARM64_CROSS, 2, BuildState.QUEUED)
@@ -302,6 +317,7 @@ def test_the_message_left_on_the_old_queue_cannot_start_a_moved_job(make_farm):
     _amd64_with_arm64_cross(farm)
     build = _submit(farm, placement=Placement.CROSS_OK)
     job = _job(farm, build)
+    placer.tick(farm, now=job.queued_at + timedelta(seconds=1))
     placer.tick(farm, now=job.queued_at + timedelta(seconds=61))
 
     def start(attempt, worker, mode, queue):
@@ -337,11 +353,8 @@ def test_a_job_without_a_wait_limit_waits_for_ever(farm):
     assert _job(farm, build).state is BuildState.QUEUED
 
 
-def test_tick_logs_a_jobs_waiting_text_when_it_changes_and_only_then(farm):
+def test_a_jobs_waiting_text_is_logged_when_it_changes_and_only_then(farm):
     build = _submit(farm, placement=Placement.NATIVE)
-    assert farm.events.logs() == []
-
-    placer.tick(farm)
     [line] = farm.events.logs()
     assert line.startswith("crossfarm: waiting: no arm64 worker online")
     build_id, event = farm.events.appended[-1]
@@ -351,9 +364,13 @@ def test_tick_logs_a_jobs_waiting_text_when_it_changes_and_only_then(farm):
     placer.tick(farm)
     assert len(farm.events.logs()) == 1
 
+    second = _submit(farm, placement=Placement.NATIVE)
     _arm64(farm)
+    placer.tick(farm)  # the first takes the worker's one slot; the second waits for it
     placer.tick(farm)
-    assert farm.events.logs()[1:] == ["crossfarm: queued: position 1 in crossfarm.builds.arm64"]
+    assert _job(farm, build).waiting is None
+    assert farm.events.logs()[2:] == ["crossfarm: queued: waiting for a free worker"]
+    assert farm.events.appended[-1][0] == second.build_id
 
 
 def test_tick_leaves_jobs_that_started_alone(farm):
@@ -370,6 +387,7 @@ def test_tick_leaves_jobs_that_started_alone(farm):
 
 
 def _start(farm, build, worker="arm64-1", queue=ARM64_QUEUE, mode=N):
+    placer.tick(farm)  # sent, as a worker takes only what the placer sent
     job = _job(farm, build)
     assert jobs.start(farm, JobId(job.job_id), JobStarted(
         attempt=job.attempt, worker=worker, hostname=worker, mode=mode,
@@ -397,9 +415,13 @@ def test_a_running_job_whose_worker_is_lost_is_rerun_as_the_next_attempt(make_fa
     assert (job.state, job.attempt, job.worker, job.queue.name) == (
         BuildState.QUEUED, 2, None, ARM64_QUEUE)
     assert "worker arm64-1 was lost" in job.placed
-    assert [q for _, q in farm.queue.sent] == [ARM64_QUEUE, ARM64_QUEUE]
-    assert farm.events.attempts[JobId(job.job_id)] == 2
     assert any("re-running as attempt 2" in (e.line or "") for _, e in farm.events.appended)
+    assert [(m.attempt, q) for m, q in farm.queue.sent] == [(1, ARM64_QUEUE)]  # held: none online
+
+    _arm64(farm)
+    placer.tick(farm)
+    assert [(m.attempt, q) for m, q in farm.queue.sent] == [(1, ARM64_QUEUE), (2, ARM64_QUEUE)]
+    assert farm.events.attempts[JobId(job.job_id)] == 2
 
 
 def test_a_rerun_jobs_message_carries_the_builds_variables_until_the_build_ends(make_farm):
@@ -410,12 +432,12 @@ def test_a_rerun_jobs_message_carries_the_builds_variables_until_the_build_ends(
     running = _start(farm, build)
 
     placer.tick(farm, now=running.started_at + timedelta(seconds=31))
+    _arm64(farm)
+    _start(farm, build)
 
     [first, rerun] = [message for message, _ in farm.queue.sent]
     assert rerun.attempt == 2
     assert rerun.env == first.env == {"TOKEN": "s3cret-abc", "PIN": "k1"}
-    _arm64(farm)
-    _start(farm, build)
     jobs.report_finished(farm, JobId(running.job_id),
                          JobFinished(attempt=2, state=BuildState.SUCCEEDED, exit_code=0))
     assert farm.store.builds.settings(BuildId(build.build_id), ARM).env == {}
@@ -487,6 +509,7 @@ def test_a_queued_job_whose_message_the_broker_lost_is_resent(make_farm):
     _arm64(farm)
     build = _submit(farm, placement=Placement.NATIVE)
     job = _job(farm, build)
+    placer.tick(farm, now=job.queued_at)
     farm.queue.sent.clear()  # Redis restarted without its data
 
     placer.tick(farm, now=job.queued_at + timedelta(seconds=10))
@@ -508,14 +531,20 @@ def test_a_job_the_broker_refused_stays_queued_and_is_sent_once_it_is_back(make_
     sent, farm.queue.enqueue = farm.queue.enqueue, refuse
     build = _submit(farm, placement=Placement.NATIVE)
     job = _job(farm, build)
+    placer.tick(farm, now=job.queued_at)
+    job = _job(farm, build)
     assert (job.state, job.attempt) == (BuildState.QUEUED, 1)  # accepted, not failed
+    assert job.waiting.startswith(jobs.BROKER_AWAY)
     assert "the broker is unreachable (Error 111 connecting to redis:6379); the job " \
            "stays queued" in farm.events.logs()[-1]
+    placer.tick(farm, now=job.queued_at + timedelta(seconds=2))
+    assert len(farm.events.logs()) == 1  # said once, not every tick
 
-    farm.queue.enqueue = sent  # Redis is back, holding nothing
-    placer.tick(farm, now=job.queued_at + timedelta(seconds=31))
+    farm.queue.enqueue = sent  # Redis is back
+    placer.tick(farm, now=job.queued_at + timedelta(seconds=4))
     resent = _job(farm, build)
-    assert (resent.state, resent.attempt, resent.queue.name) == (BuildState.QUEUED, 2, ARM64_QUEUE)
+    # No message of attempt 1 ever reached the broker, so it needs no new attempt.
+    assert (resent.state, resent.attempt, resent.queue.name) == (BuildState.QUEUED, 1, ARM64_QUEUE)
     assert [q for _, q in farm.queue.sent] == [ARM64_QUEUE]
 
 
@@ -523,6 +552,7 @@ def test_each_job_message_carries_the_limits_its_tree_was_accepted_under(make_fa
     farm = make_farm(max_source_files=7, max_file_bytes=4096, max_source_bytes=8192)
     _arm64(farm)
     _submit(farm, placement=Placement.NATIVE)
+    placer.tick(farm)
     [(message, _)] = farm.queue.sent
     assert message.limits == SourceLimits(max_files=7, max_file_bytes=4096,
                                           max_total_bytes=8192)
@@ -532,6 +562,7 @@ def test_a_queued_job_whose_message_is_still_there_is_not_resent(make_farm):
     farm = make_farm(reconcile_after_s=30)
     _arm64(farm)
     build = _submit(farm, placement=Placement.NATIVE)
+    placer.tick(farm, now=_job(farm, build).queued_at)
 
     placer.tick(farm, now=_job(farm, build).queued_at + timedelta(seconds=300))
 
