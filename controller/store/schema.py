@@ -114,6 +114,9 @@ class JobRow(Base):
         # dispatch), and by queue alone (a held job's position in line, counted on read).
         Index("ix_jobs_held", "state", "sent_at", "queue", "tenant", "queued_at", "id"),
         Index("ix_jobs_line", "state", "sent_at", "queue", "queued_at", "id"),
+        # Covers the placer's count of held jobs per group: read off the index, in order.
+        Index("ix_jobs_groups", "state", "sent_at", "queue", "placement", "tenant", "waiting",
+              "queued_at"),
         # When each tenant was last given a slot on an architecture: its turn in line.
         Index("ix_jobs_turn", "arch", "tenant", "sent_at"),
     )

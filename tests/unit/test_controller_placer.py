@@ -13,12 +13,15 @@ from crossfarm.controller.builds import submit_build
 from crossfarm.controller.farm import Farm
 from crossfarm.controller.settings import ControllerSettings
 from crossfarm.controller.store import Store
-from crossfarm.shared.arch import BuildMode, Placement
+from crossfarm.controller.store.builds import NewBuild, NewJob
+from crossfarm.shared.arch import BuildMode, Placement, target_arch
 from crossfarm.shared.errors import Conflict
-from crossfarm.shared.ids import BuildId, JobId
+from crossfarm.shared.ids import BuildId, JobId, new_build_id, new_job_id
+from crossfarm.shared.keys import QueueKey
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import (
     BuildRequest,
+    CargoSpec,
     JobFinished,
     JobStarted,
     SourceLimits,
@@ -77,11 +80,11 @@ class FakeStorage:
         return True
 
 
-def _settings(tmp_path, **fields):
+def _settings(tmp_path, db="crossfarm", **fields):
     # Long bounds unless a test shortens one, so a `now` in the future moves nothing by itself.
     defaults = {"default_placement": Placement.NATIVE, "pickup_bound_s": 3600,
                 "lost_after_s": 3600}
-    return ControllerSettings(database_url=f"sqlite:///{tmp_path}/crossfarm.db",
+    return ControllerSettings(database_url=f"sqlite:///{tmp_path}/{db}.db",
                               **{**defaults, **fields})
 
 
@@ -89,8 +92,8 @@ def _settings(tmp_path, **fields):
 def make_farm(tmp_path):
     stores = []
 
-    def make(**fields):
-        settings = _settings(tmp_path, **fields)
+    def make(db="crossfarm", **fields):
+        settings = _settings(tmp_path, db, **fields)
         store = Store(settings.database_url)
         stores.append(store)
         store.sources.add_tree(SourceStatus(digest=DIGEST, files=1, total_bytes=10))
@@ -125,8 +128,9 @@ def _arm64(farm, name="arm64-1"):
     _worker(farm, name, "arm64", {ARM64_QUEUE: N})
 
 
-def _submit(farm, targets=(ARM,), **fields):
-    return submit_build(farm, BuildRequest(source=DIGEST, targets=list(targets), **fields))
+def _submit(farm, targets=(ARM,), tenant="default", **fields):
+    return submit_build(farm, BuildRequest(source=DIGEST, targets=list(targets), **fields),
+                        tenant=tenant)
 
 
 def _job(farm, build, target=ARM):
@@ -603,13 +607,134 @@ def _statements(farm, chore):
     return count
 
 
-def test_a_tick_reads_a_long_queue_in_as_many_statements_as_a_short_one(farm):
-    for _ in range(3):
-        _submit(farm)
-    placer.tick(farm)  # the first tick writes each job's waiting text
-    short = _statements(farm, lambda: placer.tick(farm))
-    for _ in range(40):
-        _submit(farm)
+def _flood(farm, count, tenant="default", target=ARM):
+    """`count` held jobs of one tenant, recorded in one build as submits would."""
+    arch = target_arch(target)
+    farm.store.builds.add(NewBuild(
+        build_id=new_build_id(), source=DIGEST, cargo=CargoSpec(), timeout_s=60, env={},
+        submitter=None, tenant=tenant,
+        jobs=[NewJob(job_id=new_job_id(), target=target, arch=arch, queue=QueueKey(arch),
+                     placement="native", placed="native: an arm64 worker is online",
+                     waiting=None, wait_limit_s=None) for _ in range(count)]))
+
+
+def _idle_tick_statements(make_farm, held):
+    farm = make_farm(db=f"idle-{held}")
+    _worker(farm, "arm64-1", "arm64", {ARM64_QUEUE: N}, concurrency=2)
+    _flood(farm, held)
+    placer.tick(farm)  # fills the two slots and tells the rest what they wait for
+    assert len(farm.queue.sent) == 2
+    count = _statements(farm, lambda: placer.tick(farm))
+    assert len(farm.queue.sent) == 2
+    return count
+
+
+def test_an_idle_tick_issues_as_few_statements_with_3000_held_jobs_as_with_30(make_farm):
+    few = _idle_tick_statements(make_farm, 30)
+    many = _idle_tick_statements(make_farm, 3000)
+    assert many == few
+    assert many <= 10
+
+
+def _dispatch_tick_statements(make_farm, held, slots):
+    farm = make_farm(db=f"dispatch-{held}")
+    _flood(farm, held, tenant="a")
+    _flood(farm, held, tenant="b")
+    placer.tick(farm)  # no worker: everything is held and told so
+    _worker(farm, "arm64-1", "arm64", {ARM64_QUEUE: N}, concurrency=slots)
+    count = _statements(farm, lambda: placer.tick(farm))
+    assert len(farm.queue.sent) == slots
+    return count
+
+
+def test_a_tick_sending_k_jobs_issues_as_many_statements_at_3000_held_as_at_30(make_farm):
+    few = _dispatch_tick_statements(make_farm, 15, slots=10)
+    many = _dispatch_tick_statements(make_farm, 1500, slots=10)
+    assert many == few
+    assert many <= 20  # workers, jobs sent or running, overdue, groups, turns, heads, claim,
+    #                    the builds to send, one text per group
+
+
+def _run_one(farm, worker="arm64-1"):
+    """The placer sends a job; the worker runs it to the end. Returns its tenant."""
+    before = len(farm.queue.sent)
     placer.tick(farm)
-    assert _statements(farm, lambda: placer.tick(farm)) == short
-    assert len(farm.store.jobs.queued()) == 43
+    [(message, _)] = farm.queue.sent[before:]
+    record = farm.store.jobs.get(message.job_id)
+    assert jobs.start(farm, message.job_id, JobStarted(
+        attempt=message.attempt, worker=worker, hostname=worker, mode=N,
+        consumed_from=ARM64_QUEUE)).proceed
+    jobs.report_finished(farm, message.job_id, JobFinished(
+        attempt=message.attempt, state=BuildState.SUCCEEDED, exit_code=0))
+    return record.tenant
+
+
+def test_a_tenant_flooding_a_queue_does_not_starve_another(farm):
+    _arm64(farm)  # one worker, one slot
+    for _ in range(20):
+        _submit(farm, tenant="acme")
+    for _ in range(2):
+        _submit(farm, tenant="bolt")
+
+    order = [_run_one(farm) for _ in range(6)]
+
+    assert order == ["acme", "bolt", "acme", "bolt", "acme", "acme"]
+
+
+def test_the_tenant_with_fewer_jobs_running_on_the_arch_is_served_first(make_farm):
+    farm = make_farm()
+    _worker(farm, "arm64-1", "arm64", {ARM64_QUEUE: N}, concurrency=4)
+    for _ in range(6):
+        _submit(farm, tenant="acme")
+    _submit(farm, tenant="bolt")
+
+    placer.tick(farm)
+
+    tenants = [farm.store.jobs.get(m.job_id).tenant for m, _ in farm.queue.sent]
+    assert sorted(tenants) == ["acme", "acme", "acme", "bolt"]
+
+
+def test_a_tenant_at_its_running_per_arch_limit_waits_and_is_told_why(make_farm):
+    farm = make_farm(tenant_quotas={"acme": {"running_per_arch": 2}})
+    _worker(farm, "arm64-1", "arm64", {ARM64_QUEUE: N}, concurrency=4)
+    builds = [_submit(farm, tenant="acme") for _ in range(3)]
+
+    placer.tick(farm)
+
+    assert len(farm.queue.sent) == 2  # two slots stay free: acme may hold no more
+    assert _job(farm, builds[2]).waiting == (
+        "waiting: tenant acme at its 2-job arm64 limit; position 1 in crossfarm.builds.arm64")
+    assert farm.events.logs()[-1] == "crossfarm: waiting: tenant acme at its 2-job arm64 limit"
+    other = _submit(farm, tenant="bolt")
+    placer.tick(farm)
+    assert _job(farm, other).waiting is None  # another tenant takes a free slot
+
+    _run_one_sent(farm, farm.queue.sent[0][0])
+    placer.tick(farm)
+    assert _job(farm, builds[2]).waiting is None  # sent once acme had room again
+
+
+def _run_one_sent(farm, message):
+    jobs.start(farm, message.job_id, JobStarted(
+        attempt=message.attempt, worker="arm64-1", hostname="arm64-1", mode=N,
+        consumed_from=ARM64_QUEUE))
+    jobs.report_finished(farm, message.job_id, JobFinished(
+        attempt=message.attempt, state=BuildState.SUCCEEDED, exit_code=0))
+
+
+def test_a_draining_worker_gets_no_new_job(farm):
+    _arm64(farm)
+    farm.store.workers.set_drain("arm64-1", True)
+    build = _submit(farm)
+
+    placer.tick(farm)
+
+    assert farm.queue.sent == []
+    assert _job(farm, build).waiting.startswith("waiting: no arm64 worker online")
+
+
+def test_a_submit_rings_the_placer(farm):
+    rung = []
+    object.__setattr__(farm, "doorbell", type("Bell", (), {"ring": lambda self: rung.append(1)})())
+    _submit(farm)
+    assert rung == [1]
