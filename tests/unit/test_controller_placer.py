@@ -738,3 +738,39 @@ def test_a_submit_rings_the_placer(farm):
     object.__setattr__(farm, "doorbell", type("Bell", (), {"ring": lambda self: rung.append(1)})())
     _submit(farm)
     assert rung == [1]
+
+
+def test_a_held_job_behind_a_busy_native_worker_moves_to_cross_past_the_pickup_bound(make_farm):
+    farm = make_farm(pickup_bound_s=60)
+    _arm64(farm)
+    _amd64_with_arm64_cross(farm)
+    first = _submit(farm, placement=Placement.CROSS_OK)
+    second = _submit(farm, placement=Placement.CROSS_OK)
+    queued_at = _job(farm, second).queued_at
+    placer.tick(farm, now=queued_at)
+    _start(farm, first)  # the arm64 worker's one slot is taken
+
+    placer.tick(farm, now=queued_at + timedelta(seconds=59))
+    assert _job(farm, second).waiting.startswith("queued: waiting for a free worker")
+
+    placer.tick(farm, now=queued_at + timedelta(seconds=61))
+    moved = _job(farm, second)
+    # Never sent before, so no attempt to fence off: it moves and is sent as attempt 1.
+    assert (moved.queue.name, moved.attempt, moved.waiting) == (ARM64_CROSS, 1, None)
+    assert moved.placed == "cross: no arm64 worker took it within 60 s; cross-ok allows cross"
+    assert [q for _, q in farm.queue.sent] == [ARM64_QUEUE, ARM64_CROSS]
+    assert "crossfarm: cross: no arm64 worker took it within 60 s; cross-ok allows cross" in (
+        farm.events.logs())
+
+
+def test_a_held_job_moves_at_once_when_only_an_allowed_fallback_is_online(farm):
+    build = _submit(farm, placement=Placement.CROSS_OK)
+    placer.tick(farm)
+    assert _job(farm, build).queue.name == ARM64_QUEUE
+
+    _amd64_with_arm64_cross(farm)
+    placer.tick(farm)
+
+    job = _job(farm, build)
+    assert (job.queue.name, job.attempt, job.waiting) == (ARM64_CROSS, 1, None)
+    assert [q for _, q in farm.queue.sent] == [ARM64_CROSS]
