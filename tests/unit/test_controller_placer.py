@@ -3,6 +3,8 @@ queue the fleet's heartbeats suggest, held; tick sends it when a worker has a fr
 in fair order across tenants, and keeps it where a worker can take it. A real SQLite
 store; in-test fakes for the broker, the event stream and the object store."""
 
+import asyncio
+import threading
 from datetime import timedelta
 
 import pytest
@@ -10,7 +12,7 @@ from sqlalchemy import event
 
 from crossfarm.controller import jobs, placer
 from crossfarm.controller.builds import submit_build
-from crossfarm.controller.farm import Farm
+from crossfarm.controller.farm import Doorbell, Farm
 from crossfarm.controller.settings import ControllerSettings
 from crossfarm.controller.store import Store
 from crossfarm.controller.store.builds import NewBuild, NewJob
@@ -774,3 +776,22 @@ def test_a_held_job_moves_at_once_when_only_an_allowed_fallback_is_online(farm):
     job = _job(farm, build)
     assert (job.queue.name, job.attempt, job.waiting) == (ARM64_CROSS, 1, None)
     assert [q for _, q in farm.queue.sent] == [ARM64_CROSS]
+
+
+def test_a_submit_issues_as_many_statements_with_3000_held_jobs_as_with_none(make_farm):
+    farm = make_farm()
+    _arm64(farm)
+    empty = _statements(farm, lambda: _submit(farm))
+    _flood(farm, 3000)
+    assert _statements(farm, lambda: _submit(farm)) == empty
+
+
+def test_a_ring_from_another_thread_wakes_the_placers_wait():
+    bell = Doorbell()
+
+    async def wait_for_a_ring():
+        bell.bind()
+        threading.Thread(target=bell.ring).start()
+        await bell.wait(timeout_s=3600)  # returns on the ring, not the timeout
+
+    asyncio.run(asyncio.wait_for(wait_for_a_ring(), timeout=60))
