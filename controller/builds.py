@@ -1,5 +1,6 @@
 """The build use-cases: submit, cancel, list and view a build. Routes only translate;
-a job's own lifecycle (enqueue, start, finish, re-run) is in jobs.py."""
+a job's own lifecycle (send, start, finish, re-run) is in jobs.py, when it is sent
+is the placer's call."""
 
 from __future__ import annotations
 
