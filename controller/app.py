@@ -17,7 +17,7 @@ from crossfarm.controller.api import builds as builds_api
 from crossfarm.controller.api import jobs as jobs_api
 from crossfarm.controller.api import sources as sources_api
 from crossfarm.controller.api import workers as workers_api
-from crossfarm.controller.farm import Farm
+from crossfarm.controller.farm import Doorbell, Farm
 from crossfarm.controller.queue import CeleryJobQueue
 from crossfarm.controller.settings import ControllerSettings, load_settings
 from crossfarm.controller.store import Store
@@ -60,15 +60,21 @@ def create_farm(settings: ControllerSettings) -> Farm:
     )
 
 
-async def _every(interval_s: float, chore: Callable[[Farm], object], farm: Farm) -> None:
-    """Run a chore (the placer, the upload sweep) every interval; a failed pass is
-    logged, never fatal."""
+async def _every(interval_s: float, chore: Callable[[Farm], object], farm: Farm,
+                 doorbell: Doorbell | None = None) -> None:
+    """Run a chore (the placer, the upload sweep) every interval, and at once when its
+    doorbell rings; a failed pass is logged, never fatal."""
+    if doorbell is not None:
+        doorbell.bind()
     while True:
         try:
             await run_in_threadpool(chore, farm)
         except Exception:  # the next pass retries; the controller must keep serving
             log.exception("%s pass failed", chore.__module__)
-        await asyncio.sleep(interval_s)
+        if doorbell is None:
+            await asyncio.sleep(interval_s)
+        else:
+            await doorbell.wait(interval_s)
 
 
 def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAPI:
@@ -79,7 +85,8 @@ def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAP
         running: Farm = app.state.farm
         auth.check_start(running.settings, running.store.tokens)
         chores = [
-            asyncio.create_task(_every(running.settings.placer_interval_s, placer.tick, running)),
+            asyncio.create_task(_every(running.settings.placer_interval_s, placer.tick, running,
+                                       running.doorbell)),
             asyncio.create_task(_every(running.settings.upload_sweep_s, uploads.sweep, running)),
         ]
         yield

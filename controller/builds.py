@@ -1,5 +1,6 @@
 """The build use-cases: submit, cancel, list and view a build. Routes only translate;
-a job's own lifecycle (enqueue, start, finish, re-run) is in jobs.py."""
+a job's own lifecycle (send, start, finish, re-run) is in jobs.py, when it is sent
+is the placer's call."""
 
 from __future__ import annotations
 
@@ -22,10 +23,13 @@ _RESERVED_ENV = frozenset({"CARGO_HOME", "CARGO_TARGET_DIR", "HOME", "PATH", "CA
 
 def submit_build(farm: Farm, request: BuildRequest, tenant: str = DEFAULT_TENANT, *,
                  submitter: str | None = None, any_source: bool = False) -> BuildView:
-    """Check a request, record it as `tenant`'s, submitted by `submitter` (the request's
-    own `submitter` field is a client's claim, never recorded), and enqueue one job per
-    target on the queue its placement policy picks from the fleet's state. The source
-    must be the tenant's own unless `any_source` (an operator's build)."""
+    """Check a request and record it as `tenant`'s, submitted by `submitter` (the
+    request's own `submitter` field is a client's claim, never recorded), one job per
+    target on the queue its placement policy picks from the workers' heartbeats; the
+    placer sends each job when a slot is free and its tenant's turn comes (rung now, so
+    an idle worker starts it at once). Nothing here reads the queue: a submit costs the
+    same at any depth. The source must be the tenant's own unless `any_source` (an
+    operator's build)."""
     arches = [target_arch(target) for target in request.targets]
     timeout_s = _check_request(farm, request, None if any_source else tenant)
     quotas.check_submit(farm, tenant, len(request.targets))
@@ -48,8 +52,7 @@ def submit_build(farm: Farm, request: BuildRequest, tenant: str = DEFAULT_TENANT
         ],
     )
     build = farm.store.builds.add(new)
-    for job in build.jobs:
-        jobs.enqueue(farm, build.build_id, job)
+    farm.doorbell.ring()
     return farm.store.builds.get(build.build_id)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 from dataclasses import dataclass, field
 
@@ -49,6 +51,37 @@ class Counters:
                              trees_created=self.trees_created)
 
 
+class Doorbell:
+    """Rung when a job may start now (a submit, a finished job, a new worker), so the
+    placer runs at once instead of at its next interval. Rung from any thread; waited on
+    by the placer's loop."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+
+    def ring(self) -> None:
+        loop, rung = self._loop, self._event
+        if loop is None or rung is None:
+            return  # no placer loop (a test, a one-off script): its ticks are called by hand
+        with contextlib.suppress(RuntimeError):  # the loop closed: the controller stops
+            loop.call_soon_threadsafe(rung.set)
+
+    def bind(self) -> None:
+        """Attach to the running loop: call from it before the first ring that counts."""
+        self._loop, self._event = asyncio.get_running_loop(), asyncio.Event()
+
+    async def wait(self, timeout_s: float) -> None:
+        """Until rung or `timeout_s` passed. A ring while the caller worked since its last
+        wait counts: the next wait returns at once."""
+        if self._event is None:
+            self.bind()
+        assert self._event is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout_s)
+        self._event.clear()
+
+
 @dataclass(frozen=True)
 class Farm:
     """What the use-cases work with."""
@@ -59,3 +92,4 @@ class Farm:
     events: Events
     storage: ObjectStore
     counters: Counters = field(default_factory=Counters)
+    doorbell: Doorbell = field(default_factory=Doorbell)

@@ -1,12 +1,15 @@
-"""The fleet: workers register and heartbeat; the controller says who is online and
-how deep each architecture's backlog is."""
+"""The fleet: workers register and heartbeat; the controller says who is online, how
+many jobs each queue's online workers can run at once, and how deep each
+architecture's backlog is."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from crossfarm.controller.farm import Farm
 from crossfarm.controller.placement import Capacity
+from crossfarm.controller.store.workers import WorkerRecord
 from crossfarm.shared import keys
 from crossfarm.shared.arch import Arch, BuildMode
 from crossfarm.shared.ids import JobId
@@ -35,13 +38,17 @@ def worker_state(last_seen: datetime, now: datetime, lost_after_s: int,
 
 def heartbeat(farm: Farm, name: str, info: WorkerHeartbeat, fresh_start: bool
               ) -> HeartbeatReply:
-    return HeartbeatReply(drain=farm.store.workers.heartbeat(name, info, fresh_start),
-                          lost_after_s=farm.settings.lost_after_s)
+    """One row written, nothing read beyond it: a heartbeat never waits on placement."""
+    drain = farm.store.workers.heartbeat(name, info, fresh_start)
+    if fresh_start:
+        farm.doorbell.ring()  # its slots are free now
+    return HeartbeatReply(drain=drain, lost_after_s=farm.settings.lost_after_s)
 
 
 def set_drain(farm: Farm, name: str, drain: bool) -> WorkerView:
     """Ask a worker to stop taking jobs (it finishes its running ones), or to resume."""
     farm.store.workers.set_drain(name, drain)
+    farm.doorbell.ring()
     return next(w for w in fleet(farm).workers if w.name == name)
 
 
@@ -51,10 +58,48 @@ def _leases_of(info: WorkerHeartbeat, jobs: set[JobId]) -> WorkerHeartbeat:
         lease for lease in info.running if lease.rpartition("-")[0] in jobs]})
 
 
+@dataclass(frozen=True)
+class Roster:
+    """The workers at one instant, as placement needs them: read from their heartbeats
+    alone, never from the jobs."""
+
+    workers: dict[str, WorkerRecord]
+    states: dict[str, WorkerState]
+    #: how many online workers serve each queue
+    served: Capacity
+    #: how many jobs the online workers serving each queue run at once, together
+    slots: dict[keys.QueueKey, int]
+    #: the task ids ("<job>-<attempt>") some worker not lost says it runs
+    active: frozenset[str]
+
+
+def roster(farm: Farm, now: datetime | None = None) -> Roster:
+    """The workers at `now` (by default the present)."""
+    now = now or datetime.now(UTC)
+    workers = {w.name: w for w in farm.store.workers.all()}
+    # DRAINING and DRAINED differ only in the running jobs, which placement ignores.
+    states = {w.name: worker_state(w.last_seen, now, farm.settings.lost_after_s,
+                                   requested=w.drain, confirmed=w.info.draining)
+              for w in workers.values()}
+    online = [w for w in workers.values() if states[w.name] is WorkerState.ONLINE]
+    slots: dict[keys.QueueKey, int] = {}
+    for worker in online:
+        for queue in worker.info.queues:
+            try:
+                key = keys.QueueKey.parse(queue)
+            except ValueError:
+                continue  # a queue this controller does not know: no slot for it
+            slots[key] = slots.get(key, 0) + worker.info.concurrency
+    return Roster(
+        workers=workers, states=states,
+        served=Capacity.from_queues(w.info.queues for w in online), slots=slots,
+        active=frozenset(task for w in workers.values() if states[w.name] is not WorkerState.LOST
+                         for task in w.info.running))
+
+
 def capacity(farm: Farm, now: datetime | None = None) -> Capacity:
     """What the online workers serve (at `now`, by default the present)."""
-    return Capacity.from_queues(
-        w.info.queues for w in fleet(farm, now).workers if w.state is WorkerState.ONLINE)
+    return roster(farm, now).served
 
 
 def fleet(farm: Farm, now: datetime | None = None, tenant: str | None = None) -> Fleet:
@@ -79,7 +124,7 @@ def fleet(farm: Farm, now: datetime | None = None, tenant: str | None = None) ->
             last_seen=w.last_seen, started_at=w.started_at, running_jobs=own,
             other_tenants_jobs=len(jobs) - len(own), drain_requested=w.drain,
             info=w.info if tenant is None else _leases_of(w.info, set(own))))
-    oldest = farm.store.jobs.oldest_queued()
+    waiting = farm.store.jobs.waiting_by_arch()
     served = Capacity.from_queues(v.info.queues for v in views if v.state is WorkerState.ONLINE)
     arches = [
         ArchSummary(
@@ -88,9 +133,8 @@ def fleet(farm: Farm, now: datetime | None = None, tenant: str | None = None) ->
             cross_workers=served.online.get(keys.QueueKey(arch, BuildMode.CROSS), 0),
             emulating_workers=served.online.get(
                 keys.QueueKey(arch, BuildMode.EMULATED), 0),
-            queue_depth=sum(farm.events.queue_depth(keys.QueueKey(arch, mode).name)
-                            for mode in BuildMode),
-            oldest_waiting=oldest.get(arch),
+            queue_depth=waiting[arch][0] if arch in waiting else 0,
+            oldest_waiting=waiting[arch][1] if arch in waiting else None,
         )
         for arch in Arch
     ]

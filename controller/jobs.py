@@ -1,5 +1,6 @@
-"""The job lifecycle: send a recorded job to its queue, let a worker start it, record
-how it ended, re-run or move it; each move is told to the build's live stream.
+"""The job lifecycle: send the jobs the placer claimed to their queues, let a worker
+start one, record how it ended, re-run or move it; each move is told to the build's
+live stream.
 
 The use-cases of a build as a whole (submit, cancel, list, view) are in builds.py;
 the placer decides when a job moves, this module moves it.
@@ -20,40 +21,59 @@ from crossfarm.shared.wire import Event, JobFinished, JobMessage, JobStarted, Jo
 log = logging.getLogger(__name__)
 
 
-def tell(farm: Farm, build_id: BuildId, event: Event) -> None:
+def tell(farm: Farm, build_id: BuildId, event: Event, if_streamed: bool = False) -> None:
     """Add to a build's live stream. The record is already updated, so a Redis outage
-    only costs a live line: followers re-check the record and still see the end."""
+    only costs a live line: followers re-check the record and still see the end.
+    `if_streamed`: only to a stream that exists, for news the record also keeps (what a
+    held job waits for), so a build nobody follows costs no stream."""
     try:
-        farm.events.append(build_id, event)
+        farm.events.append(build_id, event, if_exists=if_streamed)
     except BrokerError as exc:
         log.warning("event for %s not streamed: %s", build_id, exc.message)
 
 
-def enqueue(farm: Farm, build_id: BuildId, job: JobView) -> None:
-    """Send a recorded job to its queue. If the broker is away, the job stays queued in
-    the record: the placer re-sends a queued job whose message the broker does not hold
-    (reconcile_after_s), so an accepted build survives a Redis outage."""
-    settings = farm.store.builds.settings(build_id, job.target)
-    message = JobMessage(
-        job_id=job.job_id, build_id=build_id, target=job.target, attempt=job.attempt,
-        source=settings.source, cargo=settings.cargo, timeout_s=settings.timeout_s,
-        env=settings.env, limits=farm.settings.tree_limits().to_wire(),
-    )
-    try:
-        farm.events.set_attempt(job.job_id, job.attempt)
-        farm.queue.enqueue(message, job.queue)
-    except Exception as exc:  # the broker's errors are many; the record must say what happened
-        log.warning("job %s stays queued: could not send it to %s: %s",
-                    job.job_id, job.queue, exc)
-        tell(farm, build_id, Event(
-            kind="log", target=job.target,
-            line=f"crossfarm: the broker is unreachable ({exc}); the job stays queued "
-                 f"and is sent once it is back"))
-        return
-    if job.attempt > 1:
-        # A first attempt is queued as every job starts: the events route opens each
-        # stream with that from the record, so a build nobody watches costs no stream.
-        tell(farm, build_id, Event(kind="state", target=job.target, state=BuildState.QUEUED))
+#: what a held job waits for while its message cannot reach the broker
+BROKER_AWAY = "queued: the broker is unreachable; the job is sent once it is back"
+
+
+def send(farm: Farm, claimed: list[JobRecord]) -> list[JobRecord]:
+    """Send the messages of jobs the placer claimed (marked sent in the record first, so
+    no other placer sends them too). If the broker is away, that job and the rest are
+    held again and the next tick retries: an accepted build survives a Redis outage.
+    Returns the jobs held again."""
+    settings = farm.store.builds.settings_of([(r.build_id, r.view.target) for r in claimed])
+    for index, record in enumerate(claimed):
+        job = record.view
+        build = settings[(record.build_id, job.target)]
+        message = JobMessage(
+            job_id=job.job_id, build_id=record.build_id, target=job.target,
+            attempt=job.attempt, source=build.source, cargo=build.cargo,
+            timeout_s=build.timeout_s, env=build.env,
+            limits=farm.settings.tree_limits().to_wire(),
+        )
+        try:
+            farm.events.set_attempt(job.job_id, job.attempt)
+            farm.queue.enqueue(message, job.queue)
+        except Exception as exc:  # the broker's errors are many; the record must say what happened
+            log.warning("jobs stay queued: could not send %s to %s: %s",
+                        job.job_id, job.queue, exc)
+            held = claimed[index:]
+            for other in held:
+                assert other.sent_at is not None
+                farm.store.jobs.unclaim(other.view.job_id, other.view.attempt, other.sent_at,
+                                        waiting=BROKER_AWAY)
+                if other.view.waiting != BROKER_AWAY:
+                    tell(farm, other.build_id, Event(
+                        kind="log", target=other.view.target,
+                        line=f"crossfarm: the broker is unreachable ({exc}); the job stays "
+                             f"queued and is sent once it is back"))
+            return held
+        if job.attempt > 1:
+            # A first attempt is queued as every job starts: the events route opens each
+            # stream with that from the record, so a build nobody watches costs no stream.
+            tell(farm, record.build_id, Event(kind="state", target=job.target,
+                                              state=BuildState.QUEUED))
+    return []
 
 
 def start(farm: Farm, job_id: JobId, report: JobStarted) -> StartVerdict:
@@ -92,6 +112,7 @@ def finish(farm: Farm, job_id: JobId, attempt: int, outcome: Outcome) -> JobView
     moved = farm.store.jobs.finish(job_id, attempt, outcome)
     if moved is None:
         return None
+    farm.doorbell.ring()  # its slot is free
     tell(farm, record.build_id, Event(kind="state", target=moved.target, state=outcome.state))
     build = farm.store.builds.get(record.build_id)
     if build.state.terminal:
@@ -101,7 +122,7 @@ def finish(farm: Farm, job_id: JobId, attempt: int, outcome: Outcome) -> JobView
 
 def rerun(farm: Farm, record: JobRecord, decision: Decision, why: str) -> None:
     """Run a running job again under the next attempt, on the queue `decision` names,
-    as its worker no longer does (`why`)."""
+    as its worker no longer does (`why`): held, the placer sends it when a slot is free."""
     job = record.view
     moved = farm.store.jobs.retry(job.job_id, job.attempt, decision.queue,
                                   f"{decision.placed} (attempt {job.attempt + 1}: {why})")
@@ -110,13 +131,12 @@ def rerun(farm: Farm, record: JobRecord, decision: Decision, why: str) -> None:
         tell(farm, record.build_id, Event(
             kind="log", target=job.target,
             line=f"crossfarm: {why}; re-running as attempt {moved.attempt}"))
-        enqueue(farm, record.build_id, moved)
 
 
 def resend(farm: Farm, record: JobRecord, decision: Decision) -> None:
-    """Send a queued job again, under the next attempt, to the queue `decision` names."""
+    """Hold a sent job again, under the next attempt, on the queue `decision` names: the
+    message already sent can no longer start it, and the placer sends the new one."""
     job = record.view
     moved = farm.store.jobs.requeue(job.job_id, job.attempt, decision.queue, decision.placed)
     if moved is not None:
-        log.info("job %s sent to %s: %s", job.job_id, decision.queue, decision.placed)
-        enqueue(farm, record.build_id, moved)
+        log.info("job %s moves to %s: %s", job.job_id, decision.queue, decision.placed)

@@ -43,10 +43,14 @@ MAX_LOG_BYTES = 64 * 1024**2
 # Atomic, so two workers' jobs of one build cannot both slip past the bound.
 # KEYS: stream, byte counter. ARGV: event, its size, retention, byte bound, count bound,
 # "1" if the event is a log line (may be dropped), the notice to append once instead,
-# "1" if it is the build's end, the time the stream stays once ended.
+# "1" if it is the build's end, the time the stream stays once ended, "1" to add only to
+# a stream that exists (a line only a present follower needs).
 # An end entry carries a second field, so the next append sees the stream is over: late
 # lines (a cancelled build's container still printing) would only push its expiry back.
 _APPEND = """
+if ARGV[10] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then
+    return false
+end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
 if last and #last[2] > 2 then
     return false
@@ -117,10 +121,10 @@ class Events:
         self._append = self._redis.register_script(_APPEND)
 
     @_translated
-    def append(self, build_id: BuildId, event: Event, max_log_bytes: int = MAX_LOG_BYTES
-               ) -> str | None:
-        """Add an event; its entry id, or None for a log line past the stream's bound or
-        any event after the stream's end."""
+    def append(self, build_id: BuildId, event: Event, max_log_bytes: int = MAX_LOG_BYTES,
+               if_exists: bool = False) -> str | None:
+        """Add an event; its entry id, or None for a log line past the stream's bound, any
+        event after the stream's end, or (`if_exists`) a build with no stream yet."""
         body = event.model_dump_json(exclude_none=True)
         notice = Event(kind="log", target=event.target,
                        line=f"crossfarm: this build's live log passed {max_log_bytes} bytes; "
@@ -130,7 +134,8 @@ class Events:
             keys=[keys.events_stream(build_id), keys.events_bytes(build_id)],
             args=[body, len(body), RETENTION_S, max_log_bytes, MAX_EVENTS,
                   "1" if event.kind == "log" else "0", notice,
-                  "1" if event.kind == "end" else "0", self._ended_ttl_s])
+                  "1" if event.kind == "end" else "0", self._ended_ttl_s,
+                  "1" if if_exists else "0"])
         if entry_id is None:
             return None
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)

@@ -364,7 +364,7 @@ class ArchSummary(Wire):
     cross_workers: int = 0
     #: online workers that build it under emulation
     emulating_workers: int = 0
-    #: messages waiting in its native, cross and emulated queues together
+    #: its jobs waiting to start, held by the placer or sent to a queue
     queue_depth: int
     oldest_waiting: datetime | None
 

@@ -130,13 +130,18 @@ def _resume_point(last_event_id: str | None, after: str | None) -> str:
 
 
 def _opening(build: BuildView, after: str) -> list[tuple[str, Event]]:
-    """Each job's first state, as ids 0-1, 0-2, ...: below any id Redis gives, so a client
-    that resumes inside the opening gets the rest of it and then the whole stream."""
+    """Each job's first state, then what a job still queued waits for, as ids 0-1, 0-2,
+    ...: below any id Redis gives, so a client that resumes inside the opening gets the
+    rest of it and then the whole stream. Both come from the record: a held build's
+    stream is created only once something happens to it."""
     ms, seq = parse_event_id(after)
     if ms:
         return []
-    return [(f"0-{n}", Event(kind="state", target=job.target, state=BuildState.QUEUED))
-            for n, job in enumerate(build.jobs, start=1) if n > seq]
+    events = [Event(kind="state", target=job.target, state=BuildState.QUEUED)
+              for job in build.jobs]
+    events += [Event(kind="log", target=job.target, line=f"crossfarm: {job.waiting}")
+               for job in build.jobs if job.state is BuildState.QUEUED and job.waiting]
+    return [(f"0-{n}", event) for n, event in enumerate(events, start=1) if n > seq]
 
 
 async def _sse(

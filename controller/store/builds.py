@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, exists, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select
+from sqlalchemy.orm import Session, lazyload
 
 from crossfarm.controller.store.jobs import job_view
 from crossfarm.controller.store.schema import (
@@ -63,8 +63,8 @@ class BuildSettings:
     env: dict[str, str]
 
 
-def _build_view(build: BuildRow) -> BuildView:
-    jobs = [job_view(job) for job in build.jobs]
+def _build_view(build: BuildRow, positions: dict[str, int] | None = None) -> BuildView:
+    jobs = [job_view(job, (positions or {}).get(job.id)) for job in build.jobs]
     return BuildView(
         build_id=BuildId(build.id),
         state=overall_state(job.state for job in jobs),
@@ -103,7 +103,9 @@ class BuildStore:
                     queue=job.queue.name,
                     state=BuildState.QUEUED.value, attempt=1, queued_at=created,
                     placement=job.placement, placed=job.placed, waiting=job.waiting,
-                    wait_limit_s=job.wait_limit_s, sent_at=created,
+                    wait_limit_s=job.wait_limit_s, sent_at=None,
+                    deadline=(created + timedelta(seconds=job.wait_limit_s)
+                              if job.wait_limit_s is not None else None),
                 )
                 for job in new.jobs
             ],
@@ -113,25 +115,53 @@ class BuildStore:
         return _build_view(build)
 
     def get(self, build_id: BuildId, tenant: str | None = None) -> BuildView:
-        """A build; with `tenant`, only that tenant's (another's is as absent as one never
-        submitted, so ids tell nothing)."""
+        """A build with each held job's place in line, counted now rather than stored, so
+        a queue moving on rewrites no row. With `tenant`, only that tenant's (another's is
+        as absent as one never submitted, so ids tell nothing)."""
         with self._db.session() as session:
-            return _build_view(self._row(session, build_id, tenant))
+            build = self._row(session, build_id, tenant)
+            positions = {job.id: self._position(session, job) for job in build.jobs
+                         if job.state == BuildState.QUEUED.value and job.sent_at is None}
+            return _build_view(build, positions)
+
+    @staticmethod
+    def _position(session: Session, job: JobRow) -> int:
+        """1 + the held jobs of its queue queued before it."""
+        ahead = session.scalar(select(func.count()).select_from(JobRow).where(
+            JobRow.state == BuildState.QUEUED.value, JobRow.sent_at.is_(None),
+            JobRow.queue == job.queue,
+            or_(JobRow.queued_at < job.queued_at,
+                and_(JobRow.queued_at == job.queued_at, JobRow.id < job.id))))
+        return 1 + (ahead or 0)
 
     def settings(self, build_id: BuildId, target: str) -> BuildSettings:
         """What a job message of `target` repeats from its build."""
+        return self.settings_of([(build_id, target)])[(build_id, target)]
+
+    def settings_of(self, jobs: list[tuple[BuildId, str]]
+                    ) -> dict[tuple[BuildId, str], BuildSettings]:
+        """`settings` of many jobs in one read (the placer sends jobs in batches)."""
+        ids = sorted({build_id for build_id, _ in jobs})
         with self._db.session() as session:
-            build = self._row(session, build_id)
+            builds = {b.id: b for b in session.scalars(
+                select(BuildRow).where(BuildRow.id.in_(ids)).options(lazyload(BuildRow.jobs)))}
+            missing = [build_id for build_id in ids if build_id not in builds]
+            if missing:
+                raise NotFound(f"no build {missing[0]}")
             # No values left means none were given or every job has ended (the job store
             # drops them then): a message sent after that is for a job that can no
             # longer start, so it goes without them.
-            env = self._vault.open(build.env_sealed, build_id) if build.env_sealed else {}
-            return BuildSettings(
-                source=SourceDigest(build.source),
-                cargo=CargoSpec.model_validate(build.cargo),
-                timeout_s=build.timeout_s,
-                env={**env.get("all", {}), **env.get(target, {})},
+            envs = {build_id: self._vault.open(b.env_sealed, BuildId(build_id))
+                    if b.env_sealed else {} for build_id, b in builds.items()}
+        return {
+            (build_id, target): BuildSettings(
+                source=SourceDigest(builds[build_id].source),
+                cargo=CargoSpec.model_validate(builds[build_id].cargo),
+                timeout_s=builds[build_id].timeout_s,
+                env={**envs[build_id].get("all", {}), **envs[build_id].get(target, {})},
             )
+            for build_id, target in jobs
+        }
 
     @staticmethod
     def _row(session: Session, build_id: BuildId, tenant: str | None = None) -> BuildRow:

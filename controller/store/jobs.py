@@ -1,17 +1,23 @@
 """The jobs: each state change is one conditional UPDATE (`WHERE state = current AND
 attempt = attempt`), so two racing reports cannot both win and a stale attempt cannot
-overwrite a newer one. The placer's reads are one query each, whatever the backlog.
+overwrite a newer one.
+
+A queued job is *held* (`sent_at` is NULL) until the placer claims it for a free slot and
+sends its message; the placer works on held jobs as sets, one statement per group
+(queue, placement, tenant), never one per job, so a tick costs what changed, not how
+many wait.
 
 The move that ends a build's last job also drops the sealed values of the build's
 variables, in the same transaction: no job of it can run again, so nothing needs them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, exists, func, select, update
+from sqlalchemy import exists, func, literal, select, union_all, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -33,6 +39,8 @@ from crossfarm.shared.wire import JobView, Manifest
 #: Rows per IN (…) list, to stay under SQL parameter limits.
 _CHUNK = 500
 _TERMINAL = [state.value for state in BuildState if state.terminal]
+#: a queued job the placer has not sent yet
+_HELD = (JobRow.state == BuildState.QUEUED.value) & JobRow.sent_at.is_(None)
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,32 @@ class Outcome:
     manifest: Manifest | None = None
 
 
-def job_view(job: JobRow) -> JobView:
+@dataclass(frozen=True)
+class HeldGroup:
+    """Held jobs that share a queue, a placement, a tenant and a waiting text."""
+
+    queue: QueueKey
+    placement: Placement
+    tenant: str
+    waiting: str | None
+    count: int
+    oldest: datetime
+
+
+@dataclass(frozen=True)
+class Moved:
+    """A job a set-based move changed: whose stream to tell."""
+
+    job_id: JobId
+    build_id: BuildId
+    target: str
+
+
+def job_view(job: JobRow, position: int | None = None) -> JobView:
+    """`position`: a held job's place in line, appended to what it waits for."""
+    waiting = job.waiting
+    if position is not None:
+        waiting = f"{waiting or 'queued'}; position {position} in {job.queue}"
     return JobView(
         job_id=JobId(job.id),
         target=job.target,
@@ -69,7 +102,7 @@ def job_view(job: JobRow) -> JobView:
         consumed_from=job.consumed_from,
         placement=Placement(job.placement),
         placed=job.placed,
-        waiting=job.waiting,
+        waiting=waiting,
         wait_limit_s=job.wait_limit_s,
         queued_at=job.queued_at,
         started_at=job.started_at,
@@ -109,6 +142,119 @@ class JobStore:
     def running(self) -> list[JobRecord]:
         return self._where(JobRow.state == BuildState.RUNNING.value)
 
+    def in_flight(self) -> list[JobRecord]:
+        """The jobs a worker holds or will take next: running, or queued and sent. As many
+        as the fleet has slots (plus what lost workers left), whatever the backlog."""
+        return self._where((JobRow.state == BuildState.RUNNING.value)
+                           | ((JobRow.state == BuildState.QUEUED.value)
+                              & JobRow.sent_at.is_not(None)))
+
+    def overdue(self, at: datetime) -> list[JobRecord]:
+        """Queued jobs past their wait limit at `at`."""
+        return self._where((JobRow.state == BuildState.QUEUED.value) & (JobRow.deadline < at))
+
+    def held_groups(self) -> list[HeldGroup]:
+        """The held jobs, counted per queue, placement, tenant and waiting text."""
+        with self._db.session() as session:
+            rows = session.execute(
+                select(JobRow.queue, JobRow.placement, JobRow.tenant, JobRow.waiting,
+                       func.count(), func.min(JobRow.queued_at))
+                .where(_HELD).group_by(JobRow.queue, JobRow.placement, JobRow.tenant,
+                                       JobRow.waiting)).all()
+        return [HeldGroup(queue=QueueKey.parse(queue), placement=Placement(placement),
+                          tenant=tenant, waiting=waiting, count=count, oldest=as_utc(oldest))
+                for queue, placement, tenant, waiting, count, oldest in rows]
+
+    def next_held(self, wanted: dict[tuple[QueueKey, str], int]) -> list[JobRecord]:
+        """Per (queue, tenant), its oldest `n` held jobs: one statement, each part read
+        off the index in order."""
+        parts = [
+            select(JobRow.id).where(_HELD, JobRow.queue == queue.name, JobRow.tenant == tenant)
+            .order_by(JobRow.queued_at, JobRow.id).limit(n).subquery().select()
+            for (queue, tenant), n in sorted(wanted.items()) if n > 0
+        ]
+        if not parts:
+            return []
+        return self._where(JobRow.id.in_(union_all(*parts).scalar_subquery()),
+                           order=(JobRow.queued_at, JobRow.id))
+
+    def last_sent(self, pairs: Iterable[tuple[Arch, str]]) -> dict[tuple[Arch, str], datetime]:
+        """When a job of each (architecture, tenant) was last sent: one statement, each
+        part an index seek (the tenant's history is not read)."""
+        parts = [
+            select(literal(arch.value).label("arch"), literal(tenant).label("tenant"),
+                   func.max(JobRow.sent_at).label("sent"))
+            .where(JobRow.arch == arch.value, JobRow.tenant == tenant)
+            for arch, tenant in sorted(set(pairs))
+        ]
+        if not parts:
+            return {}
+        with self._db.session() as session:
+            rows = session.execute(union_all(*parts)).all()
+        return {(Arch(arch), tenant): as_utc(sent) for arch, tenant, sent in rows
+                if sent is not None}
+
+    def claim(self, records: Sequence[JobRecord], at: datetime) -> list[JobRecord]:
+        """Mark held jobs sent at `at`, before their messages go: the ones still held come
+        back. Rows another controller holds are skipped (SKIP LOCKED on PostgreSQL; SQLite
+        has one writer), and the UPDATE re-checks that each is still held."""
+        by_id = {record.view.job_id: record for record in records}
+        claimed: list[JobRecord] = []
+        ids = list(by_id)
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start:start + _CHUNK]
+            with self._db.session() as session:
+                free = session.scalars(select(JobRow.id).where(JobRow.id.in_(chunk), _HELD)
+                                       .with_for_update(skip_locked=True)).all()
+                if not free:
+                    continue
+                won = session.scalars(
+                    update(JobRow).where(JobRow.id.in_(free), _HELD)
+                    .values(sent_at=at, waiting=None).returning(JobRow.id)
+                    .execution_options(synchronize_session=False)).all()
+            claimed += [replace(by_id[JobId(job_id)], sent_at=at) for job_id in won]
+        return claimed
+
+    def unclaim(self, job_id: JobId, attempt: int, sent_at: datetime, waiting: str) -> bool:
+        """Hold a claimed job again, as its message could not be sent (`waiting` says
+        why); False if it moved on."""
+        with self._db.session() as session:
+            result = session.execute(
+                update(JobRow).where(JobRow.id == job_id, JobRow.attempt == attempt,
+                                     JobRow.state == BuildState.QUEUED.value,
+                                     JobRow.sent_at == sent_at)
+                .values(sent_at=None, waiting=waiting)
+                .execution_options(synchronize_session=False))
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def move_held(self, queue: QueueKey, placement: Placement, to: QueueKey, placed: str,
+                  queued_before: datetime | None = None) -> list[Moved]:
+        """Move the held jobs of one queue and placement (those queued before
+        `queued_before`, if given) to another queue. No attempt changes: no message of
+        the current attempt was ever sent."""
+        where = [_HELD, JobRow.queue == queue.name, JobRow.placement == placement.value]
+        if queued_before is not None:
+            where.append(JobRow.queued_at < queued_before)
+        return self._update_held(where, {"queue": to.name, "placed": placed, "waiting": None})
+
+    def tell_waiting(self, queue: QueueKey, placement: Placement, tenant: str, text: str
+                     ) -> list[Moved]:
+        """Set what the held jobs of one group wait for, on the rows whose text differs."""
+        return self._update_held(
+            [_HELD, JobRow.queue == queue.name, JobRow.placement == placement.value,
+             JobRow.tenant == tenant, JobRow.waiting.is_distinct_from(text)],
+            {"waiting": text})
+
+    def _update_held(self, where: Iterable[ColumnElement[bool]], values: dict[str, Any]
+                     ) -> list[Moved]:
+        with self._db.session() as session:
+            rows = session.execute(
+                update(JobRow).where(*where).values(**values)
+                .returning(JobRow.id, JobRow.build_id, JobRow.target)
+                .execution_options(synchronize_session=False)).all()
+        return [Moved(JobId(job_id), BuildId(build_id), target)
+                for job_id, build_id, target in rows]
+
     def _where(self, criterion: ColumnElement[bool], order: tuple[Any, ...] = ()
                ) -> list[JobRecord]:
         with self._db.session() as session:
@@ -125,14 +271,16 @@ class JobStore:
             running.setdefault(worker or "", []).append(JobId(job_id))
         return running
 
-    def oldest_queued(self) -> dict[Arch, datetime]:
-        """Architecture -> when its longest-waiting queued job was queued."""
+    def waiting_by_arch(self) -> dict[Arch, tuple[int, datetime]]:
+        """Architecture -> how many of its jobs are queued (held or sent), and when the
+        longest-waiting one was queued."""
         with self._db.session() as session:
             rows = session.execute(
-                select(JobRow.arch, func.min(JobRow.queued_at))
+                select(JobRow.arch, func.count(), func.min(JobRow.queued_at))
                 .where(JobRow.state == BuildState.QUEUED.value).group_by(JobRow.arch)
             ).all()
-        return {Arch(arch): as_utc(when) for arch, when in rows if when is not None}
+        return {Arch(arch): (count, as_utc(when)) for arch, count, when in rows
+                if when is not None}
 
     def start(self, job_id: JobId, attempt: int, worker: str | None = None,
               mode: BuildMode | None = None, consumed_from: str | None = None
@@ -199,13 +347,13 @@ class JobStore:
 
     def requeue(self, job_id: JobId, attempt: int, queue: QueueKey, placed: str
                 ) -> JobView | None:
-        """Move a queued job to another queue under a new attempt number, so the message
-        left in the old queue is refused when a worker picks it up. None if the job
-        moved on (started, cancelled or requeued) in the meantime."""
+        """Hold a sent job again, on `queue`, under a new attempt number, so the message
+        left in the broker is refused when a worker picks it up; the placer sends the new
+        one. None if the job moved on (started, cancelled or requeued) in the meantime."""
         with self._db.session() as session:
             moved = self._update(session, job_id, BuildState.QUEUED, attempt, {
                 "attempt": attempt + 1, "queue": queue.name, "placed": placed,
-                "waiting": None, "sent_at": now()})
+                "waiting": None, "sent_at": None})
         return self.get(job_id).view if moved else None
 
     def retry(self, job_id: JobId, attempt: int, queue: QueueKey, placed: str
@@ -217,28 +365,5 @@ class JobStore:
             moved = self._update(session, job_id, BuildState.RUNNING, attempt, {
                 "state": BuildState.QUEUED.value, "attempt": attempt + 1, "queue": queue.name,
                 "placed": placed, "waiting": None, "worker": None, "mode": None,
-                "consumed_from": None, "started_at": None, "sent_at": now()})
+                "consumed_from": None, "started_at": None, "sent_at": None})
         return self.get(job_id).view if moved else None
-
-    def set_waiting(self, waiting: dict[JobId, str | None]) -> list[JobId]:
-        """Record, per queued job id, what it is waiting for; returns the ids whose text
-        changed. One transaction: one read of the current texts, one batched UPDATE of
-        the rows that differ."""
-        ids = list(waiting)
-        with self._db.session() as session:
-            current: dict[str, str | None] = {}
-            for start in range(0, len(ids), _CHUNK):
-                rows = session.execute(select(JobRow.id, JobRow.waiting).where(
-                    JobRow.id.in_(ids[start:start + _CHUNK]),
-                    JobRow.state == BuildState.QUEUED.value))
-                current.update({job_id: text for job_id, text in rows})
-            changed = [job_id for job_id in ids
-                       if job_id in current and current[job_id] != waiting[job_id]]
-            if changed:
-                # On the connection, not the session: one statement run for many rows.
-                session.connection().execute(
-                    update(JobRow).where(JobRow.id == bindparam("job_id"),
-                                         JobRow.state == BuildState.QUEUED.value)
-                    .values(waiting=bindparam("text")),
-                    [{"job_id": job_id, "text": waiting[job_id]} for job_id in changed])
-        return changed

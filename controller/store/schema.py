@@ -106,7 +106,10 @@ class JobRow(Base):
     waiting: Mapped[str | None] = mapped_column(String(500))
     wait_limit_s: Mapped[int | None]
     queued_at: Mapped[datetime]
-    #: when its current attempt's message was sent to the broker
+    #: when a queued job fails unless a worker started it: queued_at + wait_limit_s
+    deadline: Mapped[datetime | None] = mapped_column(index=True)
+    #: when the placer sent its current attempt's message to the broker; None while the
+    #: placer holds it back (no free slot, or its tenant at its limit)
     sent_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -114,12 +117,23 @@ class JobRow(Base):
     reason: Mapped[str | None] = mapped_column(String(4000))
     manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
-    # The listing's state filter asks "has this build a job in state x?" per build.
-    __table_args__ = (Index("ix_jobs_build_id_state", "build_id", "state"),)
+    __table_args__ = (
+        # The listing's state filter asks "has this build a job in state x?" per build.
+        Index("ix_jobs_build_id_state", "build_id", "state"),
+        # The placer's reads: held jobs by queue and tenant, oldest first (its fair
+        # dispatch), and by queue alone (a held job's position in line, counted on read).
+        Index("ix_jobs_held", "state", "sent_at", "queue", "tenant", "queued_at", "id"),
+        Index("ix_jobs_line", "state", "sent_at", "queue", "queued_at", "id"),
+        # Covers the placer's count of held jobs per group: read off the index, in order.
+        Index("ix_jobs_groups", "state", "sent_at", "queue", "placement", "tenant", "waiting",
+              "queued_at"),
+        # When each tenant was last given a slot on an architecture: its turn in line.
+        Index("ix_jobs_turn", "arch", "tenant", "sent_at"),
+    )
 
 
 #: Bump on any change to the tables; a database made by another version is refused.
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 
 class MetaRow(Base):

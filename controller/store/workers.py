@@ -27,10 +27,12 @@ class WorkerStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def heartbeat(self, name: str, info: WorkerHeartbeat, fresh_start: bool) -> bool:
-        """Record a worker's heartbeat; `fresh_start` resets its start time. Returns
-        whether an operator asked it to drain."""
-        seen = now()
+    def heartbeat(self, name: str, info: WorkerHeartbeat, fresh_start: bool,
+                  at: datetime | None = None) -> bool:
+        """Record a worker's heartbeat (heard `at`, by default now); `fresh_start` resets
+        its start time. Returns whether an operator asked it to drain. One row, read and
+        written by primary key: nothing the placer does makes it wait long."""
+        seen = at or now()
         with self._db.session() as session:
             worker = session.get(WorkerRow, name)
             if worker is None:

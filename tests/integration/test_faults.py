@@ -115,12 +115,23 @@ def test_kill_9_of_the_pool_process_reruns_the_job_and_reaps_its_container(
     farm.stop_process("worker-pool")
 
 
-def test_redis_flushed_while_a_job_waits_the_reconciler_resends_it(farm, api, crate, only):
+def test_redis_flushed_while_a_sent_job_waits_the_reconciler_resends_it(farm, api, crate):
+    # A job reaches the broker only once the placer sends it to a free slot, so the
+    # worker is frozen first: still online for the placer (until its heartbeats are
+    # missed), it takes nothing, and the message waits in Redis to be flushed.
     source = _source(farm, crate)
-    build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
-    subprocess.run(["redis-cli", "-p", str(farm.redis_port), "FLUSHALL"], check=True,
-                   capture_output=True)
-    api.delete("/v1/workers/worker-amd64/drain")
+    worker = farm.procs["worker-amd64"].pid
+    os.killpg(worker, signal.SIGSTOP)
+    try:
+        build = api.post("/v1/builds", json={"source": source, "targets": [X86]}).json()
+        until(lambda: _job(api, build["build_id"])["waiting"] is None, "the job to be sent")
+        subprocess.run(["redis-cli", "-p", str(farm.redis_port), "FLUSHALL"], check=True,
+                       capture_output=True)
+        # Its queue empty, no worker running it: held again as attempt 2, before the
+        # worker can read a message of attempt 1 it may already hold.
+        until(lambda: _job(api, build["build_id"])["attempt"] == 2, "the re-send")
+    finally:
+        os.killpg(worker, signal.SIGCONT)
     final = _finished(api, build["build_id"])
     assert final["state"] == "succeeded"
     assert final["attempt"] == 2

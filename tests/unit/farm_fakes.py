@@ -31,7 +31,9 @@ class FakeEvents:
         self.appended = []
         self.cancelled = []
 
-    def append(self, build_id, event):
+    def append(self, build_id, event, if_exists=False):
+        if if_exists and all(b != build_id for b, _ in self.appended):
+            return None
         self.appended.append((build_id, event))
         return f"{len(self.appended)}-0"
 

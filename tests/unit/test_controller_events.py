@@ -31,7 +31,9 @@ class Recorder:
     def __init__(self):
         self.streams = {}
 
-    def append(self, build_id, event):
+    def append(self, build_id, event, if_exists=False):
+        if if_exists and build_id not in self.streams:
+            return None
         stream = self.streams.setdefault(build_id, [])
         stream.append((f"{1000 + len(stream)}-0", event))
         return stream[-1][0]
@@ -122,6 +124,7 @@ def test_a_job_sent_again_under_a_new_attempt_says_it_is_queued_again(farm):
     record = farm.store.jobs.get(build.jobs[0].job_id)
     jobs.resend(farm, record, Decision(mode=record.view.queue.mode, queue=record.view.queue,
                                        placed="again"))
+    jobs.send(farm, [farm.store.jobs.get(build.jobs[0].job_id)])  # as the placer does
     [(_, event)] = farm.events.streams[build.build_id]
     assert (event.kind, event.target, event.state) == ("state", X86, BuildState.QUEUED)
 
@@ -142,7 +145,9 @@ def test_the_stream_opens_with_each_jobs_queued_state_then_what_happened(farm, a
 def test_a_build_with_no_stream_still_opens_and_ends_when_not_followed(farm, api):
     build = _submit(farm, targets=(X86,))
     frames = _frames(api(f"/v1/builds/{build.build_id}/events?follow=false"))
-    assert [(i, e.kind) for i, e in frames] == [("0-1", "state"), ("0-1", "end")]
+    assert [(i, e.kind) for i, e in frames] == [("0-1", "state"), ("0-2", "log"),
+                                                ("0-2", "end")]
+    assert frames[1][1].line.startswith("crossfarm: waiting: no amd64 worker online")
 
 
 @pytest.mark.parametrize(("resume", "first"), [("0-1", "0-2"), ("0-2", "1000-0"),
@@ -172,7 +177,7 @@ def test_an_id_the_stream_never_sent_is_refused_with_422_before_it_starts(farm, 
 def test_an_empty_id_reads_from_the_start(farm, api):
     build = _submit(farm, targets=(X86,))
     response = api(f"/v1/builds/{build.build_id}/events?follow=false", **{"Last-Event-ID": ""})
-    assert [i for i, _ in _frames(response)] == ["0-1", "0-1"]
+    assert [i for i, _ in _frames(response)] == ["0-1", "0-2", "0-2"]
 
 
 def test_a_bad_after_parameter_is_refused_the_same_way(farm, api):

@@ -441,16 +441,16 @@ def test_nothing_runs_on_a_fresh_farm(store, built):
     assert store.jobs.running_by_worker() == {}
 
 
-def test_oldest_queued_names_each_architectures_longest_wait(store, built):
+def test_waiting_by_arch_counts_each_architectures_queued_jobs_and_its_longest_wait(store, built):
     later = _one_job_build(store, "b-0000000000000001", "j-0000000000000001")
     queued_at = {job.arch: job.queued_at for job in built.jobs}
-    oldest = store.jobs.oldest_queued()
-    assert oldest == queued_at
-    assert all(when.tzinfo is not None for when in oldest.values())
+    waiting = store.jobs.waiting_by_arch()
+    assert waiting == {"amd64": (2, queued_at["amd64"]), "arm64": (1, queued_at["arm64"])}
+    assert all(when.tzinfo is not None for _, when in waiting.values())
 
     store.jobs.start(X86_JOB, 1, worker="w1")
     store.jobs.finish(ARM_JOB, 1, Outcome(BuildState.CANCELLED))
-    assert store.jobs.oldest_queued() == {"amd64": later.jobs[0].queued_at}
+    assert store.jobs.waiting_by_arch() == {"amd64": (1, later.jobs[0].queued_at)}
 
 
 def test_blobs_stored_in_a_pack_are_located_by_it_and_others_are_not(store):
@@ -490,8 +490,8 @@ def test_a_job_reads_back_with_its_placement_and_wait_limit(store):
     assert job.wait_limit_s == 600
 
 
-def test_requeue_moves_a_queued_job_to_another_queue_under_the_next_attempt(store, built):
-    store.jobs.set_waiting({ARM_JOB: "waiting: no arm64 worker online"})
+def test_requeue_holds_a_sent_job_on_another_queue_under_the_next_attempt(store, built):
+    assert len(store.jobs.claim([store.jobs.get(ARM_JOB)], at=built.created_at)) == 1
     moved = store.jobs.requeue(ARM_JOB, 1, ARM64_CROSS, "cross: because")
     assert moved is not None
     assert (moved.queue.name, moved.attempt, moved.state) == (
@@ -499,6 +499,7 @@ def test_requeue_moves_a_queued_job_to_another_queue_under_the_next_attempt(stor
     assert moved.placed == "cross: because"
     assert moved.waiting is None
     assert moved.queued_at == store.jobs.get(ARM_JOB).view.queued_at
+    assert store.jobs.get(ARM_JOB).sent_at is None
 
 
 def test_the_old_attempt_of_a_requeued_job_can_no_longer_start_it(store, built):
@@ -519,25 +520,73 @@ def test_a_job_that_started_is_not_requeued(store, built):
     assert store.jobs.get(ARM_JOB).view.queue.name == "crossfarm.builds.arm64"
 
 
-def test_set_waiting_returns_only_the_jobs_whose_text_changed(store, built):
-    assert sorted(store.jobs.set_waiting({X86_JOB: "queued: a", ARM_JOB: "queued: b"})) == sorted(
-        [X86_JOB, ARM_JOB])
-    assert store.jobs.set_waiting({X86_JOB: "queued: a", ARM_JOB: "queued: c"}) == [ARM_JOB]
-    assert store.jobs.set_waiting({X86_JOB: "queued: a", ARM_JOB: "queued: c"}) == []
-    assert store.jobs.get(ARM_JOB).view.waiting == "queued: c"
+def test_a_new_job_is_held_until_the_placer_claims_it(store, built):
+    assert store.jobs.get(X86_JOB).sent_at is None
+    assert store.jobs.in_flight() == []
 
 
-def test_set_waiting_can_clear_the_text(store, built):
-    store.jobs.set_waiting({X86_JOB: "queued: a"})
-    assert store.jobs.set_waiting({X86_JOB: None}) == [X86_JOB]
-    assert store.jobs.get(X86_JOB).view.waiting is None
-    assert store.jobs.set_waiting({X86_JOB: None}) == []
+def test_a_claimed_job_is_in_flight_and_cannot_be_claimed_twice(store, built):
+    record = store.jobs.get(X86_JOB)
+    [claimed] = store.jobs.claim([record], at=built.created_at)
+    assert claimed.sent_at == built.created_at
+    assert store.jobs.claim([record], at=built.created_at) == []
+    assert [r.view.job_id for r in store.jobs.in_flight()] == [X86_JOB]
 
 
-def test_set_waiting_leaves_a_job_that_is_no_longer_queued_alone(store, built):
+def test_an_unclaimed_job_is_held_again_and_says_why(store, built):
+    [claimed] = store.jobs.claim([store.jobs.get(X86_JOB)], at=built.created_at)
+    assert store.jobs.unclaim(X86_JOB, 1, claimed.sent_at, waiting="queued: broker away")
+    record = store.jobs.get(X86_JOB)
+    assert (record.sent_at, record.view.waiting) == (None, "queued: broker away")
+    assert not store.jobs.unclaim(X86_JOB, 1, claimed.sent_at, waiting="queued: again")
+
+
+def test_held_jobs_are_counted_per_queue_placement_tenant_and_text(store, built):
+    _one_job_build(store, "b-0000000000000001", "j-0000000000000001")
+    groups = {(g.queue.name, g.tenant, g.waiting): g.count for g in store.jobs.held_groups()}
+    assert groups == {("crossfarm.builds.amd64", "default", None): 2,
+                      ("crossfarm.builds.arm64", "default", None): 1}
+
+
+def test_tell_waiting_writes_only_the_rows_whose_text_differs(store, built):
+    amd64, native = QueueKey.parse("crossfarm.builds.amd64"), Placement.NATIVE
+    assert [m.job_id for m in store.jobs.tell_waiting(amd64, native, "default", "a")] == [X86_JOB]
+    assert store.jobs.tell_waiting(amd64, native, "default", "a") == []
+    assert store.jobs.get(X86_JOB).view.waiting == "a"
+    assert store.jobs.tell_waiting(amd64, native, "other", "b") == []
+
+
+def test_tell_waiting_leaves_a_job_that_is_no_longer_held_alone(store, built):
     store.jobs.start(X86_JOB, 1, worker="w1")
-    assert store.jobs.set_waiting({X86_JOB: "queued: a"}) == []
+    amd64 = QueueKey.parse("crossfarm.builds.amd64")
+    assert store.jobs.tell_waiting(amd64, Placement.NATIVE, "default", "a") == []
     assert store.jobs.get(X86_JOB).view.waiting is None
+
+
+def test_move_held_moves_a_groups_jobs_without_a_new_attempt(store, built):
+    arm64, cross = QueueKey.parse("crossfarm.builds.arm64"), ARM64_CROSS
+    [moved] = store.jobs.move_held(arm64, Placement.NATIVE, cross, "cross: because")
+    assert (moved.job_id, moved.build_id) == (ARM_JOB, BUILD)
+    job = store.jobs.get(ARM_JOB).view
+    assert (job.queue, job.attempt, job.placed) == (cross, 1, "cross: because")
+
+
+def test_next_held_takes_each_tenants_oldest_jobs_of_a_queue(store, built):
+    _one_job_build(store, "b-0000000000000001", "j-0000000000000001")
+    amd64 = QueueKey.parse("crossfarm.builds.amd64")
+    assert [r.view.job_id for r in store.jobs.next_held({(amd64, "default"): 1})] == [X86_JOB]
+    assert len(store.jobs.next_held({(amd64, "default"): 5})) == 2
+    assert store.jobs.next_held({(amd64, "other"): 5}) == []
+
+
+def test_a_held_jobs_place_in_line_is_counted_when_its_build_is_read(store, built):
+    later = _one_job_build(store, "b-0000000000000001", "j-0000000000000001")
+    assert later.jobs[0].waiting is None  # add() reads no position
+    read = store.builds.get(BuildId("b-0000000000000001")).jobs[0]
+    assert read.waiting == "queued; position 2 in crossfarm.builds.amd64"
+    store.jobs.claim([store.jobs.get(X86_JOB)], at=built.created_at)
+    read = store.builds.get(BuildId("b-0000000000000001")).jobs[0]
+    assert read.waiting == "queued; position 1 in crossfarm.builds.amd64"
 
 
 def test_queued_jobs_lists_only_the_queued_ones_oldest_first(store, built):
