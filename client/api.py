@@ -17,7 +17,6 @@ from crossfarm.shared.wire import (
     BlobQuery,
     BuildRequest,
     BuildView,
-    ErrorBody,
     Event,
     FarmStats,
     Fleet,
@@ -175,23 +174,30 @@ class FarmClient:
 
 
 def _explain(response: httpx.Response) -> str:
+    """What the farm said of a refused request: a problem document's `detail`, which says
+    what went wrong and what to do (docs/errors.md), with the status."""
     try:
-        error = ErrorBody.model_validate_json(response.content)
-        return f"{error.message} (HTTP {response.status_code})"
-    except ValueError:
-        pass
-    try:  # FastAPI's own validation errors: {"detail": [{"loc": [...], "msg": ...}]}
         body: object = response.json()
     except ValueError:
         body = None
-    detail = body.get("detail") if isinstance(body, dict) else None
+    said = _said(body) if isinstance(body, dict) else None
+    if said is None:
+        return f"HTTP {response.status_code}: {response.text[:500]}"
+    return f"{said} (HTTP {response.status_code})"
+
+
+def _said(body: dict[str, object]) -> str | None:
+    detail, message = body.get("detail"), body.get("message")
+    if isinstance(detail, str):  # a problem document
+        return detail
+    # An older controller: {error, message, fields}, or FastAPI's own {"detail": [...]}
+    if isinstance(message, str):
+        return message
     if isinstance(detail, list):
         parts = [f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}"
                  for d in detail if isinstance(d, dict)]
-        return f"the farm refused the request: {'; '.join(parts)} (HTTP {response.status_code})"
-    if isinstance(detail, str):  # HTTPException("worker token missing or wrong")
-        return f"the farm refused the request: {detail} (HTTP {response.status_code})"
-    return f"HTTP {response.status_code}: {response.text[:500]}"
+        return f"the farm refused the request: {'; '.join(parts)}"
+    return None
 
 
 def _events(source: EventSource) -> Iterator[tuple[str, Event]]:

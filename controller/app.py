@@ -70,6 +70,14 @@ async def _every(interval_s: float, chore: Callable[[Farm], object], farm: Farm)
         await asyncio.sleep(interval_s)
 
 
+_DESCRIPTION = """A self-hosted remote build farm for Rust: each target builds on a worker of
+its native architecture.
+
+Every error answers an RFC 9457 problem document (`application/problem+json`): `type`
+(`https://crossfarm.dev/problems/<kind>`), `title`, `status`, `detail` (what went wrong and
+what to do) and the fields of the error; see docs/errors.md for every kind."""
+
+
 def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -86,14 +94,15 @@ def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAP
         await app.state.event_reader.close()
         app.state.farm.store.close()
 
-    app = FastAPI(title="crossfarm", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="crossfarm", version="0.1.0", lifespan=lifespan,
+                  description=_DESCRIPTION)
     errors.install(app)
     app.include_router(sources_api.router)
     app.include_router(builds_api.router)
     app.include_router(jobs_api.router)
     app.include_router(workers_api.router)
 
-    @app.get("/v1/health", tags=["health"])
+    @app.get("/v1/health", tags=["health"], responses=errors.responses())
     def health() -> dict[str, object]:
         return {"ok": True, "targets": supported_targets()}
 

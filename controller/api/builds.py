@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from crossfarm.controller import builds
 from crossfarm.controller.api.deps import BuildIdDep, ClientAuth, FarmDep
+from crossfarm.controller.errors import responses
 from crossfarm.shared.events import EventReader
 from crossfarm.shared.ids import BuildId
 from crossfarm.shared.states import BuildState
@@ -20,14 +21,27 @@ router = APIRouter(prefix="/v1/builds", tags=["builds"], dependencies=[ClientAut
 
 #: How long one Redis read blocks before the stream sends a keep-alive comment.
 _KEEPALIVE_MS = 15_000
+#: A Redis stream entry id, as the stream sends it (each part fits Redis' 64 bits).
+_ENTRY_ID = r"^\d{1,19}-\d{1,19}$"
 
 
-@router.post("", status_code=201)
+class EventStream(StreamingResponse):
+    media_type = "text/event-stream"
+
+
+_EVENTS: dict[int | str, dict[str, object]] = {200: {
+    "description": "Server-Sent Events: `log`, `state` and a last `end` event, each with its "
+                   "id (resume with Last-Event-ID) and an Event as its data",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}}
+
+
+@router.post("", status_code=201, responses=responses(401, 403, 404, 413, 422, 429, 503))
 def submit_build(farm: FarmDep, request: BuildRequest) -> BuildView:
     return builds.submit_build(farm, request)
 
 
-@router.get("")
+@router.get("", responses=responses(401, 403, 422))
 def list_builds(
     farm: FarmDep,
     submitter: str | None = None,
@@ -37,28 +51,29 @@ def list_builds(
     return builds.list_builds(farm, submitter, state, limit)
 
 
-@router.get("/{build_id}")
+@router.get("/{build_id}", responses=responses(401, 403, 404))
 def get_build(farm: FarmDep, build_id: BuildIdDep) -> BuildView:
     return builds.get_build(farm, build_id)
 
 
-@router.post("/{build_id}/cancel")
+@router.post("/{build_id}/cancel", responses=responses(401, 403, 404, 409))
 def cancel_build(farm: FarmDep, build_id: BuildIdDep) -> BuildView:
     return builds.cancel_build(farm, build_id)
 
 
-@router.get("/{build_id}/artifacts")
+@router.get("/{build_id}/artifacts", responses=responses(401, 403, 404, 503))
 def list_artifacts(farm: FarmDep, build_id: BuildIdDep) -> list[ArtifactView]:
     return builds.list_artifacts(farm, build_id)
 
 
-@router.get("/{build_id}/events", response_class=StreamingResponse)
+@router.get("/{build_id}/events", response_class=EventStream,
+            responses=_EVENTS | responses(401, 403, 404, 422))
 async def stream_events(
     farm: FarmDep,
     build_id: BuildIdDep,
     request: Request,
-    last_event_id: Annotated[str | None, Header()] = None,
-    after: Annotated[str | None, Query(pattern=r"^\d+-\d+$")] = None,
+    last_event_id: Annotated[str | None, Header(pattern=_ENTRY_ID)] = None,
+    after: Annotated[str | None, Query(pattern=_ENTRY_ID)] = None,
     follow: bool = True,
 ) -> StreamingResponse:
     """Server-Sent Events: log lines and state changes in order, ending with an `end` event.

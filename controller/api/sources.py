@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from crossfarm.controller import sources
 from crossfarm.controller.api.deps import ClientAuth, DigestDep, FarmDep
+from crossfarm.controller.errors import responses
 from crossfarm.shared.errors import InvalidSource
 from crossfarm.shared.wire import (
     BlobQuery,
@@ -25,19 +26,21 @@ from crossfarm.shared.wire import (
 router = APIRouter(tags=["sources"], dependencies=[ClientAuth])
 
 
-@router.post("/v1/blobs/missing")
+@router.post("/v1/blobs/missing", responses=responses(401, 403, 413, 422))
 def missing_blobs(farm: FarmDep, query: BlobQuery) -> MissingBlobs:
     return sources.missing_blobs(farm, query)
 
 
-@router.put("/v1/blobs/{digest}", status_code=204)
+@router.put("/v1/blobs/{digest}", status_code=204,
+            responses=responses(401, 403, 413, 422, 429, 503))
 async def put_blob(farm: FarmDep, digest: DigestDep, request: Request) -> None:
     """One file's bytes (large files; small ones travel better in packs)."""
     with await _spooled(request, farm.settings.max_file_bytes, "a file") as body:
         await run_in_threadpool(sources.put_blob, farm, digest, body)
 
 
-@router.post("/v1/blobs/packs", status_code=201)
+@router.post("/v1/blobs/packs", status_code=201,
+             responses=responses(401, 403, 413, 422, 429, 503))
 async def put_pack(farm: FarmDep, request: Request) -> dict[str, int]:
     """Many blobs in one gzip'd tar, each member named by its sha256."""
     with await _spooled(request, farm.settings.max_pack_bytes, "a pack") as body:
@@ -59,27 +62,29 @@ async def _spooled(request: Request, limit: int, what: str) -> IO[bytes]:
     return spool
 
 
-@router.post("/v1/sources", status_code=201)
+@router.post("/v1/sources", status_code=201,
+             responses=responses(401, 403, 404, 413, 422, 429, 503))
 def create_source(farm: FarmDep, tree: SourceTree) -> SourceStatus:
     return sources.create_source(farm, tree)
 
 
-@router.post("/v1/sources/git", status_code=201)
+@router.post("/v1/sources/git", status_code=201,
+             responses=responses(401, 403, 413, 422, 429, 503))
 def create_git_source(farm: FarmDep, git: GitSource) -> SourceStatus:
     return sources.create_git_source(farm, git)
 
 
-@router.get("/v1/sources/limits")
+@router.get("/v1/sources/limits", responses=responses(401, 403))
 def source_limits(farm: FarmDep) -> SourceLimits:
     """What one tree may hold here, for the CLI to check before it uploads anything."""
     return farm.settings.tree_limits().to_wire()
 
 
-@router.get("/v1/sources/{digest}")
+@router.get("/v1/sources/{digest}", responses=responses(401, 403, 404, 422, 503))
 def get_source(farm: FarmDep, digest: DigestDep) -> SourceStatus:
     return sources.source_status(farm, digest)
 
 
-@router.get("/v1/stats", tags=["health"])
+@router.get("/v1/stats", tags=["health"], responses=responses(401, 403))
 def stats(farm: FarmDep) -> FarmStats:
     return farm.counters.snapshot()

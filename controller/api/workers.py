@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query
 
 from crossfarm.controller import fleet
 from crossfarm.controller.api.deps import ClientAuth, FarmDep, OperatorAuth, WorkerAuth
+from crossfarm.controller.errors import responses
 from crossfarm.shared.wire import Fleet, HeartbeatReply, WorkerHeartbeat, WorkerView
 
 router = APIRouter(prefix="/v1/workers", tags=["workers"])
@@ -15,23 +16,26 @@ router = APIRouter(prefix="/v1/workers", tags=["workers"])
 WorkerName = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,199}$")]
 
 
-@router.post("/{name}/heartbeat", dependencies=[WorkerAuth])
+@router.post("/{name}/heartbeat", dependencies=[WorkerAuth],
+             responses=responses(401, 403, 413, 422))
 def heartbeat(farm: FarmDep, name: WorkerName, info: WorkerHeartbeat,
               fresh_start: Annotated[bool, Query()] = False) -> HeartbeatReply:
     return fleet.heartbeat(farm, name, info, fresh_start)
 
 
-@router.post("/{name}/drain", dependencies=[OperatorAuth])
+@router.post("/{name}/drain", dependencies=[OperatorAuth],
+             responses=responses(401, 403, 404, 422))
 def drain(farm: FarmDep, name: WorkerName) -> WorkerView:
     """The worker takes no new jobs, finishes its running ones, then shows as drained."""
     return fleet.set_drain(farm, name, True)
 
 
-@router.delete("/{name}/drain", dependencies=[OperatorAuth])
+@router.delete("/{name}/drain", dependencies=[OperatorAuth],
+               responses=responses(401, 403, 404, 422))
 def undrain(farm: FarmDep, name: WorkerName) -> WorkerView:
     return fleet.set_drain(farm, name, False)
 
 
-@router.get("", dependencies=[ClientAuth])
+@router.get("", dependencies=[ClientAuth], responses=responses(401, 403))
 def list_workers(farm: FarmDep) -> Fleet:
     return fleet.fleet(farm)

@@ -417,7 +417,8 @@ def test_a_rerun_jobs_message_carries_the_builds_variables_until_the_build_ends(
     _arm64(farm)
     _start(farm, build)
     jobs.report_finished(farm, JobId(running.job_id),
-                         JobFinished(attempt=2, state=BuildState.SUCCEEDED, exit_code=0))
+                         JobFinished(attempt=2, worker="arm64-1", state=BuildState.SUCCEEDED,
+                                     exit_code=0))
     assert farm.store.builds.settings(BuildId(build.build_id), ARM).env == {}
     assert farm.store.builds.get(BuildId(build.build_id)).env_names == ["PIN", "TOKEN"]
 
@@ -478,7 +479,8 @@ def test_a_stale_attempt_can_neither_start_nor_finish_after_a_rerun(make_farm):
         attempt=1, worker="arm64-1", hostname="h", mode=N, consumed_from=ARM64_QUEUE))
     assert not stale_start.proceed
     with pytest.raises(Conflict):
-        jobs.report_finished(farm, job_id, JobFinished(attempt=1, state=BuildState.SUCCEEDED))
+        jobs.report_finished(farm, job_id, JobFinished(attempt=1, worker="arm64-1",
+                                                            state=BuildState.SUCCEEDED))
     assert _job(farm, build).state is BuildState.QUEUED
 
 
