@@ -86,7 +86,11 @@ class FarmClient:
 
     def artifacts(self, build_id: str) -> list[ArtifactView]:
         response = self._call("GET", f"/v1/builds/{build_id}/artifacts")
-        return [ArtifactView.model_validate(item) for item in response.json()]
+        try:
+            return [ArtifactView.model_validate(item) for item in response.json()]
+        except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+            raise FarmError(f"the farm's artifact list of {build_id} is malformed "
+                            f"({type(exc).__name__}); nothing was downloaded") from None
 
     def events(self, build_id: str, follow: bool = True) -> Iterator[Event]:
         """Follow the build's event stream to its end, resuming after dropped connections.
@@ -143,12 +147,15 @@ class FarmClient:
                  progress: Callable[[int, int], None] | None = None) -> None:
         """Download to `dest` through a temporary file, checking the sha256 before it lands."""
         dest.parent.mkdir(parents=True, exist_ok=True)
-        partial = dest.with_name(dest.name + ".crossfarm-partial")
+        # Beside dest, named by its digest (a name of 255 bytes has no room for a suffix);
+        # created afresh ("x"), so a symlink planted under that name is never followed.
+        partial = dest.with_name(f".{artifact.sha256[:16]}.crossfarm-partial")
+        partial.unlink(missing_ok=True)
         digest = hashlib.sha256()
         with httpx.stream("GET", artifact.url, timeout=120) as response:
             if response.status_code != 200:
                 raise FarmError(f"download of {artifact.name} failed: HTTP {response.status_code}")
-            with partial.open("wb") as out:
+            with partial.open("xb") as out:
                 for chunk in response.iter_bytes():
                     digest.update(chunk)
                     out.write(chunk)

@@ -105,8 +105,8 @@ def problem(status: int, kind: str, detail: str, title: str | None = None,
     title = title or kind.replace("-", " ").capitalize()
     extra = {name: _safe(value) for name, value in (fields or {}).items()
              if name not in _RESERVED}
-    return Problem(type=TYPE_BASE + kind, title=title, status=status,
-                   detail=excerpt(detail, _DETAIL_CHARS), **extra)
+    return Problem.model_validate({"type": TYPE_BASE + kind, "title": title, "status": status,
+                                   "detail": excerpt(detail, _DETAIL_CHARS), **extra})
 
 
 def problem_response(doc: Problem, headers: Mapping[str, str] | None = None
