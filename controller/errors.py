@@ -132,7 +132,14 @@ async def _crossfarm_error(_request: Request, exc: Exception) -> ProblemResponse
     return response_for(exc)
 
 
+#: Plain statuses whose kind is one of the tree's, so a client compares one `type`.
+_HTTP_KINDS = {422: ("invalid-request", "Invalid request"),
+               413: ("limit-exceeded", "Limit exceeded")}
+
+
 def _http_kind(status: int) -> tuple[str, str]:
+    if status in _HTTP_KINDS:
+        return _HTTP_KINDS[status]
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:

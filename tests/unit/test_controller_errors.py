@@ -231,3 +231,19 @@ def test_every_documented_error_of_the_api_is_a_problem_and_the_stream_is_sse():
     assert list(events["content"]) == ["text/event-stream"]
     submit = schema["paths"]["/v1/builds"]["post"]["responses"]
     assert {"401", "404", "413", "422", "429"} <= set(submit)
+
+
+def test_a_plain_422_has_the_same_kind_as_a_validation_problem():
+    app = FastAPI()
+    install(app)
+
+    @app.get("/digest")
+    def digest():
+        raise HTTPException(422, "'xyz' is not a sha256 digest")
+
+    async def get():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://farm") as client:
+            return await client.get("/digest")
+
+    assert asyncio.run(get()).json()["type"] == TYPE + "invalid-request"
