@@ -213,7 +213,7 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 _DESCRIPTIONS = {
-    400: "The request is malformed",
+    400: "The body is not a JSON document (not UTF-8, or cut short)",
     401: "No token, or a wrong, revoked or expired one",
     403: "The token's role does not allow this",
     404: "No such object (or not the caller's tenant's)",

@@ -36,7 +36,8 @@ _EVENTS: dict[int | str, dict[str, object]] = {200: {
 }}
 
 
-@router.post("", status_code=201, responses=responses(401, 403, 404, 413, 422, 429, 503))
+@router.post("", status_code=201,
+             responses=responses(400, 401, 403, 404, 413, 422, 429, 503))
 def submit_build(farm: FarmDep, request: BuildRequest) -> BuildView:
     return builds.submit_build(farm, request)
 

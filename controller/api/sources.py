@@ -26,7 +26,7 @@ from crossfarm.shared.wire import (
 router = APIRouter(tags=["sources"], dependencies=[ClientAuth])
 
 
-@router.post("/v1/blobs/missing", responses=responses(401, 403, 413, 422))
+@router.post("/v1/blobs/missing", responses=responses(400, 401, 403, 413, 422))
 def missing_blobs(farm: FarmDep, query: BlobQuery) -> MissingBlobs:
     return sources.missing_blobs(farm, query)
 
@@ -63,13 +63,13 @@ async def _spooled(request: Request, limit: int, what: str) -> IO[bytes]:
 
 
 @router.post("/v1/sources", status_code=201,
-             responses=responses(401, 403, 404, 413, 422, 429, 503))
+             responses=responses(400, 401, 403, 404, 413, 422, 429, 503))
 def create_source(farm: FarmDep, tree: SourceTree) -> SourceStatus:
     return sources.create_source(farm, tree)
 
 
 @router.post("/v1/sources/git", status_code=201,
-             responses=responses(401, 403, 413, 422, 429, 503))
+             responses=responses(400, 401, 403, 413, 422, 429, 503))
 def create_git_source(farm: FarmDep, git: GitSource) -> SourceStatus:
     return sources.create_git_source(farm, git)
 

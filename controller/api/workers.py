@@ -17,7 +17,7 @@ WorkerName = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,199}$")
 
 
 @router.post("/{name}/heartbeat", dependencies=[WorkerAuth],
-             responses=responses(401, 403, 413, 422))
+             responses=responses(400, 401, 403, 413, 422))
 def heartbeat(farm: FarmDep, name: WorkerName, info: WorkerHeartbeat,
               fresh_start: Annotated[bool, Query()] = False) -> HeartbeatReply:
     return fleet.heartbeat(farm, name, info, fresh_start)

@@ -16,7 +16,7 @@ ids are 404s; random blobs and packs are refused by their digest check).
 
 from __future__ import annotations
 
-import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 #: Cases per operation and phase; ~18 operations over the examples, coverage and fuzzing
 #: phases make well over 1,000 cases, in about a minute on two cores.
-MAX_EXAMPLES = 40
+MAX_EXAMPLES = 60
 SEED = 20261201
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
           "response_schema_conformance")
@@ -50,9 +50,9 @@ def _schemathesis(farm, report: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_every_generated_request_gets_a_documented_answer_and_never_a_5xx(farm, tmp_path):
-    report = tmp_path / "schemathesis.ndjson"
-    run = _schemathesis(farm, report)
+    run = _schemathesis(farm, tmp_path / "schemathesis.ndjson")
+    # Failures, errors (a response cut short is one) and warnings all show in the output.
     assert run.returncode == 0, run.stdout[-20_000:] + run.stderr[-5_000:]
-    events = [json.loads(line) for line in report.read_text().splitlines() if line.strip()]
-    print(run.stdout[-3_000:])
-    assert events
+    cases = re.search(r"Test cases:\s+(\d+) generated", run.stdout)
+    assert cases, run.stdout[-5_000:]
+    assert int(cases.group(1)) >= 1_000

@@ -1,4 +1,5 @@
 import asyncio
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -247,3 +248,19 @@ def test_a_plain_422_has_the_same_kind_as_a_validation_problem():
             return await client.get("/digest")
 
     assert asyncio.run(get()).json()["type"] == TYPE + "invalid-request"
+
+
+@pytest.mark.parametrize("last_event_id", ["null", "0", "1-x", "99999999999999999999-0"])
+def test_an_event_stream_resumed_after_a_non_id_is_refused_before_it_starts(last_event_id):
+    app = create_app(ControllerSettings())
+    app.state.farm = SimpleNamespace(settings=ControllerSettings())  # no store: never reached
+
+    async def get():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://farm") as client:
+            return await client.get("/v1/builds/b-0123456789abcdef/events",
+                                    headers={"Last-Event-ID": last_event_id})
+
+    response = asyncio.run(get())
+    assert (response.status_code, response.headers["content-type"]) == (422, PROBLEM)
+    assert response.json()["errors"][0]["loc"] == ["header", "last-event-id"]
