@@ -10,8 +10,9 @@ because fuzzing it would reach past this test's own throwaway data:
   places the session's other builds on.
 - POST /v1/workers/{name}/drain: a worker drained by a generated name would be one less
   for the session's other tests (undraining, DELETE, stays in).
-Every other operation only meets ids no other test made (random build, job and source
-ids are 404s; random blobs and packs are refused by their digest check).
+Every other operation meets only this test's own throwaway data: a source and a build
+cancelled at once (its path ids are fixed to theirs, so the event stream, the artifacts
+and the job reports are fuzzed on a real record), or random ids no other test made.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from crossfarm.client.api import FarmClient
+from crossfarm.client.source import scan, send
+from crossfarm.shared.wire import BuildRequest
 
 pytestmark = pytest.mark.integration
 
@@ -35,11 +40,27 @@ EXCLUDED = ("create_git_source_v1_sources_git_post", "heartbeat_v1_workers__name
             "drain_v1_workers__name__drain_post")
 
 
-def _schemathesis(farm, report: Path) -> subprocess.CompletedProcess[str]:
+X86 = "x86_64-unknown-linux-gnu"
+
+
+def _throwaway(farm, crate: Path, config: Path) -> None:
+    """A source and a cancelled build of this test's own; the fuzz's path ids are theirs."""
+    with FarmClient(farm.controller_url, token=farm.client_token) as client:
+        digest = send(client, scan(crate)).status.digest
+        build = client.cancel(client.submit(BuildRequest(source=digest, targets=[X86])).build_id)
+    config.write_text(f"""[parameters]
+"path.build_id" = "{build.build_id}"
+"path.job_id" = "{build.jobs[0].job_id}"
+"path.digest" = "{digest}"
+""")
+
+
+def _schemathesis(farm, config: Path, report: Path) -> subprocess.CompletedProcess[str]:
     token = farm.client_token
     excluded = [arg for operation in EXCLUDED for arg in ("--exclude-operation-id", operation)]
     return subprocess.run(
-        [sys.executable, "-m", "schemathesis.cli", "run", f"{farm.controller_url}/openapi.json",
+        [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run",
+         f"{farm.controller_url}/openapi.json",
          "--checks", CHECKS, "--phases", "examples,coverage,fuzzing",
          "--max-examples", str(MAX_EXAMPLES), "--seed", str(SEED), "--no-shrink",
          "--generation-database", "none", "--workers", "2", "--request-timeout", "30",
@@ -49,8 +70,11 @@ def _schemathesis(farm, report: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_every_generated_request_gets_a_documented_answer_and_never_a_5xx(farm, tmp_path):
-    run = _schemathesis(farm, tmp_path / "schemathesis.ndjson")
+def test_every_generated_request_gets_a_documented_answer_and_never_a_5xx(
+        farm, crate, tmp_path):
+    config = tmp_path / "schemathesis.toml"
+    _throwaway(farm, crate, config)
+    run = _schemathesis(farm, config, tmp_path / "schemathesis.ndjson")
     # Failures, errors (a response cut short is one) and warnings all show in the output.
     assert run.returncode == 0, run.stdout[-20_000:] + run.stderr[-5_000:]
     cases = re.search(r"Test cases:\s+(\d+) generated", run.stdout)
