@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 
 from crossfarm.controller import errors, placer, uploads
@@ -25,6 +26,7 @@ from crossfarm.shared.broker import create_celery
 from crossfarm.shared.errors import StorageError
 from crossfarm.shared.events import EventReader, Events
 from crossfarm.shared.storage import S3Store
+from crossfarm.shared.wire import Event
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,7 @@ def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAP
     app = FastAPI(title="crossfarm", version="0.1.0", lifespan=lifespan,
                   description=_DESCRIPTION)
     errors.install(app)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.include_router(sources_api.router)
     app.include_router(builds_api.router)
     app.include_router(jobs_api.router)
@@ -107,6 +110,16 @@ def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAP
         return {"ok": True, "targets": supported_targets()}
 
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, object]:
+    """FastAPI's schema, with every error a Problem and the events' data an Event."""
+    if not app.openapi_schema:
+        schema = get_openapi(title=app.title, version=app.version,
+                             description=app.description, routes=app.routes)
+        errors.add_component(schema, Event)  # the data of each event of the stream
+        app.openapi_schema = errors.document(schema)
+    return app.openapi_schema
 
 
 def main() -> None:

@@ -21,8 +21,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from crossfarm.shared.errors import (
@@ -199,7 +199,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected)
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
 
 
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
@@ -225,17 +224,11 @@ _DESCRIPTIONS = {
 }
 
 
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's schema with one error shape: every 4xx/5xx answers a Problem as
-    `application/problem+json` (FastAPI's own 422 model included)."""
-    if app.openapi_schema:
-        return app.openapi_schema
-    schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                         routes=app.routes, tags=app.openapi_tags)
+def document(schema: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAPI schema (FastAPI's) with one error shape: every 4xx/5xx answers a Problem
+    as `application/problem+json`, FastAPI's own 422 model included."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    components["Problem"] = Problem.model_json_schema(
-        ref_template="#/components/schemas/{model}")
-    components.update(components["Problem"].pop("$defs", {}))
+    add_component(schema, Problem)
     for path in schema.get("paths", {}).values():
         for operation in path.values():
             for status, answer in operation.get("responses", {}).items():
@@ -245,5 +238,12 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                         answer["description"] = _DESCRIPTIONS[422]
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
-    app.openapi_schema = schema
     return schema
+
+
+def add_component(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """Put `model` (and the models it uses) in the schema's components."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components[model.__name__] = model.model_json_schema(
+        ref_template="#/components/schemas/{model}")
+    components.update(components[model.__name__].pop("$defs", {}))

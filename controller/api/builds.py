@@ -29,10 +29,21 @@ class EventStream(StreamingResponse):
     media_type = "text/event-stream"
 
 
+#: The stream as OpenAPI 3.1 describes one: `schema` is the schema of each event.
 _EVENTS: dict[int | str, dict[str, object]] = {200: {
     "description": "Server-Sent Events: `log`, `state` and a last `end` event, each with its "
                    "id (resume with Last-Event-ID) and an Event as its data",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    "content": {"text/event-stream": {"schema": {
+        "type": "object",
+        "properties": {
+            "event": {"enum": ["log", "state", "end"]},
+            "id": {"type": "string", "pattern": r"^\d+-\d+$"},
+            "data": {"type": "string", "contentMediaType": "application/json",
+                     "contentSchema": {"$ref": "#/components/schemas/Event"}},
+            "retry": {"type": "integer", "minimum": 0},
+        },
+        "required": ["data"],
+    }}},
 }}
 
 
