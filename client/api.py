@@ -17,7 +17,6 @@ from crossfarm.shared.wire import (
     BlobQuery,
     BuildRequest,
     BuildView,
-    ErrorBody,
     Event,
     FarmStats,
     Fleet,
@@ -90,7 +89,11 @@ class FarmClient:
 
     def artifacts(self, build_id: str) -> list[ArtifactView]:
         response = self._call("GET", f"/v1/builds/{build_id}/artifacts")
-        return [ArtifactView.model_validate(item) for item in response.json()]
+        try:
+            return [ArtifactView.model_validate(item) for item in response.json()]
+        except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+            raise FarmError(f"the farm's artifact list of {build_id} is malformed "
+                            f"({type(exc).__name__}); nothing was downloaded") from None
 
     def events(self, build_id: str, follow: bool = True) -> Iterator[Event]:
         """Follow the build's event stream to its end, resuming after dropped connections.
@@ -171,12 +174,15 @@ class FarmClient:
                  progress: Callable[[int, int], None] | None = None) -> None:
         """Download to `dest` through a temporary file, checking the sha256 before it lands."""
         dest.parent.mkdir(parents=True, exist_ok=True)
-        partial = dest.with_name(dest.name + ".crossfarm-partial")
+        # Beside dest, named by its digest (a name of 255 bytes has no room for a suffix);
+        # created afresh ("x"), so a symlink planted under that name is never followed.
+        partial = dest.with_name(f".{artifact.sha256[:16]}.crossfarm-partial")
+        partial.unlink(missing_ok=True)
         digest = hashlib.sha256()
         with httpx.stream("GET", artifact.url, timeout=120) as response:
             if response.status_code != 200:
                 raise FarmError(f"download of {artifact.name} failed: HTTP {response.status_code}")
-            with partial.open("wb") as out:
+            with partial.open("xb") as out:
                 for chunk in response.iter_bytes():
                     digest.update(chunk)
                     out.write(chunk)
@@ -202,23 +208,30 @@ class FarmClient:
 
 
 def _explain(response: httpx.Response) -> str:
+    """What the farm said of a refused request: a problem document's `detail`, which says
+    what went wrong and what to do (docs/errors.md), with the status."""
     try:
-        error = ErrorBody.model_validate_json(response.content)
-        return f"{error.message} (HTTP {response.status_code})"
-    except ValueError:
-        pass
-    try:  # FastAPI's own validation errors: {"detail": [{"loc": [...], "msg": ...}]}
         body: object = response.json()
     except ValueError:
         body = None
-    detail = body.get("detail") if isinstance(body, dict) else None
+    said = _said(body) if isinstance(body, dict) else None
+    if said is None:
+        return f"HTTP {response.status_code}: {response.text[:500]}"
+    return f"{said} (HTTP {response.status_code})"
+
+
+def _said(body: dict[str, object]) -> str | None:
+    detail, message = body.get("detail"), body.get("message")
+    if isinstance(detail, str):  # a problem document
+        return detail
+    # An older controller: {error, message, fields}, or FastAPI's own {"detail": [...]}
+    if isinstance(message, str):
+        return message
     if isinstance(detail, list):
         parts = [f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}"
                  for d in detail if isinstance(d, dict)]
-        return f"the farm refused the request: {'; '.join(parts)} (HTTP {response.status_code})"
-    if isinstance(detail, str):  # HTTPException("worker token missing or wrong")
-        return f"the farm refused the request: {detail} (HTTP {response.status_code})"
-    return f"HTTP {response.status_code}: {response.text[:500]}"
+        return f"the farm refused the request: {'; '.join(parts)}"
+    return None
 
 
 def _events(source: EventSource) -> Iterator[tuple[str, Event]]:

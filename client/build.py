@@ -15,10 +15,10 @@ from crossfarm.client.config import Config, CrossConfig
 from crossfarm.client.render import Progress, build_table, emit_json, note
 from crossfarm.client.source import scan, send
 from crossfarm.shared.arch import Placement
-from crossfarm.shared.errors import UsageError
+from crossfarm.shared.errors import FarmError, UsageError
 from crossfarm.shared.ids import SourceDigest
 from crossfarm.shared.states import BuildState
-from crossfarm.shared.wire import BuildRequest, CargoSpec
+from crossfarm.shared.wire import ArtifactView, BuildRequest, CargoSpec, plain_file_name
 
 #: Exit codes scripts can rely on (documented in docs/ci.md).
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_CANCELLED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -71,8 +71,12 @@ def run_build(client: FarmClient, config: Config, cross: CrossConfig, options: B
         follow(client, build.build_id, options.targets)
     final = client.build(build.build_id)
     artifacts = client.artifacts(build.build_id)
-    for artifact in artifacts:
-        dest = options.root / artifact.path
+    profile = profile_dir(options.cargo.profile)
+    # Every destination is checked before the first byte lands, so a list with one bad
+    # name writes nothing at all.
+    dests = [_cargo_dest(options.root, options.targets, profile, artifact)
+             for artifact in artifacts]
+    for artifact, dest in zip(artifacts, dests, strict=True):
         client.download(artifact, dest, Progress(f"{artifact.target} {artifact.name}"))
         note(f"{artifact.target}: {artifact.path} ({artifact.size} bytes, sha256 ok)")
     if options.as_json:
@@ -160,10 +164,48 @@ def last_build() -> str:
 
 def download_all(client: FarmClient, build_id: str, dest: Path,
                  progress: Callable[[str], Callable[[int, int], None]] | None = None) -> int:
-    """Download every artifact of a build into dest/<triple>/<name>; returns the count."""
+    """Download every artifact of a build into dest/<triple>/<name>; returns the count.
+    Nothing is written if any artifact would land outside dest."""
     artifacts = client.artifacts(build_id)
-    for artifact in artifacts:
-        target = dest / artifact.target / artifact.name
-        client.download(artifact, target, progress(artifact.name) if progress else None)
-        note(f"{artifact.target}: {target}")
+    paths = [inside(dest, artifact.target, artifact.name) for artifact in artifacts]
+    for artifact, path in zip(artifacts, paths, strict=True):
+        client.download(artifact, path, progress(artifact.name) if progress else None)
+        note(f"{artifact.target}: {path}")
     return len(artifacts)
+
+
+def profile_dir(profile: str) -> str:
+    """The directory under target/<triple>/ that cargo uses for a profile (as the worker
+    names it in the manifest)."""
+    return {"dev": "debug", "test": "debug", "bench": "release"}.get(profile, profile)
+
+
+def inside(base: Path, *parts: str) -> Path:
+    """base/parts…, for writing a file the farm named: FarmError unless every part is one
+    plain file name and no part is a symlink on disk, so the file lands under base (itself
+    the user's choice: `target/` or the download directory may be a symlink)."""
+    for part in parts:
+        try:
+            plain_file_name(part)
+        except ValueError as exc:
+            raise FarmError(f"the farm named an artifact path part {ascii(part)[:100]}: {exc}; "
+                            f"nothing was written under {base}. The farm (or something "
+                            "between) misbehaves: tell its operator") from None
+    root = base.resolve()
+    path = root.joinpath(*parts)
+    if path.resolve() != path:
+        raise FarmError(f"{path} goes through a symlink on this machine, which could lead "
+                        f"outside {base}; nothing was written. Remove the symlink and "
+                        "download again")
+    return path
+
+
+def _cargo_dest(root: Path, targets: list[str], profile: str, artifact: ArtifactView) -> Path:
+    """Where cargo would put an artifact, target/<triple>/<profile dir>/<name>, checked
+    against the build's own targets and profile before anything is written."""
+    expected = f"target/{artifact.target}/{profile}/{artifact.name}"
+    if artifact.target not in targets or artifact.path != expected:
+        raise FarmError(f"the farm put artifact {ascii(artifact.path)[:200]} where this build "
+                        f"has none (expected target/<one of {', '.join(targets)}>/{profile}/"
+                        "<name>); nothing was written. Tell the farm's operator")
+    return inside(root / "target", artifact.target, profile, artifact.name)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 
 from crossfarm.controller import auth, errors, limits, placer, uploads
@@ -26,6 +27,7 @@ from crossfarm.shared.broker import create_celery
 from crossfarm.shared.errors import StorageError
 from crossfarm.shared.events import EventReader, Events
 from crossfarm.shared.storage import S3Store
+from crossfarm.shared.wire import Event
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,14 @@ async def _every(interval_s: float, chore: Callable[[Farm], object], farm: Farm,
             await doorbell.wait(interval_s)
 
 
+_DESCRIPTION = """A self-hosted remote build farm for Rust: each target builds on a worker of
+its native architecture.
+
+Every error answers an RFC 9457 problem document (`application/problem+json`): `type`
+(`https://crossfarm.dev/problems/<kind>`), `title`, `status`, `detail` (what went wrong and
+what to do) and the fields of the error; see docs/errors.md for every kind."""
+
+
 def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -95,20 +105,32 @@ def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAP
         await app.state.event_reader.close()
         app.state.farm.store.close()
 
-    app = FastAPI(title="crossfarm", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="crossfarm", version="0.1.0", lifespan=lifespan,
+                  description=_DESCRIPTION)
     errors.install(app)
     limits.install(app, settings)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.include_router(sources_api.router)
     app.include_router(builds_api.router)
     app.include_router(jobs_api.router)
     app.include_router(workers_api.router)
     app.include_router(admin_api.router)
 
-    @app.get("/v1/health", tags=["health"])
+    @app.get("/v1/health", tags=["health"], responses=errors.responses())
     def health() -> dict[str, object]:
         return {"ok": True, "targets": supported_targets()}
 
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, object]:
+    """FastAPI's schema, with every error a Problem and the events' data an Event."""
+    if not app.openapi_schema:
+        schema = get_openapi(title=app.title, version=app.version,
+                             description=app.description, routes=app.routes)
+        errors.add_component(schema, Event)  # the data of each event of the stream
+        app.openapi_schema = errors.document(schema)
+    return app.openapi_schema
 
 
 def main() -> None:

@@ -13,10 +13,19 @@ import logging
 from crossfarm.controller.farm import Farm
 from crossfarm.controller.placement import Decision
 from crossfarm.controller.store.jobs import JobRecord, Outcome
+from crossfarm.shared import keys
 from crossfarm.shared.errors import BrokerError, Conflict, InvalidRequest
 from crossfarm.shared.ids import BuildId, JobId
 from crossfarm.shared.states import BuildState
-from crossfarm.shared.wire import Event, JobFinished, JobMessage, JobStarted, JobView, StartVerdict
+from crossfarm.shared.wire import (
+    Event,
+    JobFinished,
+    JobMessage,
+    JobStarted,
+    JobView,
+    Manifest,
+    StartVerdict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,18 +101,55 @@ def start(farm: Farm, job_id: JobId, report: JobStarted) -> StartVerdict:
 
 
 def report_finished(farm: Farm, job_id: JobId, report: JobFinished) -> JobView:
-    """A worker reports how its attempt ended."""
+    """A worker reports how its attempt ended: only the worker holding that attempt's
+    lease may, and a manifest must describe that attempt's own outputs."""
     record = farm.store.jobs.get(job_id)
+    check_lease(record, report)
     if record.view.state is BuildState.CANCELLED:
         return record.view  # cancelled while it ran: the cancel stands
-    if report.manifest is not None and report.manifest.job_id != job_id:
-        raise InvalidRequest("the manifest names another job")
+    if report.manifest is not None:
+        check_manifest(record, report.attempt, report.manifest)
     moved = finish(farm, job_id, report.attempt, Outcome(
         state=report.state, exit_code=report.exit_code, reason=report.reason,
         manifest=report.manifest))
     if moved is None:
         raise Conflict(f"job {job_id} attempt {report.attempt} is no longer current")
     return moved
+
+
+def check_lease(record: JobRecord, report: JobFinished) -> None:
+    """Conflict unless the report comes from the worker that started the job's current
+    attempt: any other worker (or a stale attempt) holds no lease on it."""
+    job = record.view
+    if report.attempt != job.attempt:
+        raise Conflict(f"job {job.job_id} attempt {report.attempt} is stale: the job is at "
+                       f"attempt {job.attempt}; this outcome is dropped")
+    if job.worker is None:
+        raise Conflict(f"job {job.job_id} attempt {job.attempt} was never started by a "
+                       "worker; only the worker that starts it may report its outcome")
+    if report.worker != job.worker:
+        raise Conflict(f"job {job.job_id} attempt {job.attempt} is held by another worker, "
+                       f"not {report.worker!r}; only its holder may report its outcome")
+
+
+def check_manifest(record: JobRecord, attempt: int, manifest: Manifest) -> None:
+    """InvalidRequest unless the manifest names this job's attempt and every artifact key
+    is that attempt's own key for its name (the wire model already holds each name to one
+    plain file name): a forged manifest can neither point clients at another build's
+    objects nor make them write outside their directory."""
+    job = record.view
+    claimed = (manifest.build_id, manifest.job_id, manifest.target, manifest.attempt)
+    if claimed != (record.build_id, job.job_id, job.target, attempt):
+        raise InvalidRequest(f"the manifest names another job or attempt than job "
+                             f"{job.job_id} ({job.target}) attempt {attempt}")
+    names = [entry.name for entry in manifest.artifacts]
+    if len(set(names)) != len(names):
+        raise InvalidRequest("the manifest lists an artifact name twice")
+    for entry in manifest.artifacts:
+        if entry.key != keys.artifact_key(record.build_id, job.target, attempt, entry.name):
+            raise InvalidRequest(
+                f"artifact {entry.name!r}: its key is not under the attempt's own prefix "
+                f"{keys.job_prefix(record.build_id, job.target, attempt)}artifacts/")
 
 
 def finish(farm: Farm, job_id: JobId, attempt: int, outcome: Outcome) -> JobView | None:

@@ -53,11 +53,12 @@ class QueueKey:
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler
                                      ) -> core_schema.CoreSchema:
-        # A wire field or dict key typed QueueKey reads and writes the queue's name.
+        # A wire field or dict key typed QueueKey reads and writes the queue's name; the
+        # return schema gives responses' OpenAPI schema (serialization mode) its type.
         return core_schema.no_info_plain_validator_function(
             cls._coerce, json_schema_input_schema=core_schema.str_schema(),
             serialization=core_schema.plain_serializer_function_ser_schema(
-                lambda key: key.name))
+                lambda key: key.name, return_schema=core_schema.str_schema()))
 
     @classmethod
     def _coerce(cls, value: object) -> QueueKey:

@@ -6,11 +6,12 @@ typo in a request is an error, not a silently ignored option.
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from crossfarm.shared.arch import Arch, BuildMode, Placement
 from crossfarm.shared.ids import BuildId, JobId, SourceDigest
@@ -25,6 +26,29 @@ FeatureName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.+/-]{0,127
 TargetName = Annotated[str, Field(min_length=1, max_length=100)]
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 EnvValue = Annotated[str, Field(max_length=32_768)]
+
+#: Unicode categories no file name the farm writes may hold: controls (C0, DEL, C1),
+#: format characters (bidi overrides, zero-width), surrogates, line and paragraph separators.
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def plain_file_name(name: str) -> str:
+    """`name` if it is one plain file name a client may write inside its directory: not
+    empty, `.` or `..`, no separator, no control or bidi character, at most 255 bytes.
+    ValueError (naming what is wrong, not echoing the name) otherwise."""
+    if name in ("", ".", ".."):
+        raise ValueError("a file name may not be empty, '.' or '..'")
+    if "/" in name or "\\" in name:
+        raise ValueError("a file name may not hold a path separator")
+    if any(unicodedata.category(char) in _UNPRINTABLE for char in name):
+        raise ValueError("a file name may not hold control, format or bidi characters")
+    if len(name.encode()) > 255:
+        raise ValueError("a file name is at most 255 bytes")
+    return name
+
+
+#: a name a client writes as one file inside a directory of its own (artifacts)
+FileName = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(plain_file_name)]
 
 
 class Wire(BaseModel):
@@ -115,10 +139,10 @@ class BuildView(Wire):
 class ArtifactEntry(Wire):
     """One file a build produced, as the manifest lists it."""
 
-    name: str
-    size: int
+    name: FileName
+    size: Annotated[int, Field(ge=0)]
     sha256: Digest
-    key: str
+    key: Annotated[str, Field(min_length=1, max_length=1024)]
     executable: bool = False
 
 
@@ -129,8 +153,9 @@ class Manifest(Wire):
     job_id: JobId
     target: str
     attempt: int
-    profile_dir: str
-    artifacts: list[ArtifactEntry]
+    #: cargo's directory for the profile under target/<triple>/ ("debug", "release", …)
+    profile_dir: FileName
+    artifacts: Annotated[list[ArtifactEntry], Field(max_length=10_000)]
 
 
 class ArtifactView(Wire):
@@ -192,9 +217,11 @@ class JobStarted(Wire):
 
 
 class JobFinished(Wire):
-    """A worker's report of a job's outcome."""
+    """A worker's report of a job's outcome; only the worker that started this attempt
+    may send it."""
 
     attempt: int
+    worker: Annotated[str, Field(min_length=1, max_length=200)]
     state: Literal[BuildState.SUCCEEDED, BuildState.FAILED, BuildState.CANCELLED]
     exit_code: int | None = None
     reason: str | None = None
@@ -386,12 +413,30 @@ class FarmStats(Wire):
     trees_created: int
 
 
-class ErrorBody(Wire):
-    """Every error response of the API."""
+class FieldProblem(Wire):
+    """One field of a request that failed validation: where it is and what is wrong with
+    it, never its value (a request may be megabytes, or a secret)."""
 
-    error: str
-    message: str
-    fields: dict[str, object] = {}
+    #: "body", "query", "path" or "header", then the keys and indexes down to the field
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """Every error response of the API: an RFC 9457 problem document, served as
+    `application/problem+json`. `type` names the kind of problem (docs/errors.md lists
+    them), `detail` says what went wrong and what to do; the fields the error carries
+    (`target`, `path`, `limit`, ...) are members beside them, which clients may ignore."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: str
+    title: str
+    status: Annotated[int, Field(ge=400, le=599)]
+    detail: str
+    #: the fields that failed validation (problems of type invalid-request only)
+    errors: list[FieldProblem] | None = None
 
 
 class Role(StrEnum):

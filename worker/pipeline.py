@@ -131,7 +131,8 @@ def run_job(tools: Toolbox, job: JobMessage, consumed_from: str) -> BuildState |
     joblog(f"crossfarm: {job.target} on {tools.settings.worker_name} "
            f"({tools.host.value}, {mode.value}), attempt {job.attempt}")
     try:
-        outcome = (JobFinished(attempt=job.attempt, state=BuildState.FAILED, reason=refusal)
+        outcome = (JobFinished(attempt=job.attempt, worker=tools.settings.worker_name,
+                               state=BuildState.FAILED, reason=refusal)
                    if refusal else _build(tools, job, image, joblog))
     except LeaseLost as exc:  # its container is gone; the controller re-runs the job
         log.warning("job %s attempt %d abandoned: %s", job_id, job.attempt, exc.message)
@@ -163,12 +164,15 @@ def _build(tools: Toolbox, job: JobMessage, image: str, joblog: JobLog) -> JobFi
     try:
         manifest = _compile_and_publish(run)
     except BuildCancelled as exc:
-        return JobFinished(attempt=job.attempt, state=BuildState.CANCELLED, reason=exc.message)
+        return JobFinished(attempt=job.attempt, worker=tools.settings.worker_name,
+                           state=BuildState.CANCELLED, reason=exc.message)
     except BuildTimeout:
-        return JobFinished(attempt=job.attempt, state=BuildState.FAILED,
+        return JobFinished(attempt=job.attempt, worker=tools.settings.worker_name,
+                           state=BuildState.FAILED,
                            reason=f"timeout: the build ran past {job.timeout_s} s and was killed")
     except BuildError as exc:
-        return JobFinished(attempt=job.attempt, state=BuildState.FAILED, exit_code=exc.exit_code,
+        return JobFinished(attempt=job.attempt, worker=tools.settings.worker_name,
+                           state=BuildState.FAILED, exit_code=exc.exit_code,
                            reason=exc.message)
     except LeaseLost:
         raise  # not an outcome: the job belongs to another attempt now
@@ -176,14 +180,16 @@ def _build(tools: Toolbox, job: JobMessage, image: str, joblog: JobLog) -> JobFi
         advice = ("retryable: resubmit once the object store is back" if exc.retryable
                   else "the stored source is damaged; an operator should check the object "
                        "store")
-        return JobFinished(attempt=job.attempt, state=BuildState.FAILED,
+        return JobFinished(attempt=job.attempt, worker=tools.settings.worker_name,
+                           state=BuildState.FAILED,
                            reason=f"storage: {exc.message}; {advice}")
     except Exception as exc:  # a bug or an engine failure must still end the job as data
         log.exception("job %s failed on this worker", job.job_id)
-        return JobFinished(attempt=job.attempt, state=BuildState.FAILED,
+        return JobFinished(attempt=job.attempt, worker=tools.settings.worker_name,
+                           state=BuildState.FAILED,
                            reason=f"worker error: {type(exc).__name__}: {exc}")
-    return JobFinished(attempt=job.attempt, state=BuildState.SUCCEEDED, exit_code=0,
-                       manifest=manifest)
+    return JobFinished(attempt=job.attempt, worker=tools.settings.worker_name,
+                       state=BuildState.SUCCEEDED, exit_code=0, manifest=manifest)
 
 
 def _compile_and_publish(run: JobRun) -> Manifest:

@@ -64,7 +64,9 @@ class Reporter:
         with _translated(f"outcome of {job_id}"):
             response = self._post(f"/v1/jobs/{job_id}/finish", report.model_dump_json())
         if response.status_code == 409:
-            raise Conflict(response.json().get("message", "the job's attempt is no longer current"))
+            problem = response.json()  # `message`: a controller older than problem documents
+            raise Conflict(problem.get("detail") or problem.get("message")
+                           or "the job's attempt is no longer current")
 
     def heartbeat(self, name: str, info: WorkerHeartbeat, fresh_start: bool) -> HeartbeatReply:
         with _translated(f"heartbeat of {name}"):

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from crossfarm.controller import builds
 from crossfarm.controller.api.deps import BuildIdDep, FarmDep, PrincipalDep, SubmitterDep
+from crossfarm.controller.errors import responses
 from crossfarm.shared.errors import InvalidRequest
 from crossfarm.shared.events import EventReader, parse_event_id
 from crossfarm.shared.ids import BuildId
@@ -21,9 +22,34 @@ router = APIRouter(prefix="/v1/builds", tags=["builds"])
 
 #: How long one Redis read blocks before the stream sends a keep-alive comment.
 _KEEPALIVE_MS = 15_000
+#: A Redis stream entry id, as the stream sends it (each part fits Redis' 64 bits).
+_ENTRY_ID = r"^\d{1,19}-\d{1,19}$"
 
 
-@router.post("", status_code=201)
+class EventStream(StreamingResponse):
+    media_type = "text/event-stream"
+
+
+#: The stream as OpenAPI 3.1 describes one: `schema` is the schema of each event.
+_EVENTS: dict[int | str, dict[str, object]] = {200: {
+    "description": "Server-Sent Events: `log`, `state` and a last `end` event, each with its "
+                   "id (resume with Last-Event-ID) and an Event as its data",
+    "content": {"text/event-stream": {"schema": {
+        "type": "object",
+        "properties": {
+            "event": {"enum": ["log", "state", "end"]},
+            "id": {"type": "string", "pattern": r"^\d+-\d+$"},
+            "data": {"type": "string", "contentMediaType": "application/json",
+                     "contentSchema": {"$ref": "#/components/schemas/Event"}},
+            "retry": {"type": "integer", "minimum": 0},
+        },
+        "required": ["data"],
+    }}},
+}}
+
+
+@router.post("", status_code=201,
+             responses=responses(400, 401, 403, 404, 413, 422, 429, 503))
 def submit_build(farm: FarmDep, principal: SubmitterDep, request: BuildRequest) -> BuildView:
     """The build is the token's tenant's, submitted by "<token name>@<tenant>"; a
     `submitter` in the request is ignored."""
@@ -31,7 +57,7 @@ def submit_build(farm: FarmDep, principal: SubmitterDep, request: BuildRequest) 
                                any_source=principal.scope is None)
 
 
-_NEXT_LINK = {
+_NEXT_LINK: dict[str, object] = {
     "description": 'RFC 8288: `<URL of the next page>; rel="next"`, present only when more '
                    "builds follow. Its URL repeats this request's filters with `after` set "
                    "to an opaque cursor; follow it as it is.",
@@ -39,7 +65,10 @@ _NEXT_LINK = {
 }
 
 
-@router.get("", responses={200: {"headers": {"Link": _NEXT_LINK}}})
+_LISTED: dict[int | str, dict[str, object]] = {200: {"headers": {"Link": _NEXT_LINK}}}
+
+
+@router.get("", responses=_LISTED | responses(401, 403, 422))
 def list_builds(
     farm: FarmDep,
     principal: PrincipalDep,
@@ -63,23 +92,24 @@ def list_builds(
     return page.builds
 
 
-@router.get("/{build_id}")
+@router.get("/{build_id}", responses=responses(401, 403, 404))
 def get_build(farm: FarmDep, principal: PrincipalDep, build_id: BuildIdDep) -> BuildView:
     return builds.get_build(farm, build_id, principal.scope)
 
 
-@router.post("/{build_id}/cancel")
+@router.post("/{build_id}/cancel", responses=responses(401, 403, 404, 409))
 def cancel_build(farm: FarmDep, principal: SubmitterDep, build_id: BuildIdDep) -> BuildView:
     return builds.cancel_build(farm, build_id, principal.scope)
 
 
-@router.get("/{build_id}/artifacts")
+@router.get("/{build_id}/artifacts", responses=responses(401, 403, 404, 503))
 def list_artifacts(farm: FarmDep, principal: PrincipalDep, build_id: BuildIdDep
                    ) -> list[ArtifactView]:
     return builds.list_artifacts(farm, build_id, principal.scope)
 
 
-@router.get("/{build_id}/events", response_class=StreamingResponse)
+@router.get("/{build_id}/events", response_class=EventStream,
+            responses=_EVENTS | responses(401, 403, 404, 422))
 async def stream_events(
     farm: FarmDep,
     principal: PrincipalDep,

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from crossfarm.controller import sources
 from crossfarm.controller.api.deps import DigestDep, FarmDep, PrincipalDep, SubmitterDep
+from crossfarm.controller.errors import responses
 from crossfarm.shared.errors import TooLarge
 from crossfarm.shared.wire import (
     BlobQuery,
@@ -25,13 +26,14 @@ from crossfarm.shared.wire import (
 router = APIRouter(tags=["sources"])
 
 
-@router.post("/v1/blobs/missing")
+@router.post("/v1/blobs/missing", responses=responses(400, 401, 403, 413, 422))
 def missing_blobs(farm: FarmDep, principal: SubmitterDep, query: BlobQuery) -> MissingBlobs:
     """The blobs this token's tenant has not sent itself, whoever else has."""
     return sources.missing_blobs(farm, query, principal.tenant)
 
 
-@router.put("/v1/blobs/{digest}", status_code=204)
+@router.put("/v1/blobs/{digest}", status_code=204,
+            responses=responses(401, 403, 413, 422, 429, 503))
 async def put_blob(farm: FarmDep, principal: SubmitterDep, digest: DigestDep,
                    request: Request) -> None:
     """One file's bytes (large files; small ones travel better in packs)."""
@@ -40,7 +42,8 @@ async def put_blob(farm: FarmDep, principal: SubmitterDep, digest: DigestDep,
         await run_in_threadpool(sources.put_blob, farm, digest, body, principal.tenant)
 
 
-@router.post("/v1/blobs/packs", status_code=201)
+@router.post("/v1/blobs/packs", status_code=201,
+             responses=responses(401, 403, 413, 422, 429, 503))
 async def put_pack(farm: FarmDep, principal: SubmitterDep, request: Request
                    ) -> dict[str, int]:
     """Many blobs in one gzip'd tar, each member named by its sha256."""
@@ -66,27 +69,29 @@ async def _spooled(request: Request, limit: int, what: str, setting: str) -> IO[
     return spool
 
 
-@router.post("/v1/sources", status_code=201)
+@router.post("/v1/sources", status_code=201,
+             responses=responses(400, 401, 403, 404, 413, 422, 429, 503))
 def create_source(farm: FarmDep, principal: SubmitterDep, tree: SourceTree) -> SourceStatus:
     return sources.create_source(farm, tree, tenant=principal.tenant)
 
 
-@router.post("/v1/sources/git", status_code=201)
+@router.post("/v1/sources/git", status_code=201,
+             responses=responses(400, 401, 403, 413, 422, 429, 503))
 def create_git_source(farm: FarmDep, principal: SubmitterDep, git: GitSource) -> SourceStatus:
     return sources.create_git_source(farm, git, principal.tenant)
 
 
-@router.get("/v1/sources/limits")
+@router.get("/v1/sources/limits", responses=responses(401, 403))
 def source_limits(farm: FarmDep, _principal: PrincipalDep) -> SourceLimits:
     """What one tree may hold here, for the CLI to check before it uploads anything."""
     return farm.settings.tree_limits().to_wire()
 
 
-@router.get("/v1/sources/{digest}")
+@router.get("/v1/sources/{digest}", responses=responses(401, 403, 404, 422, 503))
 def get_source(farm: FarmDep, principal: PrincipalDep, digest: DigestDep) -> SourceStatus:
     return sources.source_status(farm, digest, principal.scope)
 
 
-@router.get("/v1/stats", tags=["health"])
+@router.get("/v1/stats", tags=["health"], responses=responses(401, 403))
 def stats(farm: FarmDep, _principal: PrincipalDep) -> FarmStats:
     return farm.counters.snapshot()

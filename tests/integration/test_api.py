@@ -36,8 +36,9 @@ def test_unsupported_target_gets_422_naming_the_supported_ones(farm, api, crate)
     )
     assert response.status_code == 422
     body = response.json()
-    assert body["error"] == "UnsupportedTarget"
-    assert body["fields"]["supported"] == ["aarch64-unknown-linux-gnu", X86]
+    assert response.headers["content-type"] == "application/problem+json"
+    assert body["type"] == "https://crossfarm.dev/problems/unsupported-target"
+    assert body["supported"] == ["aarch64-unknown-linux-gnu", X86]
 
 
 def test_refused_cargo_argument_gets_422_with_the_alternative(farm, api, crate):
@@ -45,7 +46,7 @@ def test_refused_cargo_argument_gets_422_with_the_alternative(farm, api, crate):
     response = api.post("/v1/builds", json={"source": digest, "targets": [X86],
                                             "cargo": {"cargo_args": ["--target-dir", "/tmp/x"]}})
     assert response.status_code == 422
-    assert "the farm chooses where outputs go" in response.json()["message"]
+    assert "the farm chooses where outputs go" in response.json()["detail"]
 
 
 def test_unknown_request_field_is_refused(farm, api, crate):
@@ -57,7 +58,7 @@ def test_unknown_request_field_is_refused(farm, api, crate):
 def test_build_of_a_source_never_uploaded_is_404(api):
     response = api.post("/v1/builds", json={"source": "0" * 64, "targets": [X86]})
     assert response.status_code == 404
-    assert "POST /v1/sources" in response.json()["message"]
+    assert "POST /v1/sources" in response.json()["detail"]
 
 
 def test_tree_with_a_parent_path_is_refused_and_not_stored(api):
@@ -68,20 +69,20 @@ def test_tree_with_a_parent_path_is_refused_and_not_stored(api):
                          "size": len(data)}]}
     response = api.post("/v1/sources", json=tree)
     assert response.status_code == 422
-    assert "../escape.rs" in response.json()["message"]
+    assert "../escape.rs" in response.json()["detail"]
 
 
 def test_tree_naming_a_blob_never_uploaded_is_refused(api):
     tree = {"entries": [{"path": "src/main.rs", "kind": "file", "sha256": "b" * 64, "size": 3}]}
     response = api.post("/v1/sources", json=tree)
     assert response.status_code == 422
-    assert "not uploaded yet" in response.json()["message"]
+    assert "not uploaded yet" in response.json()["detail"]
 
 
 def test_blob_whose_bytes_do_not_match_the_digest_is_refused_and_not_stored(api):
     response = api.put(f"/v1/blobs/{'a' * 64}", content=b"other bytes")
     assert response.status_code == 422
-    assert "sha256" in response.json()["message"]
+    assert "sha256" in response.json()["detail"]
     missing = api.post("/v1/blobs/missing", json={"digests": ["a" * 64]}).json()["missing"]
     assert missing == ["a" * 64]
 
@@ -187,7 +188,7 @@ def test_the_event_stream_refuses_an_id_it_never_sent_before_it_starts(farm, api
         for bad in ("null", "garbage", f"{2**64}-0"):
             response = api.get(url, headers={"Last-Event-ID": bad})
             assert response.status_code == 422, (bad, response.text)
-            assert "Last-Event-ID" in response.json()["message"]
+            assert "Last-Event-ID" in response.json()["detail"]
         with api.stream("GET", url, params={"follow": "false"}) as response:
             assert response.status_code == 200
             text = response.read().decode()

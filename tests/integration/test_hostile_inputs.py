@@ -497,7 +497,7 @@ def test_a_closed_port_and_an_open_one_get_the_same_answer(hostile):
     assert daemon_closed.status_code == daemon_open.status_code == 422
 
     def shape(response: httpx.Response) -> str:
-        return re.sub(r":\d+/", ":PORT/", response.json()["message"])
+        return re.sub(r":\d+/", ":PORT/", response.json()["detail"])
 
     assert shape(closed) == shape(opened)
     assert shape(daemon_closed) == shape(daemon_open)

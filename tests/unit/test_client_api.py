@@ -5,7 +5,7 @@ from httpx_sse import EventSource
 from crossfarm.client.api import FarmClient, _events, _explain
 from crossfarm.shared.errors import FarmError
 from crossfarm.shared.states import BuildState
-from crossfarm.shared.wire import ErrorBody, Event
+from crossfarm.shared.wire import Event, Problem
 
 X86 = "x86_64-unknown-linux-gnu"
 
@@ -89,20 +89,41 @@ def test_a_stream_that_ends_early_is_resumed_after_the_last_event_id():
     assert asked == [None, "1-0"]
 
 
+def _problem(status, detail, kind="not-found"):
+    return Problem(type=f"https://crossfarm.dev/problems/{kind}", title="Not found",
+                   status=status, detail=detail)
+
+
 def test_a_refused_stream_is_explained():
-    body = ErrorBody(error="NotFound", message="no build b-0123456789abcdef")
+    body = _problem(404, "no build b-0123456789abcdef")
     client, _ = _farm(httpx.Response(404, content=body.model_dump_json()))
     with pytest.raises(FarmError, match=r"no build b-0123456789abcdef \(HTTP 404\)"):
         list(client.events("b-0123456789abcdef"))
 
 
-def test_an_error_body_is_explained_by_its_message_and_status():
-    body = ErrorBody(error="NotFound", message="no build b-0123456789abcdef")
-    response = httpx.Response(404, content=body.model_dump_json())
+def test_a_problem_is_explained_by_its_detail_and_status():
+    body = _problem(404, "no build b-0123456789abcdef")
+    response = httpx.Response(404, content=body.model_dump_json(),
+                              headers={"Content-Type": "application/problem+json"})
     assert _explain(response) == "no build b-0123456789abcdef (HTTP 404)"
 
 
-def test_a_fastapi_validation_body_names_each_field_without_its_location_root():
+def test_a_validation_problem_is_explained_by_its_detail_not_its_field_list():
+    body = {"type": "https://crossfarm.dev/problems/invalid-request", "title": "Invalid request",
+            "status": 422, "detail": "the request does not match the API: body.targets: "
+            "Field required; fix it and send it again",
+            "errors": [{"loc": ["body", "targets"], "msg": "Field required", "type": "missing"}]}
+    assert _explain(httpx.Response(422, json=body)) == (
+        "the request does not match the API: body.targets: Field required; fix it and send "
+        "it again (HTTP 422)")
+
+
+def test_an_older_controllers_error_body_is_explained_by_its_message():
+    body = {"error": "NotFound", "message": "no build b-0123456789abcdef", "fields": {}}
+    assert _explain(httpx.Response(404, json=body)) == "no build b-0123456789abcdef (HTTP 404)"
+
+
+def test_an_older_controllers_validation_body_names_each_field_without_its_location_root():
     response = httpx.Response(
         422,
         json={
@@ -130,8 +151,7 @@ def test_a_long_text_body_is_cut_short():
 
 def test_a_plain_detail_is_explained_as_the_reason():
     response = httpx.Response(401, json={"detail": "operator token missing or wrong"})
-    assert _explain(response) == ("the farm refused the request: operator token missing or "
-                                  "wrong (HTTP 401)")
+    assert _explain(response) == "operator token missing or wrong (HTTP 401)"
 
 
 def test_json_that_is_neither_shape_is_shown_as_text():

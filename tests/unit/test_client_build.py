@@ -1,11 +1,18 @@
+import json
 from types import SimpleNamespace
 
+import httpx
 import pytest
 
-from crossfarm.client.build import _send_source, exit_code
-from crossfarm.shared.errors import InvalidSource
+from crossfarm.client.api import FarmClient
+from crossfarm.client.build import _cargo_dest, _send_source, download_all, exit_code, inside
+from crossfarm.shared.errors import FarmError, InvalidSource
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.tree import TreeLimits
+from crossfarm.shared.wire import ArtifactView
+
+X86 = "x86_64-unknown-linux-gnu"
+BUILD = "b-0123456789abcdef"
 
 
 @pytest.mark.parametrize(
@@ -36,3 +43,90 @@ def test_the_farms_own_limits_are_checked_before_anything_is_sent(tmp_path):
     (tmp_path / "data.bin").write_bytes(b"\0" * 100)
     with pytest.raises(InvalidSource, match=r"data\.bin: 100 bytes; the limit is 99"):
         _send_source(SmallFarm(), SimpleNamespace(git=None, root=tmp_path))
+
+
+def _artifact(name="hello", target=X86, path=None):
+    return {"target": target, "name": name, "size": 3, "sha256": "ab" * 32,
+            "url": "http://127.0.0.1:9/never-fetched", "executable": True,
+            "path": path or f"target/{target}/debug/{name}"}
+
+
+def _farm_listing(*artifacts):
+    """A client whose farm lists these artifacts; downloading any of them fails the test."""
+
+    def handler(request):
+        assert request.url.path == f"/v1/builds/{BUILD}/artifacts"
+        return httpx.Response(200, content=json.dumps(list(artifacts)))
+
+    client = FarmClient("http://farm", transport=httpx.MockTransport(handler))
+    client.download = lambda *a, **k: pytest.fail("downloaded despite a bad artifact list")
+    return client
+
+
+@pytest.mark.parametrize(("target", "name"), [
+    (X86, "../../x"), (X86, ".."), (X86, "a/b"), ("../..", "x"), ("..", "x"), (X86, ""),
+    (X86, "evil\u202etxt"), (X86, "x\x1b]0;owned\x07"),
+], ids=["climbing-name", "dotdot-name", "nested-name", "climbing-target", "dotdot-target",
+        "empty-name", "bidi-name", "escape-name"])
+def test_a_download_that_would_write_outside_its_directory_writes_nothing(
+        tmp_path, target, name):
+    dest = tmp_path / "out" / "dl"
+    client = _farm_listing(_artifact(), _artifact(name=name, target=target, path="x"))
+    with pytest.raises(FarmError, match="nothing was written"):
+        download_all(client, BUILD, dest)
+    assert list(tmp_path.rglob("*")) == []
+
+
+def test_a_download_through_a_symlinked_target_dir_is_refused(tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    (dest / X86).symlink_to(outside)
+    with pytest.raises(FarmError, match="symlink"):
+        download_all(_farm_listing(_artifact()), BUILD, dest)
+    assert list(outside.iterdir()) == []
+
+
+def test_a_download_onto_a_planted_symlink_is_refused(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    (tmp_path / "dl" / X86).mkdir(parents=True)
+    (tmp_path / "dl" / X86 / "hello").symlink_to(victim)
+    with pytest.raises(FarmError, match="symlink"):
+        download_all(_farm_listing(_artifact()), BUILD, tmp_path / "dl")
+    assert victim.read_text() == "keep"
+
+
+def test_a_download_dir_that_is_itself_a_symlink_is_the_users_choice(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert inside(tmp_path / "link", X86, "hello") == tmp_path / "real" / X86 / "hello"
+
+
+@pytest.mark.parametrize(("fields", "why"), [
+    ({"path": f"target/{X86}/debug/../../../../x"}, "where this build has none"),
+    ({"path": f"target/{X86}/release/hello"}, "where this build has none"),
+    ({"path": "/etc/hello"}, "where this build has none"),
+    ({"target": "aarch64-unknown-linux-gnu"}, "where this build has none"),
+    ({"name": "..", "path": f"target/{X86}/debug/.."}, "path part"),
+], ids=["climbing-path", "other-profile", "absolute-path", "unrequested-target", "dotdot"])
+def test_a_build_refuses_an_artifact_path_outside_target_triple_profile(tmp_path, fields, why):
+    artifact = ArtifactView.model_validate({**_artifact(), **fields})
+    with pytest.raises(FarmError, match=why):
+        _cargo_dest(tmp_path, [X86], "debug", artifact)
+
+
+def test_a_build_puts_an_artifact_where_cargo_would(tmp_path):
+    artifact = ArtifactView.model_validate(_artifact())
+    assert _cargo_dest(tmp_path, [X86], "debug", artifact) == (
+        tmp_path.resolve() / "target" / X86 / "debug" / "hello")
+
+
+def test_a_malformed_artifact_list_is_a_farm_error_not_a_crash():
+    def handler(request):
+        return httpx.Response(200, json=[{"target": X86}])
+
+    client = FarmClient("http://farm", transport=httpx.MockTransport(handler))
+    with pytest.raises(FarmError, match="malformed"):
+        client.artifacts(BUILD)

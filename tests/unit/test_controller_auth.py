@@ -67,7 +67,7 @@ def test_a_worker_token_is_required_on_heartbeats_once_set(client):
     api = client(worker_token="w-secret")
     assert _beat(api).status_code == 401
     wrong = _beat(api, "wrong")
-    assert wrong.json()["message"] == "worker token missing or wrong"
+    assert wrong.json()["detail"] == "worker token missing or wrong"
     assert wrong.headers["WWW-Authenticate"] == "Bearer"
     assert _beat(api, "w-secret").status_code == 200
 
@@ -76,7 +76,7 @@ def test_worker_endpoints_are_closed_without_a_worker_token_once_clients_need_to
     api = client(client_token="cl-secret")
     refused = _beat(api)
     assert refused.status_code == 401
-    assert "CROSSFARM_WORKER_TOKEN" in refused.json()["message"]
+    assert "CROSSFARM_WORKER_TOKEN" in refused.json()["detail"]
     assert _beat(api, "cl-secret").status_code == 401  # a client's token is not a worker's
 
 
@@ -107,7 +107,7 @@ def test_an_operator_role_is_required_to_drain(client):
     assert api.post("/v1/workers/w1/drain", headers=_bearer("w-secret")).status_code == 401
     weak = api.post("/v1/workers/w1/drain", headers=_bearer("cl-secret"))
     assert weak.status_code == 403
-    assert weak.json()["message"] == "a submit token cannot do this: it needs the operator role"
+    assert weak.json()["detail"] == "a submit token cannot do this: it needs the operator role"
     ok = _bearer("op-secret")
     assert api.post("/v1/workers/w1/drain", headers=ok).json()["drain_requested"] is True
     assert api.delete("/v1/workers/w1/drain", headers=ok).status_code == 200
@@ -120,10 +120,10 @@ def test_a_token_is_required_on_builds_sources_and_the_fleet_once_any_is_set(cli
     for path in reads:
         refused = api.get(path)
         assert refused.status_code == 401, path
-        assert refused.json()["message"].startswith("this farm needs a token: set `token`")
+        assert refused.json()["detail"].startswith("this farm needs a token: set `token`")
         wrong = api.get(path, headers=_bearer("cl-secreT"))
         assert wrong.status_code == 401, path
-        assert "not one this farm issued" in wrong.json()["message"]
+        assert "not one this farm issued" in wrong.json()["detail"]
         assert api.get(path, headers=_bearer("w-secret")).status_code == 401, path
     assert api.get("/v1/builds", headers=_bearer("cl-secret")).json() == []
     assert api.get("/v1/workers", headers=_bearer("op-secret")).status_code == 200
@@ -176,7 +176,7 @@ def test_issuing_a_token_on_a_farm_without_a_worker_token_is_refused(client):
     api = client()
     refused = api.post("/v1/admin/tokens", json={"tenant": "acme"})
     assert refused.status_code == 409
-    assert "CROSSFARM_WORKER_TOKEN" in refused.json()["message"]
+    assert "CROSSFARM_WORKER_TOKEN" in refused.json()["detail"]
     assert api.farm.store.tokens.all() == []
 
 
@@ -198,7 +198,7 @@ def test_a_revoked_token_is_refused_saying_so(client):
     assert revoked.json()["revoked_at"] is not None
     refused = api.get("/v1/builds", headers=_bearer(issued["token"]))
     assert refused.status_code == 401
-    assert refused.json()["message"].startswith("the token 'laptop' was revoked at")
+    assert refused.json()["detail"].startswith("the token 'laptop' was revoked at")
     assert api.delete("/v1/admin/tokens/999", headers=_bearer("op-secret")).status_code == 404
 
 

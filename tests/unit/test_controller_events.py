@@ -168,9 +168,9 @@ def test_an_id_the_stream_never_sent_is_refused_with_422_before_it_starts(farm, 
     build = _submit(farm, targets=(X86,))
     response = api(f"/v1/builds/{build.build_id}/events", **{"Last-Event-ID": bad})
     assert response.status_code == 422
-    assert response.headers["content-type"].startswith("application/json")
-    assert "Last-Event-ID" in response.json()["message"]
-    assert "leave it out to read from the start" in response.json()["message"]
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert "Last-Event-ID" in response.json()["detail"]
+    assert "leave it out to read from the start" in response.json()["detail"]
     assert api.reader.asked_after == []
 
 
@@ -184,4 +184,4 @@ def test_a_bad_after_parameter_is_refused_the_same_way(farm, api):
     build = _submit(farm, targets=(X86,))
     response = api(f"/v1/builds/{build.build_id}/events?after=null")
     assert response.status_code == 422
-    assert response.json()["message"].startswith("after: ")
+    assert response.json()["detail"].startswith("after: ")

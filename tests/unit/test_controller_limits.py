@@ -54,8 +54,8 @@ def test_a_json_body_within_the_limits_reaches_its_route(app):
 def test_a_body_declared_over_the_limit_is_refused_with_413_naming_the_setting(app):
     response = _query(app, b" " * 4097)
     assert response.status_code == 413
-    assert response.json()["fields"] == {"limit": 4096, "setting": "max_json_bytes"}
-    assert "max_json_bytes" in response.json()["message"]
+    assert response.json().items() >= {"limit": 4096, "setting": "max_json_bytes"}.items()
+    assert "max_json_bytes" in response.json()["detail"]
 
 
 def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit(app):
@@ -90,11 +90,11 @@ def test_each_route_has_its_own_limit(app, method, path, limit, setting):
 def test_an_upload_over_its_limit_is_refused_while_a_json_sized_one_passes(app):
     over = _send(app, "PUT", f"/v1/blobs/{DIGEST}", content=b"x" * 2049)
     assert over.status_code == 413
-    assert over.json()["fields"]["setting"] == "max_file_bytes"
+    assert over.json()["setting"] == "max_file_bytes"
     # 3000 bytes: over the file limit's neighbour, within the pack's
     bad_pack = _send(app, "POST", "/v1/blobs/packs", content=b"x" * 3000)
     assert bad_pack.status_code == 422
-    assert "not a readable pack" in bad_pack.json()["message"]
+    assert "not a readable pack" in bad_pack.json()["detail"]
 
 
 @pytest.mark.parametrize(
@@ -112,7 +112,7 @@ def test_an_upload_over_its_limit_is_refused_while_a_json_sized_one_passes(app):
 def test_a_lone_surrogate_is_refused_with_422_on_a_json_route(app, body):
     response = _query(app, body)
     assert response.status_code == 422
-    assert "lone UTF-16 surrogate" in response.json()["message"]
+    assert "lone UTF-16 surrogate" in response.json()["detail"]
 
 
 @pytest.mark.parametrize(
@@ -137,13 +137,13 @@ def test_lone_surrogate_says_where():
 def test_a_body_that_is_not_utf8_is_refused(app, body):
     response = _query(app, body)
     assert response.status_code == 422
-    assert "not valid UTF-8" in response.json()["message"]
+    assert "not valid UTF-8" in response.json()["detail"]
 
 
 def test_a_body_with_too_many_values_is_refused_before_it_is_parsed(app):
     response = _query(app, b"[" + b"{}," * 100 + b"{}]")
     assert response.status_code == 422
-    assert "max_json_items" in response.json()["message"]
+    assert "max_json_items" in response.json()["detail"]
 
 
 def test_commas_and_brackets_inside_strings_are_not_values():

@@ -259,7 +259,7 @@ def test_the_route_lists_a_json_list_and_links_the_next_page_until_the_last(app,
 def test_the_route_refuses_a_cursor_it_did_not_give_with_422(app):
     response = _get(app, "/v1/builds", after="null")
     assert response.status_code == 422
-    assert "start again without `after`" in response.json()["message"]
+    assert "start again without `after`" in response.json()["detail"]
 
 
 def test_the_route_documents_its_link_header():

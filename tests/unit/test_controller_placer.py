@@ -444,7 +444,8 @@ def test_a_rerun_jobs_message_carries_the_builds_variables_until_the_build_ends(
     assert rerun.attempt == 2
     assert rerun.env == first.env == {"TOKEN": "s3cret-abc", "PIN": "k1"}
     jobs.report_finished(farm, JobId(running.job_id),
-                         JobFinished(attempt=2, state=BuildState.SUCCEEDED, exit_code=0))
+                         JobFinished(attempt=2, worker="arm64-1", state=BuildState.SUCCEEDED,
+                                     exit_code=0))
     assert farm.store.builds.settings(BuildId(build.build_id), ARM).env == {}
     assert farm.store.builds.get(BuildId(build.build_id)).env_names == ["PIN", "TOKEN"]
 
@@ -505,7 +506,8 @@ def test_a_stale_attempt_can_neither_start_nor_finish_after_a_rerun(make_farm):
         attempt=1, worker="arm64-1", hostname="h", mode=N, consumed_from=ARM64_QUEUE))
     assert not stale_start.proceed
     with pytest.raises(Conflict):
-        jobs.report_finished(farm, job_id, JobFinished(attempt=1, state=BuildState.SUCCEEDED))
+        jobs.report_finished(farm, job_id, JobFinished(attempt=1, worker="arm64-1",
+                                                            state=BuildState.SUCCEEDED))
     assert _job(farm, build).state is BuildState.QUEUED
 
 
@@ -666,7 +668,7 @@ def _run_one(farm, worker="arm64-1"):
         attempt=message.attempt, worker=worker, hostname=worker, mode=N,
         consumed_from=ARM64_QUEUE)).proceed
     jobs.report_finished(farm, message.job_id, JobFinished(
-        attempt=message.attempt, state=BuildState.SUCCEEDED, exit_code=0))
+        attempt=message.attempt, worker=worker, state=BuildState.SUCCEEDED, exit_code=0))
     return record.tenant
 
 
@@ -721,7 +723,7 @@ def _run_one_sent(farm, message):
         attempt=message.attempt, worker="arm64-1", hostname="arm64-1", mode=N,
         consumed_from=ARM64_QUEUE))
     jobs.report_finished(farm, message.job_id, JobFinished(
-        attempt=message.attempt, state=BuildState.SUCCEEDED, exit_code=0))
+        attempt=message.attempt, worker="arm64-1", state=BuildState.SUCCEEDED, exit_code=0))
 
 
 def test_a_draining_worker_gets_no_new_job(farm):

@@ -92,7 +92,7 @@ def test_a_build_is_read_by_its_tenant_and_the_operator_and_is_404_to_another(fa
     assert other.status_code == 404
     # the same answer as for a build that never existed: the id tells nothing
     never = farm.api.get(f"/v1/builds/b-0123456789abcdef{path}", headers=farm.bob)
-    assert other.json()["message"] == never.json()["message"].replace(
+    assert other.json()["detail"] == never.json()["detail"].replace(
         "b-0123456789abcdef", farm.build_id)
 
 
@@ -192,7 +192,7 @@ def test_a_source_is_read_and_built_only_by_tenants_that_own_it(farm):
     assert farm.api.get(url, headers=farm.bob).status_code == 404
     refused = farm.submit(farm.bob)
     assert refused.status_code == 404
-    assert "no source tree" in refused.json()["message"]
+    assert "no source tree" in refused.json()["detail"]
     # once bob sends the same files himself, the same tree is his too
     assert farm.upload(farm.bob).status_code == 204
     assert farm.api.post("/v1/sources", json=TREE, headers=farm.bob).status_code == 201
@@ -230,9 +230,9 @@ def test_a_submit_over_the_queued_quota_is_429_naming_it(make_tenants):
     assert refused.status_code == 429
     assert int(refused.headers["Retry-After"]) > 0
     body = refused.json()
-    assert body["error"] == "QuotaExceeded"
-    assert body["fields"].items() >= {"quota": "queued", "limit": 2, "used": 1}.items()
-    assert "queued quota" in body["message"]
+    assert body["type"].endswith("/quota-exceeded")
+    assert body.items() >= {"quota": "queued", "limit": 2, "used": 1}.items()
+    assert "queued quota" in body["detail"]
     assert farm.submit(farm.alice).status_code == 201  # 1 + 1 fits
     # the quota is acme's: globex is not held to it
     assert farm.upload(farm.bob).status_code == 204
@@ -245,7 +245,7 @@ def test_an_upload_over_the_source_quota_is_429_and_nothing_is_recorded(make_ten
     data = b"0123456789"
     refused = farm.upload(farm.alice, data)
     assert refused.status_code == 429
-    assert refused.json()["fields"]["quota"] == "source_bytes"
+    assert refused.json()["quota"] == "source_bytes"
     digest = hashlib.sha256(data).hexdigest()
     assert farm.api.post("/v1/blobs/missing", json={"digests": [digest]},
                          headers=farm.alice).json() == {"missing": [digest]}
@@ -258,7 +258,7 @@ def test_a_submit_while_over_the_artifact_quota_is_429(make_tenants):
     _succeed(farm.api.farm, farm.build_id, farm.build["jobs"][0]["job_id"], size=101)
     refused = farm.submit(farm.alice)
     assert refused.status_code == 429
-    assert refused.json()["fields"]["quota"] == "artifact_bytes"
+    assert refused.json()["quota"] == "artifact_bytes"
     assert farm.api.farm.store.usage.artifact_bytes("acme") == 101
     assert farm.api.farm.store.usage.artifact_bytes("globex") == 0
 

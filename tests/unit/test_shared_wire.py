@@ -209,7 +209,7 @@ def test_all_wire_models_were_found():
         "ArtifactView",
         "Event",
         "SourceStatus",
-        "ErrorBody",
+        "FieldProblem",
         "StartVerdict",
         "TreeEntry",
         "SourceTree",
@@ -227,11 +227,12 @@ def test_all_wire_models_were_found():
 @pytest.mark.parametrize("state", [BuildState.QUEUED, BuildState.RUNNING])
 def test_a_finished_report_must_carry_a_terminal_state(state):
     with pytest.raises(ValidationError):
-        JobFinished(attempt=1, state=state)
+        JobFinished(attempt=1, worker="w1", state=state)
 
 
 def test_a_finished_report_accepts_a_terminal_state_from_json():
-    report = JobFinished.model_validate_json('{"attempt": 2, "state": "failed", "exit_code": 101}')
+    report = JobFinished.model_validate_json(
+        '{"attempt": 2, "worker": "w1", "state": "failed", "exit_code": 101}')
     assert report.state is BuildState.FAILED
     assert report.exit_code == 101
 
@@ -269,3 +270,34 @@ def test_a_cargo_spec_s_flags_follow_its_options_in_cargo_s_order():
     assert spec.flags() == ["--features", "a,b/c", "--all-features", "--no-default-features",
                             "--locked"]
     assert CargoSpec().flags() == []
+
+
+def _entry(name):
+    return {"name": name, "size": 1, "sha256": DIGEST, "key": f"k/{name}"}
+
+
+@pytest.mark.parametrize("name", [
+    "../../x", "a/b", "..", ".", "", "a\\b", "x\x1b[2J", "evil\u202etxt", "nul\x00",
+    "\udcff", "é" * 128,
+], ids=["traversal", "slash", "dotdot", "dot", "empty", "backslash", "escape", "bidi", "nul",
+        "surrogate", "over-255-bytes"])
+def test_an_artifact_name_that_is_not_one_plain_file_name_is_refused(name):
+    with pytest.raises(ValidationError):
+        wire.ArtifactEntry.model_validate(_entry(name))
+
+
+@pytest.mark.parametrize("name", ["hello", "libhello.so", "hello.exe", "a" * 255, "crème"])
+def test_a_plain_artifact_name_is_accepted(name):
+    assert wire.ArtifactEntry.model_validate(_entry(name)).name == name
+
+
+@pytest.mark.parametrize("profile_dir", ["../..", "debug/../../x", ""])
+def test_a_manifest_whose_profile_dir_is_not_a_plain_name_is_refused(profile_dir):
+    with pytest.raises(ValidationError):
+        wire.Manifest(build_id="b-1", job_id="j-1", target="t", attempt=1,
+                      profile_dir=profile_dir, artifacts=[])
+
+
+def test_an_artifact_with_a_negative_size_is_refused():
+    with pytest.raises(ValidationError):
+        wire.ArtifactEntry.model_validate({**_entry("a"), "size": -1})

@@ -4,8 +4,11 @@ import httpx
 import pytest
 
 from crossfarm.shared.arch import Arch
-from crossfarm.shared.errors import ControllerError
+from crossfarm.shared.errors import Conflict, ControllerError
 from crossfarm.shared.events import Events
+from crossfarm.shared.ids import JobId
+from crossfarm.shared.states import BuildState
+from crossfarm.shared.wire import JobFinished
 from crossfarm.worker.heartbeat import describe
 from crossfarm.worker.reporter import Reporter
 from crossfarm.worker.settings import WorkerSettings
@@ -39,3 +42,19 @@ def test_an_acknowledged_heartbeat_returns_the_controllers_reply():
     reply = _reporter(lambda request: httpx.Response(200, json={"drain": True})).heartbeat(
         "w1", _info(), fresh_start=False)
     assert reply.drain
+
+
+def _finished():
+    return JobFinished(attempt=1, worker="w1", state=BuildState.SUCCEEDED, exit_code=0)
+
+
+@pytest.mark.parametrize("body", [
+    {"type": "https://crossfarm.dev/problems/conflict", "title": "Conflict", "status": 409,
+     "detail": "job j-1 attempt 1 is stale: the job is at attempt 2; this outcome is dropped"},
+    {"error": "Conflict", "message": "job j-1 attempt 1 is stale: the job is at attempt 2; "
+     "this outcome is dropped", "fields": {}},
+], ids=["problem", "older-controller"])
+def test_a_refused_outcome_is_a_conflict_saying_why(body):
+    reporter = _reporter(lambda request: httpx.Response(409, json=body))
+    with pytest.raises(Conflict, match="attempt 1 is stale"):
+        reporter.finished(JobId("j-1"), _finished())

@@ -1,0 +1,152 @@
+"""The job lifecycle's report checks: only the worker holding an attempt's lease reports
+its outcome, and a manifest names that attempt's own outputs. A real SQLite store; small
+in-test fakes for the broker and the event stream."""
+
+import pytest
+
+from crossfarm.controller import jobs
+from crossfarm.controller.builds import submit_build
+from crossfarm.controller.farm import Farm
+from crossfarm.controller.settings import ControllerSettings
+from crossfarm.controller.store import Store
+from crossfarm.shared import keys
+from crossfarm.shared.arch import BuildMode, Placement
+from crossfarm.shared.errors import Conflict, InvalidRequest
+from crossfarm.shared.ids import BuildId, JobId
+from crossfarm.shared.states import BuildState
+from crossfarm.shared.wire import (
+    ArtifactEntry,
+    BuildRequest,
+    JobFinished,
+    JobStarted,
+    Manifest,
+    SourceStatus,
+)
+
+X86 = "x86_64-unknown-linux-gnu"
+DIGEST = "0123456789abcdef" * 4
+SHA = "ab" * 32
+
+
+class FakeQueue:
+    def __init__(self):
+        self.sent = []
+
+    def enqueue(self, message, queue):
+        self.sent.append((message, queue.name))
+
+
+class FakeEvents:
+    def __init__(self):
+        self.appended = []
+
+    def append(self, build_id, event, if_exists=False):
+        self.appended.append((build_id, event))
+
+    def set_attempt(self, job_id, attempt):
+        pass
+
+    def queue_depth(self, queue):
+        return 0
+
+
+class FakeStorage:
+    def exists(self, key):
+        return True
+
+
+@pytest.fixture
+def farm(tmp_path):
+    settings = ControllerSettings(database_url=f"sqlite:///{tmp_path}/crossfarm.db",
+                                  default_placement=Placement.NATIVE)
+    store = Store(settings.database_url)
+    store.sources.add_tree(SourceStatus(digest=DIGEST, files=1, total_bytes=10))
+    yield Farm(settings=settings, store=store, queue=FakeQueue(), events=FakeEvents(),
+               storage=FakeStorage())
+    store.close()
+
+
+@pytest.fixture
+def running(farm):
+    """A job the worker "w1" started, attempt 1."""
+    build = submit_build(farm, BuildRequest(source=DIGEST, targets=[X86]))
+    job = build.jobs[0]
+    assert jobs.start(farm, job.job_id, JobStarted(
+        attempt=1, worker="w1", hostname="h1", mode=BuildMode.NATIVE,
+        consumed_from="crossfarm.builds.amd64")).proceed
+    return farm.store.jobs.get(job.job_id)
+
+
+def _manifest(record, attempt=1, key=None, names=("hello",), **fields):
+    build_id, target = record.build_id, record.view.target
+    entries = [ArtifactEntry(name=name, size=3, sha256=SHA,
+                             key=key or keys.artifact_key(build_id, target, attempt, name))
+               for name in names]
+    return Manifest(**{"build_id": build_id, "job_id": record.view.job_id, "target": target,
+                       "attempt": attempt, "profile_dir": "debug", "artifacts": entries,
+                       **fields})
+
+
+def _finish(farm, record, worker="w1", attempt=1, manifest=None):
+    return jobs.report_finished(farm, JobId(record.view.job_id), JobFinished(
+        attempt=attempt, worker=worker, state=BuildState.SUCCEEDED, exit_code=0,
+        manifest=manifest))
+
+
+def _state(farm, record):
+    return farm.store.jobs.get(record.view.job_id).view.state
+
+
+def test_the_worker_holding_the_attempt_finishes_it_with_its_manifest(farm, running):
+    view = _finish(farm, running, manifest=_manifest(running))
+    assert view.state is BuildState.SUCCEEDED
+    assert farm.store.jobs.get(running.view.job_id).manifest.artifacts[0].name == "hello"
+
+
+def test_another_workers_report_is_refused_and_the_job_runs_on(farm, running):
+    with pytest.raises(Conflict, match="held by another worker"):
+        _finish(farm, running, worker="w2", manifest=_manifest(running))
+    assert _state(farm, running) is BuildState.RUNNING
+
+
+def test_a_report_for_a_stale_attempt_is_refused(farm, running):
+    with pytest.raises(Conflict, match="attempt 2 is stale"):
+        _finish(farm, running, attempt=2)
+    assert _state(farm, running) is BuildState.RUNNING
+
+
+def test_a_report_for_a_job_no_worker_started_is_refused(farm):
+    build = submit_build(farm, BuildRequest(source=DIGEST, targets=[X86]))
+    queued = farm.store.jobs.get(build.jobs[0].job_id)
+    with pytest.raises(Conflict, match="never started"):
+        _finish(farm, queued)
+    assert _state(farm, queued) is BuildState.QUEUED
+
+
+@pytest.mark.parametrize("key", [
+    "builds/b-0000000000000000/x86_64-unknown-linux-gnu/attempt-1/artifacts/hello",
+    "blobs/ab/" + SHA,
+    "builds/{build}/x86_64-unknown-linux-gnu/attempt-2/artifacts/hello",
+    "builds/{build}/x86_64-unknown-linux-gnu/attempt-1/artifacts/../manifest.json",
+], ids=["another-build", "a-source-blob", "another-attempt", "traversal"])
+def test_a_manifest_with_a_foreign_key_is_refused_and_the_job_does_not_succeed(
+        farm, running, key):
+    forged = _manifest(running, key=key.format(build=running.build_id))
+    with pytest.raises(InvalidRequest, match="not under the attempt's own prefix"):
+        _finish(farm, running, manifest=forged)
+    assert _state(farm, running) is BuildState.RUNNING
+
+
+@pytest.mark.parametrize("fields", [
+    {"attempt": 2}, {"build_id": BuildId("b-0000000000000000")}, {"target": "evil"},
+], ids=["attempt", "build", "target"])
+def test_a_manifest_naming_another_job_or_attempt_is_refused(farm, running, fields):
+    forged = _manifest(running, **fields)
+    with pytest.raises(InvalidRequest, match="names another job or attempt"):
+        _finish(farm, running, manifest=forged)
+    assert _state(farm, running) is BuildState.RUNNING
+
+
+def test_a_manifest_listing_a_name_twice_is_refused(farm, running):
+    with pytest.raises(InvalidRequest, match="twice"):
+        _finish(farm, running, manifest=_manifest(running, names=("a", "a")))
