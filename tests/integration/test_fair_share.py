@@ -1,8 +1,7 @@
 """Fair share against the real farm: one tenant floods a queue, another still gets its
 turn. Real Redis, SeaweedFS, controller (whose placer sends the jobs) and a worker of
-concurrency 1. The builds are recorded for their tenants through the submit use-case,
-in this process, against the farm's own database, Redis and object store: the same
-call the API makes once a token names the tenant."""
+concurrency 1; each tenant uploads and submits over the API with a token the operator
+issued it."""
 
 from __future__ import annotations
 
@@ -15,11 +14,6 @@ from polling import until
 
 from crossfarm.client.api import FarmClient
 from crossfarm.client.source import scan, send
-from crossfarm.controller.app import create_farm
-from crossfarm.controller.builds import submit_build
-from crossfarm.controller.farm import Farm
-from crossfarm.controller.settings import ControllerSettings
-from crossfarm.shared.ids import BuildId
 from crossfarm.shared.wire import BuildRequest, BuildView
 
 pytestmark = pytest.mark.integration
@@ -41,17 +35,6 @@ def tiny(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def use_cases(farm) -> Iterator[Farm]:
-    """The controller's use-cases in this process, on the farm's record and services."""
-    settings = ControllerSettings(
-        redis_url=farm.redis_url, s3_endpoint=farm.s3_url,
-        database_url=f"sqlite:///{farm.dir / 'crossfarm.db'}")
-    here = create_farm(settings)
-    yield here
-    here.store.close()
-
-
-@pytest.fixture
 def one_slot(farm, only) -> Iterator[None]:
     """The only worker taking jobs has one slot."""
     farm.start_worker("worker-one", CROSSFARM_CONCURRENCY="1", CROSSFARM_HEARTBEAT_S="1",
@@ -60,30 +43,39 @@ def one_slot(farm, only) -> Iterator[None]:
     farm.stop_process("worker-one")
 
 
-def _started(use_cases: Farm, build: BuildView) -> datetime | None:
-    [job] = use_cases.store.builds.get(BuildId(build.build_id)).jobs
-    return job.started_at
+def _tenant(farm, api, tenant: str) -> FarmClient:
+    issued = api.post("/v1/admin/tokens", json={"tenant": tenant, "name": "ci"})
+    assert issued.status_code == 201, issued.text
+    return FarmClient(farm.controller_url, token=issued.json()["token"])
 
 
-def test_a_tenant_flooding_a_queue_does_not_starve_another(farm, api, tiny, use_cases,
-                                                           one_slot):
-    with FarmClient(farm.controller_url, token=farm.client_token) as client:
-        source = send(client, scan(tiny)).status.digest
+def _submit(client: FarmClient, crate: Path, count: int) -> list[BuildView]:
+    source = send(client, scan(crate)).status.digest
     request = BuildRequest(source=source, targets=[X86], placement="native")
-    flood = [submit_build(use_cases, request, tenant="acme") for _ in range(20)]
-    pair = [submit_build(use_cases, request, tenant="bolt") for _ in range(2)]
+    return [client.submit(request) for _ in range(count)]
+
+
+def _started(api, build: BuildView) -> datetime | None:
+    [job] = api.get(f"/v1/builds/{build.build_id}").json()["jobs"]
+    return datetime.fromisoformat(job["started_at"]) if job["started_at"] else None
+
+
+def test_a_tenant_flooding_a_queue_does_not_starve_another(farm, api, tiny, one_slot):
+    with _tenant(farm, api, "acme-fair") as acme, _tenant(farm, api, "bolt-fair") as bolt:
+        flood = _submit(acme, tiny, 20)
+        pair = _submit(bolt, tiny, 2)
     try:
-        until(lambda: all(_started(use_cases, b) for b in pair), "bolt's two builds to start",
+        until(lambda: all(_started(api, b) for b in pair), "bolt's two builds to start",
               timeout=600)
-        second = max(_started(use_cases, b) for b in pair)
+        second = max(_started(api, b) for b in pair)
         starts = sorted((s, tenant) for tenant, builds in (("acme", flood), ("bolt", pair))
-                        for b in builds if (s := _started(use_cases, b)) is not None)
+                        for b in builds if (s := _started(api, b)) is not None)
         print("start order:", [tenant for _, tenant in starts])
-        ahead = [b for b in flood if (s := _started(use_cases, b)) is not None and s < second]
+        ahead = [b for b in flood if (s := _started(api, b)) is not None and s < second]
         # One slot, turns taken in fair order: acme, bolt, acme, bolt (acme's first job
         # may have been sent before bolt had submitted anything).
         assert len(ahead) <= 3, f"{len(ahead)} of acme's 20 builds started before bolt's 2nd"
-        waiting = [b for b in flood if _started(use_cases, b) is None]
+        waiting = [b for b in flood if _started(api, b) is None]
         assert len(waiting) >= 15  # bolt's turns came long before the flood drained
     finally:
         for build in flood + pair:
