@@ -21,26 +21,29 @@ from crossfarm.shared.ids import (
 from crossfarm.shared.wire import Role
 
 
-def _farm(request: Request) -> Farm:
+# The dependencies that only parse or compare are coroutines: FastAPI runs a plain `def`
+# dependency in its thread pool, a hop each that cost more than the parsing. Those that
+# may read the database (_principal, _worker) stay plain, off the event loop.
+async def _farm(request: Request) -> Farm:
     farm: Farm = request.app.state.farm
     return farm
 
 
-def _build_id(build_id: Annotated[str, Path()]) -> BuildId:
+async def _build_id(build_id: Annotated[str, Path()]) -> BuildId:
     try:
         return parse_build_id(build_id)
     except ValueError as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from None
 
 
-def _job_id(job_id: Annotated[str, Path()]) -> JobId:
+async def _job_id(job_id: Annotated[str, Path()]) -> JobId:
     try:
         return parse_job_id(job_id)
     except ValueError as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from None
 
 
-def _digest(digest: Annotated[str, Path()]) -> SourceDigest:
+async def _digest(digest: Annotated[str, Path()]) -> SourceDigest:
     try:
         return parse_digest(digest)
     except ValueError as exc:
@@ -62,15 +65,15 @@ def _principal(farm: Annotated[Farm, Depends(_farm)],
     return auth.authenticate(farm, credentials.credentials if credentials else None)
 
 
-def _reader(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+async def _reader(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
     return auth.require(principal, Role.READ)
 
 
-def _submitter(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+async def _submitter(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
     return auth.require(principal, Role.SUBMIT)
 
 
-def _operator(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+async def _operator(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
     return auth.require(principal, Role.OPERATOR)
 
 
