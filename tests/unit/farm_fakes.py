@@ -25,11 +25,14 @@ class FakeQueue:
 
 
 class FakeEvents:
-    """Build streams and cancel flags in lists."""
+    """Build streams, cancel flags and attempts in lists; with `broker` (a FakeQueue),
+    queue depths as the broker would count them."""
 
-    def __init__(self):
+    def __init__(self, broker=None):
+        self.broker = broker
         self.appended = []
         self.cancelled = []
+        self.attempts = {}
 
     def append(self, build_id, event, if_exists=False):
         if if_exists and all(b != build_id for b, _ in self.appended):
@@ -41,10 +44,14 @@ class FakeEvents:
         self.cancelled.append(job_id)
 
     def set_attempt(self, job_id, attempt):
-        pass
+        self.attempts[job_id] = attempt
 
     def queue_depth(self, queue):
-        return 0
+        # The broker's view: every message sent to that queue and still there.
+        return sum(1 for _, sent_to in self.broker.sent if sent_to == queue) if self.broker else 0
+
+    def logs(self):
+        return [event.line for _, event in self.appended if event.kind == "log"]
 
 
 class FakeEventReader:

@@ -3,6 +3,7 @@ its outcome, and a manifest names that attempt's own outputs. A real SQLite stor
 in-test fakes for the broker and the event stream."""
 
 import pytest
+from farm_fakes import FakeEvents, FakeQueue
 
 from crossfarm.controller import jobs
 from crossfarm.controller.builds import submit_build
@@ -26,28 +27,6 @@ from crossfarm.shared.wire import (
 X86 = "x86_64-unknown-linux-gnu"
 DIGEST = "0123456789abcdef" * 4
 SHA = "ab" * 32
-
-
-class FakeQueue:
-    def __init__(self):
-        self.sent = []
-
-    def enqueue(self, message, queue):
-        self.sent.append((message, queue.name))
-
-
-class FakeEvents:
-    def __init__(self):
-        self.appended = []
-
-    def append(self, build_id, event, if_exists=False):
-        self.appended.append((build_id, event))
-
-    def set_attempt(self, job_id, attempt):
-        pass
-
-    def queue_depth(self, queue):
-        return 0
 
 
 class FakeStorage:

@@ -8,6 +8,7 @@ import threading
 from datetime import timedelta
 
 import pytest
+from farm_fakes import FakeEvents, FakeQueue
 from sqlalchemy import event
 
 from crossfarm.controller import jobs, placer
@@ -40,44 +41,6 @@ ARM64_QUEUE = "crossfarm.builds.arm64"
 ARM64_CROSS = "crossfarm.builds.arm64.cross"
 ARM64_EMULATED = "crossfarm.builds.arm64.emulated"
 N, C, E = BuildMode.NATIVE, BuildMode.CROSS, BuildMode.EMULATED
-
-
-class FakeQueue:
-    """Records each (message, queue) the controller sends to the broker."""
-
-    def __init__(self):
-        self.sent = []
-
-    def enqueue(self, message, queue):
-        self.sent.append((message, queue.name))
-
-
-class FakeEvents:
-    """Records each (build_id, event) appended to a build's stream."""
-
-    def __init__(self, broker):
-        self.broker = broker
-        self.appended = []
-        self.cancelled = []
-
-    def append(self, build_id, event, if_exists=False):
-        if if_exists and all(b != build_id for b, _ in self.appended):
-            return None
-        self.appended.append((build_id, event))
-        return f"{len(self.appended)}-0"
-
-    def raise_cancel(self, job_id):
-        self.cancelled.append(job_id)
-
-    def set_attempt(self, job_id, attempt):
-        self.attempts = {**getattr(self, "attempts", {}), job_id: attempt}
-
-    def queue_depth(self, queue):
-        # The broker's view: every message sent to that queue and still there.
-        return sum(1 for _, sent_to in self.broker.sent if sent_to == queue)
-
-    def logs(self):
-        return [event.line for _, event in self.appended if event.kind == "log"]
 
 
 class FakeStorage:
