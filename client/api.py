@@ -140,7 +140,13 @@ class FarmClient:
                 return
             # Resolved against the page's own URL, as RFC 8288 says; no params here, as
             # httpx would let them replace the link's query.
-            response = self._call("GET", str(response.url.join(link)))
+            following = response.url.join(link)
+            if (following.scheme, following.netloc) != (response.url.scheme,
+                                                        response.url.netloc):
+                raise FarmError(f"the farm's next page points to another origin "
+                                f"({following.scheme}://{following.host}); not sending the "
+                                "token there")
+            response = self._call("GET", str(following))
 
     def drain(self, worker: str, drain: bool) -> WorkerView:
         response = self._call("POST" if drain else "DELETE", f"/v1/workers/{worker}/drain")

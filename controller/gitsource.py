@@ -180,6 +180,11 @@ class _Git:
             "GIT_TERMINAL_PROMPT": "0",
             "GIT_CONFIG_NOSYSTEM": "1",
             "GIT_ALLOW_PROTOCOL": "https:http:git:ssh",
+            # ssh finds keys under the account's home (from passwd), not $HOME: without
+            # this, any tenant could fetch what the controller's own key can reach.
+            "GIT_SSH_COMMAND": "ssh -F /dev/null -o IdentitiesOnly=yes "
+                               "-o IdentityFile=/dev/null -o IdentityAgent=none "
+                               "-o BatchMode=yes",
         }
 
     def _argv(self, args: tuple[str, ...]) -> list[str]:

@@ -87,8 +87,10 @@ def list_builds(
                               submitter=principal.submitter if mine else submitter,
                               state=state, tenant=principal.scope)
     if page.next is not None:
+        # Relative: behind a proxy the request's own scheme and host may not be the
+        # client's, and a client sends its token wherever the link points.
         url = request.url.include_query_params(after=page.next.encode())
-        response.headers["Link"] = f'<{url}>; rel="next"'
+        response.headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
     return page.builds
 
 

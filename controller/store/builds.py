@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, exists, func, or_, select
 from sqlalchemy.orm import Session, lazyload
@@ -218,8 +218,9 @@ class ListCursor:
             created_at = datetime.fromisoformat(stamp)
             if created_at.tzinfo is None:
                 raise ValueError("no time zone")
-            return cls(as_utc(created_at), parse_build_id(build_id))
-        except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+            # Converted here: a date at the calendar's edge overflows on the way to UTC.
+            return cls(created_at.astimezone(UTC), parse_build_id(build_id))
+        except (ValueError, OverflowError):  # binascii.Error, UnicodeDecodeError: ValueErrors
             raise InvalidRequest(
                 f"after={token[:80]!r} is not a cursor this farm gave: pass the `next` "
                 "link of the previous page as it is, or start again without `after`"

@@ -10,6 +10,7 @@ import pytest
 
 from crossfarm.client.api import FarmClient
 from crossfarm.client.cli import _list, _parser
+from crossfarm.shared.errors import FarmError
 from crossfarm.shared.wire import BuildView, CargoSpec, JobView
 
 X86 = "x86_64-unknown-linux-gnu"
@@ -72,6 +73,21 @@ def test_listing_follows_every_link_to_the_last_page_with_the_filters_kept(absol
     for request in farm.requests:
         assert request.url.params["mine"] == "true"
         assert request.url.params["state"] == "queued"
+
+
+def test_listing_refuses_to_follow_a_link_to_another_origin_with_its_token():
+    def elsewhere(request):
+        return httpx.Response(200, json=[_view(1)],
+                              headers={"Link": '<http://evil.test/v1/builds?after=1>; rel="next"'})
+    requests = []
+    with FarmClient("http://farm.test", token="secret-token-0123",
+                    transport=httpx.MockTransport(lambda r: requests.append(r) or elsewhere(r))
+                    ) as client:
+        builds = client.list_builds(None, page_size=1)
+        assert next(builds).build_id == f"b-{1:016x}"
+        with pytest.raises(FarmError, match="another origin"):
+            next(builds)
+    assert [r.url.host for r in requests] == ["farm.test"]
 
 
 def _run_list(farm, capsys, *flags):

@@ -1,6 +1,12 @@
 import pytest
 
-from crossfarm.controller.gitsource import check_git_source, check_listing, listing_entry, redact
+from crossfarm.controller.gitsource import (
+    check_git_source,
+    check_listing,
+    fetch_commit,
+    listing_entry,
+    redact,
+)
 from crossfarm.shared.errors import InvalidRequest, InvalidSource
 from crossfarm.shared.tree import TreeLimits
 
@@ -148,3 +154,25 @@ def test_blobs_over_the_total_limit_are_refused_from_their_listed_sizes():
 def test_a_symlink_with_a_target_over_4096_bytes_is_refused():
     with pytest.raises(InvalidSource, match="symlink target"):
         check_listing([listing_entry(_line("120000", 5000, b"link"))], LIMITS)
+
+
+def test_git_runs_with_no_ssh_identity_of_the_controllers_account(tmp_path, monkeypatch):
+    """ssh reads keys from the account's home (passwd), not $HOME: the fetch must name
+    none, or any tenant could fetch what the controller's own key reaches."""
+    seen = tmp_path / "env"
+    fake = tmp_path / "bin" / "git"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\nenv > {seen}\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
+    (tmp_path / "work").mkdir()
+    with pytest.raises((InvalidSource, InvalidRequest)):
+        fetch_commit("ssh://git.example.test/repo.git", "main", tmp_path / "work", 5,
+                     TreeLimits())
+    env = dict(line.split("=", 1) for line in seen.read_text().splitlines() if "=" in line)
+    ssh = env["GIT_SSH_COMMAND"]
+    assert "IdentityFile=/dev/null" in ssh
+    assert "IdentitiesOnly=yes" in ssh
+    assert "IdentityAgent=none" in ssh
+    assert "-F /dev/null" in ssh
+    assert "SSH_AUTH_SOCK" not in env
