@@ -97,7 +97,7 @@ def create_source(farm: Farm, tree: SourceTree, commit: str | None = None,
     status = SourceStatus(digest=digest, files=summary.files, total_bytes=summary.total_bytes,
                           commit=commit)
     canonical = SourceTree(entries=sorted(tree.entries, key=lambda e: e.path))
-    packs = farm.store.sources.blob_packs(file_digests(tree))
+    packs = farm.store.sources.blob_packs(digests)
     # Locations first, tree last: a stored tree always has its locations beside it.
     farm.storage.put_bytes(keys.locations_key(digest), json.dumps(packs).encode(),
                            "application/json")

@@ -27,6 +27,7 @@ from crossfarm.controller.store.schema import (
     Database,
     JobRow,
     as_utc,
+    chunks,
     now,
 )
 from crossfarm.shared.arch import Arch, BuildMode, Placement
@@ -36,8 +37,6 @@ from crossfarm.shared.keys import QueueKey
 from crossfarm.shared.states import BuildState, transition
 from crossfarm.shared.wire import JobView, Manifest
 
-#: Rows per IN (…) list, to stay under SQL parameter limits.
-_CHUNK = 500
 _TERMINAL = [state.value for state in BuildState if state.terminal]
 #: a queued job the placer has not sent yet
 _HELD = (JobRow.state == BuildState.QUEUED.value) & JobRow.sent_at.is_(None)
@@ -201,8 +200,7 @@ class JobStore:
         by_id = {record.view.job_id: record for record in records}
         claimed: list[JobRecord] = []
         ids = list(by_id)
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start:start + _CHUNK]
+        for chunk in chunks(ids):
             with self._db.session() as session:
                 free = session.scalars(select(JobRow.id).where(JobRow.id.in_(chunk), _HELD)
                                        .with_for_update(skip_locked=True)).all()

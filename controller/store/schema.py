@@ -8,11 +8,11 @@ database was made with and a text sealed with its secrets key (vault.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -28,6 +28,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+_T = TypeVar("_T")
+
+#: Values per IN (…) list, to stay under SQL parameter limits.
+IN_LIST = 500
+
+
+def chunks(values: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    """`values` in slices short enough for one IN (…) list each."""
+    for start in range(0, len(values), IN_LIST):
+        yield values[start:start + IN_LIST]
 
 
 def now() -> datetime:

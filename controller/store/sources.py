@@ -14,14 +14,12 @@ from crossfarm.controller.store.schema import (
     TenantBlobRow,
     TenantTreeRow,
     TreeRow,
+    chunks,
     now,
 )
 from crossfarm.shared.errors import NotFound
 from crossfarm.shared.ids import SourceDigest
 from crossfarm.shared.wire import SourceStatus
-
-#: Digests per IN (…) list, to stay under SQL parameter limits.
-_CHUNK = 500
 
 
 class SourceStore:
@@ -39,8 +37,7 @@ class SourceStore:
     @staticmethod
     def _present(session: Session, digests: list[str]) -> set[str]:
         present: set[str] = set()
-        for start in range(0, len(digests), _CHUNK):
-            chunk = digests[start:start + _CHUNK]
+        for chunk in chunks(digests):
             present.update(session.scalars(select(BlobRow.digest).where(
                 BlobRow.digest.in_(chunk))))
         return present
@@ -48,8 +45,7 @@ class SourceStore:
     @staticmethod
     def _owned(session: Session, digests: list[str], tenant: str) -> set[str]:
         owned: set[str] = set()
-        for start in range(0, len(digests), _CHUNK):
-            chunk = digests[start:start + _CHUNK]
+        for chunk in chunks(digests):
             owned.update(session.scalars(select(TenantBlobRow.digest).where(
                 TenantBlobRow.tenant == tenant, TenantBlobRow.digest.in_(chunk))))
         return owned
@@ -58,9 +54,9 @@ class SourceStore:
         """digest -> stored size for those of `digests` that are stored."""
         sizes: dict[str, int] = {}
         with self._db.session() as session:
-            for start in range(0, len(digests), _CHUNK):
+            for chunk in chunks(digests):
                 rows = session.execute(select(BlobRow.digest, BlobRow.size).where(
-                    BlobRow.digest.in_(digests[start:start + _CHUNK])))
+                    BlobRow.digest.in_(chunk)))
                 sizes.update({digest: size for digest, size in rows})
         return sizes
 
@@ -88,9 +84,9 @@ class SourceStore:
         """digest -> pack for the given blobs that are stored in a pack."""
         packs: dict[str, str] = {}
         with self._db.session() as session:
-            for start in range(0, len(digests), _CHUNK):
+            for chunk in chunks(digests):
                 rows = session.execute(select(BlobRow.digest, BlobRow.pack).where(
-                    BlobRow.digest.in_(digests[start:start + _CHUNK]), BlobRow.pack.is_not(None)))
+                    BlobRow.digest.in_(chunk), BlobRow.pack.is_not(None)))
                 packs.update({digest: pack for digest, pack in rows if pack})
         return packs
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from crossfarm.controller.store.schema import Database, JobRow
+from crossfarm.controller.store.schema import Database, JobRow, chunks
 from crossfarm.shared.ids import JobId
 from crossfarm.shared.states import BuildState
 
 _TERMINAL = [state.value for state in BuildState if state.terminal]
-#: Rows per IN (…) list, to stay under SQL parameter limits.
-_CHUNK = 500
 
 
 class UsageStore:
@@ -44,8 +42,8 @@ class UsageStore:
         """Job id -> its tenant, for the given jobs."""
         tenants: dict[JobId, str] = {}
         with self._db.session() as session:
-            for start in range(0, len(job_ids), _CHUNK):
+            for chunk in chunks(job_ids):
                 rows = session.execute(select(JobRow.id, JobRow.tenant).where(
-                    JobRow.id.in_(job_ids[start:start + _CHUNK])))
+                    JobRow.id.in_(chunk)))
                 tenants.update({JobId(job_id): tenant for job_id, tenant in rows})
         return tenants
