@@ -8,7 +8,10 @@ the placer decides when a job moves, this module moves it.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import secrets
 
 from crossfarm.controller.farm import Farm
 from crossfarm.controller.placement import Decision
@@ -92,12 +95,20 @@ def start(farm: Farm, job_id: JobId, report: JobStarted) -> StartVerdict:
         return StartVerdict(proceed=False, reason=f"attempt {report.attempt} is stale")
     if record.view.state is not BuildState.QUEUED:
         return StartVerdict(proceed=False, reason=f"job is {record.view.state.value}")
+    lease = secrets.token_urlsafe(32)
     moved = farm.store.jobs.start(job_id, report.attempt, worker=report.worker,
-                                  mode=report.mode, consumed_from=report.consumed_from)
+                                  mode=report.mode, consumed_from=report.consumed_from,
+                                  lease_hash=lease_hash(lease))
     if moved is None:
         return StartVerdict(proceed=False, reason="another report changed the job first")
     tell(farm, record.build_id, Event(kind="state", target=moved.target, state=BuildState.RUNNING))
-    return StartVerdict(proceed=True)
+    return StartVerdict(proceed=True, lease=lease)
+
+
+def lease_hash(lease: str) -> str:
+    """What the record keeps of a lease secret: its sha256 (32 random bytes need no slow
+    hash), so a read of the database cannot report for a worker."""
+    return hashlib.sha256(lease.encode()).hexdigest()
 
 
 def report_finished(farm: Farm, job_id: JobId, report: JobFinished) -> JobView:
@@ -119,7 +130,9 @@ def report_finished(farm: Farm, job_id: JobId, report: JobFinished) -> JobView:
 
 def check_lease(record: JobRecord, report: JobFinished) -> None:
     """Conflict unless the report comes from the worker that started the job's current
-    attempt: any other worker (or a stale attempt) holds no lease on it."""
+    attempt: any other worker (or a stale attempt) holds no lease on it. Every worker
+    shares one token and names are public, so only the secret its start was answered with
+    proves the holder; the messages never repeat it."""
     job = record.view
     if report.attempt != job.attempt:
         raise Conflict(f"job {job.job_id} attempt {report.attempt} is stale: the job is at "
@@ -130,6 +143,11 @@ def check_lease(record: JobRecord, report: JobFinished) -> None:
     if report.worker != job.worker:
         raise Conflict(f"job {job.job_id} attempt {job.attempt} is held by another worker, "
                        f"not {report.worker!r}; only its holder may report its outcome")
+    if record.lease_hash is None or not hmac.compare_digest(
+            lease_hash(report.lease), record.lease_hash):
+        raise Conflict(f"job {job.job_id} attempt {job.attempt}: the lease sent is not the "
+                       "one this attempt was started with; only the worker that started "
+                       "this attempt may report it")
 
 
 def check_manifest(record: JobRecord, attempt: int, manifest: Manifest) -> None:

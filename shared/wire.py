@@ -26,6 +26,9 @@ FeatureName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.+/-]{0,127
 TargetName = Annotated[str, Field(min_length=1, max_length=100)]
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 EnvValue = Annotated[str, Field(max_length=32_768)]
+#: the secret a worker is given when it starts an attempt; each field holding one is kept
+#: out of reprs, so a logged report or verdict never shows it
+LeaseSecret = Annotated[str, Field(min_length=1, max_length=100)]
 
 #: Unicode categories no file name the farm writes may hold: controls (C0, DEL, C1),
 #: format characters (bidi overrides, zero-width), surrogates, line and paragraph separators.
@@ -216,13 +219,20 @@ class JobStarted(Wire):
     consumed_from: str
 
 
+#: the states a worker may report a job ended in
+EndState = Literal[BuildState.SUCCEEDED, BuildState.FAILED, BuildState.CANCELLED]
+
+
 class JobFinished(Wire):
     """A worker's report of a job's outcome; only the worker that started this attempt
     may send it."""
 
     attempt: int
     worker: Annotated[str, Field(min_length=1, max_length=200)]
-    state: Literal[BuildState.SUCCEEDED, BuildState.FAILED, BuildState.CANCELLED]
+    #: the secret its StartVerdict gave: the worker token and a name prove no more than
+    #: being some worker
+    lease: LeaseSecret = Field(repr=False)
+    state: EndState
     exit_code: int | None = None
     reason: str | None = None
     manifest: Manifest | None = None
@@ -233,6 +243,9 @@ class StartVerdict(Reply):
 
     proceed: bool
     reason: str | None = None
+    #: with proceed: the attempt's lease secret, to send back with JobFinished (given once,
+    #: stored by the controller only as its hash)
+    lease: LeaseSecret | None = Field(default=None, repr=False)
 
 
 class Event(Wire):

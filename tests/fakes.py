@@ -204,6 +204,10 @@ class FakeEventSink:
         self.lines.append(text)
 
 
+#: the lease secret FakeReporter answers every start with
+FAKE_LEASE = "fake-lease-0123456789abcdefghijklmnopqrstuvw"
+
+
 class FakeReporter(FakeEventSink):
     """The controller and event stream as a job and the heartbeat see them: says go ahead
     unless `proceed` is False, stops a job once `stop` is set, answers heartbeats with
@@ -212,7 +216,8 @@ class FakeReporter(FakeEventSink):
     def __init__(self, proceed: bool = True, stop: str | None = None,
                  replies: Iterable[HeartbeatReply | Exception] = ()) -> None:
         super().__init__()
-        self.verdict = StartVerdict(proceed=proceed, reason=None if proceed else "stale")
+        self.verdict = (StartVerdict(proceed=True, lease=FAKE_LEASE) if proceed
+                        else StartVerdict(proceed=False, reason="stale"))
         self.stop = stop
         self.replies = list(replies)
         self.starts: list[tuple[JobId, JobStarted]] = []

@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from crossfarm.shared import keys
 from crossfarm.shared.arch import Arch, BuildMode, target_arch
@@ -37,7 +37,14 @@ from crossfarm.shared.ids import SourceDigest
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.storage import ObjectStore
 from crossfarm.shared.tree import TreeLimits
-from crossfarm.shared.wire import JobFinished, JobMessage, JobStarted, Manifest, SourceTree
+from crossfarm.shared.wire import (
+    EndState,
+    JobFinished,
+    JobMessage,
+    JobStarted,
+    Manifest,
+    SourceTree,
+)
 from crossfarm.worker import cargo, deps
 from crossfarm.worker.artifacts import ArtifactCollector, JobOutput, build_manifest
 from crossfarm.worker.container import ContainerRunner, Step, StepContainer, StopCheck
@@ -78,6 +85,14 @@ class Toolbox:
     crates: CrateSource
     #: None: the lease is never checked (a worker without a heartbeat, in tests)
     lease: Lease | None = None
+
+
+class Ending(Protocol):
+    """Makes the outcome report of the attempt being run (it holds the attempt's lease)."""
+
+    def __call__(self, state: EndState, exit_code: int | None = None,
+                 reason: str | None = None, manifest: Manifest | None = None
+                 ) -> JobFinished: ...
 
 
 @dataclass(frozen=True)
@@ -126,14 +141,24 @@ def run_job(tools: Toolbox, job: JobMessage, consumed_from: str) -> BuildState |
     if not verdict.proceed:
         log.info("job %s not run: %s", job_id, verdict.reason)
         return None
+    if verdict.lease is None:  # a controller older than leases: no outcome could be reported
+        log.warning("job %s not run: the controller gave no lease to report it with", job_id)
+        return None
+    # The lease proves this worker started the attempt: held here only, in memory, and
+    # sent back with the outcome (never to the container, its env or the job's log).
+    lease = verdict.lease
+
+    def ended(state: EndState, exit_code: int | None = None, reason: str | None = None,
+              manifest: Manifest | None = None) -> JobFinished:
+        return JobFinished(attempt=job.attempt, worker=settings.worker_name, lease=lease,
+                           state=state, exit_code=exit_code, reason=reason, manifest=manifest)
     joblog = JobLog(tools.reporter, job.build_id, job.target, list(job.env.values()),
                     settings.log_max_bytes)
     joblog(f"crossfarm: {job.target} on {tools.settings.worker_name} "
            f"({tools.host.value}, {mode.value}), attempt {job.attempt}")
     try:
-        outcome = (JobFinished(attempt=job.attempt, worker=tools.settings.worker_name,
-                               state=BuildState.FAILED, reason=refusal)
-                   if refusal else _build(tools, job, image, joblog))
+        outcome = (ended(state=BuildState.FAILED, reason=refusal)
+                   if refusal else _build(tools, job, image, joblog, ended))
     except LeaseLost as exc:  # its container is gone; the controller re-runs the job
         log.warning("job %s attempt %d abandoned: %s", job_id, job.attempt, exc.message)
         joblog(f"crossfarm: abandoned: {exc.message}")
@@ -158,38 +183,32 @@ def _queue_mode(queue: str) -> BuildMode:
         return BuildMode.NATIVE
 
 
-def _build(tools: Toolbox, job: JobMessage, image: str, joblog: JobLog) -> JobFinished:
+def _build(tools: Toolbox, job: JobMessage, image: str, joblog: JobLog,
+           ended: Ending) -> JobFinished:
+    """Build and publish; `ended` makes the outcome to report (it holds the lease)."""
     run = JobRun(tools, job, image, joblog, deadline=time.monotonic() + job.timeout_s,
                  stop=_stop_check(tools, job))
     try:
         manifest = _compile_and_publish(run)
     except BuildCancelled as exc:
-        return JobFinished(attempt=job.attempt, worker=tools.settings.worker_name,
-                           state=BuildState.CANCELLED, reason=exc.message)
+        return ended(state=BuildState.CANCELLED, reason=exc.message)
     except BuildTimeout:
-        return JobFinished(attempt=job.attempt, worker=tools.settings.worker_name,
-                           state=BuildState.FAILED,
-                           reason=f"timeout: the build ran past {job.timeout_s} s and was killed")
+        return ended(state=BuildState.FAILED,
+                     reason=f"timeout: the build ran past {job.timeout_s} s and was killed")
     except BuildError as exc:
-        return JobFinished(attempt=job.attempt, worker=tools.settings.worker_name,
-                           state=BuildState.FAILED, exit_code=exc.exit_code,
-                           reason=exc.message)
+        return ended(state=BuildState.FAILED, exit_code=exc.exit_code, reason=exc.message)
     except LeaseLost:
         raise  # not an outcome: the job belongs to another attempt now
     except StorageError as exc:
         advice = ("retryable: resubmit once the object store is back" if exc.retryable
                   else "the stored source is damaged; an operator should check the object "
                        "store")
-        return JobFinished(attempt=job.attempt, worker=tools.settings.worker_name,
-                           state=BuildState.FAILED,
-                           reason=f"storage: {exc.message}; {advice}")
+        return ended(state=BuildState.FAILED, reason=f"storage: {exc.message}; {advice}")
     except Exception as exc:  # a bug or an engine failure must still end the job as data
         log.exception("job %s failed on this worker", job.job_id)
-        return JobFinished(attempt=job.attempt, worker=tools.settings.worker_name,
-                           state=BuildState.FAILED,
-                           reason=f"worker error: {type(exc).__name__}: {exc}")
-    return JobFinished(attempt=job.attempt, worker=tools.settings.worker_name,
-                       state=BuildState.SUCCEEDED, exit_code=0, manifest=manifest)
+        return ended(state=BuildState.FAILED,
+                     reason=f"worker error: {type(exc).__name__}: {exc}")
+    return ended(state=BuildState.SUCCEEDED, exit_code=0, manifest=manifest)
 
 
 def _compile_and_publish(run: JobRun) -> Manifest:

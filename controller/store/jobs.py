@@ -51,6 +51,8 @@ class JobRecord:
     manifest: Manifest | None
     sent_at: datetime | None = None
     tenant: str = DEFAULT_TENANT
+    #: sha256 of the current attempt's lease secret; None until a worker starts it
+    lease_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ def job_view(job: JobRow, position: int | None = None) -> JobView:
 def _record(job: JobRow) -> JobRecord:
     manifest = Manifest.model_validate(job.manifest) if job.manifest else None
     return JobRecord(view=job_view(job), build_id=BuildId(job.build_id), manifest=manifest,
-                     sent_at=job.sent_at, tenant=job.tenant)
+                     sent_at=job.sent_at, tenant=job.tenant, lease_hash=job.lease_hash)
 
 
 class JobStore:
@@ -281,13 +283,14 @@ class JobStore:
                 if when is not None}
 
     def start(self, job_id: JobId, attempt: int, worker: str | None = None,
-              mode: BuildMode | None = None, consumed_from: str | None = None
-              ) -> JobView | None:
-        """Move a queued job to running on `worker`. None if another move won the race or
-        `attempt` is stale; IllegalTransition if the job is past starting."""
+              mode: BuildMode | None = None, consumed_from: str | None = None,
+              lease_hash: str | None = None) -> JobView | None:
+        """Move a queued job to running on `worker`, holding the lease whose secret hashes
+        to `lease_hash`. None if another move won the race or `attempt` is stale;
+        IllegalTransition if the job is past starting."""
         return self._move(job_id, attempt, BuildState.RUNNING, {
             "worker": worker, "mode": mode.value if mode else None,
-            "consumed_from": consumed_from})
+            "consumed_from": consumed_from, "lease_hash": lease_hash})
 
     def finish(self, job_id: JobId, attempt: int, outcome: Outcome) -> JobView | None:
         """Move a job to its outcome's state. None if another move won the race or
@@ -351,7 +354,7 @@ class JobStore:
         with self._db.session() as session:
             moved = self._update(session, job_id, BuildState.QUEUED, attempt, {
                 "attempt": attempt + 1, "queue": queue.name, "placed": placed,
-                "waiting": None, "sent_at": None})
+                "waiting": None, "sent_at": None, "lease_hash": None})
         return self.get(job_id).view if moved else None
 
     def retry(self, job_id: JobId, attempt: int, queue: QueueKey, placed: str
@@ -363,5 +366,6 @@ class JobStore:
             moved = self._update(session, job_id, BuildState.RUNNING, attempt, {
                 "state": BuildState.QUEUED.value, "attempt": attempt + 1, "queue": queue.name,
                 "placed": placed, "waiting": None, "worker": None, "mode": None,
-                "consumed_from": None, "started_at": None, "sent_at": None})
+                "consumed_from": None, "started_at": None, "sent_at": None,
+                "lease_hash": None})
         return self.get(job_id).view if moved else None

@@ -127,6 +127,9 @@ class JobRow(Base):
     exit_code: Mapped[int | None]
     reason: Mapped[str | None] = mapped_column(String(4000))
     manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: sha256 (hex) of the secret the current attempt's worker was given when it started
+    #: it, never the secret: only that worker can report the attempt's outcome
+    lease_hash: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         # The listing's state filter asks "has this build a job in state x?" per build.
@@ -144,7 +147,7 @@ class JobRow(Base):
 
 
 #: Bump on any change to the tables; a database made by another version is refused.
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 
 class MetaRow(Base):

@@ -1,15 +1,21 @@
-"""The job lifecycle's report checks: only the worker holding an attempt's lease reports
-its outcome, and a manifest names that attempt's own outputs. A real SQLite store; small
-in-test fakes for the broker and the event stream."""
+"""The job lifecycle's report checks: only the worker holding an attempt's lease (the
+secret its start was answered with) reports its outcome, and a manifest names that
+attempt's own outputs. A real SQLite store; small in-test fakes for the broker and the
+event stream."""
+
+import hashlib
+from typing import NamedTuple
 
 import pytest
 from farm_fakes import FakeEvents, FakeQueue
+from pydantic import ValidationError
 
 from crossfarm.controller import jobs
 from crossfarm.controller.builds import submit_build
 from crossfarm.controller.farm import Farm
 from crossfarm.controller.settings import ControllerSettings
 from crossfarm.controller.store import Store
+from crossfarm.controller.store.jobs import JobRecord
 from crossfarm.shared import keys
 from crossfarm.shared.arch import BuildMode, Placement
 from crossfarm.shared.errors import Conflict, InvalidRequest
@@ -22,6 +28,7 @@ from crossfarm.shared.wire import (
     JobStarted,
     Manifest,
     SourceStatus,
+    StartVerdict,
 )
 
 X86 = "x86_64-unknown-linux-gnu"
@@ -45,15 +52,30 @@ def farm(tmp_path):
     store.close()
 
 
+class Held(NamedTuple):
+    """A running job's record and the lease secret its worker was given."""
+
+    record: JobRecord
+    lease: str
+
+
+def _start(farm, job_id, attempt=1, worker="w1"):
+    """Start an attempt as `worker`; returns the lease secret the controller answers with."""
+    verdict = jobs.start(farm, job_id, JobStarted(
+        attempt=attempt, worker=worker, hostname="h1", mode=BuildMode.NATIVE,
+        consumed_from="crossfarm.builds.amd64"))
+    assert verdict.proceed
+    assert verdict.lease
+    return verdict.lease
+
+
 @pytest.fixture
 def running(farm):
     """A job the worker "w1" started, attempt 1."""
     build = submit_build(farm, BuildRequest(source=DIGEST, targets=[X86]))
-    job = build.jobs[0]
-    assert jobs.start(farm, job.job_id, JobStarted(
-        attempt=1, worker="w1", hostname="h1", mode=BuildMode.NATIVE,
-        consumed_from="crossfarm.builds.amd64")).proceed
-    return farm.store.jobs.get(job.job_id)
+    job_id = build.jobs[0].job_id
+    lease = _start(farm, job_id)
+    return Held(farm.store.jobs.get(job_id), lease)
 
 
 def _manifest(record, attempt=1, key=None, names=("hello",), **fields):
@@ -66,10 +88,11 @@ def _manifest(record, attempt=1, key=None, names=("hello",), **fields):
                        **fields})
 
 
-def _finish(farm, record, worker="w1", attempt=1, manifest=None):
-    return jobs.report_finished(farm, JobId(record.view.job_id), JobFinished(
-        attempt=attempt, worker=worker, state=BuildState.SUCCEEDED, exit_code=0,
-        manifest=manifest))
+def _finish(farm, held, worker="w1", attempt=1, manifest=None, lease=None):
+    """Report success for `held`'s job, with its own lease unless `lease` is given."""
+    return jobs.report_finished(farm, JobId(held.record.view.job_id), JobFinished(
+        attempt=attempt, worker=worker, lease=lease or held.lease, state=BuildState.SUCCEEDED,
+        exit_code=0, manifest=manifest))
 
 
 def _state(farm, record):
@@ -77,29 +100,70 @@ def _state(farm, record):
 
 
 def test_the_worker_holding_the_attempt_finishes_it_with_its_manifest(farm, running):
-    view = _finish(farm, running, manifest=_manifest(running))
+    view = _finish(farm, running, manifest=_manifest(running.record))
     assert view.state is BuildState.SUCCEEDED
-    assert farm.store.jobs.get(running.view.job_id).manifest.artifacts[0].name == "hello"
+    assert farm.store.jobs.get(running.record.view.job_id).manifest.artifacts[0].name == "hello"
 
 
 def test_another_workers_report_is_refused_and_the_job_runs_on(farm, running):
     with pytest.raises(Conflict, match="held by another worker"):
-        _finish(farm, running, worker="w2", manifest=_manifest(running))
-    assert _state(farm, running) is BuildState.RUNNING
+        _finish(farm, running, worker="w2", manifest=_manifest(running.record))
+    assert _state(farm, running.record) is BuildState.RUNNING
 
 
 def test_a_report_for_a_stale_attempt_is_refused(farm, running):
     with pytest.raises(Conflict, match="attempt 2 is stale"):
         _finish(farm, running, attempt=2)
-    assert _state(farm, running) is BuildState.RUNNING
+    assert _state(farm, running.record) is BuildState.RUNNING
 
 
 def test_a_report_for_a_job_no_worker_started_is_refused(farm):
     build = submit_build(farm, BuildRequest(source=DIGEST, targets=[X86]))
     queued = farm.store.jobs.get(build.jobs[0].job_id)
     with pytest.raises(Conflict, match="never started"):
-        _finish(farm, queued)
+        _finish(farm, Held(queued, "a guess"))
     assert _state(farm, queued) is BuildState.QUEUED
+
+
+def test_a_report_with_the_holders_name_but_a_guessed_lease_is_refused(farm, running):
+    guess = "A" * 43
+    with pytest.raises(Conflict, match="only the worker that started this attempt") as exc:
+        _finish(farm, running, lease=guess, manifest=_manifest(running.record))
+    assert guess not in exc.value.message
+    assert _state(farm, running.record) is BuildState.RUNNING
+
+
+def test_a_report_without_a_lease_is_refused_before_it_reaches_the_job():
+    with pytest.raises(ValidationError, match="lease"):
+        JobFinished.model_validate({"attempt": 1, "worker": "w1", "state": "succeeded"})
+    with pytest.raises(ValidationError, match="lease"):
+        JobFinished(attempt=1, worker="w1", lease="", state=BuildState.SUCCEEDED)
+
+
+def test_a_new_attempt_gets_a_new_lease_and_the_old_one_stops_working(farm, running):
+    job_id = running.record.view.job_id
+    farm.store.jobs.retry(job_id, 1, running.record.view.queue, "re-run")
+    assert farm.store.jobs.get(job_id).lease_hash is None
+    second = Held(farm.store.jobs.get(job_id), _start(farm, job_id, attempt=2))
+    assert second.lease != running.lease
+    with pytest.raises(Conflict, match="only the worker that started this attempt"):
+        _finish(farm, second, attempt=2, lease=running.lease)
+    assert _finish(farm, second, attempt=2).state is BuildState.SUCCEEDED
+
+
+def test_the_record_keeps_the_leases_hash_never_the_secret(farm, running, tmp_path):
+    assert running.record.lease_hash == hashlib.sha256(running.lease.encode()).hexdigest()
+    farm.store.close()  # flush SQLite's write-ahead log into the files read below
+    stored = b"".join(path.read_bytes() for path in tmp_path.iterdir() if path.is_file())
+    assert running.lease.encode() not in stored
+    assert running.record.lease_hash.encode() in stored
+
+
+def test_a_verdict_and_a_report_never_show_their_lease_when_logged(running):
+    report = JobFinished(attempt=1, worker="w1", lease=running.lease, state=BuildState.FAILED)
+    verdict = StartVerdict(proceed=True, lease=running.lease)
+    for shown in (repr(report), str(report), repr(verdict), str(verdict)):
+        assert running.lease not in shown
 
 
 @pytest.mark.parametrize("key", [
@@ -110,22 +174,22 @@ def test_a_report_for_a_job_no_worker_started_is_refused(farm):
 ], ids=["another-build", "a-source-blob", "another-attempt", "traversal"])
 def test_a_manifest_with_a_foreign_key_is_refused_and_the_job_does_not_succeed(
         farm, running, key):
-    forged = _manifest(running, key=key.format(build=running.build_id))
+    forged = _manifest(running.record, key=key.format(build=running.record.build_id))
     with pytest.raises(InvalidRequest, match="not under the attempt's own prefix"):
         _finish(farm, running, manifest=forged)
-    assert _state(farm, running) is BuildState.RUNNING
+    assert _state(farm, running.record) is BuildState.RUNNING
 
 
 @pytest.mark.parametrize("fields", [
     {"attempt": 2}, {"build_id": BuildId("b-0000000000000000")}, {"target": "evil"},
 ], ids=["attempt", "build", "target"])
 def test_a_manifest_naming_another_job_or_attempt_is_refused(farm, running, fields):
-    forged = _manifest(running, **fields)
+    forged = _manifest(running.record, **fields)
     with pytest.raises(InvalidRequest, match="names another job or attempt"):
         _finish(farm, running, manifest=forged)
-    assert _state(farm, running) is BuildState.RUNNING
+    assert _state(farm, running.record) is BuildState.RUNNING
 
 
 def test_a_manifest_listing_a_name_twice_is_refused(farm, running):
     with pytest.raises(InvalidRequest, match="twice"):
-        _finish(farm, running, manifest=_manifest(running, names=("a", "a")))
+        _finish(farm, running, manifest=_manifest(running.record, names=("a", "a")))

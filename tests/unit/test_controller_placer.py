@@ -355,12 +355,18 @@ def test_tick_leaves_jobs_that_started_alone(farm):
 
 
 def _start(farm, build, worker="arm64-1", queue=ARM64_QUEUE, mode=N):
+    _lease_of_start(farm, build, worker, queue, mode)
+    return _job(farm, build)
+
+
+def _lease_of_start(farm, build, worker="arm64-1", queue=ARM64_QUEUE, mode=N):
+    """Send and start the build's job as `worker`; the lease secret it is given."""
     placer.tick(farm)  # sent, as a worker takes only what the placer sent
     job = _job(farm, build)
-    assert jobs.start(farm, JobId(job.job_id), JobStarted(
-        attempt=job.attempt, worker=worker, hostname=worker, mode=mode,
-        consumed_from=queue)).proceed
-    return _job(farm, build)
+    verdict = jobs.start(farm, JobId(job.job_id), JobStarted(
+        attempt=job.attempt, worker=worker, hostname=worker, mode=mode, consumed_from=queue))
+    assert verdict.proceed
+    return verdict.lease
 
 
 def _beat(farm, name, queues, running=(), arch="arm64", interval_s=10.0):
@@ -401,14 +407,14 @@ def test_a_rerun_jobs_message_carries_the_builds_variables_until_the_build_ends(
 
     placer.tick(farm, now=running.started_at + timedelta(seconds=31))
     _arm64(farm)
-    _start(farm, build)
+    lease = _lease_of_start(farm, build)
 
     [first, rerun] = [message for message, _ in farm.queue.sent]
     assert rerun.attempt == 2
     assert rerun.env == first.env == {"TOKEN": "s3cret-abc", "PIN": "k1"}
     jobs.report_finished(farm, JobId(running.job_id),
-                         JobFinished(attempt=2, worker="arm64-1", state=BuildState.SUCCEEDED,
-                                     exit_code=0))
+                         JobFinished(attempt=2, worker="arm64-1", lease=lease,
+                                     state=BuildState.SUCCEEDED, exit_code=0))
     assert farm.store.builds.settings(BuildId(build.build_id), ARM).env == {}
     assert farm.store.builds.get(BuildId(build.build_id)).env_names == ["PIN", "TOKEN"]
 
@@ -470,7 +476,8 @@ def test_a_stale_attempt_can_neither_start_nor_finish_after_a_rerun(make_farm):
     assert not stale_start.proceed
     with pytest.raises(Conflict):
         jobs.report_finished(farm, job_id, JobFinished(attempt=1, worker="arm64-1",
-                                                            state=BuildState.SUCCEEDED))
+                                                       lease="the first attempt's",
+                                                       state=BuildState.SUCCEEDED))
     assert _job(farm, build).state is BuildState.QUEUED
 
 
@@ -627,11 +634,14 @@ def _run_one(farm, worker="arm64-1"):
     placer.tick(farm)
     [(message, _)] = farm.queue.sent[before:]
     record = farm.store.jobs.get(message.job_id)
-    assert jobs.start(farm, message.job_id, JobStarted(
+    verdict = jobs.start(farm, message.job_id, JobStarted(
         attempt=message.attempt, worker=worker, hostname=worker, mode=N,
-        consumed_from=ARM64_QUEUE)).proceed
+        consumed_from=ARM64_QUEUE))
+    assert verdict.proceed
+    assert verdict.lease
     jobs.report_finished(farm, message.job_id, JobFinished(
-        attempt=message.attempt, worker=worker, state=BuildState.SUCCEEDED, exit_code=0))
+        attempt=message.attempt, worker=worker, lease=verdict.lease,
+        state=BuildState.SUCCEEDED, exit_code=0))
     return record.tenant
 
 
@@ -682,11 +692,12 @@ def test_a_tenant_at_its_running_per_arch_limit_waits_and_is_told_why(make_farm)
 
 
 def _run_one_sent(farm, message):
-    jobs.start(farm, message.job_id, JobStarted(
+    verdict = jobs.start(farm, message.job_id, JobStarted(
         attempt=message.attempt, worker="arm64-1", hostname="arm64-1", mode=N,
         consumed_from=ARM64_QUEUE))
     jobs.report_finished(farm, message.job_id, JobFinished(
-        attempt=message.attempt, worker="arm64-1", state=BuildState.SUCCEEDED, exit_code=0))
+        attempt=message.attempt, worker="arm64-1", lease=verdict.lease,
+        state=BuildState.SUCCEEDED, exit_code=0))
 
 
 def test_a_draining_worker_gets_no_new_job(farm):

@@ -227,12 +227,12 @@ def test_all_wire_models_were_found():
 @pytest.mark.parametrize("state", [BuildState.QUEUED, BuildState.RUNNING])
 def test_a_finished_report_must_carry_a_terminal_state(state):
     with pytest.raises(ValidationError):
-        JobFinished(attempt=1, worker="w1", state=state)
+        JobFinished(attempt=1, worker="w1", lease="s" * 43, state=state)
 
 
 def test_a_finished_report_accepts_a_terminal_state_from_json():
     report = JobFinished.model_validate_json(
-        '{"attempt": 2, "worker": "w1", "state": "failed", "exit_code": 101}')
+        '{"attempt": 2, "worker": "w1", "lease": "s", "state": "failed", "exit_code": 101}')
     assert report.state is BuildState.FAILED
     assert report.exit_code == 101
 

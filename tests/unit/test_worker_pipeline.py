@@ -7,7 +7,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from fakes import FakeCrates, FakeDocker, FakeReporter, FakeStorage, Replay
+from fakes import FAKE_LEASE, FakeCrates, FakeDocker, FakeReporter, FakeStorage, Replay
 
 from crossfarm.shared import keys
 from crossfarm.shared.arch import Arch, BuildMode
@@ -306,10 +306,15 @@ def test_a_job_that_builds_publishes_its_binary_then_the_manifest_then_the_log(t
     assert "Compiling hello-c v0.1.0" in log
     assert '"reason":"compiler-artifact"' not in log
     assert reporter.lines == log.splitlines()
-    # finished last, with the manifest it published
+    # finished last, with the manifest it published and the lease its start was given,
+    # which went nowhere else: not to the container, the live log or the stored objects
     [(_, outcome)] = reporter.outcomes
-    assert (outcome.state, outcome.exit_code, outcome.manifest) == (
-        BuildState.SUCCEEDED, 0, manifest)
+    assert (outcome.state, outcome.exit_code, outcome.manifest, outcome.lease) == (
+        BuildState.SUCCEEDED, 0, manifest, FAKE_LEASE)
+    assert FAKE_LEASE not in repr(build.step)
+    assert not any(FAKE_LEASE.encode() in data for _, data in build.puts)
+    assert not any(FAKE_LEASE in line for line in reporter.lines)
+    assert not any(FAKE_LEASE.encode() in data for data in storage.objects.values())
     # nothing is left behind on the engine
     assert f"crossfarm-{JOB}-a1" in docker.removed
     assert len(docker.removed) == 2

@@ -45,7 +45,8 @@ def test_an_acknowledged_heartbeat_returns_the_controllers_reply():
 
 
 def _finished():
-    return JobFinished(attempt=1, worker="w1", state=BuildState.SUCCEEDED, exit_code=0)
+    return JobFinished(attempt=1, worker="w1", lease="s" * 43, state=BuildState.SUCCEEDED,
+                       exit_code=0)
 
 
 @pytest.mark.parametrize("body", [
