@@ -140,8 +140,8 @@ def main() -> None:
                          "CROSSFARM_JOB_DISK_BYTES=0 to run with no disk budget "
                          "(docs/security.md)")
     host = Arch.host()
-    fetches = Docker().has_image(settings.fetcher_image)
-    if not fetches:
+    fetches = bool(settings.fetcher_image) and Docker().has_image(settings.fetcher_image)
+    if settings.fetcher_image and not fetches:
         logging.getLogger(__name__).warning(
             "no fetcher image %s: this worker fetches no git sources (make images)",
             settings.fetcher_image)

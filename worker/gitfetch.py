@@ -29,7 +29,7 @@ from typing import Protocol
 from crossfarm.shared import keys
 from crossfarm.shared.errors import BuildError, InvalidSource, excerpt, redact
 from crossfarm.shared.storage import ObjectStore
-from crossfarm.shared.tree import MAX_PATH_BYTES, TreeLimits, pack_bytes
+from crossfarm.shared.tree import MAX_PATH_BYTES, TreeLimits, check_tree, pack_bytes
 from crossfarm.shared.wire import FetchMessage, FetchReport, SourceTree, TreeEntry
 from crossfarm.worker.container import ContainerRunner, Step, StepContainer
 from crossfarm.worker.egress import Destination, EgressProxy, Network
@@ -161,6 +161,7 @@ def _fetch(tools: FetchTools, message: FetchMessage
         check_listing(entries, limits)
         archive = _archive_step(tools, volume, commit, entries, deadline, Path(scratch), labels)
         blobs, tree = read_archive(archive, entries)
+    check_tree(tree, limits)  # every path, as the controller checks an upload: before storing
     return commit, tree, blobs
 
 

@@ -66,7 +66,8 @@ class WorkerSettings(FarmSettings):
     storage_retry_s: float = Field(default=120, ge=0, le=3600)
 
     #: the image git sources are fetched in (deploy/images/fetcher), with no network of
-    #: its own: its only way out is the worker's egress proxy (worker/egress.py)
+    #: its own: its only way out is the worker's egress proxy (worker/egress.py); empty:
+    #: this worker fetches none
     fetcher_image: str = "crossfarm/fetcher:1"
     #: networks the fetcher may reach though they are not public (a self-hosted git
     #: server), as CIDRs: CROSSFARM_GIT_ALLOW_NETWORKS=10.1.0.0/16,192.168.5.7
