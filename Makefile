@@ -3,6 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 STATE ?= .crossfarm
 BUILDER_IMAGE ?= crossfarm/builder:1
+FETCHER_IMAGE ?= crossfarm/fetcher:1
 ARM64_IMAGE ?= crossfarm/arm64-test:1
 APT_PACKAGES := redis-server mmdebstrap qemu-user-static binfmt-support libc6-arm64-cross libgcc-s1-arm64-cross file git procps iproute2
 
@@ -45,9 +46,11 @@ install: ## apt and pip packages, only what is missing
 	  || $(PYTHON) -m pip install -q -e '.[dev]'
 	@docker info >/dev/null 2>&1 || { echo "the Docker engine does not answer: start dockerd" >&2; exit 1; }
 
-image: ## the builder image, built with no registry when it is missing
+image: ## the builder and fetcher images, built with no registry when missing
 	@docker image inspect $(BUILDER_IMAGE) >/dev/null 2>&1 \
 	  || deploy/images/builder/build-offline.sh $(BUILDER_IMAGE)
+	@docker image inspect $(FETCHER_IMAGE) >/dev/null 2>&1 \
+	  || deploy/images/fetcher/build-offline.sh $(FETCHER_IMAGE)
 
 # The tests also need the arm64 image (a truly-arm64 worker under QEMU, ~8 min to make);
 # its script re-registers qemu-aarch64 with binfmt_misc every time, as a reboot drops it.

@@ -8,11 +8,12 @@ from typing import Protocol
 from celery import Celery
 
 from crossfarm.shared import keys
-from crossfarm.shared.wire import JobMessage
+from crossfarm.shared.wire import FetchMessage, JobMessage
 
 
 class JobQueue(Protocol):
     def enqueue(self, message: JobMessage, queue: keys.QueueKey) -> None: ...
+    def fetch(self, message: FetchMessage, expires_s: float) -> None: ...
 
 
 class CeleryJobQueue:
@@ -29,4 +30,13 @@ class CeleryJobQueue:
             keys.BUILD_TASK, args=[message.model_dump(mode="json")], queue=queue.name,
             task_id=keys.task_id(message.job_id, message.attempt),
             argsrepr=f"[job {message.job_id} attempt {message.attempt}]", kwargsrepr="{}",
+        )
+
+    def fetch(self, message: FetchMessage, expires_s: float) -> None:
+        """Ask any worker to fetch a git commit; a message no worker took within
+        `expires_s` is dropped (its requester has stopped waiting)."""
+        self._app.send_task(
+            keys.FETCH_TASK, args=[message.model_dump(mode="json")], queue=keys.FETCH_QUEUE,
+            task_id=keys.fetch_task_id(message.fetch_id), expires=expires_s,
+            argsrepr=f"[fetch {message.fetch_id}]", kwargsrepr="{}",
         )

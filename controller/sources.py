@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
-from pathlib import Path
 from typing import IO
 
-from crossfarm.controller import quotas
+from crossfarm.controller import gitsource, quotas
 from crossfarm.controller.farm import Farm
-from crossfarm.controller.gitsource import GitCommit, GitFile, fetch_commit
 from crossfarm.controller.store.schema import DEFAULT_TENANT
 from crossfarm.shared import keys
 from crossfarm.shared.errors import InvalidSource, TooLarge
@@ -23,7 +20,6 @@ from crossfarm.shared.tree import (
     check_sizes,
     check_tree,
     file_digests,
-    pack_bytes,
     read_pack,
     tree_digest,
 )
@@ -33,7 +29,6 @@ from crossfarm.shared.wire import (
     MissingBlobs,
     SourceStatus,
     SourceTree,
-    TreeEntry,
 )
 
 
@@ -115,32 +110,14 @@ def source_status(farm: Farm, digest: SourceDigest, tenant: str | None = None) -
 
 def create_git_source(farm: Farm, git: GitSource, tenant: str = DEFAULT_TENANT
                       ) -> SourceStatus:
-    """Fetch a commit, store its files as blobs (only those the farm lacks) and its tree."""
-    settings = farm.settings
-    with tempfile.TemporaryDirectory(prefix="crossfarm-git-") as workdir:
-        commit = fetch_commit(git.url, git.rev, Path(workdir), settings.git_timeout_s,
-                              settings.tree_limits())
-    tree = _tree_of(commit)
-    check_tree(tree, settings.tree_limits())
-    blobs = {hashlib.sha256(f.data).hexdigest(): f.data for f in commit.files if not f.symlink}
-    missing = farm.store.sources.missing_blobs(list(blobs), tenant)
+    """Have a worker fetch a commit in its sandbox, check what it stored, record the blobs
+    `tenant` lacked (within its quota) and store the tree."""
+    fetched = gitsource.fetch(farm, git)
+    sizes = gitsource.stored_blobs(farm, fetched)
+    check_tree(fetched.tree, farm.settings.tree_limits())
+    missing = farm.store.sources.missing_blobs(list(sizes), tenant)
     if missing:
-        sizes = {d: len(blobs[d]) for d in missing}
-        quotas.check_upload(farm, tenant, sizes)
-        _store_pack(farm, pack_bytes((d, blobs[d]) for d in missing), sizes, tenant)
-    return create_source(farm, tree, commit=commit.commit, tenant=tenant)
-
-
-def _tree_of(commit: GitCommit) -> SourceTree:
-    return SourceTree(entries=[_entry_of(f) for f in commit.files])
-
-
-def _entry_of(file: GitFile) -> TreeEntry:
-    if not file.symlink:
-        return TreeEntry(path=file.path, kind="file", sha256=hashlib.sha256(file.data).hexdigest(),
-                         size=len(file.data), executable=file.executable)
-    try:
-        target = file.data.decode()
-    except UnicodeDecodeError:
-        raise InvalidSource("symlink targets must be UTF-8", file.path) from None
-    return TreeEntry(path=file.path, kind="symlink", target=target)
+        quotas.check_upload(farm, tenant, {d: sizes[d] for d in missing})
+        farm.store.sources.add_blobs({d: sizes[d] for d in missing}, pack=fetched.pack,
+                                     tenant=tenant)
+    return create_source(farm, fetched.tree, commit=fetched.commit, tenant=tenant)

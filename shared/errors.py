@@ -28,6 +28,8 @@ Each error carries the fields a caller acts on, not only prose.
 
 from __future__ import annotations
 
+import re
+
 #: How much of a caller's text an error echoes: enough to find it, never all of it.
 EXCERPT_CHARS = 80
 
@@ -44,6 +46,15 @@ def _escaped(char: str) -> str:
     if char == "\\":
         return "\\\\"
     return char if char.isprintable() else f"\\u{ord(char):04x}"
+
+
+#: the user and password of any URL in a text, up to the host's '@'
+_USERINFO = re.compile(r"(://)[^/\s]*@")
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials of every URL in it replaced by `***`."""
+    return _USERINFO.sub(r"\1***@", text)
 
 
 class CrossfarmError(Exception):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -161,6 +162,26 @@ class Events:
             return "cancelled"
         if current is not None and int(current) > attempt:
             return f"superseded by attempt {int(current)}"
+        return None
+
+    @_translated
+    def reply(self, key: str, body: str, ttl_s: int = 600) -> None:
+        """Leave an answer for whoever waits on `key` (see wait_reply)."""
+        pipe = self._redis.pipeline()
+        pipe.rpush(key, body)
+        pipe.expire(key, ttl_s)
+        pipe.execute()
+
+    @_translated
+    def wait_reply(self, key: str, timeout_s: float) -> str | None:
+        """The answer left on `key`, waiting up to `timeout_s` for it; None if none came."""
+        deadline = time.monotonic() + timeout_s
+        # Short blocking reads: the client's socket timeout bounds each call.
+        while (left := deadline - time.monotonic()) > 0:
+            answer = self._redis.blpop([key], timeout=max(1, min(int(left), _TIMEOUT_S - 1)))
+            if answer is not None:
+                body = answer[1]
+                return body.decode() if isinstance(body, bytes) else str(body)
         return None
 
     @_translated

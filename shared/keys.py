@@ -11,8 +11,12 @@ from pydantic_core import core_schema
 from crossfarm.shared.arch import Arch, BuildMode
 from crossfarm.shared.ids import BuildId, JobId, SourceDigest
 
-#: The one Celery task a worker runs: build one target of one build.
+#: The Celery task that builds one target of one build.
 BUILD_TASK = "crossfarm.build_job"
+#: The Celery task that fetches one git commit in a sandbox, and its queue (any worker
+#: consumes it, whatever its architecture).
+FETCH_TASK = "crossfarm.fetch_git"
+FETCH_QUEUE = "crossfarm.fetch"
 
 
 @dataclass(frozen=True, order=True)
@@ -94,6 +98,22 @@ def container_labels(job_id: JobId, attempt: int, worker: str) -> dict[str, str]
     """The labels of one attempt's containers and volume, so a worker can find its
     leftovers after a crash and tell them from the builds it still runs."""
     return {LABEL: "1", _JOB_LABEL: job_id, _ATTEMPT_LABEL: str(attempt), _WORKER_LABEL: worker}
+
+
+def fetch_task_id(fetch_id: str) -> str:
+    """The Celery task id of a git fetch, shaped as a task id so the reaper keeps its
+    containers while it runs."""
+    return task_id(JobId(f"fetch-{fetch_id}"), 1)
+
+
+def fetch_labels(fetch_id: str, worker: str) -> dict[str, str]:
+    """The labels of a git fetch's containers and volume (see container_labels)."""
+    return container_labels(JobId(f"fetch-{fetch_id}"), 1, worker)
+
+
+def fetch_reply(fetch_id: str) -> str:
+    """The Redis list a worker pushes a git fetch's report to; the controller waits on it."""
+    return f"crossfarm:fetch:{fetch_id}:reply"
 
 
 def worker_selector(worker: str) -> list[str]:

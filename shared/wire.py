@@ -300,6 +300,33 @@ class GitSource(Wire):
     rev: Annotated[str, Field(min_length=1, max_length=256)]
 
 
+class FetchMessage(Reply):
+    """The Celery payload of a git fetch: which commit, within which limits and time. It
+    comes from the controller, so fields a newer one adds are ignored."""
+
+    # A URL may hold a password: a validation error must not print it.
+    model_config = ConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
+
+    fetch_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    url: str
+    rev: str
+    limits: SourceLimits
+    timeout_s: int = Field(ge=1)
+
+
+class FetchReport(Wire):
+    """A worker's answer to a FetchMessage: the commit, its tree and the pack holding its
+    files (by sha256, in the object store), or why there is none."""
+
+    fetch_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    commit: Annotated[str, Field(pattern=r"^[0-9a-f]{40}([0-9a-f]{24})?$")] | None = None
+    tree: SourceTree | None = None
+    pack: Digest | None = None
+    #: what the user is told when there is no source, and the path it concerns
+    error: Annotated[str, Field(max_length=2000)] | None = None
+    error_path: Annotated[str, Field(max_length=4096)] | None = None
+
+
 class SourceStatus(Wire):
     """A stored source tree."""
 

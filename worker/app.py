@@ -9,6 +9,7 @@ import shutil
 from celery import Celery, signals
 from celery.worker import state as celery_state
 
+from crossfarm.shared import keys
 from crossfarm.shared.arch import Arch
 from crossfarm.shared.broker import create_celery
 from crossfarm.shared.events import Events
@@ -16,6 +17,8 @@ from crossfarm.shared.storage import S3Store
 from crossfarm.worker import tasks
 from crossfarm.worker.container import Docker
 from crossfarm.worker.deps import Registry
+from crossfarm.worker.egress import parse_networks
+from crossfarm.worker.gitfetch import FetchTools
 from crossfarm.worker.heartbeat import (
     ConsumerWatchdog,
     ContainerReaper,
@@ -43,11 +46,18 @@ def running_tasks() -> set[str]:
     return {str(request.id) for request in requests}
 
 
+def consumed_queues(settings: WorkerSettings, host: Arch, fetches: bool) -> list[str]:
+    """Every queue the worker's consumer reads: its build queues, and git fetches if it has
+    the fetcher image (`fetches`)."""
+    builds = queues_for(host, settings.cross_arches, settings.emulate_arches)
+    return [*builds, keys.FETCH_QUEUE] if fetches else builds
+
+
 def _heartbeat(app: Celery, settings: WorkerSettings, host: Arch, node: str,
-               lease: Lease) -> Heartbeat:
+               lease: Lease, fetches: bool) -> Heartbeat:
     """Start this worker's heartbeat and its chores. Its clients are its own: the pool's
     are made after fork (toolbox) and must not be shared with the main process."""
-    queues = queues_for(host, settings.cross_arches, settings.emulate_arches)
+    queues = consumed_queues(settings, host, fetches)
 
     def consume(on: bool) -> None:
         # Broadcast control reaches this very worker; the consumer changes its queues.
@@ -77,7 +87,7 @@ def _heartbeat(app: Celery, settings: WorkerSettings, host: Arch, node: str,
     return beat
 
 
-def create_worker_app(settings: WorkerSettings, host: Arch) -> Celery:
+def create_worker_app(settings: WorkerSettings, host: Arch, fetches: bool = False) -> Celery:
     app = create_celery(settings.redis_url, visibility_timeout_s=settings.visibility_timeout_s)
     lease = Lease(settings.scratch_dir / "lease.json")
     lease.forget()  # before any pool process reads it
@@ -96,14 +106,21 @@ def create_worker_app(settings: WorkerSettings, host: Arch) -> Celery:
             lease=lease,
         )
 
-    tasks.register(app, toolbox)
+    @functools.cache
+    def fetch_tools() -> FetchTools:
+        return FetchTools(settings=settings, docker=Docker(),
+                          storage=S3Store(settings.storage()),
+                          replies=Events(settings.redis_url),
+                          networks=parse_networks(settings.git_allow_networks))
+
+    tasks.register(app, toolbox, fetch_tools)
 
     beats: list[Heartbeat] = []
 
     def start_heartbeat(sender: object = None, **_: object) -> None:
         # In the main process, once Celery is consuming (sender is its consumer).
         node = str(getattr(sender, "hostname", ""))
-        beats.append(_heartbeat(app, settings, host, node, lease))
+        beats.append(_heartbeat(app, settings, host, node, lease, fetches))
 
     def shutting_down(**_: object) -> None:
         for beat in beats:
@@ -123,8 +140,13 @@ def main() -> None:
                          "CROSSFARM_JOB_DISK_BYTES=0 to run with no disk budget "
                          "(docs/security.md)")
     host = Arch.host()
-    queues = queues_for(host, settings.cross_arches, settings.emulate_arches)
-    app = create_worker_app(settings, host)
+    fetches = bool(settings.fetcher_image) and Docker().has_image(settings.fetcher_image)
+    if settings.fetcher_image and not fetches:
+        logging.getLogger(__name__).warning(
+            "no fetcher image %s: this worker fetches no git sources (make images)",
+            settings.fetcher_image)
+    queues = consumed_queues(settings, host, fetches)
+    app = create_worker_app(settings, host, fetches)
     logging.getLogger(__name__).info("worker %s (%s) consumes %s", settings.worker_name,
                                      host.value, ", ".join(queues))
     app.worker_main([

@@ -111,6 +111,9 @@ class Docker:
         #: the job disks of the volumes this process made, by volume name
         self._disks: dict[str, tuple[JobDisk, int]] = {}
 
+    def close(self) -> None:
+        self._client.close()
+
     def has_image(self, name: str) -> bool:
         try:
             self._client.images.get(name)

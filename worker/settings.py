@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
@@ -63,6 +64,34 @@ class WorkerSettings(FarmSettings):
     #: how long a storage step (source download, artifact upload) is retried with backoff
     #: while the object store is unreachable, before the job fails with a storage error
     storage_retry_s: float = Field(default=120, ge=0, le=3600)
+
+    #: the image git sources are fetched in (deploy/images/fetcher), with no network of
+    #: its own: its only way out is the worker's egress proxy (worker/egress.py); empty:
+    #: this worker fetches none
+    fetcher_image: str = "crossfarm/fetcher:1"
+    #: networks the fetcher may reach though they are not public (a self-hosted git
+    #: server), as CIDRs: CROSSFARM_GIT_ALLOW_NETWORKS=10.1.0.0/16,192.168.5.7
+    git_allow_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: where the egress proxies' sockets are made, mounted into fetcher containers: it must
+    #: be the same path on the Docker host (default: <scratch_dir>/egress)
+    egress_dir: Path | None = None
+    #: a fetch that receives more than this is cut off
+    git_fetch_max_bytes: int = Field(default=2 * 1024**3, ge=1024**2)
+    git_fetch_memory_bytes: int = Field(default=1024**3, ge=64 * 1024**2)
+
+    @field_validator("git_allow_networks", mode="before")
+    @classmethod
+    def _parse_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            for text in value:
+                try:
+                    ipaddress.ip_network(str(text), strict=False)
+                except ValueError:
+                    raise ValueError(f"CROSSFARM_GIT_ALLOW_NETWORKS: {text!r} is not an "
+                                     "address or a CIDR network (10.1.0.0/16)") from None
+        return value
 
     @field_validator("cross_arches", "emulate_arches", mode="before")
     @classmethod

@@ -8,12 +8,14 @@ from typing import Any
 from celery import Celery, Task
 
 from crossfarm.shared import keys
-from crossfarm.shared.wire import JobMessage
+from crossfarm.shared.wire import FetchMessage, JobMessage
+from crossfarm.worker.gitfetch import FetchTools, fetch_source
 from crossfarm.worker.pipeline import Toolbox, run_job
 
 
-def register(app: Celery, toolbox: Callable[[], Toolbox]) -> None:
-    """Register the build task on `app`; `toolbox` builds the adapters lazily, after the
+def register(app: Celery, toolbox: Callable[[], Toolbox],
+             fetch_tools: Callable[[], FetchTools]) -> None:
+    """Register the build and fetch tasks on `app`; the tools are built lazily, after the
     pool forks, so no Docker or HTTP connection is shared across processes."""
 
     @app.task(name=keys.BUILD_TASK, bind=True, acks_late=True)  # type: ignore[untyped-decorator]
@@ -22,3 +24,11 @@ def register(app: Celery, toolbox: Callable[[], Toolbox]) -> None:
         queue = (self.request.delivery_info or {}).get("routing_key") or "unknown"
         state = run_job(toolbox(), job, consumed_from=queue)
         return state.value if state else None
+
+    @app.task(name=keys.FETCH_TASK, acks_late=True)  # type: ignore[untyped-decorator]
+    def fetch_git(payload: dict[str, Any]) -> None:
+        message = FetchMessage.model_validate(payload)
+        tools = fetch_tools()
+        report = fetch_source(tools, message)
+        tools.replies.reply(keys.fetch_reply(message.fetch_id),
+                            report.model_dump_json(exclude_none=True))

@@ -206,7 +206,9 @@ class Farm:
         # No job disk budget: loop devices are the host's, out of an unprivileged
         # container's reach (as for compose and Helm workers; docs/security.md).
         env.update(CROSSFARM_WORKER_NAME=name, CROSSFARM_BUILDER_IMAGE=image,
-                   CROSSFARM_SCRATCH_DIR="/tmp/crossfarm", CROSSFARM_JOB_DISK_BYTES="0")
+                   CROSSFARM_SCRATCH_DIR="/tmp/crossfarm", CROSSFARM_JOB_DISK_BYTES="0",
+                   # its egress sockets would be in the container, not on the engine's host
+                   CROSSFARM_FETCHER_IMAGE="")
         env.update(extra)
         if Path(ca).is_file():  # the build containers mount it from the host: same path
             env["CROSSFARM_CA_BUNDLE"] = ca

@@ -24,9 +24,12 @@ import farm as localfarm  # noqa: E402
 
 FIXTURES = REPO / "tests" / "fixtures"
 BUILDER_IMAGE = "crossfarm/builder:1"
+FETCHER_IMAGE = "crossfarm/fetcher:1"
 #: The shared amd64 worker's settings (a test that must restart it uses them too).
+#: The tests' git servers listen on loopback, which a fetch may reach only if allowed.
 WORKER_AMD64 = {"CROSSFARM_CROSS_ARCHES": "arm64", "CROSSFARM_CONCURRENCY": "2",
-                "CROSSFARM_BUILD_CPUS": "1", "CROSSFARM_HEARTBEAT_S": "1"}
+                "CROSSFARM_BUILD_CPUS": "1", "CROSSFARM_HEARTBEAT_S": "1",
+                "CROSSFARM_GIT_ALLOW_NETWORKS": "127.0.0.0/8"}
 #: The controller's settings: short fleet bounds and sweeps, so tests of loss, placement
 #: and leftovers do not wait for minutes (a test that restarts it uses them too).
 CONTROLLER = {"CROSSFARM_LOST_AFTER_S": "6", "CROSSFARM_PLACER_INTERVAL_S": "0.5",
@@ -51,6 +54,9 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     image_ok = subprocess.run(["docker", "image", "inspect", BUILDER_IMAGE],
                               capture_output=True).returncode == 0
     _require(image_ok, f"builder image {BUILDER_IMAGE} is missing (make image)")
+    fetcher_ok = subprocess.run(["docker", "image", "inspect", FETCHER_IMAGE],
+                                capture_output=True).returncode == 0
+    _require(fetcher_ok, f"fetcher image {FETCHER_IMAGE} is missing (make image)")
     state = tmp_path_factory.mktemp("farm")
     # With tokens, as a shared farm runs: the CLI and `api` present the operator's (they
     # drain workers), FarmClient(token=farm.client_token) the legacy client token; the

@@ -157,6 +157,9 @@ def hostile(tmp_path_factory, git_daemon, not_git) -> Iterator[Farm]:
         running.start_redis()
         running.start_s3()
         running.start_controller(**LIMITS)
+        # git sources are fetched by a worker, in its sandbox; the test's git servers
+        # listen on loopback, which it may reach only if allowed
+        running.start_worker("worker-hostile", CROSSFARM_GIT_ALLOW_NETWORKS="127.0.0.0/8")
         with httpx.Client(base_url=running.controller_url, headers=running.auth,
                           timeout=120) as api:
             # warm: a first upload and tree, so the bound is measured from a serving process

@@ -15,13 +15,21 @@ from crossfarm.controller.store import Store
 
 
 class FakeQueue:
-    """Records each (message, queue name) sent to the broker."""
+    """Records each (message, queue name) sent to the broker, and each git fetch asked
+    for; `worker`, if set, is called with each fetch as a worker would take it."""
 
     def __init__(self):
         self.sent = []
+        self.fetches = []
+        self.worker = None
 
     def enqueue(self, message, queue):
         self.sent.append((message, queue.name))
+
+    def fetch(self, message, expires_s):
+        self.fetches.append(message)
+        if self.worker is not None:
+            self.worker(message)
 
 
 class FakeEvents:
@@ -33,6 +41,7 @@ class FakeEvents:
         self.appended = []
         self.cancelled = []
         self.attempts = {}
+        self.replies = {}
 
     def append(self, build_id, event, if_exists=False):
         if if_exists and all(b != build_id for b, _ in self.appended):
@@ -42,6 +51,13 @@ class FakeEvents:
 
     def raise_cancel(self, job_id):
         self.cancelled.append(job_id)
+
+    def reply(self, key, body, ttl_s=600):
+        self.replies.setdefault(key, []).append(body)
+
+    def wait_reply(self, key, timeout_s):
+        waiting = self.replies.get(key)
+        return waiting.pop(0) if waiting else None
 
     def set_attempt(self, job_id, attempt):
         self.attempts[job_id] = attempt

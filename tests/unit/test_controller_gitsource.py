@@ -1,14 +1,13 @@
-import pytest
+import hashlib
 
-from crossfarm.controller.gitsource import (
-    check_git_source,
-    check_listing,
-    fetch_commit,
-    listing_entry,
-    redact,
-)
-from crossfarm.shared.errors import InvalidRequest, InvalidSource
-from crossfarm.shared.tree import TreeLimits
+import pytest
+from farm_fakes import make_api
+
+from crossfarm.controller.gitsource import check_git_source
+from crossfarm.shared import keys
+from crossfarm.shared.errors import InvalidRequest, redact
+from crossfarm.shared.tree import pack_bytes
+from crossfarm.shared.wire import FetchReport, SourceTree, TreeEntry
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -105,74 +104,94 @@ def test_a_refused_revision_is_echoed_escaped():
     assert "\u202e" not in str(exc.value)
 
 
-def _line(mode, size, path, kind="blob"):
-    return f"{mode} {kind} {'ab' * 20} {size:>7}\t".encode() + path
+# The controller's side of a git source: it asks a worker, then trusts none of its report.
+
+COMMIT = "ab" * 20
 
 
-def test_a_listing_line_gives_mode_size_and_path():
-    entry = listing_entry(_line("100755", 42, b"src/run.sh"))
-    assert (entry.mode, entry.size, entry.path) == ("100755", 42, "src/run.sh")
+@pytest.fixture
+def api(tmp_path):
+    return make_api(tmp_path)
 
 
-def test_a_file_name_that_is_not_utf8_is_refused_with_an_escaped_excerpt():
-    with pytest.raises(InvalidSource, match="must be UTF-8") as exc:
-        listing_entry(_line("100644", 1, b"src/caf\xe9.rs"))
-    assert exc.value.path == "src/caf\\\\xe9.rs"
-    assert str(exc.value).encode()
+def worker_reporting(api, files=None, tamper=None, error=None):
+    """A fake worker that 'fetches' `files` (path → bytes): stores their pack and
+    replies as the real one does; `tamper(report_dict, pack)` may change what it says."""
+    files = files or {"Cargo.toml": b"[package]\n", "src/main.rs": b"fn main() {}\n"}
+
+    def work(message):
+        blobs = {hashlib.sha256(data).hexdigest(): data for data in files.values()}
+        pack = pack_bytes(blobs.items())
+        digest = hashlib.sha256(pack).hexdigest()
+        api.farm.storage.put_bytes(keys.pack_key(digest), pack)
+        tree = SourceTree(entries=[
+            TreeEntry(path=path, kind="file", sha256=hashlib.sha256(data).hexdigest(),
+                      size=len(data)) for path, data in files.items()])
+        report = {"fetch_id": message.fetch_id, "commit": COMMIT,
+                  "tree": tree.model_dump(mode="json"), "pack": digest}
+        if error is not None:
+            report = {"fetch_id": message.fetch_id, "error": error}
+        if tamper is not None:
+            tamper(report, pack)
+        api.farm.events.reply(keys.fetch_reply(message.fetch_id),
+                              FetchReport.model_validate(report).model_dump_json())
+
+    api.farm.queue.worker = work
 
 
-def test_a_submodule_is_refused_by_path():
-    with pytest.raises(InvalidSource, match="submodules are not supported"):
-        listing_entry(b"160000 commit " + b"ab" * 20 + b"       -\tvendor/lib")
+def post_git(api, url="https://git.example.org/crate.git", rev="main"):
+    return api.post("/v1/sources/git", json={"url": url, "rev": rev})
 
 
-def test_an_unknown_mode_is_refused():
-    with pytest.raises(InvalidSource, match="unsupported git file mode"):
-        listing_entry(_line("100600", 1, b"odd"))
+def test_a_commit_a_worker_fetched_becomes_a_stored_source(api):
+    worker_reporting(api)
+    response = post_git(api)
+    assert response.status_code == 201, response.text
+    assert response.json()["commit"] == COMMIT
+    assert response.json()["files"] == 2
+    [message] = api.farm.queue.fetches
+    assert (message.url, message.rev) == ("https://git.example.org/crate.git", "main")
 
 
-LIMITS = TreeLimits(max_files=10, max_file_bytes=100, max_total_bytes=250)
+def test_a_pack_that_does_not_hash_to_its_name_is_refused_and_nothing_is_stored(api):
+    def swap(report, pack):
+        key = keys.pack_key(report["pack"])
+        api.farm.storage.objects[key] = pack_bytes([(hashlib.sha256(b"evil").hexdigest(),
+                                                     b"evil")])
+
+    worker_reporting(api, tamper=swap)
+    response = post_git(api)
+    assert response.status_code == 422
+    assert "does not match its sha256" in response.json()["detail"]
+    assert api.farm.counters.snapshot().trees_created == 0
 
 
-def test_a_listing_within_the_limits_passes():
-    check_listing([listing_entry(_line("100644", 100, b"a")),
-                   listing_entry(_line("100644", 100, b"b"))], LIMITS)
+def test_a_tree_naming_a_blob_the_pack_lacks_is_refused(api):
+    def add_entry(report, pack):
+        report["tree"]["entries"].append({"path": "extra.rs", "kind": "file",
+                                          "sha256": "cd" * 32, "size": 1})
+
+    worker_reporting(api, tamper=add_entry)
+    response = post_git(api)
+    assert response.status_code == 422
+    assert "lacks blobs its tree names" in response.json()["detail"]
 
 
-def test_a_blob_over_the_file_limit_is_refused_from_its_listed_size():
-    with pytest.raises(InvalidSource, match="file is 101 bytes; the limit is 100") as exc:
-        check_listing([listing_entry(_line("100644", 101, b"big.bin"))], LIMITS)
-    assert exc.value.path == "big.bin"
+def test_a_fetch_the_worker_could_not_do_is_a_422_in_its_words(api):
+    worker_reporting(api, error="cannot fetch https://git.example.org/crate.git: the "
+                                "repository could not be reached or read")
+    response = post_git(api)
+    assert response.status_code == 422
+    assert "could not be reached or read" in response.json()["detail"]
 
 
-def test_blobs_over_the_total_limit_are_refused_from_their_listed_sizes():
-    entries = [listing_entry(_line("100644", 100, f"f{n}".encode())) for n in range(3)]
-    with pytest.raises(InvalidSource, match="over 250 bytes"):
-        check_listing(entries, LIMITS)
+def test_no_worker_answering_is_a_503_that_says_to_try_again(api):
+    response = post_git(api)
+    assert response.status_code == 503
+    assert "no worker fetched" in response.json()["detail"]
 
 
-def test_a_symlink_with_a_target_over_4096_bytes_is_refused():
-    with pytest.raises(InvalidSource, match="symlink target"):
-        check_listing([listing_entry(_line("120000", 5000, b"link"))], LIMITS)
-
-
-def test_git_runs_with_no_ssh_identity_of_the_controllers_account(tmp_path, monkeypatch):
-    """ssh reads keys from the account's home (passwd), not $HOME: the fetch must name
-    none, or any tenant could fetch what the controller's own key reaches."""
-    seen = tmp_path / "env"
-    fake = tmp_path / "bin" / "git"
-    fake.parent.mkdir()
-    fake.write_text(f"#!/bin/sh\nenv > {seen}\nexit 1\n")
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
-    (tmp_path / "work").mkdir()
-    with pytest.raises((InvalidSource, InvalidRequest)):
-        fetch_commit("ssh://git.example.test/repo.git", "main", tmp_path / "work", 5,
-                     TreeLimits())
-    env = dict(line.split("=", 1) for line in seen.read_text().splitlines() if "=" in line)
-    ssh = env["GIT_SSH_COMMAND"]
-    assert "IdentityFile=/dev/null" in ssh
-    assert "IdentitiesOnly=yes" in ssh
-    assert "IdentityAgent=none" in ssh
-    assert "-F /dev/null" in ssh
-    assert "SSH_AUTH_SOCK" not in env
+def test_a_url_that_is_not_a_network_transport_is_refused_before_any_worker_is_asked(api):
+    response = post_git(api, url="file:///etc")
+    assert response.status_code == 422
+    assert api.farm.queue.fetches == []

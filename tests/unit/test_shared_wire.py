@@ -171,7 +171,7 @@ def test_a_worker_reads_a_reply_from_a_newer_controller_that_has_more_fields():
 
 def test_only_what_the_controller_sends_workers_is_lenient():
     assert {m.__name__ for m in WIRE_MODELS if issubclass(m, wire.Reply)} == {
-        "Reply", "HeartbeatReply", "StartVerdict", "JobMessage"}
+        "Reply", "HeartbeatReply", "StartVerdict", "JobMessage", "FetchMessage"}
 
 
 def test_a_worker_reads_a_job_from_a_newer_controller_and_one_from_an_older_one():
