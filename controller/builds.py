@@ -4,18 +4,20 @@ is the placer's call."""
 
 from __future__ import annotations
 
-from crossfarm.controller import fleet, jobs, quotas
+from collections.abc import Iterable
+
+from crossfarm.controller import fleet, jobs, quotas, result_cache
 from crossfarm.controller.cargo_args import check_cargo_args
 from crossfarm.controller.farm import Farm
 from crossfarm.controller.placement import decide
 from crossfarm.controller.store.builds import BuildPage, ListCursor, NewBuild, NewJob
-from crossfarm.controller.store.jobs import Outcome
+from crossfarm.controller.store.jobs import JobRecord, Outcome
 from crossfarm.controller.store.schema import DEFAULT_TENANT
 from crossfarm.shared.arch import target_arch
 from crossfarm.shared.errors import InvalidRequest
 from crossfarm.shared.ids import BuildId, new_build_id, new_job_id
 from crossfarm.shared.states import BuildState
-from crossfarm.shared.wire import ArtifactView, BuildRequest, BuildView
+from crossfarm.shared.wire import ArtifactView, BuildRequest, BuildView, SourceStatus
 
 #: Variables the builder sets itself; a request overriding them would break the build.
 _RESERVED_ENV = frozenset({"CARGO_HOME", "CARGO_TARGET_DIR", "HOME", "PATH", "CARGO_NET_OFFLINE"})
@@ -29,13 +31,28 @@ def submit_build(farm: Farm, request: BuildRequest, tenant: str = DEFAULT_TENANT
     placer sends each job when a slot is free and its tenant's turn comes (rung now, so
     an idle worker starts it at once). Nothing here reads the queue: a submit costs the
     same at any depth. The source must be the tenant's own unless `any_source` (an
-    operator's build)."""
+    operator's build).
+
+    A target whose inputs an earlier successful build of the tenant had, built with the
+    image its queue's workers run now, is served that build's artifacts instead
+    (result_cache.py): born succeeded, never sent, not counted against the queued quota."""
     arches = [target_arch(target) for target in request.targets]
-    timeout_s = _check_request(farm, request, None if any_source else tenant)
-    quotas.check_submit(farm, tenant, len(request.targets))
+    timeout_s, tree = _check_request(farm, request, None if any_source else tenant)
     placement = request.placement or farm.settings.default_placement
-    served = fleet.capacity(farm)
-    decisions = [decide(arch, placement, served) for arch in arches]
+    roster = fleet.roster(farm)
+    new_jobs = []
+    for target, arch in zip(request.targets, arches, strict=True):
+        d = decide(arch, placement, roster.served)
+        inputs, served = _from_cache(farm, request, tenant, tree, target,
+                                     roster.images.get(d.queue, frozenset()))
+        new_jobs.append(NewJob(
+            job_id=new_job_id(), target=target, arch=arch, queue=d.queue,
+            placement=placement.value, wait_limit_s=request.wait_limit_s, inputs=inputs,
+            served=served,
+            placed=d.placed if served is None else
+            f"cached: build {served.build_id} made it from the same inputs with this image",
+            waiting=d.waiting if served is None else None))
+    quotas.check_submit(farm, tenant, sum(1 for job in new_jobs if job.served is None))
     new = NewBuild(
         build_id=new_build_id(),
         source=request.source,
@@ -44,20 +61,29 @@ def submit_build(farm: Farm, request: BuildRequest, tenant: str = DEFAULT_TENANT
         env={"all": dict(request.env), **{t: dict(v) for t, v in request.target_env.items()}},
         submitter=submitter,
         tenant=tenant,
-        jobs=[
-            NewJob(job_id=new_job_id(), target=target, arch=arch, queue=d.queue,
-                   placement=placement.value, placed=d.placed, waiting=d.waiting,
-                   wait_limit_s=request.wait_limit_s)
-            for target, arch, d in zip(request.targets, arches, decisions, strict=True)
-        ],
+        jobs=new_jobs,
     )
     build = farm.store.builds.add(new)
     farm.doorbell.ring()
     return farm.store.builds.get(build.build_id)
 
 
-def _check_request(farm: Farm, request: BuildRequest, source_scope: str | None) -> int:
-    """Refuse what the farm will not build; returns the build's timeout."""
+def _from_cache(farm: Farm, request: BuildRequest, tenant: str, tree: SourceStatus,
+                target: str, images: Iterable[str]) -> tuple[str | None, JobRecord | None]:
+    """The key of one target's inputs (None: a tree without a Cargo.lock has no such key)
+    and the earlier job the result cache serves it (None: a miss, or `cache` is off)."""
+    if not tree.locked:
+        return None, None
+    env = {**request.env, **request.target_env.get(target, {})}
+    inputs = result_cache.inputs_key(farm, request.source, target, request.cargo, env)
+    if not (request.cache and farm.settings.result_cache):
+        return inputs, None
+    return inputs, result_cache.lookup(farm, tenant, inputs, images)
+
+
+def _check_request(farm: Farm, request: BuildRequest, source_scope: str | None
+                   ) -> tuple[int, SourceStatus]:
+    """Refuse what the farm will not build; returns the build's timeout and its tree."""
     if len(set(request.targets)) != len(request.targets):
         raise InvalidRequest("each target may be named once")
     for values in [request.env, *request.target_env.values()]:
@@ -74,8 +100,7 @@ def _check_request(farm: Farm, request: BuildRequest, source_scope: str | None) 
             f"timeout_s {timeout_s} is over the farm's limit of {farm.settings.max_timeout_s}"
         )
     # NotFound names the call to make first; another tenant's source is as absent
-    farm.store.sources.tree(request.source, source_scope)
-    return timeout_s
+    return timeout_s, farm.store.sources.tree(request.source, source_scope)
 
 
 def get_build(farm: Farm, build_id: BuildId, tenant: str | None = None) -> BuildView:

@@ -71,6 +71,9 @@ class Roster:
     slots: dict[keys.QueueKey, int]
     #: the task ids ("<job>-<attempt>") some worker not lost says it runs
     active: frozenset[str]
+    #: the builder image ids the online workers serving each queue build with (emulated
+    #: queues have none: a heartbeat names only the worker's own builder image)
+    images: dict[keys.QueueKey, frozenset[str]]
 
 
 def roster(farm: Farm, now: datetime | None = None) -> Roster:
@@ -94,7 +97,25 @@ def roster(farm: Farm, now: datetime | None = None) -> Roster:
         workers=workers, states=states,
         served=Capacity.from_queues(w.info.queues for w in online), slots=slots,
         active=frozenset(task for w in workers.values() if states[w.name] is not WorkerState.LOST
-                         for task in w.info.running))
+                         for task in w.info.running),
+        images=_images(online))
+
+
+def _images(online: list[WorkerRecord]) -> dict[keys.QueueKey, frozenset[str]]:
+    """Queue -> the builder image ids its online workers report. An emulated build runs
+    another image than the one a heartbeat names, so those queues get none."""
+    images: dict[keys.QueueKey, set[str]] = {}
+    for worker in online:
+        if worker.info.builder_image_id is None:
+            continue
+        for queue, mode in worker.info.queues.items():
+            try:
+                key = keys.QueueKey.parse(queue)
+            except ValueError:
+                continue
+            if mode is not BuildMode.EMULATED:
+                images.setdefault(key, set()).add(worker.info.builder_image_id)
+    return {key: frozenset(ids) for key, ids in images.items()}
 
 
 def capacity(farm: Farm, now: datetime | None = None) -> Capacity:

@@ -67,6 +67,10 @@ class ControllerSettings(FarmSettings):
     lost_after_s: int = Field(default=30, ge=2)
     #: the placement of requests that do not choose one (make up's farm: cross-ok)
     default_placement: Placement = Placement.NATIVE
+    #: serve a target from the result cache when an earlier build of its tenant had the
+    #: same inputs (controller/result_cache.py); off, every build runs on a worker, as
+    #: `--no-cache` asks for one build
+    result_cache: bool = True
     #: a job no native worker took within this long may move to an allowed fallback
     pickup_bound_s: float = Field(default=120, ge=1)
     placer_interval_s: float = Field(default=2, gt=0)

@@ -90,7 +90,8 @@ def create_source(farm: Farm, tree: SourceTree, commit: str | None = None,
     check_sizes(tree, stored)
     digest = SourceDigest(tree_digest(tree))
     status = SourceStatus(digest=digest, files=summary.files, total_bytes=summary.total_bytes,
-                          commit=commit)
+                          commit=commit, locked=any(entry.path == "Cargo.lock" and
+                                                    entry.kind == "file" for entry in tree.entries))
     canonical = SourceTree(entries=sorted(tree.entries, key=lambda e: e.path))
     packs = farm.store.sources.blob_packs(digests)
     # Locations first, tree last: a stored tree always has its locations beside it.

@@ -1,12 +1,14 @@
 """The build state machine, for one target's job:
 
-    queued ──► running ──► succeeded
+    (new) ──► queued ──► running ──► succeeded
       ▲  │        ├──────► failed
       │  │        ├──────► cancelled
       │  │        └──► queued   (its worker was lost: re-run under a new attempt)
       │  ├──────────────────► cancelled
       │  └──────────────────► failed     (e.g. it could not be enqueued)
+    (new) ────────────────────► succeeded  (served from the result cache: no worker runs it)
 
+`BORN` holds the states a job may be created in and `born()` refuses any other;
 `TRANSITIONS` is the one table of allowed moves; `transition()` raises on any other.
 """
 
@@ -46,6 +48,18 @@ TRANSITIONS: dict[BuildState, frozenset[BuildState]] = {
     BuildState.FAILED: frozenset(),
     BuildState.CANCELLED: frozenset(),
 }
+
+
+#: The states a job is created in: queued, or succeeded when the result cache serves it
+#: an earlier build's artifacts (a job born running or failed would skip its story).
+BORN: frozenset[BuildState] = frozenset({BuildState.QUEUED, BuildState.SUCCEEDED})
+
+
+def born(state: BuildState) -> BuildState:
+    """Return `state` if a job may be created in it; raise IllegalTransition if not."""
+    if state not in BORN:
+        raise IllegalTransition("(new)", state.value)
+    return state
 
 
 def transition(current: BuildState, new: BuildState) -> BuildState:

@@ -99,6 +99,9 @@ class BuildRequest(Wire):
     placement: Placement | None = None
     #: fail a job that no worker has started after this long (default: wait for ever)
     wait_limit_s: Annotated[int, Field(ge=1, le=7 * 24 * 3600)] | None = None
+    #: serve a target from the result cache when an earlier successful build of this
+    #: tenant had the same inputs and builder image; False builds it anyway
+    cache: bool = True
 
 
 class JobView(Wire):
@@ -124,6 +127,9 @@ class JobView(Wire):
     finished_at: datetime | None = None
     exit_code: int | None = None
     reason: str | None = None
+    #: served from the result cache: the earlier build whose artifacts it has (no worker
+    #: ran it)
+    cached_from: BuildId | None = None
 
 
 class BuildView(Wire):
@@ -159,6 +165,9 @@ class Manifest(Wire):
     #: cargo's directory for the profile under target/<triple>/ ("debug", "release", …)
     profile_dir: FileName
     artifacts: Annotated[list[ArtifactEntry], Field(max_length=10_000)]
+    #: the id of the builder image that made them: the result cache serves them only
+    #: where a worker would build with that image again (None: an older worker's)
+    image_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
 
 
 class ArtifactView(Wire):
@@ -334,6 +343,9 @@ class SourceStatus(Wire):
     files: int
     total_bytes: int
     commit: str | None = None
+    #: it has a Cargo.lock at its root, pinning its dependencies; a tree without one is
+    #: resolved afresh by each build, so the result cache never serves its builds
+    locked: bool = False
 
 
 class WorkerState(StrEnum):

@@ -93,6 +93,8 @@ class JobOutput:
     target: str
     attempt: int
     profile: str
+    #: the builder image that made the artifacts (None: the engine did not say)
+    image_id: str | None = None
 
 
 def build_manifest(job: JobOutput, files: list[Path]) -> Manifest:
@@ -112,5 +114,5 @@ def build_manifest(job: JobOutput, files: list[Path]) -> Manifest:
         raise ValueError(f"two artifacts share a name: {sorted(names)}")
     return Manifest(
         build_id=job.build_id, job_id=job.job_id, target=job.target, attempt=job.attempt,
-        profile_dir=profile_dir(job.profile), artifacts=entries,
+        profile_dir=profile_dir(job.profile), artifacts=entries, image_id=job.image_id,
     )

@@ -217,6 +217,9 @@ def _compile_and_publish(run: JobRun) -> Manifest:
     if not tools.docker.has_image(run.image):
         raise BuildError(f"builder image {run.image} is missing on this worker; "
                          "build it with deploy/images/builder/build-offline.sh")
+    # Named in the manifest: the result cache serves these artifacts only where this
+    # image would build them again.
+    image_id = tools.docker.image_id(run.image)
     retry = Retry(window_s=settings.storage_retry_s, deadline=run.deadline, stop=run.stop,
                   say=run.log)
     with tempfile.TemporaryDirectory(dir=settings.scratch_dir) as scratch:
@@ -234,7 +237,7 @@ def _compile_and_publish(run: JobRun) -> Manifest:
                 files = _compile(run, lock is not None, [tar, vendored], Path(scratch))
         with run.log.timed("artifact upload"):
             return retry.run("artifact upload", lambda: _publish(
-                tools.storage, job, files, run.stop))
+                tools.storage, job, files, run.stop, image_id))
 
 
 def _source_tar(run: JobRun, retry: Retry, source: SourceDigest, tree: SourceTree,
@@ -404,14 +407,14 @@ def _step(run: JobRun, command: list[str], network: bool) -> Step:
 
 
 def _publish(storage: ObjectStore, job: JobMessage, files: list[Path],
-             stop: StopCheck) -> Manifest:
+             stop: StopCheck, image_id: str | None = None) -> Manifest:
     """Upload every artifact under this attempt's prefix, then the manifest, last: the
     manifest is what publishes. A job cancelled or superseded while its artifacts were
     uploading (`stop` says so) writes none. An earlier try's unfinished multipart
     uploads (the store went away mid-upload, so they could not be aborted then) are
     aborted first."""
     output = JobOutput(build_id=job.build_id, job_id=job.job_id, target=job.target,
-                       attempt=job.attempt, profile=job.cargo.profile)
+                       attempt=job.attempt, profile=job.cargo.profile, image_id=image_id)
     for pending in storage.pending_uploads(keys.job_prefix(output.build_id, job.target,
                                                           job.attempt)):
         storage.abort_upload(pending)

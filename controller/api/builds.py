@@ -126,8 +126,10 @@ async def stream_events(
     this stream never sent (not `<ms>-<seq>`) is refused with 422 before it starts, as
     reading from the start instead would repeat what the client already has.
 
-    The stream opens with each job's `queued` state, from the record: every job starts
-    there, and the build's Redis stream holds only what happened since."""
+    The stream opens with each job's first state, from the record: `queued`, where every
+    job a worker runs starts, or `succeeded` for one served from the result cache (with a
+    line naming the build whose artifacts it has); the build's Redis stream holds only
+    what happened since."""
     start = _resume_point(last_event_id, after)
     build = await run_in_threadpool(builds.get_build, farm, build_id,
                                     principal.scope)
@@ -162,15 +164,22 @@ def _resume_point(last_event_id: str | None, after: str | None) -> str:
 
 
 def _opening(build: BuildView, after: str) -> list[tuple[str, Event]]:
-    """Each job's first state, then what a job still queued waits for, as ids 0-1, 0-2,
-    ...: below any id Redis gives, so a client that resumes inside the opening gets the
-    rest of it and then the whole stream. Both come from the record: a held build's
-    stream is created only once something happens to it."""
+    """Each job's first state, then what a job still queued waits for or which build a
+    cached one was served from, as ids 0-1, 0-2, ...: below any id Redis gives, so a
+    client that resumes inside the opening gets the rest of it and then the whole
+    stream. All of it comes from the record: a held build's stream is created only once
+    something happens to it, and a cached one's never is."""
     ms, seq = parse_event_id(after)
     if ms:
         return []
-    events = [Event(kind="state", target=job.target, state=BuildState.QUEUED)
+    events = [Event(kind="state", target=job.target,
+                    state=BuildState.SUCCEEDED if job.cached_from else BuildState.QUEUED)
               for job in build.jobs]
+    events += [Event(kind="log", target=job.target,
+                     line=f"crossfarm: served from the result cache: the artifacts of build "
+                          f"{job.cached_from}, made from the same inputs with the same "
+                          "builder image")
+               for job in build.jobs if job.cached_from]
     events += [Event(kind="log", target=job.target, line=f"crossfarm: {job.waiting}")
                for job in build.jobs if job.state is BuildState.QUEUED and job.waiting]
     return [(f"0-{n}", event) for n, event in enumerate(events, start=1) if n > seq]

@@ -31,6 +31,8 @@ class Store:
         vault = open_vault(database_url, secrets_key)
         self.db = Database(database_url)
         vault.check(self.db)
+        #: seals build variables and makes the result cache's keyed digests
+        self.vault = vault
         self.builds = BuildStore(self.db, vault)
         self.jobs = JobStore(self.db)
         self.sources = SourceStore(self.db)

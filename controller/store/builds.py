@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import ColumnElement, and_, exists, func, or_, select
 from sqlalchemy.orm import Session, lazyload
 
-from crossfarm.controller.store.jobs import job_view
+from crossfarm.controller.store.jobs import JobRecord, job_view
 from crossfarm.controller.store.schema import (
     DEFAULT_TENANT,
     BuildRow,
@@ -23,7 +23,7 @@ from crossfarm.shared.arch import Arch
 from crossfarm.shared.errors import InvalidRequest, NotFound
 from crossfarm.shared.ids import BuildId, JobId, SourceDigest, parse_build_id
 from crossfarm.shared.keys import QueueKey
-from crossfarm.shared.states import BuildState, overall_state
+from crossfarm.shared.states import BuildState, born, overall_state
 from crossfarm.shared.wire import BuildView, CargoSpec
 
 
@@ -37,6 +37,11 @@ class NewJob:
     placed: str
     waiting: str | None
     wait_limit_s: int | None
+    #: the result cache's key for its inputs (None: it can never be served or serve)
+    inputs: str | None = None
+    #: served from the result cache: the earlier succeeded job whose artifacts it gets;
+    #: it is born succeeded and no worker runs it
+    served: JobRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,30 @@ def _build_view(build: BuildRow, positions: dict[str, int] | None = None) -> Bui
     )
 
 
+def _new_job_row(job: NewJob, tenant: str, created: datetime) -> JobRow:
+    """A job as it is born: queued (held for the placer), or succeeded with the artifacts
+    of the earlier job the result cache serves it."""
+    row = JobRow(
+        id=job.job_id, tenant=tenant, target=job.target, arch=job.arch.value,
+        queue=job.queue.name, state=born(BuildState.QUEUED).value, attempt=1,
+        queued_at=created, placement=job.placement, placed=job.placed, waiting=job.waiting,
+        wait_limit_s=job.wait_limit_s, sent_at=None, inputs=job.inputs,
+        deadline=(created + timedelta(seconds=job.wait_limit_s)
+                  if job.wait_limit_s is not None else None),
+    )
+    served = job.served
+    if served is not None:
+        if served.manifest is None:
+            raise ValueError(f"job {served.view.job_id} has no artifacts to serve")
+        row.state = born(BuildState.SUCCEEDED).value
+        row.waiting, row.deadline = None, None
+        row.finished_at, row.exit_code = created, 0
+        row.manifest = served.manifest.model_dump(mode="json")
+        row.image_id = served.manifest.image_id
+        row.cached_from = served.build_id
+    return row
+
+
 class BuildStore:
     """Builds: record one with its jobs, read one back, list them a page at a time. The values of
     its variables are stored sealed by `vault`, their names in clear."""
@@ -87,6 +116,7 @@ class BuildStore:
 
     def add(self, new: NewBuild) -> BuildView:
         created = now()
+        to_run = [job for job in new.jobs if job.served is None]
         build = BuildRow(
             id=new.build_id,
             created_at=created,
@@ -94,21 +124,11 @@ class BuildStore:
             cargo=new.cargo.model_dump(mode="json"),
             timeout_s=new.timeout_s,
             env_names=sorted({name for values in new.env.values() for name in values}),
-            env_sealed=self._vault.seal(new.env) if any(new.env.values()) else None,
+            # No job to run (each one served from the cache): nothing will need the values.
+            env_sealed=self._vault.seal(new.env) if to_run and any(new.env.values()) else None,
             submitter=new.submitter,
             tenant=new.tenant,
-            jobs=[
-                JobRow(
-                    id=job.job_id, tenant=new.tenant, target=job.target, arch=job.arch.value,
-                    queue=job.queue.name,
-                    state=BuildState.QUEUED.value, attempt=1, queued_at=created,
-                    placement=job.placement, placed=job.placed, waiting=job.waiting,
-                    wait_limit_s=job.wait_limit_s, sent_at=None,
-                    deadline=(created + timedelta(seconds=job.wait_limit_s)
-                              if job.wait_limit_s is not None else None),
-                )
-                for job in new.jobs
-            ],
+            jobs=[_new_job_row(job, new.tenant, created) for job in new.jobs],
         )
         with self._db.session() as session:
             session.add(build)

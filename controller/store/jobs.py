@@ -110,6 +110,7 @@ def job_view(job: JobRow, position: int | None = None) -> JobView:
         finished_at=job.finished_at,
         exit_code=job.exit_code,
         reason=job.reason,
+        cached_from=BuildId(job.cached_from) if job.cached_from else None,
     )
 
 
@@ -139,6 +140,22 @@ class JobStore:
         """Every queued job, oldest first."""
         return self._where(JobRow.state == BuildState.QUEUED.value,
                            order=(JobRow.queued_at, JobRow.id))
+
+    def cached(self, tenant: str, inputs: str, image_ids: Iterable[str]) -> JobRecord | None:
+        """The newest succeeded job of `tenant`'s with these inputs, built by a worker
+        (not itself served from the cache) with one of these builder images; None if
+        there is none."""
+        images = sorted(set(image_ids))
+        if not images:
+            return None
+        with self._db.session() as session:
+            row = session.scalars(
+                select(JobRow).where(
+                    JobRow.tenant == tenant, JobRow.inputs == inputs,
+                    JobRow.state == BuildState.SUCCEEDED.value, JobRow.cached_from.is_(None),
+                    JobRow.manifest.is_not(None), JobRow.image_id.in_(images))
+                .order_by(JobRow.finished_at.desc(), JobRow.id.desc()).limit(1)).first()
+            return _record(row) if row is not None else None
 
     def running(self) -> list[JobRecord]:
         return self._where(JobRow.state == BuildState.RUNNING.value)
@@ -297,7 +314,8 @@ class JobStore:
         `attempt` is stale; IllegalTransition for a move the state machine forbids."""
         manifest = outcome.manifest.model_dump(mode="json") if outcome.manifest else None
         return self._move(job_id, attempt, outcome.state, {
-            "exit_code": outcome.exit_code, "reason": outcome.reason, "manifest": manifest})
+            "exit_code": outcome.exit_code, "reason": outcome.reason, "manifest": manifest,
+            "image_id": outcome.manifest.image_id if outcome.manifest else None})
 
     def _move(self, job_id: JobId, attempt: int, new: BuildState, values: dict[str, Any]
               ) -> JobView | None:

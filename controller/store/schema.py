@@ -130,6 +130,14 @@ class JobRow(Base):
     #: sha256 (hex) of the secret the current attempt's worker was given when it started
     #: it, never the secret: only that worker can report the attempt's outcome
     lease_hash: Mapped[str | None] = mapped_column(String(64))
+    #: the result cache's key for its inputs (source, target, cargo spec, variables' values),
+    #: keyed with the farm's secret (vault.py) so values cannot be guessed from it offline
+    inputs: Mapped[str | None] = mapped_column(String(64))
+    #: the builder image its artifacts were made with, from its manifest (a served job:
+    #: the earlier one's)
+    image_id: Mapped[str | None] = mapped_column(String(200))
+    #: served from the result cache: the earlier build whose artifacts it has
+    cached_from: Mapped[str | None] = mapped_column(String(32))
 
     __table_args__ = (
         # The listing's state filter asks "has this build a job in state x?" per build.
@@ -143,11 +151,13 @@ class JobRow(Base):
               "queued_at"),
         # When each tenant was last given a slot on an architecture: its turn in line.
         Index("ix_jobs_turn", "arch", "tenant", "sent_at"),
+        # The result cache's lookup: a tenant's succeeded jobs with these inputs.
+        Index("ix_jobs_inputs", "tenant", "inputs", "state"),
     )
 
 
 #: Bump on any change to the tables; a database made by another version is refused.
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 
 class MetaRow(Base):
@@ -174,6 +184,8 @@ class TreeRow(Base):
     files: Mapped[int]
     total_bytes: Mapped[int]
     commit: Mapped[str | None] = mapped_column(String(64))
+    #: it has a Cargo.lock at its root (only then may the result cache serve its builds)
+    locked: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime]
 
 

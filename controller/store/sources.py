@@ -96,7 +96,7 @@ class SourceStore:
             if session.get(TreeRow, status.digest) is None:
                 session.add(TreeRow(digest=status.digest, files=status.files,
                                     total_bytes=status.total_bytes, commit=status.commit,
-                                    created_at=now()))
+                                    locked=status.locked, created_at=now()))
             if session.get(TenantTreeRow, (tenant, status.digest)) is None:
                 session.add(TenantTreeRow(tenant=tenant, digest=status.digest))
 
@@ -111,4 +111,5 @@ class SourceStore:
             if tree is None:
                 raise NotFound(f"no source tree {digest}; send it with POST /v1/sources first")
             return SourceStatus(digest=SourceDigest(tree.digest), files=tree.files,
-                                total_bytes=tree.total_bytes, commit=tree.commit)
+                                total_bytes=tree.total_bytes, commit=tree.commit,
+                                locked=tree.locked)

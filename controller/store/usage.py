@@ -27,12 +27,13 @@ class UsageStore:
 
     def artifact_bytes(self, tenant: str) -> int:
         """The bytes of the artifacts the tenant's succeeded jobs keep, from their
-        manifests (read whole: a JSON column has no portable sum)."""
+        manifests (read whole: a JSON column has no portable sum). A job served from the
+        result cache stores nothing: its artifacts are the earlier job's, counted there."""
         total = 0
         with self._db.session() as session:
             manifests = session.scalars(select(JobRow.manifest).where(
                 JobRow.tenant == tenant, JobRow.state == BuildState.SUCCEEDED.value,
-                JobRow.manifest.is_not(None)))
+                JobRow.manifest.is_not(None), JobRow.cached_from.is_(None)))
             for manifest in manifests:
                 total += sum(int(entry.get("size", 0))
                              for entry in (manifest or {}).get("artifacts", []))

@@ -6,6 +6,10 @@ keeps their names in clear (views show them) and their values only as one Fernet
 (AES-CBC with an HMAC-SHA256: a changed or foreign token is refused, never half-read),
 and the job store drops that token once every job of the build has ended.
 
+The same key makes the result cache's keyed digests (`digest`): a record of a job's
+inputs that only a holder of the key could recompute, so a copy of the database cannot
+be used to test guesses of a variable's value.
+
 Where the key comes from, in order:
 - `CROSSFARM_SECRETS_KEY`, which a farm on PostgreSQL must set: every controller sharing
   the database must seal with one key, and no file beside a network database exists;
@@ -18,6 +22,9 @@ Where the key comes from, in order:
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import tempfile
@@ -29,6 +36,8 @@ from sqlalchemy.engine import make_url
 from crossfarm.controller.store.schema import Database, MetaRow
 
 _CHECK_KEY = "secrets_key_check"
+#: what the digest key is derived with: Fernet's own keys are never used for anything else
+_DIGEST_LABEL = b"crossfarm: keyed digests of build inputs"
 _CHECK_TEXT = b"crossfarm: the secrets key of this database"
 _MAKE_ONE = ("python3 -c 'from cryptography.fernet import Fernet; "
              "print(Fernet.generate_key().decode())'")
@@ -54,6 +63,15 @@ class Vault:
             raise SecretsKeyError(
                 f"the secrets key from {source} is not a Fernet key (32 url-safe "
                 f"base64-encoded bytes); make one with: {_MAKE_ONE}", source) from None
+        self._digest_key = hmac.digest(base64.urlsafe_b64decode(key), _DIGEST_LABEL,
+                                       hashlib.sha256)
+
+    def digest(self, document: object) -> str:
+        """HMAC-SHA256 (hex) of `document` as canonical JSON, under a key derived from the
+        secrets key: equal documents give equal digests on this farm, and nobody without
+        the key can tell which document a digest stands for."""
+        text = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+        return hmac.new(self._digest_key, text, hashlib.sha256).hexdigest()
 
     def seal(self, values: dict[str, dict[str, str]]) -> str:
         return self._fernet.encrypt(json.dumps(values, sort_keys=True).encode()).decode()

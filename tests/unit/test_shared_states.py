@@ -3,7 +3,14 @@ from itertools import product
 import pytest
 
 from crossfarm.shared.errors import Conflict, IllegalTransition
-from crossfarm.shared.states import TRANSITIONS, BuildState, overall_state, transition
+from crossfarm.shared.states import (
+    BORN,
+    TRANSITIONS,
+    BuildState,
+    born,
+    overall_state,
+    transition,
+)
 
 Q, R, S, F, C = (
     BuildState.QUEUED,
@@ -100,3 +107,16 @@ def test_overall_state_takes_any_iterable():
 def test_a_build_without_jobs_has_no_overall_state():
     with pytest.raises(ValueError, match="at least one job"):
         overall_state([])
+
+
+def test_a_job_is_born_queued_or_succeeded_when_the_result_cache_serves_it():
+    assert {Q, S} == BORN
+    for state in BORN:
+        assert born(state) is state
+
+
+@pytest.mark.parametrize("state", [R, F, C], ids=lambda s: s.value)
+def test_a_job_born_in_any_other_state_is_refused(state):
+    with pytest.raises(IllegalTransition) as exc:
+        born(state)
+    assert (exc.value.current, exc.value.new) == ("(new)", state.value)

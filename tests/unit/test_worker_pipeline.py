@@ -300,6 +300,8 @@ def test_a_job_that_builds_publishes_its_binary_then_the_manifest_then_the_log(t
     [entry] = manifest.artifacts
     assert (entry.name, entry.sha256, entry.executable, manifest.profile_dir) == (
         "hello-c", hashlib.sha256(b"\x7fELF hello-c").hexdigest(), True, "debug")
+    # naming the builder image that made it, for the controller's result cache
+    assert manifest.image_id == docker.image_id(settings.builder_image)
     # cargo's human lines reach the log; its JSON messages do not
     log = storage.objects[log_key].decode()
     assert "2 crate(s) from the verified dependency volume, 2 downloaded now" in log
