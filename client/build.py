@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import sys
@@ -36,6 +37,8 @@ class BuildOptions:
     root: Path  # where the crate is, and where target/ goes
     placement: Placement | None = None
     wait_limit_s: int | None = None
+    #: False: build every target even where the result cache has its artifacts
+    cache: bool = True
 
 
 def exit_code(state: BuildState) -> int:
@@ -55,6 +58,7 @@ def run_build(client: FarmClient, config: Config, cross: CrossConfig, options: B
         env=cross.passthrough,
         target_env={t: env for t, env in cross.per_target.items() if t in options.targets},
         submitter=config.user, placement=options.placement, wait_limit_s=options.wait_limit_s,
+        cache=options.cache,
     )
     build = client.submit(request)
     remember_build(build.build_id)
@@ -77,8 +81,10 @@ def run_build(client: FarmClient, config: Config, cross: CrossConfig, options: B
     dests = [_cargo_dest(options.root, options.targets, profile, artifact)
              for artifact in artifacts]
     for artifact, dest in zip(artifacts, dests, strict=True):
-        client.download(artifact, dest, Progress(f"{artifact.target} {artifact.name}"))
-        note(f"{artifact.target}: {artifact.path} ({artifact.size} bytes, sha256 ok)")
+        if fetch(client, artifact, dest, Progress(f"{artifact.target} {artifact.name}")):
+            note(f"{artifact.target}: {artifact.path} ({artifact.size} bytes, sha256 ok)")
+        else:
+            note(f"{artifact.target}: {artifact.path} is already this artifact (same sha256)")
     if options.as_json:
         emit_json({"build": final, "artifacts": artifacts})
     else:
@@ -169,9 +175,32 @@ def download_all(client: FarmClient, build_id: str, dest: Path,
     artifacts = client.artifacts(build_id)
     paths = [inside(dest, artifact.target, artifact.name) for artifact in artifacts]
     for artifact, path in zip(artifacts, paths, strict=True):
-        client.download(artifact, path, progress(artifact.name) if progress else None)
-        note(f"{artifact.target}: {path}")
+        fresh = fetch(client, artifact, path, progress(artifact.name) if progress else None)
+        note(f"{artifact.target}: {path}" + ("" if fresh else " (already there, same sha256)"))
     return len(artifacts)
+
+
+def fetch(client: FarmClient, artifact: ArtifactView, dest: Path,
+          progress: Callable[[int, int], None] | None = None) -> bool:
+    """Download an artifact to `dest` unless the file there already has its sha256 (then
+    only its mode is set); True if it was downloaded."""
+    if _sha256_of(dest) != artifact.sha256:
+        client.download(artifact, dest, progress)
+        return True
+    dest.chmod(0o755 if artifact.executable else 0o644)
+    return False
+
+
+def _sha256_of(path: Path) -> str | None:
+    """The sha256 of a regular file (not followed through a symlink), or None if there is
+    none at `path`."""
+    if path.is_symlink() or not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def profile_dir(profile: str) -> str:

@@ -68,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
                             "a cross toolchain; emulate-ok: else emulation (default: the farm's)")
     build.add_argument("--wait-limit", type=parse_duration, metavar="DURATION",
                        help="fail a target no worker starts within this long (90s, 5m, 1h)")
+    build.add_argument("--no-cache", action="store_false", dest="cache",
+                       help="build every target even if an earlier build had the same inputs")
     build.add_argument("--detach", action="store_true", help="submit and print the build id")
     build.add_argument("--cancel-on-interrupt", action="store_true",
                        help="Ctrl-C cancels the remote build without asking")
@@ -267,7 +269,7 @@ def _build(client: FarmClient, config: Config, args: argparse.Namespace) -> int:
         cancel_on_interrupt=args.cancel_on_interrupt,
         git=(args.git, args.rev) if args.git else None, root=root,
         placement=Placement(args.placement) if args.placement else None,
-        wait_limit_s=args.wait_limit,
+        wait_limit_s=args.wait_limit, cache=args.cache,
     )
     cross = read_cross_toml(root / "Cross.toml", os.environ)
     return run_build(client, config, cross, options)

@@ -16,6 +16,7 @@ from crossfarm.shared.wire import (
     ArtifactView,
     BuildView,
     Fleet,
+    JobView,
     TokenView,
     WorkerLimits,
     WorkerView,
@@ -49,16 +50,24 @@ def duration(view_job: object) -> str:
     return "-"
 
 
+def cache_use(job: JobView) -> str:
+    """cached: served from the result cache, no worker ran it; cold: a worker builds it
+    from scratch (no warm cargo target dir yet); "-": no worker has started it."""
+    if job.cached_from is not None:
+        return "cached"
+    return "cold" if job.worker is not None else "-"
+
+
 def build_table(view: BuildView, artifacts: Sequence[ArtifactView] = (),
                 out: TextIO = sys.stdout) -> None:
     """The summary of a build: one row per target."""
     counts: dict[str, int] = {}
     for artifact in artifacts:
         counts[artifact.target] = counts.get(artifact.target, 0) + 1
-    rows = [("TARGET", "RESULT", "WORKER", "MODE", "TIME", "ARTIFACTS", "WHY")]
+    rows = [("TARGET", "RESULT", "CACHE", "WORKER", "MODE", "TIME", "ARTIFACTS", "WHY")]
     for job in view.jobs:
         why = job.reason or (job.state is BuildState.QUEUED and job.waiting) or job.placed
-        rows.append((job.target, job.state.value, job.worker or "-",
+        rows.append((job.target, job.state.value, cache_use(job), job.worker or "-",
                      job.mode.value if job.mode else "-", duration(job),
                      str(counts.get(job.target, 0)), why or ""))
     print(f"build {view.build_id}: {view.state.value}", file=out)

@@ -1,3 +1,4 @@
+import hashlib
 import json
 from types import SimpleNamespace
 
@@ -5,7 +6,14 @@ import httpx
 import pytest
 
 from crossfarm.client.api import FarmClient
-from crossfarm.client.build import _cargo_dest, _send_source, download_all, exit_code, inside
+from crossfarm.client.build import (
+    _cargo_dest,
+    _send_source,
+    download_all,
+    exit_code,
+    fetch,
+    inside,
+)
 from crossfarm.shared.errors import FarmError, InvalidSource
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.tree import TreeLimits
@@ -130,3 +138,51 @@ def test_a_malformed_artifact_list_is_a_farm_error_not_a_crash():
     client = FarmClient("http://farm", transport=httpx.MockTransport(handler))
     with pytest.raises(FarmError, match="malformed"):
         client.artifacts(BUILD)
+
+
+class Recording:
+    """A farm client that records which artifacts it downloads, writing `body` for each."""
+
+    def __init__(self, body=b"new"):
+        self.body = body
+        self.downloaded = []
+
+    def download(self, artifact, dest, progress=None):
+        self.downloaded.append(artifact.name)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(self.body)
+
+
+def _view(data, executable=True):
+    return ArtifactView(target=X86, name="hello", size=len(data),
+                        sha256=hashlib.sha256(data).hexdigest(), url="http://farm/x",
+                        executable=executable, path=f"target/{X86}/debug/hello")
+
+
+def test_an_artifact_already_on_disk_with_its_sha256_is_not_downloaded_again(tmp_path):
+    dest = tmp_path / "hello"
+    dest.write_bytes(b"same bytes")
+    dest.chmod(0o644)
+    client = Recording()
+    assert fetch(client, _view(b"same bytes"), dest) is False
+    assert client.downloaded == []
+    assert dest.read_bytes() == b"same bytes"
+    assert dest.stat().st_mode & 0o777 == 0o755  # the artifact's mode all the same
+
+
+@pytest.mark.parametrize("present", ["other bytes", None], ids=["different", "absent"])
+def test_an_artifact_whose_file_differs_or_is_absent_is_downloaded(tmp_path, present):
+    dest = tmp_path / "hello"
+    if present is not None:
+        dest.write_text(present)
+    client = Recording()
+    assert fetch(client, _view(b"new"), dest) is True
+    assert client.downloaded == ["hello"]
+
+
+def test_a_symlink_with_the_artifacts_bytes_behind_it_is_not_taken_for_the_artifact(tmp_path):
+    (tmp_path / "elsewhere").write_bytes(b"new")
+    (tmp_path / "hello").symlink_to(tmp_path / "elsewhere")
+    client = Recording()
+    assert fetch(client, _view(b"new"), tmp_path / "hello") is True
+    assert client.downloaded == ["hello"]

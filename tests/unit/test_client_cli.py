@@ -59,3 +59,8 @@ def test_admin_token_revoke_takes_a_numeric_id():
     assert _parser().parse_args(["admin", "token", "revoke", "7"]).token_id == 7
     with pytest.raises(SystemExit):
         _parser().parse_args(["admin", "token", "revoke", "seven"])
+
+
+def test_build_uses_the_result_cache_unless_told_no_cache():
+    assert _parser().parse_args(["build"]).cache is True
+    assert _parser().parse_args(["build", "--no-cache"]).cache is False

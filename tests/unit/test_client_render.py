@@ -94,17 +94,18 @@ def test_a_build_table_has_one_row_per_job_with_worker_mode_time_and_artifacts()
 
     rows = _rows(out)
     assert rows[0] == ["build", "b-0123456789abcdef:", "failed"]
-    assert rows[1] == ["TARGET", "RESULT", "WORKER", "MODE", "TIME", "ARTIFACTS", "WHY"]
+    assert rows[1] == ["TARGET", "RESULT", "CACHE", "WORKER", "MODE", "TIME", "ARTIFACTS",
+                       "WHY"]
     assert rows[2:] == [
-        [X86, "succeeded", "w1", "native", "12.5s", "2"],
-        [ARM, "failed", "w2", "cross", "3.0s", "0", "cargo", "failed"],
+        [X86, "succeeded", "cold", "w1", "native", "12.5s", "2"],
+        [ARM, "failed", "cold", "w2", "cross", "3.0s", "0", "cargo", "failed"],
     ]
 
 
 def test_a_job_that_has_not_run_shows_dashes():
     out = io.StringIO()
     build_table(_build("b-0123456789abcdef", [_job(X86, BuildState.QUEUED)]), out=out)
-    assert _rows(out)[2] == [X86, "queued", "-", "-", "-", "0"]
+    assert _rows(out)[2] == [X86, "queued", "-", "-", "-", "-", "0"]
 
 
 def test_a_queued_job_says_what_it_waits_for():
@@ -112,8 +113,8 @@ def test_a_queued_job_says_what_it_waits_for():
                waiting="waiting: no arm64 worker online")
     out = io.StringIO()
     build_table(_build("b-0123456789abcdef", [job]), out=out)
-    assert _rows(out)[2][:6] == [ARM, "queued", "-", "-", "-", "0"]
-    assert " ".join(_rows(out)[2][6:]) == "waiting: no arm64 worker online"
+    assert _rows(out)[2][:7] == [ARM, "queued", "-", "-", "-", "-", "0"]
+    assert " ".join(_rows(out)[2][7:]) == "waiting: no arm64 worker online"
 
 
 def test_a_job_that_ran_says_why_it_was_placed_where_it_ran():
@@ -123,7 +124,7 @@ def test_a_job_that_ran_says_why_it_was_placed_where_it_ran():
                waiting="queued: position 1 in crossfarm.builds.arm64.cross")
     out = io.StringIO()
     build_table(_build("b-0123456789abcdef", [job], state=BuildState.SUCCEEDED), out=out)
-    assert " ".join(_rows(out)[2][6:]) == (
+    assert " ".join(_rows(out)[2][7:]) == (
         "cross: no arm64 worker online; cross-ok allows a cross toolchain")
 
 
@@ -133,7 +134,26 @@ def test_a_failed_jobs_reason_comes_before_its_placement():
                reason="no worker started it within its wait limit of 60 s")
     out = io.StringIO()
     build_table(_build("b-0123456789abcdef", [job], state=BuildState.FAILED), out=out)
-    assert " ".join(_rows(out)[2][6:]) == "no worker started it within its wait limit of 60 s"
+    assert " ".join(_rows(out)[2][7:]) == "no worker started it within its wait limit of 60 s"
+
+
+def test_a_job_served_from_the_result_cache_says_cached_and_from_which_build():
+    job = _job(X86, BuildState.SUCCEEDED, cached_from="b-00000000000000aa", finished_at=T0,
+               placed="cached: build b-00000000000000aa made it from the same inputs "
+                      "with this image")
+    out = io.StringIO()
+    build_table(_build("b-0123456789abcdef", [job], state=BuildState.SUCCEEDED),
+                [_artifact(X86, "hello")], out=out)
+    row = _rows(out)[2]
+    assert row[:7] == [X86, "succeeded", "cached", "-", "-", "-", "1"]
+    assert "b-00000000000000aa" in row[7:]
+
+
+def test_a_job_a_worker_built_says_cold():
+    job = _job(X86, BuildState.RUNNING, worker="w1", mode=BuildMode.NATIVE, started_at=T0)
+    out = io.StringIO()
+    build_table(_build("b-0123456789abcdef", [job]), out=out)
+    assert _rows(out)[2][2] == "cold"
 
 
 def test_the_columns_line_up():
