@@ -31,10 +31,12 @@ WORKER_AMD64 = {"CROSSFARM_CROSS_ARCHES": "arm64", "CROSSFARM_CONCURRENCY": "2",
                 "CROSSFARM_BUILD_CPUS": "1", "CROSSFARM_HEARTBEAT_S": "1",
                 "CROSSFARM_GIT_ALLOW_NETWORKS": "127.0.0.0/8"}
 #: The controller's settings: short fleet bounds and sweeps, so tests of loss, placement
-#: and leftovers do not wait for minutes (a test that restarts it uses them too).
+#: and leftovers do not wait for minutes (a test that restarts it uses them too). The
+#: result cache is off: most tests build the same fixture crate again, and each is about
+#: what a worker does with it; test_result_cache.py turns it on for its own tests.
 CONTROLLER = {"CROSSFARM_LOST_AFTER_S": "6", "CROSSFARM_PLACER_INTERVAL_S": "0.5",
               "CROSSFARM_LEASE_GRACE_S": "5", "CROSSFARM_RECONCILE_AFTER_S": "5",
-              "CROSSFARM_UPLOAD_SWEEP_S": "1"}
+              "CROSSFARM_UPLOAD_SWEEP_S": "1", "CROSSFARM_RESULT_CACHE": "false"}
 
 
 
