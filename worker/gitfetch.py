@@ -17,6 +17,7 @@ log says what really happened (with any credentials of the URL hidden).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import tarfile
@@ -176,9 +177,10 @@ def _step(tools: FetchTools, command: list[str], volume: str, env: dict[str, str
 
 def _fetch_step(tools: FetchTools, message: FetchMessage, volume: str, sockets: Path,
                 deadline: float, scratch: Path, labels: dict[str, str]) -> tuple[str, Path]:
-    step = _step(tools, ["sh", "-c", _FETCH_SCRIPT], volume,
-                 {"CROSSFARM_URL": message.url, "CROSSFARM_REV": message.rev, "HOME": "/tmp"},
-                 {sockets: _SOCKET_DIR}, labels)
+    env = {"CROSSFARM_URL": message.url, "CROSSFARM_REV": message.rev, "HOME": "/tmp",
+           **_auth_config(message)}
+    step = _step(tools, ["sh", "-c", _FETCH_SCRIPT], volume, env, {sockets: _SOCKET_DIR},
+                 labels)
     lines: list[str] = []
     with tools.docker.container(step) as container:
         result = _run(container, lines, deadline)
@@ -193,6 +195,17 @@ def _fetch_step(tools: FetchTools, message: FetchMessage, volume: str, sockets: 
         max_listing = message.limits.max_files * (MAX_PATH_BYTES + 128)
         listing = container.copy_out("/work/listing", scratch, max_bytes=max_listing)
     return commits[0], listing
+
+
+def _auth_config(message: FetchMessage) -> dict[str, str]:
+    """The tenant's credential as git configuration in the environment (never on a command
+    line): an Authorization header curl sends to the URL's host, the only one the proxy
+    reaches."""
+    if message.auth is None:
+        return {}
+    basic = base64.b64encode(f"{message.auth.username}:{message.auth.token}".encode()).decode()
+    return {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader",
+            "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}"}
 
 
 def _archive_step(tools: FetchTools, volume: str, commit: str, entries: list[ListedFile],
