@@ -24,6 +24,7 @@ from crossfarm.shared.errors import (
     BrokerError,
     InvalidRequest,
     InvalidSource,
+    QuotaExceeded,
     excerpt,
     redact,
 )
@@ -70,8 +71,14 @@ def fetch(farm: Farm, git: GitSource, tenant: str) -> Fetched:
                            timeout_s=settings.git_timeout_s,
                            auth=_registered_auth(farm, git.url, tenant))
     wait_s = settings.git_timeout_s + QUEUE_WAIT_S
-    farm.queue.fetch(message, expires_s=wait_s)
-    reply = farm.events.wait_reply(keys.fetch_reply(message.fetch_id), wait_s)
+    with farm.git_fetches.take(settings.max_git_fetches) as free:
+        if not free:
+            raise QuotaExceeded(
+                "git_fetches", settings.max_git_fetches, settings.max_git_fetches, 10,
+                f"the farm is fetching {settings.max_git_fetches} git sources already (the "
+                "controller's max_git_fetches); retry shortly")
+        farm.queue.fetch(message, expires_s=wait_s)
+        reply = farm.events.wait_reply(keys.fetch_reply(message.fetch_id), wait_s)
     if reply is None:
         raise BrokerError(f"no worker fetched {shown(git.url)} within {wait_s} s; the farm "
                           "may be busy or have no worker online: try again later")

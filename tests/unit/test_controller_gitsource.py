@@ -260,3 +260,16 @@ def test_deleting_a_credential_forgets_it_and_a_second_delete_is_a_404(api):
     assert api.delete("/v1/git-credentials/git.example.org").status_code == 204
     assert api.get("/v1/git-credentials").json() == []
     assert api.delete("/v1/git-credentials/git.example.org").status_code == 404
+
+
+def test_fetches_past_the_controllers_limit_are_a_429_with_retry_after(tmp_path):
+    api = make_api(tmp_path, max_git_fetches=1)
+    worker_reporting(api)
+    with api.farm.git_fetches.take(1) as free:  # one fetch in progress
+        assert free
+        refused = post_git(api)
+    assert refused.status_code == 429
+    assert refused.headers["Retry-After"] == "10"
+    assert "max_git_fetches" in refused.json()["detail"]
+    assert api.farm.queue.fetches == []
+    assert post_git(api).status_code == 201  # once it ended, the next one goes
