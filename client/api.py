@@ -6,6 +6,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 from httpx_sse import EventSource, connect_sse
@@ -20,6 +21,8 @@ from crossfarm.shared.wire import (
     Event,
     FarmStats,
     Fleet,
+    GitAuth,
+    GitCredentialView,
     GitSource,
     IssuedToken,
     MissingBlobs,
@@ -164,6 +167,19 @@ class FarmClient:
     def revoke_token(self, token_id: int) -> TokenView:
         return TokenView.model_validate_json(
             self._call("DELETE", f"/v1/admin/tokens/{token_id}").content)
+
+    def put_git_credential(self, host: str, auth: GitAuth) -> GitCredentialView:
+        response = self._call("PUT", f"/v1/git-credentials/{quote(host, safe='')}",
+                              content=auth.model_dump_json(),
+                              headers={"Content-Type": "application/json"})
+        return GitCredentialView.model_validate_json(response.content)
+
+    def git_credentials(self) -> list[GitCredentialView]:
+        return [GitCredentialView.model_validate(item)
+                for item in self._call("GET", "/v1/git-credentials").json()]
+
+    def delete_git_credential(self, host: str) -> None:
+        self._call("DELETE", f"/v1/git-credentials/{quote(host, safe='')}")
 
     def workers(self) -> Fleet:
         return Fleet.model_validate_json(self._call("GET", "/v1/workers").content)

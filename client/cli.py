@@ -8,6 +8,7 @@ tree) > ~/.config/crossfarm/config.toml. Exit codes: 0 success, 1 a target faile
 from __future__ import annotations
 
 import argparse
+import getpass
 import itertools
 import os
 import sys
@@ -34,7 +35,7 @@ from crossfarm.client.workspace import locate
 from crossfarm.shared.arch import Placement
 from crossfarm.shared.errors import CrossfarmError, UsageError
 from crossfarm.shared.states import BuildState
-from crossfarm.shared.wire import CargoSpec, Role, TokenRequest
+from crossfarm.shared.wire import CargoSpec, GitAuth, Role, TokenRequest
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -101,6 +102,18 @@ def _parser() -> argparse.ArgumentParser:
     drain.add_argument("worker")
     drain.add_argument("--undo", action="store_true", help="let it take jobs again")
     commands.add_parser("config", parents=[common], help="the effective configuration")
+    credential = commands.add_parser(
+        "git-credential", parents=[common],
+        help="your tokens for private git repositories (--git builds over https)")
+    credentials = credential.add_subparsers(dest="credential_command", required=True)
+    put = credentials.add_parser("set", parents=[common],
+                                 help="register the token for a host (read from stdin)")
+    put.add_argument("host", help="the git host, e.g. git.example.com")
+    put.add_argument("--username", default="git",
+                     help="the user to present (default: git; GitHub and GitLab accept any)")
+    credentials.add_parser("list", parents=[common], help="your hosts, never a token")
+    forget = credentials.add_parser("delete", parents=[common], help="forget a host's token")
+    forget.add_argument("host")
     admin = commands.add_parser("admin", parents=[common], help="what operators do")
     token = admin.add_subparsers(dest="admin", required=True).add_parser(
         "token", parents=[common], help="issue, list and revoke API tokens")
@@ -225,6 +238,26 @@ def _admin(client: FarmClient, _config: Config, args: argparse.Namespace) -> int
     return EXIT_OK
 
 
+def _git_credential(client: FarmClient, _config: Config, args: argparse.Namespace) -> int:
+    if args.credential_command == "list":
+        _show(list(client.git_credentials()), args.json, render.credentials_table)
+        return EXIT_OK
+    host = args.host.strip().lower()
+    if args.credential_command == "delete":
+        client.delete_git_credential(host)
+        render.note(f"the token for {host} is forgotten")
+        return EXIT_OK
+    token = (getpass.getpass(f"token for {host}: ") if sys.stdin.isatty()
+             else sys.stdin.readline()).strip()
+    try:
+        auth = GitAuth(username=args.username, token=token)
+    except ValueError as exc:
+        raise UsageError(f"the user name or token: {_first_error(exc)}") from None
+    view = client.put_git_credential(host, auth)
+    _show(view, args.json, lambda one: render.credentials_table([one]))
+    return EXIT_OK
+
+
 def _first_error(exc: ValueError) -> str:
     errors = getattr(exc, "errors", None)
     if callable(errors):
@@ -279,6 +312,7 @@ _COMMANDS: dict[str, Callable[[FarmClient, Config, argparse.Namespace], int]] = 
     "build": _build,
     "status": _status, "cancel": _cancel, "logs": _logs, "list": _list,
     "artifacts": _artifacts, "drain": _drain, "workers": _workers, "admin": _admin,
+    "git-credential": _git_credential,
 }
 
 

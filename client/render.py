@@ -16,6 +16,7 @@ from crossfarm.shared.wire import (
     ArtifactView,
     BuildView,
     Fleet,
+    GitCredentialView,
     JobView,
     TokenView,
     WorkerLimits,
@@ -117,6 +118,12 @@ def tokens_table(tokens: list[TokenView], out: TextIO = sys.stdout) -> None:
                      *(f"{when:%Y-%m-%d %H:%M}" if when else "-" for when in (
                          token.created_at, token.expires_at, token.last_used_at,
                          token.revoked_at))))
+    _table(rows, out)
+
+
+def credentials_table(credentials: list[GitCredentialView], out: TextIO = sys.stdout) -> None:
+    rows: list[tuple[str, ...]] = [("HOST", "USER", "SET")]
+    rows.extend((c.host, c.username, f"{c.created_at:%Y-%m-%d %H:%M}") for c in credentials)
     _table(rows, out)
 
 

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from crossfarm.controller import auth, errors, limits, placer, uploads
 from crossfarm.controller.api import admin as admin_api
 from crossfarm.controller.api import builds as builds_api
+from crossfarm.controller.api import credentials as credentials_api
 from crossfarm.controller.api import jobs as jobs_api
 from crossfarm.controller.api import sources as sources_api
 from crossfarm.controller.api import workers as workers_api
@@ -111,6 +112,7 @@ def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAP
     limits.install(app, settings)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.include_router(sources_api.router)
+    app.include_router(credentials_api.router)
     app.include_router(builds_api.router)
     app.include_router(jobs_api.router)
     app.include_router(workers_api.router)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from crossfarm.controller.queue import JobQueue
@@ -51,6 +52,29 @@ class Counters:
                              trees_created=self.trees_created)
 
 
+class Slots:
+    """A count of something in progress, held under a limit given at each take: the git
+    fetches this controller waits on (each holds a request thread until its worker
+    answers)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.taken = 0
+
+    @contextlib.contextmanager
+    def take(self, limit: int) -> Iterator[bool]:
+        """Yields whether a slot was free (and holds it for the block)."""
+        with self._lock:
+            free = self.taken < limit
+            self.taken += free
+        try:
+            yield free
+        finally:
+            if free:
+                with self._lock:
+                    self.taken -= 1
+
+
 class Doorbell:
     """Rung when a job may start now (a submit, a finished job, a new worker), so the
     placer runs at once instead of at its next interval. Rung from any thread; waited on
@@ -93,3 +117,4 @@ class Farm:
     storage: ObjectStore
     counters: Counters = field(default_factory=Counters)
     doorbell: Doorbell = field(default_factory=Doorbell)
+    git_fetches: Slots = field(default_factory=Slots)

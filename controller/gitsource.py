@@ -16,6 +16,7 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from crossfarm.controller.farm import Farm
 from crossfarm.shared import keys
@@ -23,11 +24,12 @@ from crossfarm.shared.errors import (
     BrokerError,
     InvalidRequest,
     InvalidSource,
+    QuotaExceeded,
     excerpt,
     redact,
 )
 from crossfarm.shared.tree import read_pack
-from crossfarm.shared.wire import FetchMessage, FetchReport, GitSource, SourceTree
+from crossfarm.shared.wire import FetchMessage, FetchReport, GitAuth, GitSource, SourceTree
 
 _SCHEMES = ("https://", "http://", "git://", "ssh://")
 _REV = re.compile(r"^[A-Za-z0-9._/@{}^~+-]{1,256}$")
@@ -58,17 +60,25 @@ class Fetched:
     pack: str
 
 
-def fetch(farm: Farm, git: GitSource) -> Fetched:
-    """Have a worker fetch the commit; what it reports, if it fetched it.
-    BrokerError if no worker answered in time."""
+def fetch(farm: Farm, git: GitSource, tenant: str) -> Fetched:
+    """Have a worker fetch the commit, with `tenant`'s credential for the URL's host if it
+    registered one; what it reports, if it fetched it. BrokerError if no worker answered
+    in time."""
     check_git_source(git.url, git.rev)
     settings = farm.settings
     message = FetchMessage(fetch_id=secrets.token_hex(16), url=git.url, rev=git.rev,
                            limits=settings.tree_limits().to_wire(),
-                           timeout_s=settings.git_timeout_s)
+                           timeout_s=settings.git_timeout_s,
+                           auth=_registered_auth(farm, git.url, tenant))
     wait_s = settings.git_timeout_s + QUEUE_WAIT_S
-    farm.queue.fetch(message, expires_s=wait_s)
-    reply = farm.events.wait_reply(keys.fetch_reply(message.fetch_id), wait_s)
+    with farm.git_fetches.take(settings.max_git_fetches) as free:
+        if not free:
+            raise QuotaExceeded(
+                "git_fetches", settings.max_git_fetches, settings.max_git_fetches, 10,
+                f"the farm is fetching {settings.max_git_fetches} git sources already (the "
+                "controller's max_git_fetches); retry shortly")
+        farm.queue.fetch(message, expires_s=wait_s)
+        reply = farm.events.wait_reply(keys.fetch_reply(message.fetch_id), wait_s)
     if reply is None:
         raise BrokerError(f"no worker fetched {shown(git.url)} within {wait_s} s; the farm "
                           "may be busy or have no worker online: try again later")
@@ -82,6 +92,14 @@ def fetch(farm: Farm, git: GitSource) -> Fetched:
     if report.commit is None or report.tree is None or report.pack is None:
         raise BrokerError("a worker's fetch report was incomplete")
     return Fetched(commit=report.commit, tree=report.tree, pack=report.pack)
+
+
+def _registered_auth(farm: Farm, url: str, tenant: str) -> GitAuth | None:
+    """The tenant's credential for an http(s) URL's host, unless the URL carries its own."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or "@" in parts.netloc or not parts.hostname:
+        return None
+    return farm.store.credentials.auth(tenant, parts.hostname.lower())
 
 
 def stored_blobs(farm: Farm, report: Fetched) -> dict[str, int]:

@@ -63,6 +63,9 @@ class ControllerSettings(FarmSettings):
     #: entry is about 7 values: raise both JSON limits with max_source_files
     max_json_items: int = Field(default=250_000, ge=100)
     git_timeout_s: int = Field(default=300, ge=5)
+    #: git fetches this controller waits on at once (each holds a request thread); more
+    #: are refused with 429 and Retry-After
+    max_git_fetches: int = Field(default=8, ge=1, le=32)
     #: a worker with no heartbeat for this long is reported lost
     lost_after_s: int = Field(default=30, ge=2)
     #: the placement of requests that do not choose one (make up's farm: cross-ok)

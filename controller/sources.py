@@ -113,7 +113,7 @@ def create_git_source(farm: Farm, git: GitSource, tenant: str = DEFAULT_TENANT
                       ) -> SourceStatus:
     """Have a worker fetch a commit in its sandbox, check what it stored, record the blobs
     `tenant` lacked (within its quota) and store the tree."""
-    fetched = gitsource.fetch(farm, git)
+    fetched = gitsource.fetch(farm, git, tenant)
     sizes = gitsource.stored_blobs(farm, fetched)
     check_tree(fetched.tree, farm.settings.tree_limits())
     missing = farm.store.sources.missing_blobs(list(sizes), tenant)

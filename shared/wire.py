@@ -309,6 +309,31 @@ class GitSource(Wire):
     rev: Annotated[str, Field(min_length=1, max_length=256)]
 
 
+#: A git host as credentials are registered for it: a DNS name or an IPv4 address, lower
+#: case, no port (a credential serves every port of its host).
+GIT_HOST = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+GitHost = Annotated[str, Field(max_length=253, pattern=GIT_HOST)]
+
+
+class GitAuth(Wire):
+    """A user name and token (a password or access token) for git over https."""
+
+    # The token must never appear in a validation error, a repr or a log.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    username: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^:\s]+$")] = "git"
+    token: Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[^\s]+$",
+                                repr=False)]
+
+
+class GitCredentialView(Wire):
+    """A registered credential as it is shown: its host and user, never its token."""
+
+    host: GitHost
+    username: str
+    created_at: datetime
+
+
 class FetchMessage(Reply):
     """The Celery payload of a git fetch: which commit, within which limits and time. It
     comes from the controller, so fields a newer one adds are ignored."""
@@ -321,6 +346,8 @@ class FetchMessage(Reply):
     rev: str
     limits: SourceLimits
     timeout_s: int = Field(ge=1)
+    #: the tenant's registered credential for the URL's host (https and http only)
+    auth: GitAuth | None = Field(default=None, repr=False)
 
 
 class FetchReport(Wire):

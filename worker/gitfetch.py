@@ -17,6 +17,7 @@ log says what really happened (with any credentials of the URL hidden).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import tarfile
@@ -50,17 +51,18 @@ _FETCHER_UID = "10001:10001"
 _UNREACHABLE, _NO_REVISION = 3, 4
 
 # Run as the fetcher image's user with no network: socat makes the egress proxy's
-# socket a loopback port for curl (https) and netcat (ssh, git://).
+# socket a loopback port for curl (https, SOCKS5) and for ssh and git:// (socat again, as
+# their proxy command, SOCKS4a: netcat would outlive a connection the far end closed).
 _FETCH_SCRIPT = r"""
 set -u
 socat TCP-LISTEN:1080,bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:/egress/socks 2>/dev/null &
 i=0
 until nc -z 127.0.0.1 1080 2>/dev/null; do i=$((i+1)); [ $i -gt 100 ] && exit 9; sleep 0.05; done
-printf '#!/bin/sh\nexec nc -X 5 -x 127.0.0.1:1080 "$1" "$2"\n' > /tmp/git-proxy
+printf '#!/bin/sh\nexec socat - "SOCKS4A:127.0.0.1:$1:$2,socksport=1080"\n' > /tmp/git-proxy
 chmod +x /tmp/git-proxy
 export GIT_DIR=/work/repo.git GIT_TERMINAL_PROMPT=0 GIT_CONFIG_NOSYSTEM=1 \
   GIT_ALLOW_PROTOCOL=https:http:git:ssh GIT_PROXY_COMMAND=/tmp/git-proxy \
-  GIT_SSH_COMMAND="ssh -F /dev/null -o ProxyCommand='nc -X 5 -x 127.0.0.1:1080 %h %p' \
+  GIT_SSH_COMMAND="ssh -F /dev/null -o ProxyCommand='/tmp/git-proxy %h %p' \
 -o BatchMode=yes -o IdentitiesOnly=yes -o IdentityFile=/dev/null -o IdentityAgent=none \
 -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=/tmp/known_hosts"
 git init -q --bare "$GIT_DIR" || exit 1
@@ -176,9 +178,10 @@ def _step(tools: FetchTools, command: list[str], volume: str, env: dict[str, str
 
 def _fetch_step(tools: FetchTools, message: FetchMessage, volume: str, sockets: Path,
                 deadline: float, scratch: Path, labels: dict[str, str]) -> tuple[str, Path]:
-    step = _step(tools, ["sh", "-c", _FETCH_SCRIPT], volume,
-                 {"CROSSFARM_URL": message.url, "CROSSFARM_REV": message.rev, "HOME": "/tmp"},
-                 {sockets: _SOCKET_DIR}, labels)
+    env = {"CROSSFARM_URL": message.url, "CROSSFARM_REV": message.rev, "HOME": "/tmp",
+           **_auth_config(message)}
+    step = _step(tools, ["sh", "-c", _FETCH_SCRIPT], volume, env, {sockets: _SOCKET_DIR},
+                 labels)
     lines: list[str] = []
     with tools.docker.container(step) as container:
         result = _run(container, lines, deadline)
@@ -193,6 +196,17 @@ def _fetch_step(tools: FetchTools, message: FetchMessage, volume: str, sockets: 
         max_listing = message.limits.max_files * (MAX_PATH_BYTES + 128)
         listing = container.copy_out("/work/listing", scratch, max_bytes=max_listing)
     return commits[0], listing
+
+
+def _auth_config(message: FetchMessage) -> dict[str, str]:
+    """The tenant's credential as git configuration in the environment (never on a command
+    line): an Authorization header curl sends to the URL's host, the only one the proxy
+    reaches."""
+    if message.auth is None:
+        return {}
+    basic = base64.b64encode(f"{message.auth.username}:{message.auth.token}".encode()).decode()
+    return {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader",
+            "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}"}
 
 
 def _archive_step(tools: FetchTools, volume: str, commit: str, entries: list[ListedFile],

@@ -13,6 +13,7 @@ the database once and holds one of each.
 from __future__ import annotations
 
 from crossfarm.controller.store.builds import BuildStore
+from crossfarm.controller.store.credentials import CredentialStore
 from crossfarm.controller.store.jobs import JobStore
 from crossfarm.controller.store.schema import Database
 from crossfarm.controller.store.sources import SourceStore
@@ -39,6 +40,7 @@ class Store:
         self.workers = WorkerStore(self.db)
         self.tokens = TokenStore(self.db)
         self.usage = UsageStore(self.db)
+        self.credentials = CredentialStore(self.db, vault)
 
     def close(self) -> None:
         self.db.close()

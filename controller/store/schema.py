@@ -2,7 +2,8 @@
 
 Tables: `builds` and their `jobs`; `blobs` and `trees` (the sources, stored once) with
 `tenant_blobs` and `tenant_trees` (who proved to hold which); `workers`; `tokens` (the
-hashes of issued API tokens); and `crossfarm_meta` holding the schema version a
+hashes of issued API tokens); `git_credentials` (tenants' git tokens, sealed); and
+`crossfarm_meta` holding the schema version a
 database was made with and a text sealed with its secrets key (vault.py).
 """
 
@@ -157,7 +158,7 @@ class JobRow(Base):
 
 
 #: Bump on any change to the tables; a database made by another version is refused.
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 
 
 class MetaRow(Base):
@@ -226,6 +227,18 @@ class TokenRow(Base):
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]
+
+
+class GitCredentialRow(Base):
+    """A tenant's credential for one git host: the user in clear, the token sealed."""
+
+    __tablename__ = "git_credentials"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(253), primary_key=True)
+    username: Mapped[str] = mapped_column(String(256))
+    sealed: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
 
 
 class WorkerRow(Base):

@@ -53,7 +53,8 @@ class SecretsKeyError(RuntimeError):
 
 
 class Vault:
-    """Seals and opens the values of a build's variables with the farm's secrets key."""
+    """Seals and opens the values of a build's variables (and tenants' git tokens) with
+    the farm's secrets key."""
 
     def __init__(self, key: bytes | str, source: str) -> None:
         self.source = source
@@ -84,6 +85,16 @@ class Vault:
                 f"the variables of build {build_id} were sealed with another secrets key "
                 f"than the one from {self.source}", self.source) from None
         return values
+
+    def seal_text(self, text: str) -> str:
+        return self._fernet.encrypt(text.encode()).decode()
+
+    def open_text(self, token: str, what: str) -> str:
+        try:
+            return self._fernet.decrypt(token).decode()
+        except InvalidToken:
+            raise SecretsKeyError(f"{what} was sealed with another secrets key than the one "
+                                  f"from {self.source}", self.source) from None
 
     def check(self, db: Database) -> None:
         """Seal a known text into a new database; in one that has it, open it, so a

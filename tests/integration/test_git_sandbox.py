@@ -280,3 +280,63 @@ def test_credentials_in_the_url_are_never_in_the_report(tmp_path: Path) -> None:
     assert report.error is not None
     assert "s3cret" not in report.error
     assert "alice" not in report.error
+
+
+def test_a_private_repository_is_fetched_with_its_tenants_credential_only(
+        farm: object, api: object, repos: Path) -> None:
+    """Through the whole farm: acme registers a token for the host and fetches; bolt,
+    with none, is refused the same repository, and the server never saw acme's token on
+    bolt's requests."""
+    import base64
+
+    import httpx
+
+    token = "acme-" + secrets.token_hex(16)
+    expected = "Basic " + base64.b64encode(f"acme-ci:{token}".encode()).decode()
+    seen: list[str | None] = []
+
+    class Private(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: object) -> None:
+            super().__init__(*args, directory=str(repos))  # type: ignore[arg-type]
+
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            if self.headers.get("Authorization") != expected:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="private"')
+                self.end_headers()
+                return
+            super().do_GET()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Private)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/crate/.git"
+    operator: httpx.Client = api  # type: ignore[assignment]
+    base = farm.controller_url  # type: ignore[attr-defined]
+    tokens = {tenant: operator.post("/v1/admin/tokens", json={"tenant": tenant, "name": "ci"})
+              .json()["token"] for tenant in ("acme-git", "bolt-git")}
+    try:
+        with httpx.Client(base_url=base, timeout=300,
+                          headers={"Authorization": f"Bearer {tokens['acme-git']}"}) as acme, \
+                httpx.Client(base_url=base, timeout=300,
+                             headers={"Authorization": f"Bearer {tokens['bolt-git']}"}) as bolt:
+            bolt_before = bolt.post("/v1/sources/git", json={"url": url, "rev": "main"})
+            put = acme.put("/v1/git-credentials/127.0.0.1",
+                           json={"username": "acme-ci", "token": token})
+            assert put.status_code == 200, put.text
+            fetched = acme.post("/v1/sources/git", json={"url": url, "rev": "main"})
+            bolt_after = bolt.post("/v1/sources/git", json={"url": url, "rev": "main"})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert fetched.status_code == 201, fetched.text
+    assert fetched.json()["files"] == 2
+    for refused in (bolt_before, bolt_after):
+        assert refused.status_code == 422
+        assert UNREADABLE in refused.json()["detail"]
+        assert token not in refused.text
+    assert expected in seen  # acme's fetch presented its token
+    assert seen.count(expected) == sum(1 for s in seen if s is not None)  # nobody else's

@@ -7,7 +7,7 @@ from crossfarm.controller.gitsource import check_git_source
 from crossfarm.shared import keys
 from crossfarm.shared.errors import InvalidRequest, redact
 from crossfarm.shared.tree import pack_bytes
-from crossfarm.shared.wire import FetchReport, SourceTree, TreeEntry
+from crossfarm.shared.wire import FetchReport, GitAuth, SourceTree, TreeEntry
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -195,3 +195,81 @@ def test_a_url_that_is_not_a_network_transport_is_refused_before_any_worker_is_a
     response = post_git(api, url="file:///etc")
     assert response.status_code == 422
     assert api.farm.queue.fetches == []
+
+
+# A tenant's git credentials: registered per host, sealed at rest, never shown again,
+# and sent with that tenant's fetches of that host only.
+
+TOKEN = "ghp_" + "Q" * 36
+
+
+def test_a_registered_credential_is_listed_without_its_token_and_sealed_at_rest(api, tmp_path):
+    put = api.put("/v1/git-credentials/git.example.org", json={"username": "ci", "token": TOKEN})
+    assert put.status_code == 200, put.text
+    listed = api.get("/v1/git-credentials")
+    assert [(c["host"], c["username"]) for c in listed.json()] == [("git.example.org", "ci")]
+    assert TOKEN not in put.text + listed.text
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("crossfarm.db*"))
+    assert TOKEN.encode() not in stored
+
+
+def test_a_fetch_of_the_host_carries_the_tenants_credential(api):
+    api.put("/v1/git-credentials/git.example.org", json={"username": "ci", "token": TOKEN})
+    worker_reporting(api)
+    assert post_git(api).status_code == 201
+    [message] = api.farm.queue.fetches
+    assert (message.auth.username, message.auth.token) == ("ci", TOKEN)
+    assert TOKEN not in repr(message)
+
+
+@pytest.mark.parametrize("url", [
+    "https://other.example.org/crate.git",  # another host
+    "https://me:pw@git.example.org/crate.git",  # the URL brings its own
+    "ssh://git.example.org/crate.git",  # not https
+])
+def test_a_fetch_of_another_host_or_with_its_own_credentials_carries_none(api, url):
+    api.put("/v1/git-credentials/git.example.org", json={"username": "ci", "token": TOKEN})
+    worker_reporting(api)
+    post_git(api, url=url)
+    [message] = api.farm.queue.fetches
+    assert message.auth is None
+
+
+def test_another_tenants_credential_is_never_used(api):
+    api.farm.store.credentials.put("acme", "git.example.org",
+                                   GitAuth(username="acme", token=TOKEN))
+    assert api.farm.store.credentials.auth("bolt", "git.example.org") is None
+    assert api.farm.store.credentials.auth("acme", "git.example.org").token == TOKEN
+    assert api.get("/v1/git-credentials").json() == []  # the open farm's tenant is "default"
+
+
+def test_a_token_that_is_not_one_is_refused_without_being_echoed(api):
+    response = api.put("/v1/git-credentials/git.example.org",
+                       json={"token": "has a space " + TOKEN})
+    assert response.status_code == 422
+    assert TOKEN not in response.text
+
+
+def test_a_host_with_a_port_or_upper_case_is_refused_by_name(api):
+    for host in ("Git.Example.org", "git.example.org:8443x", "-bad"):
+        assert api.put(f"/v1/git-credentials/{host}", json={"token": TOKEN}).status_code == 422
+
+
+def test_deleting_a_credential_forgets_it_and_a_second_delete_is_a_404(api):
+    api.put("/v1/git-credentials/git.example.org", json={"token": TOKEN})
+    assert api.delete("/v1/git-credentials/git.example.org").status_code == 204
+    assert api.get("/v1/git-credentials").json() == []
+    assert api.delete("/v1/git-credentials/git.example.org").status_code == 404
+
+
+def test_fetches_past_the_controllers_limit_are_a_429_with_retry_after(tmp_path):
+    api = make_api(tmp_path, max_git_fetches=1)
+    worker_reporting(api)
+    with api.farm.git_fetches.take(1) as free:  # one fetch in progress
+        assert free
+        refused = post_git(api)
+    assert refused.status_code == 429
+    assert refused.headers["Retry-After"] == "10"
+    assert "max_git_fetches" in refused.json()["detail"]
+    assert api.farm.queue.fetches == []
+    assert post_git(api).status_code == 201  # once it ended, the next one goes
