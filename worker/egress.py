@@ -209,6 +209,8 @@ class EgressProxy:
             sock.close()
 
     def _pump(self, source: socket.socket, sink: socket.socket, counted: bool) -> None:
+        """Copy one direction. Its end is passed on as a half-close (git says all it will,
+        then reads the answer); a failure or the byte budget ends both directions."""
         try:
             while data := source.recv(1 << 16):
                 if counted:
@@ -217,13 +219,15 @@ class EgressProxy:
                         over = self.log.received_bytes > self._max_bytes
                         self.log.over_budget |= over
                     if over:
-                        break
+                        raise OSError("over the fetch's byte budget")
                 sink.sendall(data)
         except OSError:
-            pass
-        for sock in (source, sink):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            return
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
 
 
 class _ProtocolError(Exception):

@@ -53,12 +53,14 @@ _UNREACHABLE, _NO_REVISION = 3, 4
 # Run as the fetcher image's user with no network: socat makes the egress proxy's
 # socket a loopback port for curl (https, SOCKS5) and for ssh and git:// (socat again, as
 # their proxy command, SOCKS4a: netcat would outlive a connection the far end closed).
+# socat -t: when git has said all it will, the answer may still take long to come.
 _FETCH_SCRIPT = r"""
 set -u
 socat TCP-LISTEN:1080,bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:/egress/socks 2>/dev/null &
 i=0
 until nc -z 127.0.0.1 1080 2>/dev/null; do i=$((i+1)); [ $i -gt 100 ] && exit 9; sleep 0.05; done
-printf '#!/bin/sh\nexec socat - "SOCKS4A:127.0.0.1:$1:$2,socksport=1080"\n' > /tmp/git-proxy
+printf '#!/bin/sh\nexec socat -t 3600 - "SOCKS4A:127.0.0.1:$1:$2,socksport=1080"\n' \
+  > /tmp/git-proxy
 chmod +x /tmp/git-proxy
 export GIT_DIR=/work/repo.git GIT_TERMINAL_PROMPT=0 GIT_CONFIG_NOSYSTEM=1 \
   GIT_ALLOW_PROTOCOL=https:http:git:ssh GIT_PROXY_COMMAND=/tmp/git-proxy \

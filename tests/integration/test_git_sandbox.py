@@ -150,9 +150,12 @@ class Listener:
         self.accepted = 0
         self._silent = silent
         self._held: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._closed = False
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._sock.getsockname()[1])
-        threading.Thread(target=self._serve, daemon=True).start()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
 
     def _serve(self) -> None:
         while True:
@@ -160,15 +163,21 @@ class Listener:
                 conn, _ = self._sock.accept()
             except OSError:
                 return
-            self.accepted += 1
-            if self._silent:
-                self._held.append(conn)
-            else:
-                conn.close()
+            with self._lock:
+                self.accepted += 1
+                if self._silent and not self._closed:
+                    self._held.append(conn)
+                    continue
+            conn.close()
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            held, self._held = self._held, []
+        self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
-        for conn in self._held:
+        self._thread.join(timeout=30)
+        for conn in held:
             conn.close()
 
 
