@@ -6,7 +6,7 @@ import base64
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, and_, exists, func, literal, or_, select, union_all
 from sqlalchemy.orm import Session, lazyload
 
 from crossfarm.controller.store.jobs import job_view
@@ -15,6 +15,7 @@ from crossfarm.controller.store.schema import (
     BuildRow,
     Database,
     JobRow,
+    Kept,
     as_utc,
     now,
 )
@@ -84,6 +85,10 @@ class BuildStore:
     def __init__(self, db: Database, vault: Vault) -> None:
         self._db = db
         self._vault = vault
+        # Views as `get` last read them, with their tenant, until a build or job is written
+        # (a job's place in line moves with the others'): status reads by the hundred.
+        self._views: Kept[BuildId, tuple[str, BuildView]] = Kept(
+            db.clock, (BuildRow.__tablename__, JobRow.__tablename__))
 
     def add(self, new: NewBuild) -> BuildView:
         created = now()
@@ -107,32 +112,63 @@ class BuildStore:
                     deadline=(created + timedelta(seconds=job.wait_limit_s)
                               if job.wait_limit_s is not None else None),
                 )
-                for job in new.jobs
+                for job in sorted(new.jobs, key=lambda job: job.target)  # as views list them
             ],
         )
         with self._db.session() as session:
             session.add(build)
-        return _build_view(build)
+            session.flush()
+            # Its place in line now, in the same transaction: the reply needs no new read.
+            return _build_view(build, self._positions(session, build.jobs))
 
     def get(self, build_id: BuildId, tenant: str | None = None) -> BuildView:
         """A build with each held job's place in line, counted now rather than stored, so
         a queue moving on rewrites no row. With `tenant`, only that tenant's (another's is
         as absent as one never submitted, so ids tell nothing)."""
+        view = self.kept(build_id, tenant)
+        if view is not None:
+            return view
+        stamp = self._views.stamp()
         with self._db.session() as session:
-            build = self._row(session, build_id, tenant)
-            positions = {job.id: self._position(session, job) for job in build.jobs
-                         if job.state == BuildState.QUEUED.value and job.sent_at is None}
-            return _build_view(build, positions)
+            build = self._row(session, build_id)
+            view = _build_view(build, self._positions(session, build.jobs))
+        self._views.keep(stamp, build_id, (build.tenant, view))
+        return self._scoped(build_id, build.tenant, view, tenant)
+
+    def kept(self, build_id: BuildId, tenant: str | None = None) -> BuildView | None:
+        """`get`'s answer if it needs no read (nothing written since it last read this
+        build), else None; NotFound as `get` for another tenant's build."""
+        kept = self._views.get(build_id)
+        return self._scoped(build_id, *kept, tenant) if kept is not None else None
 
     @staticmethod
-    def _position(session: Session, job: JobRow) -> int:
-        """1 + the held jobs of its queue queued before it."""
-        ahead = session.scalar(select(func.count()).select_from(JobRow).where(
-            JobRow.state == BuildState.QUEUED.value, JobRow.sent_at.is_(None),
-            JobRow.queue == job.queue,
-            or_(JobRow.queued_at < job.queued_at,
-                and_(JobRow.queued_at == job.queued_at, JobRow.id < job.id))))
-        return 1 + (ahead or 0)
+    def _scoped(build_id: BuildId, owner: str, view: BuildView, tenant: str | None
+                ) -> BuildView:
+        if tenant is not None and owner != tenant:
+            raise NotFound(f"no build {build_id}")
+        return view
+
+    @staticmethod
+    def _positions(session: Session, jobs: list[JobRow]) -> dict[str, int]:
+        """Each held job's place in line: 1 + the held jobs of its queue queued before
+        it, counted in one statement per 100 held jobs (a compound SELECT's terms are
+        limited)."""
+        held = [job for job in jobs if job.state == BuildState.QUEUED.value
+                and job.sent_at is None]
+        positions: dict[str, int] = {}
+        for start in range(0, len(held), 100):
+            parts = [
+                select(literal(job.id).label("id"), func.count().label("ahead"))
+                .select_from(JobRow)
+                .where(JobRow.state == BuildState.QUEUED.value, JobRow.sent_at.is_(None),
+                       JobRow.queue == job.queue,
+                       or_(JobRow.queued_at < job.queued_at,
+                           and_(JobRow.queued_at == job.queued_at, JobRow.id < job.id)))
+                for job in held[start:start + 100]
+            ]
+            positions.update({job_id: 1 + ahead
+                              for job_id, ahead in session.execute(union_all(*parts))})
+        return positions
 
     def settings(self, build_id: BuildId, target: str) -> BuildSettings:
         """What a job message of `target` repeats from its build."""
