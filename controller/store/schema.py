@@ -155,7 +155,7 @@ class JobRow(Base):
 
 
 #: Bump on any change to the tables; a database made by another version is refused.
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 
 class MetaRow(Base):
@@ -211,7 +211,9 @@ class TokenRow(Base):
     hash), with its tenant, role and life."""
 
     __tablename__ = "tokens"
-    __table_args__ = (Index("ix_tokens_sha256", "sha256", unique=True),)
+    __table_args__ = (Index("ix_tokens_sha256", "sha256", unique=True),
+                      # a name says which token of its tenant submitted a build
+                      Index("ix_tokens_tenant_name", "tenant", "name", unique=True))
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     tenant: Mapped[str] = mapped_column(String(64), index=True)

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 
 from crossfarm.controller.store.schema import Database, Kept, TokenRow, now
-from crossfarm.shared.errors import NotFound
+from crossfarm.shared.errors import Conflict, NotFound
 from crossfarm.shared.wire import Role, TokenView
 
 #: last_used_at is written at most this often per token, so reads stay nearly write-free.
@@ -38,6 +39,11 @@ def _record(row: TokenRow) -> TokenRecord:
                        revoked_at=row.revoked_at, last_used_at=row.last_used_at)
 
 
+def _name_taken(tenant: str, name: str) -> Conflict:
+    return Conflict(f"tenant {tenant!r} already has a token named {name!r}: pick another "
+                    "name (crossfarm admin token list shows them, revoked ones too)")
+
+
 class TokenStore:
     """Issued tokens: add one, find one by its hash, list, revoke, note a use."""
 
@@ -53,17 +59,25 @@ class TokenStore:
 
     def add(self, tenant: str, role: Role, name: str | None, sha256: str,
             expires_at: datetime | None, created_at: datetime | None = None) -> TokenRecord:
-        """Record a token; without a name it is called token-<id>."""
-        with self._db.session() as session:
-            row = TokenRow(tenant=tenant, role=role.value, name=name or "token", sha256=sha256,
-                           created_at=created_at or now(), expires_at=expires_at, revoked_at=None,
-                           last_used_at=None)
-            session.add(row)
-            session.flush()
-            if name is None:
-                row.name = f"token-{row.id}"
-            self._some = True
-            return _record(row)
+        """Record a token; without a name it is called token-<id>. A name is its tenant's
+        once, revoked or not: it stays the submitter of that token's builds."""
+        try:
+            with self._db.session() as session:
+                if name is not None and session.scalars(select(TokenRow.id).where(
+                        TokenRow.tenant == tenant, TokenRow.name == name)).first():
+                    raise _name_taken(tenant, name)
+                row = TokenRow(tenant=tenant, role=role.value, name=name or sha256,
+                               sha256=sha256, created_at=created_at or now(),
+                               expires_at=expires_at, revoked_at=None, last_used_at=None)
+                session.add(row)
+                session.flush()
+                if name is None:
+                    row.name = f"token-{row.id}"
+                    session.flush()
+        except IntegrityError:  # issued meanwhile by another controller, or token-<id> taken
+            raise _name_taken(tenant, name or "token-<id>") from None
+        self._some = True
+        return _record(row)
 
     def by_hash(self, sha256: str) -> TokenRecord | None:
         record = self._records.get(sha256)
