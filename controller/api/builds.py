@@ -109,8 +109,9 @@ def list_builds(
 async def get_build(farm: FarmDep, principal: PrincipalDep, build_id: BuildIdDep) -> Response:
     # Unchanged since it was last read, the build is answered from memory on the event
     # loop; otherwise read in the thread pool.
-    view = builds.kept_build(farm, build_id, principal.scope) or await run_in_threadpool(
-        builds.get_build, farm, build_id, principal.scope)
+    view = builds.kept_build(farm, build_id, principal.scope)
+    if view is None:
+        view = await run_in_threadpool(builds.get_build, farm, build_id, principal.scope)
     return _Json(view)
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Table,
     and_,
     exists,
     func,
@@ -126,8 +127,8 @@ class BuildStore:
         with self._db.session() as session:
             # Plain INSERTs: the ORM's unit of work doubled the time a submit holds the
             # database's one writer (SQLite's).
-            session.execute(insert(BuildRow.__table__), [build])
-            session.execute(insert(JobRow.__table__), jobs)
+            session.execute(insert(cast(Table, BuildRow.__table__)), [build])
+            session.execute(insert(cast(Table, JobRow.__table__)), jobs)
         row = BuildRow(**build, jobs=[JobRow(**job) for job in jobs])
         # Its place in line, counted after the commit: the write holds only the inserts.
         with self._db.session() as session:
