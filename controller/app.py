@@ -63,7 +63,7 @@ def create_farm(settings: ControllerSettings) -> Farm:
 
 
 #: The least time between two passes of a chore woken by its doorbell.
-_RUNG_GAP_S = 0.02
+_RUNG_GAP_S = 0.05
 
 
 async def _every(interval_s: float, chore: Callable[[Farm], object], farm: Farm,
