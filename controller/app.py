@@ -63,6 +63,10 @@ def create_farm(settings: ControllerSettings) -> Farm:
     )
 
 
+#: The least time between two passes of a chore woken by its doorbell.
+_RUNG_GAP_S = 0.05
+
+
 async def _every(interval_s: float, chore: Callable[[Farm], object], farm: Farm,
                  doorbell: Doorbell | None = None) -> None:
     """Run a chore (the placer, the upload sweep) every interval, and at once when its
@@ -77,6 +81,9 @@ async def _every(interval_s: float, chore: Callable[[Farm], object], farm: Farm,
         if doorbell is None:
             await asyncio.sleep(interval_s)
         else:
+            # Rings coalesce: under a burst of submits a pass runs at most every
+            # _RUNG_GAP_S, not back to back taking the thread pool from the requests.
+            await asyncio.sleep(_RUNG_GAP_S)
             await doorbell.wait(interval_s)
 
 

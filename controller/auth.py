@@ -103,6 +103,23 @@ def authenticate(farm: Farm, bearer: str | None, at: datetime | None = None) -> 
     return Principal(record.tenant, record.role, record.name, record.id)
 
 
+def needs_database(farm: Farm, bearer: str | None, at: datetime | None = None) -> bool:
+    """Whether `authenticate` reads or writes the database for this bearer: the first use
+    of an issued token since its row was last written, and its use noted once a minute.
+    Otherwise it decides in memory (the API then keeps it off its thread pool)."""
+    settings, tokens = farm.settings, farm.store.tokens
+    configured = bool(settings.client_token or settings.operator_token)
+    if not configured and not tokens.exist_known():
+        return True
+    if not configured and not tokens.exist():  # known now: the open farm
+        return False
+    if not bearer or _same(bearer, settings.operator_token) or _same(bearer,
+                                                                     settings.client_token):
+        return False
+    record = tokens.kept(token_hash(bearer))
+    return record is None or tokens.touch_due(record, at or datetime.now(UTC))
+
+
 def require(principal: Principal, role: Role) -> Principal:
     if not principal.may(role):
         raise Forbidden(f"a {principal.role.value} token cannot do this: it needs the "

@@ -65,7 +65,7 @@ def submit_build(farm: Farm, request: BuildRequest, tenant: str = DEFAULT_TENANT
     )
     build = farm.store.builds.add(new)
     farm.doorbell.ring()
-    return farm.store.builds.get(build.build_id)
+    return build
 
 
 def _from_cache(farm: Farm, request: BuildRequest, tenant: str, tree: SourceStatus,
@@ -106,6 +106,11 @@ def _check_request(farm: Farm, request: BuildRequest, source_scope: str | None
 def get_build(farm: Farm, build_id: BuildId, tenant: str | None = None) -> BuildView:
     """A build; with `tenant`, only that tenant's (NotFound for another's)."""
     return farm.store.builds.get(build_id, tenant)
+
+
+def kept_build(farm: Farm, build_id: BuildId, tenant: str | None = None) -> BuildView | None:
+    """`get_build`'s answer when it is known without reading the database, else None."""
+    return farm.store.builds.kept(build_id, tenant)
 
 
 def list_builds(farm: Farm, limit: int, after: str | None = None, submitter: str | None = None,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from crossfarm.controller import auth
 from crossfarm.controller.auth import Principal
@@ -23,7 +25,8 @@ from crossfarm.shared.wire import Role
 
 # The dependencies that only parse or compare are coroutines: FastAPI runs a plain `def`
 # dependency in its thread pool, a hop each that cost more than the parsing. Those that
-# may read the database (_principal, _worker) stay plain, off the event loop.
+# may read the database cross to the pool only when they do (_principal) or stay plain
+# (_worker), off the event loop.
 async def _farm(request: Request) -> Farm:
     farm: Farm = request.app.state.farm
     return farm
@@ -60,9 +63,13 @@ _worker_bearer = HTTPBearer(auto_error=False, scheme_name="workerToken",
 Credentials = HTTPAuthorizationCredentials | None
 
 
-def _principal(farm: Annotated[Farm, Depends(_farm)],
-               credentials: Annotated[Credentials, Depends(_client_bearer)]) -> Principal:
-    return auth.authenticate(farm, credentials.credentials if credentials else None)
+async def _principal(farm: Annotated[Farm, Depends(_farm)],
+                     credentials: Annotated[Credentials, Depends(_client_bearer)]
+                     ) -> Principal:
+    bearer, at = credentials.credentials if credentials else None, datetime.now(UTC)
+    if auth.needs_database(farm, bearer, at):
+        return await run_in_threadpool(auth.authenticate, farm, bearer, at)
+    return auth.authenticate(farm, bearer, at)
 
 
 async def _reader(principal: Annotated[Principal, Depends(_principal)]) -> Principal:

@@ -9,11 +9,12 @@ database was made with and a text sealed with its secrets key (vault.py).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -28,9 +29,19 @@ from sqlalchemy import (
     inspect,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    ORMExecuteState,
+    Session,
+    UOWTransaction,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
 
 _T = TypeVar("_T")
+_K = TypeVar("_K")
 
 #: Values per IN (…) list, to stay under SQL parameter limits.
 IN_LIST = 500
@@ -158,7 +169,7 @@ class JobRow(Base):
 
 
 #: Bump on any change to the tables; a database made by another version is refused.
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 
 
 class MetaRow(Base):
@@ -216,7 +227,9 @@ class TokenRow(Base):
     hash), with its tenant, role and life."""
 
     __tablename__ = "tokens"
-    __table_args__ = (Index("ix_tokens_sha256", "sha256", unique=True),)
+    __table_args__ = (Index("ix_tokens_sha256", "sha256", unique=True),
+                      # a name says which token of its tenant submitted a build
+                      Index("ix_tokens_tenant_name", "tenant", "name", unique=True))
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     tenant: Mapped[str] = mapped_column(String(64), index=True)
@@ -251,11 +264,94 @@ class WorkerRow(Base):
     drain: Mapped[bool] = mapped_column(default=False)
 
 
+class WriteClock:
+    """Tells a cache whether what it read is still what the database holds: each table's
+    count of write transactions begun and ended, and how many are still in flight.
+
+    Exact only while this process is the database's one writer: so it runs only on
+    SQLite, which one controller holds (the Helm chart runs one). On PostgreSQL, which
+    several controllers may share, `stamp` is always None and every read is a read."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self._enabled = enabled
+        self._lock = threading.Lock()
+        self._ticks: dict[str, int] = {}
+        self._open: dict[str, int] = {}
+
+    def begin(self, tables: set[str]) -> None:
+        with self._lock:
+            for table in tables:
+                self._ticks[table] = self._ticks.get(table, 0) + 1
+                self._open[table] = self._open.get(table, 0) + 1
+
+    def end(self, tables: set[str]) -> None:
+        """After the commit (or rollback): a read begun from now on sees it."""
+        with self._lock:
+            for table in tables:
+                self._ticks[table] += 1
+                self._open[table] -= 1
+
+    def stamp(self, tables: tuple[str, ...]) -> int | None:
+        """Changes whenever one of `tables` is written; None while a write to one is in
+        flight (what a read returns then may be about to change: keep none of it). A
+        value read between two equal stamps is the committed state as of both."""
+        if not self._enabled:
+            return None
+        with self._lock:
+            if any(self._open.get(table) for table in tables):
+                return None
+            return sum(self._ticks.get(table, 0) for table in tables)
+
+
+class Kept(Generic[_K, _T]):
+    """Values read from `tables`, kept until one of them is written (see WriteClock), at
+    most `size` of them: a hit is what a read would return now."""
+
+    def __init__(self, clock: WriteClock, tables: tuple[str, ...], size: int = 4096) -> None:
+        self._clock, self._tables, self._size = clock, tables, size
+        self._lock = threading.Lock()
+        # One stamp's values, swapped whole: a value of another stamp is stale.
+        self._kept: tuple[int | None, dict[_K, _T]] = (None, {})
+
+    def get(self, key: _K) -> _T | None:
+        stamp = self._clock.stamp(self._tables)
+        kept_stamp, values = self._kept
+        if stamp is None or stamp != kept_stamp:
+            return None
+        return values.get(key)
+
+    def stamp(self) -> int | None:
+        """Take before the read whose value `keep` is given."""
+        return self._clock.stamp(self._tables)
+
+    def keep(self, stamp: int | None, key: _K, value: _T) -> None:
+        """Keep `value`, read after `stamp` was taken, unless a write began since."""
+        if stamp is None or stamp != self._clock.stamp(self._tables):
+            return
+        with self._lock:
+            kept_stamp, values = self._kept
+            if stamp != kept_stamp or len(values) >= self._size:
+                self._kept = (stamp, {key: value})
+            else:
+                values[key] = value
+
+
 class Database:
-    """One engine and its transactions; refuses a database another schema version made."""
+    """One engine and its transactions; refuses a database another schema version made.
+
+    Each transaction that writes is seen by `clock` (for the caches of the stores) and,
+    on SQLite, holds `_write_lock` from its first write to its commit: SQLite takes one
+    writer at a time, and a thread left to wait in its busy handler sleeps in steps of
+    up to 100 ms, where a lock hands over at once."""
 
     def __init__(self, url: str) -> None:
         self.engine = _create_engine(url)
+        sqlite = url.startswith("sqlite")
+        self.clock = WriteClock(enabled=sqlite)
+        self._write_lock = threading.RLock() if sqlite else None
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        event.listen(self._sessions, "before_flush", self._flushing)
+        event.listen(self._sessions, "do_orm_execute", self._executing)
         self._check_schema(url)
 
     def _check_schema(self, url: str) -> None:
@@ -281,8 +377,37 @@ class Database:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """One transaction, committed when the block ends."""
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            yield session
+        with self._sessions() as session:
+            try:
+                with session.begin():
+                    yield session
+            finally:
+                written: set[str] = session.info.pop("written", set())
+                if written:
+                    self.clock.end(written)
+                    if self._write_lock is not None:
+                        self._write_lock.release()
+
+    def _writes(self, session: Session, tables: set[str]) -> None:
+        """The session is about to write `tables`: the first write takes the write lock."""
+        written: set[str] | None = session.info.get("written")
+        if written is None:
+            if self._write_lock is not None:
+                self._write_lock.acquire()
+            written = session.info["written"] = set()
+        new = tables - written
+        if new:
+            written |= new
+            self.clock.begin(new)
+
+    def _flushing(self, session: Session, _flush: UOWTransaction, _instances: object) -> None:
+        tables = {obj.__table__.name for obj in (*session.new, *session.dirty, *session.deleted)}
+        if tables:
+            self._writes(session, tables)
+
+    def _executing(self, state: ORMExecuteState) -> None:
+        if state.is_insert or state.is_update or state.is_delete:
+            self._writes(state.session, {state.statement.table.name})  # type: ignore[attr-defined]
 
     def close(self) -> None:
         self.engine.dispose()
@@ -298,9 +423,13 @@ def _create_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-        # WAL lets the SSE readers and the worker reports proceed side by side.
+        # WAL lets the SSE readers and the worker reports proceed side by side. In WAL,
+        # synchronous=NORMAL syncs at checkpoints rather than at every commit: the
+        # database stays consistent through any crash, and a controller process crash
+        # loses nothing; an OS crash or power cut may lose the last commits (docs/architecture.md).
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

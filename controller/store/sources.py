@@ -11,6 +11,7 @@ from crossfarm.controller.store.schema import (
     DEFAULT_TENANT,
     BlobRow,
     Database,
+    Kept,
     TenantBlobRow,
     TenantTreeRow,
     TreeRow,
@@ -27,6 +28,9 @@ class SourceStore:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        # Every submit checks its tree; trees are added, never changed.
+        self._trees: Kept[tuple[str, str | None], SourceStatus] = Kept(
+            db.clock, (TreeRow.__tablename__, TenantTreeRow.__tablename__))
 
     def missing_blobs(self, digests: list[str], tenant: str = DEFAULT_TENANT) -> list[str]:
         """The digests in `digests` that `tenant` has not sent yet, whoever else did."""
@@ -103,6 +107,10 @@ class SourceStore:
     def tree(self, digest: str, tenant: str | None = None) -> SourceStatus:
         """A stored tree; with `tenant`, only one that tenant owns (another's is as absent
         as one never made, so ids tell nothing)."""
+        kept = self._trees.get((digest, tenant))
+        if kept is not None:
+            return kept
+        stamp = self._trees.stamp()
         with self._db.session() as session:
             tree = session.get(TreeRow, digest)
             if tree is not None and tenant is not None and session.get(
@@ -110,6 +118,8 @@ class SourceStore:
                 tree = None
             if tree is None:
                 raise NotFound(f"no source tree {digest}; send it with POST /v1/sources first")
-            return SourceStatus(digest=SourceDigest(tree.digest), files=tree.files,
-                                total_bytes=tree.total_bytes, commit=tree.commit,
-                                locked=tree.locked)
+            status = SourceStatus(digest=SourceDigest(tree.digest), files=tree.files,
+                                  total_bytes=tree.total_bytes, commit=tree.commit,
+                                  locked=tree.locked)
+        self._trees.keep(stamp, (digest, tenant), status)
+        return status

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from crossfarm.controller.store.schema import Database, WorkerRow, now
+from crossfarm.controller.store.schema import Database, Kept, WorkerRow, now
 from crossfarm.shared.errors import NotFound
 from crossfarm.shared.wire import WorkerHeartbeat
 
@@ -26,6 +26,8 @@ class WorkerStore:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        # Every submit and placer pass reads them; only heartbeats and drains write them.
+        self._all: Kept[bool, list[WorkerRecord]] = Kept(db.clock, (WorkerRow.__tablename__,))
 
     def heartbeat(self, name: str, info: WorkerHeartbeat, fresh_start: bool,
                   at: datetime | None = None) -> bool:
@@ -54,8 +56,15 @@ class WorkerStore:
 
     def all(self) -> list[WorkerRecord]:
         """Every worker that ever sent a heartbeat, by name."""
+        kept = self._all.get(True)
+        if kept is not None:
+            return list(kept)
+        stamp = self._all.stamp()
         with self._db.session() as session:
             rows = session.scalars(select(WorkerRow).order_by(WorkerRow.name)).all()
-            return [WorkerRecord(name=w.name, info=WorkerHeartbeat.model_validate(w.info),
-                                 started_at=w.started_at, last_seen=w.last_seen, drain=w.drain)
-                    for w in rows]
+            records = [WorkerRecord(name=w.name, info=WorkerHeartbeat.model_validate(w.info),
+                                    started_at=w.started_at, last_seen=w.last_seen,
+                                    drain=w.drain)
+                       for w in rows]
+        self._all.keep(stamp, True, records)
+        return list(records)

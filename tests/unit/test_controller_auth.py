@@ -162,8 +162,8 @@ def test_an_issued_token_is_shown_once_and_listed_without_its_secret(client):
     stored = api.farm.store.tokens.all()[0]
     assert stored.name == "ci"
     assert issued["token"] not in repr(stored)
-    # the same request again is another token
-    assert _issue(api, tenant="acme", role="read", name="ci")["token"] != issued["token"]
+    # the same request under another name is another token (under the same, a 409: below)
+    assert _issue(api, tenant="acme", role="read", name="ci-2")["token"] != issued["token"]
 
 
 def test_a_token_without_a_name_is_named_by_its_id(client):
@@ -270,3 +270,18 @@ def test_the_openapi_declares_a_bearer_scheme_on_client_routes():
             "securitySchemes"]["token"]["description"]}
     operations = [op for path in document["paths"].values() for op in path.values()]
     assert all(op["security"] == [{"token": []}] for op in operations)
+
+
+def test_a_tenant_cannot_have_two_tokens_of_one_name_even_once_one_is_revoked(client):
+    api = client(**TOKENS)
+    first = _issue(api, name="ci")
+    _issue(api, tenant="globex", name="ci")  # another tenant's "ci" is another token
+    again = api.post("/v1/admin/tokens", json={"tenant": "acme", "name": "ci"},
+                     headers=_bearer("op-secret"))
+    assert again.status_code == 409
+    assert "already has a token named 'ci'" in again.json()["detail"]
+    api.delete(f"/v1/admin/tokens/{first['view']['id']}", headers=_bearer("op-secret"))
+    assert api.post("/v1/admin/tokens", json={"tenant": "acme", "name": "ci"},
+                    headers=_bearer("op-secret")).status_code == 409
+    assert _issue(api)["view"]["name"].startswith("token-")  # unnamed ones stay unique
+    assert _issue(api)["view"]["name"].startswith("token-")
