@@ -85,6 +85,13 @@ class EgressLog:
     received_bytes: int = 0
     over_budget: bool = False
 
+    def ended(self) -> str | None:
+        """Why the fetch cannot succeed any more (a refusal, the byte budget), or None:
+        its container is stopped at once rather than at its deadline."""
+        if self.over_budget:
+            return "the fetch passed its byte budget"
+        return "the egress proxy refused a connection" if self.refusals else None
+
 
 class EgressProxy:
     """A SOCKS5 server on `path` for one fetch; `with` runs it, leaving closes every

@@ -32,7 +32,7 @@ from crossfarm.shared.errors import BuildError, InvalidSource, excerpt, redact
 from crossfarm.shared.storage import ObjectStore
 from crossfarm.shared.tree import MAX_PATH_BYTES, TreeLimits, check_tree, pack_bytes
 from crossfarm.shared.wire import FetchMessage, FetchReport, SourceTree, TreeEntry
-from crossfarm.worker.container import ContainerRunner, Step, StepContainer
+from crossfarm.worker.container import ContainerRunner, Step, StepContainer, StopCheck
 from crossfarm.worker.egress import Destination, EgressProxy, Network
 from crossfarm.worker.settings import WorkerSettings
 
@@ -51,15 +51,19 @@ _FETCHER_UID = "10001:10001"
 _UNREACHABLE, _NO_REVISION = 3, 4
 
 # Run as the fetcher image's user with no network: socat makes the egress proxy's
-# socket a loopback port for curl (https, SOCKS5) and for ssh and git:// (socat again, as
-# their proxy command, SOCKS4a: netcat would outlive a connection the far end closed).
-# socat -t: when git has said all it will, the answer may still take long to come.
+# socket a loopback port for curl (https) and netcat (ssh, git://), both over SOCKS5.
+# netcat, not socat, as the proxy command: git half-closes its side long before the pack
+# has come, and socat would end the other direction -t seconds later (a cut pack), while
+# netcat never passes the half-close on. Its one flaw, outliving a connection the far end
+# closed while git still listens, costs a broken fetch its deadline; a refusal or the
+# byte budget ends the fetch at once (see _fetch_step).
 _FETCH_SCRIPT = r"""
 set -u
-socat TCP-LISTEN:1080,bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:/egress/socks 2>/dev/null &
+socat -t 3600 TCP-LISTEN:1080,bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:/egress/socks \
+  2>/dev/null &
 i=0
 until nc -z 127.0.0.1 1080 2>/dev/null; do i=$((i+1)); [ $i -gt 100 ] && exit 9; sleep 0.05; done
-printf '#!/bin/sh\nexec socat -t 3600 - "SOCKS4A:127.0.0.1:$1:$2,socksport=1080"\n' \
+printf '#!/bin/sh\nexec nc -X 5 -x 127.0.0.1:1080 "$1" "$2"\n' \
   > /tmp/git-proxy
 chmod +x /tmp/git-proxy
 export GIT_DIR=/work/repo.git GIT_TERMINAL_PROMPT=0 GIT_CONFIG_NOSYSTEM=1 \
@@ -155,7 +159,7 @@ def _fetch(tools: FetchTools, message: FetchMessage
         try:
             with proxy:
                 commit, listing = _fetch_step(tools, message, volume, Path(sockets), deadline,
-                                              Path(scratch), labels)
+                                              Path(scratch), labels, proxy.log.ended)
         finally:
             if proxy.log.refusals or proxy.log.over_budget:
                 log.info("git fetch %s egress: %s; %d bytes received%s", message.fetch_id,
@@ -179,14 +183,15 @@ def _step(tools: FetchTools, command: list[str], volume: str, env: dict[str, str
 
 
 def _fetch_step(tools: FetchTools, message: FetchMessage, volume: str, sockets: Path,
-                deadline: float, scratch: Path, labels: dict[str, str]) -> tuple[str, Path]:
+                deadline: float, scratch: Path, labels: dict[str, str], stop: StopCheck
+                ) -> tuple[str, Path]:
     env = {"CROSSFARM_URL": message.url, "CROSSFARM_REV": message.rev, "HOME": "/tmp",
            **_auth_config(message)}
     step = _step(tools, ["sh", "-c", _FETCH_SCRIPT], volume, env, {sockets: _SOCKET_DIR},
                  labels)
     lines: list[str] = []
     with tools.docker.container(step) as container:
-        result = _run(container, lines, deadline)
+        result = _run(container, lines, deadline, stop)
         if result == _NO_REVISION:
             raise FetchFailed(f"revision {excerpt(message.rev)!r} was not found in "
                               f"{excerpt(redact(message.url), 200)}")
@@ -225,16 +230,19 @@ def _archive_step(tools: FetchTools, volume: str, commit: str, entries: list[Lis
         return container.copy_out("/work/tree.tar", scratch, max_bytes=budget)
 
 
-def _run(container: StepContainer, lines: list[str], deadline: float) -> int:
-    """Run a step to its end or deadline; its exit code (-1: killed), its lines kept."""
+def _run(container: StepContainer, lines: list[str], deadline: float,
+         stop: StopCheck = lambda: None) -> int:
+    """Run a step to its end, its deadline or `stop`; its exit code (-1: killed), its
+    last lines kept."""
 
     def sink(_stream: str, line: str) -> None:
-        if len(lines) < 1000:
-            lines.append(line)
+        lines.append(line)  # the last lines are kept: the commit's is the very last
+        if len(lines) > 1000:
+            del lines[0]
 
     try:
-        return container.run(sink, deadline, lambda: None, max_line=4096).exit_code
-    except BuildError as exc:  # its deadline, or the engine
+        return container.run(sink, deadline, stop, max_line=4096).exit_code
+    except BuildError as exc:  # its deadline, a stop, or the engine
         lines.append(exc.message)
         return -1
 
