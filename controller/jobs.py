@@ -61,7 +61,7 @@ def send(farm: Farm, claimed: list[JobRecord]) -> list[JobRecord]:
             job_id=job.job_id, build_id=record.build_id, target=job.target,
             attempt=job.attempt, source=build.source, cargo=build.cargo,
             timeout_s=build.timeout_s, env=build.env,
-            limits=farm.settings.tree_limits().to_wire(),
+            limits=farm.settings.tree_limits().to_wire(), tenant=record.tenant,
         )
         try:
             farm.events.set_attempt(job.job_id, job.attempt)

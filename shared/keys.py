@@ -92,12 +92,20 @@ LABEL = "io.crossfarm"
 _JOB_LABEL = "io.crossfarm.job"
 _ATTEMPT_LABEL = "io.crossfarm.attempt"
 _WORKER_LABEL = "io.crossfarm.worker"
+#: a warm target dir's volume carries this label (with its worker's name), and no job's:
+#: the reaper, which removes a worker's volumes of jobs no longer running, passes it by
+_WARM_LABEL = "io.crossfarm.warm"
 
 
 def container_labels(job_id: JobId, attempt: int, worker: str) -> dict[str, str]:
     """The labels of one attempt's containers and volume, so a worker can find its
     leftovers after a crash and tell them from the builds it still runs."""
     return {LABEL: "1", _JOB_LABEL: job_id, _ATTEMPT_LABEL: str(attempt), _WORKER_LABEL: worker}
+
+
+def warm_labels(worker: str) -> dict[str, str]:
+    """The labels of a warm target dir's volume, kept between jobs (worker/warm.py)."""
+    return {LABEL: "1", _WARM_LABEL: worker}
 
 
 def fetch_task_id(fetch_id: str) -> str:

@@ -207,6 +207,9 @@ class JobMessage(Reply):
     env: dict[str, str] = {}
     #: the limits the controller checked the tree against (None: an older controller's)
     limits: SourceLimits | None = None
+    #: the build's tenant: a worker keeps warm target dirs per tenant and project, and
+    #: builds cold without it (an older controller's message)
+    tenant: str | None = None
 
 
 class JobStarted(Wire):
