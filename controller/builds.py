@@ -44,6 +44,7 @@ def submit_build(farm: Farm, request: BuildRequest, tenant: str = DEFAULT_TENANT
         env={"all": dict(request.env), **{t: dict(v) for t, v in request.target_env.items()}},
         submitter=submitter,
         tenant=tenant,
+        project=request.project,
         jobs=[
             NewJob(job_id=new_job_id(), target=target, arch=arch, queue=d.queue,
                    placement=placement.value, placed=d.placed, waiting=d.waiting,

@@ -99,6 +99,10 @@ class BuildRequest(Wire):
     placement: Placement | None = None
     #: fail a job that no worker has started after this long (default: wait for ever)
     wait_limit_s: Annotated[int, Field(ge=1, le=7 * 24 * 3600)] | None = None
+    #: which project this is (the CLI sends its workspace's package names): builds of one
+    #: project of one tenant share a worker's warm target dir; unset: the worker tells
+    #: from the tree, and the placer sends the build to no worker in particular
+    project: Annotated[str, Field(min_length=1, max_length=200)] | None = None
 
 
 class JobView(Wire):
@@ -210,6 +214,8 @@ class JobMessage(Reply):
     #: the build's tenant: a worker keeps warm target dirs per tenant and project, and
     #: builds cold without it (an older controller's message)
     tenant: str | None = None
+    #: the build's project (BuildRequest.project), if its request named one
+    project: str | None = None
 
 
 class JobStarted(Wire):
@@ -398,6 +404,9 @@ class WorkerHeartbeat(Wire):
     interval_s: Annotated[float, Field(gt=0)] = 5.0
     #: the limits it holds each build to (None: a worker older than this field)
     limits: WorkerLimits | None = None
+    #: the warm target dirs it keeps, as keys.affinity_key hashes: the placer sends a
+    #: build of one of those projects back to it while it has a free slot
+    warm: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=10_000)] = []
 
 
 class HeartbeatReply(Reply):

@@ -40,7 +40,7 @@ from crossfarm.shared.errors import (
 from crossfarm.shared.ids import SourceDigest
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.storage import ObjectStore
-from crossfarm.shared.tree import TreeLimits
+from crossfarm.shared.tree import TreeLimits, project_of
 from crossfarm.shared.wire import (
     EndState,
     JobFinished,
@@ -138,6 +138,8 @@ def run_job(tools: Toolbox, job: JobMessage, consumed_from: str) -> BuildState |
     job_id = job.job_id
     settings = tools.settings
     refusal: str | None = None
+    # sent to this worker's own queue (affinity), it is a job of the queue beside it
+    consumed_from = keys.shared_queue(consumed_from)
     served = served_queues(tools.host, settings.cross_arches, settings.emulate_arches)
     image = settings.builder_image
     try:
@@ -298,10 +300,12 @@ def _warm_dir(run: JobRun, tree: SourceTree) -> Iterator[Loan | None]:
         return
     assert job.tenant is not None
     cache = settings.scratch_dir / "blobs"
-    with cache_lock(cache):
-        project = warm.project_of(tree, lambda sha: (cache / sha).read_bytes())
+    project = job.project
+    if project is None:
+        with cache_lock(cache):
+            project = project_of(tree, lambda sha: (cache / sha).read_bytes())
     key = warm.WarmKey(job.tenant, project, job.target, job.cargo.profile)
-    with _shelf(run).borrow(key.name(settings.worker_name)) as loan:
+    with _shelf(run).borrow(key.name(settings.worker_name), key.affinity()) as loan:
         if loan is None:
             run.log(f"crossfarm: cold target dir: another build of {project} holds its warm "
                     "dir on this worker")

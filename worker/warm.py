@@ -26,12 +26,12 @@ import hashlib
 import json
 import math
 import os
-import tomllib
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from crossfarm.shared import keys
 from crossfarm.shared.wire import SourceTree
 
 #: name prefix of every warm volume (and of its files under <scratch>/warm)
@@ -50,27 +50,14 @@ class WarmKey:
     target: str
     profile: str
 
+    def affinity(self) -> str:
+        """What the worker's heartbeat says of the dir (keys.affinity_key)."""
+        return keys.affinity_key(self.tenant, self.project, self.target, self.profile)
+
     def name(self, worker: str) -> str:
         """The volume's name: a hash, so no field can shape it (or collide across tenants)."""
         text = json.dumps([self.tenant, self.project, self.target, self.profile, worker])
         return PREFIX + hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def project_of(tree: SourceTree, read: Callable[[str], bytes]) -> str:
-    """The project a tree is: the package names of its manifests (`read` gives a file's
-    bytes by its sha256), which a one-line change keeps; the manifests' paths if none
-    names a package."""
-    names: set[str] = set()
-    paths = []
-    for entry in tree.entries:
-        if entry.kind != "file" or entry.path.rsplit("/", 1)[-1] != "Cargo.toml":
-            continue
-        paths.append(entry.path)
-        with suppress(ValueError, UnicodeDecodeError, AttributeError):
-            name = tomllib.loads(read(entry.sha256 or "").decode()).get("package", {}).get("name")
-            if isinstance(name, str):
-                names.add(name)
-    return ",".join(sorted(names)) if names else "paths:" + ",".join(sorted(paths))
 
 
 def source_mtimes(previous: Mapping[str, Stamp], tree: SourceTree, now: float
@@ -121,6 +108,8 @@ class Loan:
     previous: dict[str, Stamp]
     #: new: never built in before (or its record was lost)
     new: bool
+    #: its key for the placer's affinity (keys.affinity_key)
+    affinity: str = ""
 
 
 class WarmShelf:
@@ -140,7 +129,7 @@ class WarmShelf:
         return data if isinstance(data, dict) else {}
 
     @contextmanager
-    def borrow(self, name: str) -> Iterator[Loan | None]:
+    def borrow(self, name: str, affinity: str = "") -> Iterator[Loan | None]:
         """The dir alone for the `with` block, or None if another build holds it."""
         self.directory.mkdir(parents=True, exist_ok=True)
         with (self.directory / f"{name}.lock").open("a") as handle:
@@ -153,7 +142,7 @@ class WarmShelf:
                 files = self._read(name).get("files")
                 previous = {path: (str(stamp[0]), int(stamp[1]))
                             for path, stamp in (files if isinstance(files, dict) else {}).items()}
-                yield Loan(name, previous, new=not files)
+                yield Loan(name, previous, new=not files, affinity=affinity)
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -161,7 +150,8 @@ class WarmShelf:
                used_at: float) -> None:
         """Write what cargo is given with this dir, before it runs."""
         files = {e.path: [e.sha256, mtimes[e.path]] for e in tree.entries if e.path in mtimes}
-        self._write(loan.name, {**self._read(loan.name), "files": files, "used_at": used_at})
+        self._write(loan.name, {**self._read(loan.name), "files": files, "used_at": used_at,
+                                "affinity": loan.affinity})
 
     def size(self, loan: Loan, size: int | None) -> None:
         """Write the dir's size after a build (None: the engine did not say; kept)."""
@@ -172,6 +162,12 @@ class WarmShelf:
         partial = self.directory / f".{name}.json.partial"
         partial.write_text(json.dumps(data))
         os.replace(partial, self._record(name))  # atomically: a reader sees one or the other
+
+    def affinities(self) -> list[str]:
+        """The affinity keys of every recorded dir (what the heartbeat reports)."""
+        found = {self._read(path.stem).get("affinity")
+                 for path in self.directory.glob(f"{PREFIX}*.json")}
+        return sorted(key for key in found if isinstance(key, str) and key)
 
     def dirs(self) -> list[WarmDir]:
         """Every recorded dir, with its size and last use."""

@@ -50,6 +50,7 @@ class NewBuild:
     env: dict[str, dict[str, str]]
     submitter: str | None
     tenant: str = DEFAULT_TENANT
+    project: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class BuildSettings:
     cargo: CargoSpec
     timeout_s: int
     env: dict[str, str]
+    project: str | None = None
 
 
 def _build_view(build: BuildRow, positions: dict[str, int] | None = None) -> BuildView:
@@ -97,6 +99,7 @@ class BuildStore:
             env_sealed=self._vault.seal(new.env) if any(new.env.values()) else None,
             submitter=new.submitter,
             tenant=new.tenant,
+            project=new.project,
             jobs=[
                 JobRow(
                     id=job.job_id, tenant=new.tenant, target=job.target, arch=job.arch.value,
@@ -159,6 +162,7 @@ class BuildStore:
                 cargo=CargoSpec.model_validate(builds[build_id].cargo),
                 timeout_s=builds[build_id].timeout_s,
                 env={**envs[build_id].get("all", {}), **envs[build_id].get(target, {})},
+                project=builds[build_id].project,
             )
             for build_id, target in jobs
         }

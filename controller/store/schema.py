@@ -85,6 +85,8 @@ class BuildRow(Base):
     #: none or once every job of the build has ended
     env_sealed: Mapped[str | None] = mapped_column(Text)
     submitter: Mapped[str | None] = mapped_column(String(200), index=True)
+    #: BuildRequest.project: whose warm target dir its jobs want (placer affinity)
+    project: Mapped[str | None] = mapped_column(String(200))
     #: who owns it: every read of a build, its jobs, logs and artifacts is scoped to it
     tenant: Mapped[str] = mapped_column(String(64), index=True, default=DEFAULT_TENANT)
     jobs: Mapped[list[JobRow]] = relationship(order_by="JobRow.target", lazy="selectin")
@@ -130,6 +132,9 @@ class JobRow(Base):
     #: sha256 (hex) of the secret the current attempt's worker was given when it started
     #: it, never the secret: only that worker can report the attempt's outcome
     lease_hash: Mapped[str | None] = mapped_column(String(64))
+    #: the worker whose own queue the current attempt's message went to (it keeps the
+    #: project's warm target dir); None: the shared queue
+    routed_to: Mapped[str | None] = mapped_column(String(200))
 
     __table_args__ = (
         # The listing's state filter asks "has this build a job in state x?" per build.
@@ -147,7 +152,7 @@ class JobRow(Base):
 
 
 #: Bump on any change to the tables; a database made by another version is refused.
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 
 class MetaRow(Base):

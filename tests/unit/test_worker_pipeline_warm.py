@@ -14,6 +14,8 @@ from crossfarm.shared.ids import BuildId
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.tree import tree_digest
 from crossfarm.shared.wire import CargoSpec, JobMessage, SourceTree, TreeEntry
+from crossfarm.worker.app import consumed_queues
+from crossfarm.worker.heartbeat import describe
 from crossfarm.worker.pipeline import Toolbox, run_job
 from crossfarm.worker.settings import WorkerSettings
 from crossfarm.worker.warm import WarmKey, WarmShelf
@@ -158,3 +160,33 @@ def test_a_worker_over_its_warm_budget_drops_the_least_recently_used_dir(tmp_pat
     assert WarmShelf(tmp_path / "scratch" / "warm").dirs() == []
     assert ("1 warm target dir(s) dropped to keep this worker under "
             "CROSSFARM_WARM_BYTES=4000") in _log(tools, 1)
+
+
+def test_a_job_sent_to_this_workers_own_queue_is_a_job_of_the_queue_beside_it(tmp_path):
+    storage = FakeStorage()
+    docker = FakeDocker([Replay()])
+    tools = _tools(tmp_path, docker, storage)
+    job = _job(_store(storage, WORKSPACE)).model_copy(update={"project": "named-by-the-cli"})
+
+    assert run_job(tools, job, f"{QUEUE}@w1") is BuildState.SUCCEEDED
+
+    [(_, start)] = tools.reporter.starts
+    assert start.consumed_from == QUEUE
+    [build] = docker.containers
+    named = WarmKey("acme", "named-by-the-cli", X86, "dev")
+    assert build.step.volumes[named.name("w1")] == "/work/warm"
+
+
+def test_the_heartbeat_names_the_warm_dirs_kept_by_their_affinity_keys_only(tmp_path):
+    storage = FakeStorage()
+    tools = _tools(tmp_path, FakeDocker([Replay()]), storage)
+    assert run_job(tools, _job(_store(storage, WORKSPACE)), QUEUE) is BuildState.SUCCEEDED
+
+    info = describe(tools.settings, Arch.AMD64, None)
+
+    assert info.warm == [keys.affinity_key("acme", "app,greet", X86, "dev")]
+    assert "app" not in info.model_dump_json()
+    assert f"{QUEUE}@w1" in consumed_queues(tools.settings, Arch.AMD64, fetches=False)
+    cold = tools.settings.model_copy(update={"warm_bytes": 0})
+    assert describe(cold, Arch.AMD64, None).warm == []
+    assert consumed_queues(cold, Arch.AMD64, fetches=False) == [QUEUE]

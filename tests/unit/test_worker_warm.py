@@ -3,6 +3,7 @@ dir, and which dirs go when the worker is over its budget."""
 
 import hashlib
 
+from crossfarm.shared.tree import project_of
 from crossfarm.shared.wire import SourceTree, TreeEntry
 from crossfarm.worker import warm
 from crossfarm.worker.warm import WarmDir, WarmKey, WarmShelf
@@ -31,18 +32,18 @@ WORKSPACE = {
 
 
 def test_a_project_is_the_package_names_of_its_manifests():
-    assert warm.project_of(_tree(WORKSPACE), _reader(WORKSPACE)) == "app,greet"
+    assert project_of(_tree(WORKSPACE), _reader(WORKSPACE)) == "app,greet"
 
 
 def test_a_one_line_change_keeps_the_project():
     changed = {**WORKSPACE, "app/src/main.rs": b"fn main() { println!() }\n"}
-    assert warm.project_of(_tree(changed), _reader(changed)) == warm.project_of(
+    assert project_of(_tree(changed), _reader(changed)) == project_of(
         _tree(WORKSPACE), _reader(WORKSPACE))
 
 
 def test_a_tree_whose_manifests_name_no_package_is_known_by_their_paths():
     files = {"Cargo.toml": b"not [ toml", "x/Cargo.toml": b"[workspace]\n"}
-    assert warm.project_of(_tree(files), _reader(files)) == "paths:Cargo.toml,x/Cargo.toml"
+    assert project_of(_tree(files), _reader(files)) == "paths:Cargo.toml,x/Cargo.toml"
 
 
 def test_the_same_project_of_two_tenants_has_two_dirs():
