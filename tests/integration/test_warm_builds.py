@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FIXTURES
+from polling import until
 
 pytestmark = pytest.mark.integration
 
@@ -137,3 +138,73 @@ def test_a_worker_over_its_warm_budget_drops_the_dir_and_the_next_build_is_right
     finally:
         farm.stop_process("worker-tiny")
         _drop_warm_dirs(farm, "worker-tiny")
+
+
+@pytest.fixture
+def two_warm_workers(farm, only) -> Iterator[tuple[str, str]]:
+    """Two amd64 workers with warm dirs on, one slot each; the shared worker drained."""
+    names = ("worker-warm-a", "worker-warm-b")
+    try:
+        for name in names:
+            farm.start_worker(name, CROSSFARM_WARM_BYTES=str(4 * 1024**3),
+                              **{**WARM, "CROSSFARM_CONCURRENCY": "1"})
+        yield names
+    finally:
+        for name in names:
+            if name in farm.procs:
+                farm.stop_process(name)
+            _drop_warm_dirs(farm, name)
+
+
+def _job_of(api, build_id: str) -> dict:
+    [job] = api.get(f"/v1/builds/{build_id}").json()["jobs"]
+    return job
+
+
+def test_affinity_sends_a_projects_next_build_to_the_worker_keeping_its_dir_until_it_is_busy(
+    two_warm_workers, workspace, cli, api, tmp_path
+):
+    result = cli(workspace, "build", "--target", X86, "--json")
+    assert result.returncode == 0, result.stderr
+    [first] = json.loads(result.stdout)["build"]["jobs"]
+    keeper = first["worker"]
+    other = next(name for name in two_warm_workers if name != keeper)
+
+    # The second build of the project lands where the first did, and says why.
+    _edit(workspace / "app" / "src" / "main.rs", "let round = 1;", "let round = 2;")
+    result = cli(workspace, "build", "--target", X86, "--json")
+    assert result.returncode == 0, result.stderr
+    [second] = json.loads(result.stdout)["build"]["jobs"]
+    assert second["worker"] == keeper
+    assert second["placed"] == (f"affinity: worker {keeper} keeps this project's warm "
+                                "target dir and has a free slot")
+    assert "warm target dir: 1 unit(s) fresh, 1 rebuilt: app (bin)" in result.stderr
+
+    # A build of the project that does not end keeps the keeper busy (it goes there too).
+    blocker = tmp_path / "blocker"
+    shutil.copytree(workspace, blocker, ignore=shutil.ignore_patterns("target"))
+    (blocker / "app" / "build.rs").write_text(
+        "fn main() { std::thread::sleep(std::time::Duration::from_secs(900)); }\n")
+    result = cli(blocker, "build", "--target", X86, "--json", "--detach")
+    assert result.returncode == 0, result.stderr
+    blocking = json.loads(result.stdout)["build_id"]
+    try:
+        running = until(lambda: (j := _job_of(api, blocking))["state"] == "running" and j,
+                        "the blocking build running", timeout=300)
+        assert running["worker"] == keeper
+
+        # With the keeper busy past the bound, the next build runs on the other worker.
+        _edit(workspace / "app" / "src" / "main.rs", "let round = 2;", "let round = 3;")
+        result = cli(workspace, "build", "--target", X86, "--json")
+        assert result.returncode == 0, result.stderr
+        [third] = json.loads(result.stdout)["build"]["jobs"]
+        assert third["worker"] == other
+        why = (f"any amd64 worker: {keeper} keep(s) this project's warm target dir but "
+               "stayed busy past the 10 s affinity bound")
+        assert third["placed"] == why
+        assert why in result.stderr
+        assert _run(workspace) == "hello 3"
+    finally:
+        api.post(f"/v1/builds/{blocking}/cancel")
+        until(lambda: _job_of(api, blocking)["state"] == "cancelled", "the blocker cancelled",
+              timeout=120)
