@@ -8,6 +8,7 @@ Pure: the placer gathers the workers and their free slots, this decides.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from crossfarm.controller.fleet import Roster
@@ -34,13 +35,18 @@ ANY = Choice()
 
 
 def free_slots(workers: Roster, flight: list[JobRecord]) -> dict[str, int]:
-    """Each online worker's free slots: its concurrency, less what its heartbeat says it
-    runs and the jobs sent to its own queue that it has not started yet."""
-    routed: dict[str, int] = {}
+    """Each online worker's free slots: its concurrency, less what it runs (by its
+    heartbeat, or by the record if that knows more: a start is recorded before the next
+    heartbeat lists it) and the jobs sent to its own queue that it has not started."""
+    routed: Counter[str] = Counter()
+    running: Counter[str] = Counter()
     for record in flight:
         if record.routed_to and record.view.state is BuildState.QUEUED:
-            routed[record.routed_to] = routed.get(record.routed_to, 0) + 1
-    return {name: max(0, w.info.concurrency - len(w.info.running) - routed.get(name, 0))
+            routed[record.routed_to] += 1
+        elif record.view.worker and record.view.state is BuildState.RUNNING:
+            running[record.view.worker] += 1
+    return {name: max(0, w.info.concurrency - max(len(w.info.running), running[name])
+                      - routed[name])
             for name, w in workers.workers.items()
             if workers.states[name] is WorkerState.ONLINE}
 

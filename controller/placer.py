@@ -67,12 +67,8 @@ def _check_in_flight(farm: Farm, record: JobRecord, workers: Roster, now: dateti
     waited = (now - job.queued_at).total_seconds()
     better = replan(job.queue, job.arch, job.placement, workers.served, waited,
                     farm.settings.pickup_bound_s)
-    if better is None and record.routed_to and (
-            workers.states.get(record.routed_to) is not WorkerState.ONLINE):
-        better = Decision(mode=job.queue.mode, queue=job.queue,
-                          placed=f"any {job.arch.value} worker: {record.routed_to}, which "
-                                 "keeps this project's warm target dir, went away before "
-                                 "it started the job")
+    if better is None:
+        better = _unrouted(farm, record, workers, now)
     if better is None and _message_lost(farm, record, workers, now):
         better = Decision(mode=job.queue.mode, queue=job.queue,
                           placed=f"{job.placed} (re-sent: the broker lost it)")
@@ -100,6 +96,26 @@ def _check_lease(farm: Farm, record: JobRecord, workers: Roster, now: datetime) 
         return True
     jobs.rerun(farm, record, decide(job.arch, job.placement, workers.served), why)
     return True
+
+
+def _unrouted(farm: Farm, record: JobRecord, workers: Roster, now: datetime
+              ) -> Decision | None:
+    """Move a job sent to a worker's own queue (affinity) to the shared queue if that
+    worker went away or did not start it within the affinity bound. (Its next attempt
+    goes to no worker in particular: see Dispatch._affinity.)"""
+    job, worker = record.view, record.routed_to
+    if worker is None:
+        return None
+    bound = farm.settings.affinity_wait_s
+    if workers.states.get(worker) is not WorkerState.ONLINE:
+        why = "went away before it started the job"
+    elif (now - (record.sent_at or now)).total_seconds() > bound:
+        why = f"did not start it within the {bound:g} s affinity bound"
+    else:
+        return None
+    return Decision(mode=job.queue.mode, queue=job.queue,
+                    placed=f"any {job.arch.value} worker: {worker}, which keeps this "
+                           f"project's warm target dir, {why}")
 
 
 def _message_lost(farm: Farm, record: JobRecord, workers: Roster, now: datetime) -> bool:
@@ -221,7 +237,8 @@ class Dispatch:
 
     def _affinity(self, chosen: list[JobRecord]) -> dict[JobId, affinity.Choice]:
         """Where each chosen job goes (affinity.choose); held back: those waiting for
-        the busy worker that keeps their project's warm dir."""
+        the busy worker that keeps their project's warm dir. A job's later attempts go
+        anywhere: it was re-run or re-sent, perhaps from that very worker."""
         if not any(w.info.warm for w in self.workers.workers.values()) or not chosen:
             return {}
         free = affinity.free_slots(self.workers, self.flight)
@@ -231,7 +248,8 @@ class Dispatch:
         for record in chosen:
             job, build = record.view, builds[(record.build_id, record.view.target)]
             key = (keys.affinity_key(record.tenant, build.project, job.target,
-                                     build.cargo.profile) if build.project else None)
+                                     build.cargo.profile)
+                   if build.project and job.attempt == 1 else None)
             choice = affinity.choose(key, job.queue, self.workers, free,
                                      (self.now - job.queued_at).total_seconds(),
                                      self.farm.settings.affinity_wait_s)

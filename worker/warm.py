@@ -139,12 +139,20 @@ class WarmShelf:
                 yield None
                 return
             try:
-                files = self._read(name).get("files")
-                previous = {path: (str(stamp[0]), int(stamp[1]))
-                            for path, stamp in (files if isinstance(files, dict) else {}).items()}
-                yield Loan(name, previous, new=not files, affinity=affinity)
+                previous = self._previous(name)
+                yield Loan(name, previous, new=not previous, affinity=affinity)
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _previous(self, name: str) -> dict[str, Stamp]:
+        """The tree last given to cargo with the dir; none if its record is unreadable
+        (every file is then new: a full rebuild, never a stale one)."""
+        files = self._read(name).get("files")
+        try:
+            return {str(path): (str(stamp[0]), int(stamp[1]))
+                    for path, stamp in (files if isinstance(files, dict) else {}).items()}
+        except (TypeError, ValueError, IndexError, KeyError):
+            return {}
 
     def record(self, loan: Loan, tree: SourceTree, mtimes: Mapping[str, int],
                used_at: float) -> None:

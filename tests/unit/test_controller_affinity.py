@@ -8,15 +8,15 @@ from datetime import timedelta
 import pytest
 from farm_fakes import FakeEvents, FakeQueue
 
-from crossfarm.controller import placer
+from crossfarm.controller import jobs, placer
 from crossfarm.controller.builds import submit_build
 from crossfarm.controller.farm import Farm
 from crossfarm.controller.settings import ControllerSettings
 from crossfarm.controller.store import Store
 from crossfarm.shared import keys
 from crossfarm.shared.arch import BuildMode, Placement
-from crossfarm.shared.ids import BuildId
-from crossfarm.shared.wire import BuildRequest, SourceStatus, WorkerHeartbeat
+from crossfarm.shared.ids import BuildId, JobId
+from crossfarm.shared.wire import BuildRequest, JobStarted, SourceStatus, WorkerHeartbeat
 
 X86 = "x86_64-unknown-linux-gnu"
 DIGEST = "0123456789abcdef" * 4
@@ -142,3 +142,40 @@ def test_a_build_sent_to_a_keeper_that_goes_away_before_starting_it_goes_anywher
                             "went away before it started the job")
     assert [(m.attempt, queue) for m, queue in farm.queue.sent] == [
         (1, f"{AMD64}@w2"), (2, AMD64)]
+
+
+def test_a_build_its_keeper_does_not_start_within_the_bound_goes_anywhere_once(make_farm):
+    farm = make_farm()
+    _worker(farm, "w1")
+    _worker(farm, "w2", warm=[KEY])
+    build, job = _submit(farm)
+    placer.tick(farm, now=job.queued_at)  # to w2, which takes another job first
+
+    later = job.queued_at + timedelta(seconds=11)
+    placer.tick(farm, now=later)
+    placer.tick(farm, now=later)
+
+    moved = _view(farm, build)
+    assert moved.placed == ("any amd64 worker: w2, which keeps this project's warm target "
+                            "dir, did not start it within the 10 s affinity bound")
+    # the next attempt goes to the shared queue though w2 still has a free slot
+    assert [(m.attempt, queue) for m, queue in farm.queue.sent] == [
+        (1, f"{AMD64}@w2"), (2, AMD64)]
+
+
+def test_a_keeper_whose_start_is_recorded_but_not_yet_in_its_heartbeat_counts_as_busy(
+    make_farm
+):
+    farm = make_farm()
+    _worker(farm, "w1")
+    _worker(farm, "w2", warm=[KEY])
+    _, job = _submit(farm)
+    placer.tick(farm, now=job.queued_at)
+    started = jobs.start(farm, JobId(job.job_id), JobStarted(
+        attempt=1, worker="w2", hostname="w2", mode=BuildMode.NATIVE, consumed_from=AMD64))
+    assert started.proceed  # recorded; w2's next heartbeat has not come yet
+
+    _, second = _submit(farm)
+    placer.tick(farm, now=second.queued_at)
+
+    assert [queue for _, queue in farm.queue.sent] == [f"{AMD64}@w2"]  # held for w2

@@ -119,3 +119,11 @@ def test_eviction_removes_volumes_past_the_budget_but_not_one_a_build_holds(tmp_
         dropped = warm.evict(shelf, budget_bytes=200, remove=removed.append)
     assert dropped == removed == ["crossfarm-warm-mid"]
     assert sorted(d.name for d in shelf.dirs()) == ["crossfarm-warm-new", "crossfarm-warm-old"]
+
+
+def test_a_dir_whose_record_is_damaged_is_lent_as_new_so_everything_is_rebuilt(tmp_path):
+    shelf = WarmShelf(tmp_path)
+    (tmp_path / "crossfarm-warm-a.json").write_text('{"files": {"a.rs": 5}}')
+    with shelf.borrow("crossfarm-warm-a") as loan:
+        assert loan.new
+        assert loan.previous == {}
