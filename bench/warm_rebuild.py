@@ -56,6 +56,7 @@ def main() -> None:
         work = Path(tmp)
         crate = ripgrep(work)
         os.environ["PYTHONPATH"] = str(importable(REPO, work / "path"))
+        (work / "farm").mkdir()
         running = localfarm.Farm(dir=work / "farm")
         rows = []
         try:

@@ -2,7 +2,9 @@
 
     report start → fetch source → [make a Cargo.lock: network on, no crate config]
     → registry crates into the verified deps volume (the worker's own downloads)
-    → cargo build (network off) → copy artifacts out → upload artifacts
+    → cargo build (network off; in the project's warm target dir if this worker keeps
+      one and no other build holds it, see worker/warm.py) → copy artifacts out
+    → upload artifacts
     → write manifest last → store the log → report the outcome
 
 No code of the crate runs while a network is reachable: the only networked step
@@ -410,7 +412,7 @@ def _compile(run: JobRun, locked: bool, inputs: list[IO[bytes]], tmp: Path,
         return run.stop()
 
     jobs = max(1, int(settings.build_cpus))
-    step = _step(run, cargo.build_command(run.job, locked, jobs), network=False, warm=loan)
+    step = _step(run, cargo.build_command(run.job, locked, jobs), network=False, loan=loan)
     if loan is not None:
         run.tools.docker.keep_volume(loan.name, keys.warm_labels(settings.worker_name))
     try:
@@ -502,9 +504,10 @@ def _stop_check(tools: Toolbox, job: JobMessage) -> StopCheck:
     return check
 
 
-def _step(run: JobRun, command: list[str], network: bool, warm: Loan | None = None) -> Step:
+def _step(run: JobRun, command: list[str], network: bool, loan: Loan | None = None) -> Step:
     """The build step (network off: the job volume, the deps volume read-only, the
-    request's variables) or the lock step (network on: none of those)."""
+    request's variables, the warm target dir if lent) or the lock step (network on:
+    none of those)."""
     settings = run.settings
     binds, volumes, readonly = {}, {}, {}
     if network:
@@ -513,12 +516,12 @@ def _step(run: JobRun, command: list[str], network: bool, warm: Loan | None = No
             binds[settings.ca_bundle] = _CA_IN_CONTAINER
             env["CARGO_HTTP_CAINFO"] = _CA_IN_CONTAINER
     else:
-        target_dir = cargo.TARGET_DIR if warm is None else cargo.WARM_TARGET
+        target_dir = cargo.TARGET_DIR if loan is None else cargo.WARM_TARGET
         env = {**run.job.env, "CARGO_TARGET_DIR": target_dir,
                "CARGO_HOME": f"{cargo.WORK}/{deps.CARGO_HOME}"}
         volumes, readonly = {run.volume: cargo.WORK}, {settings.deps_volume: deps.DEPS}
-        if warm is not None:
-            volumes[warm.name] = cargo.WARM
+        if loan is not None:
+            volumes[loan.name] = cargo.WARM
     return Step(
         image=run.image, command=command, workdir=cargo.SRC,
         user=f"{BUILD_UID}:{BUILD_UID}", env=env, network=network,
