@@ -266,7 +266,8 @@ def _fetch_blobs(run: JobRun, retry: Retry, source: SourceDigest, tree: SourceTr
     run.log(f"crossfarm: {len(tree.entries)} files, {fetched} blob(s) not cached here")
 
 
-def _source_tar(run: JobRun, tree: SourceTree, mtimes: dict[str, int] | None) -> IO[bytes]:
+def _source_tar(run: JobRun, tree: SourceTree, mtimes: dict[str, float] | None
+                ) -> IO[bytes]:
     """The tree as the container's tar, its blobs from this worker's cache; then the
     cache is trimmed to its budget, unless another build reads it. (Blobs this build
     fetched or used are younger than _BLOB_IN_USE_S: no trim takes them before the tar
@@ -318,7 +319,7 @@ def _shelf(run: JobRun) -> warm.WarmShelf:
     return warm.WarmShelf(run.settings.scratch_dir / "warm")
 
 
-def _mtimes(run: JobRun, loan: Loan | None, tree: SourceTree) -> dict[str, int] | None:
+def _mtimes(run: JobRun, loan: Loan | None, tree: SourceTree) -> dict[str, float] | None:
     """A warm build's source mtimes (see worker/warm.py), recorded before cargo sees
     them; None for a cold build (every file at 0, as always)."""
     if loan is None:

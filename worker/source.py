@@ -166,7 +166,7 @@ def trim_cache(cache: Path, budget_bytes: int, keep_s: float) -> tuple[int, int]
 
 def container_tar(tree: SourceTree, cache: Path, prefix: str, uid: int,
                   keep: Callable[[str], bool] | None = None,
-                  mtimes: Mapping[str, int] | None = None) -> IO[bytes]:
+                  mtimes: Mapping[str, float] | None = None) -> IO[bytes]:
     """The tree under `prefix`, owned by `uid`, as an uncompressed tar (only the entries
     whose path `keep` accepts, if given). Files' mtimes are 0 unless `mtimes` gives
     them (a warm build's, see worker/warm.py): cargo compares them with its outputs'.

@@ -24,7 +24,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -38,7 +37,9 @@ from crossfarm.shared.wire import SourceTree
 PREFIX = "crossfarm-warm-"
 
 #: (sha256, mtime in seconds) of one source file as it was last given to cargo
-Stamp = tuple[str, int]
+Stamp = tuple[str, float]
+#: how much later than every recorded mtime a new one is, should the clock go back
+_AFTER = 0.001
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,14 @@ class WarmKey:
 
 
 def source_mtimes(previous: Mapping[str, Stamp], tree: SourceTree, now: float
-                  ) -> dict[str, int]:
-    """Each file's mtime: the recorded one if its bytes did not change, else a new one,
-    in whole seconds (which every tar format and filesystem keeps): past `now`, so newer
-    than every output of the builds before (they ended before this one borrowed the
-    dir), and past every mtime recorded (should the clock have gone back)."""
-    later = max([math.floor(now) + 1, *(stamp[1] + 1 for stamp in previous.values())])
+                  ) -> dict[str, float]:
+    """Each file's mtime: the recorded one if its bytes did not change, else `now`:
+    newer than every output of the builds before (they ended before this one borrowed
+    the dir), older than this build's own outputs (so its next build finds them fresh),
+    and past every mtime recorded (should the clock have gone back). Sub-second: a PAX
+    tar carries it and the engine keeps it; whole seconds would put a fast build's
+    outputs before their own sources."""
+    later = max([now, *(stamp[1] + _AFTER for stamp in previous.values())])
     mtimes = {}
     for entry in tree.entries:
         if entry.kind != "file":
@@ -149,12 +152,12 @@ class WarmShelf:
         (every file is then new: a full rebuild, never a stale one)."""
         files = self._read(name).get("files")
         try:
-            return {str(path): (str(stamp[0]), int(stamp[1]))
+            return {str(path): (str(stamp[0]), float(stamp[1]))
                     for path, stamp in (files if isinstance(files, dict) else {}).items()}
         except (TypeError, ValueError, IndexError, KeyError):
             return {}
 
-    def record(self, loan: Loan, tree: SourceTree, mtimes: Mapping[str, int],
+    def record(self, loan: Loan, tree: SourceTree, mtimes: Mapping[str, float],
                used_at: float) -> None:
         """Write what cargo is given with this dir, before it runs."""
         files = {e.path: [e.sha256, mtimes[e.path]] for e in tree.entries if e.path in mtimes}

@@ -101,7 +101,7 @@ def test_a_one_line_change_on_a_warm_worker_recompiles_only_the_changed_crate(
     assert _run(workspace) == "howdy 2"
     # and a build of the same tree with nothing changed rebuilds nothing
     fourth, noop_s = _build(cli, workspace)
-    assert "warm target dir: 2 unit(s) fresh, 0 rebuilt: none" in fourth
+    assert "warm target dir: 2 unit(s) fresh, 0 rebuilt: none" in fourth, fourth
     assert _run(workspace) == "howdy 2"
     print(f"\nworker seconds: cold {cold_s:.2f}, one-line change warm {warm_s:.2f}, "
           f"unchanged {noop_s:.2f}")

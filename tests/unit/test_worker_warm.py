@@ -59,15 +59,15 @@ def test_unchanged_files_keep_their_mtime_and_changed_or_new_ones_get_now():
     previous = {"same.rs": (_sha(b"a"), 1000), "changed.rs": (_sha(b"old"), 1000),
                 "gone.rs": (_sha(b"x"), 1000)}
 
-    mtimes = warm.source_mtimes(previous, tree, now=5000.2)
+    mtimes = warm.source_mtimes(previous, tree, now=5000.25)
 
-    assert mtimes == {"same.rs": 1000, "changed.rs": 5001, "new.rs": 5001}
+    assert mtimes == {"same.rs": 1000, "changed.rs": 5000.25, "new.rs": 5000.25}
 
 
 def test_a_changed_file_is_newer_than_every_recorded_one_even_if_the_clock_went_back():
     previous = {"a.rs": (_sha(b"old"), 9000), "b.rs": (_sha(b"b"), 100)}
     tree = _tree({"a.rs": b"new", "b.rs": b"b"})
-    assert warm.source_mtimes(previous, tree, now=5000.0) == {"a.rs": 9001, "b.rs": 100}
+    assert warm.source_mtimes(previous, tree, now=5000.0) == {"a.rs": 9000.001, "b.rs": 100}
 
 
 def test_the_least_recently_used_dirs_go_until_the_rest_fit():
