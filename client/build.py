@@ -19,6 +19,7 @@ from crossfarm.shared.arch import Placement
 from crossfarm.shared.errors import FarmError, UsageError
 from crossfarm.shared.ids import SourceDigest
 from crossfarm.shared.states import BuildState
+from crossfarm.shared.tree import project_of
 from crossfarm.shared.wire import ArtifactView, BuildRequest, CargoSpec, plain_file_name
 
 #: Exit codes scripts can rely on (documented in docs/ci.md).
@@ -52,9 +53,10 @@ def run_build(client: FarmClient, config: Config, cross: CrossConfig, options: B
         note(f"warning: {warning}")
     for name in cross.missing:
         note(f"warning: Cross.toml passes {name} through, but it is not set here")
-    source = _send_source(client, options)
+    source, project = _send_source(client, options)
     request = BuildRequest(
-        source=source, targets=options.targets, cargo=options.cargo, timeout_s=options.timeout,
+        source=source, project=project, targets=options.targets, cargo=options.cargo,
+        timeout_s=options.timeout,
         env=cross.passthrough,
         target_env={t: env for t, env in cross.per_target.items() if t in options.targets},
         submitter=config.user, placement=options.placement, wait_limit_s=options.wait_limit_s,
@@ -92,12 +94,15 @@ def run_build(client: FarmClient, config: Config, cross: CrossConfig, options: B
     return exit_code(final.state)
 
 
-def _send_source(client: FarmClient, options: BuildOptions) -> SourceDigest:
+def _send_source(client: FarmClient, options: BuildOptions
+                 ) -> tuple[SourceDigest, str | None]:
+    """The source's digest on the farm, and its project (None for a git source: the
+    worker tells it from the tree; see shared/tree.py project_of)."""
     if options.git:
         url, rev = options.git
         status = client.create_git_source(url, rev)
         note(f"farm fetched {url} at {status.commit} ({status.files} files)")
-        return status.digest
+        return status.digest, None
     local = scan(options.root, client.limits())
     report = send(client, local, Progress("upload"))
     if report.blobs_sent:
@@ -105,7 +110,7 @@ def _send_source(client: FarmClient, options: BuildOptions) -> SourceDigest:
     else:
         note(f"source {local.digest[:12]} ({len(local.tree.entries)} files): "
              "nothing to upload, the farm has every file")
-    return report.status.digest
+    return report.status.digest, project_of(local.tree, lambda sha: local.files[sha].read_bytes())
 
 
 def follow(client: FarmClient, build_id: str, targets: list[str] | None = None,

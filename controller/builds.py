@@ -61,6 +61,7 @@ def submit_build(farm: Farm, request: BuildRequest, tenant: str = DEFAULT_TENANT
         env={"all": dict(request.env), **{t: dict(v) for t, v in request.target_env.items()}},
         submitter=submitter,
         tenant=tenant,
+        project=request.project,
         jobs=new_jobs,
     )
     build = farm.store.builds.add(new)

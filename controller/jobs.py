@@ -12,7 +12,9 @@ import hashlib
 import hmac
 import logging
 import secrets
+from collections.abc import Mapping
 
+from crossfarm.controller.affinity import Choice
 from crossfarm.controller.farm import Farm
 from crossfarm.controller.placement import Decision
 from crossfarm.controller.store.jobs import JobRecord, Outcome
@@ -48,11 +50,13 @@ def tell(farm: Farm, build_id: BuildId, event: Event, if_streamed: bool = False)
 BROKER_AWAY = "queued: the broker is unreachable; the job is sent once it is back"
 
 
-def send(farm: Farm, claimed: list[JobRecord]) -> list[JobRecord]:
+def send(farm: Farm, claimed: list[JobRecord],
+         routes: Mapping[JobId, Choice] | None = None) -> list[JobRecord]:
     """Send the messages of jobs the placer claimed (marked sent in the record first, so
-    no other placer sends them too). If the broker is away, that job and the rest are
-    held again and the next tick retries: an accepted build survives a Redis outage.
-    Returns the jobs held again."""
+    no other placer sends them too), each to a worker's own queue where `routes` says so
+    (affinity: the record and the build's log say which worker and why). If the broker
+    is away, that job and the rest are held again and the next tick retries: an accepted
+    build survives a Redis outage. Returns the jobs held again."""
     settings = farm.store.builds.settings_of([(r.build_id, r.view.target) for r in claimed])
     for index, record in enumerate(claimed):
         job = record.view
@@ -61,11 +65,20 @@ def send(farm: Farm, claimed: list[JobRecord]) -> list[JobRecord]:
             job_id=job.job_id, build_id=record.build_id, target=job.target,
             attempt=job.attempt, source=build.source, cargo=build.cargo,
             timeout_s=build.timeout_s, env=build.env,
-            limits=farm.settings.tree_limits().to_wire(),
+            limits=farm.settings.tree_limits().to_wire(), tenant=record.tenant,
+            project=build.project,
         )
+        choice = (routes or {}).get(job.job_id)
+        if choice is not None and choice.placed is not None:
+            farm.store.jobs.route(job.job_id, job.attempt, choice.worker, choice.placed)
+            tell(farm, record.build_id, Event(kind="log", target=job.target,
+                                              line=f"crossfarm: {choice.placed}"))
         try:
             farm.events.set_attempt(job.job_id, job.attempt)
-            farm.queue.enqueue(message, job.queue)
+            if choice is not None and choice.worker is not None:
+                farm.queue.enqueue(message, job.queue, worker=choice.worker)
+            else:
+                farm.queue.enqueue(message, job.queue)
         except Exception as exc:  # the broker's errors are many; the record must say what happened
             log.warning("jobs stay queued: could not send %s to %s: %s",
                         job.job_id, job.queue, exc)

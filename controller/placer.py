@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from crossfarm.controller import fleet, jobs
+from crossfarm.controller import affinity, fleet, jobs
 from crossfarm.controller.farm import Farm
 from crossfarm.controller.fleet import Roster
 from crossfarm.controller.placement import Decision, decide, replan, waiting_for
@@ -67,6 +67,8 @@ def _check_in_flight(farm: Farm, record: JobRecord, workers: Roster, now: dateti
     waited = (now - job.queued_at).total_seconds()
     better = replan(job.queue, job.arch, job.placement, workers.served, waited,
                     farm.settings.pickup_bound_s)
+    if better is None:
+        better = _unrouted(farm, record, workers, now)
     if better is None and _message_lost(farm, record, workers, now):
         better = Decision(mode=job.queue.mode, queue=job.queue,
                           placed=f"{job.placed} (re-sent: the broker lost it)")
@@ -96,6 +98,26 @@ def _check_lease(farm: Farm, record: JobRecord, workers: Roster, now: datetime) 
     return True
 
 
+def _unrouted(farm: Farm, record: JobRecord, workers: Roster, now: datetime
+              ) -> Decision | None:
+    """Move a job sent to a worker's own queue (affinity) to the shared queue if that
+    worker went away or did not start it within the affinity bound. (Its next attempt
+    goes to no worker in particular: see Dispatch._affinity.)"""
+    job, worker = record.view, record.routed_to
+    if worker is None:
+        return None
+    bound = farm.settings.affinity_wait_s
+    if workers.states.get(worker) is not WorkerState.ONLINE:
+        why = "went away before it started the job"
+    elif (now - (record.sent_at or now)).total_seconds() > bound:
+        why = f"did not start it within the {bound:g} s affinity bound"
+    else:
+        return None
+    return Decision(mode=job.queue.mode, queue=job.queue,
+                    placed=f"any {job.arch.value} worker: {worker}, which keeps this "
+                           f"project's warm target dir, {why}")
+
+
 def _message_lost(farm: Farm, record: JobRecord, workers: Roster, now: datetime) -> bool:
     """Its queue is empty, no worker runs it, and it was sent long enough ago."""
     job = record.view
@@ -104,7 +126,9 @@ def _message_lost(farm: Farm, record: JobRecord, workers: Roster, now: datetime)
         return False
     if keys.task_id(job.job_id, job.attempt) in workers.active:
         return False
-    return farm.events.queue_depth(job.queue.name) == 0
+    queue = (job.queue.name if record.routed_to is None
+             else keys.worker_queue(job.queue, record.routed_to))
+    return farm.events.queue_depth(queue) == 0
 
 
 def _fail_overdue(farm: Farm, record: JobRecord) -> None:
@@ -202,12 +226,37 @@ class Dispatch:
                      if sum(1 for q, _ in heads if q.arch is queue.arch) > 1]
         self.turn = self.farm.store.jobs.last_sent(contested)
         chosen = [record for queue in sorted(tenants) for record in self._fair(queue, heads)]
+        routes = self._affinity(chosen)
+        chosen = [r for r in chosen if not routes.get(r.view.job_id, affinity.ANY).hold]
         claimed = self.farm.store.jobs.claim(chosen, self.now)
-        held = jobs.send(self.farm, claimed)
+        held = jobs.send(self.farm, claimed, routes)
         refused = {record.view.queue for record in held}
         unsent = {record.view.job_id for record in held}
         self.busy.update(r.view.queue for r in claimed if r.view.job_id not in unsent)
         return refused
+
+    def _affinity(self, chosen: list[JobRecord]) -> dict[JobId, affinity.Choice]:
+        """Where each chosen job goes (affinity.choose); held back: those waiting for
+        the busy worker that keeps their project's warm dir. A job's later attempts go
+        anywhere: it was re-run or re-sent, perhaps from that very worker."""
+        if not any(w.info.warm for w in self.workers.workers.values()) or not chosen:
+            return {}
+        free = affinity.free_slots(self.workers, self.flight)
+        builds = self.farm.store.builds.settings_of([(r.build_id, r.view.target)
+                                                     for r in chosen])
+        routes = {}
+        for record in chosen:
+            job, build = record.view, builds[(record.build_id, record.view.target)]
+            key = (keys.affinity_key(record.tenant, build.project, job.target,
+                                     build.cargo.profile)
+                   if build.project and job.attempt == 1 else None)
+            choice = affinity.choose(key, job.queue, self.workers, free,
+                                     (self.now - job.queued_at).total_seconds(),
+                                     self.farm.settings.affinity_wait_s)
+            if choice.worker is not None:
+                free[choice.worker] -= 1
+            routes[job.job_id] = choice
+        return routes
 
     def _fair(self, queue: keys.QueueKey, heads: dict[tuple[keys.QueueKey, str],
                                                       list[JobRecord]]) -> list[JobRecord]:

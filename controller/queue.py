@@ -12,7 +12,8 @@ from crossfarm.shared.wire import FetchMessage, JobMessage
 
 
 class JobQueue(Protocol):
-    def enqueue(self, message: JobMessage, queue: keys.QueueKey) -> None: ...
+    def enqueue(self, message: JobMessage, queue: keys.QueueKey,
+                worker: str | None = None) -> None: ...
     def fetch(self, message: FetchMessage, expires_s: float) -> None: ...
 
 
@@ -22,12 +23,15 @@ class CeleryJobQueue:
     def __init__(self, app: Celery) -> None:
         self._app = app
 
-    def enqueue(self, message: JobMessage, queue: keys.QueueKey) -> None:
+    def enqueue(self, message: JobMessage, queue: keys.QueueKey,
+                worker: str | None = None) -> None:
+        """To `queue`, or to `worker`'s own queue beside it (keys.worker_queue)."""
+        name = queue.name if worker is None else keys.worker_queue(queue, worker)
         # Celery otherwise puts a repr of the arguments, the variables' values with them,
         # in the message's headers, and workers pass it to every log record they make of
         # the task (as `extra`, which a structured log handler prints).
         self._app.send_task(
-            keys.BUILD_TASK, args=[message.model_dump(mode="json")], queue=queue.name,
+            keys.BUILD_TASK, args=[message.model_dump(mode="json")], queue=name,
             task_id=keys.task_id(message.job_id, message.attempt),
             argsrepr=f"[job {message.job_id} attempt {message.attempt}]", kwargsrepr="{}",
         )

@@ -77,6 +77,9 @@ class ControllerSettings(FarmSettings):
     #: a job no native worker took within this long may move to an allowed fallback
     pickup_bound_s: float = Field(default=120, ge=1)
     placer_interval_s: float = Field(default=2, gt=0)
+    #: a build of a project some worker keeps a warm target dir for waits this long for a
+    #: free slot there before any worker of its architecture may take it
+    affinity_wait_s: float = Field(default=10, ge=0)
     #: a running job missing from its worker's heartbeats this long has lost its lease
     lease_grace_s: float = Field(default=15, gt=0)
     #: attempts before a job whose workers keep dying fails

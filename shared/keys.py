@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,12 +94,39 @@ LABEL = "io.crossfarm"
 _JOB_LABEL = "io.crossfarm.job"
 _ATTEMPT_LABEL = "io.crossfarm.attempt"
 _WORKER_LABEL = "io.crossfarm.worker"
+#: a warm target dir's volume carries this label (with its worker's name), and no job's:
+#: the reaper, which removes a worker's volumes of jobs no longer running, passes it by
+_WARM_LABEL = "io.crossfarm.warm"
 
 
 def container_labels(job_id: JobId, attempt: int, worker: str) -> dict[str, str]:
     """The labels of one attempt's containers and volume, so a worker can find its
     leftovers after a crash and tell them from the builds it still runs."""
     return {LABEL: "1", _JOB_LABEL: job_id, _ATTEMPT_LABEL: str(attempt), _WORKER_LABEL: worker}
+
+
+def affinity_key(tenant: str, project: str, target: str, profile: str) -> str:
+    """What a worker reports of a warm target dir it keeps, and what the placer looks for
+    to send a build of that project back to it: a hash, so heartbeats name no project."""
+    text = json.dumps([tenant, project, target, profile])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def worker_queue(queue: QueueKey, worker: str) -> str:
+    """The queue only `worker` consumes beside `queue`: jobs sent back to the worker
+    that keeps their project's warm target dir."""
+    return f"{queue.name}@{worker}"
+
+
+def shared_queue(name: str) -> str:
+    """The queue a worker's own queue (see worker_queue) stands beside; other names as
+    they are (no queue name of ours holds an "@" otherwise)."""
+    return name.split("@", 1)[0]
+
+
+def warm_labels(worker: str) -> dict[str, str]:
+    """The labels of a warm target dir's volume, kept between jobs (worker/warm.py)."""
+    return {LABEL: "1", _WARM_LABEL: worker}
 
 
 def fetch_task_id(fetch_id: str) -> str:

@@ -14,8 +14,10 @@ import hashlib
 import io
 import re
 import tarfile
+import tomllib
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
@@ -192,6 +194,24 @@ def check_sizes(tree: SourceTree, stored: dict[str, int]) -> None:
         if entry.kind == "file" and actual is not None and actual != entry.size:
             raise InvalidSource(f"declared {entry.size} bytes, but its blob "
                                 f"{(entry.sha256 or '')[:12]}… holds {actual}", entry.path)
+
+
+def project_of(tree: SourceTree, read: Callable[[str], bytes]) -> str:
+    """The project a tree is, for warm target dirs: the package names of its manifests
+    (`read` gives a file's bytes by its sha256), which a one-line change keeps; the
+    manifests' paths if none names a package. The CLI and the worker both say it."""
+    names: set[str] = set()
+    paths = []
+    for entry in tree.entries:
+        if entry.kind != "file" or entry.path.rsplit("/", 1)[-1] != "Cargo.toml":
+            continue
+        paths.append(entry.path)
+        with suppress(ValueError, UnicodeDecodeError, AttributeError):
+            package = tomllib.loads(read(entry.sha256 or "").decode()).get("package", {})
+            if isinstance(package.get("name"), str):
+                names.add(package["name"])
+    text = ",".join(sorted(names)) if names else "paths:" + ",".join(sorted(paths))
+    return text[:200]  # BuildRequest.project's limit
 
 
 def file_digests(tree: SourceTree) -> list[str]:

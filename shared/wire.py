@@ -102,6 +102,10 @@ class BuildRequest(Wire):
     #: serve a target from the result cache when an earlier successful build of this
     #: tenant had the same inputs and builder image; False builds it anyway
     cache: bool = True
+    #: which project this is (the CLI sends its workspace's package names): builds of one
+    #: project of one tenant share a worker's warm target dir; unset: the worker tells
+    #: from the tree, and the placer sends the build to no worker in particular
+    project: Annotated[str, Field(min_length=1, max_length=200)] | None = None
 
 
 class JobView(Wire):
@@ -216,6 +220,11 @@ class JobMessage(Reply):
     env: dict[str, str] = {}
     #: the limits the controller checked the tree against (None: an older controller's)
     limits: SourceLimits | None = None
+    #: the build's tenant: a worker keeps warm target dirs per tenant and project, and
+    #: builds cold without it (an older controller's message)
+    tenant: str | None = None
+    #: the build's project (BuildRequest.project), if its request named one
+    project: str | None = None
 
 
 class JobStarted(Wire):
@@ -434,6 +443,9 @@ class WorkerHeartbeat(Wire):
     interval_s: Annotated[float, Field(gt=0)] = 5.0
     #: the limits it holds each build to (None: a worker older than this field)
     limits: WorkerLimits | None = None
+    #: the warm target dirs it keeps, as keys.affinity_key hashes: the placer sends a
+    #: build of one of those projects back to it while it has a free slot
+    warm: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=10_000)] = []
 
 
 class HeartbeatReply(Reply):

@@ -138,6 +138,9 @@ class FakeDocker:
         self.full: set[str] = set()
         #: volumes written through shelf(), by name
         self.shelves: dict[str, FakeShelf] = {}
+        #: volumes kept between jobs (warm target dirs), with their labels and sizes
+        self.kept: dict[str, dict[str, str]] = {}
+        self.kept_bytes: dict[str, int] = {}
 
     def _called(self, name: str) -> None:
         self.calls.append(name)
@@ -166,6 +169,19 @@ class FakeDocker:
     def volume_full(self, name: str) -> bool:
         self._called("volume_full")
         return name in self.full
+
+    def keep_volume(self, name: str, labels: dict[str, str]) -> None:
+        self._called("keep_volume")
+        self.kept.setdefault(name, labels)
+
+    def volume_bytes(self, name: str) -> int | None:
+        self._called("volume_bytes")
+        return self.kept_bytes.get(name)
+
+    def remove_volume(self, name: str) -> None:
+        self._called("remove_volume")
+        self.kept.pop(name, None)
+        self.removed.append(name)
 
     @contextmanager
     def container(self, step: Step) -> Iterator[FakeContainer]:

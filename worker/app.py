@@ -50,6 +50,9 @@ def consumed_queues(settings: WorkerSettings, host: Arch, fetches: bool) -> list
     """Every queue the worker's consumer reads: its build queues, and git fetches if it has
     the fetcher image (`fetches`)."""
     builds = queues_for(host, settings.cross_arches, settings.emulate_arches)
+    if settings.warm_bytes:  # affinity: the placer sends a project's builds back here
+        builds += [keys.worker_queue(keys.QueueKey.parse(queue), settings.worker_name)
+                   for queue in builds]
     return [*builds, keys.FETCH_QUEUE] if fetches else builds
 
 

@@ -39,6 +39,16 @@ def artifact_paths(message: dict[str, Any]) -> list[str]:
     return []
 
 
+def unit_of(message: dict[str, Any]) -> tuple[str, bool] | None:
+    """(target name (kinds), fresh) of a `compiler-artifact` message; None for others."""
+    target = message.get("target")
+    if message.get("reason") != "compiler-artifact" or not isinstance(target, dict):
+        return None
+    kinds = target.get("kind")
+    kinds = kinds if isinstance(kinds, list) else []
+    return f"{target.get('name')} ({','.join(map(str, kinds))})", message.get("fresh") is True
+
+
 class ArtifactCollector:
     """Reads cargo's stdout (JSON lines) and remembers every shipped artifact path.
 
@@ -52,6 +62,10 @@ class ArtifactCollector:
         self._max_count = max_count
         self.paths: list[str] = []
         self.refusal: BuildError | None = None
+        #: each unit cargo reported, as (target name (kinds), fresh): fresh units were
+        #: not rebuilt (what a warm build reports; build code could forge these lines,
+        #: but they only feed its own log)
+        self.units: list[tuple[str, bool]] = []
 
     def feed(self, line: str) -> bool:
         """Take one stdout line; False if it was not a cargo JSON message."""
@@ -61,6 +75,8 @@ class ArtifactCollector:
             return False
         if not isinstance(message, dict):
             return False
+        if (unit := unit_of(message)) is not None:
+            self.units.append(unit)
         for path in artifact_paths(message):
             self._take(path)
         return True

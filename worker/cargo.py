@@ -9,6 +9,10 @@ from crossfarm.shared.wire import JobMessage
 WORK = "/work"
 SRC = f"{WORK}/src"
 TARGET_DIR = f"{WORK}/target"
+#: A warm build's target dir: in the warm volume, mounted at WARM (worker/warm.py). The
+#: volume's root belongs to root, so cargo's dir is a folder in it the build user owns.
+WARM = f"{WORK}/warm"
+WARM_TARGET = f"{WARM}/target"
 
 
 #: Resolves the manifests against the registry's index; builds nothing, runs no crate code.

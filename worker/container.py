@@ -8,6 +8,7 @@ Containers carry crossfarm labels so leftovers can be found and reaped.
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 import threading
 import time
@@ -98,6 +99,9 @@ class ContainerRunner(Protocol):
     def volume(self, name: str, labels: dict[str, str], size: DiskSpec | None = None
                ) -> AbstractContextManager[str]: ...
     def volume_full(self, name: str) -> bool: ...
+    def keep_volume(self, name: str, labels: dict[str, str]) -> None: ...
+    def volume_bytes(self, name: str) -> int | None: ...
+    def remove_volume(self, name: str) -> None: ...
     def container(self, step: Step) -> AbstractContextManager[StepContainer]: ...
     def shelf(self, volume: str, image: str) -> AbstractContextManager[Shelf]: ...
     def reap(self, worker: str, keep: Callable[[], set[str]]) -> int: ...
@@ -158,6 +162,39 @@ class Docker:
         """Whether a sized volume made here is full; False for any other."""
         made = self._disks.get(name)
         return made is not None and disk.is_full(*made)
+
+    def keep_volume(self, name: str, labels: dict[str, str]) -> None:
+        """A named volume that outlives the job (a warm target dir); made if missing."""
+        try:
+            self._client.volumes.get(name)
+        except docker.errors.NotFound:
+            self._client.volumes.create(name=name, driver="local", labels=labels)
+
+    def volume_bytes(self, name: str) -> int | None:
+        """The bytes a volume holds on disk (None: it is gone, or the engine does not say)."""
+        try:
+            mountpoint = self._client.volumes.get(name).attrs.get("Mountpoint")
+        except docker.errors.NotFound:
+            return None
+        if isinstance(mountpoint, str) and os.access(mountpoint, os.R_OK | os.X_OK):
+            # the engine's own count (system df) walks every volume and image: seconds
+            return _disk_usage(Path(mountpoint))
+        api = self._client.api
+        # Only the volumes' part of the engine's disk usage (API 1.42+; an older engine
+        # answers with everything, which holds the same list).
+        response = api.get(f"{api.base_url}/v{api.api_version}/system/df",
+                           params={"type": "volume"})
+        if not response.ok:
+            return None
+        for volume in response.json().get("Volumes") or []:
+            if volume.get("Name") == name:
+                size = (volume.get("UsageData") or {}).get("Size", -1)
+                return int(size) if isinstance(size, int) and size >= 0 else None
+        return None
+
+    def remove_volume(self, name: str) -> None:
+        with suppress(docker.errors.NotFound):
+            self._client.volumes.get(name).remove(force=True)
 
     @contextmanager
     def container(self, step: Step) -> Iterator[Container]:
@@ -226,6 +263,16 @@ class Docker:
                 disk.release(job_disk)
                 removed += 1
         return removed
+
+
+def _disk_usage(root: Path) -> int:
+    """The bytes of disk the files under `root` take (as du counts: allocated blocks)."""
+    total = 0
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            with suppress(OSError):  # removed while counted
+                total += os.lstat(os.path.join(folder, name)).st_blocks * 512
+    return total
 
 
 def _tmpfs(step: Step) -> dict[str, str]:

@@ -24,13 +24,15 @@ from crossfarm.worker.images import served_queues
 from crossfarm.worker.lease import Lease
 from crossfarm.worker.reporter import HeartbeatReporter
 from crossfarm.worker.settings import WorkerSettings
+from crossfarm.worker.warm import WarmShelf
 
 log = logging.getLogger(__name__)
 
 
 def describe(settings: WorkerSettings, host: Arch, image_id: str | None,
              running: set[str] | None = None) -> WorkerHeartbeat:
-    """This worker as the fleet sees it: detected architecture, queues and how it serves them."""
+    """This worker as the fleet sees it: detected architecture, queues and how it serves
+    them, and the warm target dirs it keeps (as the placer's affinity keys)."""
     queues = served_queues(host, settings.cross_arches, settings.emulate_arches)
     arches = {keys.QueueKey.parse(queue).arch for queue in queues}
     try:
@@ -45,6 +47,8 @@ def describe(settings: WorkerSettings, host: Arch, image_id: str | None,
         targets=sorted(t for t, arch in TARGETS.items() if arch in arches),
         labels=settings.labels, version=version, concurrency=settings.concurrency,
         running=sorted(running or ()), interval_s=settings.heartbeat_s,
+        warm=(WarmShelf(settings.scratch_dir / "warm").affinities()
+              if settings.warm_bytes else []),
         limits=WorkerLimits(
             memory_bytes=settings.build_memory_bytes, pids=settings.build_pids,
             cpus=settings.build_cpus, disk_bytes=settings.job_disk_bytes or None,

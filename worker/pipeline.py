@@ -2,7 +2,9 @@
 
     report start → fetch source → [make a Cargo.lock: network on, no crate config]
     → registry crates into the verified deps volume (the worker's own downloads)
-    → cargo build (network off) → copy artifacts out → upload artifacts
+    → cargo build (network off; in the project's warm target dir if this worker keeps
+      one and no other build holds it, see worker/warm.py) → copy artifacts out
+    → upload artifacts
     → write manifest last → store the log → report the outcome
 
 No code of the crate runs while a network is reachable: the only networked step
@@ -15,9 +17,13 @@ outcome; they are data, not crashes.
 
 from __future__ import annotations
 
+import io
 import logging
+import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
@@ -36,7 +42,7 @@ from crossfarm.shared.errors import (
 from crossfarm.shared.ids import SourceDigest
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.storage import ObjectStore
-from crossfarm.shared.tree import TreeLimits
+from crossfarm.shared.tree import TreeLimits, project_of
 from crossfarm.shared.wire import (
     EndState,
     JobFinished,
@@ -45,9 +51,15 @@ from crossfarm.shared.wire import (
     Manifest,
     SourceTree,
 )
-from crossfarm.worker import cargo, deps
+from crossfarm.worker import cargo, deps, warm
 from crossfarm.worker.artifacts import ArtifactCollector, JobOutput, build_manifest
-from crossfarm.worker.container import ContainerRunner, Step, StepContainer, StopCheck
+from crossfarm.worker.container import (
+    ContainerRunner,
+    Step,
+    StepContainer,
+    StepResult,
+    StopCheck,
+)
 from crossfarm.worker.deps import CrateSource, DependencyCache
 from crossfarm.worker.disk import DiskSpec
 from crossfarm.worker.images import BUILD_UID, builder_image, job_mode, served_queues
@@ -63,6 +75,7 @@ from crossfarm.worker.source import (
     fetch_tree,
     trim_cache,
 )
+from crossfarm.worker.warm import Loan
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +140,8 @@ def run_job(tools: Toolbox, job: JobMessage, consumed_from: str) -> BuildState |
     job_id = job.job_id
     settings = tools.settings
     refusal: str | None = None
+    # sent to this worker's own queue (affinity), it is a job of the queue beside it
+    consumed_from = keys.shared_queue(consumed_from)
     served = served_queues(tools.host, settings.cross_arches, settings.emulate_arches)
     image = settings.builder_image
     try:
@@ -228,28 +243,41 @@ def _compile_and_publish(run: JobRun) -> Manifest:
             limits = TreeLimits.of(job.limits) if job.limits else TreeLimits()
             source = job.source
             tree = retry.run("source download", lambda: fetch_tree(tools.storage, source, limits))
-            tar = _source_tar(run, retry, source, tree, limits)
-        lock = _lock_file(run, tree)
-        with tar:
-            with run.log.timed("dependencies"):
-                vendored = _dependencies(run, tree, lock, Path(scratch))
-            with vendored, tools.docker.volume(run.volume, run.labels, _disk(run)):
-                files = _compile(run, lock is not None, [tar, vendored], Path(scratch))
+            _fetch_blobs(run, retry, source, tree, limits)
+        with _warm_dir(run, tree) as loan:
+            tar = _source_tar(run, tree, _mtimes(run, loan, tree))
+            lock = _lock_file(run, tree)
+            with tar:
+                with run.log.timed("dependencies"):
+                    vendored = _dependencies(run, tree, lock, Path(scratch))
+                with vendored, tools.docker.volume(run.volume, run.labels, _disk(run)):
+                    files = _compile(run, lock is not None, [tar, vendored], Path(scratch),
+                                     loan)
+        _evict_warm(run)
         with run.log.timed("artifact upload"):
             return retry.run("artifact upload", lambda: _publish(
                 tools.storage, job, files, run.stop, image_id))
 
 
-def _source_tar(run: JobRun, retry: Retry, source: SourceDigest, tree: SourceTree,
-                limits: TreeLimits) -> IO[bytes]:
-    """The tree as the container's tar, its blobs from this worker's cache (fetched if
-    missing); then the cache is trimmed to its budget, unless another build reads it."""
+def _fetch_blobs(run: JobRun, retry: Retry, source: SourceDigest, tree: SourceTree,
+                 limits: TreeLimits) -> None:
+    """Every blob of the tree in this worker's cache (fetched if missing)."""
     cache = run.settings.scratch_dir / "blobs"
     with cache_lock(cache):
         fetched = retry.run("source download", lambda: fetch_blobs(
             run.tools.storage, source, tree, cache, limits))
-        run.log(f"crossfarm: {len(tree.entries)} files, {fetched} blob(s) not cached here")
-        tar = container_tar(tree, cache, "src", BUILD_UID)
+    run.log(f"crossfarm: {len(tree.entries)} files, {fetched} blob(s) not cached here")
+
+
+def _source_tar(run: JobRun, tree: SourceTree, mtimes: dict[str, float] | None
+                ) -> IO[bytes]:
+    """The tree as the container's tar, its blobs from this worker's cache; then the
+    cache is trimmed to its budget, unless another build reads it. (Blobs this build
+    fetched or used are younger than _BLOB_IN_USE_S: no trim takes them before the tar
+    is made.)"""
+    cache = run.settings.scratch_dir / "blobs"
+    with cache_lock(cache):
+        tar = container_tar(tree, cache, "src", BUILD_UID, mtimes=mtimes)
     with cache_lock(cache, exclusive=True) as alone:
         removed, freed = (trim_cache(cache, run.settings.blob_cache_bytes, _BLOB_IN_USE_S)
                           if alone else (0, 0))
@@ -257,6 +285,62 @@ def _source_tar(run: JobRun, retry: Retry, source: SourceDigest, tree: SourceTre
         run.log(f"crossfarm: blob cache trimmed to its budget: {removed} file(s), "
                 f"{freed} bytes freed")
     return tar
+
+
+@contextmanager
+def _warm_dir(run: JobRun, tree: SourceTree) -> Iterator[Loan | None]:
+    """This project's warm target dir, alone, for the block; None (a cold build in the
+    job volume) when warm dirs are off, or another build of the project holds it."""
+    settings, job = run.settings, run.job
+    why = None
+    if not settings.warm_bytes:
+        why = "warm target dirs are off on this worker (CROSSFARM_WARM_BYTES=0)"
+    elif settings.job_disk_bytes:
+        why = ("warm target dirs need CROSSFARM_JOB_DISK_BYTES=0 on this worker: a warm "
+               "dir would sit outside the job's hard disk budget")
+    elif job.tenant is None:
+        why = "the controller named no tenant for this job"
+    if why is not None:
+        run.log(f"crossfarm: cold target dir: {why}")
+        yield None
+        return
+    assert job.tenant is not None
+    cache = settings.scratch_dir / "blobs"
+    project = job.project
+    if project is None:
+        with cache_lock(cache):
+            project = project_of(tree, lambda sha: (cache / sha).read_bytes())
+    key = warm.WarmKey(job.tenant, project, job.target, job.cargo.profile)
+    with _shelf(run).borrow(key.name(settings.worker_name), key.affinity()) as loan:
+        if loan is None:
+            run.log(f"crossfarm: cold target dir: another build of {project} holds its warm "
+                    "dir on this worker")
+        yield loan
+
+
+def _shelf(run: JobRun) -> warm.WarmShelf:
+    return warm.WarmShelf(run.settings.scratch_dir / "warm")
+
+
+def _mtimes(run: JobRun, loan: Loan | None, tree: SourceTree) -> dict[str, float] | None:
+    """A warm build's source mtimes (see worker/warm.py), recorded before cargo sees
+    them; None for a cold build (every file at 0, as always)."""
+    if loan is None:
+        return None
+    now = time.time()
+    mtimes = warm.source_mtimes(loan.previous, tree, now)
+    _shelf(run).record(loan, tree, mtimes, used_at=now)
+    return mtimes
+
+
+def _evict_warm(run: JobRun) -> None:
+    """Warm dirs past the worker's budget go, least recently used first."""
+    if not run.settings.warm_bytes:
+        return
+    dropped = warm.evict(_shelf(run), run.settings.warm_bytes, run.tools.docker.remove_volume)
+    if dropped:
+        run.log(f"crossfarm: {len(dropped)} warm target dir(s) dropped to keep this worker "
+                f"under CROSSFARM_WARM_BYTES={run.settings.warm_bytes}")
 
 
 def _lock_file(run: JobRun, tree: SourceTree) -> bytes | None:
@@ -314,10 +398,13 @@ def _make_lock(run: JobRun, tree: SourceTree, scratch: Path) -> bytes:
     return made.read_bytes()
 
 
-def _compile(run: JobRun, locked: bool, inputs: list[IO[bytes]], tmp: Path) -> list[Path]:
-    """The build step, network off: `inputs` (tars) go into the job volume first."""
+def _compile(run: JobRun, locked: bool, inputs: list[IO[bytes]], tmp: Path,
+             loan: Loan | None = None) -> list[Path]:
+    """The build step, network off: `inputs` (tars) go into the job volume first; with
+    a `loan`, cargo's target dir is the warm one."""
     settings = run.settings
-    collector = ArtifactCollector(cargo.TARGET_DIR, settings.artifact_max_count)
+    target_dir = cargo.WARM_TARGET if loan is not None else cargo.TARGET_DIR
+    collector = ArtifactCollector(target_dir, settings.artifact_max_count)
 
     def sink(stream: str, line: str) -> None:
         if stream == "stdout" and collector.feed(line):
@@ -329,26 +416,66 @@ def _compile(run: JobRun, locked: bool, inputs: list[IO[bytes]], tmp: Path) -> l
         return run.stop()
 
     jobs = max(1, int(settings.build_cpus))
-    step = _step(run, cargo.build_command(run.job, locked, jobs), network=False)
-    with run.log.timed("build step"), run.tools.docker.container(step) as container:
-        for tar in inputs:
-            container.put(cargo.WORK, tar)
-        result = container.run(sink, run.deadline, stop, max_line=settings.log_line_max_bytes)
-        run.log.check()
-        if result.oom_killed:
-            raise BuildError("out-of-memory: the build container hit its memory limit of "
-                             f"{settings.build_memory_bytes} bytes", exit_code=result.exit_code)
-        if result.exit_code != 0 and run.tools.docker.volume_full(run.volume):
-            raise LimitExceeded("disk", "the job's writable space of "
-                                f"{settings.job_disk_bytes} bytes is full", settings.job_disk_bytes,
-                                "CROSSFARM_JOB_DISK_BYTES")
-        collector.check()
-        if result.exit_code != 0:
-            raise BuildError(f"cargo build failed with exit code {result.exit_code}",
-                             exit_code=result.exit_code)
-        out = tmp / "artifacts"
-        out.mkdir()
-        return _copy_artifacts(container, collector.paths, out, settings.artifact_max_bytes)
+    step = _step(run, cargo.build_command(run.job, locked, jobs), network=False, loan=loan)
+    if loan is not None:
+        run.tools.docker.keep_volume(loan.name, keys.warm_labels(settings.worker_name))
+    try:
+        with run.log.timed("build step"), run.tools.docker.container(step) as container:
+            for tar in inputs:
+                container.put(cargo.WORK, tar)
+            if loan is not None:
+                container.put(cargo.WARM, _target_dir_tar())
+            result = container.run(sink, run.deadline, stop,
+                                   max_line=settings.log_line_max_bytes)
+            run.log.check()
+            _say_warm(run, loan, collector.units)
+            return _after_build(run, container, result, collector, tmp)
+    finally:
+        if loan is not None:
+            _shelf(run).size(loan, run.tools.docker.volume_bytes(loan.name))
+
+
+def _after_build(run: JobRun, container: StepContainer, result: StepResult,
+                 collector: ArtifactCollector, tmp: Path) -> list[Path]:
+    settings = run.settings
+    if result.oom_killed:
+        raise BuildError("out-of-memory: the build container hit its memory limit of "
+                         f"{settings.build_memory_bytes} bytes", exit_code=result.exit_code)
+    if result.exit_code != 0 and run.tools.docker.volume_full(run.volume):
+        raise LimitExceeded("disk", "the job's writable space of "
+                            f"{settings.job_disk_bytes} bytes is full", settings.job_disk_bytes,
+                            "CROSSFARM_JOB_DISK_BYTES")
+    collector.check()
+    if result.exit_code != 0:
+        raise BuildError(f"cargo build failed with exit code {result.exit_code}",
+                         exit_code=result.exit_code)
+    out = tmp / "artifacts"
+    out.mkdir()
+    return _copy_artifacts(container, collector.paths, out, settings.artifact_max_bytes)
+
+
+def _say_warm(run: JobRun, loan: Loan | None, units: list[tuple[str, bool]]) -> None:
+    """The log line a warm build ends with: how many of cargo's units were fresh, and
+    which were rebuilt (from cargo's own compiler-artifact messages)."""
+    if loan is None:
+        return
+    fresh = sum(1 for _, was_fresh in units if was_fresh)
+    rebuilt = [name for name, was_fresh in units if not was_fresh]
+    first = " (its first build here)" if loan.new else ""
+    run.log(f"crossfarm: warm target dir{first}: {fresh} unit(s) fresh, {len(rebuilt)} "
+            f"rebuilt: {', '.join(rebuilt) or 'none'}")
+
+
+def _target_dir_tar() -> IO[bytes]:
+    """The warm volume's target folder, owned by the build user (the volume's root is
+    root's, and an engine copy never changes the owner of the folder it copies into)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        info = tarfile.TarInfo(cargo.WARM_TARGET.rsplit("/", 1)[-1])
+        info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, 0o755, BUILD_UID, BUILD_UID
+        tar.addfile(info)
+    out.seek(0)
+    return out
 
 
 def _disk(run: JobRun) -> DiskSpec | None:
@@ -381,9 +508,10 @@ def _stop_check(tools: Toolbox, job: JobMessage) -> StopCheck:
     return check
 
 
-def _step(run: JobRun, command: list[str], network: bool) -> Step:
+def _step(run: JobRun, command: list[str], network: bool, loan: Loan | None = None) -> Step:
     """The build step (network off: the job volume, the deps volume read-only, the
-    request's variables) or the lock step (network on: none of those)."""
+    request's variables, the warm target dir if lent) or the lock step (network on:
+    none of those)."""
     settings = run.settings
     binds, volumes, readonly = {}, {}, {}
     if network:
@@ -392,9 +520,12 @@ def _step(run: JobRun, command: list[str], network: bool) -> Step:
             binds[settings.ca_bundle] = _CA_IN_CONTAINER
             env["CARGO_HTTP_CAINFO"] = _CA_IN_CONTAINER
     else:
-        env = {**run.job.env, "CARGO_TARGET_DIR": cargo.TARGET_DIR,
+        target_dir = cargo.TARGET_DIR if loan is None else cargo.WARM_TARGET
+        env = {**run.job.env, "CARGO_TARGET_DIR": target_dir,
                "CARGO_HOME": f"{cargo.WORK}/{deps.CARGO_HOME}"}
         volumes, readonly = {run.volume: cargo.WORK}, {settings.deps_volume: deps.DEPS}
+        if loan is not None:
+            volumes[loan.name] = cargo.WARM
     return Step(
         image=run.image, command=command, workdir=cargo.SRC,
         user=f"{BUILD_UID}:{BUILD_UID}", env=env, network=network,

@@ -45,6 +45,11 @@ class WorkerSettings(FarmSettings):
     #: the hard budget of a job's writable space (/work: source, target dir, cargo home),
     #: a loop-mounted ext4 filesystem of this size; 0: no limit (a plain volume)
     job_disk_bytes: int = Field(default=20 * 1024**3, ge=0)
+    #: warm target dirs (worker/warm.py): the bytes all of them may hold on this worker
+    #: together, least recently used dropped first; 0: off, every build is cold. They
+    #: sit outside the job disk, so a worker with one (CROSSFARM_JOB_DISK_BYTES > 0)
+    #: builds cold: a target dir in a warm volume would escape the job's hard budget
+    warm_bytes: int = Field(default=0, ge=0)
     #: the size of each tmpfs of a build container (/tmp and the build user's HOME); its
     #: pages also count against the container's memory limit
     build_tmpfs_bytes: int = Field(default=512 * 1024**2, ge=1024**2)

@@ -14,7 +14,7 @@ import os
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -165,9 +165,11 @@ def trim_cache(cache: Path, budget_bytes: int, keep_s: float) -> tuple[int, int]
 
 
 def container_tar(tree: SourceTree, cache: Path, prefix: str, uid: int,
-                  keep: Callable[[str], bool] | None = None) -> IO[bytes]:
+                  keep: Callable[[str], bool] | None = None,
+                  mtimes: Mapping[str, float] | None = None) -> IO[bytes]:
     """The tree under `prefix`, owned by `uid`, as an uncompressed tar (only the entries
-    whose path `keep` accepts, if given).
+    whose path `keep` accepts, if given). Files' mtimes are 0 unless `mtimes` gives
+    them (a warm build's, see worker/warm.py): cargo compares them with its outputs'.
 
     The Docker engine keeps a tar's uid/gid when copying into a container, so the
     non-root build user owns its tree without a chown step as root.
@@ -192,6 +194,8 @@ def container_tar(tree: SourceTree, cache: Path, prefix: str, uid: int,
                 continue
             info = _info(name, tarfile.REGTYPE, 0o755 if entry.executable else 0o644, uid)
             info.size = entry.size
+            if mtimes is not None:
+                info.mtime = mtimes.get(entry.path, 0)
             with (cache / (entry.sha256 or "")).open("rb") as data:
                 tar.addfile(info, data)
     out.seek(0)

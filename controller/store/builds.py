@@ -68,6 +68,7 @@ class NewBuild:
     env: dict[str, dict[str, str]]
     submitter: str | None
     tenant: str = DEFAULT_TENANT
+    project: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class BuildSettings:
     cargo: CargoSpec
     timeout_s: int
     env: dict[str, str]
+    project: str | None = None
 
 
 def _build_view(build: BuildRow, positions: dict[str, int] | None = None) -> BuildView:
@@ -144,6 +146,7 @@ class BuildStore:
             env_sealed=self._vault.seal(new.env) if to_run and any(new.env.values()) else None,
             submitter=new.submitter,
             tenant=new.tenant,
+            project=new.project,
         )
         jobs = [_new_job(job, new.build_id, new.tenant, created)
                 for job in sorted(new.jobs, key=lambda job: job.target)]  # as views list them
@@ -234,6 +237,7 @@ class BuildStore:
                 cargo=CargoSpec.model_validate(builds[build_id].cargo),
                 timeout_s=builds[build_id].timeout_s,
                 env={**envs[build_id].get("all", {}), **envs[build_id].get(target, {})},
+                project=builds[build_id].project,
             )
             for build_id, target in jobs
         }

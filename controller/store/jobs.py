@@ -53,6 +53,8 @@ class JobRecord:
     tenant: str = DEFAULT_TENANT
     #: sha256 of the current attempt's lease secret; None until a worker starts it
     lease_hash: str | None = None
+    #: the worker whose own queue the current attempt went to (see keys.worker_queue)
+    routed_to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,8 @@ def job_view(job: JobRow, position: int | None = None) -> JobView:
 def _record(job: JobRow) -> JobRecord:
     manifest = Manifest.model_validate(job.manifest) if job.manifest else None
     return JobRecord(view=job_view(job), build_id=BuildId(job.build_id), manifest=manifest,
-                     sent_at=job.sent_at, tenant=job.tenant, lease_hash=job.lease_hash)
+                     sent_at=job.sent_at, tenant=job.tenant, lease_hash=job.lease_hash,
+                     routed_to=job.routed_to)
 
 
 class JobStore:
@@ -232,6 +235,17 @@ class JobStore:
             claimed += [replace(by_id[JobId(job_id)], sent_at=at) for job_id in won]
         return claimed
 
+    def route(self, job_id: JobId, attempt: int, worker: str | None, placed: str) -> bool:
+        """Say where a claimed job's message goes (`worker`'s own queue; None: the shared
+        one) and why; False if it moved on."""
+        with self._db.session() as session:
+            result = session.execute(
+                update(JobRow).where(JobRow.id == job_id, JobRow.attempt == attempt,
+                                     JobRow.state == BuildState.QUEUED.value)
+                .values(routed_to=worker, placed=placed)
+                .execution_options(synchronize_session=False))
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
     def unclaim(self, job_id: JobId, attempt: int, sent_at: datetime, waiting: str) -> bool:
         """Hold a claimed job again, as its message could not be sent (`waiting` says
         why); False if it moved on."""
@@ -240,7 +254,7 @@ class JobStore:
                 update(JobRow).where(JobRow.id == job_id, JobRow.attempt == attempt,
                                      JobRow.state == BuildState.QUEUED.value,
                                      JobRow.sent_at == sent_at)
-                .values(sent_at=None, waiting=waiting)
+                .values(sent_at=None, waiting=waiting, routed_to=None)
                 .execution_options(synchronize_session=False))
             return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
@@ -372,7 +386,7 @@ class JobStore:
         with self._db.session() as session:
             moved = self._update(session, job_id, BuildState.QUEUED, attempt, {
                 "attempt": attempt + 1, "queue": queue.name, "placed": placed,
-                "waiting": None, "sent_at": None, "lease_hash": None})
+                "waiting": None, "sent_at": None, "lease_hash": None, "routed_to": None})
         return self.get(job_id).view if moved else None
 
     def retry(self, job_id: JobId, attempt: int, queue: QueueKey, placed: str
@@ -385,5 +399,5 @@ class JobStore:
                 "state": BuildState.QUEUED.value, "attempt": attempt + 1, "queue": queue.name,
                 "placed": placed, "waiting": None, "worker": None, "mode": None,
                 "consumed_from": None, "started_at": None, "sent_at": None,
-                "lease_hash": None})
+                "lease_hash": None, "routed_to": None})
         return self.get(job_id).view if moved else None

@@ -97,6 +97,8 @@ class BuildRow(Base):
     #: none or once every job of the build has ended
     env_sealed: Mapped[str | None] = mapped_column(Text)
     submitter: Mapped[str | None] = mapped_column(String(200), index=True)
+    #: BuildRequest.project: whose warm target dir its jobs want (placer affinity)
+    project: Mapped[str | None] = mapped_column(String(200))
     #: who owns it: every read of a build, its jobs, logs and artifacts is scoped to it
     tenant: Mapped[str] = mapped_column(String(64), index=True, default=DEFAULT_TENANT)
     jobs: Mapped[list[JobRow]] = relationship(order_by="JobRow.target", lazy="selectin")
@@ -150,6 +152,9 @@ class JobRow(Base):
     image_id: Mapped[str | None] = mapped_column(String(200))
     #: served from the result cache: the earlier build whose artifacts it has
     cached_from: Mapped[str | None] = mapped_column(String(32))
+    #: the worker whose own queue the current attempt's message went to (it keeps the
+    #: project's warm target dir); None: the shared queue
+    routed_to: Mapped[str | None] = mapped_column(String(200))
 
     __table_args__ = (
         # The listing's state filter asks "has this build a job in state x?" per build.
@@ -169,7 +174,7 @@ class JobRow(Base):
 
 
 #: Bump on any change to the tables; a database made by another version is refused.
-SCHEMA_VERSION = 15
+SCHEMA_VERSION = 16
 
 
 class MetaRow(Base):

@@ -23,8 +23,8 @@ class FakeQueue:
         self.fetches = []
         self.worker = None
 
-    def enqueue(self, message, queue):
-        self.sent.append((message, queue.name))
+    def enqueue(self, message, queue, worker=None):
+        self.sent.append((message, queue.name if worker is None else f"{queue.name}@{worker}"))
 
     def fetch(self, message, expires_s):
         self.fetches.append(message)

@@ -113,3 +113,15 @@ def test_symlinks_are_members_with_their_link_names(cache):
 def test_file_contents_are_the_blobs(cache):
     _, contents = _members(cache)
     assert contents == {f"src/{path}": data for path, data in BLOBS.items()}
+
+
+def test_files_are_at_mtime_0_unless_given_one_which_keeps_its_fraction_of_a_second(cache):
+    with container_tar(TREE, cache, "src", UID) as out, tarfile.open(fileobj=out) as tar:
+        assert {m.mtime for m in tar.getmembers()} == {0}
+    mtimes = {"src/main.rs": 1796163046.123456}
+    with (container_tar(TREE, cache, "src", UID, mtimes=mtimes) as out,
+          tarfile.open(fileobj=out) as tar):
+        given = tar.getmember("src/src/main.rs")
+        assert (given.mtime, given.pax_headers["mtime"]) == (1796163046.123456,
+                                                             "1796163046.123456")
+        assert tar.getmember("src/Cargo.toml").mtime == 0
