@@ -150,12 +150,12 @@ class EgressProxy:
     def _serve(self, client: socket.socket) -> None:
         try:
             client.settimeout(_HANDSHAKE_TIMEOUT_S)
-            version, host, port = _handshake(client)
-            remote = self._connect(client, version, host, port)
+            host, port = _handshake(client)
+            remote = self._connect(client, host, port)
             if remote is None:
                 client.close()
                 return
-            client.sendall(_reply(version, _OK))
+            client.sendall(_reply(_OK))
             client.settimeout(None)
             self._relay(client, remote)
         except _Probe:
@@ -166,28 +166,27 @@ class EgressProxy:
             with contextlib.suppress(OSError):
                 client.close()
 
-    def _refuse(self, client: socket.socket, version: int, code: int, why: str) -> None:
+    def _refuse(self, client: socket.socket, code: int, why: str) -> None:
         self.log.refusals.append(why)
         log.info("git fetch egress refused: %s", why)
         with contextlib.suppress(OSError):
-            client.sendall(_reply(version, code))
+            client.sendall(_reply(code))
 
-    def _connect(self, client: socket.socket, version: int, host: str, port: int
-                 ) -> socket.socket | None:
+    def _connect(self, client: socket.socket, host: str, port: int) -> socket.socket | None:
         """A connection to the repository's host, or None (the client was told why)."""
         if not self._destination.matches(host, port):
-            self._refuse(client, version, _NOT_ALLOWED,
+            self._refuse(client, _NOT_ALLOWED,
                          f"{host}:{port} is not the repository's host ({self._destination.host}:"
                          f"{self._destination.port})")
             return None
         try:
             found = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
         except OSError as exc:
-            self._refuse(client, version, _UNREACHABLE, f"{host} does not resolve: {exc}")
+            self._refuse(client, _UNREACHABLE, f"{host} does not resolve: {exc}")
             return None
         addresses = [info for info in found if allowed_address(str(info[4][0]), self._networks)]
         if not addresses:
-            self._refuse(client, version, _NOT_ALLOWED,
+            self._refuse(client, _NOT_ALLOWED,
                          f"{host} resolves only to addresses that are not public "
                          f"({', '.join(sorted({str(i[4][0]) for i in found}))}) and not in "
                          "CROSSFARM_GIT_ALLOW_NETWORKS")
@@ -200,7 +199,7 @@ class EgressProxy:
         try:
             remote.connect(address)
         except OSError as exc:
-            self._refuse(client, version, _REFUSED, f"{host}:{port}: {exc}")
+            self._refuse(client, _REFUSED, f"{host}:{port}: {exc}")
             remote.close()
             return None
         remote.settimeout(None)
@@ -260,22 +259,19 @@ def _recv_exactly(sock: socket.socket, size: int, first: bool = False) -> bytes:
     return data
 
 
-def _handshake(client: socket.socket) -> tuple[int, str, int]:
-    """Read a CONNECT request, SOCKS5 (no authentication) or SOCKS4a (what socat speaks):
-    (version, host, port)."""
-    version, second = _recv_exactly(client, 2, first=True)
-    if version == 4:
-        return 4, *_socks4_request(client, second)
+def _handshake(client: socket.socket) -> tuple[str, int]:
+    """Read a SOCKS5 greeting (no authentication) and CONNECT request: (host, port)."""
+    version, count = _recv_exactly(client, 2, first=True)
     if version != 5:
-        raise _ProtocolError(f"SOCKS version {version} is neither 4 nor 5")
-    methods = _recv_exactly(client, second)
+        raise _ProtocolError(f"SOCKS version {version} is not 5")
+    methods = _recv_exactly(client, count)
     if 0 not in methods:
         client.sendall(b"\x05\xff")
         raise _ProtocolError("the client offers no unauthenticated method")
     client.sendall(b"\x05\x00")
     version, command, _, kind = _recv_exactly(client, 4)
     if version != 5 or command != 1:
-        client.sendall(_reply(5, _UNSUPPORTED))
+        client.sendall(_reply(_UNSUPPORTED))
         raise _ProtocolError(f"SOCKS command {command} is not CONNECT")
     if kind == 1:
         host = socket.inet_ntop(socket.AF_INET, _recv_exactly(client, 4))
@@ -285,37 +281,11 @@ def _handshake(client: socket.socket) -> tuple[int, str, int]:
         (length,) = _recv_exactly(client, 1)
         host = _recv_exactly(client, length).decode("ascii", errors="replace")
     else:
-        client.sendall(_reply(5, _UNSUPPORTED))
+        client.sendall(_reply(_UNSUPPORTED))
         raise _ProtocolError(f"SOCKS address type {kind} is unknown")
     (port,) = struct.unpack("!H", _recv_exactly(client, 2))
-    return 5, host, port
+    return host, port
 
 
-def _socks4_request(client: socket.socket, command: int) -> tuple[str, int]:
-    """The rest of a SOCKS4 CONNECT: port, address, user id, and (4a: address 0.0.0.x)
-    the host name."""
-    if command != 1:
-        client.sendall(_reply(4, _UNSUPPORTED))
-        raise _ProtocolError(f"SOCKS command {command} is not CONNECT")
-    (port,) = struct.unpack("!H", _recv_exactly(client, 2))
-    address = _recv_exactly(client, 4)
-    _recv_text(client)  # the user id, unused
-    if address[:3] == b"\0\0\0" and address[3]:
-        return _recv_text(client), port
-    return socket.inet_ntop(socket.AF_INET, address), port
-
-
-def _recv_text(client: socket.socket, limit: int = 255) -> str:
-    """A NUL-terminated field of at most `limit` bytes."""
-    data = b""
-    while (byte := _recv_exactly(client, 1)) != b"\0":
-        data += byte
-        if len(data) > limit:
-            raise _ProtocolError("a SOCKS4 field is too long")
-    return data.decode("ascii", errors="replace")
-
-
-def _reply(version: int, code: int) -> bytes:
-    if version == 4:  # 90: granted, 91: refused
-        return bytes([0, 90 if code == _OK else 91, 0, 0, 0, 0, 0, 0])
+def _reply(code: int) -> bytes:
     return bytes([5, code, 0, 1, 0, 0, 0, 0, 0, 0])

@@ -175,30 +175,3 @@ def test_an_allowed_network_lets_its_private_addresses_through():
 ])
 def test_a_urls_destination_is_its_host_and_port(url, host, port):
     assert Destination.of_url(url) == Destination(host, port)
-
-
-def socks4a_connect(path, host, port):
-    """A SOCKS4a CONNECT (as socat speaks it): (granted?, the socket)."""
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    _OPENED.append(client)
-    client.settimeout(10)
-    client.connect(str(path))
-    client.sendall(b"\x04\x01" + struct.pack("!H", port) + b"\x00\x00\x00\x01" + b"git\x00"
-                   + host.encode() + b"\x00")
-    reply = client.recv(8)
-    return reply[1] == 90, client
-
-
-def test_socks4a_reaches_the_repository_and_nothing_else(tmp_path, server):
-    other = Server()
-    try:
-        with EgressProxy(tmp_path / "socks", Destination("127.0.0.1", server.port), LOOPBACK,
-                         max_bytes=1 << 20):
-            granted, sock = socks4a_connect(tmp_path / "socks", "127.0.0.1", server.port)
-            assert granted
-            assert read_all(sock) == b"hello from the repository"
-            granted, _ = socks4a_connect(tmp_path / "socks", "127.0.0.1", other.port)
-            assert not granted
-        assert other.accepted == 0
-    finally:
-        other.close()
