@@ -12,16 +12,21 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import sqlite3
-from collections.abc import Iterator
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import helm_python
 import jsonschema
 import kubernetes_validate
+import psycopg
 import pytest
 import yaml
+from farm import free_port  # deploy/local, on the path via conftest
 from helm_python import Chart, HelmRenderError, HelmValuesError
 
 from crossfarm.controller.settings import ControllerSettings
@@ -54,6 +59,42 @@ DEFAULTS = CI_FILES["defaults"]
 KEDA = CI_FILES["keda-two-pools"]
 HOST_SOCKET = CI_FILES["host-socket"]
 EXTERNAL_PG = CI_FILES["external-postgresql"]
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[dict[str, str]]:
+    """A real PostgreSQL (Debian's) on a free loopback port, with password logins only
+    over TCP and a role `crossfarm` whose password is `pg-password`, as the chart's
+    values name them."""
+    binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    assert binaries, "PostgreSQL is missing: apt-get install postgresql (make install does)"
+    bin_dir = binaries[-1].parent
+    # initdb refuses root: the cluster then runs as the package's own user, in a
+    # directory it can reach (pytest's tmp dirs are root's alone)
+    root = Path(tempfile.mkdtemp(prefix="crossfarm-helm-pg-"))
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        shutil.chown(root, "postgres")
+    port = str(free_port())
+
+    def run(*argv: str | Path) -> None:
+        done = subprocess.run([*as_user, *map(str, argv)], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, f"{argv[0]}: {done.stdout}{done.stderr}"
+
+    run(bin_dir / "initdb", "-D", root / "data", "-U", "admin", "--auth-local=trust",
+        "--auth-host=scram-sha-256")
+    run(bin_dir / "pg_ctl", "-D", root / "data", "-l", root / "log", "-w", "-o",
+        f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start")
+    try:
+        for sql in ("CREATE ROLE crossfarm LOGIN PASSWORD 'pg-password'",
+                    "CREATE DATABASE crossfarm OWNER crossfarm"):
+            run(bin_dir / "psql", "-h", root, "-p", port, "-U", "admin", "-d", "postgres",
+                "-v", "ON_ERROR_STOP=1", "-c", sql)
+        yield {"host": "127.0.0.1", "port": port}
+    finally:
+        run(bin_dir / "pg_ctl", "-D", root / "data", "-m", "fast", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -336,15 +377,47 @@ def test_keda_scales_each_pool_and_leaves_its_replicas_to_keda(chart):
     assert base64.b64decode(secret["data"][ref["key"]]).decode() == "pg-password"
 
 
+def _sqlite_store(tmp_path: Path, _postgres: Callable[[], dict[str, str]]
+                  ) -> tuple[Store, Callable[[str], int]]:
+    database = tmp_path / "crossfarm.db"
+
+    def count(query: str) -> int:
+        with sqlite3.connect(database) as db:
+            return int(db.execute(query).fetchone()[0])
+
+    return Store(f"sqlite:///{database}"), count
+
+
+def _postgres_store(tmp_path: Path, postgres: Callable[[], dict[str, str]]
+                    ) -> tuple[Store, Callable[[str], int]]:
+    server = postgres()
+    conninfo = (f"host={server['host']} port={server['port']} dbname=crossfarm "
+                "user=crossfarm password=pg-password")
+    with psycopg.connect(conninfo, autocommit=True) as db:  # a fresh schema per test
+        db.execute("DROP SCHEMA public CASCADE")
+        db.execute("CREATE SCHEMA public")
+
+    def count(query: str) -> int:
+        with psycopg.connect(conninfo) as db:
+            row = db.execute(query).fetchone()
+            assert row is not None
+            return int(row[0])
+
+    url = (f"postgresql+psycopg://crossfarm:pg-password@{server['host']}:{server['port']}"
+           "/crossfarm")
+    return Store(url, KEDA["secretsKey"]), count
+
+
+@pytest.mark.parametrize("make_store", [_sqlite_store, _postgres_store],
+                         ids=["sqlite", "postgresql"])
 def test_keda_query_counts_the_waiting_and_running_jobs_of_exactly_the_pools_queues(
-        chart, tmp_path):
+        chart, tmp_path, request, make_store):
     objects = render(chart, KEDA)
     queries = {s["metadata"]["labels"]["crossfarm/pool"]: s["spec"]["triggers"][0]["metadata"]
                ["query"] for s in of_kind(objects, "ScaledObject")}
     # The controller's own store makes the table and records the jobs, as submits and
-    # workers would; the rendered query then runs on it as KEDA runs it on PostgreSQL.
-    database = tmp_path / "crossfarm.db"
-    store = Store(f"sqlite:///{database}")
+    # workers would; the rendered query then runs on it as KEDA runs it.
+    store, count = make_store(tmp_path, lambda: request.getfixturevalue("postgres"))
     amd64, arm64 = QueueKey(Arch.AMD64), QueueKey(Arch.ARM64)
     arm64_cross = QueueKey.parse("crossfarm.builds.arm64.cross")
     jobs = {queue: [new_job_id() for _ in range(count)]
@@ -360,8 +433,7 @@ def test_keda_query_counts_the_waiting_and_running_jobs_of_exactly_the_pools_que
     attempt = store.jobs.get(first).view.attempt
     store.jobs.start(jobs[amd64][1], attempt, worker="w")  # running: still demand
     store.jobs.finish(first, attempt, Outcome(BuildState.CANCELLED, reason="test"))  # not
-    with sqlite3.connect(database) as db:
-        counts = {pool: db.execute(query).fetchone()[0] for pool, query in queries.items()}
+    counts = {pool: count(query) for pool, query in queries.items()}
 
     assert counts == {"amd64": 2 + 4, "arm64": 2}
 
@@ -475,6 +547,30 @@ def test_postgresql_settings_reach_the_controller_once_and_the_password_only_fro
     assert settings.max_timeout_s == 21600
     assert settings.secrets_key is not None
     assert settings.secrets_key.get_secret_value() == KEDA["secretsKey"]
+
+
+def test_the_rendered_database_url_reaches_postgresql_with_the_secrets_password(
+        chart, postgres, monkeypatch):
+    values = with_values(KEDA, database={"type": "postgresql", "postgresql": {
+        "host": postgres["host"], "port": int(postgres["port"]), "sslmode": "disable",
+        "password": "pg-password"}})
+    objects = render(chart, values)
+    deployment = controller_deployment(objects)
+    environment = {**plain_env(container(deployment, "controller")),
+                   **_secret_env(objects, deployment, "controller")}
+    for name in [n for n in os.environ if n.startswith("CROSSFARM_")]:
+        monkeypatch.delenv(name)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    settings = ControllerSettings()
+    key = settings.secrets_key.get_secret_value() if settings.secrets_key else None
+
+    # The controller's own store opens what the chart renders: libpq takes the password
+    # from PGPASSWORD, as it would in the pod; a wrong one is refused, so it is that one.
+    Store(settings.database_url, key)
+    monkeypatch.setenv("PGPASSWORD", "not-the-password")
+    with pytest.raises(Exception, match="password authentication failed"):
+        Store(settings.database_url, key)
 
 
 def test_sqlite_keeps_one_controller_on_its_volume(chart):
