@@ -536,6 +536,9 @@ def test_postgresql_settings_reach_the_controller_once_and_the_password_only_fro
     assert _secret_env(objects, deployment, "controller")["PGPASSWORD"] == "pg-password"
     assert deployment["spec"]["replicas"] == 2
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    (budget,) = [b for b in of_kind(objects, "PodDisruptionBudget")
+                 if component(b) == "controller"]
+    assert budget["spec"]["selector"] == deployment["spec"]["selector"]
     assert not [o for o in of_kind(objects, "PersistentVolumeClaim")]
     # the controller's own settings read what the chart renders
     for name in [n for n in os.environ if n.startswith("CROSSFARM_")]:
