@@ -5,9 +5,11 @@ STATE ?= .crossfarm
 BUILDER_IMAGE ?= crossfarm/builder:1
 FETCHER_IMAGE ?= crossfarm/fetcher:1
 ARM64_IMAGE ?= crossfarm/arm64-test:1
-APT_PACKAGES := redis-server mmdebstrap qemu-user-static binfmt-support libc6-arm64-cross libgcc-s1-arm64-cross file git procps iproute2
+APT_PACKAGES := redis-server postgresql mmdebstrap qemu-user-static binfmt-support libc6-arm64-cross libgcc-s1-arm64-cross file git procps iproute2
 
-.PHONY: up down test lint typecheck unit integration install image images demo
+DIST ?= dist
+
+.PHONY: up down test lint typecheck unit integration install image images demo dist
 
 up: install image ## install what is missing, start the farm here, run a demo build
 	$(PYTHON) deploy/local/farm.py up --dir $(STATE)
@@ -42,7 +44,7 @@ install: ## apt and pip packages, only what is missing
 	if [ -n "$$missing" ]; then \
 	  echo "installing $$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
-	@$(PYTHON) -c "import crossfarm.controller, crossfarm.worker, fastapi, celery, docker, pytest" 2>/dev/null \
+	@$(PYTHON) -c "import crossfarm.controller, crossfarm.worker, fastapi, celery, docker, pytest, build, twine" 2>/dev/null \
 	  || $(PYTHON) -m pip install -q -e '.[dev]'
 	@docker info >/dev/null 2>&1 || { echo "the Docker engine does not answer: start dockerd" >&2; exit 1; }
 
@@ -56,6 +58,14 @@ image: ## the builder and fetcher images, built with no registry when missing
 # its script re-registers qemu-aarch64 with binfmt_misc every time, as a reboot drops it.
 images: image
 	deploy/images/arm64-test/build-offline.sh $(ARM64_IMAGE)
+
+# What CI installs the CLI from (docs/ci.md): the wheel, and the sdist it was built from
+# (python -m build makes the wheel out of the sdist, so a file the sdist lacks is missing
+# from the wheel too). Building needs PyPI for setuptools, as pip install does.
+dist: ## the wheel and the sdist in $(DIST)/, checked with twine
+	rm -rf $(DIST)
+	$(PYTHON) -m build --outdir $(DIST) .
+	$(PYTHON) -m twine check --strict $(DIST)/*
 
 demo: ## build the sample crate for both architectures on the running farm
 	@rm -rf $(STATE)/demo && cp -r tests/fixtures/hello-c $(STATE)/demo
