@@ -10,7 +10,7 @@
 # PostgreSQL, SeaweedFS for compose). IMAGES="crossfarm builder" picks some.
 # Each local build is named after a hash of its inputs (crossfarm-release/NAME:HASH-ARCH)
 # and reused while they are unchanged; FRESH=1 rebuilds anyway (new Debian updates).
-# The two architectures build side by side; arm64 runs under QEMU on an amd64 host.
+# Builds run two at a time (JOBS=2); arm64 runs under QEMU on an amd64 host.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -57,36 +57,43 @@ for name in $names; do
 done
 local_image() { echo "${local_names[$1/$2]}"; }
 
-build_arch() {
-  local arch=$1 name image
-  for name in $names; do
-    image=$(local_image "$name" "$arch")
-    if [ "${FRESH:-0}" != 1 ] && docker image inspect "$image" >/dev/null 2>&1; then
-      echo "release.sh: $image is up to date"
-      continue
-    fi
-    echo "release.sh: building $image"
-    "$here/$name/build-offline.sh" --arch "$arch" "$image"
-  done
+build_one() {
+  local name=$1 arch=$2 image
+  image=$(local_image "$name" "$arch")
+  if [ "${FRESH:-0}" != 1 ] && docker image inspect "$image" >/dev/null 2>&1; then
+    echo "release.sh: $image is up to date"
+    return 0
+  fi
+  echo "release.sh: building $image"
+  "$here/$name/build-offline.sh" --arch "$arch" "$image"
 }
 
+# Two builds at a time (JOBS), the emulated arm64 ones first: they take several times
+# longer, and one mmdebstrap mostly keeps one core busy.
 start=$(date +%s)
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
-pids=()
-for arch in $arches; do
-  build_arch "$arch" > "$logs/$arch.log" 2>&1 &
-  pids+=($!)
+queue=()
+for arch in arm64 amd64; do
+  for name in builder crossfarm infra fetcher; do
+    [[ " $names " == *" $name "* ]] && queue+=("$name/$arch")
+  done
 done
+for job in "${queue[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-2}" ]; do wait -n || true; done
+  log=$logs/${job/\//-}.log
+  ( rc=0; build_one "${job%/*}" "${job#*/}" > "$log" 2>&1 || rc=$?; echo "$rc" > "$log.rc" ) &
+done
+wait
 failed=0
-for i in "${!pids[@]}"; do
-  arch=$(echo $arches | cut -d' ' -f$((i + 1)))
-  if ! wait "${pids[$i]}"; then
+for job in "${queue[@]}"; do
+  log=$logs/${job/\//-}.log
+  if [ "$(cat "$log.rc" 2>/dev/null)" != 0 ]; then
     failed=1
-    echo "release.sh: the $arch images failed to build; the end of their log:" >&2
-    tail -n 40 "$logs/$arch.log" >&2
+    echo "release.sh: $job failed to build; the end of its log:" >&2
+    tail -n 40 "$log" >&2
   else
-    grep '^release.sh\|^built ' "$logs/$arch.log" || true
+    grep '^release.sh\|^built ' "$log" || true
   fi
 done
 [ "$failed" = 0 ] || exit 1

@@ -54,6 +54,7 @@ class ComposeFarm:
     client_token: str
     operator_token: str
     deps_volume: str
+    state: Path
 
     def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(["docker-compose", "--project-name", self.project,
@@ -62,6 +63,12 @@ class ComposeFarm:
         assert not check or done.returncode == 0, (
             f"docker-compose {' '.join(args)} exited {done.returncode}:\n{done.stderr}")
         return done
+
+    def save_logs(self) -> None:
+        """Every service's output, kept beside the .env for a failure's post-mortem."""
+        logs = self.compose("logs", "--no-color", check=False).stdout
+        if logs.strip():
+            (self.state / "compose.log").write_text(logs)
 
     def exec(self, service: str, *command: str) -> str:
         return self.compose("exec", "-T", service, *command).stdout.strip()
@@ -126,7 +133,8 @@ def farm(published: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
     env_file = state / ".env"
     env_file.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
     farm = ComposeFarm(project, env_file, f"http://127.0.0.1:{controller_port}",
-                       tokens["client"], tokens["operator"], values["CROSSFARM_DEPS_VOLUME"])
+                       tokens["client"], tokens["operator"], values["CROSSFARM_DEPS_VOLUME"],
+                       state)
     try:
         farm.compose("up", "-d")
         until(lambda: any(w["name"] == values["CROSSFARM_WORKER_NAME"]
@@ -134,8 +142,7 @@ def farm(published: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
               "the compose worker to come online", timeout=300, every=2)
         yield farm
     finally:
-        logs = farm.compose("logs", "--no-color", check=False).stdout
-        (state / "compose.log").write_text(logs)
+        farm.save_logs()
         farm.compose("down", "-v", "--timeout", "30", check=False)
 
 
@@ -179,6 +186,7 @@ def test_redis_keeps_an_append_only_file(farm: ComposeFarm) -> None:
 
 
 def test_down_with_volumes_leaves_nothing_of_the_project(farm: ComposeFarm) -> None:
+    farm.save_logs()
     farm.compose("down", "-v", "--timeout", "30")
     assert farm.leftovers() == {"container": [], "network": [], "volume": []}
     gone = subprocess.run(["docker", "volume", "inspect", farm.deps_volume],
