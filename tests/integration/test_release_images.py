@@ -85,6 +85,8 @@ def test_each_platform_pulled_by_digest_is_an_image_of_that_architecture(
         architecture, variant = PLATFORMS[arch]
         assert _inspect(reference, "{{.Os}}/{{.Architecture}}") == f"linux/{architecture}", name
         assert _inspect(reference, "{{.Variant}}") == (variant or ""), name
+        # The engine records where the image came from: this registry, by that digest.
+        assert reference in _inspect(reference, "{{json .RepoDigests}}"), name
 
 
 def test_the_controller_image_of_each_platform_runs_there_with_postgres_support(
