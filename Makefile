@@ -5,11 +5,11 @@ STATE ?= .crossfarm
 BUILDER_IMAGE ?= crossfarm/builder:1
 FETCHER_IMAGE ?= crossfarm/fetcher:1
 ARM64_IMAGE ?= crossfarm/arm64-test:1
-APT_PACKAGES := redis-server postgresql mmdebstrap qemu-user-static binfmt-support libc6-arm64-cross libgcc-s1-arm64-cross file git procps iproute2
+APT_PACKAGES := redis-server postgresql mmdebstrap qemu-user-static binfmt-support libc6-arm64-cross libgcc-s1-arm64-cross file git procps iproute2 docker-registry docker-compose
 
 DIST ?= dist
 
-.PHONY: up down test lint typecheck unit integration install image images demo dist
+.PHONY: up down test lint typecheck unit integration install image images demo dist release-images release-test
 
 up: install image ## install what is missing, start the farm here, run a demo build
 	$(PYTHON) deploy/local/farm.py up --dir $(STATE)
@@ -18,14 +18,14 @@ up: install image ## install what is missing, start the farm here, run a demo bu
 down: ## stop what `make up` started
 	$(PYTHON) deploy/local/farm.py down --dir $(STATE)
 
-test: install images lint typecheck ## every check and every test (builds missing images first)
-	$(PYTHON) -m pytest tests
+test: install images lint typecheck ## every check and every test but the release tier (builds missing images first)
+	$(PYTHON) -m pytest -m "not release" tests
 
 unit:
 	$(PYTHON) -m pytest tests/unit
 
 integration:
-	$(PYTHON) -m pytest tests/integration
+	$(PYTHON) -m pytest -m "not release" tests/integration
 
 lint:
 	$(PYTHON) -m ruff check .
@@ -66,6 +66,17 @@ dist: ## the wheel and the sdist in $(DIST)/, checked with twine
 	rm -rf $(DIST)
 	$(PYTHON) -m build --outdir $(DIST) .
 	$(PYTHON) -m twine check --strict $(DIST)/*
+
+# Every image for amd64 and arm64, pushed to REGISTRY with one manifest list per image
+# (deploy/images/release.sh): make release-images REGISTRY=127.0.0.1:5000 [TAG=0.1.0]
+release-images:
+	@[ -n "$(REGISTRY)" ] || { echo "make release-images REGISTRY=host:port [TAG=…]" >&2; exit 2; }
+	deploy/images/release.sh $(REGISTRY) $(TAG)
+
+# The slow tier: the images published to a registry on loopback, and compose brought up
+# from them with a build through it. Too slow for `make test`; .ci/run runs it after.
+release-test:
+	$(PYTHON) -m pytest -m release tests/integration/test_release_images.py tests/integration/test_compose.py
 
 demo: ## build the sample crate for both architectures on the running farm
 	@rm -rf $(STATE)/demo && cp -r tests/fixtures/hello-c $(STATE)/demo

@@ -1,31 +1,64 @@
 #!/usr/bin/env bash
-# Build the builder image with no container registry: mmdebstrap makes a Debian
-# rootfs from packages.txt, `docker import` turns it into an image, and the
-# Dockerfile's ENV/USER/WORKDIR lines become --change options.
-# Usage: build-offline.sh [IMAGE]   (default crossfarm/builder:1)
-# IMAGE_DIR (another image's folder: its packages.txt and Dockerfile) and ARCHITECTURES
-# let the other images reuse this script (deploy/images/fetcher/build-offline.sh).
+# Build the builder image with no container registry: mmdebstrap makes a Debian rootfs
+# of ARCH from packages.txt and packages-ARCH.txt, and rootfs_image.py loads it into the
+# engine as an image of that platform with the Dockerfile's ENV/USER/WORKDIR lines.
+# The builder is native to ARCH with a cross toolchain to the other architecture.
+# Usage: build-offline.sh [--arch amd64|arm64] [IMAGE]
+#   (default: this machine's architecture; crossfarm/builder:1)
+# A foreign ARCH runs under QEMU (binfmt_misc, set up when root): minutes, not seconds.
+# IMAGE_DIR (another image's folder: its packages*.txt and Dockerfile) lets the other
+# images reuse this script; ARCHITECTURES overrides the rootfs's architecture list
+# (the first is the native one).
 set -euo pipefail
-here=${IMAGE_DIR:-$(cd "$(dirname "$0")" && pwd)}
-image=${1:-crossfarm/builder:1}
-architectures=${ARCHITECTURES:-amd64,arm64}
+images=$(cd "$(dirname "$0")/.." && pwd)
+here=${IMAGE_DIR:-$images/builder}
+usage="usage: build-offline.sh [--arch amd64|arm64] [IMAGE]"
+arch=$(dpkg --print-architecture)
+image=crossfarm/builder:1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --arch) [ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }; arch=$2; shift 2 ;;
+    --arch=*) arch=${1#--arch=}; shift ;;
+    -*) echo "$usage" >&2; exit 2 ;;
+    *) image=$1; shift ;;
+  esac
+done
+case "$arch" in
+  amd64|x86_64) arch=amd64 ;;
+  arm64|aarch64) arch=arm64 ;;
+  *) echo "build-offline.sh: unknown architecture '$arch': use amd64 or arm64" >&2; exit 2 ;;
+esac
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 security=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 
 command -v mmdebstrap >/dev/null || { echo "build-offline.sh: mmdebstrap is missing (apt-get install mmdebstrap)" >&2; exit 1; }
+# shellcheck source=../binfmt.sh
+. "$images/binfmt.sh"
+ensure_binfmt "$arch"
 
+lists=("$here/packages.txt")
+[ -f "$here/packages-$arch.txt" ] && lists+=("$here/packages-$arch.txt")
+packages=$(cat "${lists[@]}" | grep -v '^#' | grep -v '^[[:space:]]*$' | paste -sd, -)
+# The cross toolchain's standard library is the other architecture's package
+# (libstd-rust-web-dev:arm64): every :ARCH qualifier joins the rootfs's architectures.
+foreign=$(cat "${lists[@]}" | grep -v '^#' | grep -o ':[a-z0-9]*$' | tr -d : | sort -u | grep -vx "$arch" || true)
+architectures=${ARCHITECTURES:-$(printf '%s\n' "$arch" $foreign | paste -sd, -)}
+arch=${architectures%%,*}
+
+start=$(date +%s)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-packages=$(grep -v '^#' "$here/packages.txt" | paste -sd, -)
-
 mmdebstrap --variant=apt --architectures="$architectures" --include="$packages" \
   --customize-hook='chroot "$1" useradd --uid 10001 --create-home builder' \
   --customize-hook='mkdir -p "$1/work" "$1/cargo" && chown 10001:10001 "$1/work" "$1/cargo"' \
   --customize-hook='rm -rf "$1/var/lib/apt/lists/"* "$1/var/cache/apt/"*' \
   bookworm "$tmp/rootfs.tar" "deb $mirror bookworm main" "deb $security bookworm-security main"
 
-changes=()
-while IFS= read -r line; do changes+=(--change "$line"); done \
-  < <(grep -E '^(ENV|USER|WORKDIR) ' "$here/Dockerfile")
-docker import "${changes[@]}" "$tmp/rootfs.tar" "$image" >/dev/null
-echo "built $image"
+previous=$(docker image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
+python3 "$images/rootfs_image.py" --arch "$arch" --dockerfile "$here/Dockerfile" \
+  "$tmp/rootfs.tar" "$image" >/dev/null
+# A rebuild leaves the old image untagged; drop it unless a container still uses it.
+if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect --format '{{.Id}}' "$image")" ]; then
+  docker rmi "$previous" >/dev/null 2>&1 || true
+fi
+echo "built $image ($arch) in $(( $(date +%s) - start )) s"
