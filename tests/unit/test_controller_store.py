@@ -1,6 +1,9 @@
+import json
 from datetime import datetime
 
 import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import text
 
 from crossfarm.controller.store import Store
 from crossfarm.controller.store.builds import BuildSettings, NewBuild, NewJob
@@ -28,6 +31,8 @@ DIGEST = "0123456789abcdef" * 4
 CARGO = CargoSpec(profile="release", features=["tls", "serde/derive"], all_features=False,
                   no_default_features=True, cargo_args=["--locked", "--bin", "app"])
 ARM64_CROSS = QueueKey.parse("crossfarm.builds.arm64.cross")
+#: PostgreSQL has no key file beside it: the controller is given one
+SECRETS_KEY = Fernet.generate_key().decode()
 
 
 def _new_job(job_id, target, arch, **overrides):
@@ -58,13 +63,18 @@ def _new_build(build_id=BUILD):
 
 
 @pytest.fixture
-def db_url(tmp_path):
-    return f"sqlite:///{tmp_path}/db.sqlite"
+def db_url(database_url):
+    """Each test runs on SQLite and on PostgreSQL (tests/conftest.py)."""
+    return database_url
+
+
+def _open(db_url):
+    return Store(db_url, SECRETS_KEY if db_url.startswith("postgresql") else None)
 
 
 @pytest.fixture
 def store(db_url):
-    store = Store(db_url)
+    store = _open(db_url)
     yield store
     store.close()
 
@@ -121,7 +131,7 @@ def test_a_build_reads_back_with_its_request_fields(store, built):
 def test_a_build_outlives_the_store_that_wrote_it(db_url, store, built):
     store.jobs.start(X86_JOB, 1, worker="w1")
     store.close()
-    reopened = Store(db_url)
+    reopened = _open(db_url)
     try:
         view = reopened.builds.get(BUILD)
         assert view.build_id == BUILD
@@ -610,15 +620,17 @@ def _build_with_secrets(store):
     ))
 
 
-def _raw_build_row(tmp_path):
-    import sqlite3
+def _raw_build_row(store):
+    """The row as the database holds it, past the store's types."""
+    with store.db.engine.connect() as db:
+        names, sealed = db.execute(text("SELECT env_names, env_sealed FROM builds WHERE id = :id"),
+                                   {"id": BUILD}).one()
+    # A JSON column reads back as text from SQLite and parsed from PostgreSQL.
+    return (names if isinstance(names, str) else json.dumps(names)), sealed
 
-    with sqlite3.connect(tmp_path / "db.sqlite") as db:
-        return db.execute("SELECT env_names, env_sealed FROM builds WHERE id = ?",
-                          (BUILD,)).fetchone()
 
-
-def test_no_byte_of_the_database_holds_a_variables_value_in_clear(tmp_path, store):
+def test_no_byte_of_the_sqlite_database_holds_a_variables_value_in_clear(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/db.sqlite")
     _build_with_secrets(store)
     store.close()  # the write-ahead log is folded into the database file
     files = list(tmp_path.glob("db.sqlite*"))
@@ -627,9 +639,9 @@ def test_no_byte_of_the_database_holds_a_variables_value_in_clear(tmp_path, stor
         assert SECRET.encode() not in path.read_bytes()
 
 
-def test_the_build_row_holds_the_names_in_clear_and_the_values_sealed(tmp_path, store):
+def test_the_build_row_holds_the_names_in_clear_and_the_values_sealed(store):
     _build_with_secrets(store)
-    names, sealed = _raw_build_row(tmp_path)
+    names, sealed = _raw_build_row(store)
     assert names == '["API_TOKEN", "PIN"]'
     assert sealed
     assert SECRET not in sealed
@@ -642,37 +654,37 @@ def test_a_job_gets_its_variables_back_from_the_sealed_values(store):
     assert store.builds.settings(BUILD, ARM).env == {"API_TOKEN": SECRET, "PIN": SHORT}
 
 
-def test_while_a_job_of_the_build_may_still_run_its_values_are_kept(tmp_path, store):
+def test_while_a_job_of_the_build_may_still_run_its_values_are_kept(store):
     _build_with_secrets(store)
     store.jobs.start(X86_JOB, 1, worker="w1")
     store.jobs.finish(X86_JOB, 1, Outcome(BuildState.SUCCEEDED, exit_code=0))
     store.jobs.start(ARM_JOB, 1, worker="w2")
     store.jobs.retry(ARM_JOB, 1, QueueKey.parse("crossfarm.builds.arm64"), "its worker was lost")
-    assert _raw_build_row(tmp_path)[1] is not None
+    assert _raw_build_row(store)[1] is not None
     assert store.builds.settings(BUILD, ARM).env == {"API_TOKEN": SECRET, "PIN": SHORT}
 
 
 @pytest.mark.parametrize("last", [BuildState.SUCCEEDED, BuildState.FAILED, BuildState.CANCELLED])
 def test_once_every_job_has_ended_the_values_are_gone_and_the_names_remain(
-        tmp_path, store, last):
+        store, last):
     _build_with_secrets(store)
     store.jobs.finish(X86_JOB, 1, Outcome(BuildState.CANCELLED))
     store.jobs.start(ARM_JOB, 1, worker="w1")
     store.jobs.finish(ARM_JOB, 1, Outcome(last, exit_code=0))
-    assert _raw_build_row(tmp_path) == ('["API_TOKEN", "PIN"]', None)
+    assert _raw_build_row(store) == ('["API_TOKEN", "PIN"]', None)
     assert store.builds.get(BUILD).env_names == ["API_TOKEN", "PIN"]
     assert store.builds.settings(BUILD, ARM).env == {}
 
 
-def test_a_stale_attempt_ending_does_not_drop_the_values(tmp_path, store):
+def test_a_stale_attempt_ending_does_not_drop_the_values(store):
     _build_with_secrets(store)
     store.jobs.finish(X86_JOB, 1, Outcome(BuildState.CANCELLED))
     assert store.jobs.finish(ARM_JOB, 7, Outcome(BuildState.CANCELLED)) is None
-    assert _raw_build_row(tmp_path)[1] is not None
+    assert _raw_build_row(store)[1] is not None
 
 
-def test_ending_one_builds_jobs_leaves_another_builds_values(tmp_path, store):
+def test_ending_one_builds_jobs_leaves_another_builds_values(store):
     _build_with_secrets(store)
     _one_job_build(store, "b-0000000000000001", "j-0000000000000001")
     store.jobs.finish(JobId("j-0000000000000001"), 1, Outcome(BuildState.CANCELLED))
-    assert _raw_build_row(tmp_path)[1] is not None
+    assert _raw_build_row(store)[1] is not None
