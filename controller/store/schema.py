@@ -74,6 +74,21 @@ class _UTCDateTime(TypeDecorator[datetime]):
         return as_utc(value) if value is not None else None
 
 
+class _Clipped(TypeDecorator[str]):
+    """Free text (a reason, a placement note) cut to its column's length, its last kept
+    character replaced by "…": PostgreSQL refuses a longer value where SQLite kept it
+    whole, and the move that writes such a text must not fail for its length."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        length = self.impl.length  # type: ignore[attr-defined]
+        if value is not None and len(value) > length:
+            return value[:length - 1] + "…"
+        return value
+
+
 #: The tenant of a farm with no tokens (the loopback `make up` farm) and of old records.
 DEFAULT_TENANT = "default"
 
@@ -127,8 +142,8 @@ class JobRow(Base):
     mode: Mapped[str | None] = mapped_column(String(16))
     consumed_from: Mapped[str | None] = mapped_column(String(100))
     placement: Mapped[str] = mapped_column(String(16))
-    placed: Mapped[str | None] = mapped_column(String(500))
-    waiting: Mapped[str | None] = mapped_column(String(500))
+    placed: Mapped[str | None] = mapped_column(_Clipped(500))
+    waiting: Mapped[str | None] = mapped_column(_Clipped(500))
     wait_limit_s: Mapped[int | None]
     queued_at: Mapped[datetime]
     #: when a queued job fails unless a worker started it: queued_at + wait_limit_s
@@ -139,7 +154,7 @@ class JobRow(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     exit_code: Mapped[int | None]
-    reason: Mapped[str | None] = mapped_column(String(4000))
+    reason: Mapped[str | None] = mapped_column(_Clipped(4000))
     manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     #: sha256 (hex) of the secret the current attempt's worker was given when it started
     #: it, never the secret: only that worker can report the attempt's outcome

@@ -1,5 +1,5 @@
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 from cryptography.fernet import Fernet
@@ -223,6 +223,27 @@ def test_a_failed_job_keeps_its_reason(store, built):
     assert view.reason == "cargo build failed with exit code 101"
     assert store.jobs.get(ARM_JOB).view.exit_code == 101
     assert store.jobs.get(ARM_JOB).manifest is None
+
+
+def test_a_reason_longer_than_its_column_is_kept_cut_and_marked(store, built):
+    # PostgreSQL refuses a value past a VARCHAR's length (SQLite kept it whole): a worker's
+    # long reason must not make its finish report fail.
+    store.jobs.start(ARM_JOB, 1)
+    view = store.jobs.finish(ARM_JOB, 1, Outcome(BuildState.FAILED, reason="x" * 10_000))
+    assert view.state is BuildState.FAILED
+    assert view.reason == "x" * 3999 + "…"
+
+
+def test_a_placement_note_that_grows_with_each_resend_stays_within_its_column(store, built):
+    placed = "native: an arm64 worker is online"
+    for attempt in range(1, 40):
+        store.jobs.claim([store.jobs.get(ARM_JOB)], datetime.now(UTC))
+        placed = f"{placed} (re-sent: the broker lost it)"
+        assert store.jobs.requeue(ARM_JOB, attempt, QueueKey.parse("crossfarm.builds.arm64"),
+                                  placed) is not None
+    view = store.jobs.get(ARM_JOB).view
+    assert len(view.placed) == 500
+    assert view.placed.endswith("…")
 
 
 def test_a_stale_attempt_returns_none_and_changes_nothing(store, built):
