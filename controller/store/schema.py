@@ -26,7 +26,6 @@ from sqlalchemy import (
     TypeDecorator,
     create_engine,
     event,
-    inspect,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import (
@@ -82,10 +81,13 @@ class _Clipped(TypeDecorator[str]):
     impl = String
     cache_ok = True
 
+    def __init__(self, length: int) -> None:
+        super().__init__(length)
+        self.length = length
+
     def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
-        length = self.impl.length  # type: ignore[attr-defined]
-        if value is not None and len(value) > length:
-            return value[:length - 1] + "…"
+        if value is not None and len(value) > self.length:
+            return value[:self.length - 1] + "…"
         return value
 
 
@@ -188,7 +190,8 @@ class JobRow(Base):
     )
 
 
-#: Bump on any change to the tables; a database made by another version is refused.
+#: The head revision in migrations/versions/: a change to the tables is a new revision
+#: there, and this number bumped with it (a test holds the two equal).
 SCHEMA_VERSION = 16
 
 
@@ -357,7 +360,7 @@ class Kept(Generic[_K, _T]):
 
 
 class Database:
-    """One engine and its transactions; refuses a database another schema version made.
+    """One engine and its transactions (migrations.prepare has made the database ready).
 
     Each transaction that writes is seen by `clock` (for the caches of the stores) and,
     on SQLite, holds `_write_lock` from its first write to its commit: SQLite takes one
@@ -365,34 +368,13 @@ class Database:
     up to 100 ms, where a lock hands over at once."""
 
     def __init__(self, url: str) -> None:
-        self.engine = _create_engine(url)
+        self.engine = create_database_engine(url)
         sqlite = url.startswith("sqlite")
         self.clock = WriteClock(enabled=sqlite)
         self._write_lock = threading.RLock() if sqlite else None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         event.listen(self._sessions, "before_flush", self._flushing)
         event.listen(self._sessions, "do_orm_execute", self._executing)
-        self._check_schema(url)
-
-    def _check_schema(self, url: str) -> None:
-        """Create the tables in an empty database; refuse one another version made, rather
-        than fail later on a missing column."""
-        existing = set(inspect(self.engine).get_table_names())
-        if not existing:
-            Base.metadata.create_all(self.engine)
-            with self.session() as session:
-                session.add(MetaRow(key="schema_version", value=str(SCHEMA_VERSION)))
-            return
-        version = None
-        if MetaRow.__tablename__ in existing:
-            with self.session() as session:
-                row = session.get(MetaRow, "schema_version")
-                version = row.value if row else None
-        if version != str(SCHEMA_VERSION):
-            raise RuntimeError(
-                f"the database at {url} has schema version {version or 'unknown'}; this "
-                f"controller needs {SCHEMA_VERSION}. There are no migrations yet: keep the old "
-                "database with its controller, or point CROSSFARM_DATABASE_URL at a new one.")
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -433,9 +415,22 @@ class Database:
         self.engine.dispose()
 
 
-def _create_engine(url: str) -> Engine:
-    if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+#: the URL schemes of the databases crossfarm runs on (settings.py checks them first)
+_POSTGRES_SCHEMES = ("postgresql", "postgresql+psycopg", "postgres")
+
+
+def create_database_engine(url: str) -> Engine:
+    """The engine for a SQLite or PostgreSQL URL; `postgresql://` (and `postgres://`)
+    mean the psycopg 3 driver, the one crossfarm ships with (the `postgres` extra)."""
+    scheme = url.split("://", 1)[0]
+    if scheme in _POSTGRES_SCHEMES:
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+        try:
+            return create_engine(url, pool_pre_ping=True)
+        except ModuleNotFoundError as exc:
+            raise RuntimeError(
+                f"the PostgreSQL driver is not installed ({exc}): install crossfarm with its "
+                "postgres extra, e.g. pip install 'crossfarm[controller,postgres]'") from None
     path = url.removeprefix("sqlite:///")
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)

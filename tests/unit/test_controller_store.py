@@ -497,16 +497,6 @@ def test_a_blob_recorded_alone_keeps_its_place_when_a_pack_repeats_it(store):
     assert store.sources.blob_packs([_digest(1)]) == {}
 
 
-def test_a_database_from_another_schema_version_is_refused_with_what_to_do(tmp_path):
-    import sqlite3
-
-    path = tmp_path / "old.sqlite"
-    with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE builds (id TEXT PRIMARY KEY)")
-    with pytest.raises(RuntimeError, match="schema version unknown; this controller needs"):
-        Store(f"sqlite:///{path}")
-
-
 def test_a_job_reads_back_with_its_placement_and_wait_limit(store):
     store.builds.add(NewBuild(
         build_id=BUILD, source=DIGEST, cargo=CargoSpec(), timeout_s=60, env={}, submitter=None,
