@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from sqlalchemy import (
     JSON,
@@ -22,11 +22,14 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     String,
+    Table,
     Text,
     TypeDecorator,
     create_engine,
     event,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import (
     DeclarativeBase,
@@ -285,6 +288,19 @@ class WorkerRow(Base):
     started_at: Mapped[datetime]
     last_seen: Mapped[datetime]
     drain: Mapped[bool] = mapped_column(default=False)
+
+
+def insert_new(session: Session, row_type: type[Base], rows: list[dict[str, Any]]) -> None:
+    """Insert those of `rows` whose keys are not there yet, leaving the rows there as
+    they are (INSERT … ON CONFLICT DO NOTHING): requests adding the same keys at once
+    all succeed, where a read-then-insert lets two of them see a key missing and the
+    second fail on it (SQLite too: its write lock is taken at the first write, after
+    the read)."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    session.execute(insert(cast(Table, row_type.__table__)).on_conflict_do_nothing(), rows)
 
 
 class WriteClock:

@@ -1,4 +1,5 @@
 import json
+import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -378,6 +379,35 @@ def test_adding_a_tree_twice_keeps_the_first_record(store):
     store.sources.add_tree(
         SourceStatus(digest=_digest(9), files=3, total_bytes=48, commit="b" * 40))
     assert store.sources.tree(_digest(9)).commit is None
+
+
+def test_requests_adding_the_same_blobs_and_tree_at_once_all_succeed(store):
+    # Parallel CI jobs of one commit send the same files together. SQLite takes one
+    # writer at a time; PostgreSQL (and several controllers on it) runs them side by
+    # side, where "insert what is not there yet" raced into duplicate keys.
+    errors = []
+
+    def add(round_, start):
+        start.wait()
+        try:
+            store.sources.add_blobs({_digest(round_ * 100 + n): n for n in range(30)},
+                                    tenant="acme")
+            store.sources.add_tree(SourceStatus(digest=_digest(round_ * 100), files=30,
+                                                total_bytes=435), "acme")
+        except Exception as exc:  # every thread's outcome is asserted below
+            errors.append(exc)
+
+    for round_ in range(1, 6):
+        start = threading.Barrier(6)
+        adding = [threading.Thread(target=add, args=(round_, start)) for _ in range(6)]
+        for thread in adding:
+            thread.start()
+        for thread in adding:
+            thread.join()
+    assert errors == []
+    assert store.sources.missing_blobs([_digest(500 + n) for n in range(30)], "acme") == []
+    assert store.sources.source_bytes("acme") == 5 * sum(range(30))
+    assert store.sources.tree(_digest(300), "acme").files == 30
 
 
 def test_an_unknown_tree_is_not_found_and_says_how_to_send_it(store):
