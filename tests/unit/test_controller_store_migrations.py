@@ -19,8 +19,10 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from cryptography.fernet import Fernet
+from pydantic import ValidationError
 from sqlalchemy import MetaData, create_engine, inspect, text
 
+from crossfarm.controller.settings import ControllerSettings
 from crossfarm.controller.store import Store, migrations
 from crossfarm.controller.store.jobs import Outcome
 from crossfarm.controller.store.schema import SCHEMA_VERSION, Base
@@ -264,3 +266,31 @@ def test_the_refusal_names_the_database_without_its_password(postgres):
 def test_an_in_memory_sqlite_database_is_refused_with_what_to_give():
     with pytest.raises(ValueError, match="give a file"):
         migrations.prepare("sqlite://")
+
+
+def test_the_controller_refuses_to_serve_a_database_behind_and_names_the_command(database_url):
+    _at(database_url, "15")
+    env = {**os.environ, "CROSSFARM_DATABASE_URL": database_url,
+           "CROSSFARM_SECRETS_KEY": KEY}
+    done = subprocess.run([sys.executable, "-m", "crossfarm.controller"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "at schema revision 15; this controller needs 16" in done.stderr
+    assert "crossfarm-controller migrate" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_plain_postgresql_url_means_the_psycopg_driver(postgres):
+    url = postgres.database().replace("postgresql+psycopg://", "postgresql://")
+    store = Store(url, KEY)
+    try:
+        assert store.db.engine.dialect.driver == "psycopg"
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("url", ["mysql://db/crossfarm", "crossfarm.db",
+                                 "postgresql+psycopg2://x/y"])
+def test_a_database_url_crossfarm_does_not_run_on_is_refused_naming_the_two_it_does(url):
+    with pytest.raises(ValidationError, match="must be sqlite:///PATH or postgresql://"):
+        ControllerSettings(database_url=url)
