@@ -40,7 +40,7 @@ class ControllerSettings(FarmSettings):
     #: `postgres` extra)
     database_url: str = "sqlite:///.crossfarm/crossfarm.db"
     #: upgrade a database behind this controller's schema at start-up; off, such a database
-    #: is refused and `crossfarm-controller migrate` upgrades it (docs/operations.md)
+    #: is refused and `crossfarm-controller migrate` upgrades it (docs/database.md)
     migrate_on_start: bool = False
     #: the Fernet key sealing build variables in the database; required with PostgreSQL,
     #: while a SQLite farm without it keeps a key file beside its database
