@@ -28,6 +28,15 @@ _BINARIES = "/usr/lib/postgresql/*/bin"
 _INSTALL = "apt-get install -y postgresql (make install does it)"
 
 
+#: what the tests give a controller on PostgreSQL as CROSSFARM_SECRETS_KEY (SQLite keeps a
+#: key file beside the database; a PostgreSQL farm must be given one)
+SECRETS_KEY = "Vm9mZ2xhZ2VuLWtleS1mb3ItdGVzdHMtb25seS0xMjM="
+
+
+def secrets_key(database_url: str) -> str | None:
+    return SECRETS_KEY if database_url.startswith("postgresql") else None
+
+
 class PostgresUnavailable(RuntimeError):
     """The server cannot be started here; the message says what to install or fix."""
 
