@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     ForeignKey,
     Index,
@@ -195,7 +196,7 @@ class JobRow(Base):
 
 #: The head revision in migrations/versions/: a change to the tables is a new revision
 #: there, and this number bumped with it (a test holds the two equal).
-SCHEMA_VERSION = 16
+SCHEMA_VERSION = 17
 
 
 class MetaRow(Base):
@@ -209,7 +210,7 @@ class BlobRow(Base):
     __tablename__ = "blobs"
 
     digest: Mapped[str] = mapped_column(String(64), primary_key=True)
-    size: Mapped[int]
+    size: Mapped[int] = mapped_column(BigInteger)
     #: the pack object holding it, or None when it is stored alone under blob_key
     pack: Mapped[str | None] = mapped_column(String(64))
     stored_at: Mapped[datetime]
@@ -220,7 +221,7 @@ class TreeRow(Base):
 
     digest: Mapped[str] = mapped_column(String(64), primary_key=True)
     files: Mapped[int]
-    total_bytes: Mapped[int]
+    total_bytes: Mapped[int] = mapped_column(BigInteger)
     commit: Mapped[str | None] = mapped_column(String(64))
     #: it has a Cargo.lock at its root (only then may the result cache serve its builds)
     locked: Mapped[bool] = mapped_column(default=False)
@@ -236,7 +237,7 @@ class TenantBlobRow(Base):
     tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
     digest: Mapped[str] = mapped_column(String(64), primary_key=True)
     #: repeated from the blob so a tenant's storage sums without a join
-    size: Mapped[int]
+    size: Mapped[int] = mapped_column(BigInteger)
 
 
 class TenantTreeRow(Base):

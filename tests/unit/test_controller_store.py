@@ -410,6 +410,17 @@ def test_requests_adding_the_same_blobs_and_tree_at_once_all_succeed(store):
     assert store.sources.tree(_digest(300), "acme").files == 30
 
 
+def test_sizes_past_two_gib_read_back_whole(store):
+    # PostgreSQL's INTEGER stops at 2**31 - 1 (SQLite's integers are 64-bit): a farm whose
+    # limits allow a 3 GiB file or tree must be able to record it.
+    big = 3 * 1024**3
+    store.sources.add_blobs({_digest(7): big}, tenant="acme")
+    store.sources.add_tree(SourceStatus(digest=_digest(8), files=1, total_bytes=big), "acme")
+    assert store.sources.blob_sizes([_digest(7)]) == {_digest(7): big}
+    assert store.sources.source_bytes("acme") == big
+    assert store.sources.tree(_digest(8), "acme").total_bytes == big
+
+
 def test_an_unknown_tree_is_not_found_and_says_how_to_send_it(store):
     with pytest.raises(NotFound, match="POST /v1/sources") as exc:
         store.sources.tree(_digest(7))

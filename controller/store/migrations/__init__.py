@@ -4,6 +4,7 @@ live in the package, so an installed wheel has them: one file per revision in
 
     15  baseline: the tables as crossfarm made them before migrations
     └── 16  builds.project, jobs.routed_to (placer affinity)
+        └── 17  byte counts (blob and tree sizes) in 64 bits
 
 What a controller does with the database it is given (`prepare`), in one transaction
 (on PostgreSQL under an advisory lock, so controllers starting together take turns):
@@ -39,12 +40,7 @@ from alembic.util.exc import CommandError
 from sqlalchemy import delete, event, inspect, select, text
 from sqlalchemy.engine import Connection, make_url
 
-from crossfarm.controller.store.schema import (
-    SCHEMA_VERSION,
-    Base,
-    MetaRow,
-    create_database_engine,
-)
+from crossfarm.controller.store.schema import Base, MetaRow, create_database_engine
 
 #: the command that upgrades a database, as the refusal names it
 MIGRATE = "crossfarm-controller migrate"
@@ -52,6 +48,8 @@ MIGRATE = "crossfarm-controller migrate"
 _LOCK = 0x63726F73  # "cros"
 #: the crossfarm_meta row a database made before migrations keeps its version in
 _LEGACY_KEY = "schema_version"
+#: the versions crossfarm made databases at before migrations, that revisions here match
+_LEGACY_VERSIONS = ("15", "16")
 
 
 class SchemaError(RuntimeError):
@@ -169,7 +167,7 @@ def _adopt(conn: Connection, url: str, tables: set[str]) -> str:
     if MetaRow.__tablename__ in tables:
         version = conn.scalar(select(MetaRow.value).where(MetaRow.key == _LEGACY_KEY))
     oldest = _scripts().get_base()
-    if version is None or not version.isdigit() or not 15 <= int(version) <= SCHEMA_VERSION:
+    if version not in _LEGACY_VERSIONS:
         raise SchemaError(
             f"the database at {_safe(url)} has tables but no schema revision crossfarm "
             f"knows (its version: {version or 'none'}; migrations start at {oldest}): "
