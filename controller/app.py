@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from crossfarm.controller import auth, errors, limits, placer, uploads
@@ -152,14 +153,17 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("migrate", help="upgrade the database (CROSSFARM_DATABASE_URL) to "
                                         "this controller's schema, then exit")
     command = parser.parse_args(argv).command
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ValidationError as exc:
+        raise SystemExit(f"crossfarm controller: {exc}") from None
     try:
         if command == "migrate":
             done = migrations.upgrade(settings.database_url)
             print(f"crossfarm-controller: {_upgraded(done)}")
             return
         migrations.prepare(settings.database_url, settings.migrate_on_start)
-    except migrations.SchemaError as exc:
+    except (migrations.SchemaError, migrations.Unreachable) as exc:
         raise SystemExit(f"crossfarm controller: {exc}") from None
     _serve(settings)
 

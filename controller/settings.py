@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
 
 from crossfarm.shared.arch import Placement
 from crossfarm.shared.settings import FarmSettings
@@ -35,6 +36,10 @@ class TenantQuota(BaseModel):
 
 class ControllerSettings(FarmSettings):
     """Everything the controller needs to know; the defaults are the single-machine farm's."""
+
+    # A refused value is not repeated in the error: a database URL carries its password,
+    # and the tokens are secrets.
+    model_config = SettingsConfigDict(hide_input_in_errors=True)
 
     #: sqlite:///PATH, or postgresql://USER:PASSWORD@HOST:PORT/DATABASE (psycopg 3: the
     #: `postgres` extra)

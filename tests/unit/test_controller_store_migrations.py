@@ -293,7 +293,14 @@ def test_a_plain_postgresql_url_means_the_psycopg_driver(postgres):
 
 
 @pytest.mark.parametrize("url", ["mysql://db/crossfarm", "crossfarm.db",
-                                 "postgresql+psycopg2://x/y"])
+                                 "postgresql+psycopg2://ops:hunter2@db/crossfarm"])
 def test_a_database_url_crossfarm_does_not_run_on_is_refused_naming_the_two_it_does(url):
-    with pytest.raises(ValidationError, match="must be sqlite:///PATH or postgresql://"):
+    with pytest.raises(ValidationError, match="must be sqlite:///PATH or postgresql://") as no:
         ControllerSettings(database_url=url)
+    assert "hunter2" not in str(no.value)
+
+
+def test_an_unreachable_database_is_named_without_its_password():
+    with pytest.raises(migrations.Unreachable, match="check CROSSFARM_DATABASE_URL") as no:
+        migrations.prepare("postgresql://ops:hunter2@127.0.0.1:1/crossfarm")
+    assert "hunter2" not in str(no.value)

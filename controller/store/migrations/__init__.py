@@ -39,6 +39,7 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import delete, event, inspect, select, text
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import OperationalError
 
 from crossfarm.controller.store.schema import Base, MetaRow, create_database_engine
 
@@ -61,6 +62,15 @@ class SchemaError(RuntimeError):
         self.database = database
         self.revision = revision
         self.head = head
+
+
+class Unreachable(RuntimeError):
+    """The database did not answer (down, wrong address or credentials); `database` is
+    its URL without the password."""
+
+    def __init__(self, message: str, database: str) -> None:
+        super().__init__(message)
+        self.database = database
 
 
 @dataclass(frozen=True)
@@ -188,7 +198,13 @@ def _locked(url: str) -> Iterator[Connection]:
         event.listen(engine, "connect", _driver_leaves_transactions_alone)
         event.listen(engine, "begin", _begin_immediate)
     try:
-        with engine.begin() as conn:
+        try:
+            conn = engine.connect()
+        except OperationalError as exc:
+            raise Unreachable(f"cannot open the database at {_safe(url)}: {exc.orig}; check "
+                              "CROSSFARM_DATABASE_URL and that the server is up",
+                              _safe(url)) from None
+        with conn, conn.begin():
             if engine.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK})
             yield conn
