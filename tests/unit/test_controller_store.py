@@ -450,6 +450,29 @@ def test_a_first_heartbeat_registers_the_worker(store):
     assert worker.last_seen.tzinfo is not None
 
 
+def test_a_first_heartbeat_sent_twice_at_once_registers_the_worker_once(store):
+    # A worker whose first heartbeat timed out sends it again while the first is still
+    # in flight (perhaps to another controller): neither may fail on the worker's key.
+    errors = []
+
+    def beat(name, start):
+        start.wait()
+        try:
+            store.workers.heartbeat(name, _heartbeat(), fresh_start=True)
+        except Exception as exc:  # every thread's outcome is asserted below
+            errors.append(exc)
+
+    for n in range(5):
+        start = threading.Barrier(4)
+        beats = [threading.Thread(target=beat, args=(f"w{n}", start)) for _ in range(4)]
+        for thread in beats:
+            thread.start()
+        for thread in beats:
+            thread.join()
+    assert errors == []
+    assert [worker.name for worker in store.workers.all()] == [f"w{n}" for n in range(5)]
+
+
 def test_a_later_heartbeat_updates_the_worker_but_keeps_its_start(store):
     store.workers.heartbeat("w1", _heartbeat(), fresh_start=True)
     [first] = store.workers.all()
