@@ -96,7 +96,9 @@ def _config(connection: Connection | None = None) -> Config:
 def head() -> str:
     """The newest revision: this controller's schema."""
     revision = _scripts().get_current_head()
-    assert revision is not None, "migrations/versions holds no revision"
+    if revision is None:
+        raise RuntimeError(f"{Path(__file__).parent / 'versions'} holds no revision: the "
+                           "installed package is incomplete; reinstall crossfarm")
     return revision
 
 
