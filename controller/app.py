@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import time
@@ -10,6 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from crossfarm.controller import auth, errors, limits, placer, uploads
@@ -22,7 +24,7 @@ from crossfarm.controller.api import workers as workers_api
 from crossfarm.controller.farm import Doorbell, Farm
 from crossfarm.controller.queue import CeleryJobQueue
 from crossfarm.controller.settings import ControllerSettings, load_settings
-from crossfarm.controller.store import Store
+from crossfarm.controller.store import Store, migrations
 from crossfarm.shared.arch import supported_targets
 from crossfarm.shared.broker import create_celery
 from crossfarm.shared.errors import StorageError
@@ -56,7 +58,7 @@ def create_farm(settings: ControllerSettings) -> Farm:
     return Farm(
         settings=settings,
         store=Store(settings.database_url, settings.secrets_key.get_secret_value()
-                    if settings.secrets_key else None),
+                    if settings.secrets_key else None, migrate=settings.migrate_on_start),
         queue=CeleryJobQueue(celery),
         events=Events(settings.redis_url, ended_ttl_s=settings.event_ttl_s),
         storage=storage,
@@ -142,10 +144,41 @@ def _openapi(app: FastAPI) -> dict[str, object]:
     return app.openapi_schema
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="crossfarm-controller",
+        description="The crossfarm controller, configured by CROSSFARM_* variables.")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="serve the API and place jobs (the default)")
+    commands.add_parser("migrate", help="upgrade the database (CROSSFARM_DATABASE_URL) to "
+                                        "this controller's schema, then exit")
+    command = parser.parse_args(argv).command
+    try:
+        settings = load_settings()
+    except ValidationError as exc:
+        raise SystemExit(f"crossfarm controller: {exc}") from None
+    try:
+        if command == "migrate":
+            done = migrations.upgrade(settings.database_url)
+            print(f"crossfarm-controller: {_upgraded(done)}")
+            return
+        migrations.prepare(settings.database_url, settings.migrate_on_start)
+    except (migrations.SchemaError, migrations.Unreachable) as exc:
+        raise SystemExit(f"crossfarm controller: {exc}") from None
+    _serve(settings)
+
+
+def _upgraded(done: migrations.Upgraded) -> str:
+    if done.before is None:
+        return f"the database was empty: made at schema revision {done.after}"
+    if done.before == done.after:
+        return f"the database is at schema revision {done.after} already"
+    return f"the database was upgraded from schema revision {done.before} to {done.after}"
+
+
+def _serve(settings: ControllerSettings) -> None:
     import uvicorn
 
-    settings = load_settings()
     problem = auth.settings_problem(settings)
     if problem:
         raise SystemExit(f"crossfarm controller: {problem}")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
 
 from crossfarm.shared.arch import Placement
 from crossfarm.shared.settings import FarmSettings
 from crossfarm.shared.storage import StorageSettings
 from crossfarm.shared.tree import TreeLimits
 
+#: what CROSSFARM_DATABASE_URL may start with: SQLite, or PostgreSQL through psycopg 3
+_DATABASE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgres")
 #: A token is printable and has no spaces: an empty or blank one is a mistake, not "open".
 _TOKEN = r"^[!-~]+$"
 
@@ -34,7 +37,16 @@ class TenantQuota(BaseModel):
 class ControllerSettings(FarmSettings):
     """Everything the controller needs to know; the defaults are the single-machine farm's."""
 
+    # A refused value is not repeated in the error: a database URL carries its password,
+    # and the tokens are secrets.
+    model_config = SettingsConfigDict(hide_input_in_errors=True)
+
+    #: sqlite:///PATH, or postgresql://USER:PASSWORD@HOST:PORT/DATABASE (psycopg 3: the
+    #: `postgres` extra)
     database_url: str = "sqlite:///.crossfarm/crossfarm.db"
+    #: upgrade a database behind this controller's schema at start-up; off, such a database
+    #: is refused and `crossfarm-controller migrate` upgrades it (docs/database.md)
+    migrate_on_start: bool = False
     #: the Fernet key sealing build variables in the database; required with PostgreSQL,
     #: while a SQLite farm without it keeps a key file beside its database
     secrets_key: SecretStr | None = None
@@ -97,6 +109,17 @@ class ControllerSettings(FarmSettings):
     tenant_quotas: dict[str, TenantQuota] = Field(default_factory=dict)
     host: str = "127.0.0.1"
     port: int = 8700
+
+    @field_validator("database_url")
+    @classmethod
+    def _a_database_crossfarm_runs_on(cls, url: str) -> str:
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        if scheme not in _DATABASE_SCHEMES:
+            raise ValueError(
+                f"CROSSFARM_DATABASE_URL must be sqlite:///PATH or "
+                f"postgresql://USER:PASSWORD@HOST:PORT/DATABASE, not a {scheme or 'bare'} "
+                "URL")
+        return url
 
     def storage(self) -> StorageSettings:
         return replace(super().storage(), public_endpoint_url=self.s3_public_endpoint)

@@ -1,17 +1,18 @@
 """The system of record: the only package that imports SQLAlchemy. SQLite by default,
 PostgreSQL by URL.
 
-One database, four stores by what they keep: `schema.py` (the tables, the engine, the
-schema-version check), `builds.py` (what was asked), `jobs.py` (where each target's job
-stands; every move a conditional UPDATE), `sources.py` (blobs and trees, and which tenant
-holds which), `workers.py` (heartbeats and drain requests), `tokens.py` (issued API
-tokens, by hash), `usage.py` (what each tenant holds, for its quotas). `Store` opens
-the database once and holds one of each.
-`vault.py` seals the values of a build's variables, the only values kept encrypted.
+One database, stores by what they keep: `schema.py` (the tables, the engine),
+`migrations/` (its revisions, applied by Alembic), `builds.py` (what was asked), `jobs.py`
+(where each target's job stands; every move a conditional UPDATE), `sources.py` (blobs
+and trees, and which tenant holds which), `workers.py` (heartbeats and drain requests),
+`tokens.py` (issued API tokens, by hash), `usage.py` (what each tenant holds, for its
+quotas). `Store` opens the database once and holds one of each. `vault.py` seals the
+values of a build's variables, the only values kept encrypted.
 """
 
 from __future__ import annotations
 
+from crossfarm.controller.store import migrations
 from crossfarm.controller.store.builds import BuildStore
 from crossfarm.controller.store.credentials import CredentialStore
 from crossfarm.controller.store.jobs import JobStore
@@ -26,10 +27,14 @@ from crossfarm.controller.store.workers import WorkerStore
 class Store:
     """The controller's record: builds, jobs, sources and workers in one database."""
 
-    def __init__(self, database_url: str, secrets_key: str | None = None) -> None:
+    def __init__(self, database_url: str, secrets_key: str | None = None,
+                 migrate: bool = False) -> None:
         """`secrets_key` seals build variables (vault.py says where one comes from when
-        it is None); a key the database was not made with is refused here."""
+        it is None); a key the database was not made with is refused here. A database
+        behind this controller's schema is upgraded with `migrate`, else refused
+        (migrations.SchemaError)."""
         vault = open_vault(database_url, secrets_key)
+        migrations.prepare(database_url, migrate)
         self.db = Database(database_url)
         vault.check(self.db)
         #: seals build variables and makes the result cache's keyed digests

@@ -14,20 +14,23 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     ForeignKey,
     Index,
     String,
+    Table,
     Text,
     TypeDecorator,
     create_engine,
     event,
-    inspect,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import (
     DeclarativeBase,
@@ -72,6 +75,24 @@ class _UTCDateTime(TypeDecorator[datetime]):
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         return as_utc(value) if value is not None else None
+
+
+class _Clipped(TypeDecorator[str]):
+    """Free text (a reason, a placement note) cut to its column's length, its last kept
+    character replaced by "…": PostgreSQL refuses a longer value where SQLite kept it
+    whole, and the move that writes such a text must not fail for its length."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, length: int) -> None:
+        super().__init__(length)
+        self.length = length
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        if value is not None and len(value) > self.length:
+            return value[:self.length - 1] + "…"
+        return value
 
 
 #: The tenant of a farm with no tokens (the loopback `make up` farm) and of old records.
@@ -127,8 +148,8 @@ class JobRow(Base):
     mode: Mapped[str | None] = mapped_column(String(16))
     consumed_from: Mapped[str | None] = mapped_column(String(100))
     placement: Mapped[str] = mapped_column(String(16))
-    placed: Mapped[str | None] = mapped_column(String(500))
-    waiting: Mapped[str | None] = mapped_column(String(500))
+    placed: Mapped[str | None] = mapped_column(_Clipped(500))
+    waiting: Mapped[str | None] = mapped_column(_Clipped(500))
     wait_limit_s: Mapped[int | None]
     queued_at: Mapped[datetime]
     #: when a queued job fails unless a worker started it: queued_at + wait_limit_s
@@ -139,7 +160,7 @@ class JobRow(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     exit_code: Mapped[int | None]
-    reason: Mapped[str | None] = mapped_column(String(4000))
+    reason: Mapped[str | None] = mapped_column(_Clipped(4000))
     manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     #: sha256 (hex) of the secret the current attempt's worker was given when it started
     #: it, never the secret: only that worker can report the attempt's outcome
@@ -173,8 +194,9 @@ class JobRow(Base):
     )
 
 
-#: Bump on any change to the tables; a database made by another version is refused.
-SCHEMA_VERSION = 16
+#: The head revision in migrations/versions/: a change to the tables is a new revision
+#: there, and this number bumped with it (a test holds the two equal).
+SCHEMA_VERSION = 17
 
 
 class MetaRow(Base):
@@ -188,7 +210,7 @@ class BlobRow(Base):
     __tablename__ = "blobs"
 
     digest: Mapped[str] = mapped_column(String(64), primary_key=True)
-    size: Mapped[int]
+    size: Mapped[int] = mapped_column(BigInteger)
     #: the pack object holding it, or None when it is stored alone under blob_key
     pack: Mapped[str | None] = mapped_column(String(64))
     stored_at: Mapped[datetime]
@@ -199,7 +221,7 @@ class TreeRow(Base):
 
     digest: Mapped[str] = mapped_column(String(64), primary_key=True)
     files: Mapped[int]
-    total_bytes: Mapped[int]
+    total_bytes: Mapped[int] = mapped_column(BigInteger)
     commit: Mapped[str | None] = mapped_column(String(64))
     #: it has a Cargo.lock at its root (only then may the result cache serve its builds)
     locked: Mapped[bool] = mapped_column(default=False)
@@ -215,7 +237,7 @@ class TenantBlobRow(Base):
     tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
     digest: Mapped[str] = mapped_column(String(64), primary_key=True)
     #: repeated from the blob so a tenant's storage sums without a join
-    size: Mapped[int]
+    size: Mapped[int] = mapped_column(BigInteger)
 
 
 class TenantTreeRow(Base):
@@ -267,6 +289,19 @@ class WorkerRow(Base):
     started_at: Mapped[datetime]
     last_seen: Mapped[datetime]
     drain: Mapped[bool] = mapped_column(default=False)
+
+
+def insert_new(session: Session, row_type: type[Base], rows: list[dict[str, Any]]) -> None:
+    """Insert those of `rows` whose keys are not there yet, leaving the rows there as
+    they are (INSERT … ON CONFLICT DO NOTHING): requests adding the same keys at once
+    all succeed, where a read-then-insert lets two of them see a key missing and the
+    second fail on it (SQLite too: its write lock is taken at the first write, after
+    the read)."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    session.execute(insert(cast(Table, row_type.__table__)).on_conflict_do_nothing(), rows)
 
 
 class WriteClock:
@@ -342,7 +377,7 @@ class Kept(Generic[_K, _T]):
 
 
 class Database:
-    """One engine and its transactions; refuses a database another schema version made.
+    """One engine and its transactions (migrations.prepare has made the database ready).
 
     Each transaction that writes is seen by `clock` (for the caches of the stores) and,
     on SQLite, holds `_write_lock` from its first write to its commit: SQLite takes one
@@ -350,34 +385,13 @@ class Database:
     up to 100 ms, where a lock hands over at once."""
 
     def __init__(self, url: str) -> None:
-        self.engine = _create_engine(url)
+        self.engine = create_database_engine(url)
         sqlite = url.startswith("sqlite")
         self.clock = WriteClock(enabled=sqlite)
         self._write_lock = threading.RLock() if sqlite else None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         event.listen(self._sessions, "before_flush", self._flushing)
         event.listen(self._sessions, "do_orm_execute", self._executing)
-        self._check_schema(url)
-
-    def _check_schema(self, url: str) -> None:
-        """Create the tables in an empty database; refuse one another version made, rather
-        than fail later on a missing column."""
-        existing = set(inspect(self.engine).get_table_names())
-        if not existing:
-            Base.metadata.create_all(self.engine)
-            with self.session() as session:
-                session.add(MetaRow(key="schema_version", value=str(SCHEMA_VERSION)))
-            return
-        version = None
-        if MetaRow.__tablename__ in existing:
-            with self.session() as session:
-                row = session.get(MetaRow, "schema_version")
-                version = row.value if row else None
-        if version != str(SCHEMA_VERSION):
-            raise RuntimeError(
-                f"the database at {url} has schema version {version or 'unknown'}; this "
-                f"controller needs {SCHEMA_VERSION}. There are no migrations yet: keep the old "
-                "database with its controller, or point CROSSFARM_DATABASE_URL at a new one.")
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -418,9 +432,22 @@ class Database:
         self.engine.dispose()
 
 
-def _create_engine(url: str) -> Engine:
-    if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+#: the URL schemes of the databases crossfarm runs on (settings.py checks them first)
+_POSTGRES_SCHEMES = ("postgresql", "postgresql+psycopg", "postgres")
+
+
+def create_database_engine(url: str) -> Engine:
+    """The engine for a SQLite or PostgreSQL URL; `postgresql://` (and `postgres://`)
+    mean the psycopg 3 driver, the one crossfarm ships with (the `postgres` extra)."""
+    scheme = url.split("://", 1)[0]
+    if scheme in _POSTGRES_SCHEMES:
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+        try:
+            return create_engine(url, pool_pre_ping=True)
+        except ModuleNotFoundError as exc:
+            raise RuntimeError(
+                f"the PostgreSQL driver is not installed ({exc}): install crossfarm with its "
+                "postgres extra, e.g. pip install 'crossfarm[controller,postgres]'") from None
     path = url.removeprefix("sqlite:///")
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)

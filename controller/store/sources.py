@@ -16,6 +16,7 @@ from crossfarm.controller.store.schema import (
     TenantTreeRow,
     TreeRow,
     chunks,
+    insert_new,
     now,
 )
 from crossfarm.shared.errors import NotFound
@@ -71,11 +72,13 @@ class SourceStore:
         stored = now()
         with self._db.session() as session:
             known = self._present(session, list(sizes))
-            session.add_all(BlobRow(digest=d, size=s, pack=pack, stored_at=stored)
-                            for d, s in sizes.items() if d not in known)
+            insert_new(session, BlobRow, [
+                {"digest": d, "size": s, "pack": pack, "stored_at": stored}
+                for d, s in sizes.items() if d not in known])
             owned = self._owned(session, list(sizes), tenant)
-            session.add_all(TenantBlobRow(tenant=tenant, digest=d, size=s)
-                            for d, s in sizes.items() if d not in owned)
+            insert_new(session, TenantBlobRow, [
+                {"tenant": tenant, "digest": d, "size": s}
+                for d, s in sizes.items() if d not in owned])
 
     def source_bytes(self, tenant: str) -> int:
         """The bytes of every blob `tenant` holds, as its storage quota counts them."""
@@ -95,14 +98,15 @@ class SourceStore:
         return packs
 
     def add_tree(self, status: SourceStatus, tenant: str = DEFAULT_TENANT) -> None:
-        """Record a tree `tenant` made (from blobs it holds)."""
+        """Record a tree `tenant` made (from blobs it holds); the first record stays."""
         with self._db.session() as session:
             if session.get(TreeRow, status.digest) is None:
-                session.add(TreeRow(digest=status.digest, files=status.files,
-                                    total_bytes=status.total_bytes, commit=status.commit,
-                                    locked=status.locked, created_at=now()))
+                insert_new(session, TreeRow, [{
+                    "digest": status.digest, "files": status.files,
+                    "total_bytes": status.total_bytes, "commit": status.commit,
+                    "locked": status.locked, "created_at": now()}])
             if session.get(TenantTreeRow, (tenant, status.digest)) is None:
-                session.add(TenantTreeRow(tenant=tenant, digest=status.digest))
+                insert_new(session, TenantTreeRow, [{"tenant": tenant, "digest": status.digest}])
 
     def tree(self, digest: str, tenant: str | None = None) -> SourceStatus:
         """A stored tree; with `tenant`, only one that tenant owns (another's is as absent

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from crossfarm.controller.store.schema import Database, Kept, WorkerRow, now
+from crossfarm.controller.store.schema import Database, Kept, WorkerRow, insert_new, now
 from crossfarm.shared.errors import NotFound
 from crossfarm.shared.wire import WorkerHeartbeat
 
@@ -38,8 +38,10 @@ class WorkerStore:
         with self._db.session() as session:
             worker = session.get(WorkerRow, name)
             if worker is None:
-                session.add(WorkerRow(name=name, info=info.model_dump(mode="json"),
-                                      started_at=seen, last_seen=seen, drain=False))
+                # The same first heartbeat may arrive twice at once (a retry): one row.
+                insert_new(session, WorkerRow, [{
+                    "name": name, "info": info.model_dump(mode="json"), "started_at": seen,
+                    "last_seen": seen, "drain": False}])
                 return False
             worker.info = info.model_dump(mode="json")
             worker.last_seen = seen

@@ -123,6 +123,8 @@ class Farm:
             "CROSSFARM_PORT": str(self.controller_port),
             "CROSSFARM_HOST": self.host,
             "CROSSFARM_DATABASE_URL": f"sqlite:///{self.dir / 'crossfarm.db'}",
+            # Its one controller upgrades the database a newer crossfarm finds at start-up.
+            "CROSSFARM_MIGRATE_ON_START": "true",
             # One machine, one architecture: let other targets use its cross toolchain.
             "CROSSFARM_DEFAULT_PLACEMENT": "cross-ok",
         })

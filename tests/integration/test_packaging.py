@@ -128,3 +128,21 @@ def test_the_installed_wheel_runs_the_cli_and_puts_only_crossfarm_on_sys_path(di
                          text=True, cwd=tmp_path, timeout=60)
     assert cli.returncode == 0, cli.stderr
     assert "build" in cli.stdout
+
+
+def test_an_installed_controller_carries_its_migrations(tmp_path):
+    # `crossfarm-controller migrate` on a machine with no checkout finds the revisions in
+    # the installed package, not in the source tree.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", str(REPO)], check=True,
+                   capture_output=True)
+    site = next((venv / "lib").glob("python*/site-packages"))
+    versions = site / "crossfarm" / "controller" / "store" / "migrations" / "versions"
+    shipped = sorted(path.name for path in versions.glob("0*.py"))
+    in_tree = sorted(path.name for path in
+                     (REPO / "controller" / "store" / "migrations" / "versions").glob("0*.py"))
+    assert shipped == in_tree
+    assert "0015_baseline.py" in shipped
+    assert (site / "crossfarm" / "controller" / "store" / "migrations" / "env.py").is_file()

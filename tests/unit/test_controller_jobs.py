@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import pytest
 from farm_fakes import FakeEvents, FakeQueue
+from postgres_server import secrets_key
 from pydantic import ValidationError
 
 from crossfarm.controller import jobs
@@ -42,10 +43,11 @@ class FakeStorage:
 
 
 @pytest.fixture
-def farm(tmp_path):
-    settings = ControllerSettings(database_url=f"sqlite:///{tmp_path}/crossfarm.db",
+def farm(database_url):
+    """On SQLite and on PostgreSQL (tests/conftest.py)."""
+    settings = ControllerSettings(database_url=database_url,
                                   default_placement=Placement.NATIVE)
-    store = Store(settings.database_url)
+    store = Store(settings.database_url, secrets_key(database_url))
     store.sources.add_tree(SourceStatus(digest=DIGEST, files=1, total_bytes=10))
     yield Farm(settings=settings, store=store, queue=FakeQueue(), events=FakeEvents(),
                storage=FakeStorage())
@@ -151,6 +153,7 @@ def test_a_new_attempt_gets_a_new_lease_and_the_old_one_stops_working(farm, runn
     assert _finish(farm, second, attempt=2).state is BuildState.SUCCEEDED
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # reads its files
 def test_the_record_keeps_the_leases_hash_never_the_secret(farm, running, tmp_path):
     assert running.record.lease_hash == hashlib.sha256(running.lease.encode()).hexdigest()
     farm.store.close()  # flush SQLite's write-ahead log into the files read below

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+from postgres_server import secrets_key
 from sqlalchemy import event, update
 
 from crossfarm.controller.api import builds as builds_api
@@ -32,8 +33,9 @@ TARGETS = [X86, "aarch64-unknown-linux-gnu", "riscv64gc-unknown-linux-gnu"]
 
 
 @pytest.fixture
-def store(tmp_path):
-    store = Store(f"sqlite:///{tmp_path}/db.sqlite")
+def store(database_url):
+    """On SQLite and on PostgreSQL (tests/conftest.py)."""
+    store = Store(database_url, secrets_key(database_url))
     yield store
     store.close()
 

@@ -8,6 +8,7 @@ import threading
 from datetime import timedelta
 
 import pytest
+from cryptography.fernet import Fernet
 from farm_fakes import FakeEvents, FakeQueue
 from sqlalchemy import event
 
@@ -41,6 +42,7 @@ ARM64_QUEUE = "crossfarm.builds.arm64"
 ARM64_CROSS = "crossfarm.builds.arm64.cross"
 ARM64_EMULATED = "crossfarm.builds.arm64.emulated"
 N, C, E = BuildMode.NATIVE, BuildMode.CROSS, BuildMode.EMULATED
+SECRETS_KEY = Fernet.generate_key().decode()
 
 
 class FakeStorage:
@@ -48,21 +50,31 @@ class FakeStorage:
         return True
 
 
-def _settings(tmp_path, db="crossfarm", **fields):
+def _settings(database_url, **fields):
     # Long bounds unless a test shortens one, so a `now` in the future moves nothing by itself.
     defaults = {"default_placement": Placement.NATIVE, "pickup_bound_s": 3600,
                 "lost_after_s": 3600}
-    return ControllerSettings(database_url=f"sqlite:///{tmp_path}/{db}.db",
-                              **{**defaults, **fields})
+    if database_url.startswith("postgresql"):
+        defaults["secrets_key"] = SECRETS_KEY
+    return ControllerSettings(database_url=database_url, **{**defaults, **fields})
 
 
 @pytest.fixture
-def make_farm(tmp_path):
+def make_farm(request, database_url, tmp_path):
+    """Farms on SQLite and on PostgreSQL (tests/conftest.py); each `db` a database of its own."""
     stores = []
 
+    def url(db):
+        if db == "crossfarm":
+            return database_url
+        if database_url.startswith("sqlite"):
+            return f"sqlite:///{tmp_path}/{db}.db"
+        return request.getfixturevalue("postgres").schema()
+
     def make(db="crossfarm", **fields):
-        settings = _settings(tmp_path, db, **fields)
-        store = Store(settings.database_url)
+        settings = _settings(url(db), **fields)
+        store = Store(settings.database_url, settings.secrets_key.get_secret_value()
+                      if settings.secrets_key else None)
         stores.append(store)
         store.sources.add_tree(SourceStatus(digest=DIGEST, files=1, total_bytes=10))
         queue = FakeQueue()

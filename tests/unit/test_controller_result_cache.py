@@ -8,6 +8,7 @@ import hashlib
 
 import pytest
 from farm_fakes import FakeEvents, FakeQueue, make_api
+from postgres_server import secrets_key
 
 from crossfarm.controller import jobs, result_cache
 from crossfarm.controller.builds import list_artifacts, submit_build
@@ -57,10 +58,11 @@ def _store(url, secrets_key=None):
 
 
 @pytest.fixture
-def farm(tmp_path):
-    settings = ControllerSettings(database_url=f"sqlite:///{tmp_path}/crossfarm.db",
+def farm(database_url):
+    """On SQLite and on PostgreSQL (tests/conftest.py)."""
+    settings = ControllerSettings(database_url=database_url,
                                   default_placement=Placement.NATIVE)
-    store = _store(settings.database_url)
+    store = _store(settings.database_url, secrets_key(database_url))
     farm = Farm(settings=settings, store=store, queue=FakeQueue(), events=FakeEvents(),
                 storage=FakeStorage())
     _worker_online(farm, IMAGE)

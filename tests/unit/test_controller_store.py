@@ -1,6 +1,10 @@
-from datetime import datetime
+import json
+import threading
+from datetime import UTC, datetime
 
 import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import text
 
 from crossfarm.controller.store import Store
 from crossfarm.controller.store.builds import BuildSettings, NewBuild, NewJob
@@ -28,6 +32,8 @@ DIGEST = "0123456789abcdef" * 4
 CARGO = CargoSpec(profile="release", features=["tls", "serde/derive"], all_features=False,
                   no_default_features=True, cargo_args=["--locked", "--bin", "app"])
 ARM64_CROSS = QueueKey.parse("crossfarm.builds.arm64.cross")
+#: PostgreSQL has no key file beside it: the controller is given one
+SECRETS_KEY = Fernet.generate_key().decode()
 
 
 def _new_job(job_id, target, arch, **overrides):
@@ -58,13 +64,18 @@ def _new_build(build_id=BUILD):
 
 
 @pytest.fixture
-def db_url(tmp_path):
-    return f"sqlite:///{tmp_path}/db.sqlite"
+def db_url(database_url):
+    """Each test runs on SQLite and on PostgreSQL (tests/conftest.py)."""
+    return database_url
+
+
+def _open(db_url):
+    return Store(db_url, SECRETS_KEY if db_url.startswith("postgresql") else None)
 
 
 @pytest.fixture
 def store(db_url):
-    store = Store(db_url)
+    store = _open(db_url)
     yield store
     store.close()
 
@@ -121,7 +132,7 @@ def test_a_build_reads_back_with_its_request_fields(store, built):
 def test_a_build_outlives_the_store_that_wrote_it(db_url, store, built):
     store.jobs.start(X86_JOB, 1, worker="w1")
     store.close()
-    reopened = Store(db_url)
+    reopened = _open(db_url)
     try:
         view = reopened.builds.get(BUILD)
         assert view.build_id == BUILD
@@ -213,6 +224,27 @@ def test_a_failed_job_keeps_its_reason(store, built):
     assert view.reason == "cargo build failed with exit code 101"
     assert store.jobs.get(ARM_JOB).view.exit_code == 101
     assert store.jobs.get(ARM_JOB).manifest is None
+
+
+def test_a_reason_longer_than_its_column_is_kept_cut_and_marked(store, built):
+    # PostgreSQL refuses a value past a VARCHAR's length (SQLite kept it whole): a worker's
+    # long reason must not make its finish report fail.
+    store.jobs.start(ARM_JOB, 1)
+    view = store.jobs.finish(ARM_JOB, 1, Outcome(BuildState.FAILED, reason="x" * 10_000))
+    assert view.state is BuildState.FAILED
+    assert view.reason == "x" * 3999 + "…"
+
+
+def test_a_placement_note_that_grows_with_each_resend_stays_within_its_column(store, built):
+    placed = "native: an arm64 worker is online"
+    for attempt in range(1, 40):
+        store.jobs.claim([store.jobs.get(ARM_JOB)], datetime.now(UTC))
+        placed = f"{placed} (re-sent: the broker lost it)"
+        assert store.jobs.requeue(ARM_JOB, attempt, QueueKey.parse("crossfarm.builds.arm64"),
+                                  placed) is not None
+    view = store.jobs.get(ARM_JOB).view
+    assert len(view.placed) == 500
+    assert view.placed.endswith("…")
 
 
 def test_a_stale_attempt_returns_none_and_changes_nothing(store, built):
@@ -349,6 +381,46 @@ def test_adding_a_tree_twice_keeps_the_first_record(store):
     assert store.sources.tree(_digest(9)).commit is None
 
 
+def test_requests_adding_the_same_blobs_and_tree_at_once_all_succeed(store):
+    # Parallel CI jobs of one commit send the same files together. SQLite takes one
+    # writer at a time; PostgreSQL (and several controllers on it) runs them side by
+    # side, where "insert what is not there yet" raced into duplicate keys.
+    errors = []
+
+    def add(round_, start):
+        start.wait()
+        try:
+            store.sources.add_blobs({_digest(round_ * 100 + n): n for n in range(30)},
+                                    tenant="acme")
+            store.sources.add_tree(SourceStatus(digest=_digest(round_ * 100), files=30,
+                                                total_bytes=435), "acme")
+        except Exception as exc:  # every thread's outcome is asserted below
+            errors.append(exc)
+
+    for round_ in range(1, 6):
+        start = threading.Barrier(6)
+        adding = [threading.Thread(target=add, args=(round_, start)) for _ in range(6)]
+        for thread in adding:
+            thread.start()
+        for thread in adding:
+            thread.join()
+    assert errors == []
+    assert store.sources.missing_blobs([_digest(500 + n) for n in range(30)], "acme") == []
+    assert store.sources.source_bytes("acme") == 5 * sum(range(30))
+    assert store.sources.tree(_digest(300), "acme").files == 30
+
+
+def test_sizes_past_two_gib_read_back_whole(store):
+    # PostgreSQL's INTEGER stops at 2**31 - 1 (SQLite's integers are 64-bit): a farm whose
+    # limits allow a 3 GiB file or tree must be able to record it.
+    big = 3 * 1024**3
+    store.sources.add_blobs({_digest(7): big}, tenant="acme")
+    store.sources.add_tree(SourceStatus(digest=_digest(8), files=1, total_bytes=big), "acme")
+    assert store.sources.blob_sizes([_digest(7)]) == {_digest(7): big}
+    assert store.sources.source_bytes("acme") == big
+    assert store.sources.tree(_digest(8), "acme").total_bytes == big
+
+
 def test_an_unknown_tree_is_not_found_and_says_how_to_send_it(store):
     with pytest.raises(NotFound, match="POST /v1/sources") as exc:
         store.sources.tree(_digest(7))
@@ -376,6 +448,29 @@ def test_a_first_heartbeat_registers_the_worker(store):
     assert worker.info == _heartbeat()
     assert worker.started_at == worker.last_seen
     assert worker.last_seen.tzinfo is not None
+
+
+def test_a_first_heartbeat_sent_twice_at_once_registers_the_worker_once(store):
+    # A worker whose first heartbeat timed out sends it again while the first is still
+    # in flight (perhaps to another controller): neither may fail on the worker's key.
+    errors = []
+
+    def beat(name, start):
+        start.wait()
+        try:
+            store.workers.heartbeat(name, _heartbeat(), fresh_start=True)
+        except Exception as exc:  # every thread's outcome is asserted below
+            errors.append(exc)
+
+    for n in range(5):
+        start = threading.Barrier(4)
+        beats = [threading.Thread(target=beat, args=(f"w{n}", start)) for _ in range(4)]
+        for thread in beats:
+            thread.start()
+        for thread in beats:
+            thread.join()
+    assert errors == []
+    assert [worker.name for worker in store.workers.all()] == [f"w{n}" for n in range(5)]
 
 
 def test_a_later_heartbeat_updates_the_worker_but_keeps_its_start(store):
@@ -464,16 +559,6 @@ def test_a_blob_recorded_alone_keeps_its_place_when_a_pack_repeats_it(store):
     store.sources.add_blobs({_digest(1): 1})
     store.sources.add_blobs({_digest(1): 1}, pack="p" * 64)
     assert store.sources.blob_packs([_digest(1)]) == {}
-
-
-def test_a_database_from_another_schema_version_is_refused_with_what_to_do(tmp_path):
-    import sqlite3
-
-    path = tmp_path / "old.sqlite"
-    with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE builds (id TEXT PRIMARY KEY)")
-    with pytest.raises(RuntimeError, match="schema version unknown; this controller needs"):
-        Store(f"sqlite:///{path}")
 
 
 def test_a_job_reads_back_with_its_placement_and_wait_limit(store):
@@ -610,15 +695,17 @@ def _build_with_secrets(store):
     ))
 
 
-def _raw_build_row(tmp_path):
-    import sqlite3
+def _raw_build_row(store):
+    """The row as the database holds it, past the store's types."""
+    with store.db.engine.connect() as db:
+        names, sealed = db.execute(text("SELECT env_names, env_sealed FROM builds WHERE id = :id"),
+                                   {"id": BUILD}).one()
+    # A JSON column reads back as text from SQLite and parsed from PostgreSQL.
+    return (names if isinstance(names, str) else json.dumps(names)), sealed
 
-    with sqlite3.connect(tmp_path / "db.sqlite") as db:
-        return db.execute("SELECT env_names, env_sealed FROM builds WHERE id = ?",
-                          (BUILD,)).fetchone()
 
-
-def test_no_byte_of_the_database_holds_a_variables_value_in_clear(tmp_path, store):
+def test_no_byte_of_the_sqlite_database_holds_a_variables_value_in_clear(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/db.sqlite")
     _build_with_secrets(store)
     store.close()  # the write-ahead log is folded into the database file
     files = list(tmp_path.glob("db.sqlite*"))
@@ -627,9 +714,9 @@ def test_no_byte_of_the_database_holds_a_variables_value_in_clear(tmp_path, stor
         assert SECRET.encode() not in path.read_bytes()
 
 
-def test_the_build_row_holds_the_names_in_clear_and_the_values_sealed(tmp_path, store):
+def test_the_build_row_holds_the_names_in_clear_and_the_values_sealed(store):
     _build_with_secrets(store)
-    names, sealed = _raw_build_row(tmp_path)
+    names, sealed = _raw_build_row(store)
     assert names == '["API_TOKEN", "PIN"]'
     assert sealed
     assert SECRET not in sealed
@@ -642,37 +729,37 @@ def test_a_job_gets_its_variables_back_from_the_sealed_values(store):
     assert store.builds.settings(BUILD, ARM).env == {"API_TOKEN": SECRET, "PIN": SHORT}
 
 
-def test_while_a_job_of_the_build_may_still_run_its_values_are_kept(tmp_path, store):
+def test_while_a_job_of_the_build_may_still_run_its_values_are_kept(store):
     _build_with_secrets(store)
     store.jobs.start(X86_JOB, 1, worker="w1")
     store.jobs.finish(X86_JOB, 1, Outcome(BuildState.SUCCEEDED, exit_code=0))
     store.jobs.start(ARM_JOB, 1, worker="w2")
     store.jobs.retry(ARM_JOB, 1, QueueKey.parse("crossfarm.builds.arm64"), "its worker was lost")
-    assert _raw_build_row(tmp_path)[1] is not None
+    assert _raw_build_row(store)[1] is not None
     assert store.builds.settings(BUILD, ARM).env == {"API_TOKEN": SECRET, "PIN": SHORT}
 
 
 @pytest.mark.parametrize("last", [BuildState.SUCCEEDED, BuildState.FAILED, BuildState.CANCELLED])
 def test_once_every_job_has_ended_the_values_are_gone_and_the_names_remain(
-        tmp_path, store, last):
+        store, last):
     _build_with_secrets(store)
     store.jobs.finish(X86_JOB, 1, Outcome(BuildState.CANCELLED))
     store.jobs.start(ARM_JOB, 1, worker="w1")
     store.jobs.finish(ARM_JOB, 1, Outcome(last, exit_code=0))
-    assert _raw_build_row(tmp_path) == ('["API_TOKEN", "PIN"]', None)
+    assert _raw_build_row(store) == ('["API_TOKEN", "PIN"]', None)
     assert store.builds.get(BUILD).env_names == ["API_TOKEN", "PIN"]
     assert store.builds.settings(BUILD, ARM).env == {}
 
 
-def test_a_stale_attempt_ending_does_not_drop_the_values(tmp_path, store):
+def test_a_stale_attempt_ending_does_not_drop_the_values(store):
     _build_with_secrets(store)
     store.jobs.finish(X86_JOB, 1, Outcome(BuildState.CANCELLED))
     assert store.jobs.finish(ARM_JOB, 7, Outcome(BuildState.CANCELLED)) is None
-    assert _raw_build_row(tmp_path)[1] is not None
+    assert _raw_build_row(store)[1] is not None
 
 
-def test_ending_one_builds_jobs_leaves_another_builds_values(tmp_path, store):
+def test_ending_one_builds_jobs_leaves_another_builds_values(store):
     _build_with_secrets(store)
     _one_job_build(store, "b-0000000000000001", "j-0000000000000001")
     store.jobs.finish(JobId("j-0000000000000001"), 1, Outcome(BuildState.CANCELLED))
-    assert _raw_build_row(tmp_path)[1] is not None
+    assert _raw_build_row(store)[1] is not None
