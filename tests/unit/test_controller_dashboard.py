@@ -435,3 +435,19 @@ def test_the_docs_and_pages_load_every_asset_from_the_farm_itself(open_farm, pat
 
 def test_swagger_ui_is_told_not_to_send_the_document_to_an_online_validator(open_farm):
     assert '"validatorUrl": null' in open_farm.get("/docs").text
+
+
+def test_every_template_and_static_file_ships_in_the_wheel():
+    """pyproject's package-data globs cover each file the pages load at run time."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    globs = config["tool"]["setuptools"]["package-data"]["crossfarm.controller.dashboard"]
+    package = root / "controller" / "dashboard"
+    files = [path.relative_to(package).as_posix()
+             for folder in ("templates", "static") for path in (package / folder).iterdir()]
+    assert files
+    assert [f for f in files if not any(fnmatch.fnmatch(f, g) for g in globs)] == []
