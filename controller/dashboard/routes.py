@@ -185,6 +185,9 @@ async def login(request: Request) -> Response:
     response = RedirectResponse(next_path, 303)
     if session.needs_login(farm) and principal is not auth.OPEN:
         _cookie(request, response, session.TOKEN_COOKIE, token)
+        # A new form secret per sign-in: one seen before it (on a shared machine, by
+        # whoever used the browser last) does not carry over.
+        _cookie(request, response, session.CSRF_COOKIE, session.new_csrf())
     return response
 
 

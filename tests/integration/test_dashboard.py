@@ -11,9 +11,12 @@ speed: the page is open on a running build before the test lets the build finish
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import shutil
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -22,7 +25,8 @@ import httpx
 import pytest
 from gate import gate, open_all, open_gate, wait_at_gate
 from PIL import Image, ImageStat
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Request, expect, sync_playwright
+from polling import until
 
 from crossfarm.client.api import FarmClient
 from crossfarm.client.source import scan, send
@@ -36,6 +40,8 @@ DEADLINE_MS = 120_000
 #: a build's whole run after its gate opens
 BUILD_MS = 600_000
 _tokens = itertools.count(1)
+# Every expectation waits as long as a page load may take on a loaded machine.
+expect.set_options(timeout=DEADLINE_MS)
 
 
 @pytest.fixture(scope="module")
@@ -64,15 +70,75 @@ def tenant_token(api: httpx.Client) -> str:
     return _issue(api, "submit")
 
 
+class Relay:
+    """A TCP relay on loopback in front of the controller whose open connections the
+    test can cut, as a dropped network would, while it keeps taking new ones."""
+
+    def __init__(self, upstream: str) -> None:
+        parts = urlsplit(upstream)
+        self._upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.origin = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return  # closed
+            upstream = socket.create_connection(self._upstream)
+            with self._lock:
+                self._open += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        with self._lock:
+            cut, self._open = self._open, []
+        for end in cut:
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def close(self) -> None:
+        self._server.close()
+        self.cut()
+
+
+@pytest.fixture
+def relay(farm) -> Iterator[Relay]:
+    made = Relay(farm.controller_url)
+    yield made
+    made.close()
+
+
 class Recorded:
     """A browser page and every URL it requested."""
 
     def __init__(self, browser: Browser, width: int, height: int) -> None:
         self.context = browser.new_context(viewport={"width": width, "height": height})
-        self.urls: list[str] = []
-        self.context.on("request", lambda request: self.urls.append(request.url))
+        self.requests: list[Request] = []
+        self.context.on("request", lambda request: self.requests.append(request))
         self.page: Page = self.context.new_page()
         self.page.set_default_timeout(DEADLINE_MS)
+
+    @property
+    def urls(self) -> list[str]:
+        return [request.url for request in self.requests]
 
     def foreign(self, origin: str) -> list[str]:
         return [url for url in self.urls if not url.startswith(origin + "/")
@@ -116,8 +182,9 @@ def _sign_in(page: Page, origin: str, token: str) -> None:
 
 
 def test_a_tenant_follows_a_running_build_to_its_artifacts_and_sees_the_worker(
-        farm, api, crate, tenant_token, desktop, tmp_path):
-    origin = farm.controller_url
+        farm, api, crate, tenant_token, desktop, relay, tmp_path):
+    # The browser reaches the farm through the relay, so the test can drop its connections.
+    origin = relay.origin
     build_id, job_id = _submit_gated(farm, crate, tenant_token)
     try:
         wait_at_gate(job_id)  # the build step surely runs from here until the gate opens
@@ -136,6 +203,16 @@ def test_a_tenant_follows_a_running_build_to_its_artifacts_and_sees_the_worker(
         expect(page.locator("#live")).to_be_visible()
         expect(page.locator(".target-panel .state").first).to_have_text("running")
         expect(log).not_to_contain_text("Finished")
+
+        # The connection drops: EventSource reconnects by itself, sending the id of the
+        # last event it got, and the stream resumes there (no line shows twice, below).
+        streams = f"{origin}/ui/builds/{build_id}/events"
+        relay.cut()
+        resumed = until(lambda: [r for r in desktop.requests if r.url == streams
+                                 and r.header_value("last-event-id")],
+                        "the page's event stream to reconnect with Last-Event-ID", 120)
+        assert resumed[-1].header_value("last-event-id") != "0-0"
+        expect(page.locator("#live")).to_be_visible()
         before = log.locator("div").count()
         # Marks this document: a reload or navigation would lose it.
         page.evaluate("window.crossfarmMarker = 'still the same page'")
@@ -146,6 +223,10 @@ def test_a_tenant_follows_a_running_build_to_its_artifacts_and_sees_the_worker(
         expect(page.locator("main#build")).to_have_attribute("data-ended", "true",
                                                              timeout=BUILD_MS)
         assert log.locator("div").count() > before
+        lines = log.locator("div").all_inner_texts()
+        # Lines from before the drop, each once (a replay from the start would repeat them).
+        assert sum("Compiling hello-c" in line for line in lines) == 1
+        assert lines.count("── running") == 1
         assert page.evaluate("window.crossfarmMarker") == "still the same page"
         expect(page.locator("#overall-state")).to_have_text("succeeded")
         expect(page.locator("#live")).to_be_hidden()
@@ -160,7 +241,7 @@ def test_a_tenant_follows_a_running_build_to_its_artifacts_and_sees_the_worker(
         assert link == f"/ui/builds/{build_id}/artifacts/{X86}/hello-c"
         page.screenshot(path=tmp_path / "build.png", full_page=True)
         token = {c["name"]: c["value"] for c in desktop.context.cookies()}["crossfarm_token"]
-        with httpx.Client(base_url=origin, cookies={"crossfarm_token": token},
+        with httpx.Client(base_url=farm.controller_url, cookies={"crossfarm_token": token},
                           timeout=60) as browser_like:
             redirect = browser_like.get(link)
             assert redirect.status_code == 303

@@ -121,11 +121,15 @@ def test_signing_in_sets_an_httponly_samesite_strict_cookie_scoped_to_the_dashbo
                                          "next": "/ui/fleet"})
     assert reply.status_code == 303
     assert reply.headers["location"] == "/ui/fleet"
-    cookie = reply.headers["set-cookie"]
-    assert cookie.startswith(f"{session.TOKEN_COOKIE}={farm.alice};")
-    assert "HttpOnly" in cookie
-    assert "SameSite=strict" in cookie
-    assert "Path=/ui" in cookie
+    token, csrf = reply.headers.get_list("set-cookie")
+    assert token.startswith(f"{session.TOKEN_COOKIE}={farm.alice};")
+    for cookie in (token, csrf):
+        assert "HttpOnly" in cookie
+        assert "SameSite=strict" in cookie
+        assert "Path=/ui" in cookie
+    # the form secret is a new one, not the one the browser had before signing in
+    assert csrf.startswith(f"{session.CSRF_COOKIE}=")
+    assert not csrf.startswith(f"{session.CSRF_COOKIE}={CSRF};")
 
 
 def test_a_wrong_token_is_refused_at_login_and_sets_no_cookie(farm):
