@@ -1,11 +1,14 @@
-"""/docs (Swagger UI) and /redoc served from local files, so the API's docs work on a
-network with no way out.
+"""/docs (Swagger UI) served from local files, so the API's docs work on a network with
+no way out.
 
 The assets come from the `fastapi-offline` package (controller extra): a 0.8 MB wheel that
 needs only FastAPI and ships Swagger UI 5 (the first major version that renders the
-OpenAPI 3.1 FastAPI writes) and ReDoc. Only its files are used, not its app class.
+OpenAPI 3.1 FastAPI writes). Only its files are used, not its app class.
 `swagger-ui-bundle` was heavier (2.6 MB) and ships Swagger UI 4, which refuses a 3.1
-document; vendoring the files would put 2.8 MB of minified JavaScript in this repository.
+document; vendoring the files would put 1.7 MB of minified JavaScript in this repository.
+
+ReDoc (/redoc) is off: its bundle loads its maker's logo from the maker's CDN, which a
+Content-Security-Policy can block but the browser still tries.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -46,10 +49,3 @@ def install(app: FastAPI) -> None:
             # Swagger UI would otherwise send the document to validator.swagger.io for
             # its badge.
             swagger_ui_parameters={"validatorUrl": None})
-
-    @app.get("/redoc", include_in_schema=False)
-    def redoc() -> HTMLResponse:
-        return get_redoc_html(openapi_url=openapi_url, title=f"{app.title} API",
-                              redoc_js_url=f"{STATIC_URL}/redoc.standalone.js",
-                              redoc_favicon_url=f"{STATIC_URL}/favicon.png",
-                              with_google_fonts=False)

@@ -120,8 +120,7 @@ def _render(request: Request, name: str, principal: Principal | None, status: in
     env: jinja2.Environment = request.app.state.dashboard_templates
     farm = _farm(request)
     html = env.get_template(name).render(
-        principal=principal, csrf=csrf, login=session.needs_login(farm),
-        may_submit=principal is not None and principal.may(Role.SUBMIT), **context)
+        principal=principal, csrf=csrf, login=session.needs_login(farm), **context)
     response = HTMLResponse(html, status_code=status)
     if fresh:
         _cookie(request, response, session.CSRF_COOKIE, csrf)

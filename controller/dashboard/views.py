@@ -94,7 +94,6 @@ class BuildLine:
     """One build of the listing."""
 
     view: BuildView
-    arches: list[str]
     #: from its creation to its last job's end (or to now, while it runs)
     duration: str
 
@@ -129,8 +128,7 @@ def build_list(farm: Farm, principal: Principal, filters: BuildFilters,
     page = builds.list_builds(farm, page_size, filters.after, submitter=filters.submitter,
                               state=filters.state, tenant=scope or filters.tenant,
                               arch=filters.arch)
-    lines = [BuildLine(view, sorted({job.arch.value for job in view.jobs}),
-                       _build_duration(view, now)) for view in page.builds]
+    lines = [BuildLine(view, _build_duration(view, now)) for view in page.builds]
     next_query = filters.query(after=page.next.encode()) if page.next is not None else None
     return BuildList(lines, filters, next_query, any_tenant=scope is None,
                      tenant=principal.tenant)

@@ -141,6 +141,7 @@ class Recorded:
         return [request.url for request in self.requests]
 
     def foreign(self, origin: str) -> list[str]:
+        """URLs the browser asked for elsewhere (data: URLs are made in the page)."""
         return [url for url in self.urls if not url.startswith(origin + "/")
                 and not url.startswith("data:")]
 

@@ -423,7 +423,7 @@ class _Assets(HTMLParser):
         self.urls += [value for name, value in attrs if name in ("src", "href") and value]
 
 
-@pytest.mark.parametrize("path", ["/docs", "/redoc", "/ui/builds"])
+@pytest.mark.parametrize("path", ["/docs", "/ui/builds"])
 def test_the_docs_and_pages_load_every_asset_from_the_farm_itself(open_farm, path):
     page = open_farm.get(path)
     assert page.status_code == 200
@@ -455,3 +455,8 @@ def test_every_template_and_static_file_ships_in_the_wheel():
              for folder in ("templates", "static") for path in (package / folder).iterdir()]
     assert files
     assert [f for f in files if not any(fnmatch.fnmatch(f, g) for g in globs)] == []
+
+
+
+def test_redoc_is_off_as_its_bundle_loads_a_logo_from_its_makers_cdn(open_farm):
+    assert open_farm.get("/redoc").status_code == 404
