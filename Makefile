@@ -5,7 +5,7 @@ STATE ?= .crossfarm
 BUILDER_IMAGE ?= crossfarm/builder:1
 FETCHER_IMAGE ?= crossfarm/fetcher:1
 ARM64_IMAGE ?= crossfarm/arm64-test:1
-APT_PACKAGES := redis-server postgresql mmdebstrap qemu-user-static binfmt-support libc6-arm64-cross libgcc-s1-arm64-cross file git procps iproute2 docker-registry docker-compose
+APT_PACKAGES := redis-server postgresql mmdebstrap qemu-user-static binfmt-support libc6-arm64-cross libgcc-s1-arm64-cross file git procps iproute2 docker-registry docker-compose chromium
 
 DIST ?= dist
 
@@ -44,7 +44,7 @@ install: ## apt and pip packages, only what is missing
 	if [ -n "$$missing" ]; then \
 	  echo "installing $$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
-	@$(PYTHON) -c "import crossfarm.controller, crossfarm.worker, fastapi, celery, docker, pytest, build, twine, alembic, psycopg" 2>/dev/null \
+	@$(PYTHON) -c "import crossfarm.controller, crossfarm.worker, fastapi, celery, docker, pytest, build, twine, alembic, psycopg, playwright, PIL, fastapi_offline" 2>/dev/null \
 	  || $(PYTHON) -m pip install -q -e '.[dev]'
 	@docker info >/dev/null 2>&1 || { echo "the Docker engine does not answer: start dockerd" >&2; exit 1; }
 

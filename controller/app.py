@@ -21,6 +21,8 @@ from crossfarm.controller.api import credentials as credentials_api
 from crossfarm.controller.api import jobs as jobs_api
 from crossfarm.controller.api import sources as sources_api
 from crossfarm.controller.api import workers as workers_api
+from crossfarm.controller.dashboard import apidocs
+from crossfarm.controller.dashboard import routes as dashboard
 from crossfarm.controller.farm import Doorbell, Farm
 from crossfarm.controller.queue import CeleryJobQueue
 from crossfarm.controller.settings import ControllerSettings, load_settings
@@ -115,8 +117,9 @@ def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAP
         await app.state.event_reader.close()
         app.state.farm.store.close()
 
+    # The docs' pages are served from local assets (dashboard/apidocs.py), not a CDN.
     app = FastAPI(title="crossfarm", version="0.1.0", lifespan=lifespan,
-                  description=_DESCRIPTION)
+                  description=_DESCRIPTION, docs_url=None, redoc_url=None)
     errors.install(app)
     limits.install(app, settings)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
@@ -126,6 +129,8 @@ def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAP
     app.include_router(jobs_api.router)
     app.include_router(workers_api.router)
     app.include_router(admin_api.router)
+    apidocs.install(app)
+    dashboard.install(app)
 
     @app.get("/v1/health", tags=["health"], responses=errors.responses())
     def health() -> dict[str, object]:

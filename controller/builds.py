@@ -13,7 +13,7 @@ from crossfarm.controller.placement import decide
 from crossfarm.controller.store.builds import BuildPage, ListCursor, NewBuild, NewJob
 from crossfarm.controller.store.jobs import JobRecord, Outcome
 from crossfarm.controller.store.schema import DEFAULT_TENANT
-from crossfarm.shared.arch import target_arch
+from crossfarm.shared.arch import Arch, target_arch
 from crossfarm.shared.errors import InvalidRequest
 from crossfarm.shared.ids import BuildId, new_build_id, new_job_id
 from crossfarm.shared.states import BuildState
@@ -115,11 +115,14 @@ def kept_build(farm: Farm, build_id: BuildId, tenant: str | None = None) -> Buil
 
 
 def list_builds(farm: Farm, limit: int, after: str | None = None, submitter: str | None = None,
-                state: BuildState | None = None, tenant: str | None = None) -> BuildPage:
+                state: BuildState | None = None, tenant: str | None = None,
+                arch: Arch | None = None) -> BuildPage:
     """A page of builds, newest first, after the opaque cursor `after` a previous page
-    gave; `tenant` scopes it to one tenant's builds."""
+    gave; `tenant` scopes it to one tenant's builds, `arch` to those with a target of
+    that architecture."""
     cursor = ListCursor.parse(after) if after is not None else None
-    return farm.store.builds.page(limit, cursor, submitter=submitter, state=state, tenant=tenant)
+    return farm.store.builds.page(limit, cursor, submitter=submitter, state=state, tenant=tenant,
+                                  arch=arch)
 
 
 def cancel_build(farm: Farm, build_id: BuildId, tenant: str | None = None) -> BuildView:

@@ -250,10 +250,12 @@ class BuildStore:
         return build
 
     def page(self, limit: int, after: ListCursor | None = None, submitter: str | None = None,
-             state: BuildState | None = None, tenant: str | None = None) -> BuildPage:
+             state: BuildState | None = None, tenant: str | None = None,
+             arch: Arch | None = None) -> BuildPage:
         """Up to `limit` builds, newest first, after `after` (the previous page's cursor);
-        optionally only one tenant's, one submitter's, or those in one state. Two
-        statements whatever the depth: the page's builds, then their jobs."""
+        optionally only one tenant's, one submitter's, those in one state, or those with
+        a target of one architecture. Two statements whatever the depth: the page's
+        builds, then their jobs."""
         query = select(BuildRow).order_by(BuildRow.created_at.desc(), BuildRow.id.desc())
         if after is not None:
             query = query.where(or_(
@@ -265,6 +267,9 @@ class BuildStore:
             query = query.where(BuildRow.submitter == submitter)
         if state is not None:
             query = query.where(in_state(state))
+        if arch is not None:
+            query = query.where(exists().where(JobRow.build_id == BuildRow.id,
+                                               JobRow.arch == arch.value))
         with self._db.session() as session:
             # One more than asked says whether another page follows.
             rows = list(session.scalars(query.limit(limit + 1)))

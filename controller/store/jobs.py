@@ -80,6 +80,16 @@ class HeldGroup:
 
 
 @dataclass(frozen=True)
+class JobTiming:
+    """When a job a worker ran was queued, started and (if it has) finished."""
+
+    arch: Arch
+    queued_at: datetime
+    started_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
 class Moved:
     """A job a set-based move changed: whose stream to tell."""
 
@@ -301,6 +311,19 @@ class JobStore:
         for worker, job_id in rows:
             running.setdefault(worker or "", []).append(JobId(job_id))
         return running
+
+    def timings(self, since: datetime, tenant: str | None = None) -> list[JobTiming]:
+        """The jobs a worker started at or after `since` (one served from the result
+        cache never starts), optionally only one tenant's, oldest start first."""
+        query = (select(JobRow.arch, JobRow.queued_at, JobRow.started_at, JobRow.finished_at)
+                 .where(JobRow.started_at >= since).order_by(JobRow.started_at))
+        if tenant is not None:
+            query = query.where(JobRow.tenant == tenant)
+        with self._db.session() as session:
+            rows = session.execute(query).all()
+        return [JobTiming(Arch(arch), as_utc(queued), as_utc(started),
+                          as_utc(finished) if finished is not None else None)
+                for arch, queued, started, finished in rows if started is not None]
 
     def waiting_by_arch(self) -> dict[Arch, tuple[int, datetime]]:
         """Architecture -> how many of its jobs are queued (held or sent), and when the
