@@ -69,6 +69,7 @@ def send(farm: Farm, claimed: list[JobRecord],
             project=build.project,
         )
         choice = (routes or {}).get(job.job_id)
+        farm.metrics.sent(job, affinity=choice is not None and choice.worker is not None)
         if choice is not None and choice.placed is not None:
             farm.store.jobs.route(job.job_id, job.attempt, choice.worker, choice.placed)
             tell(farm, record.build_id, Event(kind="log", target=job.target,
@@ -114,6 +115,7 @@ def start(farm: Farm, job_id: JobId, report: JobStarted) -> StartVerdict:
                                   lease_hash=lease_hash(lease))
     if moved is None:
         return StartVerdict(proceed=False, reason="another report changed the job first")
+    farm.metrics.started(moved, record.tenant)
     tell(farm, record.build_id, Event(kind="state", target=moved.target, state=BuildState.RUNNING))
     return StartVerdict(proceed=True, lease=lease)
 
@@ -192,6 +194,7 @@ def finish(farm: Farm, job_id: JobId, attempt: int, outcome: Outcome) -> JobView
     farm.doorbell.ring()  # its slot is free
     tell(farm, record.build_id, Event(kind="state", target=moved.target, state=outcome.state))
     build = farm.store.builds.get(record.build_id)
+    farm.metrics.finished(moved, record.tenant, build)
     if build.state.terminal:
         tell(farm, record.build_id, Event(kind="end", state=build.state))
     return moved

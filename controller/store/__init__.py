@@ -13,6 +13,7 @@ the database once and holds one of each.
 from __future__ import annotations
 
 from crossfarm.controller.store.builds import BuildStore
+from crossfarm.controller.store.census import CensusStore
 from crossfarm.controller.store.credentials import CredentialStore
 from crossfarm.controller.store.jobs import JobStore
 from crossfarm.controller.store.schema import Database
@@ -41,6 +42,8 @@ class Store:
         self.tokens = TokenStore(self.db)
         self.usage = UsageStore(self.db)
         self.credentials = CredentialStore(self.db, vault)
+        #: counts for /metrics, and the readiness probe's round trip
+        self.census = CensusStore(self.db)
 
     def close(self) -> None:
         self.db.close()

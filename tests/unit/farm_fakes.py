@@ -42,6 +42,13 @@ class FakeEvents:
         self.cancelled = []
         self.attempts = {}
         self.replies = {}
+        #: what ping raises (a BrokerError while "Redis" is down), None: it answers
+        self.down = None
+
+    def ping(self):
+        if self.down is not None:
+            raise self.down
+        return True
 
     def append(self, build_id, event, if_exists=False):
         if if_exists and all(b != build_id for b, _ in self.appended):
