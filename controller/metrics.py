@@ -141,7 +141,7 @@ class FarmMetrics:
 
     def exposition(self, *more: Collector) -> bytes:
         """The text format of these instruments and of `more` (read at this scrape)."""
-        return generate_latest(_Joined(self.registry, more))  # type: ignore[arg-type]
+        return generate_latest(_Joined(self.registry, more))
 
 
 class _Joined:

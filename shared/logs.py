@@ -23,7 +23,7 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -62,9 +62,12 @@ def job_context(build_id: str | None = None, job_id: str | None = None,
     """Every record made in the block carries these fields, over those of an enclosing
     block (a field given as None keeps the enclosing one's)."""
     outer = _JOB.get() or JobFields()
-    given = {"build_id": build_id, "job_id": job_id, "attempt": attempt, "worker": worker,
-             "tenant": tenant}
-    fields = replace(outer, **{k: v for k, v in given.items() if v is not None})
+    fields = JobFields(
+        build_id=outer.build_id if build_id is None else build_id,
+        job_id=outer.job_id if job_id is None else job_id,
+        attempt=outer.attempt if attempt is None else attempt,
+        worker=outer.worker if worker is None else worker,
+        tenant=outer.tenant if tenant is None else tenant)
     token = _JOB.set(fields)
     try:
         yield fields

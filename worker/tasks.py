@@ -8,6 +8,7 @@ from typing import Any
 from celery import Celery, Task
 
 from crossfarm.shared import keys
+from crossfarm.shared.logs import job_context
 from crossfarm.shared.wire import FetchMessage, JobMessage
 from crossfarm.worker.gitfetch import FetchTools, fetch_source
 from crossfarm.worker.pipeline import Toolbox, run_job
@@ -22,7 +23,11 @@ def register(app: Celery, toolbox: Callable[[], Toolbox],
     def build_job(self: Task, payload: dict[str, Any]) -> str | None:
         job = JobMessage.model_validate(payload)
         queue = (self.request.delivery_info or {}).get("routing_key") or "unknown"
-        state = run_job(toolbox(), job, consumed_from=queue)
+        tools = toolbox()
+        # Every line logged while this job runs, by any logger, names it (shared/logs.py).
+        with job_context(build_id=job.build_id, job_id=job.job_id, attempt=job.attempt,
+                         worker=tools.settings.worker_name, tenant=job.tenant):
+            state = run_job(tools, job, consumed_from=queue)
         return state.value if state else None
 
     @app.task(name=keys.FETCH_TASK, acks_late=True)  # type: ignore[untyped-decorator]
