@@ -97,6 +97,11 @@ class FarmMetrics:
             "crossfarm_scrape_failures", "Parts of a /metrics scrape that could not be read "
             "(the database did not answer); their series are left out of that scrape.",
             ["part"], registry=r)
+        # Series an alert reads exist from the start at 0, not only after a first event.
+        for part in ("jobs", "workers"):
+            self.scrape_failures.labels(part)
+        for result in ("hit", "miss"):
+            self.cache_lookups.labels(result)
 
     def submitted(self, build: BuildView, tenant: str, lookups: Iterable[bool]) -> None:
         """A build was accepted; `lookups`: each result-cache lookup's hit (True) or miss."""
