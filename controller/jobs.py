@@ -207,9 +207,11 @@ def finish(farm: Farm, job_id: JobId, attempt: int, outcome: Outcome) -> JobView
     if moved is None:
         return None
     farm.doorbell.ring()  # its slot is free
-    tell(farm, record.build_id, Event(kind="state", target=moved.target, state=outcome.state))
     build = farm.store.builds.get(record.build_id)
+    # Counted before anyone is told: a follower that reads /metrics once its build ended
+    # finds the end counted.
     farm.metrics.finished(moved, record.tenant, build)
+    tell(farm, record.build_id, Event(kind="state", target=moved.target, state=outcome.state))
     if build.state.terminal:
         tell(farm, record.build_id, Event(kind="end", state=build.state))
     return moved

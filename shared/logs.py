@@ -55,6 +55,16 @@ _FIELDS = tuple(JobFields.__dataclass_fields__)
 _TEXT_NAMES = {"build_id": "build", "job_id": "job"}
 
 
+def bind_job(fields: JobFields) -> contextvars.Token[JobFields | None]:
+    """From now on in this context, records carry `fields`, until `unbind_job` with the
+    token returned: for a start and an end told apart (Celery's task signals)."""
+    return _JOB.set(fields)
+
+
+def unbind_job(token: contextvars.Token[JobFields | None]) -> None:
+    _JOB.reset(token)
+
+
 @contextlib.contextmanager
 def job_context(build_id: str | None = None, job_id: str | None = None,
                 attempt: int | None = None, worker: str | None = None,

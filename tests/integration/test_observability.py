@@ -97,6 +97,10 @@ def test_a_real_build_moves_the_counters_and_histograms_by_exactly_what_happened
     gauges = {name for name, kind in after.families.items() if kind == "gauge"}
     moved = {k: v for k, v in after.delta(before).items()
              if k[0] not in gauges and not k[0].startswith("crossfarm_http_")}
+    missing = {k: v for k, v in expected.items() if k not in moved}
+    unexpected = {k: v for k, v in moved.items() if k not in expected}
+    assert not missing, f"did not move: {missing}"
+    assert not unexpected, f"moved unexpectedly: {unexpected}"
     assert moved == pytest.approx(expected, abs=1e-6)
     # and the API's own requests were timed, by route template
     assert after.delta(before)[key("crossfarm_http_request_duration_seconds_count",
