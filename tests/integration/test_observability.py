@@ -133,8 +133,10 @@ def watched(farm, tmp_path_factory) -> Iterator[Watched]:
     flower_port = localfarm.free_port()
     try:
         own.start_redis()
-        own.start_controller(**CONTROLLER, CROSSFARM_TASK_EVENTS="1")
-        own.start_worker("obs-worker", **{**WORKER_AMD64, "CROSSFARM_TASK_EVENTS": "1"})
+        own.start_controller(**CONTROLLER, CROSSFARM_TASK_EVENTS="1",
+                             CROSSFARM_LOG_FORMAT="json")
+        own.start_worker("obs-worker", **{**WORKER_AMD64, "CROSSFARM_TASK_EVENTS": "1",
+                                          "CROSSFARM_LOG_FORMAT": "json"})
         # Flower 2 answers its API only with FLOWER_UNAUTHENTICATED_API (or auth) set.
         own._spawn("flower", [
             sys.executable, "-m", "celery", "-A", "crossfarm.worker.app", "flower",
@@ -172,6 +174,29 @@ def test_flower_started_as_documented_lists_the_worker_and_the_builds_task(watch
     task = until(succeeded, f"Flower shows task {task_id} succeeded", timeout=120, every=1)
     assert task["name"] == keys.BUILD_TASK
     assert task["worker"] == workers[0]
+    _the_workers_json_log_names_the_job_on_its_lines(watched.farm, build, job)
+
+
+def _the_workers_json_log_names_the_job_on_its_lines(own: localfarm.Farm, build: BuildView,
+                                                    job: JobView) -> None:
+    # Celery prints its start-up banner with print(), not through logging: only records
+    # are JSON lines, so the lines read here are those that start an object.
+    text = (own.dir / "obs-worker.log").read_text()
+    records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    about = [r for r in records if r.get("job_id") == job.job_id]
+    said = [(r["logger"], r["message"]) for r in about]
+    assert any(logger == "crossfarm.worker.tasks" and message.startswith("building ")
+               for logger, message in said), said
+    assert any(logger == "celery.app.trace" and "succeeded" in message
+               for logger, message in said), said
+    for record in about:
+        assert (record["build_id"], record["attempt"], record["worker"], record["tenant"]) == (
+            build.build_id, job.attempt, "obs-worker", "default"), record
+    # one heartbeat line (the first that reached the controller), none per beat
+    beats = [r["message"] for r in records if r["logger"] == "crossfarm.worker.heartbeat"
+             and "heartbeat" in r["message"]]
+    assert beats == ["obs-worker: heartbeats reach the controller"], beats
+    assert not [r for r in records if r["logger"] in ("httpx", "httpcore")]
 
 
 def _ready(url: str) -> httpx.Response | None:
