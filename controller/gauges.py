@@ -7,9 +7,10 @@ fleet's view (online, lost, draining) is the controller's verdict anyway — a l
 cannot be scraped to say it is lost. A worker still serves /healthz and /readyz for its
 own supervisor (worker/health.py).
 
-Cost: two GROUP BY reads over the unended jobs (the state index; at 10,000 queued jobs a
-few milliseconds on SQLite), the workers from memory, the upload counters from memory.
-Nothing here grows with the number of ended builds.
+Cost: two GROUP BY reads over the unended jobs (the state index), the workers and the
+upload counters from memory; nothing here grows with the number of ended builds. A whole
+scrape took 9-13 ms (p50) with 1,000 to 5,000 queued jobs on SQLite, on a shared
+2-core machine (2026-12-02).
 """
 
 from __future__ import annotations
