@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,11 +20,13 @@ from crossfarm.controller.api import admin as admin_api
 from crossfarm.controller.api import builds as builds_api
 from crossfarm.controller.api import credentials as credentials_api
 from crossfarm.controller.api import jobs as jobs_api
+from crossfarm.controller.api import observe as observe_api
 from crossfarm.controller.api import sources as sources_api
 from crossfarm.controller.api import workers as workers_api
 from crossfarm.controller.dashboard import apidocs
 from crossfarm.controller.dashboard import routes as dashboard
 from crossfarm.controller.farm import Doorbell, Farm
+from crossfarm.controller.metrics import RequestTimer
 from crossfarm.controller.queue import CeleryJobQueue
 from crossfarm.controller.settings import ControllerSettings, load_settings
 from crossfarm.controller.store import Store, migrations
@@ -31,6 +34,7 @@ from crossfarm.shared.arch import supported_targets
 from crossfarm.shared.broker import create_celery
 from crossfarm.shared.errors import StorageError
 from crossfarm.shared.events import EventReader, Events
+from crossfarm.shared.logs import configure as configure_logs
 from crossfarm.shared.storage import S3Store
 from crossfarm.shared.wire import Event
 
@@ -56,7 +60,8 @@ def create_farm(settings: ControllerSettings) -> Farm:
     """Connect the real adapters: SQL store, Celery queue, Redis events, S3."""
     storage = S3Store(settings.storage())
     _ensure_bucket(storage)
-    celery = create_celery(settings.redis_url, visibility_timeout_s=settings.visibility_timeout_s)
+    celery = create_celery(settings.redis_url, visibility_timeout_s=settings.visibility_timeout_s,
+                           task_events=settings.task_events)
     return Farm(
         settings=settings,
         store=Store(settings.database_url, settings.secrets_key.get_secret_value()
@@ -122,6 +127,7 @@ def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAP
                   description=_DESCRIPTION, docs_url=None, redoc_url=None)
     errors.install(app)
     limits.install(app, settings)
+    app.add_middleware(RequestTimer)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.include_router(sources_api.router)
     app.include_router(credentials_api.router)
@@ -129,6 +135,7 @@ def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAP
     app.include_router(jobs_api.router)
     app.include_router(workers_api.router)
     app.include_router(admin_api.router)
+    app.include_router(observe_api.router)
     apidocs.install(app)
     dashboard.install(app)
 
@@ -187,7 +194,33 @@ def _serve(settings: ControllerSettings) -> None:
     problem = auth.settings_problem(settings)
     if problem:
         raise SystemExit(f"crossfarm controller: {problem}")
+    configure_logs(settings.log_format)
+    quiet_access_log()
     # Keep-alive well past the workers' 5 s heartbeat: at uvicorn's default of 5 s the
     # server closed idle connections just as a worker reused them ("connection reset").
+    # log_config=None: uvicorn's records go through our handler (text or JSON lines).
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                timeout_keep_alive=75)
+                timeout_keep_alive=75, log_config=None)
+
+
+#: Requests answered every few seconds by design: a line for each buried everything else.
+_ROUTINE = re.compile(r'^(POST /v1/workers/[^/ ]+/heartbeat|GET /(healthz|readyz|metrics))'
+                      r'(\?\S*)? ')
+
+
+class RoutineRequests(logging.Filter):
+    """Drops uvicorn's access line of a successful heartbeat, probe or scrape (a failed
+    one is still logged)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        # uvicorn's access record: (client, method, path, http version, status)
+        if not isinstance(args, tuple) or len(args) != 5:
+            return True
+        _, method, path, _, status = args
+        return not (isinstance(status, int) and status < 400
+                    and _ROUTINE.match(f"{method} {path} "))
+
+
+def quiet_access_log() -> None:
+    logging.getLogger("uvicorn.access").addFilter(RoutineRequests())

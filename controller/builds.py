@@ -66,6 +66,9 @@ def submit_build(farm: Farm, request: BuildRequest, tenant: str = DEFAULT_TENANT
     )
     build = farm.store.builds.add(new)
     farm.doorbell.ring()
+    looked = tree.locked and request.cache and farm.settings.result_cache
+    farm.metrics.submitted(build, tenant,
+                           [job.served is not None for job in new_jobs] if looked else [])
     return build
 
 

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from crossfarm.controller.metrics import FarmMetrics
 from crossfarm.controller.queue import JobQueue
 from crossfarm.controller.settings import ControllerSettings
 from crossfarm.controller.store import Store
@@ -25,6 +26,8 @@ class Counters:
     packs_received: int = 0
     pack_bytes_received: int = 0
     trees_created: int = 0
+    #: bytes of the trees submitted, each in full: what the wire would carry without dedup
+    tree_bytes: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def blob(self, size: int) -> None:
@@ -39,9 +42,10 @@ class Counters:
             self.blobs_received += len(sizes)
             self.blob_bytes_received += sum(sizes.values())
 
-    def tree(self) -> None:
+    def tree(self, total_bytes: int = 0) -> None:
         with self._lock:
             self.trees_created += 1
+            self.tree_bytes += total_bytes
 
     def snapshot(self) -> FarmStats:
         with self._lock:
@@ -116,5 +120,7 @@ class Farm:
     events: Events
     storage: ObjectStore
     counters: Counters = field(default_factory=Counters)
+    #: this farm's Prometheus instruments, in a registry of its own (controller/metrics.py)
+    metrics: FarmMetrics = field(default_factory=FarmMetrics)
     doorbell: Doorbell = field(default_factory=Doorbell)
     git_fetches: Slots = field(default_factory=Slots)

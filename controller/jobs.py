@@ -21,6 +21,7 @@ from crossfarm.controller.store.jobs import JobRecord, Outcome
 from crossfarm.shared import keys
 from crossfarm.shared.errors import BrokerError, Conflict, InvalidRequest
 from crossfarm.shared.ids import BuildId, JobId
+from crossfarm.shared.logs import job_context
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import (
     Event,
@@ -69,6 +70,7 @@ def send(farm: Farm, claimed: list[JobRecord],
             project=build.project,
         )
         choice = (routes or {}).get(job.job_id)
+        farm.metrics.sent(job, affinity=choice is not None and choice.worker is not None)
         if choice is not None and choice.placed is not None:
             farm.store.jobs.route(job.job_id, job.attempt, choice.worker, choice.placed)
             tell(farm, record.build_id, Event(kind="log", target=job.target,
@@ -104,6 +106,13 @@ def send(farm: Farm, claimed: list[JobRecord],
 def start(farm: Farm, job_id: JobId, report: JobStarted) -> StartVerdict:
     """A worker asks to start a job; only the current attempt of a queued job may."""
     record = farm.store.jobs.get(job_id)
+    with job_context(build_id=record.build_id, job_id=job_id, attempt=report.attempt,
+                     worker=report.worker, tenant=record.tenant):
+        return _start(farm, record, report)
+
+
+def _start(farm: Farm, record: JobRecord, report: JobStarted) -> StartVerdict:
+    job_id = record.view.job_id
     if record.view.attempt != report.attempt:
         return StartVerdict(proceed=False, reason=f"attempt {report.attempt} is stale")
     if record.view.state is not BuildState.QUEUED:
@@ -114,6 +123,7 @@ def start(farm: Farm, job_id: JobId, report: JobStarted) -> StartVerdict:
                                   lease_hash=lease_hash(lease))
     if moved is None:
         return StartVerdict(proceed=False, reason="another report changed the job first")
+    farm.metrics.started(moved, record.tenant)
     tell(farm, record.build_id, Event(kind="state", target=moved.target, state=BuildState.RUNNING))
     return StartVerdict(proceed=True, lease=lease)
 
@@ -128,6 +138,13 @@ def report_finished(farm: Farm, job_id: JobId, report: JobFinished) -> JobView:
     """A worker reports how its attempt ended: only the worker holding that attempt's
     lease may, and a manifest must describe that attempt's own outputs."""
     record = farm.store.jobs.get(job_id)
+    with job_context(build_id=record.build_id, job_id=job_id, attempt=report.attempt,
+                     worker=report.worker, tenant=record.tenant):
+        return _report_finished(farm, record, report)
+
+
+def _report_finished(farm: Farm, record: JobRecord, report: JobFinished) -> JobView:
+    job_id = record.view.job_id
     check_lease(record, report)
     if record.view.state is BuildState.CANCELLED:
         return record.view  # cancelled while it ran: the cancel stands
@@ -190,8 +207,11 @@ def finish(farm: Farm, job_id: JobId, attempt: int, outcome: Outcome) -> JobView
     if moved is None:
         return None
     farm.doorbell.ring()  # its slot is free
-    tell(farm, record.build_id, Event(kind="state", target=moved.target, state=outcome.state))
     build = farm.store.builds.get(record.build_id)
+    # Counted before anyone is told: a follower that reads /metrics once its build ended
+    # finds the end counted.
+    farm.metrics.finished(moved, record.tenant, build)
+    tell(farm, record.build_id, Event(kind="state", target=moved.target, state=outcome.state))
     if build.state.terminal:
         tell(farm, record.build_id, Event(kind="end", state=build.state))
     return moved
@@ -204,7 +224,9 @@ def rerun(farm: Farm, record: JobRecord, decision: Decision, why: str) -> None:
     moved = farm.store.jobs.retry(job.job_id, job.attempt, decision.queue,
                                   f"{decision.placed} (attempt {job.attempt + 1}: {why})")
     if moved is not None:
-        log.warning("job %s: %s; re-run as attempt %d", job.job_id, why, moved.attempt)
+        with job_context(build_id=record.build_id, job_id=job.job_id, attempt=job.attempt,
+                         worker=job.worker, tenant=record.tenant):
+            log.warning("job %s: %s; re-run as attempt %d", job.job_id, why, moved.attempt)
         tell(farm, record.build_id, Event(
             kind="log", target=job.target,
             line=f"crossfarm: {why}; re-running as attempt {moved.attempt}"))

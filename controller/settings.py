@@ -58,6 +58,9 @@ class ControllerSettings(FarmSettings):
     #: when set, submitting and reading builds and sources needs it or the operator token
     #: (`token` in the CLI's config): builds run the crate's code on the workers
     client_token: str | None = Field(default=None, min_length=8, pattern=_TOKEN)
+    #: when set, GET /metrics needs it as a bearer token (metric labels name tenants);
+    #: unset, /metrics is open like /healthz: keep the port off untrusted networks
+    metrics_token: str | None = Field(default=None, min_length=8, pattern=_TOKEN)
     default_timeout_s: int = Field(default=3600, ge=10)
     max_timeout_s: int = Field(default=6 * 3600, ge=10)
     #: above the longest build plus its queueing time (see shared/broker.py)

@@ -100,7 +100,8 @@ def create_source(farm: Farm, tree: SourceTree, commit: str | None = None,
     farm.storage.put_bytes(keys.tree_key(digest), canonical.model_dump_json().encode(),
                            "application/json")
     farm.store.sources.add_tree(status, tenant)
-    farm.counters.tree()
+    # A git source's blobs came from a worker's fetch, not the client: no dedup to count.
+    farm.counters.tree(summary.total_bytes if commit is None else 0)
     return status
 
 

@@ -12,13 +12,15 @@ def queue_lists(queue: str) -> list[str]:
     return [queue] + [f"{queue}\x06\x16{step}" for step in (3, 6, 9)]
 
 
-def create_celery(broker_url: str, *, visibility_timeout_s: int, name: str = "crossfarm") -> Celery:
+def create_celery(broker_url: str, *, visibility_timeout_s: int, name: str = "crossfarm",
+                  task_events: bool = False) -> Celery:
     """A Celery app configured for long builds on Redis.
 
     Redis redelivers any message not acked within the visibility timeout, even
     while its task still runs, so it must exceed the longest build plus its wait
     in the queue; acks are late and prefetch is one so a lost worker's job is
-    redelivered and an idle worker never hoards jobs.
+    redelivered and an idle worker never hoards jobs. `task_events` (CROSSFARM_TASK_EVENTS)
+    makes workers and senders publish task events, which Flower shows.
     """
     app = Celery(name, broker=broker_url)
     # kombu sweeps for messages past their visibility timeout about every interval x
@@ -39,7 +41,8 @@ def create_celery(broker_url: str, *, visibility_timeout_s: int, name: str = "cr
         task_ignore_result=True,
         task_default_queue="crossfarm.default",
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
+        worker_send_task_events=task_events,
+        task_send_sent_event=task_events,
         enable_utc=True,
     )
     return app

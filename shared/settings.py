@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from crossfarm.shared.logs import LogFormat
 from crossfarm.shared.storage import StorageSettings
 
 
@@ -22,6 +23,13 @@ class FarmSettings(BaseSettings):
     s3_bucket: str = "crossfarm"
     s3_access_key: str = "crossfarm"
     s3_secret_key: str = "crossfarm-local-secret"
+    #: text (a line a person reads) or json (one object per line, for a log collector);
+    #: text by default, so `make up` and a terminal read as before: deployments set json
+    log_format: LogFormat = LogFormat.TEXT
+    #: Celery task events (task-sent from the controller, task-received/started/succeeded
+    #: from workers) for Flower and `celery events`; off by default: each is a Redis
+    #: publish per task state, which nothing reads unless a monitor runs
+    task_events: bool = False
 
     def storage(self) -> StorageSettings:
         return StorageSettings(

@@ -1,4 +1,10 @@
-"""Starts a worker: detects its architecture, picks its queues, runs Celery."""
+"""Starts a worker: detects its architecture, picks its queues, runs Celery.
+
+`celery -A crossfarm.worker.app flower` (and `celery -A crossfarm.worker.app events`,
+`… inspect active`) finds this module's `app`: a Celery app on the broker of the
+CROSSFARM_* environment, made on that first access (a module `__getattr__`), never at
+import. Set CROSSFARM_TASK_EVENTS=1 on the workers and the controller so Flower sees tasks.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +19,14 @@ from crossfarm.shared import keys
 from crossfarm.shared.arch import Arch
 from crossfarm.shared.broker import create_celery
 from crossfarm.shared.events import Events
+from crossfarm.shared.logs import configure as configure_logs
 from crossfarm.shared.storage import S3Store
 from crossfarm.worker import tasks
 from crossfarm.worker.container import Docker
 from crossfarm.worker.deps import Registry
 from crossfarm.worker.egress import parse_networks
 from crossfarm.worker.gitfetch import FetchTools
+from crossfarm.worker.health import HealthServer, Pulse, readiness
 from crossfarm.worker.heartbeat import (
     ConsumerWatchdog,
     ContainerReaper,
@@ -57,7 +65,7 @@ def consumed_queues(settings: WorkerSettings, host: Arch, fetches: bool) -> list
 
 
 def _heartbeat(app: Celery, settings: WorkerSettings, host: Arch, node: str,
-               lease: Lease, fetches: bool) -> Heartbeat:
+               lease: Lease, fetches: bool, pulse: Pulse) -> Heartbeat:
     """Start this worker's heartbeat and its chores. Its clients are its own: the pool's
     are made after fork (toolbox) and must not be shared with the main process."""
     queues = consumed_queues(settings, host, fetches)
@@ -86,12 +94,17 @@ def _heartbeat(app: Celery, settings: WorkerSettings, host: Arch, node: str,
                      lambda: describe(settings, host, docker.image_id(settings.builder_image),
                                       running_tasks()),
                      switch, lease)
-    Ticker(settings.heartbeat_s, [watchdog.check, beat.beat, reaper.reap_orphans]).start()
+    Ticker(settings.heartbeat_s,
+           [watchdog.check, beat.beat, reaper.reap_orphans, pulse.beat]).start()
     return beat
 
 
-def create_worker_app(settings: WorkerSettings, host: Arch, fetches: bool = False) -> Celery:
-    app = create_celery(settings.redis_url, visibility_timeout_s=settings.visibility_timeout_s)
+def create_worker_app(settings: WorkerSettings, host: Arch, fetches: bool = False,
+                      pulse: Pulse | None = None) -> Celery:
+    """`pulse`: told each round of the heartbeat thread (the liveness probe reads it)."""
+    app = create_celery(settings.redis_url, visibility_timeout_s=settings.visibility_timeout_s,
+                        task_events=settings.task_events)
+    pulse = pulse or Pulse()
     lease = Lease(settings.scratch_dir / "lease.json")
     lease.forget()  # before any pool process reads it
 
@@ -123,7 +136,7 @@ def create_worker_app(settings: WorkerSettings, host: Arch, fetches: bool = Fals
     def start_heartbeat(sender: object = None, **_: object) -> None:
         # In the main process, once Celery is consuming (sender is its consumer).
         node = str(getattr(sender, "hostname", ""))
-        beats.append(_heartbeat(app, settings, host, node, lease, fetches))
+        beats.append(_heartbeat(app, settings, host, node, lease, fetches, pulse))
 
     def shutting_down(**_: object) -> None:
         for beat in beats:
@@ -134,9 +147,38 @@ def create_worker_app(settings: WorkerSettings, host: Arch, fetches: bool = Fals
     return app
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+def serve_health(settings: WorkerSettings, pulse: Pulse) -> HealthServer | None:
+    """Start /healthz and /readyz unless CROSSFARM_HEALTH_PORT is 0; a port already taken
+    stops the worker with what to change."""
+    if not settings.health_port:
+        return None
+    try:
+        server = HealthServer(settings.health_host, settings.health_port, readiness(settings),
+                              pulse, within_s=max(6 * settings.heartbeat_s, 60))
+    except OSError as exc:
+        raise SystemExit(
+            f"crossfarm-worker: cannot serve health on {settings.health_host}:"
+            f"{settings.health_port}: {exc.strerror or exc}; set CROSSFARM_HEALTH_PORT to a "
+            "free port (each worker on a host needs its own), or 0 for none") from None
+    server.start()
+    return server
+
+
+def __getattr__(name: str) -> Celery:
+    """The `app` (or `celery`) Celery's `-A crossfarm.worker.app` looks for, for Flower and
+    Celery's own tools: made from the environment on first access, then kept."""
+    if name not in ("app", "celery"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     settings = load_settings()
+    made = create_celery(settings.redis_url, visibility_timeout_s=settings.visibility_timeout_s,
+                         task_events=settings.task_events)
+    globals().update(app=made, celery=made)
+    return made
+
+
+def main() -> None:
+    settings = load_settings()
+    configure_logs(settings.log_format)
     if settings.job_disk_bytes and not shutil.which("losetup"):
         raise SystemExit("crossfarm-worker: CROSSFARM_JOB_DISK_BYTES needs losetup (util-linux) "
                          "and a worker that may attach loop devices (root); install it, or set "
@@ -149,7 +191,9 @@ def main() -> None:
             "no fetcher image %s: this worker fetches no git sources (make images)",
             settings.fetcher_image)
     queues = consumed_queues(settings, host, fetches)
-    app = create_worker_app(settings, host, fetches)
+    pulse = Pulse()
+    serve_health(settings, pulse)
+    app = create_worker_app(settings, host, fetches, pulse)
     logging.getLogger(__name__).info("worker %s (%s) consumes %s", settings.worker_name,
                                      host.value, ", ".join(queues))
     app.worker_main([

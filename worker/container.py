@@ -118,6 +118,10 @@ class Docker:
     def close(self) -> None:
         self._client.close()
 
+    def ping(self) -> None:
+        """One round trip to the engine (GET /_ping); raises unless it answers."""
+        self._client.ping()
+
     def has_image(self, name: str) -> bool:
         try:
             self._client.images.get(name)

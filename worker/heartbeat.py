@@ -157,6 +157,10 @@ class Heartbeat:
         # A SIGTERM beats from Celery's thread while the ticker may be beating.
         self._lock = threading.Lock()
         self._fresh = True
+        #: what the last beat's failure said (None: it reached the controller), and how
+        #: many beats failed in a row: beats are logged only when this changes
+        self._failure: str | None = None
+        self._failed = 0
 
     def shutting_down(self) -> None:
         """The worker got SIGTERM: say so at once, so no new job is placed on it."""
@@ -169,8 +173,12 @@ class Heartbeat:
             try:
                 reply = self._reporter.heartbeat(self._name, info, fresh_start=self._fresh)
             except (ControllerError, OSError) as exc:
-                log.warning("heartbeat to the controller failed: %s", exc)
+                self._failed_with(str(exc))
                 return
+            if self._failure is not None or self._fresh:
+                log.info("%s: heartbeats reach the controller%s", self._name,
+                         f" again, after {self._failed} failed" if self._failed else "")
+            self._failure, self._failed = None, 0
             self._fresh = False
             if self._lease is not None and reply.lost_after_s is not None:
                 try:
@@ -178,6 +186,16 @@ class Heartbeat:
                 except OSError as exc:  # a full disk must not fence this worker's builds
                     log.warning("could not record the lease: %s", exc)
             self._switch.operator_wants(reply.drain)
+
+
+    def _failed_with(self, said: str) -> None:
+        """One line when beats start failing or fail otherwise, none for each repeat: a
+        controller away for an hour is one warning, not 720."""
+        self._failed += 1
+        if said != self._failure:
+            log.warning("%s: heartbeat to the controller failed: %s (logged again only "
+                        "when this changes)", self._name, said)
+        self._failure = said
 
 
 class Ticker:

@@ -32,6 +32,10 @@ class WorkerSettings(FarmSettings):
     #: free-form labels shown in the fleet (CROSSFARM_LABELS='{"rack": "r1"}')
     labels: dict[str, str] = Field(default_factory=dict)
     heartbeat_s: float = Field(default=5.0, gt=0)
+    #: where the worker serves /healthz and /readyz (worker/health.py): loopback by
+    #: default; the Helm chart and compose set 0.0.0.0 for their probes. Port 0: off
+    health_host: str = "127.0.0.1"
+    health_port: int = Field(default=8701, ge=0, le=65535)
     builder_image: str = "crossfarm/builder:1"
     #: the worker's shared dependency volume: crates checked against Cargo.lock's sha256,
     #: written by the worker only, mounted read-only into builds

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from crossfarm.controller.store import migrations
 from crossfarm.controller.store.builds import BuildStore
+from crossfarm.controller.store.census import CensusStore
 from crossfarm.controller.store.credentials import CredentialStore
 from crossfarm.controller.store.jobs import JobStore
 from crossfarm.controller.store.schema import Database
@@ -46,6 +47,8 @@ class Store:
         self.tokens = TokenStore(self.db)
         self.usage = UsageStore(self.db)
         self.credentials = CredentialStore(self.db, vault)
+        #: counts for /metrics, and the readiness probe's round trip
+        self.census = CensusStore(self.db)
 
     def close(self) -> None:
         self.db.close()

@@ -81,6 +81,8 @@ class Farm:
     operator_token: str | None = None
     #: what the workers present; made up when the farm requires tokens and none is given
     worker_token: str | None = None
+    #: each worker's /healthz and /readyz port on its host, by worker name
+    health_ports: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.client_token or self.operator_token) and not self.worker_token:
@@ -188,8 +190,11 @@ class Farm:
     def start_worker(self, name: str = "worker", netns: str | None = None,
                      **extra: str) -> subprocess.Popen:
         """A worker process; with `netns`, on the test host of that network namespace."""
+        # Each worker on this host its own health port (the default 8701 fits one only).
+        extra.setdefault("CROSSFARM_HEALTH_PORT", str(free_port()))
         env = self.env(CROSSFARM_WORKER_NAME=extra.pop("CROSSFARM_WORKER_NAME", name),
                        CROSSFARM_SCRATCH_DIR=str(self.dir / name), **extra)
+        self.health_ports[env["CROSSFARM_WORKER_NAME"]] = int(env["CROSSFARM_HEALTH_PORT"])
         host = ["ip", "netns", "exec", netns] if netns else []
         proc = self._spawn(name, [*host, sys.executable, "-m", "crossfarm.worker"], env)
         worker = env["CROSSFARM_WORKER_NAME"]
@@ -210,8 +215,9 @@ class Farm:
         env.update(CROSSFARM_WORKER_NAME=name, CROSSFARM_BUILDER_IMAGE=image,
                    CROSSFARM_SCRATCH_DIR="/tmp/crossfarm", CROSSFARM_JOB_DISK_BYTES="0",
                    # its egress sockets would be in the container, not on the engine's host
-                   CROSSFARM_FETCHER_IMAGE="")
+                   CROSSFARM_FETCHER_IMAGE="", CROSSFARM_HEALTH_PORT=str(free_port()))
         env.update(extra)
+        self.health_ports[name] = int(env["CROSSFARM_HEALTH_PORT"])
         if Path(ca).is_file():  # the build containers mount it from the host: same path
             env["CROSSFARM_CA_BUNDLE"] = ca
         subprocess.run(["docker", "rm", "-f", container], capture_output=True)
@@ -296,7 +302,7 @@ def up(state_dir: Path, cross: str) -> Farm:
         farm.start_redis()
         farm.start_s3()
         farm.start_controller()
-        farm.start_worker(CROSSFARM_CROSS_ARCHES=cross)
+        farm.start_worker(CROSSFARM_CROSS_ARCHES=cross, CROSSFARM_HEALTH_PORT="8701")
     except BaseException:
         farm.stop()  # leave nothing half-started behind
         raise

@@ -42,6 +42,13 @@ class FakeEvents:
         self.cancelled = []
         self.attempts = {}
         self.replies = {}
+        #: what ping raises (a BrokerError while "Redis" is down), None: it answers
+        self.down = None
+
+    def ping(self):
+        if self.down is not None:
+            raise self.down
+        return True
 
     def append(self, build_id, event, if_exists=False):
         if if_exists and all(b != build_id for b, _ in self.appended):
@@ -103,14 +110,15 @@ class Api:
         return lambda *args, **kwargs: asyncio.run(call(*args, **kwargs))
 
 
-def make_api(tmp_path, **settings) -> Api:
+def make_api(tmp_path, storage=None, **settings) -> Api:
     """The real app on a fresh database in `tmp_path`; `.farm` is its farm. Its lifespan
-    (real broker, object store, chores) is never started."""
+    (real broker, object store, chores) is never started. `storage`: instead of an
+    in-memory object store."""
     config = ControllerSettings(database_url=f"sqlite:///{tmp_path}/crossfarm.db", **settings)
     app = create_app(config)
     events = FakeEvents()
     farm = Farm(settings=config, store=Store(config.database_url), queue=FakeQueue(),
-                events=events, storage=FakeStorage())
+                events=events, storage=storage or FakeStorage())
     app.state.farm = farm
     app.state.event_reader = FakeEventReader(events)
     return Api(app, farm)

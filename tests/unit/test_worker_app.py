@@ -66,3 +66,40 @@ def test_a_worker_with_a_disk_budget_and_no_losetup_refuses_to_start(tmp_path):
     assert run.returncode != 0
     assert "CROSSFARM_JOB_DISK_BYTES needs losetup" in run.stderr
     assert "set CROSSFARM_JOB_DISK_BYTES=0" in run.stderr
+
+
+@pytest.fixture
+def fresh_module_app():
+    """crossfarm.worker.app keeps the app it made on first access: forget it around a test."""
+    import crossfarm.worker.app as module
+
+    for name in ("app", "celery"):
+        vars(module).pop(name, None)
+    yield module
+    for name in ("app", "celery"):
+        vars(module).pop(name, None)
+
+
+def test_celery_finds_an_app_in_the_worker_module_made_from_the_environment_on_access(
+        fresh_module_app, monkeypatch):
+    from celery.app.utils import find_app
+
+    monkeypatch.setenv("CROSSFARM_REDIS_URL", "redis://127.0.0.1:1/7")
+    monkeypatch.setenv("CROSSFARM_TASK_EVENTS", "1")
+    assert "app" not in vars(fresh_module_app)  # importing it made none
+    found = find_app("crossfarm.worker.app")
+    assert found.conf.broker_url == "redis://127.0.0.1:1/7"
+    assert found.conf.worker_send_task_events is True
+    assert found.conf.task_send_sent_event is True
+    assert find_app("crossfarm.worker.app") is found  # made once
+
+
+def test_task_events_are_off_unless_the_setting_turns_them_on(fresh_module_app, monkeypatch):
+    monkeypatch.delenv("CROSSFARM_TASK_EVENTS", raising=False)
+    assert fresh_module_app.app.conf.worker_send_task_events is False
+    assert fresh_module_app.app.conf.task_send_sent_event is False
+
+
+def test_the_worker_module_has_no_other_made_up_attribute(fresh_module_app):
+    with pytest.raises(AttributeError, match="no attribute 'flower'"):
+        fresh_module_app.flower  # noqa: B018

@@ -279,3 +279,36 @@ def test_the_ticker_runs_its_chores_on_its_own_thread_until_stopped():
     ticker.start()
     assert ticked.wait(5)
     ticker.stop()
+
+
+def _heartbeat_lines(caplog):
+    return [r for r in caplog.records if r.name == "crossfarm.worker.heartbeat"]
+
+
+def test_heartbeats_are_logged_only_when_their_outcome_changes(caplog):
+    away = ControllerError("the controller is unreachable")
+    beat, _, _ = _heartbeat(replies=[HeartbeatReply(drain=False)] * 3 + [away] * 4
+                            + [HeartbeatReply(drain=False)] * 3)
+    with caplog.at_level("INFO", logger="crossfarm.worker.heartbeat"):
+        for _ in range(10):
+            beat.beat()
+    said = [(r.levelname, r.getMessage()) for r in _heartbeat_lines(caplog)]
+    assert said == [
+        ("INFO", "w1: heartbeats reach the controller"),
+        ("WARNING", "w1: heartbeat to the controller failed: the controller is unreachable "
+                    "(logged again only when this changes)"),
+        ("INFO", "w1: heartbeats reach the controller again, after 4 failed"),
+    ]
+
+
+def test_a_heartbeat_failing_for_another_reason_is_logged_again(caplog):
+    beat, _, _ = _heartbeat(replies=[ControllerError("refused: 401"),
+                                     ControllerError("refused: 401"),
+                                     ControllerError("connection reset")])
+    with caplog.at_level("INFO", logger="crossfarm.worker.heartbeat"):
+        for _ in range(3):
+            beat.beat()
+    warnings = [r.getMessage() for r in _heartbeat_lines(caplog) if r.levelname == "WARNING"]
+    assert len(warnings) == 2
+    assert "refused: 401" in warnings[0]
+    assert "connection reset" in warnings[1]
