@@ -10,9 +10,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from crossfarm.client.api import FarmClient
+from crossfarm.client.cargo import CargoOptions
 from crossfarm.client.config import Config, CrossConfig
+from crossfarm.client.preflight import check_request
 from crossfarm.client.render import Progress, build_table, emit_json, note
 from crossfarm.client.source import scan, send
 from crossfarm.shared.arch import Placement
@@ -28,8 +31,15 @@ EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_CANCELLED, EXIT_INTERRUPTED = 0, 1, 2, 3,
 
 @dataclass(frozen=True)
 class BuildOptions:
+    """What `crossfarm build` or `crossfarm test` was asked to do."""
+
     targets: list[str]
-    cargo: CargoSpec
+    #: cargo's own flags, as given (see client/cargo.py)
+    cargo: CargoOptions
+    #: the cargo profile ("dev" unless --release, --profile or the configuration says)
+    profile: str
+    #: the workspace member the CLI runs in, built alone unless -p or --workspace say
+    member: str | None
     timeout: int | None
     detach: bool
     as_json: bool
@@ -53,9 +63,11 @@ def run_build(client: FarmClient, config: Config, cross: CrossConfig, options: B
         note(f"warning: {warning}")
     for name in cross.missing:
         note(f"warning: Cross.toml passes {name} through, but it is not set here")
+    cargo = cargo_spec(options)
+    check_request(client.offer(), options.targets, options.cargo.toolchain)
     source, project = _send_source(client, options)
     request = BuildRequest(
-        source=source, project=project, targets=options.targets, cargo=options.cargo,
+        source=source, project=project, targets=options.targets, cargo=cargo,
         timeout_s=options.timeout,
         env=cross.passthrough,
         target_env={t: env for t, env in cross.per_target.items() if t in options.targets},
@@ -77,7 +89,7 @@ def run_build(client: FarmClient, config: Config, cross: CrossConfig, options: B
         follow(client, build.build_id, options.targets)
     final = client.build(build.build_id)
     artifacts = client.artifacts(build.build_id)
-    profile = profile_dir(options.cargo.profile)
+    profile = profile_dir(cargo.profile)
     # Every destination is checked before the first byte lands, so a list with one bad
     # name writes nothing at all.
     dests = [_cargo_dest(options.root, options.targets, profile, artifact)
@@ -92,6 +104,23 @@ def run_build(client: FarmClient, config: Config, cross: CrossConfig, options: B
     else:
         build_table(final, artifacts)
     return exit_code(final.state)
+
+
+def cargo_spec(options: BuildOptions) -> CargoSpec:
+    """The request's cargo spec; UsageError naming what to fix in the command line."""
+    try:
+        return options.cargo.spec(options.profile, options.member)
+    except ValueError as exc:
+        raise UsageError(f"--features or --profile: {first_error(exc)}") from None
+
+
+def first_error(exc: ValueError) -> str:
+    """The first problem pydantic found, as `field: message` (or the error's text)."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    return str(exc)
 
 
 def _send_source(client: FarmClient, options: BuildOptions
@@ -114,14 +143,18 @@ def _send_source(client: FarmClient, options: BuildOptions
 
 
 def follow(client: FarmClient, build_id: str, targets: list[str] | None = None,
-           only: str | None = None, live: bool = True) -> None:
-    """Print a build's log lines (to stderr, prefixed by target) until it ends."""
+           only: str | None = None, live: bool = True, out: TextIO | None = None) -> None:
+    """Print a build's log lines to `out` until it ends (stderr, as while a build runs, so
+    stdout keeps the one document --json prints); state changes go to stderr. Each line
+    is prefixed by its target unless `only` one target's lines are shown: then they are
+    that target's output as it was."""
     width = max((len(t) for t in targets or []), default=0)
     for event in client.events(build_id, follow=live):
         if only and event.target != only:
             continue
         if event.kind == "log":
-            print(f"[{(event.target or ''):<{width}}] {event.line}", file=sys.stderr, flush=True)
+            line = event.line if only else f"[{(event.target or ''):<{width}}] {event.line}"
+            print(line, file=out or sys.stderr, flush=True)
         elif event.kind == "state" and event.target:
             note(f"{event.target}: {event.state}")
 
