@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TextIO
 
 from crossfarm.client.api import FarmClient
-from crossfarm.client.cargo import CargoOptions
 from crossfarm.client.config import Config, CrossConfig
 from crossfarm.client.preflight import check_request
 from crossfarm.client.render import Progress, build_table, emit_json, note
@@ -34,12 +33,8 @@ class BuildOptions:
     """What `crossfarm build` or `crossfarm test` was asked to do."""
 
     targets: list[str]
-    #: cargo's own flags, as given (see client/cargo.py)
-    cargo: CargoOptions
-    #: the cargo profile ("dev" unless --release, --profile or the configuration says)
-    profile: str
-    #: the workspace member the CLI runs in, built alone unless -p or --workspace say
-    member: str | None
+    #: how cargo builds each target (from cargo's own flags: client/cargo.py)
+    cargo: CargoSpec
     timeout: int | None
     detach: bool
     as_json: bool
@@ -50,6 +45,8 @@ class BuildOptions:
     wait_limit_s: int | None = None
     #: False: build every target even where the result cache has its artifacts
     cache: bool = True
+    #: `+toolchain`: checked against what the farm offers before anything is sent
+    toolchain: str | None = None
 
 
 def exit_code(state: BuildState) -> int:
@@ -63,11 +60,10 @@ def run_build(client: FarmClient, config: Config, cross: CrossConfig, options: B
         note(f"warning: {warning}")
     for name in cross.missing:
         note(f"warning: Cross.toml passes {name} through, but it is not set here")
-    cargo = cargo_spec(options)
-    check_request(client.offer(), options.targets, options.cargo.toolchain)
+    check_request(client.offer(), options.targets, options.toolchain)
     source, project = _send_source(client, options)
     request = BuildRequest(
-        source=source, project=project, targets=options.targets, cargo=cargo,
+        source=source, project=project, targets=options.targets, cargo=options.cargo,
         timeout_s=options.timeout,
         env=cross.passthrough,
         target_env={t: env for t, env in cross.per_target.items() if t in options.targets},
@@ -89,7 +85,7 @@ def run_build(client: FarmClient, config: Config, cross: CrossConfig, options: B
         follow(client, build.build_id, options.targets)
     final = client.build(build.build_id)
     artifacts = client.artifacts(build.build_id)
-    profile = profile_dir(cargo.profile)
+    profile = profile_dir(options.cargo.profile)
     # Every destination is checked before the first byte lands, so a list with one bad
     # name writes nothing at all.
     dests = [_cargo_dest(options.root, options.targets, profile, artifact)
@@ -104,14 +100,6 @@ def run_build(client: FarmClient, config: Config, cross: CrossConfig, options: B
     else:
         build_table(final, artifacts)
     return exit_code(final.state)
-
-
-def cargo_spec(options: BuildOptions) -> CargoSpec:
-    """The request's cargo spec; UsageError naming what to fix in the command line."""
-    try:
-        return options.cargo.spec(options.profile, options.member)
-    except ValueError as exc:
-        raise UsageError(f"--features or --profile: {first_error(exc)}") from None
 
 
 def first_error(exc: ValueError) -> str:

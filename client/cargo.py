@@ -13,6 +13,7 @@ import argparse
 import re
 from dataclasses import dataclass, field
 
+from crossfarm.client.build import first_error
 from crossfarm.shared.errors import UsageError
 from crossfarm.shared.wire import CargoSpec
 
@@ -52,7 +53,8 @@ class CargoOptions:
     offline: bool = False
     #: cargo's HTML timing report, which comes back as an artifact
     timings: bool = False
-    #: crossfarm test only: build the tests and return them, do not run them
+    #: crossfarm test only: build the tests and return them, do not run them (a field of
+    #: the test request, not a cargo argument: the farm adds --no-run itself)
     no_run: bool = False
     #: crossfarm test only: run every test binary even after one failed
     no_fail_fast: bool = False
@@ -74,20 +76,22 @@ class CargoOptions:
         args += ["--all-targets"] if self.all_targets else []
         args += [f"--jobs={self.jobs}"] if self.jobs else []
         args += ["-" + "v" * self.verbose] if self.verbose else []
-        for name in ("quiet", "locked", "frozen", "offline", "timings", "no_run",
-                     "no_fail_fast"):
+        for name in ("quiet", "locked", "frozen", "offline", "timings", "no_fail_fast"):
             args += [f"--{name.replace('_', '-')}"] if getattr(self, name) else []
         return args + list(self.extra)
 
     def spec(self, profile: str, member: str | None = None) -> CargoSpec:
-        """The request's cargo spec (ValueError, from the wire model, on a bad feature
-        name or profile)."""
-        return CargoSpec(
-            profile=profile,
-            features=[f for group in self.features for f in group.replace(",", " ").split()],
-            all_features=self.all_features, no_default_features=self.no_default_features,
-            cargo_args=self.cargo_args(member),
-        )
+        """The request's cargo spec; UsageError on a feature or profile name cargo would
+        not take."""
+        try:
+            return CargoSpec(
+                profile=profile,
+                features=[f for group in self.features for f in group.replace(",", " ").split()],
+                all_features=self.all_features, no_default_features=self.no_default_features,
+                cargo_args=self.cargo_args(member),
+            )
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            raise UsageError(f"--features or --profile: {first_error(exc)}") from None
 
 
 def add_cargo_flags(parser: argparse.ArgumentParser, test: bool) -> None:

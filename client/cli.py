@@ -335,10 +335,11 @@ def _submission(config: Config, args: argparse.Namespace) -> tuple[BuildOptions,
         root, member = crate.root, crate.package
     if not config.targets:
         raise UsageError("no target: pass --target TRIPLE (or set targets in crossfarm.toml)")
+    cargo = cargo_options(args, args.toolchain)
     options = BuildOptions(
-        targets=config.targets, cargo=cargo_options(args, args.toolchain),
-        profile=config.profile or "dev", member=member, timeout=config.timeout,
-        detach=args.detach, as_json=args.json, cancel_on_interrupt=args.cancel_on_interrupt,
+        targets=config.targets, cargo=cargo.spec(config.profile or "dev", member),
+        toolchain=cargo.toolchain, timeout=config.timeout, detach=args.detach,
+        as_json=args.json, cancel_on_interrupt=args.cancel_on_interrupt,
         git=(args.git, args.rev) if args.git else None, root=root,
         placement=Placement(args.placement) if args.placement else None,
         wait_limit_s=args.wait_limit, cache=args.cache,

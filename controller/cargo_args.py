@@ -31,7 +31,7 @@ _FLAGS = frozenset(
     }
 )
 #: Flags only `cargo test` takes.
-_TEST_FLAGS = frozenset({"--no-run", "--no-fail-fast"})
+_TEST_FLAGS = frozenset({"--no-fail-fast"})
 
 _NAME = r"[A-Za-z0-9_*?\[\]][A-Za-z0-9_.*?\[\]-]{0,127}"
 _FEATURE = r"[A-Za-z0-9_][A-Za-z0-9_.+/?:-]{0,127}"
@@ -77,6 +77,7 @@ _REFUSED = {
     "--release": "use crossfarm --release",
     "-r": "use crossfarm --release",
     "--profile": "use crossfarm --profile",
+    "--no-run": "use crossfarm test --no-run (the farm then returns the test binaries)",
     "--message-format": "the farm reads cargo's JSON messages itself",
     "--config": "toolchain configuration is the builder image's",
     "-Z": "unstable flags need a nightly toolchain the builder image does not have",

@@ -13,7 +13,7 @@ from crossfarm.client.cargo import CargoOptions
 from crossfarm.client.config import Config, CrossConfig
 from crossfarm.client.preflight import Offer, Toolchain, check_request, version_warning
 from crossfarm.shared.errors import FarmError, UnsupportedTarget, UsageError
-from crossfarm.shared.wire import API_VERSION, Health, crossfarm_version
+from crossfarm.shared.wire import API_VERSION, CargoSpec, Health, crossfarm_version
 
 X86 = "x86_64-unknown-linux-gnu"
 ARM = "aarch64-unknown-linux-gnu"
@@ -127,22 +127,25 @@ class UploadsNothing:
 def test_a_mistyped_target_fails_before_anything_is_uploaded_or_fetched(tmp_path, git):
     (tmp_path / "Cargo.toml").write_text('[package]\nname = "a"\nversion = "0.1.0"\n')
     options = BuildOptions(
-        targets=[X86, "aarch64-unknown-linux-gun"], cargo=CargoOptions(), profile="dev",
-        member=None, timeout=None, detach=False, as_json=False, cancel_on_interrupt=False,
-        git=git, root=Path(tmp_path))
+        targets=[X86, "aarch64-unknown-linux-gun"], cargo=CargoSpec(), timeout=None,
+        detach=False, as_json=False, cancel_on_interrupt=False, git=git, root=Path(tmp_path))
     config = Config(url=URL, token=None, targets=options.targets, profile=None, timeout=None,
                     user="ada@here")
     with pytest.raises(UnsupportedTarget, match="aarch64-unknown-linux-gun"):
         run_build(UploadsNothing(), config, CrossConfig(), options)
 
 
-def test_a_bad_feature_name_is_a_usage_error_before_anything_is_sent(tmp_path):
-    options = BuildOptions(
-        targets=[X86], cargo=CargoOptions(features=("ok,b@d",)), profile="dev", member=None,
-        timeout=None, detach=False, as_json=False, cancel_on_interrupt=False, git=None,
-        root=Path(tmp_path))
-    config = Config(url=URL, token=None, targets=[X86], profile=None, timeout=None, user="a")
+def test_a_bad_feature_name_is_a_usage_error_naming_the_field():
     with pytest.raises(UsageError, match=r"--features or --profile: features\.1"):
+        CargoOptions(features=("ok,b@d",)).spec("dev")
+
+
+def test_a_toolchain_the_farm_lacks_fails_before_anything_is_uploaded(tmp_path):
+    options = BuildOptions(
+        targets=[X86], cargo=CargoSpec(), timeout=None, detach=False, as_json=False,
+        cancel_on_interrupt=False, git=None, root=Path(tmp_path), toolchain="1.63")
+    config = Config(url=URL, token=None, targets=[X86], profile=None, timeout=None, user="a")
+    with pytest.raises(UsageError, match=r"\+1\.63: this farm names no toolchains"):
         run_build(UploadsNothing(), config, CrossConfig(), options)
 
 

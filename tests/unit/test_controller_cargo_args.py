@@ -146,12 +146,18 @@ def test_only_the_stable_html_timing_report_is_allowed(arg):
         check_cargo_args([arg])
 
 
-@pytest.mark.parametrize("arg", ["--no-run", "--no-fail-fast"])
+@pytest.mark.parametrize("arg", ["--no-fail-fast"])
 def test_a_cargo_test_flag_passes_for_a_test_and_is_refused_for_a_build(arg):
     assert check_cargo_args([arg], test=True) == [arg]
     with pytest.raises(InvalidCargoArgs, match="only crossfarm test takes it") as exc:
         check_cargo_args([arg])
     assert exc.value.arg == arg
+
+
+@pytest.mark.parametrize("test", [True, False])
+def test_no_run_is_crossfarm_tests_own_flag_not_a_cargo_argument(test):
+    with pytest.raises(InvalidCargoArgs, match="use crossfarm test --no-run"):
+        check_cargo_args(["--no-run"], test=test)
 
 
 def test_a_test_is_refused_what_a_build_is_refused_and_unknown_flags_name_cargo_test():
