@@ -62,10 +62,16 @@ def test_workspace_with_global_flags_first_timings_verbose_jobs_and_frozen(farm,
     assert "warning: the farm" not in result.stderr  # same API version: nothing to say
 
 
-def test_one_package_of_the_workspace_with_p(farm, ws, cli):
-    result = cli(ws, "build", "--target", X86, "-p", "tool")
+# --locked too: the worker locks a crate with a Cargo.lock itself, and cargo refuses a flag
+# given twice, so this also proves the farm gives it once.
+@pytest.mark.parametrize(("flags", "built"), [
+    (["-p", "tool", "--locked"], {"tool"}),
+    (["--workspace", "--exclude", "tool", "--locked"], {"app"}),
+], ids=["p", "workspace-exclude"])
+def test_packages_of_the_workspace_chosen_as_in_cargo(farm, ws, cli, flags, built):
+    result = cli(ws, "build", "--target", X86, *flags)
     assert result.returncode == 0, result.stderr
-    assert _built(ws) == {"tool"}
+    assert _built(ws) == built
 
 
 def test_an_example_from_inside_its_member(farm, ws, cli):
