@@ -56,8 +56,6 @@ class CargoOptions:
     #: crossfarm test only: build the tests and return them, do not run them (a field of
     #: the test request, not a cargo argument: the farm adds --no-run itself)
     no_run: bool = False
-    #: crossfarm test only: run every test binary even after one failed
-    no_fail_fast: bool = False
     #: extra cargo arguments given after `--`
     extra: tuple[str, ...] = ()
 
@@ -76,8 +74,8 @@ class CargoOptions:
         args += ["--all-targets"] if self.all_targets else []
         args += [f"--jobs={self.jobs}"] if self.jobs else []
         args += ["-" + "v" * self.verbose] if self.verbose else []
-        for name in ("quiet", "locked", "frozen", "offline", "timings", "no_fail_fast"):
-            args += [f"--{name.replace('_', '-')}"] if getattr(self, name) else []
+        for name in ("quiet", "locked", "frozen", "offline", "timings"):
+            args += [f"--{name}"] if getattr(self, name) else []
         return args + list(self.extra)
 
     def spec(self, profile: str, member: str | None = None) -> CargoSpec:
@@ -133,11 +131,9 @@ def add_cargo_flags(parser: argparse.ArgumentParser, test: bool) -> None:
                           help="fail if Cargo.lock is missing or out of date")
     manifest.add_argument("--frozen", action="store_true", help="--locked and --offline")
     manifest.add_argument("--offline", action="store_true")
-    if test:
+    if test:  # the farm runs every test binary (cargo's --no-fail-fast), to count them all
         parser.add_argument("--no-run", action="store_true",
                             help="build the tests and download them; run nothing")
-        parser.add_argument("--no-fail-fast", action="store_true",
-                            help="run every test binary even after one failed")
 
 
 def cargo_options(args: argparse.Namespace, toolchain: str | None) -> CargoOptions:
@@ -159,7 +155,7 @@ def cargo_options(args: argparse.Namespace, toolchain: str | None) -> CargoOptio
         no_default_features=args.no_default_features,
         jobs=args.jobs, verbose=args.verbose, quiet=args.quiet,
         locked=args.locked, frozen=args.frozen, offline=args.offline, timings=args.timings,
-        no_run=getattr(args, "no_run", False), no_fail_fast=getattr(args, "no_fail_fast", False),
+        no_run=getattr(args, "no_run", False),
         extra=tuple(args.cargo_args),
     )
 

@@ -1,7 +1,7 @@
 """`crossfarm test`: the seam where the test run meets the CLI.
 
 The CLI parses `crossfarm test` like `crossfarm build` (client/cargo.py, with
-`--no-run` and `--no-fail-fast`) into the same BuildOptions; running the tests on the
+`--no-run`) into the same BuildOptions; running the tests on the
 farm (the request's command, the per-target counts, exit 1 when any failed) is the
 farm-side part of issue #12, which replaces this module.
 """

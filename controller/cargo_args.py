@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 from crossfarm.shared.errors import InvalidCargoArgs
 
-#: Flags without a value that `cargo build` and `cargo test` both take.
+#: Flags without a value that `cargo build` and `cargo test` both take (a test run's
+#: own, --no-run and --no-fail-fast, the farm sets itself).
 _FLAGS = frozenset(
     {
         # package selection
@@ -30,8 +31,6 @@ _FLAGS = frozenset(
         "--keep-going", "--ignore-rust-version",
     }
 )
-#: Flags only `cargo test` takes.
-_TEST_FLAGS = frozenset({"--no-fail-fast"})
 
 _NAME = r"[A-Za-z0-9_*?\[\]][A-Za-z0-9_.*?\[\]-]{0,127}"
 _FEATURE = r"[A-Za-z0-9_][A-Za-z0-9_.+/?:-]{0,127}"
@@ -78,15 +77,16 @@ _REFUSED = {
     "-r": "use crossfarm --release",
     "--profile": "use crossfarm --profile",
     "--no-run": "use crossfarm test --no-run (the farm then returns the test binaries)",
+    "--no-fail-fast": "crossfarm test runs every test binary already, to count them all",
     "--message-format": "the farm reads cargo's JSON messages itself",
     "--config": "toolchain configuration is the builder image's",
     "-Z": "unstable flags need a nightly toolchain the builder image does not have",
 }
 
 
-def check_cargo_args(args: list[str], test: bool = False) -> list[str]:
-    """Return `args` if all are allowed (with `test`, as arguments of `cargo test`); else
-    raise InvalidCargoArgs naming the first refused and why."""
+def check_cargo_args(args: list[str]) -> list[str]:
+    """Return `args` if all are allowed; else raise InvalidCargoArgs naming the first
+    refused and why."""
     pending: str | None = None  # the flag whose value comes next
     for arg in args:
         if any(ord(char) < 32 for char in arg):
@@ -97,13 +97,13 @@ def check_cargo_args(args: list[str], test: bool = False) -> list[str]:
             _check_value(pending, arg, arg)
             pending = None
         else:
-            pending = _check_flag(arg, test)
+            pending = _check_flag(arg)
     if pending is not None:
         raise InvalidCargoArgs(args[-1], "it needs a value")
     return args
 
 
-def _check_flag(arg: str, test: bool) -> str | None:
+def _check_flag(arg: str) -> str | None:
     """Check one flag (and its value, if written with it); returns the flag if its value
     is the next argument."""
     flag, value = _split(arg)
@@ -117,8 +117,8 @@ def _check_flag(arg: str, test: bool) -> str | None:
         if value != "html":
             raise InvalidCargoArgs(arg, "only the html report is stable (--timings or "
                                         "--timings=html)")
-    elif value is not None or not _is_flag(flag, test):
-        _refuse_unknown(arg, flag, test)
+    elif value is not None or not _is_flag(flag):
+        _refuse_unknown(arg)
     return None
 
 
@@ -132,18 +132,14 @@ def _split(arg: str) -> tuple[str, str | None]:
     return flag, value if has_value else None
 
 
-def _refuse_unknown(arg: str, flag: str, test: bool) -> None:
+def _refuse_unknown(arg: str) -> None:
     if not arg.startswith("-"):
         raise InvalidCargoArgs(arg, "positional arguments are not passed to cargo")
-    if flag in _TEST_FLAGS and not test:
-        raise InvalidCargoArgs(arg, "only crossfarm test takes it, not crossfarm build")
-    raise InvalidCargoArgs(arg, f"not one of the cargo {'test' if test else 'build'} flags "
-                                "the farm passes through")
+    raise InvalidCargoArgs(arg, "not one of the cargo build flags the farm passes through")
 
 
-def _is_flag(flag: str, test: bool) -> bool:
-    return (flag in _FLAGS or (test and flag in _TEST_FLAGS)
-            or re.fullmatch(r"-v{2,3}", flag) is not None)
+def _is_flag(flag: str) -> bool:
+    return flag in _FLAGS or re.fullmatch(r"-v{2,3}", flag) is not None
 
 
 def _check_value(flag: str, value: str, arg: str) -> None:

@@ -250,16 +250,15 @@ def test_jobs_must_be_a_positive_number(capsys, jobs):
     assert "is not a positive number of jobs" in capsys.readouterr().err
 
 
-def test_test_takes_no_run_and_no_fail_fast_and_the_placement():
-    args = parse(["test", "--no-run", "--no-fail-fast", "--placement", "emulate-ok"])
+def test_test_takes_no_run_and_the_placement():
+    args = parse(["test", "--no-run", "--placement", "emulate-ok"])
     options = cargo_options(args, None)
-    assert (options.no_run, options.no_fail_fast, args.placement) == (
-        True, True, "emulate-ok")
+    assert (options.no_run, args.placement) == (True, "emulate-ok")
     # --no-run is a field of the test request: the farm adds it for cargo itself
-    assert options.cargo_args() == ["--no-fail-fast"]
+    assert options.cargo_args() == []
 
 
-@pytest.mark.parametrize("flag", ["--no-run", "--no-fail-fast"])
+@pytest.mark.parametrize("flag", ["--no-run"])
 def test_build_does_not_take_the_flags_of_test(capsys, flag):
     with pytest.raises(SystemExit):
         parse(["build", flag])

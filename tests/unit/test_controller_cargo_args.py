@@ -146,25 +146,13 @@ def test_only_the_stable_html_timing_report_is_allowed(arg):
         check_cargo_args([arg])
 
 
-@pytest.mark.parametrize("arg", ["--no-fail-fast"])
-def test_a_cargo_test_flag_passes_for_a_test_and_is_refused_for_a_build(arg):
-    assert check_cargo_args([arg], test=True) == [arg]
-    with pytest.raises(InvalidCargoArgs, match="only crossfarm test takes it") as exc:
+@pytest.mark.parametrize(("arg", "reason"), [
+    ("--no-run", "use crossfarm test --no-run"),
+    ("--no-fail-fast", "crossfarm test runs every test binary already")])
+def test_a_test_runs_own_flags_are_the_farms_to_set(arg, reason):
+    with pytest.raises(InvalidCargoArgs, match=reason) as exc:
         check_cargo_args([arg])
     assert exc.value.arg == arg
-
-
-@pytest.mark.parametrize("test", [True, False])
-def test_no_run_is_crossfarm_tests_own_flag_not_a_cargo_argument(test):
-    with pytest.raises(InvalidCargoArgs, match="use crossfarm test --no-run"):
-        check_cargo_args(["--no-run"], test=test)
-
-
-def test_a_test_is_refused_what_a_build_is_refused_and_unknown_flags_name_cargo_test():
-    with pytest.raises(InvalidCargoArgs, match="use crossfarm --release"):
-        check_cargo_args(["-r"], test=True)
-    with pytest.raises(InvalidCargoArgs, match="not one of the cargo test flags"):
-        check_cargo_args(["--nocapture"], test=True)
 
 
 def test_every_flag_the_cli_maps_cargo_options_to_is_allowed():
@@ -174,9 +162,8 @@ def test_every_flag_the_cli_maps_cargo_options_to_is_allowed():
         packages=("app", "greet@0.1.0"), workspace=True, exclude=("xtask",), lib=True,
         targets={"bin": ("app",), "example": ("demo",), "test": ("it",), "bench": ("b",)},
         all_of=("bins", "examples", "tests", "benches"), all_targets=True, jobs="2",
-        verbose=2, locked=True, frozen=True, offline=True, timings=True, no_run=True,
-        no_fail_fast=True)
+        verbose=2, locked=True, frozen=True, offline=True, timings=True, no_run=True)
     args = options.cargo_args()
-    assert check_cargo_args(args, test=True) == args
+    assert check_cargo_args(args) == args
     quiet = CargoOptions(quiet=True, jobs="default").cargo_args()
     assert check_cargo_args(quiet) == quiet
