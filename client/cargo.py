@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from crossfarm.client.build import first_error
-from crossfarm.shared.errors import UsageError
+from crossfarm.shared.errors import UsageError, excerpt
 from crossfarm.shared.wire import CargoSpec
 
 #: A toolchain as `+toolchain` names it: a version ("1.63", "1.63.0") or a channel or an
@@ -164,8 +164,8 @@ def toolchain_name(text: str) -> str:
     """A `+toolchain` argument's name; UsageError unless it could name a toolchain."""
     name = text.removeprefix("+")
     if not _TOOLCHAIN.fullmatch(name):
-        raise UsageError(f"+{name[:64]} is not a toolchain name: write a version such as "
-                         "+1.63 or a channel such as +stable")
+        raise UsageError(f"+{excerpt(name, 64)} is not a toolchain name: write a version "
+                         "such as +1.63 or a channel such as +stable")
     return name
 
 

@@ -168,12 +168,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if argv and argv[0].startswith("+"):
         toolchain, argv = argv[0], argv[1:]
     args = _parser().parse_args(argv)
-    args.toolchain = None
-    if toolchain is not None:
-        if args.command not in ("build", "test"):
-            raise UsageError(f"{toolchain} goes with build or test (crossfarm {toolchain} "
-                             "build ...), not with " + args.command)
-        args.toolchain = toolchain_name(toolchain)
+    args.toolchain = None if toolchain is None else toolchain_name(toolchain)
+    if args.toolchain is not None and args.command not in ("build", "test"):
+        raise UsageError(f"+{args.toolchain} goes with build or test (crossfarm "
+                         f"+{args.toolchain} build ...), not with {args.command}")
     return args
 
 

@@ -319,3 +319,10 @@ def test_a_build_follows_its_log_on_stderr_keeping_stdout_for_its_result(capsys)
     out, err = capsys.readouterr()
     assert out == ""
     assert f"[{X86} ]    Compiling hello v0.1.0\n" in err  # padded to the longest
+
+
+def test_a_plus_toolchain_with_control_characters_is_echoed_escaped():
+    with pytest.raises(UsageError) as exc:
+        parse(["+1.63\x1b]0;owned\x07", "build"])
+    assert "\x1b" not in str(exc.value)
+    assert "\\u001b" in str(exc.value)
