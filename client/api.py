@@ -11,6 +11,7 @@ from urllib.parse import quote
 import httpx
 from httpx_sse import EventSource, connect_sse
 
+from crossfarm.client.preflight import Offer
 from crossfarm.shared.errors import FarmError
 from crossfarm.shared.tree import TreeLimits
 from crossfarm.shared.wire import (
@@ -24,6 +25,7 @@ from crossfarm.shared.wire import (
     GitAuth,
     GitCredentialView,
     GitSource,
+    Health,
     IssuedToken,
     MissingBlobs,
     SourceLimits,
@@ -42,6 +44,7 @@ class FarmClient:
         self.url = url.rstrip("/")
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout,
                                   transport=transport)
+        self._health: Health | None = None
 
     def __enter__(self) -> FarmClient:
         return self
@@ -51,6 +54,29 @@ class FarmClient:
 
     def close(self) -> None:
         self._http.close()
+
+    def health(self) -> Health:
+        """The farm's version and targets (asked once per client)."""
+        if self._health is None:
+            try:
+                self._health = Health.model_validate_json(self._call("GET", "/v1/health").content)
+            except ValueError as exc:  # pydantic's ValidationError is a ValueError
+                raise FarmError(f"{self.url}/v1/health did not answer as a crossfarm "
+                                f"controller does ({type(exc).__name__}): is CROSSFARM_URL "
+                                "the farm's?") from None
+        return self._health
+
+    def offer(self) -> Offer:
+        """What the farm builds now: each toolchain's targets, from /v1/targets, or for a
+        farm without toolchains (no such endpoint), the targets its health names."""
+        response = self._call("GET", "/v1/targets", ok=(200, 404))
+        if response.status_code == 404:
+            return Offer(targets=frozenset(self.health().targets))
+        try:
+            return Offer.of_document(response.json())
+        except (ValueError, TypeError, KeyError) as exc:
+            raise FarmError(f"the farm's /v1/targets is malformed ({type(exc).__name__}: "
+                            f"{exc}); tell its operator") from None
 
     def missing_blobs(self, digests: list[str]) -> MissingBlobs:
         response = self._call("POST", "/v1/blobs/missing",

@@ -28,7 +28,7 @@ from crossfarm.shared.broker import create_celery
 from crossfarm.shared.errors import StorageError
 from crossfarm.shared.events import EventReader, Events
 from crossfarm.shared.storage import S3Store
-from crossfarm.shared.wire import Event
+from crossfarm.shared.wire import API_VERSION, Event, Health, crossfarm_version
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAP
         await app.state.event_reader.close()
         app.state.farm.store.close()
 
-    app = FastAPI(title="crossfarm", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="crossfarm", version=crossfarm_version(), lifespan=lifespan,
                   description=_DESCRIPTION)
     errors.install(app)
     limits.install(app, settings)
@@ -126,8 +126,11 @@ def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAP
     app.include_router(admin_api.router)
 
     @app.get("/v1/health", tags=["health"], responses=errors.responses())
-    def health() -> dict[str, object]:
-        return {"ok": True, "targets": supported_targets()}
+    def health() -> Health:
+        """The controller is up; its version and API major version (a client warns when
+        its own API version differs), and the targets it builds."""
+        return Health(ok=True, version=crossfarm_version(), api=API_VERSION,
+                      targets=supported_targets())
 
     return app
 

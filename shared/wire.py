@@ -9,6 +9,7 @@ from __future__ import annotations
 import unicodedata
 from datetime import datetime
 from enum import StrEnum
+from importlib import metadata
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -574,3 +575,28 @@ class IssuedToken(Wire):
 
     token: str
     view: TokenView
+
+
+#: The major version of the HTTP API. A CLI and a controller work together when theirs
+#: are the same; a change an older peer would misread (a field removed or renamed, a
+#: meaning changed) bumps it, while added fields and endpoints do not.
+API_VERSION = 1
+
+
+def crossfarm_version() -> str:
+    """The installed crossfarm's version (0+unknown when run from a tree not installed)."""
+    try:
+        return metadata.version("crossfarm")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+class Health(Reply):
+    """What /v1/health answers: the controller is up, its version, its API's major
+    version, and the targets it builds. A reply, so a newer controller may add fields;
+    a controller older than versions sends neither `version` nor `api`."""
+
+    ok: bool
+    version: str | None = None
+    api: int | None = None
+    targets: list[str] = []

@@ -17,6 +17,14 @@ from crossfarm.shared.wire import ArtifactEntry, Manifest
 #: Library kinds whose files users ship; rlibs are cargo-internal and stay behind.
 _SHIPPED_LIB_KINDS = frozenset({"cdylib", "staticlib", "dylib"})
 _SHIPPED_SUFFIXES = (".so", ".a", ".dylib", ".dll", ".lib")
+#: Where `cargo build --timings` writes its HTML report under the target dir (the
+#: timestamped copy beside it holds the same report): it ships as an artifact.
+TIMINGS_REPORT = "cargo-timings/cargo-timing.html"
+
+
+def wants_timings(cargo_args: list[str]) -> bool:
+    """Whether the build asked cargo for its timing report."""
+    return any(arg == "--timings" or arg.startswith("--timings=") for arg in cargo_args)
 
 
 def profile_dir(profile: str) -> str:
@@ -80,6 +88,10 @@ class ArtifactCollector:
         for path in artifact_paths(message):
             self._take(path)
         return True
+
+    def add_timings(self) -> None:
+        """Ship cargo's timing report too (once the build has written it)."""
+        self._take(self._root + TIMINGS_REPORT)
 
     def check(self) -> None:
         """Raise the first refusal, if any (BuildError or LimitExceeded)."""

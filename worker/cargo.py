@@ -20,11 +20,18 @@ LOCK_COMMAND = ["cargo", "generate-lockfile"]
 
 
 def build_command(job: JobMessage, locked: bool, jobs: int) -> list[str]:
-    """Compile with no network; JSON messages on stdout name the artifacts."""
+    """Compile with no network; JSON messages on stdout name the artifacts. The build's
+    own flags come last; cargo refuses a flag given twice (`--locked --locked`), so the
+    farm's --offline, --locked and --jobs go in only where the build's do not say them."""
+    asked = job.cargo.flags()
     command = [
-        "cargo", "build", "--offline", "--target", job.target, "--profile", job.cargo.profile,
-        "--message-format=json-render-diagnostics", "--jobs", str(jobs),
+        "cargo", "build", "--target", job.target, "--profile", job.cargo.profile,
+        "--message-format=json-render-diagnostics",
     ]
-    if locked:
+    if "--offline" not in asked:
+        command.append("--offline")
+    if not any(arg in ("-j", "--jobs") or arg.startswith(("-j", "--jobs=")) for arg in asked):
+        command += ["--jobs", str(jobs)]
+    if locked and "--locked" not in asked:
         command.append("--locked")
-    return command + job.cargo.flags()
+    return command + asked

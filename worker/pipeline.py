@@ -52,7 +52,12 @@ from crossfarm.shared.wire import (
     SourceTree,
 )
 from crossfarm.worker import cargo, deps, warm
-from crossfarm.worker.artifacts import ArtifactCollector, JobOutput, build_manifest
+from crossfarm.worker.artifacts import (
+    ArtifactCollector,
+    JobOutput,
+    build_manifest,
+    wants_timings,
+)
 from crossfarm.worker.container import (
     ContainerRunner,
     Step,
@@ -445,6 +450,8 @@ def _after_build(run: JobRun, container: StepContainer, result: StepResult,
         raise LimitExceeded("disk", "the job's writable space of "
                             f"{settings.job_disk_bytes} bytes is full", settings.job_disk_bytes,
                             "CROSSFARM_JOB_DISK_BYTES")
+    if result.exit_code == 0 and wants_timings(run.job.cargo.cargo_args):
+        collector.add_timings()
     collector.check()
     if result.exit_code != 0:
         raise BuildError(f"cargo build failed with exit code {result.exit_code}",

@@ -169,9 +169,18 @@ def test_a_worker_reads_a_reply_from_a_newer_controller_that_has_more_fields():
     assert verdict.proceed is False
 
 
-def test_only_what_the_controller_sends_workers_is_lenient():
+def test_only_what_the_controller_sends_workers_and_its_health_are_lenient():
+    # Health too: a CLI must read a newer controller's health to warn about its version.
     assert {m.__name__ for m in WIRE_MODELS if issubclass(m, wire.Reply)} == {
-        "Reply", "HeartbeatReply", "StartVerdict", "JobMessage", "FetchMessage"}
+        "Reply", "HeartbeatReply", "StartVerdict", "JobMessage", "FetchMessage", "Health"}
+
+
+def test_a_cli_reads_the_health_of_a_newer_controller_and_of_one_older_than_versions():
+    newer = wire.Health.model_validate_json(
+        '{"ok": true, "version": "9.0.0", "api": 2, "targets": [], "queues": {}}')
+    assert (newer.version, newer.api) == ("9.0.0", 2)
+    older = wire.Health.model_validate_json('{"ok": true, "targets": ["x"]}')
+    assert (older.version, older.api, older.targets) == (None, None, ["x"])
 
 
 def test_a_worker_reads_a_job_from_a_newer_controller_and_one_from_an_older_one():

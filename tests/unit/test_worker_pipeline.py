@@ -372,3 +372,52 @@ def test_a_crate_with_no_lock_file_gets_one_made_without_its_cargo_config(tmp_pa
     with tarfile.open(fileobj=io.BytesIO(vendor_tar)) as members:
         assert members.extractfile("src/Cargo.lock").read() == lock
     assert sorted(registry.downloaded) == ["cc-1.11.3", "itoa-1.0.19"]
+
+
+@pytest.mark.parametrize("timings", [["--timings"], ["--timings=html"], []])
+def test_cargos_timing_report_ships_beside_the_binary_when_the_build_asked_for_it(
+        tmp_path, timings):
+    reporter, storage = FakeReporter(), FakeStorage()
+    registry, lock = _registry_and_lock()
+    source = _stored_crate(storage, Path(__file__).parents[1] / "fixtures" / "hello-c",
+                           replace={"Cargo.lock": lock})
+    report = b"<html>cargo timings</html>"
+    docker = FakeDocker([Replay(
+        lines=_recorded("build.stdout", "stdout"),
+        files={RECORDED_BINARY: b"\x7fELF hello-c",
+               "/work/target/cargo-timings/cargo-timing.html": report})])
+    settings = WorkerSettings(worker_name="w1", scratch_dir=tmp_path / "scratch")
+    tools = Toolbox(settings=settings, host=Arch.AMD64, docker=docker, storage=storage,
+                    reporter=reporter, crates=registry)
+    job = _job(X86).model_copy(update={"source": source,
+                                       "cargo": CargoSpec(cargo_args=timings)})
+
+    assert run_job(tools, job, consumed_from="crossfarm.builds.amd64") is BuildState.SUCCEEDED
+
+    [build] = docker.containers
+    assert all(arg in build.step.command for arg in timings)
+    [(_, outcome)] = reporter.outcomes
+    shipped = {entry.name: entry.sha256 for entry in outcome.manifest.artifacts}
+    if timings:
+        assert shipped["cargo-timing.html"] == hashlib.sha256(report).hexdigest()
+        key = keys.artifact_key(BuildId(BUILD), X86, 1, "cargo-timing.html")
+        assert storage.objects[key] == report
+    else:  # a report left in a warm target dir by an earlier build stays there
+        assert set(shipped) == {"hello-c"}
+
+
+def test_a_build_that_asked_for_timings_and_failed_ships_nothing(tmp_path):
+    reporter, storage = FakeReporter(), FakeStorage()
+    registry, lock = _registry_and_lock()
+    source = _stored_crate(storage, Path(__file__).parents[1] / "fixtures" / "hello-c",
+                           replace={"Cargo.lock": lock})
+    docker = FakeDocker([Replay(exit_code=101)])
+    settings = WorkerSettings(worker_name="w1", scratch_dir=tmp_path / "scratch")
+    tools = Toolbox(settings=settings, host=Arch.AMD64, docker=docker, storage=storage,
+                    reporter=reporter, crates=registry)
+    job = _job(X86).model_copy(update={"source": source,
+                                       "cargo": CargoSpec(cargo_args=["--timings"])})
+
+    assert run_job(tools, job, consumed_from="crossfarm.builds.amd64") is BuildState.FAILED
+    [(_, outcome)] = reporter.outcomes
+    assert outcome.reason == "cargo build failed with exit code 101"
