@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from crossfarm.shared import keys
-from crossfarm.shared.arch import Arch, BuildMode, target_arch
+from crossfarm.shared.arch import Arch, BuildMode, is_neutral, target_arch
 from crossfarm.shared.errors import BuildError
 
 #: The build user of every builder image (see deploy/images/builder/Dockerfile).
@@ -38,7 +38,11 @@ def job_mode(target: str, consumed_from: str, served: dict[str, BuildMode]) -> B
     if consumed_from not in served:
         raise BuildError(f"this worker does not serve {consumed_from} (CROSSFARM_CROSS_ARCHES "
                          "and CROSSFARM_EMULATE_ARCHES say what a worker serves)")
-    if queue.arch is not target_arch(target):
+    if is_neutral(target):
+        if queue.mode is not BuildMode.NATIVE:
+            raise BuildError(f"{target} runs on no host CPU: it is built natively, never "
+                             f"from {consumed_from}")
+    elif queue.arch is not target_arch(target):
         raise BuildError(f"{target} does not belong on {consumed_from}")
     return queue.mode
 

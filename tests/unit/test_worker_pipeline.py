@@ -12,7 +12,7 @@ from fakes import FAKE_LEASE, FakeCrates, FakeDocker, FakeReporter, FakeStorage,
 from crossfarm.shared import keys
 from crossfarm.shared.arch import Arch, BuildMode
 from crossfarm.shared.errors import BuildCancelled
-from crossfarm.shared.ids import BuildId
+from crossfarm.shared.ids import BuildId, JobId
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.storage import PendingUpload
 from crossfarm.shared.tree import tree_digest
@@ -24,6 +24,7 @@ from crossfarm.shared.wire import (
     SourceTree,
     TreeEntry,
 )
+from crossfarm.worker.artifacts import JobOutput
 from crossfarm.worker.lease import Lease
 from crossfarm.worker.pipeline import Toolbox, _publish, run_job
 from crossfarm.worker.settings import WorkerSettings
@@ -37,6 +38,11 @@ JOB = "j-0123456789abcdef"
 def _job(target):
     return JobMessage(job_id=JOB, build_id=BUILD, target=target, attempt=1, source="ab" * 32,
                       cargo=CargoSpec(), timeout_s=600)
+
+
+def _output(target):
+    return JobOutput(build_id=BuildId(BUILD), job_id=JobId(JOB), target=target, attempt=1,
+                     profile="dev")
 
 
 def _tools(tmp_path, reporter):
@@ -126,7 +132,7 @@ def test_publishing_aborts_this_attempts_unfinished_uploads_first_and_no_others(
     binary = tmp_path / "hello"
     binary.write_bytes(b"\x7fELF")
 
-    manifest = _publish(storage, _job(X86), [binary], lambda: None)
+    manifest = _publish(storage, _output(X86), [binary], lambda: None)
 
     assert storage.aborted == [mine]
     assert storage.objects[mine] == b"\x7fELF"
@@ -141,7 +147,7 @@ def test_a_job_stopped_while_its_artifacts_upload_publishes_no_manifest(tmp_path
     binary.write_bytes(b"\x7fELF")
 
     with pytest.raises(BuildCancelled, match=reason):
-        _publish(storage, _job(X86), [binary], lambda: reason)
+        _publish(storage, _output(X86), [binary], lambda: reason)
 
     assert keys.manifest_key(BuildId(BUILD), X86, 1) not in storage.objects
 
