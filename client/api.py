@@ -20,6 +20,7 @@ from crossfarm.shared.wire import (
     BuildView,
     Event,
     FarmStats,
+    FarmTargets,
     Fleet,
     GitAuth,
     GitCredentialView,
@@ -82,6 +83,14 @@ class FarmClient:
         response = self._call("POST", "/v1/builds", content=request.model_dump_json(),
                               headers={"Content-Type": "application/json"})
         return BuildView.model_validate_json(response.content)
+
+    def targets(self) -> FarmTargets | None:
+        """What the farm builds now, per toolchain; None from a controller older than
+        /v1/targets (it checks the request itself)."""
+        response = self._call("GET", "/v1/targets", ok=(200, 404))
+        if response.status_code == 404:
+            return None
+        return FarmTargets.model_validate_json(response.content)
 
     def build(self, build_id: str) -> BuildView:
         return BuildView.model_validate_json(self._call("GET", f"/v1/builds/{build_id}").content)

@@ -15,12 +15,19 @@ from crossfarm.client.api import FarmClient
 from crossfarm.client.config import Config, CrossConfig
 from crossfarm.client.render import Progress, build_table, emit_json, note
 from crossfarm.client.source import scan, send
+from crossfarm.client.toolchain import check_offer
 from crossfarm.shared.arch import Placement
 from crossfarm.shared.errors import FarmError, UsageError
 from crossfarm.shared.ids import SourceDigest
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.tree import project_of
-from crossfarm.shared.wire import ArtifactView, BuildRequest, CargoSpec, plain_file_name
+from crossfarm.shared.wire import (
+    ArtifactView,
+    BuildRequest,
+    BuildView,
+    CargoSpec,
+    plain_file_name,
+)
 
 #: Exit codes scripts can rely on (documented in docs/ci.md).
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_CANCELLED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -47,12 +54,11 @@ def exit_code(state: BuildState) -> int:
         state, EXIT_FAILED)
 
 
-def run_build(client: FarmClient, config: Config, cross: CrossConfig, options: BuildOptions
-              ) -> int:
-    for warning in cross.warnings:
-        note(f"warning: {warning}")
-    for name in cross.missing:
-        note(f"warning: Cross.toml passes {name} through, but it is not set here")
+def run_build(client: FarmClient, config: Config, cross: CrossConfig, options: BuildOptions,
+              summary: Callable[[BuildView], None] | None = None) -> int:
+    """Check, send, submit, follow, download; `summary` prints more after the table (a
+    test run's counts). Returns the exit code."""
+    _before_upload(client, cross, options)
     source, project = _send_source(client, options)
     request = BuildRequest(
         source=source, project=project, targets=options.targets, cargo=options.cargo,
@@ -91,7 +97,21 @@ def run_build(client: FarmClient, config: Config, cross: CrossConfig, options: B
         emit_json({"build": final, "artifacts": artifacts})
     else:
         build_table(final, artifacts)
+        if summary is not None:
+            summary(final)
     return exit_code(final.state)
+
+
+def _before_upload(client: FarmClient, cross: CrossConfig, options: BuildOptions) -> None:
+    """Warnings of Cross.toml, and the farm's check of the targets and the toolchain: a
+    refusal here means nothing was uploaded."""
+    for warning in cross.warnings:
+        note(f"warning: {warning}")
+    for name in cross.missing:
+        note(f"warning: Cross.toml passes {name} through, but it is not set here")
+    offer = client.targets()
+    if offer is not None:  # None: an older controller, which checks the request itself
+        check_offer(offer, options.cargo.toolchain, options.targets)
 
 
 def _send_source(client: FarmClient, options: BuildOptions

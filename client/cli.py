@@ -31,11 +31,13 @@ from crossfarm.client.build import (
     run_build,
 )
 from crossfarm.client.config import Config, load_config, read_cross_toml
+from crossfarm.client.testrun import run_test
+from crossfarm.client.toolchain import check_name, crate_toolchain
 from crossfarm.client.workspace import locate
-from crossfarm.shared.arch import Placement
-from crossfarm.shared.errors import CrossfarmError, UsageError
+from crossfarm.shared.arch import Placement, supported_targets
+from crossfarm.shared.errors import CrossfarmError, FarmError, UsageError
 from crossfarm.shared.states import BuildState
-from crossfarm.shared.wire import CargoSpec, GitAuth, Role, TokenRequest
+from crossfarm.shared.wire import CargoSpec, Command, GitAuth, Role, TokenRequest
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,33 +50,15 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     build = commands.add_parser("build", parents=[common], help="build the crate on the farm")
-    build.add_argument("--target", action="append", dest="targets", metavar="TRIPLE",
-                       help="a target triple; repeat for several (config: targets)")
-    profile = build.add_mutually_exclusive_group()
-    profile.add_argument("-r", "--release", action="store_true", help="the release profile")
-    profile.add_argument("--profile", help="a named cargo profile")
-    build.add_argument("-F", "--features", action="append", default=[],
-                       help="features to enable (comma or space separated)")
-    build.add_argument("--all-features", action="store_true")
-    build.add_argument("--no-default-features", action="store_true")
-    build.add_argument("-p", "--package", action="append", default=[], metavar="SPEC")
-    build.add_argument("--bin", action="append", default=[], metavar="NAME")
-    build.add_argument("--locked", action="store_true")
-    build.add_argument("--manifest-path", type=Path, help="the Cargo.toml (default ./Cargo.toml)")
-    build.add_argument("--git", metavar="URL", help="build a commit the farm fetches itself")
-    build.add_argument("--rev", help="with --git: the branch, tag or commit")
-    build.add_argument("--timeout", type=int, metavar="SECONDS")
-    build.add_argument("--placement", choices=[p.value for p in Placement],
-                       help="native: wait for a worker of the target's arch; cross-ok: else "
-                            "a cross toolchain; emulate-ok: else emulation (default: the farm's)")
-    build.add_argument("--wait-limit", type=parse_duration, metavar="DURATION",
-                       help="fail a target no worker starts within this long (90s, 5m, 1h)")
-    build.add_argument("--no-cache", action="store_false", dest="cache",
-                       help="build every target even if an earlier build had the same inputs")
-    build.add_argument("--detach", action="store_true", help="submit and print the build id")
-    build.add_argument("--cancel-on-interrupt", action="store_true",
-                       help="Ctrl-C cancels the remote build without asking")
-    build.add_argument("cargo_args", nargs="*", help="after --: extra cargo build arguments")
+    _cargo_options(build, "build")
+    test = commands.add_parser(
+        "test", parents=[common],
+        help="run the crate's tests on the farm, each target on a worker that can run it")
+    _cargo_options(test, "test")
+    test.add_argument("--no-run", action="store_true",
+                      help="build the test binaries and download them, run nothing")
+    commands.add_parser("targets", parents=[common],
+                        help="what the farm builds, per toolchain, and where each target goes")
 
     for name, text in (("status", "show a build (default: your last)"),
                        ("cancel", "cancel a build")):
@@ -133,8 +117,50 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+
+def _cargo_options(build: argparse.ArgumentParser, command: str) -> None:
+    """The options `build` and `test` share (cargo's, and how the farm runs them)."""
+    build.add_argument("--target", action="append", dest="targets", metavar="TRIPLE",
+                       help="a target triple; repeat for several (config: targets)")
+    profile = build.add_mutually_exclusive_group()
+    profile.add_argument("-r", "--release", action="store_true", help="the release profile")
+    profile.add_argument("--profile", help="a named cargo profile")
+    build.add_argument("-F", "--features", action="append", default=[],
+                       help="features to enable (comma or space separated)")
+    build.add_argument("--all-features", action="store_true")
+    build.add_argument("--no-default-features", action="store_true")
+    build.add_argument("-p", "--package", action="append", default=[], metavar="SPEC")
+    build.add_argument("--bin", action="append", default=[], metavar="NAME")
+    build.add_argument("--locked", action="store_true")
+    build.add_argument("--manifest-path", type=Path, help="the Cargo.toml (default ./Cargo.toml)")
+    build.add_argument("--git", metavar="URL", help="build a commit the farm fetches itself")
+    build.add_argument("--rev", help="with --git: the branch, tag or commit")
+    build.add_argument("--timeout", type=int, metavar="SECONDS")
+    build.add_argument("--placement", choices=[p.value for p in Placement],
+                       help="native: wait for a worker of the target's arch; cross-ok: else "
+                            "a cross toolchain; emulate-ok: else emulation (default: the farm's)")
+    build.add_argument("--wait-limit", type=parse_duration, metavar="DURATION",
+                       help="fail a target no worker starts within this long (90s, 5m, 1h)")
+    build.add_argument("--no-cache", action="store_false", dest="cache",
+                       help="build every target even if an earlier build had the same inputs")
+    build.add_argument("--detach", action="store_true", help="submit and print the build id")
+    build.add_argument("--cancel-on-interrupt", action="store_true",
+                       help="Ctrl-C cancels the remote build without asking")
+    build.add_argument("cargo_args", nargs="*",
+                       help=f"after --: extra cargo {command} arguments")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line; a leading `+TOOLCHAIN` (`crossfarm +1.63 build`, as cargo takes
+    it) becomes `toolchain` (None without one)."""
+    toolchain = argv[0][1:] if argv[:1] and argv[0].startswith("+") else None
+    args = _parser().parse_args(argv[1:] if toolchain is not None else argv)
+    args.toolchain = toolchain
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         config = _config(args)
         if args.command == "config":
@@ -150,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _config(args: argparse.Namespace) -> Config:
     flags: dict[str, object] = {"url": args.url}
-    if args.command == "build":
+    if args.command in ("build", "test"):
         flags.update(targets=args.targets, timeout=args.timeout,
                      profile=args.profile or ("release" if args.release else None))
     given = {key: value for key, value in flags.items() if value is not None}
@@ -271,10 +297,24 @@ def _workers(client: FarmClient, _config: Config, args: argparse.Namespace) -> i
     return EXIT_OK
 
 
+def _targets(client: FarmClient, _config: Config, args: argparse.Namespace) -> int:
+    offer = client.targets()
+    if offer is None:
+        raise FarmError("this farm's controller is older than /v1/targets: it builds "
+                        f"{', '.join(supported_targets())}")
+    _show(offer, args.json, render.targets_table)
+    return EXIT_OK
+
+
+def _test(client: FarmClient, config: Config, args: argparse.Namespace) -> int:
+    return _build(client, config, args)
+
+
 def _build(client: FarmClient, config: Config, args: argparse.Namespace) -> int:
     if bool(args.git) != bool(args.rev):
         raise UsageError("--git and --rev go together")
     packages: list[str] = args.package
+    manifest = Path("Cargo.toml")
     if args.git:
         root = Path.cwd()
     else:
@@ -290,7 +330,11 @@ def _build(client: FarmClient, config: Config, args: argparse.Namespace) -> int:
         raise UsageError("no target: pass --target TRIPLE (or set targets in crossfarm.toml)")
     cargo_args = [*(f"--package={p}" for p in packages), *(f"--bin={b}" for b in args.bin),
                   *(["--locked"] if args.locked else []), *args.cargo_args]
+    toolchain = _toolchain(args, root, manifest.parent if not args.git else root)
+    testing = args.command == "test"
     cargo = CargoSpec(
+        command=Command.TEST if testing else Command.BUILD,
+        no_run=testing and args.no_run, toolchain=toolchain,
         profile=config.profile or "dev",
         features=[f for group in args.features for f in group.replace(",", " ").split()],
         all_features=args.all_features, no_default_features=args.no_default_features,
@@ -305,11 +349,28 @@ def _build(client: FarmClient, config: Config, args: argparse.Namespace) -> int:
         wait_limit_s=args.wait_limit, cache=args.cache,
     )
     cross = read_cross_toml(root / "Cross.toml", os.environ)
+    if testing:
+        return run_test(client, config, cross, options)
     return run_build(client, config, cross, options)
 
 
+def _toolchain(args: argparse.Namespace, root: Path, crate_dir: Path) -> str | None:
+    """`+TOOLCHAIN` first, else the crate's toolchain file (not for --git: the farm's
+    copy of the commit is not read here), else the farm's default."""
+    if args.toolchain is not None:
+        return check_name(args.toolchain, "+TOOLCHAIN")
+    if args.git:
+        return None
+    found = crate_toolchain(crate_dir, root)
+    if found is None:
+        return None
+    channel, path = found
+    render.note(f"toolchain {channel} from {path}")
+    return channel
+
+
 _COMMANDS: dict[str, Callable[[FarmClient, Config, argparse.Namespace], int]] = {
-    "build": _build,
+    "build": _build, "test": _test, "targets": _targets,
     "status": _status, "cancel": _cancel, "logs": _logs, "list": _list,
     "artifacts": _artifacts, "drain": _drain, "workers": _workers, "admin": _admin,
     "git-credential": _git_credential,

@@ -21,16 +21,14 @@ from crossfarm.shared import keys
 from crossfarm.shared.arch import TARGETS, Arch, BuildMode, is_neutral, supported_targets
 from crossfarm.shared.errors import UnknownToolchain, UnsupportedTarget
 from crossfarm.shared.wire import (
+    DEFAULT_CHANNELS,
     FarmTargets,
     TargetPlace,
     ToolchainOffer,
     ToolchainTargets,
     WorkerHeartbeat,
+    toolchain_answers,
 )
-
-#: What a crate may ask for that means "the farm's default": Debian's toolchains have
-#: no channels, so `stable` is whichever release each worker builds with by default.
-DEFAULT_CHANNELS = frozenset({"stable"})
 
 
 def available(workers: Iterable[WorkerHeartbeat]) -> list[str]:
@@ -50,7 +48,7 @@ def resolve(requested: str | None, workers: Iterable[WorkerHeartbeat]) -> str | 
         if offer.name == requested:
             return offer.name
     for offer in offers:
-        if offer.release == requested or offer.release.startswith(requested + "."):
+        if toolchain_answers(requested, offer.name, offer.release):
             return offer.name
     if requested in DEFAULT_CHANNELS:
         return None

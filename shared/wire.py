@@ -72,6 +72,17 @@ class Command(StrEnum):
 ToolchainName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 
 
+#: What a crate may ask for that means "the farm's default toolchain": Debian's toolchains
+#: have no channels, so `stable` is whichever release a worker builds with by default.
+DEFAULT_CHANNELS = frozenset({"stable"})
+
+
+def toolchain_answers(requested: str, name: str, release: str) -> bool:
+    """Whether an announced toolchain (`name`, its rustc `release`) is what `requested`
+    names: the name itself, its release ("1.63.0"), or a prefix of it ("1.63")."""
+    return requested in (name, release) or release.startswith(requested + ".")
+
+
 class CargoSpec(Wire):
     """How cargo builds every target of a build: the one home of the build's cargo
     options, carried unchanged from the CLI through the request, the record and the

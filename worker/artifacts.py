@@ -16,7 +16,7 @@ from crossfarm.shared.wire import ArtifactEntry, Manifest, TestCounts
 
 #: Library kinds whose files users ship; rlibs are cargo-internal and stay behind.
 _SHIPPED_LIB_KINDS = frozenset({"cdylib", "staticlib", "dylib"})
-_SHIPPED_SUFFIXES = (".so", ".a", ".dylib", ".dll", ".lib")
+_SHIPPED_SUFFIXES = (".so", ".a", ".dylib", ".dll", ".lib", ".wasm")
 
 
 def profile_dir(profile: str) -> str:
