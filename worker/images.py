@@ -39,10 +39,10 @@ def job_mode(target: str, consumed_from: str, served: dict[str, BuildMode]) -> B
         raise BuildError(f"this worker does not serve {consumed_from} (CROSSFARM_CROSS_ARCHES "
                          "and CROSSFARM_EMULATE_ARCHES say what a worker serves)")
     if is_neutral(target):
-        if queue.mode is not BuildMode.NATIVE:
-            raise BuildError(f"{target} runs on no host CPU: it is built natively, never "
-                             f"from {consumed_from}")
-    elif queue.arch is not target_arch(target):
+        # its code runs on no host CPU: every host builds it the same, natively, whichever
+        # of this worker's queues it came from (the placer may move it off a busy one)
+        return BuildMode.NATIVE
+    if queue.arch is not target_arch(target):
         raise BuildError(f"{target} does not belong on {consumed_from}")
     return queue.mode
 
