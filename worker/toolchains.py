@@ -69,6 +69,9 @@ class Toolchains:
                 offers.append(self._offer(name, image, default=index == 0))
             except BuildError as exc:
                 log.warning("toolchain %s not offered: %s", name or image, exc.message)
+            except Exception:  # the engine's errors are many; the heartbeat must still go
+                log.exception("toolchain %s not offered: probing %s failed", name or image,
+                              image)
         return offers
 
     def for_job(self, name: str | None) -> ToolchainOffer:

@@ -83,6 +83,7 @@ def test_a_failing_test_fails_the_run_with_exit_1_and_the_counts_of_every_suite(
     assert f"{X86}: 3 passed, 1 failed, 1 ignored (2 test binaries)" in result.stdout
     # the run's own output streamed to the user
     assert "this test fails on purpose" in result.stderr
+    assert "running on x86_64" in result.stderr
     assert "test result: FAILED. 2 passed; 1 failed; 1 ignored" in result.stderr
     assert "test tests::runs_on_a_64_bit_machine ... ok" in result.stderr
     assert "built by rustc 1.96.0" in result.stdout

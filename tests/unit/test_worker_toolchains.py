@@ -100,3 +100,8 @@ def test_a_missing_image_is_not_offered(tmp_path):
 def test_toolchains_setting_is_refused_with_what_to_write(tmp_path, value, complaint):
     with pytest.raises(ValueError, match=complaint):
         WorkerSettings(scratch_dir=tmp_path, toolchains=value)
+
+
+def test_an_engine_failure_while_probing_leaves_the_toolchain_out_not_the_heartbeat(tmp_path):
+    docker = FakeDocker(broken=RuntimeError("engine socket vanished"))
+    assert Toolchains(WorkerSettings(scratch_dir=tmp_path), docker).offers() == []
