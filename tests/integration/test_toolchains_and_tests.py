@@ -223,3 +223,35 @@ def test_targets_lists_each_toolchain_and_where_each_target_goes(farm, toolchain
     table = cli(tmp_path, "targets")
     assert "1.96 (default)" in table.stdout
     assert WASM in table.stdout
+
+
+def test_emulate_ok_runs_aarch64_tests_in_an_emulated_arm64_builder(
+        farm, toolchain_worker, cli, tmp_path):
+    arm64_image = "crossfarm/arm64-test:1"
+    if subprocess.run(["docker", "image", "inspect", arm64_image],
+                      capture_output=True).returncode:
+        pytest.fail(f"{arm64_image} is missing: make images", pytrace=False)
+    crate = _copy("tested", tmp_path)
+    with httpx.Client(base_url=farm.controller_url, headers=farm.auth, timeout=30) as api:
+        # no cross toolchain online: emulation is what emulate-ok falls back to
+        assert api.post(f"/v1/workers/{toolchain_worker}/drain").status_code == 200
+        until(lambda: farm.worker_state(toolchain_worker) == "drained", "worker drained")
+        try:
+            farm.start_worker("worker-emu", CROSSFARM_EMULATE_ARCHES="arm64",
+                              CROSSFARM_EMULATION_IMAGES=json.dumps({"arm64": arm64_image}),
+                              CROSSFARM_HEARTBEAT_S="1")
+            result = cli(crate, "test", "--target", ARM, "--placement", "emulate-ok",
+                         "--timeout", "900", "--json", timeout=1800)
+        finally:
+            if "worker-emu" in farm.procs:
+                farm.stop_process("worker-emu")
+            api.delete(f"/v1/workers/{toolchain_worker}/drain")
+            until(lambda: farm.worker_state(toolchain_worker) == "online", "worker back")
+
+    assert result.returncode == 1, result.stderr  # one test fails on purpose
+    [job] = _view(result).jobs
+    assert (job.worker, job.mode.value) == ("worker-emu", "emulated")
+    assert job.tests is not None
+    assert (job.tests.passed, job.tests.failed, job.tests.ignored, job.tests.ran) == (
+        3, 1, 1, True)
+    assert "running on aarch64" in result.stderr
