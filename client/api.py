@@ -11,7 +11,6 @@ from urllib.parse import quote
 import httpx
 from httpx_sse import EventSource, connect_sse
 
-from crossfarm.client.preflight import Offer
 from crossfarm.shared.errors import FarmError
 from crossfarm.shared.tree import TreeLimits
 from crossfarm.shared.wire import (
@@ -21,6 +20,7 @@ from crossfarm.shared.wire import (
     BuildView,
     Event,
     FarmStats,
+    FarmTargets,
     Fleet,
     GitAuth,
     GitCredentialView,
@@ -66,18 +66,6 @@ class FarmClient:
                                 "the farm's?") from None
         return self._health
 
-    def offer(self) -> Offer:
-        """What the farm builds now: each toolchain's targets, from /v1/targets, or for a
-        farm without toolchains (no such endpoint), the targets its health names."""
-        response = self._call("GET", "/v1/targets", ok=(200, 404))
-        if response.status_code == 404:
-            return Offer(targets=frozenset(self.health().targets))
-        try:
-            return Offer.of_document(response.json())
-        except (ValueError, TypeError, KeyError) as exc:
-            raise FarmError(f"the farm's /v1/targets is malformed ({type(exc).__name__}: "
-                            f"{exc}); tell its operator") from None
-
     def missing_blobs(self, digests: list[str]) -> MissingBlobs:
         response = self._call("POST", "/v1/blobs/missing",
                               content=BlobQuery(digests=digests).model_dump_json(),
@@ -108,6 +96,18 @@ class FarmClient:
         response = self._call("POST", "/v1/builds", content=request.model_dump_json(),
                               headers={"Content-Type": "application/json"})
         return BuildView.model_validate_json(response.content)
+
+    def targets(self) -> FarmTargets | None:
+        """What the farm builds now, per toolchain; None from a controller older than
+        /v1/targets (its health names the targets it builds)."""
+        response = self._call("GET", "/v1/targets", ok=(200, 404))
+        if response.status_code == 404:
+            return None
+        try:
+            return FarmTargets.model_validate_json(response.content)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            raise FarmError(f"the farm's /v1/targets is malformed ({type(exc).__name__}); "
+                            "tell its operator") from None
 
     def build(self, build_id: str) -> BuildView:
         return BuildView.model_validate_json(self._call("GET", f"/v1/builds/{build_id}").content)

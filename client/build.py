@@ -22,7 +22,13 @@ from crossfarm.shared.errors import FarmError, UsageError
 from crossfarm.shared.ids import SourceDigest
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.tree import project_of
-from crossfarm.shared.wire import ArtifactView, BuildRequest, CargoSpec, plain_file_name
+from crossfarm.shared.wire import (
+    ArtifactView,
+    BuildRequest,
+    BuildView,
+    CargoSpec,
+    plain_file_name,
+)
 
 #: Exit codes scripts can rely on (documented in docs/ci.md).
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_CANCELLED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -45,8 +51,6 @@ class BuildOptions:
     wait_limit_s: int | None = None
     #: False: build every target even where the result cache has its artifacts
     cache: bool = True
-    #: `+toolchain`: checked against what the farm offers before anything is sent
-    toolchain: str | None = None
 
 
 def exit_code(state: BuildState) -> int:
@@ -54,13 +58,11 @@ def exit_code(state: BuildState) -> int:
         state, EXIT_FAILED)
 
 
-def run_build(client: FarmClient, config: Config, cross: CrossConfig, options: BuildOptions
-              ) -> int:
-    for warning in cross.warnings:
-        note(f"warning: {warning}")
-    for name in cross.missing:
-        note(f"warning: Cross.toml passes {name} through, but it is not set here")
-    check_request(client.offer(), options.targets, options.toolchain)
+def run_build(client: FarmClient, config: Config, cross: CrossConfig, options: BuildOptions,
+              summary: Callable[[BuildView], None] | None = None) -> int:
+    """Check, send, submit, follow, download; `summary` prints more after the table (a
+    test run's counts). Returns the exit code."""
+    _before_upload(client, cross, options)
     source, project = _send_source(client, options)
     request = BuildRequest(
         source=source, project=project, targets=options.targets, cargo=options.cargo,
@@ -99,6 +101,8 @@ def run_build(client: FarmClient, config: Config, cross: CrossConfig, options: B
         emit_json({"build": final, "artifacts": artifacts})
     else:
         build_table(final, artifacts)
+        if summary is not None:
+            summary(final)
     return exit_code(final.state)
 
 
@@ -109,6 +113,16 @@ def first_error(exc: ValueError) -> str:
         first = errors()[0]
         return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
     return str(exc)
+
+
+def _before_upload(client: FarmClient, cross: CrossConfig, options: BuildOptions) -> None:
+    """Warnings of Cross.toml, and the farm's check of the targets and the toolchain: a
+    refusal here means nothing was uploaded (nor a git fetch asked for)."""
+    for warning in cross.warnings:
+        note(f"warning: {warning}")
+    for name in cross.missing:
+        note(f"warning: Cross.toml passes {name} through, but it is not set here")
+    check_request(client.targets(), client.health(), options.cargo.toolchain, options.targets)
 
 
 def _send_source(client: FarmClient, options: BuildOptions

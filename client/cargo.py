@@ -10,16 +10,11 @@ a farm runs is decided there, and only there.
 from __future__ import annotations
 
 import argparse
-import re
 from dataclasses import dataclass, field
 
 from crossfarm.client.build import first_error
-from crossfarm.shared.errors import UsageError, excerpt
-from crossfarm.shared.wire import CargoSpec
-
-#: A toolchain as `+toolchain` names it: a version ("1.63", "1.63.0") or a channel or an
-#: operator's name for one ("stable"); never a path.
-_TOOLCHAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+from crossfarm.shared.errors import UsageError
+from crossfarm.shared.wire import CargoSpec, Command
 
 #: cargo's target-selection flags that name targets, and their plural "all of them" forms.
 _NAMED_TARGETS = (("bin", "bins"), ("example", "examples"), ("test", "tests"),
@@ -30,7 +25,10 @@ _NAMED_TARGETS = (("bin", "bins"), ("example", "examples"), ("test", "tests"),
 class CargoOptions:
     """What a user asked cargo for, as crossfarm build/test read it from the command line."""
 
-    #: `+toolchain` before the command (None: the crate's or the farm's choice)
+    #: `cargo build` or `cargo test` (crossfarm build or crossfarm test)
+    command: Command = Command.BUILD
+    #: `+toolchain` before the command, else the crate's rust-toolchain(.toml) channel
+    #: (None: the farm's default)
     toolchain: str | None = None
     packages: tuple[str, ...] = ()
     workspace: bool = False
@@ -83,6 +81,7 @@ class CargoOptions:
         not take."""
         try:
             return CargoSpec(
+                command=self.command, no_run=self.no_run, toolchain=self.toolchain,
                 profile=profile,
                 features=[f for group in self.features for f in group.replace(",", " ").split()],
                 all_features=self.all_features, no_default_features=self.no_default_features,
@@ -137,13 +136,14 @@ def add_cargo_flags(parser: argparse.ArgumentParser, test: bool) -> None:
 
 
 def cargo_options(args: argparse.Namespace, toolchain: str | None) -> CargoOptions:
-    """The cargo options of a parsed build/test command line; UsageError names what
-    cargo itself would refuse."""
+    """The cargo options of a parsed build/test command line, built with `toolchain`;
+    UsageError names what cargo itself would refuse."""
     if args.exclude and not args.workspace:
         raise UsageError("--exclude goes with --workspace (as in cargo)")
     if args.verbose > 2:
         raise UsageError("-v goes at most twice (-vv), as in cargo")
     return CargoOptions(
+        command=Command.TEST if args.command == "test" else Command.BUILD,
         toolchain=toolchain,
         packages=tuple(args.package), workspace=args.workspace, exclude=tuple(args.exclude),
         lib=args.lib,
@@ -158,15 +158,6 @@ def cargo_options(args: argparse.Namespace, toolchain: str | None) -> CargoOptio
         no_run=getattr(args, "no_run", False),
         extra=tuple(args.cargo_args),
     )
-
-
-def toolchain_name(text: str) -> str:
-    """A `+toolchain` argument's name; UsageError unless it could name a toolchain."""
-    name = text.removeprefix("+")
-    if not _TOOLCHAIN.fullmatch(name):
-        raise UsageError(f"+{excerpt(name, 64)} is not a toolchain name: write a version "
-                         "such as +1.63 or a channel such as +stable")
-    return name
 
 
 def _jobs(text: str) -> str:

@@ -31,13 +31,14 @@ from crossfarm.client.build import (
     last_build,
     run_build,
 )
-from crossfarm.client.cargo import add_cargo_flags, cargo_options, toolchain_name
+from crossfarm.client.cargo import add_cargo_flags, cargo_options
 from crossfarm.client.config import Config, load_config, read_cross_toml
 from crossfarm.client.preflight import version_warning
 from crossfarm.client.testrun import run_test
+from crossfarm.client.toolchain import check_name, crate_toolchain
 from crossfarm.client.workspace import locate
 from crossfarm.shared.arch import Placement
-from crossfarm.shared.errors import CrossfarmError, UsageError
+from crossfarm.shared.errors import CrossfarmError, FarmError, UsageError
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import API_VERSION, GitAuth, Role, TokenRequest, crossfarm_version
 
@@ -87,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
         _submit_flags(sub)
         add_cargo_flags(sub, test=name == "test")
         sub.add_argument("cargo_args", nargs="*", help="after --: extra cargo arguments")
+    command("targets", "what the farm builds, per toolchain, and where each target goes")
 
     for name, text in (("status", "show a build (default: your last)"),
                        ("cancel", "cancel a build")):
@@ -168,7 +170,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if argv and argv[0].startswith("+"):
         toolchain, argv = argv[0], argv[1:]
     args = _parser().parse_args(argv)
-    args.toolchain = None if toolchain is None else toolchain_name(toolchain)
+    args.toolchain = None if toolchain is None else check_name(toolchain[1:], "+TOOLCHAIN")
     if args.toolchain is not None and args.command not in ("build", "test"):
         raise UsageError(f"+{args.toolchain} goes with build or test (crossfarm "
                          f"+{args.toolchain} build ...), not with {args.command}")
@@ -307,6 +309,15 @@ def _workers(client: FarmClient, _config: Config, args: argparse.Namespace) -> i
     return EXIT_OK
 
 
+def _targets(client: FarmClient, _config: Config, args: argparse.Namespace) -> int:
+    offer = client.targets()
+    if offer is None:
+        raise FarmError("this farm's controller is older than /v1/targets (no toolchains): "
+                        f"it builds {', '.join(client.health().targets) or 'no target it names'}")
+    _show(offer, args.json, render.targets_table)
+    return EXIT_OK
+
+
 def _build(client: FarmClient, config: Config, args: argparse.Namespace) -> int:
     options, root = _submission(config, args)
     return run_build(client, config, read_cross_toml(root / "Cross.toml", os.environ), options)
@@ -323,20 +334,20 @@ def _submission(config: Config, args: argparse.Namespace) -> tuple[BuildOptions,
         raise UsageError("--git and --rev go together")
     member = None
     if args.git:
-        root = Path.cwd()
+        root = crate_dir = Path.cwd()
     else:
         manifest = args.manifest_path or Path("Cargo.toml")
         if not manifest.is_file():
             raise UsageError(f"{manifest} not found: run crossfarm in a crate directory "
                              "or pass --manifest-path")
         crate = locate(manifest)  # a workspace member sends its workspace, as cargo reads it
-        root, member = crate.root, crate.package
+        root, member, crate_dir = crate.root, crate.package, manifest.parent
     if not config.targets:
         raise UsageError("no target: pass --target TRIPLE (or set targets in crossfarm.toml)")
-    cargo = cargo_options(args, args.toolchain)
+    cargo = cargo_options(args, _toolchain(args, root, crate_dir))
     options = BuildOptions(
         targets=config.targets, cargo=cargo.spec(config.profile or "dev", member),
-        toolchain=cargo.toolchain, timeout=config.timeout, detach=args.detach,
+        timeout=config.timeout, detach=args.detach,
         as_json=args.json, cancel_on_interrupt=args.cancel_on_interrupt,
         git=(args.git, args.rev) if args.git else None, root=root,
         placement=Placement(args.placement) if args.placement else None,
@@ -345,8 +356,23 @@ def _submission(config: Config, args: argparse.Namespace) -> tuple[BuildOptions,
     return options, root
 
 
+def _toolchain(args: argparse.Namespace, root: Path, crate_dir: Path) -> str | None:
+    """`+TOOLCHAIN` first (checked by parse), else the crate's toolchain file (not for
+    --git: the farm's copy of the commit is not read here), else the farm's default."""
+    if args.toolchain is not None:
+        return str(args.toolchain)
+    if args.git:
+        return None
+    found = crate_toolchain(crate_dir, root)
+    if found is None:
+        return None
+    channel, path = found
+    render.note(f"toolchain {channel} from {path}")
+    return channel
+
+
 _COMMANDS: dict[str, Callable[[FarmClient, Config, argparse.Namespace], int]] = {
-    "build": _build, "test": _test,
+    "build": _build, "test": _test, "targets": _targets,
     "status": _status, "cancel": _cancel, "logs": _logs, "list": _list,
     "artifacts": _artifacts, "drain": _drain, "workers": _workers, "admin": _admin,
     "git-credential": _git_credential,

@@ -1,54 +1,23 @@
 """What the CLI checks with the farm before it sends anything: that both speak the same
-API version, and that the farm builds the targets (and the toolchain) asked for, so a
-mistyped triple fails at once, not after the whole source was uploaded."""
+API version, and that the farm builds the targets with the toolchain asked for, so a
+mistyped triple or an unknown toolchain fails at once, not after the whole source was
+uploaded. The farm's answer comes from /v1/targets (what its online workers offer, per
+toolchain), or from a controller older than that endpoint, the targets its /v1/health
+names. The refusals are the errors the controller itself would answer with."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-
-from crossfarm.shared.errors import UnsupportedTarget, UsageError
-from crossfarm.shared.wire import API_VERSION, Health, crossfarm_version
-
-
-@dataclass(frozen=True)
-class Toolchain:
-    """A toolchain the farm offers: its name, its rustc releases, the targets it builds."""
-
-    name: str
-    releases: tuple[str, ...]
-    targets: frozenset[str]
-
-    def answers_to(self, asked: str) -> bool:
-        """Whether `+asked` means this toolchain: its name, one of its releases, or a
-        version whose patch level is left out (1.63 for 1.63.0)."""
-        return asked == self.name or any(
-            asked == release or release.startswith(f"{asked}.") for release in self.releases)
-
-
-@dataclass(frozen=True)
-class Offer:
-    """What the farm builds now. A farm that names no toolchains builds every target with
-    its one builder image: `toolchains` is then empty."""
-
-    targets: frozenset[str]
-    toolchains: tuple[Toolchain, ...] = field(default=())
-
-    @classmethod
-    def of_document(cls, document: Mapping[str, object]) -> Offer:
-        """From /v1/targets: {"toolchains": [{"name", "releases", "targets": [{"target"}]}]}
-        (other fields are the farm's to add); ValueError, TypeError or KeyError if it is
-        not that shape."""
-        entries = document["toolchains"]
-        if not isinstance(entries, list):
-            raise TypeError("toolchains is not a list")
-        toolchains = tuple(
-            Toolchain(name=str(entry["name"]),
-                      releases=tuple(str(r) for r in entry.get("releases", [])),
-                      targets=frozenset(str(t["target"]) for t in entry["targets"]))
-            for entry in entries)
-        targets = frozenset(t for toolchain in toolchains for t in toolchain.targets)
-        return cls(targets=targets, toolchains=toolchains)
+from crossfarm.shared.arch import TARGETS, is_neutral
+from crossfarm.shared.errors import UnknownToolchain, UnsupportedTarget, UsageError
+from crossfarm.shared.wire import (
+    API_VERSION,
+    DEFAULT_CHANNELS,
+    FarmTargets,
+    Health,
+    ToolchainTargets,
+    crossfarm_version,
+    toolchain_answers,
+)
 
 
 def version_warning(health: Health, url: str) -> str | None:
@@ -66,25 +35,50 @@ def version_warning(health: Health, url: str) -> str | None:
     return None
 
 
-def check_request(offer: Offer, targets: list[str], toolchain: str | None) -> None:
-    """Refuse, before anything is sent, a toolchain or a target the farm does not offer:
-    UsageError or UnsupportedTarget naming what it does offer."""
-    offered = offer.targets
-    if toolchain is not None:
-        if not offer.toolchains:
-            raise UsageError(f"+{toolchain}: this farm names no toolchains (it builds with "
-                             "its one builder image); leave +toolchain out")
-        chosen = next((t for t in offer.toolchains if t.answers_to(toolchain)), None)
+def check_request(offer: FarmTargets | None, health: Health, toolchain: str | None,
+                  targets: list[str]) -> None:
+    """Refuse, before anything is sent, a toolchain or a target the farm does not offer.
+    `offer` is None for a controller older than /v1/targets: its health's targets count."""
+    if offer is None:
+        _check_older_farm(health, toolchain, targets)
+    else:
+        check_offer(offer, toolchain, targets)
+
+
+def check_offer(offer: FarmTargets, toolchain: str | None, targets: list[str]) -> None:
+    """UnknownToolchain when the farm's online workers offer no such toolchain;
+    UnsupportedTarget for a target they do not build with it. A target of the farm's
+    table may wait for a worker of its architecture when no toolchain was named; a named
+    toolchain, an architecture-neutral target (wasm32) or an unknown triple must be
+    offered now."""
+    chosen: ToolchainTargets | None
+    if toolchain is not None and toolchain not in DEFAULT_CHANNELS:
+        chosen = next((t for t in offer.toolchains if t.name == toolchain
+                       or any(toolchain_answers(toolchain, t.name, r) for r in t.releases)),
+                      None)
         if chosen is None:
-            names = ", ".join(_shown(t) for t in offer.toolchains)
-            raise UsageError(f"+{toolchain}: the farm has no such toolchain; available: "
-                             f"{names}")
-        offered = chosen.targets
+            raise UnknownToolchain(toolchain, [_shown(t) for t in offer.toolchains])
+    else:
+        chosen = next((t for t in offer.toolchains if t.default), None)
+    if chosen is None:
+        return  # no worker online announces toolchains: the controller decides
+    offered = sorted({place.target for place in chosen.targets})
     for target in targets:
-        if target not in offered:
-            raise UnsupportedTarget(target, sorted(offered))
+        if target not in offered and (is_neutral(target) or target not in TARGETS
+                                      or toolchain is not None):
+            raise UnsupportedTarget(target, offered)
 
 
-def _shown(toolchain: Toolchain) -> str:
+def _check_older_farm(health: Health, toolchain: str | None, targets: list[str]) -> None:
+    if toolchain is not None and toolchain not in DEFAULT_CHANNELS:
+        raise UsageError(f"+{toolchain}: this farm's controller is older than toolchain "
+                         "selection (it builds with its one builder image): leave "
+                         "+toolchain (and rust-toolchain.toml's channel) out, or upgrade it")
+    for target in targets:
+        if health.targets and target not in health.targets:
+            raise UnsupportedTarget(target, sorted(health.targets))
+
+
+def _shown(toolchain: ToolchainTargets) -> str:
     releases = [r for r in toolchain.releases if r != toolchain.name]
     return f"{toolchain.name} ({', '.join(releases)})" if releases else toolchain.name

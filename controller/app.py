@@ -18,6 +18,7 @@ from crossfarm.controller.api import builds as builds_api
 from crossfarm.controller.api import credentials as credentials_api
 from crossfarm.controller.api import jobs as jobs_api
 from crossfarm.controller.api import sources as sources_api
+from crossfarm.controller.api import targets as targets_api
 from crossfarm.controller.api import workers as workers_api
 from crossfarm.controller.farm import Doorbell, Farm
 from crossfarm.controller.queue import CeleryJobQueue
@@ -123,6 +124,7 @@ def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAP
     app.include_router(builds_api.router)
     app.include_router(jobs_api.router)
     app.include_router(workers_api.router)
+    app.include_router(targets_api.router)
     app.include_router(admin_api.router)
 
     @app.get("/v1/health", tags=["health"], responses=errors.responses())

@@ -3,7 +3,7 @@ Cargo.lock, making one (network on, with none of the crate's configuration)."""
 
 from __future__ import annotations
 
-from crossfarm.shared.wire import JobMessage
+from crossfarm.shared.wire import Command, JobMessage
 
 #: Where the job volume and the source sit inside the builder container.
 WORK = "/work"
@@ -19,14 +19,19 @@ WARM_TARGET = f"{WARM}/target"
 LOCK_COMMAND = ["cargo", "generate-lockfile"]
 
 
-def build_command(job: JobMessage, locked: bool, jobs: int) -> list[str]:
-    """Compile with no network; JSON messages on stdout name the artifacts. The build's
-    own flags come last; cargo refuses a flag given twice (`--locked --locked`), so the
-    farm's --offline, --locked and --jobs go in only where the build's do not say them."""
+def build_command(job: JobMessage, locked: bool, jobs: int, run_tests: bool = True
+                  ) -> list[str]:
+    """Compile (and for a test job, run the tests) with no network; JSON messages on
+    stdout name the artifacts, and libtest's output follows them on the same stdout.
+    A test job whose tests cannot run here (`run_tests` False) builds them only. The
+    job's own flags come last; cargo refuses a flag given twice (`--locked --locked`),
+    so the farm's --offline, --locked and --jobs go in only where the job's do not say
+    them (the allow-list refuses --no-run and --no-fail-fast: those are the farm's)."""
     asked = job.cargo.flags()
+    test = job.cargo.command is Command.TEST
     command = [
-        "cargo", "build", "--target", job.target, "--profile", job.cargo.profile,
-        "--message-format=json-render-diagnostics",
+        "cargo", job.cargo.command.value, "--target", job.target,
+        "--profile", job.cargo.profile, "--message-format=json-render-diagnostics",
     ]
     if "--offline" not in asked:
         command.append("--offline")
@@ -34,4 +39,10 @@ def build_command(job: JobMessage, locked: bool, jobs: int) -> list[str]:
         command += ["--jobs", str(jobs)]
     if locked and "--locked" not in asked:
         command.append("--locked")
+    if test and (job.cargo.no_run or not run_tests):
+        command.append("--no-run")
+    elif test:
+        # every test binary runs, so the counts cover all of them, not up to the first
+        # failing one
+        command.append("--no-fail-fast")
     return command + asked

@@ -7,7 +7,7 @@ from crossfarm.client.cargo import cargo_options
 from crossfarm.client.cli import _config, _logs, _parser, _submission, parse, parse_duration
 from crossfarm.shared.errors import UsageError
 from crossfarm.shared.states import BuildState
-from crossfarm.shared.wire import API_VERSION, Event, crossfarm_version
+from crossfarm.shared.wire import API_VERSION, Command, Event, crossfarm_version
 
 X86 = "x86_64-unknown-linux-gnu"
 
@@ -134,7 +134,8 @@ def test_plus_toolchain_with_a_command_that_builds_nothing_is_a_usage_error(comm
 
 @pytest.mark.parametrize("text", ["+", "+../x", "+a b", "+-x", "+" + "9" * 65, "+1.63/x"])
 def test_a_plus_toolchain_that_cannot_name_a_toolchain_is_refused(text):
-    with pytest.raises(UsageError, match="is not a toolchain name: write a version such as"):
+    with pytest.raises(UsageError, match=r"^\+TOOLCHAIN: '.*' is not a toolchain name \(a "
+                                         "version such as 1.63"):
         parse([text, "build"])
 
 
@@ -269,6 +270,42 @@ def test_a_flag_is_never_guessed_from_its_first_letters(capsys):
     with pytest.raises(SystemExit):
         parse(["build", "--work"])  # cargo has no abbreviations either
     assert "unrecognized arguments: --work" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "command", "no_run"), [
+    (["build"], Command.BUILD, False), (["test"], Command.TEST, False),
+    (["test", "--no-run"], Command.TEST, True)])
+def test_the_spec_carries_the_command_no_run_and_the_toolchain(argv, command, no_run):
+    args = parse(["+1.63", *argv])
+    spec = cargo_options(args, args.toolchain).spec("dev")
+    assert (spec.command, spec.no_run, spec.toolchain) == (command, no_run, "1.63")
+    assert "--no-run" not in spec.cargo_args  # the worker adds it, once
+
+
+def test_the_crates_toolchain_file_chooses_the_toolchain_unless_plus_toolchain_does(
+        monkeypatch, tmp_path):
+    root = tmp_path / "ws"
+    (root / "app").mkdir(parents=True)
+    (root / "Cargo.toml").write_text('[workspace]\nmembers = ["app"]\n')
+    (root / "app" / "Cargo.toml").write_text('[package]\nname = "app"\nversion = "0.1.0"\n')
+    (root / "rust-toolchain.toml").write_text('[toolchain]\nchannel = "1.63"\n')
+    monkeypatch.chdir(root / "app")
+
+    def toolchain(*argv):
+        args = parse([*argv, "test", "--target", X86])
+        return _submission(_config(args), args)[0].cargo.toolchain
+
+    assert toolchain() == "1.63"  # the workspace's file, found from the member
+    assert toolchain("+1.96") == "1.96"
+
+
+def test_a_git_build_leaves_the_toolchain_to_plus_toolchain_or_the_farm(monkeypatch,
+                                                                         tmp_path):
+    (tmp_path / "rust-toolchain").write_text("1.63\n")  # not the commit's: never read
+    monkeypatch.chdir(tmp_path)
+    args = parse(["build", "--target", X86, "--git", "https://git.example/a.git",
+                  "--rev", "main"])
+    assert _submission(_config(args), args)[0].cargo.toolchain is None
 
 
 def _crate(tmp_path):

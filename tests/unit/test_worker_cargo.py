@@ -96,3 +96,19 @@ def test_the_build_stays_offline_whatever_it_asks():
 def test_frozen_goes_with_the_farms_locked_and_offline_as_cargo_allows():
     command = build_command(_job(cargo_args=["--frozen"]), locked=True, jobs=2)
     assert {"--offline", "--locked", "--frozen"} <= set(command)
+
+
+@pytest.mark.parametrize(("no_run", "run_tests", "mode"), [
+    (False, True, "--no-fail-fast"), (True, True, "--no-run"), (False, False, "--no-run")])
+def test_a_test_job_runs_cargo_test_with_the_farms_run_mode_and_its_own_flags_once(
+        no_run, run_tests, mode):
+    asked = ["--package=app", "--locked", "-j2", "--timings"]
+    job = _job(command="test", no_run=no_run, cargo_args=asked)
+    command = build_command(job, locked=True, jobs=6, run_tests=run_tests)
+    assert command[:2] == ["cargo", "test"]
+    assert command[-len(asked):] == asked
+    for flag in ("--locked", "--offline", mode):
+        assert command.count(flag) == 1
+    assert "--jobs" not in command  # -j2 is the job's own
+    other = ({"--no-run", "--no-fail-fast"} - {mode}).pop()
+    assert other not in command
