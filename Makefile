@@ -5,6 +5,8 @@ STATE ?= .crossfarm
 BUILDER_IMAGE ?= crossfarm/builder:1
 FETCHER_IMAGE ?= crossfarm/fetcher:1
 ARM64_IMAGE ?= crossfarm/arm64-test:1
+# a second toolchain (Debian's rustc 1.63, with the wasm32 std) for the toolchain tests
+BUILDER_163_IMAGE ?= crossfarm/builder-1.63:1
 APT_PACKAGES := redis-server postgresql mmdebstrap qemu-user-static binfmt-support libc6-arm64-cross libgcc-s1-arm64-cross file git procps iproute2 docker-registry docker-compose chromium
 
 DIST ?= dist
@@ -57,6 +59,8 @@ image: ## the builder and fetcher images, built with no registry when missing
 # The tests also need the arm64 image (a truly-arm64 worker under QEMU, ~8 min to make);
 # its script re-registers qemu-aarch64 with binfmt_misc every time, as a reboot drops it.
 images: image
+	@docker image inspect $(BUILDER_163_IMAGE) >/dev/null 2>&1 \
+	  || deploy/images/builder-1.63/build-offline.sh $(BUILDER_163_IMAGE)
 	deploy/images/arm64-test/build-offline.sh $(ARM64_IMAGE)
 
 # What CI installs the CLI from (docs/ci.md): the wheel, and the sdist it was built from

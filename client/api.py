@@ -20,10 +20,12 @@ from crossfarm.shared.wire import (
     BuildView,
     Event,
     FarmStats,
+    FarmTargets,
     Fleet,
     GitAuth,
     GitCredentialView,
     GitSource,
+    Health,
     IssuedToken,
     MissingBlobs,
     SourceLimits,
@@ -42,6 +44,7 @@ class FarmClient:
         self.url = url.rstrip("/")
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout,
                                   transport=transport)
+        self._health: Health | None = None
 
     def __enter__(self) -> FarmClient:
         return self
@@ -51,6 +54,17 @@ class FarmClient:
 
     def close(self) -> None:
         self._http.close()
+
+    def health(self) -> Health:
+        """The farm's version and targets (asked once per client)."""
+        if self._health is None:
+            try:
+                self._health = Health.model_validate_json(self._call("GET", "/v1/health").content)
+            except ValueError as exc:  # pydantic's ValidationError is a ValueError
+                raise FarmError(f"{self.url}/v1/health did not answer as a crossfarm "
+                                f"controller does ({type(exc).__name__}): is CROSSFARM_URL "
+                                "the farm's?") from None
+        return self._health
 
     def missing_blobs(self, digests: list[str]) -> MissingBlobs:
         response = self._call("POST", "/v1/blobs/missing",
@@ -82,6 +96,18 @@ class FarmClient:
         response = self._call("POST", "/v1/builds", content=request.model_dump_json(),
                               headers={"Content-Type": "application/json"})
         return BuildView.model_validate_json(response.content)
+
+    def targets(self) -> FarmTargets | None:
+        """What the farm builds now, per toolchain; None from a controller older than
+        /v1/targets (its health names the targets it builds)."""
+        response = self._call("GET", "/v1/targets", ok=(200, 404))
+        if response.status_code == 404:
+            return None
+        try:
+            return FarmTargets.model_validate_json(response.content)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            raise FarmError(f"the farm's /v1/targets is malformed ({type(exc).__name__}); "
+                            "tell its operator") from None
 
     def build(self, build_id: str) -> BuildView:
         return BuildView.model_validate_json(self._call("GET", f"/v1/builds/{build_id}").content)

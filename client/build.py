@@ -10,9 +10,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from crossfarm.client.api import FarmClient
 from crossfarm.client.config import Config, CrossConfig
+from crossfarm.client.preflight import check_request
 from crossfarm.client.render import Progress, build_table, emit_json, note
 from crossfarm.client.source import scan, send
 from crossfarm.shared.arch import Placement
@@ -20,7 +22,13 @@ from crossfarm.shared.errors import FarmError, UsageError
 from crossfarm.shared.ids import SourceDigest
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.tree import project_of
-from crossfarm.shared.wire import ArtifactView, BuildRequest, CargoSpec, plain_file_name
+from crossfarm.shared.wire import (
+    ArtifactView,
+    BuildRequest,
+    BuildView,
+    CargoSpec,
+    plain_file_name,
+)
 
 #: Exit codes scripts can rely on (documented in docs/ci.md).
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_CANCELLED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -28,7 +36,10 @@ EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_CANCELLED, EXIT_INTERRUPTED = 0, 1, 2, 3,
 
 @dataclass(frozen=True)
 class BuildOptions:
+    """What `crossfarm build` or `crossfarm test` was asked to do."""
+
     targets: list[str]
+    #: how cargo builds each target (from cargo's own flags: client/cargo.py)
     cargo: CargoSpec
     timeout: int | None
     detach: bool
@@ -47,12 +58,11 @@ def exit_code(state: BuildState) -> int:
         state, EXIT_FAILED)
 
 
-def run_build(client: FarmClient, config: Config, cross: CrossConfig, options: BuildOptions
-              ) -> int:
-    for warning in cross.warnings:
-        note(f"warning: {warning}")
-    for name in cross.missing:
-        note(f"warning: Cross.toml passes {name} through, but it is not set here")
+def run_build(client: FarmClient, config: Config, cross: CrossConfig, options: BuildOptions,
+              summary: Callable[[BuildView], None] | None = None) -> int:
+    """Check, send, submit, follow, download; `summary` prints more after the table (a
+    test run's counts). Returns the exit code."""
+    _before_upload(client, cross, options)
     source, project = _send_source(client, options)
     request = BuildRequest(
         source=source, project=project, targets=options.targets, cargo=options.cargo,
@@ -91,7 +101,28 @@ def run_build(client: FarmClient, config: Config, cross: CrossConfig, options: B
         emit_json({"build": final, "artifacts": artifacts})
     else:
         build_table(final, artifacts)
+        if summary is not None:
+            summary(final)
     return exit_code(final.state)
+
+
+def first_error(exc: ValueError) -> str:
+    """The first problem pydantic found, as `field: message` (or the error's text)."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    return str(exc)
+
+
+def _before_upload(client: FarmClient, cross: CrossConfig, options: BuildOptions) -> None:
+    """Warnings of Cross.toml, and the farm's check of the targets and the toolchain: a
+    refusal here means nothing was uploaded (nor a git fetch asked for)."""
+    for warning in cross.warnings:
+        note(f"warning: {warning}")
+    for name in cross.missing:
+        note(f"warning: Cross.toml passes {name} through, but it is not set here")
+    check_request(client.targets(), client.health(), options.cargo.toolchain, options.targets)
 
 
 def _send_source(client: FarmClient, options: BuildOptions
@@ -114,14 +145,18 @@ def _send_source(client: FarmClient, options: BuildOptions
 
 
 def follow(client: FarmClient, build_id: str, targets: list[str] | None = None,
-           only: str | None = None, live: bool = True) -> None:
-    """Print a build's log lines (to stderr, prefixed by target) until it ends."""
+           only: str | None = None, live: bool = True, out: TextIO | None = None) -> None:
+    """Print a build's log lines to `out` until it ends (stderr, as while a build runs, so
+    stdout keeps the one document --json prints); state changes go to stderr. Each line
+    is prefixed by its target unless `only` one target's lines are shown: then they are
+    that target's output as it was."""
     width = max((len(t) for t in targets or []), default=0)
     for event in client.events(build_id, follow=live):
         if only and event.target != only:
             continue
         if event.kind == "log":
-            print(f"[{(event.target or ''):<{width}}] {event.line}", file=sys.stderr, flush=True)
+            line = event.line if only else f"[{(event.target or ''):<{width}}] {event.line}"
+            print(line, file=out or sys.stderr, flush=True)
         elif event.kind == "state" and event.target:
             note(f"{event.target}: {event.state}")
 

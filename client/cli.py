@@ -26,65 +26,79 @@ from crossfarm.client.build import (
     BuildOptions,
     download_all,
     exit_code,
+    first_error,
     follow,
     last_build,
     run_build,
 )
+from crossfarm.client.cargo import add_cargo_flags, cargo_options
 from crossfarm.client.config import Config, load_config, read_cross_toml
+from crossfarm.client.preflight import version_warning
+from crossfarm.client.testrun import run_test
+from crossfarm.client.toolchain import check_name, crate_toolchain
 from crossfarm.client.workspace import locate
 from crossfarm.shared.arch import Placement
-from crossfarm.shared.errors import CrossfarmError, UsageError
+from crossfarm.shared.errors import CrossfarmError, FarmError, UsageError
 from crossfarm.shared.states import BuildState
-from crossfarm.shared.wire import CargoSpec, GitAuth, Role, TokenRequest
+from crossfarm.shared.wire import API_VERSION, GitAuth, Role, TokenRequest, crossfarm_version
+
+#: The flags every command takes, before or after its name.
+_GLOBAL_FLAGS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+    (("--url",), {"help": "the controller (env CROSSFARM_URL)"}),
+    (("--token",), {"help": "the API token (env CROSSFARM_TOKEN, which keeps it out of "
+                            "the process list)"}),
+    (("--json",), {"action": "store_true", "default": False,
+                   "help": "one JSON document on stdout; logs stay on stderr"}),
+)
+
+
+def _global_flags(suppress: bool) -> argparse.ArgumentParser:
+    """The global flags; with `suppress`, as a command's own (see _parser)."""
+    flags = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for names, options in _GLOBAL_FLAGS:
+        default = argparse.SUPPRESS if suppress else options.get("default")
+        flags.add_argument(*names, **{**options, "default": default})
+    return flags
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", help="the controller (env CROSSFARM_URL)")
-    common.add_argument("--json", action="store_true",
-                        help="one JSON document on stdout; logs stay on stderr")
-    parser = argparse.ArgumentParser(prog="crossfarm", description=__doc__, parents=[common],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
+    # A subcommand's parser writes its defaults over what the main parser read, so a
+    # global flag given before the command would be lost: on commands, the global flags
+    # default to SUPPRESS (not set unless given), and the main parser holds the defaults.
+    parser = argparse.ArgumentParser(
+        prog="crossfarm", description=__doc__, parents=[_global_flags(suppress=False)],
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+        usage="crossfarm [+TOOLCHAIN] [--url URL] [--token TOKEN] [--json] COMMAND ...")
+    parser.add_argument("--version", action="version",
+                        version=f"crossfarm {crossfarm_version()} (API {API_VERSION})")
+    # named plainly: the main usage line (with +TOOLCHAIN) is not each command's prefix
+    commands = parser.add_subparsers(dest="command", required=True, prog="crossfarm")
+    command_flags = _global_flags(suppress=True)
 
-    build = commands.add_parser("build", parents=[common], help="build the crate on the farm")
-    build.add_argument("--target", action="append", dest="targets", metavar="TRIPLE",
-                       help="a target triple; repeat for several (config: targets)")
-    profile = build.add_mutually_exclusive_group()
-    profile.add_argument("-r", "--release", action="store_true", help="the release profile")
-    profile.add_argument("--profile", help="a named cargo profile")
-    build.add_argument("-F", "--features", action="append", default=[],
-                       help="features to enable (comma or space separated)")
-    build.add_argument("--all-features", action="store_true")
-    build.add_argument("--no-default-features", action="store_true")
-    build.add_argument("-p", "--package", action="append", default=[], metavar="SPEC")
-    build.add_argument("--bin", action="append", default=[], metavar="NAME")
-    build.add_argument("--locked", action="store_true")
-    build.add_argument("--manifest-path", type=Path, help="the Cargo.toml (default ./Cargo.toml)")
-    build.add_argument("--git", metavar="URL", help="build a commit the farm fetches itself")
-    build.add_argument("--rev", help="with --git: the branch, tag or commit")
-    build.add_argument("--timeout", type=int, metavar="SECONDS")
-    build.add_argument("--placement", choices=[p.value for p in Placement],
-                       help="native: wait for a worker of the target's arch; cross-ok: else "
-                            "a cross toolchain; emulate-ok: else emulation (default: the farm's)")
-    build.add_argument("--wait-limit", type=parse_duration, metavar="DURATION",
-                       help="fail a target no worker starts within this long (90s, 5m, 1h)")
-    build.add_argument("--no-cache", action="store_false", dest="cache",
-                       help="build every target even if an earlier build had the same inputs")
-    build.add_argument("--detach", action="store_true", help="submit and print the build id")
-    build.add_argument("--cancel-on-interrupt", action="store_true",
-                       help="Ctrl-C cancels the remote build without asking")
-    build.add_argument("cargo_args", nargs="*", help="after --: extra cargo build arguments")
+    def command(name: str, text: str, where: Any = commands) -> argparse.ArgumentParser:
+        made: argparse.ArgumentParser = where.add_parser(
+            name, parents=[command_flags], help=text, allow_abbrev=False)
+        return made
+
+    for name, text in (("build", "build the crate on the farm"),
+                       ("test", "run the crate's tests on the farm, on each target's own "
+                                "architecture")):
+        sub = command(name, text)
+        sub.usage = f"crossfarm [+TOOLCHAIN] {name} [options] [-- CARGO_ARGS ...]"
+        _submit_flags(sub)
+        add_cargo_flags(sub, test=name == "test")
+        sub.add_argument("cargo_args", nargs="*", help="after --: extra cargo arguments")
+    command("targets", "what the farm builds, per toolchain, and where each target goes")
 
     for name, text in (("status", "show a build (default: your last)"),
                        ("cancel", "cancel a build")):
-        sub = commands.add_parser(name, parents=[common], help=text)
+        sub = command(name, text)
         sub.add_argument("build_id", nargs="?" if name == "status" else None)
-    logs = commands.add_parser("logs", parents=[common], help="print a build's log")
+    logs = command("logs", "print a build's log")
     logs.add_argument("build_id")
     logs.add_argument("-f", "--follow", action="store_true", help="keep following until the end")
     logs.add_argument("--target", help="only this target's lines")
-    listing = commands.add_parser("list", parents=[common], help="list recent builds")
+    listing = command("list", "list recent builds")
     listing.add_argument("--mine", action="store_true",
                          help="only builds submitted with your token's name")
     listing.add_argument("--state", choices=[s.value for s in BuildState])
@@ -92,34 +106,31 @@ def _parser() -> argparse.ArgumentParser:
     shown.add_argument("--limit", type=_positive, default=20,
                        help="show this many of the newest (default 20)")
     shown.add_argument("--all", action="store_true", help="show every build, page after page")
-    artifacts = commands.add_parser("artifacts", parents=[common], help="list or fetch artifacts")
+    artifacts = command("artifacts", "list or fetch artifacts")
     artifacts.add_argument("build_id")
     artifacts.add_argument("--download", type=Path, metavar="DIR",
                            help="download into DIR/<triple>/<name>")
-    commands.add_parser("workers", parents=[common], help="the farm's workers")
-    drain = commands.add_parser("drain", parents=[common],
-                                help="stop a worker taking jobs (it finishes running ones)")
+    command("workers", "the farm's workers")
+    drain = command("drain", "stop a worker taking jobs (it finishes running ones)")
     drain.add_argument("worker")
     drain.add_argument("--undo", action="store_true", help="let it take jobs again")
-    commands.add_parser("config", parents=[common], help="the effective configuration")
-    credential = commands.add_parser(
-        "git-credential", parents=[common],
-        help="your tokens for private git repositories (--git builds over https)")
+    command("config", "the effective configuration")
+    credential = command("git-credential",
+                         "your tokens for private git repositories (--git builds over https)")
     credentials = credential.add_subparsers(dest="credential_command", required=True)
-    put = credentials.add_parser("set", parents=[common],
-                                 help="register the token for a host (read from stdin)")
+    put = command("set", where=credentials,
+                  text="register the token for a host (read from stdin)")
     put.add_argument("host", help="the git host, e.g. git.example.com")
     put.add_argument("--username", default="git",
                      help="the user to present (default: git; GitHub and GitLab accept any)")
-    credentials.add_parser("list", parents=[common], help="your hosts, never a token")
-    forget = credentials.add_parser("delete", parents=[common], help="forget a host's token")
+    command("list", where=credentials, text="your hosts, never a token")
+    forget = command("delete", where=credentials, text="forget a host's token")
     forget.add_argument("host")
-    admin = commands.add_parser("admin", parents=[common], help="what operators do")
-    token = admin.add_subparsers(dest="admin", required=True).add_parser(
-        "token", parents=[common], help="issue, list and revoke API tokens")
+    admin = command("admin", "what operators do")
+    token = command("token", where=admin.add_subparsers(dest="admin", required=True),
+                    text="issue, list and revoke API tokens")
     tokens = token.add_subparsers(dest="token_command", required=True)
-    create = tokens.add_parser("create", parents=[common],
-                               help="issue a token; it is printed this once")
+    create = command("create", where=tokens, text="issue a token; it is printed this once")
     create.add_argument("--tenant", required=True, help="whose builds and sources it reaches")
     create.add_argument("--role", choices=[r.value for r in Role], default=Role.SUBMIT.value,
                         help="read, submit (read + build, cancel, upload) or operator")
@@ -127,19 +138,54 @@ def _parser() -> argparse.ArgumentParser:
                         help="valid for this long (90d, 12h, 30m); default: until revoked")
     create.add_argument("--name", metavar="LABEL",
                         help="shown as the submitter of its builds (default: token-<id>)")
-    tokens.add_parser("list", parents=[common], help="every token, never a secret")
-    revoke = tokens.add_parser("revoke", parents=[common], help="refuse a token from now on")
+    command("list", where=tokens, text="every token, never a secret")
+    revoke = command("revoke", where=tokens, text="refuse a token from now on")
     revoke.add_argument("token_id", type=int, metavar="ID")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _submit_flags(sub: argparse.ArgumentParser) -> None:
+    """The flags of build and test that are crossfarm's own, not cargo's."""
+    sub.add_argument("--target", action="append", dest="targets", metavar="TRIPLE",
+                     help="a target triple; repeat for several (config: targets)")
+    sub.add_argument("--manifest-path", type=Path, help="the Cargo.toml (default ./Cargo.toml)")
+    sub.add_argument("--git", metavar="URL", help="build a commit the farm fetches itself")
+    sub.add_argument("--rev", help="with --git: the branch, tag or commit")
+    sub.add_argument("--timeout", type=int, metavar="SECONDS")
+    sub.add_argument("--placement", choices=[p.value for p in Placement],
+                     help="native: wait for a worker of the target's arch; cross-ok: else "
+                          "a cross toolchain; emulate-ok: else emulation (default: the farm's)")
+    sub.add_argument("--wait-limit", type=parse_duration, metavar="DURATION",
+                     help="fail a target no worker starts within this long (90s, 5m, 1h)")
+    sub.add_argument("--no-cache", action="store_false", dest="cache",
+                     help="run every target even if an earlier build had the same inputs")
+    sub.add_argument("--detach", action="store_true", help="submit and print the build id")
+    sub.add_argument("--cancel-on-interrupt", action="store_true",
+                     help="Ctrl-C cancels the remote build without asking")
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The command line, with a leading `+toolchain` (as cargo takes it) in `toolchain`."""
+    toolchain = None
+    if argv and argv[0].startswith("+"):
+        toolchain, argv = argv[0], argv[1:]
     args = _parser().parse_args(argv)
+    args.toolchain = None if toolchain is None else check_name(toolchain[1:], "+TOOLCHAIN")
+    if args.toolchain is not None and args.command not in ("build", "test"):
+        raise UsageError(f"+{args.toolchain} goes with build or test (crossfarm "
+                         f"+{args.toolchain} build ...), not with {args.command}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
     try:
+        args = parse(sys.argv[1:] if argv is None else argv)
         config = _config(args)
         if args.command == "config":
             return _show_config(config, args.json)
         with FarmClient(config.url, token=config.token) as client:
+            if warning := version_warning(client.health(), client.url):
+                render.note(f"warning: {warning}")
             return _dispatch(client, config, args)
     except CrossfarmError as exc:
         print(f"crossfarm: error: {exc}", file=sys.stderr)
@@ -149,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    flags: dict[str, object] = {"url": args.url}
-    if args.command == "build":
+    flags: dict[str, object] = {"url": args.url, "token": args.token}
+    if args.command in ("build", "test"):
         flags.update(targets=args.targets, timeout=args.timeout,
                      profile=args.profile or ("release" if args.release else None))
     given = {key: value for key, value in flags.items() if value is not None}
@@ -182,8 +228,8 @@ def _logs(client: FarmClient, _config: Config, args: argparse.Namespace) -> int:
     if args.json:  # the events themselves, as one list, once the stream has ended
         render.emit_json([event for event in client.events(args.build_id, follow=args.follow)
                           if not args.target or event.target == args.target])
-    else:
-        follow(client, args.build_id, only=args.target, live=args.follow)
+    else:  # the build's output on stdout, so `crossfarm logs ID > file` keeps it
+        follow(client, args.build_id, only=args.target, live=args.follow, out=sys.stdout)
     return EXIT_OK
 
 
@@ -222,7 +268,7 @@ def _admin(client: FarmClient, _config: Config, args: argparse.Namespace) -> int
             request = TokenRequest(tenant=args.tenant, role=Role(args.role), name=args.name,
                                    expires=args.expires)
         except ValueError as exc:
-            raise UsageError(f"--tenant, --name and --expires: {_first_error(exc)}") from None
+            raise UsageError(f"--tenant, --name and --expires: {first_error(exc)}") from None
         issued = client.create_token(request)
         if args.json:
             render.emit_json(issued)
@@ -252,18 +298,10 @@ def _git_credential(client: FarmClient, _config: Config, args: argparse.Namespac
     try:
         auth = GitAuth(username=args.username, token=token)
     except ValueError as exc:
-        raise UsageError(f"the user name or token: {_first_error(exc)}") from None
+        raise UsageError(f"the user name or token: {first_error(exc)}") from None
     view = client.put_git_credential(host, auth)
     _show(view, args.json, lambda one: render.credentials_table([one]))
     return EXIT_OK
-
-
-def _first_error(exc: ValueError) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
-    return str(exc)
 
 
 def _workers(client: FarmClient, _config: Config, args: argparse.Namespace) -> int:
@@ -271,45 +309,70 @@ def _workers(client: FarmClient, _config: Config, args: argparse.Namespace) -> i
     return EXIT_OK
 
 
+def _targets(client: FarmClient, _config: Config, args: argparse.Namespace) -> int:
+    offer = client.targets()
+    if offer is None:
+        raise FarmError("this farm's controller is older than /v1/targets (no toolchains): "
+                        f"it builds {', '.join(client.health().targets) or 'no target it names'}")
+    _show(offer, args.json, render.targets_table)
+    return EXIT_OK
+
+
 def _build(client: FarmClient, config: Config, args: argparse.Namespace) -> int:
+    options, root = _submission(config, args)
+    return run_build(client, config, read_cross_toml(root / "Cross.toml", os.environ), options)
+
+
+def _test(client: FarmClient, config: Config, args: argparse.Namespace) -> int:
+    options, root = _submission(config, args)
+    return run_test(client, config, read_cross_toml(root / "Cross.toml", os.environ), options)
+
+
+def _submission(config: Config, args: argparse.Namespace) -> tuple[BuildOptions, Path]:
+    """What build or test was asked to do, and the crate's root on disk."""
     if bool(args.git) != bool(args.rev):
         raise UsageError("--git and --rev go together")
-    packages: list[str] = args.package
+    member = None
     if args.git:
-        root = Path.cwd()
+        root = crate_dir = Path.cwd()
     else:
         manifest = args.manifest_path or Path("Cargo.toml")
         if not manifest.is_file():
             raise UsageError(f"{manifest} not found: run crossfarm in a crate directory "
-                            "or pass --manifest-path")
+                             "or pass --manifest-path")
         crate = locate(manifest)  # a workspace member sends its workspace, as cargo reads it
-        root = crate.root
-        if crate.package and not packages:
-            packages = [crate.package]
+        root, member, crate_dir = crate.root, crate.package, manifest.parent
     if not config.targets:
         raise UsageError("no target: pass --target TRIPLE (or set targets in crossfarm.toml)")
-    cargo_args = [*(f"--package={p}" for p in packages), *(f"--bin={b}" for b in args.bin),
-                  *(["--locked"] if args.locked else []), *args.cargo_args]
-    cargo = CargoSpec(
-        profile=config.profile or "dev",
-        features=[f for group in args.features for f in group.replace(",", " ").split()],
-        all_features=args.all_features, no_default_features=args.no_default_features,
-        cargo_args=cargo_args,
-    )
+    cargo = cargo_options(args, _toolchain(args, root, crate_dir))
     options = BuildOptions(
-        targets=config.targets, cargo=cargo, timeout=config.timeout, detach=args.detach,
-        as_json=args.json,
-        cancel_on_interrupt=args.cancel_on_interrupt,
+        targets=config.targets, cargo=cargo.spec(config.profile or "dev", member),
+        timeout=config.timeout, detach=args.detach,
+        as_json=args.json, cancel_on_interrupt=args.cancel_on_interrupt,
         git=(args.git, args.rev) if args.git else None, root=root,
         placement=Placement(args.placement) if args.placement else None,
         wait_limit_s=args.wait_limit, cache=args.cache,
     )
-    cross = read_cross_toml(root / "Cross.toml", os.environ)
-    return run_build(client, config, cross, options)
+    return options, root
+
+
+def _toolchain(args: argparse.Namespace, root: Path, crate_dir: Path) -> str | None:
+    """`+TOOLCHAIN` first (checked by parse), else the crate's toolchain file (not for
+    --git: the farm's copy of the commit is not read here), else the farm's default."""
+    if args.toolchain is not None:
+        return str(args.toolchain)
+    if args.git:
+        return None
+    found = crate_toolchain(crate_dir, root)
+    if found is None:
+        return None
+    channel, path = found
+    render.note(f"toolchain {channel} from {path}")
+    return channel
 
 
 _COMMANDS: dict[str, Callable[[FarmClient, Config, argparse.Namespace], int]] = {
-    "build": _build,
+    "build": _build, "test": _test, "targets": _targets,
     "status": _status, "cancel": _cancel, "logs": _logs, "list": _list,
     "artifacts": _artifacts, "drain": _drain, "workers": _workers, "admin": _admin,
     "git-credential": _git_credential,

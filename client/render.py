@@ -15,6 +15,7 @@ from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import (
     ArtifactView,
     BuildView,
+    FarmTargets,
     Fleet,
     GitCredentialView,
     JobView,
@@ -72,6 +73,26 @@ def build_table(view: BuildView, artifacts: Sequence[ArtifactView] = (),
                      job.mode.value if job.mode else "-", duration(job),
                      str(counts.get(job.target, 0)), why or ""))
     print(f"build {view.build_id}: {view.state.value}", file=out)
+    _table(rows, out)
+
+
+def targets_table(offer: FarmTargets, out: TextIO = sys.stdout) -> None:
+    """Per toolchain, each target and where it goes (native / cross / emulated arches)."""
+    if not offer.toolchains:
+        print("no worker online announces a toolchain", file=out)
+        return
+    rows = [("TOOLCHAIN", "RELEASE", "TARGET", "NATIVE ON", "CROSS ON", "EMULATED ON",
+             "WORKERS")]
+    for toolchain in offer.toolchains:
+        name = toolchain.name + (" (default)" if toolchain.default else "")
+        for place in toolchain.targets:
+            native = ", ".join(a.value for a in place.native) or "-"
+            if place.arch is None:
+                native += " (any arch)"
+            rows.append((name, "/".join(toolchain.releases), place.target, native,
+                         ", ".join(a.value for a in place.cross) or "-",
+                         ", ".join(a.value for a in place.emulated) or "-",
+                         str(place.workers)))
     _table(rows, out)
 
 

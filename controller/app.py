@@ -22,6 +22,7 @@ from crossfarm.controller.api import credentials as credentials_api
 from crossfarm.controller.api import jobs as jobs_api
 from crossfarm.controller.api import observe as observe_api
 from crossfarm.controller.api import sources as sources_api
+from crossfarm.controller.api import targets as targets_api
 from crossfarm.controller.api import workers as workers_api
 from crossfarm.controller.dashboard import apidocs
 from crossfarm.controller.dashboard import routes as dashboard
@@ -36,7 +37,7 @@ from crossfarm.shared.errors import StorageError
 from crossfarm.shared.events import EventReader, Events
 from crossfarm.shared.logs import configure as configure_logs
 from crossfarm.shared.storage import S3Store
-from crossfarm.shared.wire import Event
+from crossfarm.shared.wire import API_VERSION, Event, Health, crossfarm_version
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAP
         app.state.farm.store.close()
 
     # The docs' pages are served from local assets (dashboard/apidocs.py), not a CDN.
-    app = FastAPI(title="crossfarm", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="crossfarm", version=crossfarm_version(), lifespan=lifespan,
                   description=_DESCRIPTION, docs_url=None, redoc_url=None)
     errors.install(app)
     limits.install(app, settings)
@@ -134,14 +135,18 @@ def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAP
     app.include_router(builds_api.router)
     app.include_router(jobs_api.router)
     app.include_router(workers_api.router)
+    app.include_router(targets_api.router)
     app.include_router(admin_api.router)
     app.include_router(observe_api.router)
     apidocs.install(app)
     dashboard.install(app)
 
     @app.get("/v1/health", tags=["health"], responses=errors.responses())
-    def health() -> dict[str, object]:
-        return {"ok": True, "targets": supported_targets()}
+    def health() -> Health:
+        """The controller is up; its version and API major version (a client warns when
+        its own API version differs), and the targets it builds."""
+        return Health(ok=True, version=crossfarm_version(), api=API_VERSION,
+                      targets=supported_targets())
 
     return app
 

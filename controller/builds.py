@@ -6,18 +6,26 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from crossfarm.controller import fleet, jobs, quotas, result_cache
+from crossfarm.controller import fleet, jobs, quotas, result_cache, toolchains
 from crossfarm.controller.cargo_args import check_cargo_args
 from crossfarm.controller.farm import Farm
-from crossfarm.controller.placement import decide
+from crossfarm.controller.placement import Capacity, Decision, decide
 from crossfarm.controller.store.builds import BuildPage, ListCursor, NewBuild, NewJob
 from crossfarm.controller.store.jobs import JobRecord, Outcome
 from crossfarm.controller.store.schema import DEFAULT_TENANT
-from crossfarm.shared.arch import Arch, target_arch
+from crossfarm.shared import keys
+from crossfarm.shared.arch import Arch, BuildMode, Placement, is_neutral, target_arch
 from crossfarm.shared.errors import InvalidRequest
 from crossfarm.shared.ids import BuildId, new_build_id, new_job_id
 from crossfarm.shared.states import BuildState
-from crossfarm.shared.wire import ArtifactView, BuildRequest, BuildView, SourceStatus
+from crossfarm.shared.wire import (
+    ArtifactView,
+    BuildRequest,
+    BuildView,
+    SourceStatus,
+    WorkerHeartbeat,
+    WorkerState,
+)
 
 #: Variables the builder sets itself; a request overriding them would break the build.
 _RESERVED_ENV = frozenset({"CARGO_HOME", "CARGO_TARGET_DIR", "HOME", "PATH", "CARGO_NET_OFFLINE"})
@@ -36,13 +44,22 @@ def submit_build(farm: Farm, request: BuildRequest, tenant: str = DEFAULT_TENANT
     A target whose inputs an earlier successful build of the tenant had, built with the
     image its queue's workers run now, is served that build's artifacts instead
     (result_cache.py): born succeeded, never sent, not counted against the queued quota."""
-    arches = [target_arch(target) for target in request.targets]
+    roster = fleet.roster(farm)
+    online = {name: w.info for name, w in roster.workers.items()
+              if roster.states[name] is WorkerState.ONLINE}
+    # the toolchain's announced name: the cache key and the worker's image lookup use it
+    cargo = request.cargo.model_copy(update={
+        "toolchain": toolchains.resolve(request.cargo.toolchain, online.values())})
+    for target in request.targets:
+        toolchains.check_target(target, cargo.toolchain, online)
+    arches = [toolchains.neutral_arch(target, cargo.toolchain, online) if is_neutral(target)
+              else target_arch(target) for target in request.targets]
+    request = request.model_copy(update={"cargo": cargo})
     timeout_s, tree = _check_request(farm, request, None if any_source else tenant)
     placement = request.placement or farm.settings.default_placement
-    roster = fleet.roster(farm)
     new_jobs = []
     for target, arch in zip(request.targets, arches, strict=True):
-        d = decide(arch, placement, roster.served)
+        d = _decide(target, arch, placement, cargo.toolchain, online, roster.served)
         inputs, served = _from_cache(farm, request, tenant, tree, target,
                                      roster.images.get(d.queue, frozenset()))
         new_jobs.append(NewJob(
@@ -70,6 +87,21 @@ def submit_build(farm: Farm, request: BuildRequest, tenant: str = DEFAULT_TENANT
     farm.metrics.submitted(build, tenant,
                            [job.served is not None for job in new_jobs] if looked else [])
     return build
+
+
+def _decide(target: str, arch: Arch, placement: Placement, toolchain: str | None,
+            online: dict[str, WorkerHeartbeat], served: Capacity) -> Decision:
+    """Where one target's job goes: only the workers that build it with its toolchain
+    count (every worker, for a worker fleet older than toolchain announcements); an
+    architecture-neutral target is built natively where neutral_arch sent it."""
+    if is_neutral(target):
+        return Decision(mode=BuildMode.NATIVE, queue=keys.QueueKey(arch),
+                        placed=f"native: {target} runs on no host CPU; the {arch.value} "
+                               "workers building it have the most free slots")
+    if any(info.toolchains for info in online.values()):
+        building = toolchains.serving(online, toolchain, target)
+        served = Capacity.from_queues(info.queues for info in building.values())
+    return decide(arch, placement, served)
 
 
 def _from_cache(farm: Farm, request: BuildRequest, tenant: str, tree: SourceStatus,

@@ -106,7 +106,11 @@ def _images(online: list[WorkerRecord]) -> dict[keys.QueueKey, frozenset[str]]:
     another image than the one a heartbeat names, so those queues get none."""
     images: dict[keys.QueueKey, set[str]] = {}
     for worker in online:
-        if worker.info.builder_image_id is None:
+        # each toolchain's image too: the cache key names the toolchain, the image id
+        # says the same compiler would build it again
+        ids = {worker.info.builder_image_id} | {o.image_id for o in worker.info.toolchains}
+        ids.discard(None)
+        if not ids:
             continue
         for queue, mode in worker.info.queues.items():
             try:
@@ -114,13 +118,20 @@ def _images(online: list[WorkerRecord]) -> dict[keys.QueueKey, frozenset[str]]:
             except ValueError:
                 continue
             if mode is not BuildMode.EMULATED:
-                images.setdefault(key, set()).add(worker.info.builder_image_id)
+                images.setdefault(key, set()).update(i for i in ids if i is not None)
     return {key: frozenset(ids) for key, ids in images.items()}
 
 
 def capacity(farm: Farm, now: datetime | None = None) -> Capacity:
     """What the online workers serve (at `now`, by default the present)."""
     return roster(farm, now).served
+
+
+def online_workers(farm: Farm, now: datetime | None = None) -> dict[str, WorkerHeartbeat]:
+    """The online workers' heartbeats, by name."""
+    workers = roster(farm, now)
+    return {name: w.info for name, w in workers.workers.items()
+            if workers.states[name] is WorkerState.ONLINE}
 
 
 def fleet(farm: Farm, now: datetime | None = None, tenant: str | None = None) -> Fleet:

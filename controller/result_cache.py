@@ -1,8 +1,9 @@
 """The result cache: a target whose inputs are all those of an earlier successful build of
 the same tenant gets that build's artifacts at once, and no worker runs it.
 
-    inputs   source tree digest (Cargo.lock is in the tree), target, cargo spec (profile,
-             features, flags, cargo args), the values of the job's variables
+    inputs   source tree digest (Cargo.lock is in the tree), target, cargo spec (command:
+             build or test, toolchain, profile, features, flags, cargo args), the values
+             of the job's variables
     image    the builder image's id (its toolchain with it), as the worker that made the
              artifacts wrote it in their manifest
 
@@ -25,8 +26,9 @@ from crossfarm.controller.store.jobs import JobRecord
 from crossfarm.shared.ids import SourceDigest
 from crossfarm.shared.wire import CargoSpec
 
-#: Bumped when what the key covers changes, so older entries stop matching.
-_KEY_VERSION = 1
+#: Bumped when what the key covers changes, so older entries stop matching (2: the cargo
+#: spec holds the command, build or test, and the toolchain's name).
+_KEY_VERSION = 2
 
 
 def inputs_key(farm: Farm, source: SourceDigest, target: str, cargo: CargoSpec,

@@ -79,6 +79,17 @@ TARGETS: dict[str, Arch] = {
 }
 
 
+#: Targets whose code runs on no host CPU (WebAssembly): no architecture is theirs, so a
+#: worker of any architecture builds them natively, given a toolchain with their standard
+#: library; the controller sends them where there is capacity.
+NEUTRAL_TARGET_PREFIXES = ("wasm32-", "wasm64-")
+
+
+def is_neutral(target: str) -> bool:
+    """Whether a target triple is architecture-neutral (its code runs on no host CPU)."""
+    return target.startswith(NEUTRAL_TARGET_PREFIXES)
+
+
 def supported_targets() -> list[str]:
     return sorted(TARGETS)
 

@@ -3,6 +3,7 @@
     CrossfarmError
     ├── InvalidRequest            the caller sent something to fix (HTTP 422)
     │   ├── UnsupportedTarget     a triple the farm has no toolchain for
+    │   ├── UnknownToolchain      a toolchain no online worker offers
     │   ├── InvalidCargoArgs      a cargo flag the farm does not pass through
     │   ├── InvalidSource         a source tree that is unsafe or too big
     │   └── TooLarge              a request body over one of the farm's limits (HTTP 413)
@@ -78,6 +79,19 @@ class UnsupportedTarget(InvalidRequest):
         )
         self.target = target
         self.supported = supported
+
+
+class UnknownToolchain(InvalidRequest):
+    """A toolchain (rust-toolchain.toml, `+toolchain`) no online worker of the farm offers."""
+
+    def __init__(self, toolchain: str, available: list[str]) -> None:
+        super().__init__(
+            f"toolchain {toolchain!r} is not on this farm; available: "
+            f"{', '.join(available) or 'none (no worker online)'}. Pin one of them in "
+            "rust-toolchain.toml or pass +TOOLCHAIN, or ask the operator to add a builder "
+            "image for it (CROSSFARM_TOOLCHAINS)")
+        self.toolchain = toolchain
+        self.available = available
 
 
 class InvalidCargoArgs(InvalidRequest):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import unicodedata
 from datetime import datetime
 from enum import StrEnum
+from importlib import metadata
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -58,12 +59,45 @@ class Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Command(StrEnum):
+    """Which cargo command a build runs on each target."""
+
+    #: `cargo build`: the artifacts are the crate's binaries and shipped libraries
+    BUILD = "build"
+    #: `cargo test`: runs the tests where the target's code can run, reports their counts
+    TEST = "test"
+
+
+#: A toolchain as a crate or the CLI names it (`rust-toolchain.toml`'s channel, `+1.63`):
+#: a version ("1.63", "1.63.0") or an operator's name for one ("stable"). Never a path.
+ToolchainName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+
+
+#: What a crate may ask for that means "the farm's default toolchain": Debian's toolchains
+#: have no channels, so `stable` is whichever release a worker builds with by default.
+DEFAULT_CHANNELS = frozenset({"stable"})
+
+
+def toolchain_answers(requested: str, name: str, release: str) -> bool:
+    """Whether an announced toolchain (`name`, its rustc `release`) is what `requested`
+    names: the name itself, its release ("1.63.0"), or a prefix of it ("1.63")."""
+    return requested in (name, release) or release.startswith(requested + ".")
+
+
 class CargoSpec(Wire):
     """How cargo builds every target of a build: the one home of the build's cargo
     options, carried unchanged from the CLI through the request, the record and the
     job message to the worker's command line. A new option is a field here, its
-    flags in `flags()`, a CLI flag and a line in the cargo-argument allow-list."""
+    flags in `flags()`, a CLI flag and a line in the cargo-argument allow-list.
+    Being here, each option is also part of the result cache's key."""
 
+    #: the cargo command; a test job reports its test counts in its manifest
+    command: Command = Command.BUILD
+    #: `cargo test --no-run`: build the test binaries and return them as artifacts
+    no_run: bool = False
+    #: which of the farm's toolchains builds it (the controller resolves what the crate
+    #: or the CLI asked for to a name the workers announce); None: the workers' default
+    toolchain: ToolchainName | None = None
     profile: ProfileName = "dev"
     features: Annotated[list[FeatureName], Field(max_length=256)] = []
     all_features: bool = False
@@ -79,6 +113,32 @@ class CargoSpec(Wire):
         if self.no_default_features:
             flags.append("--no-default-features")
         return flags + list(self.cargo_args)
+
+    @model_validator(mode="after")
+    def _no_run_is_for_tests(self) -> CargoSpec:
+        if self.no_run and self.command is not Command.TEST:
+            raise ValueError("no_run applies to command 'test' only (cargo test --no-run)")
+        return self
+
+
+class TestCounts(Wire):
+    """How a test run went, summed over libtest's `test result:` lines (one per test
+    binary, doc tests included). The lines come from the crate's own output, so a test
+    could forge them: they describe the run to its owner, never decide for the farm."""
+
+    __test__ = False  # a wire model, not a pytest class
+
+    passed: Annotated[int, Field(ge=0)] = 0
+    failed: Annotated[int, Field(ge=0)] = 0
+    ignored: Annotated[int, Field(ge=0)] = 0
+    #: benchmarks libtest counted and did not run
+    measured: Annotated[int, Field(ge=0)] = 0
+    filtered_out: Annotated[int, Field(ge=0)] = 0
+    #: test binaries that reported a result
+    suites: Annotated[int, Field(ge=0)] = 0
+    #: False when the tests were built and not run (--no-run, or a cross toolchain whose
+    #: binaries this worker cannot run); the counts are then all 0
+    ran: bool = True
 
 
 class BuildRequest(Wire):
@@ -134,6 +194,9 @@ class JobView(Wire):
     #: served from the result cache: the earlier build whose artifacts it has (no worker
     #: ran it)
     cached_from: BuildId | None = None
+    #: from its manifest: a test job's counts, and the `rustc -vV` of the image that ran it
+    tests: TestCounts | None = None
+    rustc: str | None = None
 
 
 class BuildView(Wire):
@@ -172,6 +235,10 @@ class Manifest(Wire):
     #: the id of the builder image that made them: the result cache serves them only
     #: where a worker would build with that image again (None: an older worker's)
     image_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    #: what `rustc -vV` printed in that image (the exact compiler that made them)
+    rustc: Annotated[str, Field(max_length=2000)] | None = None
+    #: a test job's counts (None for a build)
+    tests: TestCounts | None = None
 
 
 class ArtifactView(Wire):
@@ -187,9 +254,10 @@ class ArtifactView(Wire):
 
 
 class Reply(Wire):
-    """An answer the controller gives a worker. Unlike requests, a reply may carry fields
-    this worker does not know yet (a newer controller): they are ignored, so upgrading
-    the controller first never cuts its workers off."""
+    """An answer the controller gives a worker (or the CLI: its health and targets).
+    Unlike requests, a reply may carry fields this reader does not know yet (a newer
+    controller): they are ignored, so upgrading the controller first never cuts its
+    workers (or older CLIs) off."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -420,6 +488,23 @@ class WorkerLimits(Wire):
     log_line_bytes: PositiveInt | None = None
 
 
+class ToolchainOffer(Wire):
+    """One toolchain a worker builds with: the operator's name for it, the builder image
+    that holds it, and what that image's rustc says of itself (probed by the worker)."""
+
+    name: ToolchainName
+    image: Annotated[str, Field(min_length=1, max_length=300)]
+    image_id: Annotated[str, Field(max_length=200)] | None = None
+    #: the compiler's release ("1.63.0"), from `rustc -vV`
+    release: Annotated[str, Field(max_length=100)]
+    #: everything `rustc -vV` printed
+    rustc: Annotated[str, Field(max_length=2000)]
+    #: the targets whose standard library the image has (lib/rustlib/<triple>/lib)
+    targets: Annotated[list[TargetName], Field(max_length=500)]
+    #: the worker's default: what a build that names no toolchain gets
+    default: bool = False
+
+
 class WorkerHeartbeat(Wire):
     """What a worker reports about itself, on start and then periodically."""
 
@@ -446,6 +531,9 @@ class WorkerHeartbeat(Wire):
     #: the warm target dirs it keeps, as keys.affinity_key hashes: the placer sends a
     #: build of one of those projects back to it while it has a free slot
     warm: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=10_000)] = []
+    #: the toolchains it builds with, its default first (empty: a worker older than this
+    #: field, which builds every job with its builder image)
+    toolchains: Annotated[list[ToolchainOffer], Field(max_length=64)] = []
 
 
 class HeartbeatReply(Reply):
@@ -485,6 +573,38 @@ class ArchSummary(Wire):
     #: its jobs waiting to start, held by the placer or sent to a queue
     queue_depth: int
     oldest_waiting: datetime | None
+
+
+class TargetPlace(Reply):
+    """Where one target of one toolchain goes: which architectures' workers build it
+    natively, with a cross toolchain or under emulation."""
+
+    target: str
+    #: the architecture it runs on (None: architecture-neutral, e.g. wasm32: it goes to
+    #: whichever architecture offering it has capacity)
+    arch: Arch | None
+    native: list[Arch] = []
+    cross: list[Arch] = []
+    emulated: list[Arch] = []
+    #: online workers offering it
+    workers: int
+
+
+class ToolchainTargets(Reply):
+    """A toolchain the online workers offer, and the targets they build with it."""
+
+    name: str
+    releases: list[str]
+    #: some online worker builds with it when a build names no toolchain
+    default: bool
+    targets: list[TargetPlace]
+
+
+class FarmTargets(Reply):
+    """What the farm can build now, per toolchain (from the online workers' heartbeats).
+    A reply, so the CLI reads a newer controller's answer that has more fields."""
+
+    toolchains: list[ToolchainTargets]
 
 
 class Fleet(Wire):
@@ -574,3 +694,28 @@ class IssuedToken(Wire):
 
     token: str
     view: TokenView
+
+
+#: The major version of the HTTP API. A CLI and a controller work together when theirs
+#: are the same; a change an older peer would misread (a field removed or renamed, a
+#: meaning changed) bumps it, while added fields and endpoints do not.
+API_VERSION = 1
+
+
+def crossfarm_version() -> str:
+    """The installed crossfarm's version (0+unknown when run from a tree not installed)."""
+    try:
+        return metadata.version("crossfarm")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+class Health(Reply):
+    """What /v1/health answers: the controller is up, its version, its API's major
+    version, and the targets it builds. A reply, so a newer controller may add fields;
+    a controller older than versions sends neither `version` nor `api`."""
+
+    ok: bool
+    version: str | None = None
+    api: int | None = None
+    targets: list[str] = []

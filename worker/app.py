@@ -40,6 +40,7 @@ from crossfarm.worker.lease import Lease
 from crossfarm.worker.pipeline import Toolbox
 from crossfarm.worker.reporter import Reporter
 from crossfarm.worker.settings import WorkerSettings, load_settings
+from crossfarm.worker.toolchains import Toolchains
 
 
 def queues_for(host: Arch, cross_arches: list[Arch], emulate_arches: list[Arch] | None = None
@@ -90,9 +91,10 @@ def _heartbeat(app: Celery, settings: WorkerSettings, host: Arch, node: str,
     reaper.reap_leftovers()  # of an earlier life of this worker (killed mid-build), first
     watchdog = ConsumerWatchdog(name, consumer_answers, running_tasks)
     switch = DrainSwitch(name, consume, lambda: watchdog.stuck)
+    toolchains = Toolchains(settings, docker)
     beat = Heartbeat(reporter, name,
                      lambda: describe(settings, host, docker.image_id(settings.builder_image),
-                                      running_tasks()),
+                                      running_tasks(), toolchains.offers()),
                      switch, lease)
     Ticker(settings.heartbeat_s,
            [watchdog.check, beat.beat, reaper.reap_orphans, pulse.beat]).start()
@@ -110,16 +112,18 @@ def create_worker_app(settings: WorkerSettings, host: Arch, fetches: bool = Fals
 
     @functools.cache
     def toolbox() -> Toolbox:
+        docker = Docker()
         return Toolbox(
             settings=settings,
             host=host,
-            docker=Docker(),
+            docker=docker,
             storage=S3Store(settings.storage()),
             reporter=Reporter(settings.controller_url, settings.worker_token,
                               Events(settings.redis_url)),
             crates=Registry(settings.registry_url, settings.max_crate_bytes,
                             verify=str(settings.ca_bundle) if settings.ca_bundle else True),
             lease=lease,
+            toolchains=Toolchains(settings, docker),
         )
 
     @functools.cache

@@ -6,17 +6,25 @@ import json
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from crossfarm.shared import keys
 from crossfarm.shared.errors import BuildError, LimitExceeded
 from crossfarm.shared.ids import BuildId, JobId
 from crossfarm.shared.tree import sha256_file
-from crossfarm.shared.wire import ArtifactEntry, Manifest
+from crossfarm.shared.wire import ArtifactEntry, Manifest, TestCounts
 
 #: Library kinds whose files users ship; rlibs are cargo-internal and stay behind.
 _SHIPPED_LIB_KINDS = frozenset({"cdylib", "staticlib", "dylib"})
-_SHIPPED_SUFFIXES = (".so", ".a", ".dylib", ".dll", ".lib")
+_SHIPPED_SUFFIXES = (".so", ".a", ".dylib", ".dll", ".lib", ".wasm")
+#: Where `cargo build --timings` writes its HTML report under the target dir (the
+#: timestamped copy beside it holds the same report): it ships as an artifact.
+TIMINGS_REPORT = "cargo-timings/cargo-timing.html"
+
+
+def wants_timings(cargo_args: list[str]) -> bool:
+    """Whether the build asked cargo for its timing report."""
+    return any(arg == "--timings" or arg.startswith("--timings=") for arg in cargo_args)
 
 
 def profile_dir(profile: str) -> str:
@@ -24,10 +32,17 @@ def profile_dir(profile: str) -> str:
     return {"dev": "debug", "test": "debug", "bench": "release"}.get(profile, profile)
 
 
-def artifact_paths(message: dict[str, Any]) -> list[str]:
-    """The shipped files named by one cargo `compiler-artifact` message (none for others)."""
-    if message.get("reason") != "compiler-artifact":
+#: Which files of a run are its artifacts: what users ship (a build), the test
+#: executables (`cargo test --no-run`), or none (a test run: its result is the counts).
+Wanted = Literal["shipped", "tests", "none"]
+
+
+def artifact_paths(message: dict[str, Any], wanted: Wanted = "shipped") -> list[str]:
+    """The wanted files named by one cargo `compiler-artifact` message (none for others)."""
+    if message.get("reason") != "compiler-artifact" or wanted == "none":
         return []
+    if wanted == "tests":
+        return test_executable(message)
     target = message.get("target")
     kinds = set(target.get("kind", [])) if isinstance(target, dict) else set()
     executable = message.get("executable")
@@ -36,6 +51,16 @@ def artifact_paths(message: dict[str, Any]) -> list[str]:
     if kinds & _SHIPPED_LIB_KINDS:
         files = message.get("filenames") or []
         return [f for f in files if isinstance(f, str) and f.endswith(_SHIPPED_SUFFIXES)]
+    return []
+
+
+def test_executable(message: dict[str, Any]) -> list[str]:
+    """The test binary a `compiler-artifact` message names: built with the test profile
+    flag (unit tests of a lib or bin, an integration test), with an executable."""
+    profile = message.get("profile")
+    executable = message.get("executable")
+    if isinstance(profile, dict) and profile.get("test") is True and isinstance(executable, str):
+        return [executable]
     return []
 
 
@@ -57,9 +82,10 @@ class ArtifactCollector:
     than `max_count` artifacts, is remembered as a refusal that check() raises once the
     step is over (the collector runs on the log pump's thread, which must go on)."""
 
-    def __init__(self, target_dir: str, max_count: int) -> None:
+    def __init__(self, target_dir: str, max_count: int, wanted: Wanted = "shipped") -> None:
         self._root = posixpath.normpath(target_dir) + "/"
         self._max_count = max_count
+        self._wanted: Wanted = wanted
         self.paths: list[str] = []
         self.refusal: BuildError | None = None
         #: each unit cargo reported, as (target name (kinds), fresh): fresh units were
@@ -77,9 +103,13 @@ class ArtifactCollector:
             return False
         if (unit := unit_of(message)) is not None:
             self.units.append(unit)
-        for path in artifact_paths(message):
+        for path in artifact_paths(message, self._wanted):
             self._take(path)
         return True
+
+    def add_timings(self) -> None:
+        """Ship cargo's timing report too (once the build has written it)."""
+        self._take(self._root + TIMINGS_REPORT)
 
     def check(self) -> None:
         """Raise the first refusal, if any (BuildError or LimitExceeded)."""
@@ -111,6 +141,10 @@ class JobOutput:
     profile: str
     #: the builder image that made the artifacts (None: the engine did not say)
     image_id: str | None = None
+    #: what `rustc -vV` printed in that image (None: not probed, an emulated build)
+    rustc: str | None = None
+    #: a test job's counts
+    tests: TestCounts | None = None
 
 
 def build_manifest(job: JobOutput, files: list[Path]) -> Manifest:
@@ -131,4 +165,5 @@ def build_manifest(job: JobOutput, files: list[Path]) -> Manifest:
     return Manifest(
         build_id=job.build_id, job_id=job.job_id, target=job.target, attempt=job.attempt,
         profile_dir=profile_dir(job.profile), artifacts=entries, image_id=job.image_id,
+        rustc=job.rustc, tests=job.tests,
     )

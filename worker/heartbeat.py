@@ -18,7 +18,7 @@ from importlib import metadata
 from crossfarm.shared import keys
 from crossfarm.shared.arch import TARGETS, Arch
 from crossfarm.shared.errors import ControllerError
-from crossfarm.shared.wire import WorkerHeartbeat, WorkerLimits
+from crossfarm.shared.wire import ToolchainOffer, WorkerHeartbeat, WorkerLimits
 from crossfarm.worker.container import ContainerRunner
 from crossfarm.worker.images import served_queues
 from crossfarm.worker.lease import Lease
@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 
 def describe(settings: WorkerSettings, host: Arch, image_id: str | None,
-             running: set[str] | None = None) -> WorkerHeartbeat:
+             running: set[str] | None = None,
+             toolchains: list[ToolchainOffer] | None = None) -> WorkerHeartbeat:
     """This worker as the fleet sees it: detected architecture, queues and how it serves
     them, and the warm target dirs it keeps (as the placer's affinity keys)."""
     queues = served_queues(host, settings.cross_arches, settings.emulate_arches)
@@ -57,6 +58,7 @@ def describe(settings: WorkerSettings, host: Arch, image_id: str | None,
             artifact_bytes=settings.artifact_max_bytes,
             log_bytes=settings.log_max_bytes, log_line_bytes=settings.log_line_max_bytes,
         ),
+        toolchains=toolchains or [],
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from crossfarm.shared import keys
-from crossfarm.shared.arch import Arch, BuildMode, target_arch
+from crossfarm.shared.arch import Arch, BuildMode, is_neutral, target_arch
 from crossfarm.shared.errors import BuildError
 
 #: The build user of every builder image (see deploy/images/builder/Dockerfile).
@@ -38,6 +38,10 @@ def job_mode(target: str, consumed_from: str, served: dict[str, BuildMode]) -> B
     if consumed_from not in served:
         raise BuildError(f"this worker does not serve {consumed_from} (CROSSFARM_CROSS_ARCHES "
                          "and CROSSFARM_EMULATE_ARCHES say what a worker serves)")
+    if is_neutral(target):
+        # its code runs on no host CPU: every host builds it the same, natively, whichever
+        # of this worker's queues it came from (the placer may move it off a busy one)
+        return BuildMode.NATIVE
     if queue.arch is not target_arch(target):
         raise BuildError(f"{target} does not belong on {consumed_from}")
     return queue.mode

@@ -44,15 +44,24 @@ from crossfarm.shared.states import BuildState
 from crossfarm.shared.storage import ObjectStore
 from crossfarm.shared.tree import TreeLimits, project_of
 from crossfarm.shared.wire import (
+    Command,
     EndState,
     JobFinished,
     JobMessage,
     JobStarted,
     Manifest,
     SourceTree,
+    TestCounts,
 )
 from crossfarm.worker import cargo, deps, warm
-from crossfarm.worker.artifacts import ArtifactCollector, JobOutput, build_manifest
+from crossfarm.worker.artifacts import (
+    ArtifactCollector,
+    JobOutput,
+    Wanted,
+    build_manifest,
+    profile_dir,
+    wants_timings,
+)
 from crossfarm.worker.container import (
     ContainerRunner,
     Step,
@@ -65,6 +74,7 @@ from crossfarm.worker.disk import DiskSpec
 from crossfarm.worker.images import BUILD_UID, builder_image, job_mode, served_queues
 from crossfarm.worker.joblog import JobLog
 from crossfarm.worker.lease import Lease
+from crossfarm.worker.libtest import TestTally
 from crossfarm.worker.reporter import JobReporter
 from crossfarm.worker.retrying import Retry
 from crossfarm.worker.settings import WorkerSettings
@@ -75,6 +85,7 @@ from crossfarm.worker.source import (
     fetch_tree,
     trim_cache,
 )
+from crossfarm.worker.toolchains import Toolchains
 from crossfarm.worker.warm import Loan
 
 log = logging.getLogger(__name__)
@@ -98,6 +109,8 @@ class Toolbox:
     crates: CrateSource
     #: None: the lease is never checked (a worker without a heartbeat, in tests)
     lease: Lease | None = None
+    #: None: every job is built with settings.builder_image, unprobed (unit tests)
+    toolchains: Toolchains | None = None
 
 
 class Ending(Protocol):
@@ -119,6 +132,19 @@ class JobRun:
     deadline: float
     #: cancelled or superseded? built once per job; see _stop_check
     stop: StopCheck
+    mode: BuildMode = BuildMode.NATIVE
+    #: what `rustc -vV` printed in the image (None: not probed)
+    rustc: str | None = None
+
+    @property
+    def test(self) -> bool:
+        return self.job.cargo.command is Command.TEST
+
+    @property
+    def runs_tests(self) -> bool:
+        """A test job whose tests run here: not --no-run, and not cross-compiled (this
+        worker's CPU cannot run them)."""
+        return self.test and not self.job.cargo.no_run and self.mode is not BuildMode.CROSS
 
     @property
     def settings(self) -> WorkerSettings:
@@ -143,10 +169,10 @@ def run_job(tools: Toolbox, job: JobMessage, consumed_from: str) -> BuildState |
     # sent to this worker's own queue (affinity), it is a job of the queue beside it
     consumed_from = keys.shared_queue(consumed_from)
     served = served_queues(tools.host, settings.cross_arches, settings.emulate_arches)
-    image = settings.builder_image
+    image, rustc = settings.builder_image, None
     try:
         mode = job_mode(job.target, consumed_from, served)
-        image = builder_image(mode, target_arch(job.target), image, settings.emulation_images)
+        image, rustc = _image_for(tools, job, mode)
     except BuildError as exc:
         mode, refusal = _queue_mode(consumed_from), exc.message
     verdict = tools.reporter.started(job_id, JobStarted(
@@ -171,9 +197,12 @@ def run_job(tools: Toolbox, job: JobMessage, consumed_from: str) -> BuildState |
                     settings.log_max_bytes)
     joblog(f"crossfarm: {job.target} on {tools.settings.worker_name} "
            f"({tools.host.value}, {mode.value}), attempt {job.attempt}")
+    if rustc is not None and not refusal:
+        joblog(f"crossfarm: toolchain {job.cargo.toolchain or 'default'}: {image}, "
+               f"{rustc.splitlines()[0]}")
     try:
         outcome = (ended(state=BuildState.FAILED, reason=refusal)
-                   if refusal else _build(tools, job, image, joblog, ended))
+                   if refusal else _build(tools, job, (image, mode, rustc), joblog, ended))
     except LeaseLost as exc:  # its container is gone; the controller re-runs the job
         log.warning("job %s attempt %d abandoned: %s", job_id, job.attempt, exc.message)
         joblog(f"crossfarm: abandoned: {exc.message}")
@@ -190,6 +219,22 @@ def run_job(tools: Toolbox, job: JobMessage, consumed_from: str) -> BuildState |
     return outcome.state
 
 
+def _image_for(tools: Toolbox, job: JobMessage, mode: BuildMode) -> tuple[str, str | None]:
+    """The builder image of a job and what its rustc says (None: not probed). An emulated
+    build runs the image of the target's architecture; any other the toolchain's."""
+    settings = tools.settings
+    if mode is BuildMode.EMULATED:
+        return builder_image(mode, target_arch(job.target), settings.builder_image,
+                             settings.emulation_images), None
+    if tools.toolchains is None:
+        return settings.builder_image, None
+    offer = tools.toolchains.for_job(job.cargo.toolchain)
+    if job.target not in offer.targets:
+        raise BuildError(f"toolchain {offer.name} ({offer.image}) has no standard library "
+                         f"for {job.target}; it has: {', '.join(offer.targets)}")
+    return offer.image, offer.rustc
+
+
 def _queue_mode(queue: str) -> BuildMode:
     """The mode a queue stands for, to report with a refusal; native if it is not ours."""
     try:
@@ -198,13 +243,19 @@ def _queue_mode(queue: str) -> BuildMode:
         return BuildMode.NATIVE
 
 
-def _build(tools: Toolbox, job: JobMessage, image: str, joblog: JobLog,
-           ended: Ending) -> JobFinished:
-    """Build and publish; `ended` makes the outcome to report (it holds the lease)."""
+def _build(tools: Toolbox, job: JobMessage, how: tuple[str, BuildMode, str | None],
+           joblog: JobLog, ended: Ending) -> JobFinished:
+    """Build and publish; `how` is the image, the mode and the image's `rustc -vV`;
+    `ended` makes the outcome to report (it holds the lease)."""
+    image, mode, rustc = how
     run = JobRun(tools, job, image, joblog, deadline=time.monotonic() + job.timeout_s,
-                 stop=_stop_check(tools, job))
+                 stop=_stop_check(tools, job), mode=mode, rustc=rustc)
     try:
         manifest = _compile_and_publish(run)
+    except TestsFailed as exc:
+        # the counts travel in the report's manifest (no artifacts, and none stored)
+        return ended(state=BuildState.FAILED, exit_code=exc.exit_code, reason=exc.message,
+                     manifest=exc.manifest)
     except BuildCancelled as exc:
         return ended(state=BuildState.CANCELLED, reason=exc.message)
     except BuildTimeout:
@@ -229,6 +280,11 @@ def _build(tools: Toolbox, job: JobMessage, image: str, joblog: JobLog,
 def _compile_and_publish(run: JobRun) -> Manifest:
     tools, job, settings = run.tools, run.job, run.settings
     settings.scratch_dir.mkdir(parents=True, exist_ok=True)
+    if run.test and not run.runs_tests:
+        run.log("crossfarm: tests built, not run: " + (
+            "--no-run" if job.cargo.no_run else
+            f"cross-compiled on this {tools.host.value} worker, whose CPU cannot run "
+            f"{job.target} code (--placement emulate-ok runs them under emulation)"))
     if not tools.docker.has_image(run.image):
         raise BuildError(f"builder image {run.image} is missing on this worker; "
                          "build it with deploy/images/builder/build-offline.sh")
@@ -251,12 +307,16 @@ def _compile_and_publish(run: JobRun) -> Manifest:
                 with run.log.timed("dependencies"):
                     vendored = _dependencies(run, tree, lock, Path(scratch))
                 with vendored, tools.docker.volume(run.volume, run.labels, _disk(run)):
-                    files = _compile(run, lock is not None, [tar, vendored], Path(scratch),
-                                     loan)
+                    files, tally = _compile(run, lock is not None, [tar, vendored],
+                                            Path(scratch), loan)
         _evict_warm(run)
+        output = JobOutput(build_id=job.build_id, job_id=job.job_id, target=job.target,
+                           attempt=job.attempt, profile=job.cargo.profile, image_id=image_id,
+                           rustc=run.rustc,
+                           tests=tally.counts(ran=run.runs_tests) if run.test else None)
         with run.log.timed("artifact upload"):
             return retry.run("artifact upload", lambda: _publish(
-                tools.storage, job, files, run.stop, image_id))
+                tools.storage, output, files, run.stop))
 
 
 def _fetch_blobs(run: JobRun, retry: Retry, source: SourceDigest, tree: SourceTree,
@@ -399,16 +459,22 @@ def _make_lock(run: JobRun, tree: SourceTree, scratch: Path) -> bytes:
 
 
 def _compile(run: JobRun, locked: bool, inputs: list[IO[bytes]], tmp: Path,
-             loan: Loan | None = None) -> list[Path]:
+             loan: Loan | None = None) -> tuple[list[Path], TestTally]:
     """The build step, network off: `inputs` (tars) go into the job volume first; with
-    a `loan`, cargo's target dir is the warm one."""
+    a `loan`, cargo's target dir is the warm one. A test job's tests run in it too, and
+    the tally counts their results."""
     settings = run.settings
     target_dir = cargo.WARM_TARGET if loan is not None else cargo.TARGET_DIR
-    collector = ArtifactCollector(target_dir, settings.artifact_max_count)
+    wanted: Wanted = ("shipped" if not run.test else
+                      "tests" if run.job.cargo.no_run else "none")
+    collector = ArtifactCollector(target_dir, settings.artifact_max_count, wanted)
+    tally = TestTally()
 
     def sink(stream: str, line: str) -> None:
         if stream == "stdout" and collector.feed(line):
             return
+        if stream == "stdout":
+            tally.feed(line)
         run.log.output(line)
 
     def stop() -> str | None:
@@ -416,7 +482,8 @@ def _compile(run: JobRun, locked: bool, inputs: list[IO[bytes]], tmp: Path,
         return run.stop()
 
     jobs = max(1, int(settings.build_cpus))
-    step = _step(run, cargo.build_command(run.job, locked, jobs), network=False, loan=loan)
+    step = _step(run, cargo.build_command(run.job, locked, jobs, run_tests=run.runs_tests),
+                 network=False, loan=loan)
     if loan is not None:
         run.tools.docker.keep_volume(loan.name, keys.warm_labels(settings.worker_name))
     try:
@@ -429,14 +496,16 @@ def _compile(run: JobRun, locked: bool, inputs: list[IO[bytes]], tmp: Path,
                                    max_line=settings.log_line_max_bytes)
             run.log.check()
             _say_warm(run, loan, collector.units)
-            return _after_build(run, container, result, collector, tmp)
+            if run.runs_tests:
+                run.log(f"crossfarm: tests: {tally.summary()}")
+            return _after_build(run, container, result, collector, tmp, tally), tally
     finally:
         if loan is not None:
             _shelf(run).size(loan, run.tools.docker.volume_bytes(loan.name))
 
 
 def _after_build(run: JobRun, container: StepContainer, result: StepResult,
-                 collector: ArtifactCollector, tmp: Path) -> list[Path]:
+                 collector: ArtifactCollector, tmp: Path, tally: TestTally) -> list[Path]:
     settings = run.settings
     if result.oom_killed:
         raise BuildError("out-of-memory: the build container hit its memory limit of "
@@ -445,10 +514,17 @@ def _after_build(run: JobRun, container: StepContainer, result: StepResult,
         raise LimitExceeded("disk", "the job's writable space of "
                             f"{settings.job_disk_bytes} bytes is full", settings.job_disk_bytes,
                             "CROSSFARM_JOB_DISK_BYTES")
+    if result.exit_code == 0 and wants_timings(run.job.cargo.cargo_args):
+        collector.add_timings()
     collector.check()
+    if result.exit_code != 0 and run.runs_tests and tally.counts().failed:
+        counts = tally.counts()
+        raise TestsFailed(
+            f"tests failed: {counts.failed} of {counts.passed + counts.failed} "
+            "(see the log above)", exit_code=result.exit_code, manifest=_test_report(run, counts))
     if result.exit_code != 0:
-        raise BuildError(f"cargo build failed with exit code {result.exit_code}",
-                         exit_code=result.exit_code)
+        raise BuildError(f"cargo {run.job.cargo.command.value} failed with exit code "
+                         f"{result.exit_code}", exit_code=result.exit_code)
     out = tmp / "artifacts"
     out.mkdir()
     return _copy_artifacts(container, collector.paths, out, settings.artifact_max_bytes)
@@ -537,17 +613,33 @@ def _step(run: JobRun, command: list[str], network: bool, loan: Loan | None = No
     )
 
 
-def _publish(storage: ObjectStore, job: JobMessage, files: list[Path],
-             stop: StopCheck, image_id: str | None = None) -> Manifest:
+class TestsFailed(BuildError):
+    """Some of a test job's tests failed: the job fails, and its report carries the
+    counts in a manifest with no artifacts (which is never stored as published)."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, message: str, exit_code: int | None, manifest: Manifest) -> None:
+        super().__init__(message, exit_code=exit_code)
+        self.manifest = manifest
+
+
+def _test_report(run: JobRun, counts: TestCounts) -> Manifest:
+    job = run.job
+    return Manifest(build_id=job.build_id, job_id=job.job_id, target=job.target,
+                    attempt=job.attempt, profile_dir=profile_dir(job.cargo.profile),
+                    artifacts=[], rustc=run.rustc, tests=counts)
+
+
+def _publish(storage: ObjectStore, output: JobOutput, files: list[Path],
+             stop: StopCheck) -> Manifest:
     """Upload every artifact under this attempt's prefix, then the manifest, last: the
     manifest is what publishes. A job cancelled or superseded while its artifacts were
     uploading (`stop` says so) writes none. An earlier try's unfinished multipart
     uploads (the store went away mid-upload, so they could not be aborted then) are
     aborted first."""
-    output = JobOutput(build_id=job.build_id, job_id=job.job_id, target=job.target,
-                       attempt=job.attempt, profile=job.cargo.profile, image_id=image_id)
-    for pending in storage.pending_uploads(keys.job_prefix(output.build_id, job.target,
-                                                          job.attempt)):
+    for pending in storage.pending_uploads(keys.job_prefix(output.build_id, output.target,
+                                                          output.attempt)):
         storage.abort_upload(pending)
     manifest = build_manifest(output, files)
     by_name = {path.name: path for path in files}
@@ -555,7 +647,7 @@ def _publish(storage: ObjectStore, job: JobMessage, files: list[Path],
         storage.put_file(entry.key, by_name[entry.name], entry.sha256)
     if reason := stop():
         raise BuildCancelled(reason)
-    storage.put_bytes(keys.manifest_key(output.build_id, job.target, job.attempt),
+    storage.put_bytes(keys.manifest_key(output.build_id, output.target, output.attempt),
                       manifest.model_dump_json(indent=2).encode(), "application/json")
     return manifest
 

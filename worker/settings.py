@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Annotated
@@ -37,6 +38,10 @@ class WorkerSettings(FarmSettings):
     health_host: str = "127.0.0.1"
     health_port: int = Field(default=8701, ge=0, le=65535)
     builder_image: str = "crossfarm/builder:1"
+    #: toolchain name -> builder image, the first the default for builds that name none
+    #: (CROSSFARM_TOOLCHAINS="1.96=crossfarm/builder:1,1.63=crossfarm/builder-1.63:1");
+    #: empty: the one toolchain of builder_image, named by its rustc's release ("1.96")
+    toolchains: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     #: the worker's shared dependency volume: crates checked against Cargo.lock's sha256,
     #: written by the worker only, mounted read-only into builds
     deps_volume: str = "crossfarm-deps"
@@ -101,6 +106,26 @@ class WorkerSettings(FarmSettings):
                     raise ValueError(f"CROSSFARM_GIT_ALLOW_NETWORKS: {text!r} is not an "
                                      "address or a CIDR network (10.1.0.0/16)") from None
         return value
+
+    @field_validator("toolchains", mode="before")
+    @classmethod
+    def _parse_toolchains(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        pairs: dict[str, str] = {}
+        for part in (p.strip() for p in value.split(",") if p.strip()):
+            name, _, image = part.partition("=")
+            name, image = name.strip(), image.strip()
+            if not name or not image:
+                raise ValueError(f"CROSSFARM_TOOLCHAINS: {part!r} is not NAME=IMAGE "
+                                 "(e.g. 1.63=crossfarm/builder-1.63:1)")
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+                raise ValueError(f"CROSSFARM_TOOLCHAINS: toolchain name {name!r} may hold "
+                                 "only letters, digits, '.', '_' and '-'")
+            if name in pairs:
+                raise ValueError(f"CROSSFARM_TOOLCHAINS names {name!r} twice")
+            pairs[name] = image
+        return pairs
 
     @field_validator("cross_arches", "emulate_arches", mode="before")
     @classmethod

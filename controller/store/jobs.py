@@ -35,7 +35,7 @@ from crossfarm.shared.errors import NotFound
 from crossfarm.shared.ids import BuildId, JobId
 from crossfarm.shared.keys import QueueKey
 from crossfarm.shared.states import BuildState, transition
-from crossfarm.shared.wire import JobView, Manifest
+from crossfarm.shared.wire import JobView, Manifest, TestCounts
 
 _TERMINAL = [state.value for state in BuildState if state.terminal]
 #: a queued job the placer has not sent yet
@@ -123,6 +123,9 @@ def job_view(job: JobRow, position: int | None = None) -> JobView:
         exit_code=job.exit_code,
         reason=job.reason,
         cached_from=BuildId(job.cached_from) if job.cached_from else None,
+        tests=(TestCounts.model_validate(job.manifest["tests"])
+               if job.manifest and job.manifest.get("tests") else None),
+        rustc=job.manifest.get("rustc") if job.manifest else None,
     )
 
 

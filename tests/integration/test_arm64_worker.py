@@ -6,6 +6,7 @@ waits with the reason shown and `cross-ok` completes on the amd64 worker."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ import httpx
 import pytest
 from polling import until
 
+from crossfarm.shared.arch import BuildMode
 from crossfarm.shared.wire import BuildView
 
 pytestmark = pytest.mark.integration
@@ -41,6 +43,23 @@ def arm64_worker(farm, tmp_path_factory):
         yield NAME
     finally:
         farm.stop_container(container, timeout_s=5)
+
+
+def test_crossfarm_test_runs_aarch64_tests_on_the_arm64_worker_natively(
+        farm, arm64_worker, cli, tmp_path):
+    crate = tmp_path / "tested"
+    shutil.copytree(REPO / "tests" / "fixtures" / "tested", crate)
+
+    result = cli(crate, "test", "--target", ARM, "--json", timeout=1800)
+
+    assert result.returncode == 1, result.stderr  # one test fails on purpose
+    [job] = BuildView.model_validate(json.loads(result.stdout)["build"]).jobs
+    assert (job.worker, job.mode) == (arm64_worker, BuildMode.NATIVE)
+    assert job.tests is not None
+    assert (job.tests.passed, job.tests.failed, job.tests.ignored, job.tests.ran) == (
+        3, 1, 1, True)
+    # the failing test's own output: an aarch64 CPU (QEMU's, on this machine) ran it
+    assert "running on aarch64" in result.stderr
 
 
 def _fleet(farm) -> dict:

@@ -75,7 +75,11 @@ def test_list_logs_and_artifacts_commands_see_the_same_build(farm, crate, cli, t
 
     logs = cli(crate, "logs", build.build_id, "--target", X86)
     assert logs.returncode == 0
-    assert "Compiling hello-c" in logs.stderr
+    # the build's output on stdout, as it was: `crossfarm logs ID > file` keeps it
+    assert any(line.lstrip().startswith("Compiling hello-c v0.1.0")
+               for line in logs.stdout.splitlines())
+    assert not logs.stdout.startswith("[")  # one target's lines, unprefixed
+    assert f"{X86}: succeeded" in logs.stderr
     events = _json(cli(crate, "logs", build.build_id, "--json"))
     assert {e["target"] for e in events if e["kind"] != "end"} == {X86}
     assert any("Compiling hello-c" in (e["line"] or "") for e in events if e["kind"] == "log")

@@ -250,6 +250,9 @@ def test_the_key_changes_with_each_input(farm):
     changed = [{"source": OTHER_SOURCE}, {"target": "aarch64-unknown-linux-gnu"},
                {"cargo": CargoSpec(profile="release")}, {"cargo": CargoSpec(features=["f"])},
                {"cargo": CargoSpec(cargo_args=["--bin=x"])}, {"env": {"A": "2"}},
+               {"cargo": CargoSpec(command="test")},
+               {"cargo": CargoSpec(command="test", no_run=True)},
+               {"cargo": CargoSpec(toolchain="1.63")},
                {"env": {"B": "1"}}, {"env": {}}]
     keys_seen = {result_cache.inputs_key(farm, **base)}
     for change in changed:

@@ -169,9 +169,20 @@ def test_a_worker_reads_a_reply_from_a_newer_controller_that_has_more_fields():
     assert verdict.proceed is False
 
 
-def test_only_what_the_controller_sends_workers_is_lenient():
+def test_only_what_the_controller_sends_workers_and_its_health_and_targets_are_lenient():
+    # Health and the targets too: a CLI must read a newer controller's health to warn
+    # about its version, and its /v1/targets to check a request before uploading it.
     assert {m.__name__ for m in WIRE_MODELS if issubclass(m, wire.Reply)} == {
-        "Reply", "HeartbeatReply", "StartVerdict", "JobMessage", "FetchMessage"}
+        "Reply", "HeartbeatReply", "StartVerdict", "JobMessage", "FetchMessage", "Health",
+        "FarmTargets", "ToolchainTargets", "TargetPlace"}
+
+
+def test_a_cli_reads_the_health_of_a_newer_controller_and_of_one_older_than_versions():
+    newer = wire.Health.model_validate_json(
+        '{"ok": true, "version": "9.0.0", "api": 2, "targets": [], "queues": {}}')
+    assert (newer.version, newer.api) == ("9.0.0", 2)
+    older = wire.Health.model_validate_json('{"ok": true, "targets": ["x"]}')
+    assert (older.version, older.api, older.targets) == (None, None, ["x"])
 
 
 def test_a_worker_reads_a_job_from_a_newer_controller_and_one_from_an_older_one():
@@ -301,3 +312,30 @@ def test_a_manifest_whose_profile_dir_is_not_a_plain_name_is_refused(profile_dir
 def test_an_artifact_with_a_negative_size_is_refused():
     with pytest.raises(ValidationError):
         wire.ArtifactEntry.model_validate({**_entry("a"), "size": -1})
+
+
+def test_no_run_belongs_to_test_runs_only():
+    from crossfarm.shared.wire import CargoSpec
+
+    assert CargoSpec(command="test", no_run=True).no_run
+    with pytest.raises(ValueError, match="no_run applies to command 'test' only"):
+        CargoSpec(no_run=True)
+
+
+def test_a_toolchain_name_is_a_version_or_a_plain_name_never_a_path():
+    from crossfarm.shared.wire import CargoSpec
+
+    assert CargoSpec(toolchain="1.63.0").toolchain == "1.63.0"
+    for bad in ["../x", "/opt/rust", "", "1.63 --config"]:
+        with pytest.raises(ValueError, match="should match pattern"):
+            CargoSpec(toolchain=bad)
+
+
+def test_an_announced_toolchain_answers_its_name_release_and_release_prefix():
+    from crossfarm.shared.wire import toolchain_answers
+
+    assert toolchain_answers("1.63", "old", "1.63.0")
+    assert toolchain_answers("1.63.0", "old", "1.63.0")
+    assert toolchain_answers("old", "old", "1.63.0")
+    assert not toolchain_answers("1.6", "old", "1.63.0")
+    assert not toolchain_answers("1.63.1", "old", "1.63.0")

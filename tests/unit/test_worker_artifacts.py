@@ -12,6 +12,7 @@ from crossfarm.worker.artifacts import (
     artifact_paths,
     build_manifest,
     profile_dir,
+    wants_timings,
 )
 
 OUT = "/work/target/x86_64-unknown-linux-gnu/debug"
@@ -314,3 +315,26 @@ def test_two_artifacts_with_the_same_name_are_refused(tmp_path):
         (tmp_path / folder / "hello").write_bytes(folder.encode())
     with pytest.raises(ValueError, match="share a name"):
         build_manifest(JOB, [tmp_path / "a" / "hello", tmp_path / "b" / "hello"])
+
+
+@pytest.mark.parametrize(("args", "wanted"), [
+    (["--timings"], True), (["--locked", "--timings=html"], True), ([], False),
+    (["--bin=timings"], False), (["--locked"], False)])
+def test_the_timing_report_is_wanted_only_when_cargo_was_asked_for_it(args, wanted):
+    assert wants_timings(args) is wanted
+
+
+def test_the_timing_report_is_collected_from_under_the_target_dir():
+    collector = ArtifactCollector("/work/target", max_count=10)
+    collector.feed(json.dumps(_artifact(["bin"], [f"{OUT}/hello"], executable=f"{OUT}/hello")))
+    collector.add_timings()
+    collector.check()
+    assert collector.paths == [f"{OUT}/hello", "/work/target/cargo-timings/cargo-timing.html"]
+
+
+def test_the_timing_report_counts_against_the_artifact_limit():
+    collector = ArtifactCollector("/work/target", max_count=1)
+    collector.feed(json.dumps(_artifact(["bin"], [f"{OUT}/hello"], executable=f"{OUT}/hello")))
+    collector.add_timings()
+    with pytest.raises(LimitExceeded):
+        collector.check()

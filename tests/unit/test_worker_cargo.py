@@ -74,3 +74,41 @@ def test_extra_cargo_args_come_last_in_order():
     command = build_command(job, locked=True, jobs=2)
     assert command[-3:] == ["--bin", "app", "-v"]
     assert command.count("--bin") == 1
+
+
+# cargo refuses `--locked --locked` ("cannot be used multiple times"), and so for
+# --offline and --jobs: the build's own flag stands in for the farm's.
+@pytest.mark.parametrize(("asked", "farms"), [
+    (["--locked"], "--locked"), (["--offline"], "--offline"), (["--jobs=1"], "--jobs"),
+    (["--jobs", "1"], "--jobs"), (["-j1"], "--jobs"), (["-j", "1"], "--jobs")])
+def test_a_flag_the_build_gives_itself_is_not_given_twice(asked, farms):
+    command = build_command(_job(cargo_args=asked), locked=True, jobs=6)
+    assert command.count(farms) == asked.count(farms)
+    assert command[-len(asked):] == asked
+
+
+def test_the_build_stays_offline_whatever_it_asks():
+    for asked in ([], ["--offline"], ["--frozen"], ["--locked"]):
+        command = build_command(_job(cargo_args=asked), locked=False, jobs=2)
+        assert "--offline" in command
+
+
+def test_frozen_goes_with_the_farms_locked_and_offline_as_cargo_allows():
+    command = build_command(_job(cargo_args=["--frozen"]), locked=True, jobs=2)
+    assert {"--offline", "--locked", "--frozen"} <= set(command)
+
+
+@pytest.mark.parametrize(("no_run", "run_tests", "mode"), [
+    (False, True, "--no-fail-fast"), (True, True, "--no-run"), (False, False, "--no-run")])
+def test_a_test_job_runs_cargo_test_with_the_farms_run_mode_and_its_own_flags_once(
+        no_run, run_tests, mode):
+    asked = ["--package=app", "--locked", "-j2", "--timings"]
+    job = _job(command="test", no_run=no_run, cargo_args=asked)
+    command = build_command(job, locked=True, jobs=6, run_tests=run_tests)
+    assert command[:2] == ["cargo", "test"]
+    assert command[-len(asked):] == asked
+    for flag in ("--locked", "--offline", mode):
+        assert command.count(flag) == 1
+    assert "--jobs" not in command  # -j2 is the job's own
+    other = ({"--no-run", "--no-fail-fast"} - {mode}).pop()
+    assert other not in command

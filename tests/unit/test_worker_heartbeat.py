@@ -5,7 +5,7 @@ from fakes import FakeDocker, FakeReporter
 
 from crossfarm.shared.arch import Arch, BuildMode
 from crossfarm.shared.errors import ControllerError
-from crossfarm.shared.wire import HeartbeatReply, WorkerLimits
+from crossfarm.shared.wire import HeartbeatReply, ToolchainOffer, WorkerLimits
 from crossfarm.worker.heartbeat import (
     ConsumerWatchdog,
     ContainerReaper,
@@ -41,6 +41,15 @@ def test_an_amd64_host_with_an_arm64_cross_toolchain_serves_its_queue_and_arm64s
     assert info.arch == "amd64"
     assert info.queues == {AMD64_QUEUE: BuildMode.NATIVE, ARM64_CROSS: BuildMode.CROSS}
     assert info.targets == [ARM, X86]
+
+
+def test_the_heartbeat_announces_the_toolchains_it_was_given_default_first():
+    offers = [ToolchainOffer(name=name, image=f"img-{name}", release=f"{name}.0",
+                             rustc=f"release: {name}.0", targets=["x86_64-unknown-linux-gnu"],
+                             default=name == "1.96") for name in ("1.96", "1.63")]
+    info = describe(_settings(), Arch.AMD64, None, toolchains=offers)
+    assert [(o.name, o.default) for o in info.toolchains] == [("1.96", True), ("1.63", False)]
+    assert describe(_settings(), Arch.AMD64, None).toolchains == []
 
 
 def test_an_amd64_host_that_emulates_arm64_serves_arm64s_emulated_queue():

@@ -116,3 +116,9 @@ def test_an_emulated_build_without_an_image_is_a_build_error_that_says_what_to_s
         builder_image(BuildMode.EMULATED, Arch.ARM64, "crossfarm/builder:1",
                       {"amd64": "crossfarm/builder-amd64:1"})
     assert "arm64" in exc.value.message
+
+
+def test_a_neutral_target_is_built_natively_from_any_queue_this_worker_serves():
+    served = served_queues(Arch.AMD64, [Arch.ARM64], [])
+    for queue in served:
+        assert job_mode("wasm32-unknown-unknown", queue, served) is BuildMode.NATIVE

@@ -3,6 +3,7 @@ container or download happens; failures of every kind end the job as data."""
 
 import hashlib
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from fakes import FAKE_LEASE, FakeCrates, FakeDocker, FakeReporter, FakeStorage,
 from crossfarm.shared import keys
 from crossfarm.shared.arch import Arch, BuildMode
 from crossfarm.shared.errors import BuildCancelled
-from crossfarm.shared.ids import BuildId
+from crossfarm.shared.ids import BuildId, JobId
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.storage import PendingUpload
 from crossfarm.shared.tree import tree_digest
@@ -24,6 +25,7 @@ from crossfarm.shared.wire import (
     SourceTree,
     TreeEntry,
 )
+from crossfarm.worker.artifacts import JobOutput
 from crossfarm.worker.lease import Lease
 from crossfarm.worker.pipeline import Toolbox, _publish, run_job
 from crossfarm.worker.settings import WorkerSettings
@@ -37,6 +39,11 @@ JOB = "j-0123456789abcdef"
 def _job(target):
     return JobMessage(job_id=JOB, build_id=BUILD, target=target, attempt=1, source="ab" * 32,
                       cargo=CargoSpec(), timeout_s=600)
+
+
+def _output(target):
+    return JobOutput(build_id=BuildId(BUILD), job_id=JobId(JOB), target=target, attempt=1,
+                     profile="dev")
 
 
 def _tools(tmp_path, reporter):
@@ -126,7 +133,7 @@ def test_publishing_aborts_this_attempts_unfinished_uploads_first_and_no_others(
     binary = tmp_path / "hello"
     binary.write_bytes(b"\x7fELF")
 
-    manifest = _publish(storage, _job(X86), [binary], lambda: None)
+    manifest = _publish(storage, _output(X86), [binary], lambda: None)
 
     assert storage.aborted == [mine]
     assert storage.objects[mine] == b"\x7fELF"
@@ -141,7 +148,7 @@ def test_a_job_stopped_while_its_artifacts_upload_publishes_no_manifest(tmp_path
     binary.write_bytes(b"\x7fELF")
 
     with pytest.raises(BuildCancelled, match=reason):
-        _publish(storage, _job(X86), [binary], lambda: reason)
+        _publish(storage, _output(X86), [binary], lambda: reason)
 
     assert keys.manifest_key(BuildId(BUILD), X86, 1) not in storage.objects
 
@@ -372,3 +379,213 @@ def test_a_crate_with_no_lock_file_gets_one_made_without_its_cargo_config(tmp_pa
     with tarfile.open(fileobj=io.BytesIO(vendor_tar)) as members:
         assert members.extractfile("src/Cargo.lock").read() == lock
     assert sorted(registry.downloaded) == ["cc-1.11.3", "itoa-1.0.19"]
+
+
+@pytest.mark.parametrize("timings", [["--timings"], ["--timings=html"], []])
+def test_cargos_timing_report_ships_beside_the_binary_when_the_build_asked_for_it(
+        tmp_path, timings):
+    reporter, storage = FakeReporter(), FakeStorage()
+    registry, lock = _registry_and_lock()
+    source = _stored_crate(storage, Path(__file__).parents[1] / "fixtures" / "hello-c",
+                           replace={"Cargo.lock": lock})
+    report = b"<html>cargo timings</html>"
+    docker = FakeDocker([Replay(
+        lines=_recorded("build.stdout", "stdout"),
+        files={RECORDED_BINARY: b"\x7fELF hello-c",
+               "/work/target/cargo-timings/cargo-timing.html": report})])
+    settings = WorkerSettings(worker_name="w1", scratch_dir=tmp_path / "scratch")
+    tools = Toolbox(settings=settings, host=Arch.AMD64, docker=docker, storage=storage,
+                    reporter=reporter, crates=registry)
+    job = _job(X86).model_copy(update={"source": source,
+                                       "cargo": CargoSpec(cargo_args=timings)})
+
+    assert run_job(tools, job, consumed_from="crossfarm.builds.amd64") is BuildState.SUCCEEDED
+
+    [build] = docker.containers
+    assert all(arg in build.step.command for arg in timings)
+    [(_, outcome)] = reporter.outcomes
+    shipped = {entry.name: entry.sha256 for entry in outcome.manifest.artifacts}
+    if timings:
+        assert shipped["cargo-timing.html"] == hashlib.sha256(report).hexdigest()
+        key = keys.artifact_key(BuildId(BUILD), X86, 1, "cargo-timing.html")
+        assert storage.objects[key] == report
+    else:  # a report left in a warm target dir by an earlier build stays there
+        assert set(shipped) == {"hello-c"}
+
+
+def test_a_build_that_asked_for_timings_and_failed_ships_nothing(tmp_path):
+    reporter, storage = FakeReporter(), FakeStorage()
+    registry, lock = _registry_and_lock()
+    source = _stored_crate(storage, Path(__file__).parents[1] / "fixtures" / "hello-c",
+                           replace={"Cargo.lock": lock})
+    docker = FakeDocker([Replay(exit_code=101)])
+    settings = WorkerSettings(worker_name="w1", scratch_dir=tmp_path / "scratch")
+    tools = Toolbox(settings=settings, host=Arch.AMD64, docker=docker, storage=storage,
+                    reporter=reporter, crates=registry)
+    job = _job(X86).model_copy(update={"source": source,
+                                       "cargo": CargoSpec(cargo_args=["--timings"])})
+
+    assert run_job(tools, job, consumed_from="crossfarm.builds.amd64") is BuildState.FAILED
+    [(_, outcome)] = reporter.outcomes
+    assert outcome.reason == "cargo build failed with exit code 101"
+
+
+TESTED = Path(__file__).parents[1] / "fixtures" / "tested"
+#: what libtest printed for the `tested` fixture (x86_64): its unit tests, then its
+#: integration test
+TEST_RUN = [
+    ("stdout", "running 4 tests"),
+    ("stdout", "test tests::is_ignored ... ignored"),
+    ("stdout", "test tests::adds_small_numbers ... ok"),
+    ("stdout", "test tests::fails_on_purpose ... FAILED"),
+    ("stdout", "test result: FAILED. 2 passed; 1 failed; 1 ignored; 0 measured; "
+               "0 filtered out; finished in 0.00s"),
+    ("stdout", "running 1 test"),
+    ("stdout", "test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; "
+               "finished in 0.00s"),
+    ("stderr", "error: 1 target failed:"),
+]
+
+
+def _test_job(storage, target, **cargo):
+    source = _stored_crate(storage, TESTED)
+    return _job(target).model_copy(update={
+        "source": source, "cargo": CargoSpec(command="test", **cargo)})
+
+
+def test_a_test_job_with_a_failing_test_fails_reporting_the_summed_counts(tmp_path):
+    reporter, storage = FakeReporter(), FakeStorage()
+    docker = FakeDocker([Replay(lines=TEST_RUN, exit_code=101)])
+    settings = WorkerSettings(worker_name="w1", scratch_dir=tmp_path / "scratch")
+    tools = Toolbox(settings=settings, host=Arch.AMD64, docker=docker, storage=storage,
+                    reporter=reporter, crates=FakeCrates())
+    job = _test_job(storage, X86)
+
+    assert run_job(tools, job, consumed_from="crossfarm.builds.amd64") is BuildState.FAILED
+
+    [run] = docker.containers
+    assert run.step.command[:2] == ["cargo", "test"]
+    assert "--no-fail-fast" in run.step.command
+    assert "--no-run" not in run.step.command
+    assert not run.step.network
+    [(_, outcome)] = reporter.outcomes
+    assert (outcome.exit_code, outcome.reason) == (101, "tests failed: 1 of 4 (see the log above)")
+    counts = outcome.manifest.tests
+    assert (counts.passed, counts.failed, counts.ignored, counts.suites, counts.ran) == (
+        3, 1, 1, 2, True)
+    assert outcome.manifest.artifacts == []
+    # a failed job publishes no manifest, only its log
+    assert keys.manifest_key(BuildId(BUILD), X86, 1) not in storage.objects
+    log = storage.objects[keys.log_key(BuildId(BUILD), X86, 1)].decode()
+    assert "test tests::fails_on_purpose ... FAILED" in log
+    assert "crossfarm: tests: 3 passed, 1 failed, 1 ignored (2 test binaries)" in log
+
+
+def test_a_test_job_whose_tests_pass_publishes_a_manifest_with_the_counts_and_no_binaries(
+        tmp_path):
+    reporter, storage = FakeReporter(), FakeStorage()
+    passing = [line for line in TEST_RUN if "FAILED" not in line[1]]
+    docker = FakeDocker([Replay(lines=passing)])
+    settings = WorkerSettings(worker_name="w1", scratch_dir=tmp_path / "scratch")
+    tools = Toolbox(settings=settings, host=Arch.AMD64, docker=docker, storage=storage,
+                    reporter=reporter, crates=FakeCrates())
+
+    state = run_job(tools, _test_job(storage, X86), consumed_from="crossfarm.builds.amd64")
+
+    assert state is BuildState.SUCCEEDED
+    manifest = Manifest.model_validate_json(
+        storage.objects[keys.manifest_key(BuildId(BUILD), X86, 1)])
+    assert (manifest.tests.passed, manifest.tests.failed, manifest.artifacts) == (1, 0, [])
+
+
+def _artifact_message(path, test):
+    kind = "test" if path.endswith("api") else "lib"
+    return json.dumps({"reason": "compiler-artifact", "target": {"name": "tested",
+                       "kind": [kind]}, "profile": {"test": test}, "executable": path,
+                       "filenames": [path], "fresh": False})
+
+
+def test_no_run_returns_the_test_binaries_cargo_names_and_only_those(tmp_path):
+    reporter, storage = FakeReporter(), FakeStorage()
+    out = "/work/target/x86_64-unknown-linux-gnu/debug/deps"
+    docker = FakeDocker([Replay(
+        lines=[("stdout", _artifact_message(f"{out}/tested-0a1b", test=True)),
+               ("stdout", _artifact_message(f"{out}/api-2c3d", test=True)),
+               # a bin built for the integration tests is no test binary
+               ("stdout", json.dumps({"reason": "compiler-artifact", "executable":
+                                      f"{out}/../tool", "profile": {"test": False},
+                                      "target": {"name": "tool", "kind": ["bin"]}}))],
+        files={f"{out}/tested-0a1b": b"\x7fELF unit", f"{out}/api-2c3d": b"\x7fELF api"})])
+    settings = WorkerSettings(worker_name="w1", scratch_dir=tmp_path / "scratch")
+    tools = Toolbox(settings=settings, host=Arch.AMD64, docker=docker, storage=storage,
+                    reporter=reporter, crates=FakeCrates())
+
+    state = run_job(tools, _test_job(storage, X86, no_run=True),
+                    consumed_from="crossfarm.builds.amd64")
+
+    assert state is BuildState.SUCCEEDED
+    assert "--no-run" in docker.containers[0].step.command
+    [(_, outcome)] = reporter.outcomes
+    assert sorted(a.name for a in outcome.manifest.artifacts) == ["api-2c3d", "tested-0a1b"]
+    assert outcome.manifest.tests.ran is False
+
+
+def test_a_cross_compiled_test_job_builds_its_tests_and_says_why_they_do_not_run(tmp_path):
+    reporter, storage = FakeReporter(), FakeStorage()
+    docker = FakeDocker([Replay()])
+    tools = _tools(tmp_path, reporter)
+    tools = Toolbox(settings=tools.settings, host=Arch.AMD64, docker=docker, storage=storage,
+                    reporter=reporter, crates=FakeCrates())
+
+    state = run_job(tools, _test_job(storage, ARM), consumed_from="crossfarm.builds.arm64.cross")
+
+    assert state is BuildState.SUCCEEDED
+    assert "--no-run" in docker.containers[0].step.command
+    log = "\n".join(reporter.lines)
+    assert (f"tests built, not run: cross-compiled on this amd64 worker, whose CPU cannot "
+            f"run {ARM} code") in log
+    [(_, outcome)] = reporter.outcomes
+    assert outcome.manifest.tests.ran is False
+
+
+def test_a_job_gets_the_image_of_the_toolchain_it_names_and_its_rustc_in_the_manifest(
+        tmp_path):
+    from crossfarm.worker.toolchains import Toolchains
+
+    reporter, storage = FakeReporter(), FakeStorage()
+    probe = "rustc 1.63.0\nbinary: rustc\nrelease: 1.63.0\n--- targets\nx86_64-unknown-linux-gnu"
+    docker = FakeDocker([Replay(lines=[("stdout", line) for line in probe.splitlines()]),
+                         Replay(lines=[line for line in TEST_RUN if "FAILED" not in line[1]])])
+    settings = WorkerSettings(worker_name="w1", scratch_dir=tmp_path / "scratch",
+                              toolchains="1.96=crossfarm/builder:1,1.63=old/builder:1")
+    tools = Toolbox(settings=settings, host=Arch.AMD64, docker=docker, storage=storage,
+                    reporter=reporter, crates=FakeCrates(),
+                    toolchains=Toolchains(settings, docker))
+
+    state = run_job(tools, _test_job(storage, X86, toolchain="1.63"),
+                    consumed_from="crossfarm.builds.amd64")
+
+    assert state is BuildState.SUCCEEDED
+    probe_run, test_run = docker.containers
+    assert probe_run.step.image == test_run.step.image == "old/builder:1"
+    assert not probe_run.step.network
+    [(_, outcome)] = reporter.outcomes
+    assert outcome.manifest.rustc.startswith("rustc 1.63.0\n")
+
+
+def test_a_job_naming_a_toolchain_this_worker_lacks_fails_naming_the_ones_it_has(tmp_path):
+    from crossfarm.worker.toolchains import Toolchains
+
+    reporter, storage = FakeReporter(), FakeStorage()
+    probe = "release: 1.96.0\n--- targets\nx86_64-unknown-linux-gnu"
+    docker = FakeDocker([Replay(lines=[("stdout", line) for line in probe.splitlines()])])
+    settings = WorkerSettings(worker_name="w1", scratch_dir=tmp_path / "scratch")
+    tools = Toolbox(settings=settings, host=Arch.AMD64, docker=docker, storage=storage,
+                    reporter=reporter, crates=FakeCrates(), toolchains=Toolchains(settings, docker))
+
+    state = run_job(tools, _test_job(storage, X86, toolchain="1.63"),
+                    consumed_from="crossfarm.builds.amd64")
+
+    assert state is BuildState.FAILED
+    [(_, outcome)] = reporter.outcomes
+    assert outcome.reason.startswith("this worker has no toolchain '1.63' (it has: 1.96)")
