@@ -135,7 +135,7 @@ def report_finished(farm: Farm, job_id: JobId, report: JobFinished) -> JobView:
         check_manifest(record, report.attempt, report.manifest)
     moved = finish(farm, job_id, report.attempt, Outcome(
         state=report.state, exit_code=report.exit_code, reason=report.reason,
-        manifest=report.manifest))
+        manifest=report.manifest, reuse=report.reuse))
     if moved is None:
         raise Conflict(f"job {job_id} attempt {report.attempt} is no longer current")
     return moved
