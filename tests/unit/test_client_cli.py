@@ -1,4 +1,7 @@
 import argparse
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -64,3 +67,18 @@ def test_admin_token_revoke_takes_a_numeric_id():
 def test_build_uses_the_result_cache_unless_told_no_cache():
     assert _parser().parse_args(["build"]).cache is True
     assert _parser().parse_args(["build", "--no-cache"]).cache is False
+
+
+
+def test_the_cli_starts_without_loading_httpxs_own_command_line_or_its_extras():
+    # httpx imports its command line (click, rich, pygments) whenever they are installed:
+    # most of the CLI's start-up, for code it never runs. Checked in a fresh interpreter
+    # (on this one's import path, so the same checkout), as this one's modules depend on
+    # what other tests imported.
+    probe = ("import sys, crossfarm.client.cli; "
+             "print(sorted(m for m in ('httpx._main', 'click', 'rich', 'pygments') "
+             "if sys.modules.get(m) is not None))")
+    path = os.pathsep.join(entry for entry in sys.path if entry)
+    shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                           check=True, env={**os.environ, "PYTHONPATH": path})
+    assert shown.stdout.strip() == "[]"
