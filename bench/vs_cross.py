@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -242,6 +243,8 @@ def main() -> None:
                              "is a cold build again, and is left out to save time)")
     args = parser.parse_args()
     tools = args.tools.split(",")
+    # stopped (a `timeout`, a kill), the farm it started and its volumes still go
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="crossfarm-vs-cross-") as tmp:
         work = Path(tmp)
         os.environ["PYTHONPATH"] = str(importable(REPO, work / "path"))
