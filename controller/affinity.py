@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from crossfarm.controller.fleet import Roster
 from crossfarm.controller.store.jobs import JobRecord
 from crossfarm.shared import keys
-from crossfarm.shared.ids import parse_job_id
+from crossfarm.shared.ids import JobId, parse_job_id
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import WorkerState
 
@@ -56,7 +56,7 @@ def free_slots(workers: Roster, flight: list[JobRecord]) -> dict[str, int]:
             if workers.states[name] is WorkerState.ONLINE}
 
 
-def _listed(tasks: list[str], flying: set[str]) -> int:
+def _listed(tasks: list[str], flying: set[JobId]) -> int:
     """How many of a heartbeat's tasks still hold a slot: all but those of build jobs no
     longer in flight (a git fetch, or anything else it names, counts: it says it is busy)."""
     def ended(task: str) -> bool:
