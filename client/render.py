@@ -53,11 +53,16 @@ def duration(view_job: object) -> str:
 
 
 def cache_use(job: JobView) -> str:
-    """cached: served from the result cache, no worker ran it; cold: a worker builds it
-    from scratch (no warm cargo target dir yet); "-": no worker has started it."""
+    """cached: served from the result cache, no worker ran it; warm / cold: a worker's
+    cargo built it in the project's warm target dir or in an empty one, with the share of
+    cargo's units that were fresh (`warm:97%`: one token, so the row still splits on
+    blanks); "-": no build step has ended yet."""
     if job.cached_from is not None:
         return "cached"
-    return "cold" if job.worker is not None else "-"
+    if job.reuse is None:
+        return "-"
+    rate = job.reuse.hit_rate
+    return job.reuse.target_dir + ("" if rate is None else f":{rate:.0%}")
 
 
 def build_table(view: BuildView, artifacts: Sequence[ArtifactView] = (),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from crossfarm.controller.fleet import Roster
 from crossfarm.controller.store.jobs import JobRecord
 from crossfarm.shared import keys
+from crossfarm.shared.ids import JobId, parse_job_id
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import WorkerState
 
@@ -37,7 +38,10 @@ ANY = Choice()
 def free_slots(workers: Roster, flight: list[JobRecord]) -> dict[str, int]:
     """Each online worker's free slots: its concurrency, less what it runs (by its
     heartbeat, or by the record if that knows more: a start is recorded before the next
-    heartbeat lists it) and the jobs sent to its own queue that it has not started."""
+    heartbeat lists it) and the jobs sent to its own queue that it has not started.
+    A job its heartbeat lists that is no longer in flight has ended since: its slot is
+    free now, not at the next heartbeat (which held a project's next build up to a
+    heartbeat interval, seconds, behind the worker keeping its warm dir)."""
     routed: Counter[str] = Counter()
     running: Counter[str] = Counter()
     for record in flight:
@@ -45,10 +49,22 @@ def free_slots(workers: Roster, flight: list[JobRecord]) -> dict[str, int]:
             routed[record.routed_to] += 1
         elif record.view.worker and record.view.state is BuildState.RUNNING:
             running[record.view.worker] += 1
-    return {name: max(0, w.info.concurrency - max(len(w.info.running), running[name])
-                      - routed[name])
+    flying = {record.view.job_id for record in flight}
+    return {name: max(0, w.info.concurrency - max(_listed(w.info.running, flying),
+                                                  running[name]) - routed[name])
             for name, w in workers.workers.items()
             if workers.states[name] is WorkerState.ONLINE}
+
+
+def _listed(tasks: list[str], flying: set[JobId]) -> int:
+    """How many of a heartbeat's tasks still hold a slot: all but those of build jobs no
+    longer in flight (a git fetch, or anything else it names, counts: it says it is busy)."""
+    def ended(task: str) -> bool:
+        try:
+            return parse_job_id(keys.parse_task_id(task)[0]) not in flying
+        except ValueError:
+            return False
+    return sum(1 for task in tasks if not ended(task))
 
 
 def choose(key: str | None, queue: keys.QueueKey, workers: Roster, free: dict[str, int],

@@ -152,7 +152,7 @@ def _report_finished(farm: Farm, record: JobRecord, report: JobFinished) -> JobV
         check_manifest(record, report.attempt, report.manifest)
     moved = finish(farm, job_id, report.attempt, Outcome(
         state=report.state, exit_code=report.exit_code, reason=report.reason,
-        manifest=report.manifest))
+        manifest=report.manifest, reuse=report.reuse))
     if moved is None:
         raise Conflict(f"job {job_id} attempt {report.attempt} is no longer current")
     return moved

@@ -97,6 +97,9 @@ _WORKER_LABEL = "io.crossfarm.worker"
 #: a warm target dir's volume carries this label (with its worker's name), and no job's:
 #: the reaper, which removes a worker's volumes of jobs no longer running, passes it by
 _WARM_LABEL = "io.crossfarm.warm"
+#: a deps volume a worker made carries a random id here: what the worker remembers of
+#: the volume's entries holds for that very volume only, not one made again by its name
+_DEPS_LABEL = "io.crossfarm.deps"
 
 
 def container_labels(job_id: JobId, attempt: int, worker: str) -> dict[str, str]:
@@ -127,6 +130,17 @@ def shared_queue(name: str) -> str:
 def warm_labels(worker: str) -> dict[str, str]:
     """The labels of a warm target dir's volume, kept between jobs (worker/warm.py)."""
     return {LABEL: "1", _WARM_LABEL: worker}
+
+
+def deps_labels(volume_id: str) -> dict[str, str]:
+    """The labels of a deps volume a worker makes (worker/deps.py)."""
+    return {LABEL: "1", _DEPS_LABEL: volume_id}
+
+
+def labelled_deps_id(labels: dict[str, str]) -> str | None:
+    """A deps volume's id; None for one made without (by an older worker, or by the
+    engine when a container first mounted it)."""
+    return labels.get(_DEPS_LABEL) or None
 
 
 def fetch_task_id(fetch_id: str) -> str:

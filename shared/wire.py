@@ -168,6 +168,28 @@ class BuildRequest(Wire):
     project: Annotated[str, Field(min_length=1, max_length=200)] | None = None
 
 
+class CargoReuse(Wire):
+    """What a worker's build found already done: the target dir it built in, and how many
+    of the units cargo reported were fresh (not rebuilt). The counts come from cargo's
+    messages, which build code can forge: they describe the job, they decide nothing."""
+
+    #: warm: the project's warm target dir on that worker; cold: an empty one
+    target_dir: Literal["warm", "cold"]
+    units: Annotated[int, Field(ge=0, le=1_000_000)]
+    fresh: Annotated[int, Field(ge=0, le=1_000_000)]
+
+    @model_validator(mode="after")
+    def _fresh_within_units(self) -> CargoReuse:
+        if self.fresh > self.units:
+            raise ValueError(f"fresh units ({self.fresh}) exceed the units ({self.units})")
+        return self
+
+    @property
+    def hit_rate(self) -> float | None:
+        """The share of units that were fresh; None when cargo reported none."""
+        return self.fresh / self.units if self.units else None
+
+
 class JobView(Wire):
     """One target of a build, as the API reports it."""
 
@@ -197,6 +219,8 @@ class JobView(Wire):
     #: from its manifest: a test job's counts, and the `rustc -vV` of the image that ran it
     tests: TestCounts | None = None
     rustc: str | None = None
+    #: built by a worker: in a warm or a cold target dir, and how much cargo found fresh
+    reuse: CargoReuse | None = None
 
 
 class BuildView(Wire):
@@ -322,6 +346,8 @@ class JobFinished(Wire):
     exit_code: int | None = None
     reason: str | None = None
     manifest: Manifest | None = None
+    #: set once cargo ran (whether or not the build succeeded)
+    reuse: CargoReuse | None = None
 
 
 class StartVerdict(Reply):

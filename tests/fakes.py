@@ -178,8 +178,15 @@ class FakeDocker:
         self._called("volume_bytes")
         return self.kept_bytes.get(name)
 
+    def volume_labels(self, name: str) -> dict[str, str] | None:
+        self._called("volume_labels")
+        if name in self.kept:
+            return self.kept[name]
+        return {} if name in self.shelves else None
+
     def remove_volume(self, name: str) -> None:
         self._called("remove_volume")
+        self.shelves.pop(name, None)
         self.kept.pop(name, None)
         self.removed.append(name)
 

@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import re
+import secrets
 import tarfile
 import tempfile
 import time
@@ -32,8 +33,9 @@ from typing import IO, Protocol
 
 import httpx
 
+from crossfarm.shared import keys
 from crossfarm.shared.errors import BuildError
-from crossfarm.worker.container import ContainerRunner
+from crossfarm.worker.container import ContainerRunner, Shelf
 
 #: How Cargo.lock names crates.io, whatever protocol fetched the index.
 CRATES_IO = "registry+https://github.com/rust-lang/crates.io-index"
@@ -276,27 +278,74 @@ class DependencyCache:
     scratch: Path
 
     def provide(self, crates: list[LockedCrate], say: Callable[[str], None]) -> int:
-        """Make sure every crate is in the volume; returns how many were downloaded."""
-        with _locked_file(self.lock_path), self.runner.shelf(self.volume, self.image) as shelf:
-            present = shelf.names(_PRESENT)
-            missing = [c for c in crates if c.sha256 not in present]
-            if not missing:
+        """Make sure every crate is in the volume; returns how many were downloaded.
+        When this worker's record of the volume already lists them all, the engine is
+        not asked (a shelf container costs a create, a copy and a remove: most of a
+        no-change rebuild's dependency step)."""
+        with _locked_file(self.lock_path):
+            volume_id = self._volume_id()
+            if volume_id is not None and {c.sha256 for c in crates} <= self._known(volume_id):
                 return 0
-            say(f"crossfarm: downloading {len(missing)} of {len(crates)} crate(s), each "
-                "checked against the sha256 in Cargo.lock")
-            # One tar for all of them: each write through the engine mounts the volume.
-            with tempfile.TemporaryFile(dir=self.scratch) as out:
-                with (tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as dst,
-                      ThreadPoolExecutor(_DOWNLOADS) as pool):
-                    for crate, crate_file in zip(missing, pool.map(self._fetch, missing),
-                                                 strict=True):
-                        with crate_file:
-                            install_tar(crate, crate_file, dst)
-                    dst.addfile(_entry(_PRESENT, tarfile.DIRTYPE, 0o555))
-                    for crate in missing:
-                        dst.addfile(_entry(f"{_PRESENT}/{crate.sha256}", tarfile.REGTYPE, 0o444))
-                out.seek(0)
-                shelf.put(out)
+            with self.runner.shelf(self.volume, self.image) as shelf:
+                present = shelf.names(_PRESENT)
+                fetched = self._install([c for c in crates if c.sha256 not in present],
+                                        len(crates), shelf, say)
+            if volume_id is not None:
+                self._remember(volume_id, present | {c.sha256 for c in crates})
+            return fetched
+
+    @property
+    def _record(self) -> Path:
+        return self.lock_path.with_name(f"{self.lock_path.stem}-present.json")
+
+    def _volume_id(self) -> str | None:
+        """The volume's id label, the volume made with one if it is missing; None for a
+        volume made without (nothing is remembered of it: the engine is asked each time)."""
+        labels = self.runner.volume_labels(self.volume)
+        if labels is None:
+            self.runner.keep_volume(self.volume, keys.deps_labels(secrets.token_hex(16)))
+            labels = self.runner.volume_labels(self.volume) or {}
+        return keys.labelled_deps_id(labels)
+
+    def _known(self, volume_id: str) -> set[str]:
+        """The sha256s this worker saw complete in the volume of this id (entries are
+        never removed from a volume: only the volume as a whole goes, and a new one gets
+        a new id)."""
+        try:
+            record = json.loads(self._record.read_text())
+        except (OSError, ValueError):
+            return set()
+        if not isinstance(record, dict) or record.get("id") != volume_id \
+                or record.get("volume") != self.volume:
+            return set()
+        return {sha for sha in record.get("sha256", []) if isinstance(sha, str)}
+
+    def _remember(self, volume_id: str, present: set[str]) -> None:
+        partial = self._record.with_suffix(".tmp")
+        partial.write_text(json.dumps({"volume": self.volume, "id": volume_id,
+                                       "sha256": sorted(present)}))
+        partial.replace(self._record)  # whole or not at all, whatever stops the worker
+
+    def _install(self, missing: list[LockedCrate], wanted: int, shelf: Shelf,
+                 say: Callable[[str], None]) -> int:
+        """Download, check and write `missing` through the shelf; returns how many."""
+        if not missing:
+            return 0
+        say(f"crossfarm: downloading {len(missing)} of {wanted} crate(s), each "
+            "checked against the sha256 in Cargo.lock")
+        # One tar for all of them: each write through the engine mounts the volume.
+        with tempfile.TemporaryFile(dir=self.scratch) as out:
+            with (tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as dst,
+                  ThreadPoolExecutor(_DOWNLOADS) as pool):
+                for crate, crate_file in zip(missing, pool.map(self._fetch, missing),
+                                             strict=True):
+                    with crate_file:
+                        install_tar(crate, crate_file, dst)
+                dst.addfile(_entry(_PRESENT, tarfile.DIRTYPE, 0o555))
+                for crate in missing:
+                    dst.addfile(_entry(f"{_PRESENT}/{crate.sha256}", tarfile.REGTYPE, 0o444))
+            out.seek(0)
+            shelf.put(out)
         return len(missing)
 
     def _fetch(self, crate: LockedCrate) -> IO[bytes]:

@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -44,6 +44,7 @@ from crossfarm.shared.states import BuildState
 from crossfarm.shared.storage import ObjectStore
 from crossfarm.shared.tree import TreeLimits, project_of
 from crossfarm.shared.wire import (
+    CargoReuse,
     Command,
     EndState,
     JobFinished,
@@ -117,8 +118,8 @@ class Ending(Protocol):
     """Makes the outcome report of the attempt being run (it holds the attempt's lease)."""
 
     def __call__(self, state: EndState, exit_code: int | None = None,
-                 reason: str | None = None, manifest: Manifest | None = None
-                 ) -> JobFinished: ...
+                 reason: str | None = None, manifest: Manifest | None = None,
+                 reuse: CargoReuse | None = None) -> JobFinished: ...
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,8 @@ class JobRun:
         """A test job whose tests run here: not --no-run, and not cross-compiled (this
         worker's CPU cannot run them)."""
         return self.test and not self.job.cargo.no_run and self.mode is not BuildMode.CROSS
+    #: what the build step found done, once cargo ran (for the outcome report)
+    reuse: list[CargoReuse] = field(default_factory=list)
 
     @property
     def settings(self) -> WorkerSettings:
@@ -190,9 +193,11 @@ def run_job(tools: Toolbox, job: JobMessage, consumed_from: str) -> BuildState |
     lease = verdict.lease
 
     def ended(state: EndState, exit_code: int | None = None, reason: str | None = None,
-              manifest: Manifest | None = None) -> JobFinished:
+              manifest: Manifest | None = None, reuse: CargoReuse | None = None
+              ) -> JobFinished:
         return JobFinished(attempt=job.attempt, worker=settings.worker_name, lease=lease,
-                           state=state, exit_code=exit_code, reason=reason, manifest=manifest)
+                           state=state, exit_code=exit_code, reason=reason, manifest=manifest,
+                           reuse=reuse)
     joblog = JobLog(tools.reporter, job.build_id, job.target, list(job.env.values()),
                     settings.log_max_bytes)
     joblog(f"crossfarm: {job.target} on {tools.settings.worker_name} "
@@ -250,31 +255,38 @@ def _build(tools: Toolbox, job: JobMessage, how: tuple[str, BuildMode, str | Non
     image, mode, rustc = how
     run = JobRun(tools, job, image, joblog, deadline=time.monotonic() + job.timeout_s,
                  stop=_stop_check(tools, job), mode=mode, rustc=rustc)
+
+    def with_reuse(state: EndState, exit_code: int | None = None, reason: str | None = None,
+                   manifest: Manifest | None = None) -> JobFinished:
+        return ended(state=state, exit_code=exit_code, reason=reason, manifest=manifest,
+                     reuse=run.reuse[-1] if run.reuse else None)
+
     try:
         manifest = _compile_and_publish(run)
     except TestsFailed as exc:
         # the counts travel in the report's manifest (no artifacts, and none stored)
-        return ended(state=BuildState.FAILED, exit_code=exc.exit_code, reason=exc.message,
-                     manifest=exc.manifest)
+        return with_reuse(state=BuildState.FAILED, exit_code=exc.exit_code, reason=exc.message,
+                          manifest=exc.manifest)
     except BuildCancelled as exc:
-        return ended(state=BuildState.CANCELLED, reason=exc.message)
+        return with_reuse(state=BuildState.CANCELLED, reason=exc.message)
     except BuildTimeout:
-        return ended(state=BuildState.FAILED,
-                     reason=f"timeout: the build ran past {job.timeout_s} s and was killed")
+        return with_reuse(state=BuildState.FAILED,
+                          reason=f"timeout: the build ran past {job.timeout_s} s and was "
+                                 "killed")
     except BuildError as exc:
-        return ended(state=BuildState.FAILED, exit_code=exc.exit_code, reason=exc.message)
+        return with_reuse(state=BuildState.FAILED, exit_code=exc.exit_code, reason=exc.message)
     except LeaseLost:
         raise  # not an outcome: the job belongs to another attempt now
     except StorageError as exc:
         advice = ("retryable: resubmit once the object store is back" if exc.retryable
                   else "the stored source is damaged; an operator should check the object "
                        "store")
-        return ended(state=BuildState.FAILED, reason=f"storage: {exc.message}; {advice}")
+        return with_reuse(state=BuildState.FAILED, reason=f"storage: {exc.message}; {advice}")
     except Exception as exc:  # a bug or an engine failure must still end the job as data
         log.exception("job %s failed on this worker", job.job_id)
-        return ended(state=BuildState.FAILED,
-                     reason=f"worker error: {type(exc).__name__}: {exc}")
-    return ended(state=BuildState.SUCCEEDED, exit_code=0, manifest=manifest)
+        return with_reuse(state=BuildState.FAILED,
+                          reason=f"worker error: {type(exc).__name__}: {exc}")
+    return with_reuse(state=BuildState.SUCCEEDED, exit_code=0, manifest=manifest)
 
 
 def _compile_and_publish(run: JobRun) -> Manifest:
@@ -495,6 +507,7 @@ def _compile(run: JobRun, locked: bool, inputs: list[IO[bytes]], tmp: Path,
             result = container.run(sink, run.deadline, stop,
                                    max_line=settings.log_line_max_bytes)
             run.log.check()
+            run.reuse.append(_reuse(loan, collector.units))
             _say_warm(run, loan, collector.units)
             if run.runs_tests:
                 run.log(f"crossfarm: tests: {tally.summary()}")
@@ -528,6 +541,12 @@ def _after_build(run: JobRun, container: StepContainer, result: StepResult,
     out = tmp / "artifacts"
     out.mkdir()
     return _copy_artifacts(container, collector.paths, out, settings.artifact_max_bytes)
+
+
+def _reuse(loan: Loan | None, units: list[tuple[str, bool]]) -> CargoReuse:
+    """What the build found done, for the summary's CACHE column."""
+    return CargoReuse(target_dir="cold" if loan is None else "warm", units=len(units),
+                      fresh=sum(1 for _, was_fresh in units if was_fresh))
 
 
 def _say_warm(run: JobRun, loan: Loan | None, units: list[tuple[str, bool]]) -> None:

@@ -35,7 +35,7 @@ from crossfarm.shared.errors import NotFound
 from crossfarm.shared.ids import BuildId, JobId
 from crossfarm.shared.keys import QueueKey
 from crossfarm.shared.states import BuildState, transition
-from crossfarm.shared.wire import JobView, Manifest, TestCounts
+from crossfarm.shared.wire import CargoReuse, JobView, Manifest, TestCounts
 
 _TERMINAL = [state.value for state in BuildState if state.terminal]
 #: a queued job the placer has not sent yet
@@ -65,6 +65,7 @@ class Outcome:
     exit_code: int | None = None
     reason: str | None = None
     manifest: Manifest | None = None
+    reuse: CargoReuse | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ def job_view(job: JobRow, position: int | None = None) -> JobView:
         tests=(TestCounts.model_validate(job.manifest["tests"])
                if job.manifest and job.manifest.get("tests") else None),
         rustc=job.manifest.get("rustc") if job.manifest else None,
+        reuse=CargoReuse.model_validate(job.reuse) if job.reuse else None,
     )
 
 
@@ -355,7 +357,8 @@ class JobStore:
         manifest = outcome.manifest.model_dump(mode="json") if outcome.manifest else None
         return self._move(job_id, attempt, outcome.state, {
             "exit_code": outcome.exit_code, "reason": outcome.reason, "manifest": manifest,
-            "image_id": outcome.manifest.image_id if outcome.manifest else None})
+            "image_id": outcome.manifest.image_id if outcome.manifest else None,
+            "reuse": outcome.reuse.model_dump(mode="json") if outcome.reuse else None})
 
     def _move(self, job_id: JobId, attempt: int, new: BuildState, values: dict[str, Any]
               ) -> JobView | None:

@@ -176,6 +176,9 @@ class JobRow(Base):
     #: the worker whose own queue the current attempt's message went to (it keeps the
     #: project's warm target dir); None: the shared queue
     routed_to: Mapped[str | None] = mapped_column(String(200))
+    #: what its worker's build found done (a CargoReuse document): warm or cold target
+    #: dir, and cargo's fresh units
+    reuse: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     __table_args__ = (
         # The listing's state filter asks "has this build a job in state x?" per build.
@@ -196,7 +199,7 @@ class JobRow(Base):
 
 #: The head revision in migrations/versions/: a change to the tables is a new revision
 #: there, and this number bumped with it (a test holds the two equal).
-SCHEMA_VERSION = 17
+SCHEMA_VERSION = 18
 
 
 class MetaRow(Base):

@@ -156,7 +156,7 @@ def test_status_and_the_summary_table_say_cached(farm, crate, tenants, first):
     assert header.split()[:3] == ["TARGET", "RESULT", "CACHE"]
     assert row.split()[:3] == [X86, "succeeded", "cached"]
     _, shown = _cli(farm, crate, tenants["cache-acme"], "status", first[1].build_id)
-    assert shown.stdout.splitlines()[2].split()[:3] == [X86, "succeeded", "cold"]
+    assert shown.stdout.splitlines()[2].split()[:3] == [X86, "succeeded", "cold:0%"]
 
 
 @pytest.mark.parametrize(("flags", "value"), [

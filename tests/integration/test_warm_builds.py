@@ -59,10 +59,27 @@ def _drop_warm_dirs(farm, worker: str) -> None:
 def _build(cli: Callable[..., subprocess.CompletedProcess[str]], ws: Path
            ) -> tuple[str, float]:
     """Build `ws` with the CLI; returns the build's log and its seconds on the worker."""
+    log, build = _build_view(cli, ws)
+    [job] = build["jobs"]
+    return log, _seconds(job)
+
+
+def _build_view(cli: Callable[..., subprocess.CompletedProcess[str]], ws: Path
+                ) -> tuple[str, dict]:
+    """Build `ws` with the CLI; returns the build's log and the build as `--json` shows it."""
     result = cli(ws, "build", "--target", X86, "--json")
     assert result.returncode == 0, result.stderr
-    [job] = json.loads(result.stdout)["build"]["jobs"]
-    return result.stderr, _seconds(job)
+    return result.stderr, json.loads(result.stdout)["build"]
+
+
+def _cache_cell(cli: Callable[..., subprocess.CompletedProcess[str]], ws: Path,
+                build_id: str) -> str:
+    """The CACHE column of `crossfarm status` for the build's one job."""
+    shown = cli(ws, "status", build_id)
+    assert shown.returncode == 0, shown.stderr
+    header, row = shown.stdout.splitlines()[1:3]
+    assert header.split()[2] == "CACHE"
+    return row.split()[2]
 
 
 def _seconds(job: dict) -> float:
@@ -89,10 +106,15 @@ def test_a_one_line_change_on_a_warm_worker_recompiles_only_the_changed_crate(
     assert _run(workspace) == "hello 1"
 
     _edit(workspace / "app" / "src" / "main.rs", "let round = 1;", "let round = 2;")
-    second, warm_s = _build(cli, workspace)
+    second, build = _build_view(cli, workspace)
+    [job] = build["jobs"]
+    warm_s = _seconds(job)
     # from cargo's compiler-artifact messages: the library was fresh, the binary rebuilt
     assert "warm target dir: 1 unit(s) fresh, 1 rebuilt: app (bin)" in second
     assert _run(workspace) == "hello 2"
+    # the worker's report reaches the job record, --json and the summary's CACHE column
+    assert job["reuse"] == {"target_dir": "warm", "units": 2, "fresh": 1}
+    assert _cache_cell(cli, workspace, build["build_id"]) == "warm:50%"
 
     # a change in the library reaches the binary that uses it, as in a clean build
     _edit(workspace / "greet" / "src" / "lib.rs", '"hello"', '"howdy"')

@@ -1,4 +1,7 @@
 import argparse
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -363,3 +366,16 @@ def test_a_plus_toolchain_with_control_characters_is_echoed_escaped():
         parse(["+1.63\x1b]0;owned\x07", "build"])
     assert "\x1b" not in str(exc.value)
     assert "\\u001b" in str(exc.value)
+
+def test_the_cli_starts_without_loading_httpxs_own_command_line_or_its_extras():
+    # httpx imports its command line (click, rich, pygments) whenever they are installed:
+    # most of the CLI's start-up, for code it never runs. Checked in a fresh interpreter
+    # (on this one's import path, so the same checkout), as this one's modules depend on
+    # what other tests imported.
+    probe = ("import sys, crossfarm.client.cli; "
+             "print(sorted(m for m in ('httpx._main', 'click', 'rich', 'pygments') "
+             "if sys.modules.get(m) is not None))")
+    path = os.pathsep.join(entry for entry in sys.path if entry)
+    shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                           check=True, env={**os.environ, "PYTHONPATH": path})
+    assert shown.stdout.strip() == "[]"

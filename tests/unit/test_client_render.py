@@ -9,6 +9,7 @@ from crossfarm.shared.wire import (
     ArchSummary,
     ArtifactView,
     BuildView,
+    CargoReuse,
     CargoSpec,
     Fleet,
     JobView,
@@ -75,6 +76,7 @@ def test_a_build_table_has_one_row_per_job_with_worker_mode_time_and_artifacts()
                 mode=BuildMode.NATIVE,
                 started_at=T0,
                 finished_at=T0 + timedelta(seconds=12.5),
+                reuse=CargoReuse(target_dir="cold", units=4, fresh=0),
             ),
             _job(
                 ARM,
@@ -84,6 +86,7 @@ def test_a_build_table_has_one_row_per_job_with_worker_mode_time_and_artifacts()
                 started_at=T0,
                 finished_at=T0 + timedelta(seconds=3),
                 reason="cargo failed",
+                reuse=CargoReuse(target_dir="warm", units=8, fresh=6),
             ),
         ],
         state=BuildState.FAILED,
@@ -97,8 +100,8 @@ def test_a_build_table_has_one_row_per_job_with_worker_mode_time_and_artifacts()
     assert rows[1] == ["TARGET", "RESULT", "CACHE", "WORKER", "MODE", "TIME", "ARTIFACTS",
                        "WHY"]
     assert rows[2:] == [
-        [X86, "succeeded", "cold", "w1", "native", "12.5s", "2"],
-        [ARM, "failed", "cold", "w2", "cross", "3.0s", "0", "cargo", "failed"],
+        [X86, "succeeded", "cold:0%", "w1", "native", "12.5s", "2"],
+        [ARM, "failed", "warm:75%", "w2", "cross", "3.0s", "0", "cargo", "failed"],
     ]
 
 
@@ -149,10 +152,26 @@ def test_a_job_served_from_the_result_cache_says_cached_and_from_which_build():
     assert "b-00000000000000aa" in row[7:]
 
 
-def test_a_job_a_worker_built_says_cold():
+def test_a_running_job_says_nothing_of_its_cache_until_cargo_has_run():
     job = _job(X86, BuildState.RUNNING, worker="w1", mode=BuildMode.NATIVE, started_at=T0)
     out = io.StringIO()
     build_table(_build("b-0123456789abcdef", [job]), out=out)
+    assert _rows(out)[2][2] == "-"
+
+
+def test_a_warm_build_says_warm_and_the_share_of_fresh_units():
+    job = _job(X86, BuildState.SUCCEEDED, worker="w1", mode=BuildMode.NATIVE, started_at=T0,
+               finished_at=T0, reuse=CargoReuse(target_dir="warm", units=122, fresh=121))
+    out = io.StringIO()
+    build_table(_build("b-0123456789abcdef", [job], state=BuildState.SUCCEEDED), out=out)
+    assert _rows(out)[2][2] == "warm:99%"
+
+
+def test_a_build_whose_cargo_reported_no_units_says_only_its_target_dir():
+    job = _job(X86, BuildState.FAILED, worker="w1", mode=BuildMode.NATIVE, started_at=T0,
+               finished_at=T0, reuse=CargoReuse(target_dir="cold", units=0, fresh=0))
+    out = io.StringIO()
+    build_table(_build("b-0123456789abcdef", [job], state=BuildState.FAILED), out=out)
     assert _rows(out)[2][2] == "cold"
 
 

@@ -13,9 +13,11 @@ from crossfarm.controller.builds import submit_build
 from crossfarm.controller.farm import Farm
 from crossfarm.controller.settings import ControllerSettings
 from crossfarm.controller.store import Store
+from crossfarm.controller.store.jobs import Outcome
 from crossfarm.shared import keys
 from crossfarm.shared.arch import BuildMode, Placement
 from crossfarm.shared.ids import BuildId, JobId
+from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import BuildRequest, JobStarted, SourceStatus, WorkerHeartbeat
 
 X86 = "x86_64-unknown-linux-gnu"
@@ -96,7 +98,7 @@ def test_while_the_keeper_is_busy_the_build_waits_the_bound_then_goes_anywhere_a
 ):
     farm = make_farm()
     _worker(farm, "w1")
-    _worker(farm, "w2", warm=[KEY], running=["j-0000000000000000-1"])
+    _worker(farm, "w2", warm=[KEY], running=[keys.fetch_task_id("0123456789abcdef")])
     build, job = _submit(farm)
 
     placer.tick(farm, now=job.queued_at + timedelta(seconds=5))
@@ -179,3 +181,22 @@ def test_a_keeper_whose_start_is_recorded_but_not_yet_in_its_heartbeat_counts_as
     placer.tick(farm, now=second.queued_at)
 
     assert [queue for _, queue in farm.queue.sent] == [f"{AMD64}@w2"]  # held for w2
+
+
+def test_a_keeper_whose_last_job_ended_is_free_before_its_heartbeat_says_so(make_farm):
+    farm = make_farm()
+    _worker(farm, "w1")
+    _, first = _submit(farm)
+    placer.tick(farm, now=first.queued_at)
+    jobs.start(farm, JobId(first.job_id), JobStarted(
+        attempt=1, worker="w1", hostname="w1", mode=BuildMode.NATIVE, consumed_from=AMD64))
+    # its heartbeat lists that job and the dir it kept; then the job ends
+    _worker(farm, "w1", warm=[KEY], running=[keys.task_id(JobId(first.job_id), 1)])
+    farm.store.jobs.finish(JobId(first.job_id), 1, Outcome(BuildState.SUCCEEDED, exit_code=0))
+
+    build, second = _submit(farm)
+    placer.tick(farm, now=second.queued_at)
+
+    assert [queue for _, queue in farm.queue.sent] == [AMD64, f"{AMD64}@w1"]
+    assert "affinity: worker w1 keeps this project's warm target dir" in _view(
+        farm, build).placed

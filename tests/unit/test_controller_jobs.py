@@ -25,6 +25,7 @@ from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import (
     ArtifactEntry,
     BuildRequest,
+    CargoReuse,
     JobFinished,
     JobStarted,
     Manifest,
@@ -105,6 +106,21 @@ def test_the_worker_holding_the_attempt_finishes_it_with_its_manifest(farm, runn
     view = _finish(farm, running, manifest=_manifest(running.record))
     assert view.state is BuildState.SUCCEEDED
     assert farm.store.jobs.get(running.record.view.job_id).manifest.artifacts[0].name == "hello"
+
+
+def test_what_the_worker_found_done_is_kept_and_shown_with_the_job(farm, running):
+    reuse = CargoReuse(target_dir="warm", units=61, fresh=60)
+    jobs.report_finished(farm, JobId(running.record.view.job_id), JobFinished(
+        attempt=1, worker="w1", lease=running.lease, state=BuildState.SUCCEEDED, exit_code=0,
+        manifest=_manifest(running.record), reuse=reuse))
+    assert farm.store.jobs.get(running.record.view.job_id).view.reuse == reuse
+    [job] = farm.store.builds.get(running.record.build_id).jobs
+    assert job.reuse == reuse
+
+
+def test_a_reuse_report_with_more_fresh_units_than_units_is_refused():
+    with pytest.raises(ValidationError, match="fresh units"):
+        CargoReuse(target_dir="warm", units=1, fresh=2)
 
 
 def test_another_workers_report_is_refused_and_the_job_runs_on(farm, running):

@@ -7,9 +7,12 @@ import tarfile
 
 import httpx
 import pytest
+from fakes import FakeCrates, FakeDocker, FakeShelf
 
+from crossfarm.shared import keys
 from crossfarm.worker.deps import (
     CRATES_IO,
+    DependencyCache,
     DependencyError,
     LockedCrate,
     Registry,
@@ -175,3 +178,70 @@ def test_a_registry_that_keeps_failing_fails_the_download_with_why():
                         transport=httpx.MockTransport(refuse))
     with pytest.raises(DependencyError, match="download failed 3 times: ConnectError"):
         registry.download(LockedCrate("x", "1.0.0", SHA), io.BytesIO())
+
+
+def _cache(tmp_path, docker, registry):
+    return DependencyCache(runner=docker, crates=registry, volume="deps", image="builder",
+                           lock_path=tmp_path / "deps.lock", scratch=tmp_path)
+
+
+def _one_crate(name="itoa", version="1.0.0"):
+    data = _crate_file({f"{name}-{version}/Cargo.toml": b"[package]\n"})
+    crate = LockedCrate(name, version, hashlib.sha256(data).hexdigest())
+    return crate, FakeCrates({f"{name}-{version}": data})
+
+
+def test_a_rebuild_whose_crates_this_worker_installed_asks_the_engine_nothing(tmp_path):
+    crate, registry = _one_crate()
+    docker = FakeDocker()
+    cache = _cache(tmp_path, docker, registry)
+
+    assert cache.provide([crate], print) == 1
+    calls = len(docker.calls)
+    assert cache.provide([crate], print) == 0
+
+    assert docker.calls[calls:] == ["volume_labels"]  # no shelf container
+    assert keys.labelled_deps_id(docker.kept["deps"]) is not None
+    assert registry.downloaded == ["itoa-1.0.0"]
+
+
+def test_a_crate_the_record_does_not_list_is_looked_for_in_the_volume(tmp_path):
+    crate, registry = _one_crate()
+    other, more = _one_crate("ryu", "1.0.1")
+    registry.crates.update(more.crates)
+    docker = FakeDocker()
+    _cache(tmp_path, docker, registry).provide([crate], print)
+    # another worker on this engine installed `other` meanwhile
+    _cache(tmp_path / "elsewhere", docker, registry).provide([other], print)
+
+    assert _cache(tmp_path, docker, registry).provide([crate, other], print) == 0
+    assert docker.calls.count("shelf") == 3
+    assert registry.downloaded == ["itoa-1.0.0", "ryu-1.0.1"]
+
+
+def test_a_deps_volume_removed_and_made_again_is_filled_again(tmp_path):
+    crate, registry = _one_crate()
+    docker = FakeDocker()
+    cache = _cache(tmp_path, docker, registry)
+    cache.provide([crate], print)
+    first = docker.kept["deps"]
+
+    docker.remove_volume("deps")
+    assert cache.provide([crate], print) == 1
+
+    assert docker.kept["deps"] != first  # a new id: the old record does not hold for it
+    assert registry.downloaded == ["itoa-1.0.0", "itoa-1.0.0"]
+
+
+def test_a_deps_volume_made_without_an_id_is_asked_every_time(tmp_path):
+    crate, registry = _one_crate()
+    docker = FakeDocker()
+    docker.shelves["deps"] = FakeShelf()  # made by an older worker: no labels
+    cache = _cache(tmp_path, docker, registry)
+
+    cache.provide([crate], print)
+    assert cache.provide([crate], print) == 0
+
+    assert docker.calls.count("shelf") == 2
+    assert "deps" not in docker.kept
+    assert registry.downloaded == ["itoa-1.0.0"]

@@ -13,7 +13,7 @@ from crossfarm.shared.arch import Arch
 from crossfarm.shared.ids import BuildId
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.tree import tree_digest
-from crossfarm.shared.wire import CargoSpec, JobMessage, SourceTree, TreeEntry
+from crossfarm.shared.wire import CargoReuse, CargoSpec, JobMessage, SourceTree, TreeEntry
 from crossfarm.worker.app import consumed_queues
 from crossfarm.worker.heartbeat import describe
 from crossfarm.worker.pipeline import Toolbox, run_job
@@ -116,6 +116,43 @@ def test_the_next_build_of_a_project_reuses_its_target_dir_and_only_changed_file
     assert f"crossfarm-{JOB}-a2" in docker.removed
 
 
+def test_each_outcome_report_says_warm_or_cold_and_how_many_units_were_fresh(tmp_path):
+    storage = FakeStorage()
+    first = _store(storage, WORKSPACE)
+    second = _store(storage, {**WORKSPACE, "app/src/main.rs": b"fn main() {}\n"})
+    docker = FakeDocker([_build(fresh_greet=False), _build(fresh_greet=True)])
+    tools = _tools(tmp_path, docker, storage)
+
+    assert run_job(tools, _job(first), QUEUE) is BuildState.SUCCEEDED
+    assert run_job(tools, _job(second, attempt=2), QUEUE) is BuildState.SUCCEEDED
+
+    (_, new), (_, again) = tools.reporter.outcomes
+    assert new.reuse == CargoReuse(target_dir="warm", units=2, fresh=0)
+    assert again.reuse == CargoReuse(target_dir="warm", units=2, fresh=1)
+
+
+def test_a_cold_build_whose_cargo_failed_still_reports_its_target_dir(tmp_path):
+    storage = FakeStorage()
+    failing = Replay(lines=[_artifact("greet", "lib", False)], exit_code=101)
+    tools = _tools(tmp_path, FakeDocker([failing]), storage, warm_bytes=0)
+
+    assert run_job(tools, _job(_store(storage, WORKSPACE)), QUEUE) is BuildState.FAILED
+
+    [(_, outcome)] = tools.reporter.outcomes
+    assert outcome.reuse == CargoReuse(target_dir="cold", units=1, fresh=0)
+
+
+def test_a_job_that_ends_before_cargo_runs_reports_no_reuse(tmp_path):
+    storage = FakeStorage()
+    tools = _tools(tmp_path, FakeDocker([]), storage)
+    job = _job("f" * 64)  # no such tree in the store: the source step fails
+
+    assert run_job(tools, job, QUEUE) is BuildState.FAILED
+
+    [(_, outcome)] = tools.reporter.outcomes
+    assert outcome.reuse is None
+
+
 def test_a_build_whose_project_dir_another_build_holds_builds_cold(tmp_path):
     storage = FakeStorage()
     docker = FakeDocker([Replay()])
@@ -143,7 +180,7 @@ def test_builds_are_cold_without_a_tenant_with_warm_dirs_off_or_with_a_job_disk(
         assert run_job(tools, job, QUEUE) is BuildState.SUCCEEDED
         [build] = docker.containers
         assert build.step.env["CARGO_TARGET_DIR"] == "/work/target"
-        assert docker.kept == {}
+        assert set(docker.kept) == {tools.settings.deps_volume}  # and no warm dir
         assert f"crossfarm: cold target dir: {why}" in _log(tools, 1)
 
 
