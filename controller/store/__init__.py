@@ -5,7 +5,8 @@ One database, four stores by what they keep: `schema.py` (the tables, the engine
 schema-version check), `builds.py` (what was asked), `jobs.py` (where each target's job
 stands; every move a conditional UPDATE), `sources.py` (blobs and trees, and which tenant
 holds which), `workers.py` (heartbeats and drain requests), `tokens.py` (issued API
-tokens, by hash), `usage.py` (what each tenant holds, for its quotas). `Store` opens
+tokens, by hash), `usage.py` (what each tenant holds, for its quotas);
+`group_commit.py` commits writes that arrive together in one transaction. `Store` opens
 the database once and holds one of each.
 `vault.py` seals the values of a build's variables, the only values kept encrypted.
 """
@@ -43,4 +44,6 @@ class Store:
         self.credentials = CredentialStore(self.db, vault)
 
     def close(self) -> None:
+        """Stop taking writes, finish those under way, then let the database go."""
+        self.builds.close()
         self.db.close()
