@@ -12,13 +12,12 @@ from sqlalchemy import (
     ColumnElement,
     Table,
     and_,
+    bindparam,
     exists,
     func,
     insert,
-    literal,
     or_,
     select,
-    union_all,
 )
 from sqlalchemy.orm import Session, lazyload
 
@@ -122,6 +121,14 @@ def _new_job(job: NewJob, build_id: BuildId, tenant: str, created: datetime
     return row
 
 
+#: How many held jobs of a queue are ahead of one (queued before it; at the same instant,
+#: with a smaller id). Built once: building it per read cost a submit more than running it.
+_AHEAD = (select(func.count()).select_from(JobRow)
+          .where(JobRow.state == BuildState.QUEUED.value, JobRow.sent_at.is_(None),
+                 JobRow.queue == bindparam("queue"),
+                 or_(JobRow.queued_at < bindparam("at"),
+                     and_(JobRow.queued_at == bindparam("at"), JobRow.id < bindparam("id")))))
+
 #: A new build's row and its jobs' rows.
 _NewRows = tuple[dict[str, Any], list[dict[str, Any]]]
 
@@ -213,24 +220,10 @@ class BuildStore:
     @staticmethod
     def _positions(session: Session, jobs: list[JobRow]) -> dict[str, int]:
         """Each held job's place in line: 1 + the held jobs of its queue queued before
-        it, counted in one statement per 100 held jobs (a compound SELECT's terms are
-        limited)."""
-        held = [job for job in jobs if job.state == BuildState.QUEUED.value
-                and job.sent_at is None]
-        positions: dict[str, int] = {}
-        for start in range(0, len(held), 100):
-            parts = [
-                select(literal(job.id).label("id"), func.count().label("ahead"))
-                .select_from(JobRow)
-                .where(JobRow.state == BuildState.QUEUED.value, JobRow.sent_at.is_(None),
-                       JobRow.queue == job.queue,
-                       or_(JobRow.queued_at < job.queued_at,
-                           and_(JobRow.queued_at == job.queued_at, JobRow.id < job.id)))
-                for job in held[start:start + 100]
-            ]
-            positions.update({job_id: 1 + ahead
-                              for job_id, ahead in session.execute(union_all(*parts))})
-        return positions
+        it, one prepared statement per held job (a build has at most 16)."""
+        return {job.id: 1 + session.execute(_AHEAD, {
+                    "queue": job.queue, "at": job.queued_at, "id": job.id}).scalar_one()
+                for job in jobs if job.state == BuildState.QUEUED.value and job.sent_at is None}
 
     def settings(self, build_id: BuildId, target: str) -> BuildSettings:
         """What a job message of `target` repeats from its build."""

@@ -46,7 +46,7 @@ class StoreClosed(RuntimeError):
 class _Write(Generic[_T, _R]):
     """One caller's write, and how it ended."""
 
-    __slots__ = ("item", "leads", "done", "result", "error", "_woken")
+    __slots__ = ("_woken", "done", "error", "item", "leads", "result")
 
     def __init__(self, item: _T) -> None:
         self.item = item
@@ -114,6 +114,12 @@ class GroupCommit(Generic[_T, _R]):
         """How many writes wait for a transaction (not those in one now)."""
         with self._lock:
             return len(self._pending)
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called (new writes are refused)."""
+        with self._lock:
+            return self._closed
 
     def close(self) -> None:
         """Refuse new writes, and return once every accepted one has ended."""
