@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -39,6 +40,8 @@ from crossfarm.shared.ids import BuildId, JobId, SourceDigest, parse_build_id
 from crossfarm.shared.keys import QueueKey
 from crossfarm.shared.states import BuildState, born, overall_state
 from crossfarm.shared.wire import BuildView, CargoSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -133,19 +136,30 @@ _AHEAD = (select(func.count()).select_from(JobRow)
 _NewRows = tuple[dict[str, Any], list[dict[str, Any]]]
 
 
-def _insert(session: Session, builds: Sequence[_NewRows]) -> list[None]:
-    """Many builds with their jobs, in a few plain INSERTs: the ORM's unit of work doubled
-    the time a submit held the database's one writer (SQLite's), and a statement per
-    build as much again under a burst."""
+def _insert(session: Session, builds: Sequence[_NewRows]) -> list[dict[str, int]]:
+    """Many builds with their jobs, in a few plain INSERTs (the ORM's unit of work doubled
+    the time a submit held the database's one writer, SQLite's, and a statement per
+    build as much again under a burst); for each build, its held jobs' places in line
+    as of this transaction."""
     session.execute(insert(cast(Table, BuildRow.__table__)), [build for build, _ in builds])
-    jobs = [job for _, rows in builds for job in rows]
     # (one statement per shape of row: a job served from the cache has more columns)
     shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for job in jobs:
-        shapes.setdefault(tuple(sorted(job)), []).append(job)
+    for _, jobs in builds:
+        for job in jobs:
+            shapes.setdefault(tuple(sorted(job)), []).append(job)
     for rows in shapes.values():
         session.execute(insert(cast(Table, JobRow.__table__)), rows)
-    return [None] * len(builds)
+    return [_places(session, [(job["id"], job["queue"], job["queued_at"]) for job in jobs
+                              if job["state"] == BuildState.QUEUED.value])
+            for _, jobs in builds]
+
+
+def _places(session: Session, held: Iterable[tuple[str, str, datetime]]) -> dict[str, int]:
+    """Each held job's (id, queue, queued_at) place in line: 1 + the held jobs of its
+    queue queued before it, one prepared statement per job (a build has at most 16)."""
+    return {job_id: 1 + session.execute(_AHEAD, {"queue": queue, "at": at, "id": job_id}
+                                        ).scalar_one()
+            for job_id, queue, at in held}
 
 
 class BuildStore:
@@ -159,7 +173,7 @@ class BuildStore:
         # (a job's place in line moves with the others'): status reads by the hundred.
         self._views: Kept[BuildId, tuple[str, BuildView]] = Kept(
             db.clock, (BuildRow.__tablename__, JobRow.__tablename__))
-        self._inserts: GroupCommit[_NewRows, None] = GroupCommit(db, _insert)
+        self._inserts: GroupCommit[_NewRows, dict[str, int]] = GroupCommit(db, _insert)
 
     def add(self, new: NewBuild) -> BuildView:
         created = now()
@@ -179,16 +193,17 @@ class BuildStore:
         )
         jobs = [_new_job(job, new.build_id, new.tenant, created)
                 for job in sorted(new.jobs, key=lambda job: job.target)]  # as views list them
-        # Committed with the other submits of the moment, in one transaction.
-        self._inserts.write((build, jobs))
-        row = BuildRow(**build, jobs=[JobRow(**job) for job in jobs])
-        # Its place in line, counted after the commit: the write holds only the inserts.
-        with self._db.session() as session:
-            return _build_view(row, self._positions(session, row.jobs))
+        # Committed with the other submits of the moment, in one transaction, which
+        # counts each held job's place in line too: the answer needs no read after it.
+        positions = self._inserts.write((build, jobs))
+        return _build_view(BuildRow(**build, jobs=[JobRow(**job) for job in jobs]), positions)
 
     def close(self) -> None:
         """Refuse new builds; return once every one accepted is committed or refused."""
         self._inserts.close()
+        if self._inserts.batches:
+            log.info("group commit: %d builds recorded in %d transactions",
+                     self._inserts.writes, self._inserts.batches)
 
     def get(self, build_id: BuildId, tenant: str | None = None) -> BuildView:
         """A build with each held job's place in line, counted now rather than stored, so
@@ -219,11 +234,9 @@ class BuildStore:
 
     @staticmethod
     def _positions(session: Session, jobs: list[JobRow]) -> dict[str, int]:
-        """Each held job's place in line: 1 + the held jobs of its queue queued before
-        it, one prepared statement per held job (a build has at most 16)."""
-        return {job.id: 1 + session.execute(_AHEAD, {
-                    "queue": job.queue, "at": job.queued_at, "id": job.id}).scalar_one()
-                for job in jobs if job.state == BuildState.QUEUED.value and job.sent_at is None}
+        """Each held job's place in line, counted now rather than stored."""
+        return _places(session, [(job.id, job.queue, job.queued_at) for job in jobs
+                                 if job.state == BuildState.QUEUED.value and job.sent_at is None])
 
     def settings(self, build_id: BuildId, target: str) -> BuildSettings:
         """What a job message of `target` repeats from its build."""
