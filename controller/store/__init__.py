@@ -6,8 +6,9 @@ One database, stores by what they keep: `schema.py` (the tables, the engine),
 (where each target's job stands; every move a conditional UPDATE), `sources.py` (blobs
 and trees, and which tenant holds which), `workers.py` (heartbeats and drain requests),
 `tokens.py` (issued API tokens, by hash), `usage.py` (what each tenant holds, for its
-quotas). `Store` opens the database once and holds one of each. `vault.py` seals the
-values of a build's variables, the only values kept encrypted.
+quotas), `census.py` (counts for /metrics); `group_commit.py` commits writes that arrive
+together in one transaction. `Store` opens the database once and holds one of each.
+`vault.py` seals the values of a build's variables, the only values kept encrypted.
 """
 
 from __future__ import annotations
@@ -51,4 +52,6 @@ class Store:
         self.census = CensusStore(self.db)
 
     def close(self) -> None:
+        """Stop taking writes, finish those under way, then let the database go."""
+        self.builds.close()
         self.db.close()

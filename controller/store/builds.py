@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -11,16 +13,16 @@ from sqlalchemy import (
     ColumnElement,
     Table,
     and_,
+    bindparam,
     exists,
     func,
     insert,
-    literal,
     or_,
     select,
-    union_all,
 )
 from sqlalchemy.orm import Session, lazyload
 
+from crossfarm.controller.store.group_commit import GroupCommit
 from crossfarm.controller.store.jobs import JobRecord, job_view
 from crossfarm.controller.store.schema import (
     DEFAULT_TENANT,
@@ -38,6 +40,8 @@ from crossfarm.shared.ids import BuildId, JobId, SourceDigest, parse_build_id
 from crossfarm.shared.keys import QueueKey
 from crossfarm.shared.states import BuildState, born, overall_state
 from crossfarm.shared.wire import BuildView, CargoSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,44 @@ def _new_job(job: NewJob, build_id: BuildId, tenant: str, created: datetime
     return row
 
 
+#: How many held jobs of a queue are ahead of one (queued before it; at the same instant,
+#: with a smaller id). Built once: building it per read cost a submit more than running it.
+_AHEAD = (select(func.count()).select_from(JobRow)
+          .where(JobRow.state == BuildState.QUEUED.value, JobRow.sent_at.is_(None),
+                 JobRow.queue == bindparam("queue"),
+                 or_(JobRow.queued_at < bindparam("at"),
+                     and_(JobRow.queued_at == bindparam("at"), JobRow.id < bindparam("id")))))
+
+#: A new build's row and its jobs' rows.
+_NewRows = tuple[dict[str, Any], list[dict[str, Any]]]
+
+
+def _insert(session: Session, builds: Sequence[_NewRows]) -> list[dict[str, int]]:
+    """Many builds with their jobs, in a few plain INSERTs (the ORM's unit of work doubled
+    the time a submit held the database's one writer, SQLite's, and a statement per
+    build as much again under a burst); for each build, its held jobs' places in line
+    as of this transaction."""
+    session.execute(insert(cast(Table, BuildRow.__table__)), [build for build, _ in builds])
+    # (one statement per shape of row: a job served from the cache has more columns)
+    shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for _, jobs in builds:
+        for job in jobs:
+            shapes.setdefault(tuple(sorted(job)), []).append(job)
+    for rows in shapes.values():
+        session.execute(insert(cast(Table, JobRow.__table__)), rows)
+    return [_places(session, [(job["id"], job["queue"], job["queued_at"]) for job in jobs
+                              if job["state"] == BuildState.QUEUED.value])
+            for _, jobs in builds]
+
+
+def _places(session: Session, held: Iterable[tuple[str, str, datetime]]) -> dict[str, int]:
+    """Each held job's (id, queue, queued_at) place in line: 1 + the held jobs of its
+    queue queued before it, one prepared statement per job (a build has at most 16)."""
+    return {job_id: 1 + session.execute(_AHEAD, {"queue": queue, "at": at, "id": job_id}
+                                        ).scalar_one()
+            for job_id, queue, at in held}
+
+
 class BuildStore:
     """Builds: record one with its jobs, read one back, list them a page at a time. The values of
     its variables are stored sealed by `vault`, their names in clear."""
@@ -131,6 +173,7 @@ class BuildStore:
         # (a job's place in line moves with the others'): status reads by the hundred.
         self._views: Kept[BuildId, tuple[str, BuildView]] = Kept(
             db.clock, (BuildRow.__tablename__, JobRow.__tablename__))
+        self._inserts: GroupCommit[_NewRows, dict[str, int]] = GroupCommit(db, _insert)
 
     def add(self, new: NewBuild) -> BuildView:
         created = now()
@@ -150,18 +193,17 @@ class BuildStore:
         )
         jobs = [_new_job(job, new.build_id, new.tenant, created)
                 for job in sorted(new.jobs, key=lambda job: job.target)]  # as views list them
-        with self._db.session() as session:
-            # Plain INSERTs: the ORM's unit of work doubled the time a submit holds the
-            # database's one writer (SQLite's).
-            session.execute(insert(cast(Table, BuildRow.__table__)), [build])
-            # (one statement per shape of row: a job served from the cache has more columns)
-            for shape in {tuple(sorted(job)) for job in jobs}:
-                session.execute(insert(cast(Table, JobRow.__table__)),
-                                [job for job in jobs if tuple(sorted(job)) == shape])
-        row = BuildRow(**build, jobs=[JobRow(**job) for job in jobs])
-        # Its place in line, counted after the commit: the write holds only the inserts.
-        with self._db.session() as session:
-            return _build_view(row, self._positions(session, row.jobs))
+        # Committed with the other submits of the moment, in one transaction, which
+        # counts each held job's place in line too: the answer needs no read after it.
+        positions = self._inserts.write((build, jobs))
+        return _build_view(BuildRow(**build, jobs=[JobRow(**job) for job in jobs]), positions)
+
+    def close(self) -> None:
+        """Refuse new builds; return once every one accepted is committed or refused."""
+        self._inserts.close()
+        if self._inserts.batches:
+            log.info("group commit: %d builds recorded in %d transactions",
+                     self._inserts.writes, self._inserts.batches)
 
     def get(self, build_id: BuildId, tenant: str | None = None) -> BuildView:
         """A build with each held job's place in line, counted now rather than stored, so
@@ -192,25 +234,9 @@ class BuildStore:
 
     @staticmethod
     def _positions(session: Session, jobs: list[JobRow]) -> dict[str, int]:
-        """Each held job's place in line: 1 + the held jobs of its queue queued before
-        it, counted in one statement per 100 held jobs (a compound SELECT's terms are
-        limited)."""
-        held = [job for job in jobs if job.state == BuildState.QUEUED.value
-                and job.sent_at is None]
-        positions: dict[str, int] = {}
-        for start in range(0, len(held), 100):
-            parts = [
-                select(literal(job.id).label("id"), func.count().label("ahead"))
-                .select_from(JobRow)
-                .where(JobRow.state == BuildState.QUEUED.value, JobRow.sent_at.is_(None),
-                       JobRow.queue == job.queue,
-                       or_(JobRow.queued_at < job.queued_at,
-                           and_(JobRow.queued_at == job.queued_at, JobRow.id < job.id)))
-                for job in held[start:start + 100]
-            ]
-            positions.update({job_id: 1 + ahead
-                              for job_id, ahead in session.execute(union_all(*parts))})
-        return positions
+        """Each held job's place in line, counted now rather than stored."""
+        return _places(session, [(job.id, job.queue, job.queued_at) for job in jobs
+                                 if job.state == BuildState.QUEUED.value and job.sent_at is None])
 
     def settings(self, build_id: BuildId, target: str) -> BuildSettings:
         """What a job message of `target` repeats from its build."""
