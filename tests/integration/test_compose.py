@@ -185,6 +185,21 @@ def test_redis_keeps_an_append_only_file(farm: ComposeFarm) -> None:
         "appendonly", "yes"]
 
 
+def test_the_controller_and_the_worker_report_healthy_through_their_own_probes(
+        farm: ComposeFarm) -> None:
+    # compose's healthchecks call the controller's /readyz (database, Redis, S3) and the
+    # worker's /healthz (its heartbeat thread), the endpoints Helm's probes use too.
+    def health(service: str) -> str:
+        container = farm.compose("ps", "-q", service).stdout.strip()
+        return subprocess.run(["docker", "inspect", "--format", "{{.State.Health.Status}}",
+                               container], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    for service in ("controller", "worker"):
+        until(lambda service=service: health(service) == "healthy",
+              f"compose's {service} to be healthy", timeout=300, every=2)
+
+
 def test_down_with_volumes_leaves_nothing_of_the_project(farm: ComposeFarm) -> None:
     farm.save_logs()
     farm.compose("down", "-v", "--timeout", "30")
