@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
-from crossfarm.controller.store import Store
+from crossfarm.controller.store import Store, migrations
 from crossfarm.controller.store.builds import NewBuild, NewJob
 from crossfarm.controller.store.group_commit import GroupCommit, StoreClosed
 from crossfarm.controller.store.schema import Database, MetaRow
@@ -53,7 +53,9 @@ class Recorder:
 
 @pytest.fixture
 def db(tmp_path):
-    db = Database(f"sqlite:///{tmp_path}/db.sqlite")
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    migrations.prepare(url, migrate=False)  # an empty database gets the newest tables
+    db = Database(url)
     yield db
     db.close()
 
@@ -127,22 +129,24 @@ def test_each_caller_gets_its_own_result(db):
 
 
 def test_one_bad_write_fails_alone_and_the_others_of_its_batch_commit(db):
+    with db.session() as session:
+        session.execute(insert(MetaRow), [{"key": "taken", "value": "kept"}])
     recorder = Recorder()
     _, callers = _held_first_batch(db, recorder)
     callers.start_queued("ok-1", "one")
-    callers.start_queued("schema_version", "a key that exists: refused by the database")
+    callers.start_queued("taken", "a key that exists: refused by the database")
     callers.start_queued("ok-2", "two")
     recorder.gate.set()
     callers.join()
-    assert isinstance(callers.results["schema_version"], IntegrityError)
+    assert isinstance(callers.results["taken"], IntegrityError)
     assert callers.results["ok-1"] == "stored ok-1"
     assert callers.results["ok-2"] == "stored ok-2"
     stored = _stored(db)
     assert (stored["ok-1"], stored["ok-2"]) == ("one", "two")
-    assert stored["schema_version"] != "a key that exists: refused by the database"
+    assert stored["taken"] == "kept"
     # the shared try, then each of the three alone, in arrival order
-    assert recorder.batches[1:] == [["ok-1", "schema_version", "ok-2"],
-                                    ["ok-1"], ["schema_version"], ["ok-2"]]
+    assert recorder.batches[1:] == [["ok-1", "taken", "ok-2"],
+                                    ["ok-1"], ["taken"], ["ok-2"]]
 
 
 def test_a_write_that_fails_alone_raises_its_own_error_and_stores_nothing(db):
