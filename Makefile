@@ -66,7 +66,7 @@ image-builder-amd64:
 image-fetcher-amd64:
 	deploy/images/local-build.sh --keep fetcher amd64 $(FETCHER_IMAGE)
 
-# The arm64 ones run under QEMU user emulation (~12 and ~19 min to make on 2 cores,
+# The arm64 ones run under QEMU user emulation (3-13 and 4.5-19 min on 2 cores, by load;
 # started first as the longest); the script re-registers qemu-aarch64 with binfmt_misc
 # every time, as a reboot drops it.
 images: image-builder-arm64 image-crossfarm-arm64 image
