@@ -14,7 +14,7 @@ APT_PACKAGES := redis-server postgresql mmdebstrap qemu-user-static binfmt-suppo
 
 DIST ?= dist
 
-.PHONY: up down test lint typecheck unit integration install image images demo dist release-images release-test \
+.PHONY: up down test lint typecheck unit integration install image images demo dist release-images release-build release-test \
 	image-builder-amd64 image-fetcher-amd64 image-builder-arm64 image-crossfarm-arm64 image-builder-163
 
 up: install image ## install what is missing, start the farm here, run a demo build
@@ -96,6 +96,13 @@ dist: ## the wheel and the sdist in $(DIST)/, checked with twine
 release-images:
 	@[ -n "$(REGISTRY)" ] || { echo "make release-images REGISTRY=host:port [TAG=…]" >&2; exit 2; }
 	deploy/images/release.sh $(REGISTRY) $(TAG)
+
+# Every release image built locally for both arches (local-build.sh's names), nothing
+# pushed: .ci/run starts it at the lowest priority beside `make test`, so the release
+# tier then finds them built.
+release-build:
+	@for name in builder crossfarm infra fetcher; do for arch in arm64 amd64; do \
+	  deploy/images/local-build.sh $$name $$arch || exit 1; done; done
 
 # The slow tier: the images published to a registry on loopback, and compose brought up
 # from them with a build through it. Too slow for `make test`; .ci/run runs it after.
