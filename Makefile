@@ -4,14 +4,18 @@ PYTHON ?= python3
 STATE ?= .crossfarm
 BUILDER_IMAGE ?= crossfarm/builder:1
 FETCHER_IMAGE ?= crossfarm/fetcher:1
-ARM64_IMAGE ?= crossfarm/arm64-test:1
+# The tests' truly-arm64 worker: the production controller/worker image and builder for
+# arm64 (deploy/images/crossfarm, builder --arch arm64), running under QEMU here.
+ARM64_WORKER_IMAGE ?= crossfarm/crossfarm:test-arm64
+ARM64_BUILDER_IMAGE ?= crossfarm/builder:1-arm64
 # a second toolchain (Debian's rustc 1.63, with the wasm32 std) for the toolchain tests
 BUILDER_163_IMAGE ?= crossfarm/builder-1.63:1
 APT_PACKAGES := redis-server postgresql mmdebstrap qemu-user-static binfmt-support libc6-arm64-cross libgcc-s1-arm64-cross file git procps iproute2 docker-registry docker-compose chromium
 
 DIST ?= dist
 
-.PHONY: up down test lint typecheck unit integration install image images demo dist release-images release-test
+.PHONY: up down test lint typecheck unit integration install image images demo dist release-images release-build release-test \
+	image-builder-amd64 image-fetcher-amd64 image-builder-arm64 image-crossfarm-arm64 image-builder-163
 
 up: install image ## install what is missing, start the farm here, run a demo build
 	$(PYTHON) deploy/local/farm.py up --dir $(STATE)
@@ -50,18 +54,34 @@ install: ## apt and pip packages, only what is missing
 	  || $(PYTHON) -m pip install -q -e '.[dev]'
 	@docker info >/dev/null 2>&1 || { echo "the Docker engine does not answer: start dockerd" >&2; exit 1; }
 
-image: ## the builder and fetcher images, built with no registry when missing
-	@docker image inspect $(BUILDER_IMAGE) >/dev/null 2>&1 \
-	  || deploy/images/builder/build-offline.sh $(BUILDER_IMAGE)
-	@docker image inspect $(FETCHER_IMAGE) >/dev/null 2>&1 \
-	  || deploy/images/fetcher/build-offline.sh $(FETCHER_IMAGE)
+# Every image the tests need is a local build of deploy/images/local-build.sh, the one
+# release.sh publishes (crossfarm-release/NAME:HASH-ARCH), tagged with the name the tests
+# use: CI builds each image once, `make release-test` reuses them. A tag that exists is
+# kept (--keep): the tests mount this checkout's code into the worker image anyway
+# (tests/integration/test_arm64_worker.py), so an edit does not cost a rebuild under QEMU.
+# One target an image, so `make -j2 images` builds two at a time (.ci/run does).
+image: image-builder-amd64 image-fetcher-amd64 ## the builder and fetcher images, built with no registry when missing
 
-# The tests also need the arm64 image (a truly-arm64 worker under QEMU, ~8 min to make);
-# its script re-registers qemu-aarch64 with binfmt_misc every time, as a reboot drops it.
-images: image
+image-builder-amd64:
+	deploy/images/local-build.sh --keep builder amd64 $(BUILDER_IMAGE)
+
+image-fetcher-amd64:
+	deploy/images/local-build.sh --keep fetcher amd64 $(FETCHER_IMAGE)
+
+# The arm64 ones run under QEMU user emulation (3-13 and 4.5-19 min on 2 cores, by load;
+# started first as the longest); the script re-registers qemu-aarch64 with binfmt_misc
+# every time, as a reboot drops it.
+images: image-builder-arm64 image-crossfarm-arm64 image image-builder-163
+
+image-builder-arm64:
+	deploy/images/local-build.sh --keep builder arm64 $(ARM64_BUILDER_IMAGE)
+
+image-crossfarm-arm64:
+	deploy/images/local-build.sh --keep crossfarm arm64 $(ARM64_WORKER_IMAGE)
+
+image-builder-163:
 	@docker image inspect $(BUILDER_163_IMAGE) >/dev/null 2>&1 \
 	  || deploy/images/builder-1.63/build-offline.sh $(BUILDER_163_IMAGE)
-	deploy/images/arm64-test/build-offline.sh $(ARM64_IMAGE)
 
 # What CI installs the CLI from (docs/ci.md): the wheel, and the sdist it was built from
 # (python -m build makes the wheel out of the sdist, so a file the sdist lacks is missing
@@ -76,6 +96,13 @@ dist: ## the wheel and the sdist in $(DIST)/, checked with twine
 release-images:
 	@[ -n "$(REGISTRY)" ] || { echo "make release-images REGISTRY=host:port [TAG=…]" >&2; exit 2; }
 	deploy/images/release.sh $(REGISTRY) $(TAG)
+
+# Every release image built locally for both arches (local-build.sh's names), nothing
+# pushed: .ci/run starts it at the lowest priority beside `make test`, so the release
+# tier then finds them built.
+release-build:
+	@for name in builder crossfarm infra fetcher; do for arch in arm64 amd64; do \
+	  deploy/images/local-build.sh $$name $$arch || exit 1; done; done
 
 # The slow tier: the images published to a registry on loopback, and compose brought up
 # from them with a build through it. Too slow for `make test`; .ci/run runs it after.

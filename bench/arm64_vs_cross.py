@@ -3,7 +3,7 @@
 (its Python and its builder run under QEMU on this x86_64 machine: emulated), and with
 the cross toolchain on the amd64 worker. Prints both wall times and their ratio.
 
-Needs `make up`'s farm and the arm64 image (`make images`). Run by hand:
+Needs `make up`'s farm and the arm64 images (`make images`). Run by hand:
 
     python bench/arm64_vs_cross.py [CRATE_DIR]
 
@@ -14,7 +14,6 @@ crossfarm saves a user who would otherwise emulate: the ratio emulated / cross.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +30,9 @@ sys.path.insert(0, str(REPO / "deploy" / "local"))
 import farm as localfarm  # noqa: E402
 
 ARM = "aarch64-unknown-linux-gnu"
+# the production arm64 images, as `make images` tags them (Makefile)
+ARM64_WORKER_IMAGE = "crossfarm/crossfarm:test-arm64"
+ARM64_BUILDER_IMAGE = "crossfarm/builder:1-arm64"
 
 
 
@@ -50,14 +52,12 @@ def main() -> None:
     farm = localfarm.Farm(dir=(REPO / ".crossfarm").resolve(), redis_port=6379, s3_port=8333,
                           controller_port=8700)
     with tempfile.TemporaryDirectory() as tmp, FarmClient(farm.controller_url) as client:
-        wheels = Path(tmp) / "wheels"
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
-                        str(wheels), str(REPO)], check=True)
         copy = Path(tmp) / "crate"
         shutil.copytree(crate, copy, ignore=shutil.ignore_patterns("target"))
         source = send(client, scan(copy)).status.digest
-        container = farm.start_container_worker("bench-arm64", "crossfarm/arm64-test:1",
-                                                wheels, CROSSFARM_HEARTBEAT_S="2")
+        container = farm.start_container_worker("bench-arm64", ARM64_WORKER_IMAGE,
+                                                ARM64_BUILDER_IMAGE, REPO,
+                                                CROSSFARM_HEARTBEAT_S="2")
         try:
             native_s, native = timed_build(client, source, Placement.NATIVE)
         finally:

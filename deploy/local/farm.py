@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,6 +34,8 @@ from pathlib import Path
 ACCESS_KEY = "crossfarm"
 SECRET_KEY = "crossfarm-local-secret"
 BUCKET = "crossfarm"
+#: where a container worker finds the checkout's code (start_container_worker)
+CODE_MOUNT = "/crossfarm-code"
 
 
 def free_port() -> int:
@@ -201,34 +204,38 @@ class Farm:
         _wait(lambda: self.worker_state(worker) == "online", f"worker {name}", proc, 60)
         return proc
 
-    def start_container_worker(self, name: str, image: str, wheels: Path,
+    def start_container_worker(self, name: str, image: str, builder: str, checkout: Path,
                                **extra: str) -> str:
-        """A worker in a container of `image` (e.g. the arm64 test image, whose Python runs
-        as aarch64 under QEMU), on the host's network and Docker engine, running the
-        crossfarm wheel in `wheels`. Returns the container's name; stop_container removes it."""
+        """A worker in a container of `image` (e.g. the arm64 controller/worker image, whose
+        Python runs as aarch64 under QEMU), on the host's network and Docker engine,
+        building in containers of `builder` and running the code of `checkout`, not the
+        image's own. Returns the container's name; stop_container removes it."""
         container = f"crossfarm-{name}"
+        code = self.stage_code(checkout, self.dir / f"{container}.code")
         ca = "/etc/ssl/certs/ca-certificates.crt"
         env = {k: v for k, v in self.env().items() if k.startswith("CROSSFARM_")}
         env.pop("CROSSFARM_CROSS_ARCHES", None)
         # No job disk budget: loop devices are the host's, out of an unprivileged
         # container's reach (as for compose and Helm workers; docs/security.md).
-        env.update(CROSSFARM_WORKER_NAME=name, CROSSFARM_BUILDER_IMAGE=image,
+        env.update(CROSSFARM_WORKER_NAME=name, CROSSFARM_BUILDER_IMAGE=builder,
                    CROSSFARM_SCRATCH_DIR="/tmp/crossfarm", CROSSFARM_JOB_DISK_BYTES="0",
                    # its egress sockets would be in the container, not on the engine's host
-                   CROSSFARM_FETCHER_IMAGE="", CROSSFARM_HEALTH_PORT=str(free_port()))
+                   CROSSFARM_FETCHER_IMAGE="", CROSSFARM_HEALTH_PORT=str(free_port()),
+                   # ahead of the image's site-packages: the checkout's crossfarm wins
+                   PYTHONPATH=CODE_MOUNT)
         env.update(extra)
         self.health_ports[name] = int(env["CROSSFARM_HEALTH_PORT"])
         if Path(ca).is_file():  # the build containers mount it from the host: same path
             env["CROSSFARM_CA_BUNDLE"] = ca
         subprocess.run(["docker", "rm", "-f", container], capture_output=True)
         run = ["docker", "run", "-d", "--name", container, "--user", "0", "--network", "host",
-               "-v", "/var/run/docker.sock:/var/run/docker.sock", "-v", f"{wheels}:/wheels:ro"]
+               "-v", "/var/run/docker.sock:/var/run/docker.sock",
+               "-v", f"{code}:{CODE_MOUNT}:ro"]
         if "CROSSFARM_CA_BUNDLE" in env:
             run += ["-v", f"{ca}:{ca}:ro"]
         for key, value in env.items():
             run += ["-e", f"{key}={value}"]
-        run += [image, "sh", "-c", "python3 -m pip install -q --root-user-action=ignore "
-                "--no-deps /wheels/crossfarm-*.whl && exec crossfarm-worker"]
+        run += [image, "python3", "-m", "crossfarm.worker"]
         subprocess.run(run, check=True, capture_output=True)
         deadline = time.monotonic() + 600  # Python under QEMU imports slowly
         while self.worker_state(name) != "online":
@@ -247,6 +254,24 @@ class Farm:
         logs = subprocess.run(["docker", "logs", container], capture_output=True, text=True)
         (self.dir / f"{container}.log").write_text(logs.stdout + logs.stderr)
         subprocess.run(["docker", "rm", "-f", container], capture_output=True)
+
+    @staticmethod
+    def stage_code(checkout: Path, dest: Path) -> Path:
+        """The crossfarm distribution of `checkout`, installed without its dependencies
+        into `dest` (emptied first) for a container to put on its PYTHONPATH: an image
+        built earlier then runs the code under test. Only pure Python, so one copy serves
+        every architecture; compiled here when this Python's bytecode is the images'
+        (Debian bookworm: 3.11), which spares an emulated start the compile."""
+        shutil.rmtree(dest, ignore_errors=True)
+        pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                              "--no-compile", "--disable-pip-version-check", "--target",
+                              str(dest), str(checkout)], capture_output=True, text=True)
+        if pip.returncode:
+            raise RuntimeError(f"pip could not install {checkout} into {dest}:\n{pip.stderr}")
+        if sys.version_info[:2] == (3, 11):
+            subprocess.run([sys.executable, "-m", "compileall", "-q", str(dest / "crossfarm")],
+                           check=True, capture_output=True)
+        return dest
 
     def worker_state(self, name: str) -> str | None:
         """The fleet's word on a worker (online, draining, drained, lost), None if unknown."""

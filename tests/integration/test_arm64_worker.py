@@ -1,14 +1,22 @@
-"""A truly-arm64 worker: its Python runs as aarch64 under QEMU, it registers as arm64 by
-detection, consumes the arm64 queue and builds natively in an arm64 builder container.
-With it up, aarch64 jobs land on it and x86_64 jobs never do; with it gone, `native`
-waits with the reason shown and `cross-ok` completes on the amd64 worker."""
+"""A truly-arm64 worker: the production arm64 controller/worker image (its Python runs as
+aarch64 under QEMU) with the production arm64 builder, both as `make images` builds them
+for the release tier too. It registers as arm64 by detection, consumes the arm64 queue
+and builds natively; with its cross toolchain it serves x86_64 too. With it up, aarch64
+jobs land on it and x86_64 jobs never do unless the amd64 worker is drained and
+`cross-ok` allows its cross toolchain; with it gone, `native` waits with the reason
+shown and `cross-ok` completes on the amd64 worker.
+
+The image holds a crossfarm wheel of whatever checkout built it, which `make images`
+keeps while it exists. The worker runs this checkout's code instead (staged on the host
+and put ahead on its PYTHONPATH, see Farm.start_container_worker): rebuilding the image
+under QEMU for every edit would cost ~12 minutes, and reinstalling into it needs pip,
+which the production image leaves out."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,22 +30,32 @@ from crossfarm.shared.wire import BuildView
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-IMAGE = "crossfarm/arm64-test:1"
+# The Makefile's ARM64_WORKER_IMAGE and ARM64_BUILDER_IMAGE.
+WORKER_IMAGE = "crossfarm/crossfarm:test-arm64"
+BUILDER_IMAGE = "crossfarm/builder:1-arm64"
 NAME = "worker-arm64"
 X86 = "x86_64-unknown-linux-gnu"
 ARM = "aarch64-unknown-linux-gnu"
 
 
 
+def _image_arch(image: str) -> str | None:
+    inspect = subprocess.run(["docker", "image", "inspect", "-f", "{{.Architecture}}", image],
+                             capture_output=True, text=True)
+    return inspect.stdout.strip() if inspect.returncode == 0 else None
+
+
 @pytest.fixture(scope="module")
-def arm64_worker(farm, tmp_path_factory):
-    """The arm64 worker, running the crossfarm wheel built from this checkout."""
-    if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode:
-        pytest.fail(f"{IMAGE} is missing: make images", pytrace=False)
-    wheels = tmp_path_factory.mktemp("wheels")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels),
-                    str(REPO)], check=True, capture_output=True)
-    container = farm.start_container_worker(NAME, IMAGE, wheels, CROSSFARM_HEARTBEAT_S="2",
+def arm64_worker(farm):
+    """The arm64 worker, running this checkout's code, with a cross toolchain to x86_64."""
+    for image in (WORKER_IMAGE, BUILDER_IMAGE):
+        arch = _image_arch(image)
+        if arch != "arm64":
+            pytest.fail(f"{image} is {'missing' if arch is None else 'for ' + arch}: "
+                        "make images", pytrace=False)
+    container = farm.start_container_worker(NAME, WORKER_IMAGE, BUILDER_IMAGE, REPO,
+                                            CROSSFARM_CROSS_ARCHES="amd64",
+                                            CROSSFARM_HEARTBEAT_S="2",
                                             CROSSFARM_BUILD_CPUS="2")
     try:
         yield NAME
@@ -62,6 +80,19 @@ def test_crossfarm_test_runs_aarch64_tests_on_the_arm64_worker_natively(
     assert "running on aarch64" in result.stderr
 
 
+def test_the_arm64_builder_runs_cargo_as_the_build_user_with_aarch64_as_its_host():
+    """The build user and a native aarch64 toolchain: what native arm64 jobs rely on."""
+    assert _image_arch(BUILDER_IMAGE) == "arm64", f"{BUILDER_IMAGE} is missing: make images"
+    run = ["docker", "run", "--rm", "--network", "none", BUILDER_IMAGE, "sh", "-c",
+           "id -u && cargo --version && rustc -vV"]
+    out = subprocess.run(run, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "10001"
+    assert lines[1].startswith("cargo ")
+    assert "host: aarch64-unknown-linux-gnu" in lines
+
+
 def _fleet(farm) -> dict:
     return httpx.get(f"{farm.controller_url}/v1/workers", headers=farm.auth, timeout=30).json()
 
@@ -69,10 +100,23 @@ def _fleet(farm) -> dict:
 def test_the_arm64_worker_registers_as_arm64_by_detection(farm, arm64_worker):
     worker = next(w for w in _fleet(farm)["workers"] if w["name"] == arm64_worker)
     assert worker["info"]["arch"] == "arm64"
-    assert worker["info"]["queues"] == {"crossfarm.builds.arm64": "native"}
-    assert worker["info"]["targets"] == [ARM]
+    assert worker["info"]["queues"] == {"crossfarm.builds.arm64": "native",
+                                        "crossfarm.builds.amd64.cross": "cross"}
+    assert worker["info"]["targets"] == [ARM, X86]
     arches = {a["arch"]: a for a in _fleet(farm)["arches"]}
     assert arches["arm64"]["workers_online"] == 1
+
+
+def test_the_arm64_worker_runs_this_checkouts_code_as_aarch64(arm64_worker):
+    probe = ("import platform, crossfarm.worker as w, crossfarm.shared as s; "
+             "print(platform.machine(), w.__file__, s.__file__)")
+    out = subprocess.run(["docker", "exec", f"crossfarm-{arm64_worker}", "python3", "-c", probe],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    machine, worker_file, shared_file = out.stdout.split()
+    assert machine == "aarch64"
+    assert worker_file.startswith("/crossfarm-code/crossfarm/worker/")
+    assert shared_file.startswith("/crossfarm-code/crossfarm/shared/")
 
 
 def test_aarch64_lands_natively_on_the_arm64_worker_and_x86_64_never_does(
@@ -93,6 +137,26 @@ def test_aarch64_lands_natively_on_the_arm64_worker_and_x86_64_never_does(
     out = subprocess.run(["qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu", binary],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "hello from aarch64: answer=42"
+
+
+def test_with_the_amd64_worker_drained_x86_64_cross_builds_on_the_arm64_worker(
+        farm, arm64_worker, only, crate, cli):
+    """Issue #12: the arm64 builder's cross toolchain makes x86_64 code that runs here."""
+    started = time.monotonic()
+    result = cli(crate, "build", "--target", X86, "--release", "--placement", "cross-ok",
+                 "--json", timeout=1800)
+    print(f"x86_64 cross build on the arm64 worker (emulated host): "
+          f"{time.monotonic() - started:.0f} s")
+    assert result.returncode == 0, result.stderr
+    job = json.loads(result.stdout)["build"]["jobs"][0]
+    assert (job["worker"], job["mode"], job["consumed_from"]) == (
+        arm64_worker, "cross", "crossfarm.builds.amd64.cross")
+    assert job["placed"].startswith("cross: no amd64 worker online")
+    binary = crate / "target" / X86 / "release" / "hello-c"
+    kind = subprocess.run(["file", "-b", binary], capture_output=True, text=True, check=True)
+    assert "x86-64" in kind.stdout
+    out = subprocess.run([binary], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "hello from x86_64: answer=42"
 
 
 def test_with_the_arm64_worker_gone_native_waits_and_cross_ok_crosses(
@@ -123,7 +187,7 @@ def test_emulate_ok_builds_in_an_arm64_builder_under_emulation_as_a_last_resort(
         api.post("/v1/workers/worker-amd64/drain")  # no cross toolchain online either
         try:
             farm.start_worker("worker-emu", CROSSFARM_EMULATE_ARCHES="arm64",
-                              CROSSFARM_EMULATION_IMAGES=json.dumps({"arm64": IMAGE}),
+                              CROSSFARM_EMULATION_IMAGES=json.dumps({"arm64": BUILDER_IMAGE}),
                               CROSSFARM_HEARTBEAT_S="1")
             started = time.monotonic()
             # A build under QEMU user emulation was once seen to hang in a fork (a known

@@ -227,7 +227,7 @@ def test_targets_lists_each_toolchain_and_where_each_target_goes(farm, toolchain
 
 def test_emulate_ok_runs_aarch64_tests_in_an_emulated_arm64_builder(
         farm, toolchain_worker, cli, tmp_path):
-    arm64_image = "crossfarm/arm64-test:1"
+    arm64_image = "crossfarm/builder:1-arm64"  # the Makefile's ARM64_BUILDER_IMAGE
     if subprocess.run(["docker", "image", "inspect", arm64_image],
                       capture_output=True).returncode:
         pytest.fail(f"{arm64_image} is missing: make images", pytrace=False)
