@@ -86,6 +86,10 @@ class Farm:
     worker_token: str | None = None
     #: each worker's /healthz and /readyz port on its host, by worker name
     health_ports: dict[str, int] = field(default_factory=dict)
+    #: the farm's bucket. A bucket belongs to one farm: its controller's sweep aborts
+    #: every unfinished upload there that its own record does not know as running, so a
+    #: second farm on the same object store needs a bucket of its own.
+    bucket: str = BUCKET
 
     def __post_init__(self) -> None:
         if (self.client_token or self.operator_token) and not self.worker_token:
@@ -120,7 +124,7 @@ class Farm:
         env.update({
             "CROSSFARM_REDIS_URL": self.redis_url,
             "CROSSFARM_S3_ENDPOINT": self.s3_url,
-            "CROSSFARM_S3_BUCKET": BUCKET,
+            "CROSSFARM_S3_BUCKET": self.bucket,
             "CROSSFARM_S3_ACCESS_KEY": ACCESS_KEY,
             "CROSSFARM_S3_SECRET_KEY": SECRET_KEY,
             "CROSSFARM_CONTROLLER_URL": self.controller_url,
@@ -181,7 +185,7 @@ class Farm:
             "weed", "mini", f"-dir={data}", f"-ip={self.host}", f"-ip.bind={self.host}",
             f"-master.port={ports[0]}", f"-volume.port={ports[1]}", f"-filer.port={ports[2]}",
             f"-admin.port={ports[3]}", f"-s3.port={self.s3_port}", "-s3.port.iceberg=0",
-            "-s3.port.lance=0", "-webdav=false", f"-s3.config={config}", f"-bucket={BUCKET}",
+            "-s3.port.lance=0", "-webdav=false", f"-s3.config={config}", f"-bucket={self.bucket}",
         ])
         _wait(lambda: _http_ok(self.s3_url), "weed mini (S3)", proc, 60)
 

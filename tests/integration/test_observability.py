@@ -129,7 +129,11 @@ def watched(farm, tmp_path_factory) -> Iterator[Watched]:
     """A farm of this module's own: its own Redis (stopped by a test), controller and one
     worker, with task events on, and Flower on its broker; the object store is the shared
     farm's (nothing here stops it)."""
-    own = localfarm.Farm(dir=tmp_path_factory.mktemp("watched"), s3_port=farm.s3_port)
+    # A bucket of its own on the shared object store: each controller's upload sweep
+    # aborts the unfinished uploads its record does not know (this farm's builds are
+    # unknown to the shared farm's controller), so two farms never share a bucket.
+    own = localfarm.Farm(dir=tmp_path_factory.mktemp("watched"), s3_port=farm.s3_port,
+                         bucket="crossfarm-watched")
     flower_port = localfarm.free_port()
     try:
         own.start_redis()
