@@ -15,7 +15,7 @@ from crossfarm.controller.store.jobs import JobRecord, Outcome
 from crossfarm.controller.store.schema import DEFAULT_TENANT
 from crossfarm.shared import keys
 from crossfarm.shared.arch import Arch, BuildMode, Placement, is_neutral, target_arch
-from crossfarm.shared.errors import InvalidRequest
+from crossfarm.shared.errors import Conflict, InvalidRequest, NotFound
 from crossfarm.shared.ids import BuildId, new_build_id, new_job_id
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import (
@@ -142,6 +142,29 @@ def _check_request(farm: Farm, request: BuildRequest, source_scope: str | None
 def get_build(farm: Farm, build_id: BuildId, tenant: str | None = None) -> BuildView:
     """A build; with `tenant`, only that tenant's (NotFound for another's)."""
     return farm.store.builds.get(build_id, tenant)
+
+
+def stored_log_url(farm: Farm, build_id: BuildId, target: str, tenant: str | None = None
+                   ) -> str:
+    """A short-lived download URL of the log one target's last attempt stored when it
+    ended. The live stream in Redis is dropped `event_ttl_s` after the build ends; this
+    copy stays in the bucket with the artifacts. With `tenant`, only that tenant's build."""
+    build = farm.store.builds.get(build_id, tenant)
+    job = next((job for job in build.jobs if job.target == target), None)
+    if job is None:
+        raise NotFound(f"build {build_id} has no target {target[:100]!r}; its targets: "
+                       f"{', '.join(job.target for job in build.jobs)}")
+    if job.cached_from:
+        raise NotFound(f"{target} of build {build_id} was served from the result cache and "
+                       f"ran nowhere: its log is build {job.cached_from}'s")
+    if not job.state.terminal or job.attempt < 1:
+        raise Conflict(f"{target} of build {build_id} is {job.state}: a log is stored when "
+                       "its job ends; follow the build's events for the live one")
+    key = keys.log_key(build_id, target, job.attempt)
+    if not farm.storage.exists(key):
+        raise NotFound(f"no log is stored for {target} of build {build_id} (attempt "
+                       f"{job.attempt}): the job ended before its worker stored one")
+    return farm.storage.presign_get(key, farm.settings.presign_ttl_s)
 
 
 def kept_build(farm: Farm, build_id: BuildId, tenant: str | None = None) -> BuildView | None:

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import RedirectResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from crossfarm.controller import builds
@@ -124,6 +124,20 @@ def cancel_build(farm: FarmDep, principal: SubmitterDep, build_id: BuildIdDep) -
 def list_artifacts(farm: FarmDep, principal: PrincipalDep, build_id: BuildIdDep
                    ) -> list[ArtifactView]:
     return builds.list_artifacts(farm, build_id, principal.scope)
+
+
+_STORED_LOG: dict[int | str, dict[str, object]] = {
+    307: {"description": "to a short-lived download URL of the log, as plain text"}}
+
+
+@router.get("/{build_id}/log", status_code=307, response_class=RedirectResponse,
+            responses=_STORED_LOG | responses(401, 403, 404, 409))
+def stored_log(farm: FarmDep, principal: PrincipalDep, build_id: BuildIdDep,
+               target: Annotated[str, Query(max_length=100)]) -> RedirectResponse:
+    """The log one target's last attempt stored when it ended, which outlives the live
+    event stream (kept for `event_ttl_s` after the build ends)."""
+    return RedirectResponse(builds.stored_log_url(farm, build_id, target, principal.scope),
+                            307)
 
 
 @router.get("/{build_id}/events", response_class=EventStream,

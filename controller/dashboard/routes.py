@@ -8,6 +8,7 @@ token a redirect to the login form (session.py).
     GET  /ui/builds/{id}                    a build; /status is its live-updated part
     GET  /ui/builds/{id}/events             the API's SSE stream, authenticated by cookie
     GET  /ui/builds/{id}/artifacts/{target}/{name}   303 to a freshly presigned URL
+    GET  /ui/builds/{id}/log/{target}                303 to the stored log's URL
     POST /ui/builds/{id}/cancel
     GET  /ui/fleet                          workers, queues, last day's charts
     GET  /ui/static/…                       this package's css and js
@@ -240,6 +241,13 @@ def artifact(request: Request, build_id: str, target: str, name: str) -> Respons
     principal = _viewer(request)
     url = views.artifact_url(_farm(request), principal, views.page_build_id(build_id),
                              target, name)
+    return RedirectResponse(url, 303)
+
+
+@router.get("/builds/{build_id}/log/{target}")
+def stored_log(request: Request, build_id: str, target: str) -> Response:
+    url = builds.stored_log_url(_farm(request), views.page_build_id(build_id), target,
+                                _viewer(request).scope)
     return RedirectResponse(url, 303)
 
 

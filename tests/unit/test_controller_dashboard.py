@@ -256,6 +256,24 @@ def test_the_build_page_shows_where_each_target_ran_its_artifacts_and_sha256(far
     assert farm.get(link, farm.bob).status_code == 404
 
 
+def test_an_ended_target_links_its_stored_log_which_outlives_the_live_stream(farm):
+    build_id, _ = farm.add_build("acme", targets=(X86, ARM))
+    [x86_job] = [job.view.job_id for job in farm.farm.store.jobs.of_build(build_id)
+                 if job.view.target == X86]
+    farm.succeed(build_id, x86_job)
+    farm.farm.storage.put_bytes(keys.log_key(build_id, X86, 1), b"Finished\n")
+    page = farm.get(f"/ui/builds/{build_id}", farm.carol)
+    link = f"/ui/builds/{build_id}/log/{X86}"
+    assert link in page.text
+    assert f"/ui/builds/{build_id}/log/{ARM}" not in page.text  # still queued: no log yet
+    stored = farm.get(link, farm.carol)
+    assert stored.status_code == 303
+    assert stored.headers["location"].startswith(
+        f"http://storage.invalid/{keys.log_key(build_id, X86, 1)}")
+    assert farm.get(link, farm.bob).status_code == 404  # another tenant's build
+    assert farm.get(f"/ui/builds/{build_id}/log/{ARM}", farm.carol).status_code == 409
+
+
 def test_text_from_builds_is_escaped_never_markup(farm):
     build_id, [job_id] = farm.add_build("acme")
     farm.succeed(build_id, job_id, reason='<img src=x onerror="alert(1)">')
