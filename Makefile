@@ -24,8 +24,18 @@ up: install image ## install what is missing, start the farm here, run a demo bu
 down: ## stop what `make up` started
 	$(PYTHON) deploy/local/farm.py down --dir $(STATE)
 
+# The unit tier (no farm: in-process fakes, its own PostgreSQL) runs beside the
+# integration tier, whose time goes mostly to builds in containers; its output follows
+# once both have ended, and either failing fails the target.
 test: install images lint typecheck ## every check and every test but the release tier (builds missing images first)
-	$(PYTHON) -m pytest -m "not release" tests
+	@mkdir -p build; rm -f build/unit-tier.log
+	@nice -n 10 $(PYTHON) -m pytest -p no:cacheprovider --durations=15 tests/unit \
+	  > build/unit-tier.log 2>&1 & unit=$$!; \
+	$(PYTHON) -m pytest -m "not release" --durations=25 tests/integration; integration=$$?; \
+	wait $$unit; unit_status=$$?; \
+	echo "== the unit tier (ran beside the integration tier) =="; cat build/unit-tier.log; \
+	echo "make test: integration exited $$integration, unit exited $$unit_status"; \
+	[ $$integration = 0 ] && [ $$unit_status = 0 ]
 
 unit:
 	$(PYTHON) -m pytest tests/unit
