@@ -194,12 +194,14 @@ class JobRow(Base):
         Index("ix_jobs_turn", "arch", "tenant", "sent_at"),
         # The result cache's lookup: a tenant's succeeded jobs with these inputs.
         Index("ix_jobs_inputs", "tenant", "inputs", "state"),
+        # The dashboard's chart: the jobs started in the last day.
+        Index("ix_jobs_started_at", "started_at"),
     )
 
 
 #: The head revision in migrations/versions/: a change to the tables is a new revision
 #: there, and this number bumped with it (a test holds the two equal).
-SCHEMA_VERSION = 18
+SCHEMA_VERSION = 19
 
 
 class MetaRow(Base):

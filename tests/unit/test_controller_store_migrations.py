@@ -119,7 +119,7 @@ def _migrate_command(url):
 def test_the_revisions_form_one_line_whose_head_is_schema_version():
     scripts = ScriptDirectory(str(SCRIPTS))
     assert scripts.get_heads() == [str(SCHEMA_VERSION)]
-    assert [r.revision for r in scripts.walk_revisions()] == ["18", "17", "16", "15"]
+    assert [r.revision for r in scripts.walk_revisions()] == ["19", "18", "17", "16", "15"]
     assert migrations.head() == str(SCHEMA_VERSION)
 
 
@@ -152,8 +152,8 @@ def test_migrate_upgrades_a_revision_15_database_and_keeps_its_builds(database_u
     done = _migrate_command(database_url)
 
     assert done.returncode == 0, done.stderr
-    assert "upgraded from schema revision 15 to 18" in done.stdout
-    assert _revision(engine) == "18"
+    assert "upgraded from schema revision 15 to 19" in done.stdout
+    assert _revision(engine) == "19"
     store = _store(database_url)
     try:
         build = store.builds.get(BuildId(BUILD), "acme")
@@ -175,14 +175,14 @@ def test_migrate_on_a_database_at_the_head_changes_nothing_and_says_so(database_
     _store(database_url).close()
     done = _migrate_command(database_url)
     assert done.returncode == 0, done.stderr
-    assert "at schema revision 18 already" in done.stdout
+    assert "at schema revision 19 already" in done.stdout
 
 
 def test_a_controller_told_to_migrate_on_start_upgrades_a_database_behind(database_url):
     engine = _at(database_url, "15")
     _fill_at_15(engine)
     _store(database_url, migrate=True).close()
-    assert _revision(engine) == "18"
+    assert _revision(engine) == "19"
     assert "project" in _columns(engine, "builds")
 
 
@@ -202,7 +202,7 @@ def test_a_database_made_before_migrations_is_adopted_at_its_schema_version(data
     _fill_at_15(engine)
     with pytest.raises(migrations.SchemaError, match="at schema revision 15"):
         _store(database_url)
-    assert migrations.upgrade(database_url) == migrations.Upgraded("15", "18")
+    assert migrations.upgrade(database_url) == migrations.Upgraded("15", "19")
     with engine.connect() as conn:
         assert conn.execute(text("SELECT key FROM crossfarm_meta")).scalars().all() == []
     store = _store(database_url)
@@ -216,7 +216,7 @@ def test_a_database_made_before_migrations_at_its_last_version_upgrades_from_the
     with pytest.raises(migrations.SchemaError, match="at schema revision 16"):
         _store(database_url)
     assert _revision(engine) is None  # refused: not even stamped
-    assert migrations.upgrade(database_url) == migrations.Upgraded("16", "18")
+    assert migrations.upgrade(database_url) == migrations.Upgraded("16", "19")
 
 
 def test_a_database_with_tables_and_no_known_version_is_refused(database_url):
@@ -278,7 +278,7 @@ def test_the_controller_refuses_to_serve_a_database_behind_and_names_the_command
     done = subprocess.run([sys.executable, "-m", "crossfarm.controller"], env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
-    assert "at schema revision 15; this controller needs 18" in done.stderr
+    assert f"at schema revision 15; this controller needs {SCHEMA_VERSION}" in done.stderr
     assert "crossfarm-controller migrate" in done.stderr
     assert "Traceback" not in done.stderr
 
