@@ -467,6 +467,17 @@ def test_postgresql_without_a_secrets_key_fails_to_render(chart):
         render(chart, values)
 
 
+@pytest.mark.parametrize("values", CI_FILES.values(), ids=CI_FILES.keys())
+def test_the_controller_upgrades_an_older_schema_as_it_starts_unless_told_not_to(chart, values):
+    # Without it, a `helm upgrade` to an image with a newer schema revision leaves the
+    # controller refusing its database (and with SQLite no other pod could migrate it).
+    env = plain_env(container(controller_deployment(render(chart, values)), "controller"))
+    assert env["CROSSFARM_MIGRATE_ON_START"] == "true"
+    off = with_values(values, database={**values.get("database", {}), "migrateOnStart": False})
+    env = plain_env(container(controller_deployment(render(chart, off)), "controller"))
+    assert env["CROSSFARM_MIGRATE_ON_START"] == "false"
+
+
 def test_an_existing_secret_is_referenced_and_no_secret_is_rendered(chart):
     objects = render(chart, EXTERNAL_PG)
     controller = container(controller_deployment(objects), "controller")

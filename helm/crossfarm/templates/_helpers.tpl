@@ -253,6 +253,8 @@ A pool with the workers' defaults under it, as YAML: a pool's own value wins, ma
 - name: CROSSFARM_S3_PUBLIC_ENDPOINT
   value: {{ . | quote }}
 {{- end }}
+- name: CROSSFARM_MIGRATE_ON_START
+  value: {{ .Values.database.migrateOnStart | ternary "true" "false" | quote }}
 - name: CROSSFARM_DEFAULT_TIMEOUT_S
   value: {{ $c.defaultTimeoutSeconds | int64 | quote }}
 - name: CROSSFARM_MAX_TIMEOUT_S
