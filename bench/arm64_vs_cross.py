@@ -253,34 +253,39 @@ def host_times(pristine: dict[str, Path], profile: str, work: Path) -> dict[str,
     return times
 
 
+def heading(phase: str) -> None:
+    print(f"{phase} (load average {loadavg()}):", file=sys.stderr, flush=True)
+
+
 def measure(bench: Bench, names: list[str]) -> None:
-    print("dependencies into the bench's empty volume (x86_64 builds, not compared):",
-          file=sys.stderr, flush=True)
+    heading("dependencies into the bench's empty volume (x86_64 builds, not compared)")
     with worker(bench.farm, "bench-deps"):
         for crate in [*names, TESTED]:
             cargo = CargoSpec(profile=bench.profile)
             done = timed_job(bench.client, bench.sources[crate], X86, Placement.NATIVE, cargo)
             bench.say(f"  {crate} {X86}: {done.job.state.value} in {done.seconds:.1f} s")
-    print("native (the arm64 container worker):", file=sys.stderr, flush=True)
+    heading("native (the arm64 container worker)")
     with arm64_worker(bench):
         bench.phase(BuildMode.NATIVE, names, with_tests=True)
-    print("cross (the amd64 worker's cross toolchain):", file=sys.stderr, flush=True)
+    heading("cross (the amd64 worker's cross toolchain)")
     with worker(bench.farm, "bench-cross", CROSSFARM_CROSS_ARCHES="arm64"):
         bench.phase(BuildMode.CROSS, names, with_tests=False)
-    print("emulated (an arm64 builder under QEMU on the amd64 worker):", file=sys.stderr,
-          flush=True)
+    heading("emulated (an arm64 builder under QEMU on the amd64 worker)")
     with worker(bench.farm, "bench-emu", CROSSFARM_EMULATE_ARCHES="arm64",
                 CROSSFARM_EMULATION_IMAGES=json.dumps({"arm64": ARM64_BUILDER_IMAGE})):
         bench.phase(BuildMode.EMULATED, names, with_tests=True)
 
 
-def report(bench: Bench, host: dict[str, float], started: float) -> None:
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def report(bench: Bench, host: dict[str, float], started: float, load: str) -> None:
     print(f"\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {ARM}, profile "
           f"{bench.profile}; {(time.monotonic() - started) / 60:.1f} min in all; load average "
-          f"at the end {load} on {os.cpu_count()} cpus. Seconds from submit to the job's "
-          "end; 'native' is an arm64 worker and builder under QEMU here (a lower bound "
-          "of real ARM hardware)")
+          f"at the start {load}, at the end {loadavg()} on {os.cpu_count()} cpus. Seconds "
+          "from submit to the job's end; 'native' is an arm64 worker and builder under "
+          "QEMU here (a lower bound of real ARM hardware)")
     for line in build_table(bench.profile, host, bench.builds, bench.bad):
         print(line)
     native, emulated = bench.tests.get(BuildMode.NATIVE), bench.tests.get(BuildMode.EMULATED)
@@ -307,12 +312,12 @@ def main() -> None:
         parser.error(f"unknown projects {sorted(unknown)}: hello-c, ripgrep")
     # stopped (a `timeout`, a kill), the farm it started and its volume still go
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    started = time.monotonic()
+    started, load = time.monotonic(), loadavg()
     with tempfile.TemporaryDirectory(prefix="crossfarm-arm64-bench-") as tmp:
         work = Path(tmp)
         os.environ["PYTHONPATH"] = str(importable(REPO, work / "path"))
         pristine = crates(work, [*names, TESTED])
-        print("host reference:", file=sys.stderr, flush=True)
+        heading("host reference")
         host = host_times({n: pristine[n] for n in names}, args.profile, work)
         (work / "farm").mkdir()
         running = localfarm.Farm(dir=work / "farm")
@@ -328,7 +333,7 @@ def main() -> None:
                 try:
                     measure(bench, names)
                 finally:
-                    report(bench, host, started)
+                    report(bench, host, started, load)
         finally:
             running.stop()
             subprocess.run(["docker", "volume", "rm", "-f", DEPS_VOLUME], capture_output=True)
