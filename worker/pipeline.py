@@ -635,6 +635,9 @@ def _store_compile_cache(run: JobRun, container: StepContainer, cache: JobCache 
         said = f"not stored: {compile_cache.why_refused(exc)}"
     except (StorageError, BuildError) as exc:
         said = f"not stored: {exc.message}"
+    except Exception as exc:  # the engine failing mid-stream: a cache never fails a build
+        log.exception("job %s: the compile cache was not stored", run.job.job_id)
+        said = f"not stored: {type(exc).__name__}: {exc}"
     run.log(f"crossfarm: compile cache: {said}")
 
 
