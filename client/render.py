@@ -56,13 +56,19 @@ def cache_use(job: JobView) -> str:
     """cached: served from the result cache, no worker ran it; warm / cold: a worker's
     cargo built it in the project's warm target dir or in an empty one, with the share of
     cargo's units that were fresh (`warm:97%`: one token, so the row still splits on
-    blanks); "-": no build step has ended yet."""
+    blanks), and with the compile cache on, the share of sccache's hits
+    (`cold:0%,sccache:92%`; `sccache:-` when nothing it could cache was compiled);
+    "-": no build step has ended yet."""
     if job.cached_from is not None:
         return "cached"
     if job.reuse is None:
         return "-"
     rate = job.reuse.hit_rate
-    return job.reuse.target_dir + ("" if rate is None else f":{rate:.0%}")
+    cell = job.reuse.target_dir + ("" if rate is None else f":{rate:.0%}")
+    if (compiled := job.reuse.compile_cache) is not None:
+        hits = compiled.hit_rate
+        cell += ",sccache:" + ("-" if hits is None else f"{hits:.0%}")
+    return cell
 
 
 def build_table(view: BuildView, artifacts: Sequence[ArtifactView] = (),

@@ -115,6 +115,38 @@ def affinity_key(tenant: str, project: str, target: str, profile: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+@dataclass(frozen=True)
+class CompileCacheKey:
+    """Whose compile cache (worker/compile_cache.py) an object holds: one copy per tenant,
+    project, target, profile and builder image id, under one prefix per tenant (an
+    operator drops a tenant's whole cache at once). The names are hashes: no field can
+    shape a key or reach another tenant's prefix, and no project is named in clear."""
+
+    tenant: str
+    project: str
+    target: str
+    profile: str
+    #: the builder image's id: a rebuilt toolchain starts a new cache
+    image_id: str
+
+    def tenant_prefix(self) -> str:
+        tenant = hashlib.sha256(json.dumps([self.tenant]).encode()).hexdigest()[:32]
+        return f"compile-cache/{tenant}/"
+
+    def prefix(self) -> str:
+        scope = json.dumps([self.tenant, self.project, self.target, self.profile,
+                            self.image_id])
+        return f"{self.tenant_prefix()}{hashlib.sha256(scope.encode()).hexdigest()[:32]}/"
+
+    def archive(self) -> str:
+        """The cache dir's files, as one tar."""
+        return f"{self.prefix()}cache.tar"
+
+    def manifest(self) -> str:
+        """The archive's sha256, size and file count, written after it by the worker."""
+        return f"{self.prefix()}manifest.json"
+
+
 def worker_queue(queue: QueueKey, worker: str) -> str:
     """The queue only `worker` consumes beside `queue`: jobs sent back to the worker
     that keeps their project's warm target dir."""

@@ -168,6 +168,22 @@ class BuildRequest(Wire):
     project: Annotated[str, Field(min_length=1, max_length=200)] | None = None
 
 
+class CompileCacheUse(Wire):
+    """What sccache, the compile cache (CROSSFARM_COMPILE_CACHE_BYTES), said of the compiler
+    calls of a build it could cache: how many it served from the project's cache (hits)
+    and how many it compiled and stored (misses). Printed inside the build's container,
+    which build code can forge: it describes the job, it decides nothing."""
+
+    hits: Annotated[int, Field(ge=0, le=10_000_000)]
+    misses: Annotated[int, Field(ge=0, le=10_000_000)]
+
+    @property
+    def hit_rate(self) -> float | None:
+        """The share of cacheable calls served from the cache; None when there were none."""
+        calls = self.hits + self.misses
+        return self.hits / calls if calls else None
+
+
 class CargoReuse(Wire):
     """What a worker's build found already done: the target dir it built in, and how many
     of the units cargo reported were fresh (not rebuilt). The counts come from cargo's
@@ -177,6 +193,9 @@ class CargoReuse(Wire):
     target_dir: Literal["warm", "cold"]
     units: Annotated[int, Field(ge=0, le=1_000_000)]
     fresh: Annotated[int, Field(ge=0, le=1_000_000)]
+    #: the compile cache's hits and misses; None: it was off for the build (the worker's
+    #: setting, or a builder image without sccache: the job's log says which)
+    compile_cache: CompileCacheUse | None = None
 
     @model_validator(mode="after")
     def _fresh_within_units(self) -> CargoReuse:

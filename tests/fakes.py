@@ -8,6 +8,7 @@ were asked, for tests to assert on.
 from __future__ import annotations
 
 import hashlib
+import io
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -46,6 +47,8 @@ class Replay:
     oom_killed: bool = False
     #: files the step leaves in the container, by their path there
     files: dict[str, bytes] = field(default_factory=dict)
+    #: symlinks the step leaves in the container (path there -> target)
+    symlinks: dict[str, str] = field(default_factory=dict)
 
 
 class FakeContainer:
@@ -78,6 +81,32 @@ class FakeContainer:
         local.write_bytes(self.replay.files[path])
         local.chmod(0o755)
         return local
+
+    @contextmanager
+    def archive(self, path: str) -> Iterator[IO[bytes]]:
+        """The tar the engine gives of a directory: itself (by its base name) first, then
+        every file and symlink the replay left under it."""
+        if not any(name.startswith(f"{path}/") for name in [*self.replay.files,
+                                                            *self.replay.symlinks]):
+            raise BuildError(f"{path} is not in the container")
+        base = Path(path).name
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            root = tarfile.TarInfo(base)
+            root.type = tarfile.DIRTYPE
+            tar.addfile(root)
+            for name, data in sorted(self.replay.files.items()):
+                if name.startswith(f"{path}/"):
+                    info = tarfile.TarInfo(base + name.removeprefix(path))
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+            for name, target in sorted(self.replay.symlinks.items()):
+                if name.startswith(f"{path}/"):
+                    info = tarfile.TarInfo(base + name.removeprefix(path))
+                    info.type, info.linkname = tarfile.SYMTYPE, target
+                    tar.addfile(info)
+        out.seek(0)
+        yield out
 
 
 class FakeShelf:

@@ -82,6 +82,7 @@ class StepContainer(Protocol):
     def run(self, sink: LineSink, deadline: float, should_stop: StopCheck,
             max_line: int = MAX_LINE_BYTES) -> StepResult: ...
     def copy_out(self, path: str, dest_dir: Path, max_bytes: int | None = None) -> Path: ...
+    def archive(self, path: str) -> AbstractContextManager[IO[bytes]]: ...
 
 
 class Shelf(Protocol):
@@ -422,6 +423,21 @@ class Container:
             # The engine holds the container until its archive stream is read or closed:
             # an unread (refused) stream is closed here, and its connection with it.
             stream.drop()
+
+    @contextmanager
+    def archive(self, path: str) -> Iterator[IO[bytes]]:
+        """The engine's tar stream of `path` (a directory with all it holds), read only as
+        far as the caller reads; what it holds is the build's, so the caller checks it."""
+        try:
+            chunks, _stat = self._raw.get_archive(path)
+        except docker.errors.NotFound:
+            raise BuildError(f"{path} is not in the container") from None
+        stream = _ChunkReader(chunks)
+        del chunks
+        try:
+            yield io.BufferedReader(stream, buffer_size=1 << 16)
+        finally:
+            stream.drop()  # an unread rest is closed, and the engine lets go of the container
 
 
 def _save(path: str, stream: _ChunkReader, dest_dir: Path, max_bytes: int | None) -> Path:

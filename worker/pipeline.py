@@ -2,8 +2,10 @@
 
     report start → fetch source → [make a Cargo.lock: network on, no crate config]
     → registry crates into the verified deps volume (the worker's own downloads)
+    → [restore the project's compile cache from the store, see worker/compile_cache.py]
     → cargo build (network off; in the project's warm target dir if this worker keeps
       one and no other build holds it, see worker/warm.py) → copy artifacts out
+    → [store the compile cache the build left, checked, if it changed]
     → upload artifacts
     → write manifest last → store the log → report the outcome
 
@@ -54,7 +56,7 @@ from crossfarm.shared.wire import (
     SourceTree,
     TestCounts,
 )
-from crossfarm.worker import cargo, deps, warm
+from crossfarm.worker import cargo, compile_cache, deps, warm
 from crossfarm.worker.artifacts import (
     ArtifactCollector,
     JobOutput,
@@ -63,8 +65,10 @@ from crossfarm.worker.artifacts import (
     profile_dir,
     wants_timings,
 )
+from crossfarm.worker.compile_cache import JobCache
 from crossfarm.worker.container import (
     ContainerRunner,
+    LineSink,
     Step,
     StepContainer,
     StepResult,
@@ -318,9 +322,10 @@ def _compile_and_publish(run: JobRun) -> Manifest:
             with tar:
                 with run.log.timed("dependencies"):
                     vendored = _dependencies(run, tree, lock, Path(scratch))
-                with vendored, tools.docker.volume(run.volume, run.labels, _disk(run)):
+                with (vendored, tools.docker.volume(run.volume, run.labels, _disk(run)),
+                      _compile_cache(run, tree, image_id, Path(scratch)) as cache):
                     files, tally = _compile(run, lock is not None, [tar, vendored],
-                                            Path(scratch), loan)
+                                            Path(scratch), loan, cache)
         _evict_warm(run)
         output = JobOutput(build_id=job.build_id, job_id=job.job_id, target=job.target,
                            attempt=job.attempt, profile=job.cargo.profile, image_id=image_id,
@@ -377,17 +382,48 @@ def _warm_dir(run: JobRun, tree: SourceTree) -> Iterator[Loan | None]:
         yield None
         return
     assert job.tenant is not None
-    cache = settings.scratch_dir / "blobs"
-    project = job.project
-    if project is None:
-        with cache_lock(cache):
-            project = project_of(tree, lambda sha: (cache / sha).read_bytes())
+    project = _project(run, tree)
     key = warm.WarmKey(job.tenant, project, job.target, job.cargo.profile)
     with _shelf(run).borrow(key.name(settings.worker_name), key.affinity()) as loan:
         if loan is None:
             run.log(f"crossfarm: cold target dir: another build of {project} holds its warm "
                     "dir on this worker")
         yield loan
+
+
+def _project(run: JobRun, tree: SourceTree) -> str:
+    """The job's project: the one its request named, else the one its tree tells."""
+    if run.job.project is not None:
+        return run.job.project
+    cache = run.settings.scratch_dir / "blobs"
+    with cache_lock(cache):
+        return project_of(tree, lambda sha: (cache / sha).read_bytes())
+
+
+@contextmanager
+def _compile_cache(run: JobRun, tree: SourceTree, image_id: str | None, scratch: Path
+                   ) -> Iterator[JobCache | None]:
+    """The project's compile cache, restored from the store for the block; None when it
+    is off for this build (the worker's setting, or the reason the log gives)."""
+    settings, job = run.settings, run.job
+    if not settings.compile_cache_bytes:
+        yield None
+        return
+    why = ("the controller named no tenant for this job" if job.tenant is None else
+           "the build sets its own RUSTC_WRAPPER" if "RUSTC_WRAPPER" in job.env else
+           "the builder image has no id" if image_id is None else None)
+    if why is not None or job.tenant is None or image_id is None:
+        run.log(f"crossfarm: compile cache: off: {why}")
+        yield None
+        return
+    key = keys.CompileCacheKey(job.tenant, _project(run, tree), job.target,
+                               job.cargo.profile, image_id)
+    limits = compile_cache.Limits(settings.compile_cache_bytes)
+    with run.log.timed("compile cache restore"):
+        cache = compile_cache.open_cache(run.tools.storage, key, limits, scratch)
+    run.log(f"crossfarm: compile cache: {cache.restored.said}")
+    with cache.restored.tar:
+        yield cache
 
 
 def _shelf(run: JobRun) -> warm.WarmShelf:
@@ -471,23 +507,19 @@ def _make_lock(run: JobRun, tree: SourceTree, scratch: Path) -> bytes:
 
 
 def _compile(run: JobRun, locked: bool, inputs: list[IO[bytes]], tmp: Path,
-             loan: Loan | None = None) -> tuple[list[Path], TestTally]:
+             loan: Loan | None = None, cache: JobCache | None = None
+             ) -> tuple[list[Path], TestTally]:
     """The build step, network off: `inputs` (tars) go into the job volume first; with
-    a `loan`, cargo's target dir is the warm one. A test job's tests run in it too, and
-    the tally counts their results."""
+    a `loan`, cargo's target dir is the warm one; with a `cache`, sccache is cargo's
+    RUSTC_WRAPPER over the project's compile cache, stored again once the build
+    succeeded. A test job's tests run in it too, and the tally counts their results."""
     settings = run.settings
     target_dir = cargo.WARM_TARGET if loan is not None else cargo.TARGET_DIR
     wanted: Wanted = ("shipped" if not run.test else
                       "tests" if run.job.cargo.no_run else "none")
     collector = ArtifactCollector(target_dir, settings.artifact_max_count, wanted)
     tally = TestTally()
-
-    def sink(stream: str, line: str) -> None:
-        if stream == "stdout" and collector.feed(line):
-            return
-        if stream == "stdout":
-            tally.feed(line)
-        run.log.output(line)
+    sink = _sink(run, collector, tally, cache)
 
     def stop() -> str | None:
         run.log.check()  # output past the log budget stops the build (LimitExceeded)
@@ -495,26 +527,46 @@ def _compile(run: JobRun, locked: bool, inputs: list[IO[bytes]], tmp: Path,
 
     jobs = max(1, int(settings.build_cpus))
     step = _step(run, cargo.build_command(run.job, locked, jobs, run_tests=run.runs_tests),
-                 network=False, loan=loan)
+                 network=False, loan=loan, cache=cache)
     if loan is not None:
         run.tools.docker.keep_volume(loan.name, keys.warm_labels(settings.worker_name))
     try:
         with run.log.timed("build step"), run.tools.docker.container(step) as container:
-            for tar in inputs:
+            for tar in [*inputs, *([cache.restored.tar] if cache else [])]:
                 container.put(cargo.WORK, tar)
             if loan is not None:
                 container.put(cargo.WARM, _target_dir_tar())
             result = container.run(sink, run.deadline, stop,
                                    max_line=settings.log_line_max_bytes)
             run.log.check()
-            run.reuse.append(_reuse(loan, collector.units))
+            run.reuse.append(_reuse(loan, collector.units, cache))
             _say_warm(run, loan, collector.units)
+            _say_compile_cache(run, cache)
             if run.runs_tests:
                 run.log(f"crossfarm: tests: {tally.summary()}")
-            return _after_build(run, container, result, collector, tmp, tally), tally
+            files = _after_build(run, container, result, collector, tmp, tally)
+            _store_compile_cache(run, container, cache, tmp)
+            return files, tally
     finally:
         if loan is not None:
             _shelf(run).size(loan, run.tools.docker.volume_bytes(loan.name))
+
+
+def _sink(run: JobRun, collector: ArtifactCollector, tally: TestTally,
+          cache: JobCache | None) -> LineSink:
+    """Where the build step's lines go: the compile cache's marker lines to its reader,
+    cargo's JSON messages to the collector, libtest's lines to the tally, and all but
+    the first two to the log."""
+    def sink(stream: str, line: str) -> None:
+        if stream == "stdout" and cache is not None and cache.stats.feed(line):
+            return
+        if stream == "stdout" and collector.feed(line):
+            return
+        if stream == "stdout":
+            tally.feed(line)
+        run.log.output(line)
+
+    return sink
 
 
 def _after_build(run: JobRun, container: StepContainer, result: StepResult,
@@ -543,10 +595,50 @@ def _after_build(run: JobRun, container: StepContainer, result: StepResult,
     return _copy_artifacts(container, collector.paths, out, settings.artifact_max_bytes)
 
 
-def _reuse(loan: Loan | None, units: list[tuple[str, bool]]) -> CargoReuse:
+def _reuse(loan: Loan | None, units: list[tuple[str, bool]], cache: JobCache | None = None
+           ) -> CargoReuse:
     """What the build found done, for the summary's CACHE column."""
     return CargoReuse(target_dir="cold" if loan is None else "warm", units=len(units),
-                      fresh=sum(1 for _, was_fresh in units if was_fresh))
+                      fresh=sum(1 for _, was_fresh in units if was_fresh),
+                      compile_cache=cache.stats.use if cache is not None else None)
+
+
+def _say_compile_cache(run: JobRun, cache: JobCache | None) -> None:
+    """The log line of the compile cache's hits, or why sccache did not run."""
+    if cache is None:
+        return
+    stats = cache.stats
+    if stats.use is not None:
+        run.log(f"crossfarm: compile cache: {compile_cache.summary(stats.use)}")
+    elif stats.off == "missing":
+        run.log(f"crossfarm: compile cache: off: the builder image {run.image} has no "
+                "sccache; built without it")
+    elif stats.off == "no-server":
+        run.log("crossfarm: compile cache: off: sccache's server did not start (see "
+                "above); built without it")
+    else:
+        run.log("crossfarm: compile cache: sccache reported no stats")
+
+
+def _store_compile_cache(run: JobRun, container: StepContainer, cache: JobCache | None,
+                         tmp: Path) -> None:
+    """After a successful build: the cache dir it left, checked, goes to the store if its
+    files changed. A refused dir or a failing store is said in the log; the build stands."""
+    if cache is None or cache.stats.use is None or not cache.store:
+        return
+    try:
+        with run.log.timed("compile cache upload"):
+            said = compile_cache.save(lambda: container.archive(compile_cache.CACHE_DIR),
+                                      run.tools.storage, cache.key, cache.limits, tmp,
+                                      cache.restored.contents)
+    except (compile_cache.Refused, tarfile.TarError) as exc:
+        said = f"not stored: {compile_cache.why_refused(exc)}"
+    except (StorageError, BuildError) as exc:
+        said = f"not stored: {exc.message}"
+    except Exception as exc:  # the engine failing mid-stream: a cache never fails a build
+        log.exception("job %s: the compile cache was not stored", run.job.job_id)
+        said = f"not stored: {type(exc).__name__}: {exc}"
+    run.log(f"crossfarm: compile cache: {said}")
 
 
 def _say_warm(run: JobRun, loan: Loan | None, units: list[tuple[str, bool]]) -> None:
@@ -603,10 +695,11 @@ def _stop_check(tools: Toolbox, job: JobMessage) -> StopCheck:
     return check
 
 
-def _step(run: JobRun, command: list[str], network: bool, loan: Loan | None = None) -> Step:
+def _step(run: JobRun, command: list[str], network: bool, loan: Loan | None = None,
+          cache: JobCache | None = None) -> Step:
     """The build step (network off: the job volume, the deps volume read-only, the
-    request's variables, the warm target dir if lent) or the lock step (network on:
-    none of those)."""
+    request's variables, the warm target dir if lent, sccache around cargo with a
+    compile cache) or the lock step (network on: none of those)."""
     settings = run.settings
     binds, volumes, readonly = {}, {}, {}
     if network:
@@ -621,6 +714,9 @@ def _step(run: JobRun, command: list[str], network: bool, loan: Loan | None = No
         volumes, readonly = {run.volume: cargo.WORK}, {settings.deps_volume: deps.DEPS}
         if loan is not None:
             volumes[loan.name] = cargo.WARM
+        if cache is not None:  # after the request's variables: the farm's own win
+            env.update(compile_cache.build_env(cache.limits))
+            command = compile_cache.build_command(command)
     return Step(
         image=run.image, command=command, workdir=cargo.SRC,
         user=f"{BUILD_UID}:{BUILD_UID}", env=env, network=network,

