@@ -117,6 +117,22 @@ def test_a_new_build_is_queued_with_one_queued_job_per_target(built):
     assert all(job.worker is None and job.started_at is None for job in built.jobs)
 
 
+def test_a_new_builds_answer_is_the_view_read_back(store, built):
+    # made from the inserted rows, not read: it must still be exactly what a read gives
+    read = store.builds.get(BUILD)
+    assert built == read
+    assert built.model_dump_json() == read.model_dump_json()
+
+
+def test_a_new_builds_answer_with_a_wait_limit_and_a_cross_queue_is_the_view_read_back(store):
+    added = store.builds.add(NewBuild(
+        build_id=BUILD, source=DIGEST, cargo=CargoSpec(), timeout_s=60, env={}, submitter=None,
+        jobs=[_new_job(ARM_JOB, ARM, "arm64", queue=ARM64_CROSS, placement="cross-ok",
+                       placed="cross: no arm64 worker online", waiting="waiting: its turn",
+                       wait_limit_s=600)]))
+    assert added.model_dump_json() == store.builds.get(BUILD).model_dump_json()
+
+
 def test_a_build_reads_back_with_its_request_fields(store, built):
     view = store.builds.get(BUILD)
     assert view.source == DIGEST
