@@ -25,6 +25,7 @@ from crossfarm.controller.api import observe as observe_api
 from crossfarm.controller.api import sources as sources_api
 from crossfarm.controller.api import targets as targets_api
 from crossfarm.controller.api import workers as workers_api
+from crossfarm.controller.api.submits import SubmitBatches
 from crossfarm.controller.dashboard import apidocs
 from crossfarm.controller.dashboard import routes as dashboard
 from crossfarm.controller.farm import Doorbell, Farm
@@ -132,6 +133,7 @@ def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAP
     # The docs' pages are served from local assets (dashboard/apidocs.py), not a CDN.
     app = FastAPI(title="crossfarm", version=crossfarm_version(), lifespan=lifespan,
                   description=_DESCRIPTION, docs_url=None, redoc_url=None)
+    app.state.submits = SubmitBatches()
     errors.install(app)
     limits.install(app, settings)
     app.add_middleware(RequestTimer)
