@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from crossfarm.controller import builds
 from crossfarm.controller.builds import Submit
 from crossfarm.controller.farm import Farm
-from crossfarm.controller.store.group_commit import MAX_BATCH, Failed
+from crossfarm.controller.store.group_commit import MAX_BATCH, Failed, StoreClosed
 from crossfarm.shared.wire import BuildView
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ class SubmitBatches:
                 try:
                     outcomes = await run_in_threadpool(
                         self._record, farm, [submit for submit, _ in batch])
+                except StoreClosed as exc:  # the controller stops: none was recorded
+                    outcomes = [Failed(exc)] * len(batch)
                 except Exception as exc:  # submit_many answers each one: this is a bug
                     log.exception("a batch of %d submits failed", len(batch))
                     outcomes = [Failed(exc)] * len(batch)
