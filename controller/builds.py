@@ -4,13 +4,21 @@ is the placer's call."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from crossfarm.controller import fleet, jobs, quotas, result_cache, toolchains
 from crossfarm.controller.cargo_args import check_cargo_args
 from crossfarm.controller.farm import Farm
 from crossfarm.controller.placement import Capacity, Decision, decide
-from crossfarm.controller.store.builds import BuildPage, ListCursor, NewBuild, NewJob
+from crossfarm.controller.store.builds import (
+    BuildPage,
+    ListCursor,
+    NewBuild,
+    NewJob,
+    OverQueuedQuota,
+)
+from crossfarm.controller.store.group_commit import Failed
 from crossfarm.controller.store.jobs import JobRecord, Outcome
 from crossfarm.controller.store.schema import DEFAULT_TENANT
 from crossfarm.shared import keys
@@ -31,20 +39,71 @@ from crossfarm.shared.wire import (
 _RESERVED_ENV = frozenset({"CARGO_HOME", "CARGO_TARGET_DIR", "HOME", "PATH", "CARGO_NET_OFFLINE"})
 
 
+@dataclass(frozen=True)
+class Submit:
+    """One request to record as `tenant`'s, submitted by `submitter` (the request's own
+    `submitter` field is a client's claim, never recorded); its source must be the
+    tenant's own unless `any_source` (an operator's build)."""
+
+    request: BuildRequest
+    tenant: str = DEFAULT_TENANT
+    submitter: str | None = None
+    any_source: bool = False
+
+
 def submit_build(farm: Farm, request: BuildRequest, tenant: str = DEFAULT_TENANT, *,
                  submitter: str | None = None, any_source: bool = False) -> BuildView:
-    """Check a request and record it as `tenant`'s, submitted by `submitter` (the
-    request's own `submitter` field is a client's claim, never recorded), one job per
-    target on the queue its placement policy picks from the workers' heartbeats; the
-    placer sends each job when a slot is free and its tenant's turn comes (rung now, so
-    an idle worker starts it at once). Nothing here reads the queue: a submit costs the
-    same at any depth. The source must be the tenant's own unless `any_source` (an
-    operator's build).
+    """One submit (see submit_many); raises what refused it."""
+    [outcome] = submit_many(farm, [Submit(request, tenant, submitter, any_source)])
+    if isinstance(outcome, Failed):
+        raise outcome.error
+    return outcome
+
+
+def submit_many(farm: Farm, submits: Sequence[Submit]) -> list[BuildView | Failed]:
+    """Check each request and record it, one job per target on the queue its placement
+    policy picks from the workers' heartbeats (read once for them all); the placer sends
+    each job when a slot is free and its tenant's turn comes (rung now, so an idle worker
+    starts it at once). Nothing here reads the queue: a submit costs the same at any
+    depth. All are recorded in one transaction, which checks each tenant's queued quota
+    in order; each is answered alone: its view, or Failed with what refused it.
 
     A target whose inputs an earlier successful build of the tenant had, built with the
     image its queue's workers run now, is served that build's artifacts instead
     (result_cache.py): born succeeded, never sent, not counted against the queued quota."""
     roster = fleet.roster(farm)
+    planned: list[tuple[NewBuild, bool] | Failed] = []
+    for submit in submits:
+        try:
+            planned.append(_plan(farm, submit, roster))
+        except Exception as exc:  # this request's own refusal (or bug): answered alone
+            planned.append(Failed(exc))
+    recorded = iter(farm.store.builds.add_many(
+        [plan[0] for plan in planned if not isinstance(plan, Failed)]))
+    outcomes: list[BuildView | Failed] = []
+    for submit, plan in zip(submits, planned, strict=True):
+        if isinstance(plan, Failed):
+            outcomes.append(plan)
+            continue
+        outcome = next(recorded)
+        if isinstance(outcome, Failed):
+            if isinstance(outcome.error, OverQueuedQuota):
+                outcome = Failed(quotas.over_queued(submit.tenant, outcome.error))
+            outcomes.append(outcome)
+            continue
+        outcomes.append(outcome)
+        new, looked = plan
+        farm.metrics.submitted(outcome, submit.tenant,
+                               [job.served is not None for job in new.jobs] if looked else [])
+    if any(not isinstance(outcome, Failed) for outcome in outcomes):
+        farm.doorbell.ring()
+    return outcomes
+
+
+def _plan(farm: Farm, submit: Submit, roster: fleet.Roster) -> tuple[NewBuild, bool]:
+    """The build one request asks for, checked: where each target's job goes, or which
+    earlier job's artifacts serve it; and whether the result cache was looked in."""
+    request, tenant = submit.request, submit.tenant
     online = {name: w.info for name, w in roster.workers.items()
               if roster.states[name] is WorkerState.ONLINE}
     # the toolchain's announced name: the cache key and the worker's image lookup use it
@@ -55,7 +114,7 @@ def submit_build(farm: Farm, request: BuildRequest, tenant: str = DEFAULT_TENANT
     arches = [toolchains.neutral_arch(target, cargo.toolchain, online) if is_neutral(target)
               else target_arch(target) for target in request.targets]
     request = request.model_copy(update={"cargo": cargo})
-    timeout_s, tree = _check_request(farm, request, None if any_source else tenant)
+    timeout_s, tree = _check_request(farm, request, None if submit.any_source else tenant)
     placement = request.placement or farm.settings.default_placement
     new_jobs = []
     for target, arch in zip(request.targets, arches, strict=True):
@@ -69,24 +128,20 @@ def submit_build(farm: Farm, request: BuildRequest, tenant: str = DEFAULT_TENANT
             placed=d.placed if served is None else
             f"cached: build {served.build_id} made it from the same inputs with this image",
             waiting=d.waiting if served is None else None))
-    quotas.check_submit(farm, tenant, sum(1 for job in new_jobs if job.served is None))
-    new = NewBuild(
+    quotas.check_submit(farm, tenant)
+    looked = tree.locked and request.cache and farm.settings.result_cache
+    return NewBuild(
         build_id=new_build_id(),
         source=request.source,
         cargo=request.cargo,
         timeout_s=timeout_s,
         env={"all": dict(request.env), **{t: dict(v) for t, v in request.target_env.items()}},
-        submitter=submitter,
+        submitter=submit.submitter,
         tenant=tenant,
         project=request.project,
         jobs=new_jobs,
-    )
-    build = farm.store.builds.add(new)
-    farm.doorbell.ring()
-    looked = tree.locked and request.cache and farm.settings.result_cache
-    farm.metrics.submitted(build, tenant,
-                           [job.served is not None for job in new_jobs] if looked else [])
-    return build
+        queued_limit=quotas.queued_limit(farm, tenant),
+    ), looked
 
 
 def _decide(target: str, arch: Arch, placement: Placement, toolchain: str | None,

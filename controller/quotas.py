@@ -1,10 +1,12 @@
 """Submit-side quotas: what a tenant may hold at once (settings.quota_for). Over one,
 the request is refused with QuotaExceeded (429, Retry-After) naming the quota; how many
-jobs run at once per architecture is the placer's to hold back, not refused here."""
+jobs run at once per architecture is the placer's to hold back, not refused here. The
+queued quota is exact: the store counts it in the transaction that records a build."""
 
 from __future__ import annotations
 
 from crossfarm.controller.farm import Farm
+from crossfarm.controller.store.builds import OverQueuedQuota
 from crossfarm.shared.errors import QuotaExceeded
 
 #: Jobs end within minutes; storage is freed only when someone deletes something.
@@ -12,18 +14,25 @@ _RETRY_QUEUED_S = 30
 _RETRY_STORAGE_S = 3600
 
 
-def check_submit(farm: Farm, tenant: str, jobs: int) -> None:
-    """Refuse a build of `jobs` jobs that would take the tenant over its queued quota, or
-    any build while its stored sources or artifacts are already over theirs."""
+def queued_limit(farm: Farm, tenant: str) -> int | None:
+    """The tenant's queued quota: checked in the transaction that records a build
+    (store.builds.OverQueuedQuota), so submits at once cannot both take the last room."""
+    return farm.settings.quota_for(tenant).queued
+
+
+def over_queued(tenant: str, refused: OverQueuedQuota) -> QuotaExceeded:
+    """The 429 of a build the store refused for the tenant's queued quota."""
+    return QuotaExceeded(
+        "queued", refused.limit, refused.used, _RETRY_QUEUED_S,
+        f"tenant {tenant!r} has {refused.used} job(s) queued or running and its queued quota "
+        f"is {refused.limit}: this build's {refused.jobs} would pass it; retry once some end")
+
+
+def check_submit(farm: Farm, tenant: str) -> None:
+    """Refuse any build while the tenant's stored sources or artifacts are already over
+    their quotas (its queued quota is the store's to check: queued_limit)."""
     quota = farm.settings.quota_for(tenant)
     usage = farm.store.usage
-    if quota.queued is not None:
-        used = usage.unended_jobs(tenant)
-        if used + jobs > quota.queued:
-            raise QuotaExceeded(
-                "queued", quota.queued, used, _RETRY_QUEUED_S,
-                f"tenant {tenant!r} has {used} job(s) queued or running and its queued quota "
-                f"is {quota.queued}: this build's {jobs} would pass it; retry once some end")
     if quota.artifact_bytes is not None:
         used = usage.artifact_bytes(tenant)
         if used > quota.artifact_bytes:

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from crossfarm.controller import builds
 from crossfarm.controller.api.deps import BuildIdDep, FarmDep, PrincipalDep, SubmitterDep
+from crossfarm.controller.api.submits import SubmitBatches
 from crossfarm.controller.errors import responses
 from crossfarm.shared.errors import InvalidRequest
 from crossfarm.shared.events import EventReader, parse_event_id
@@ -60,12 +61,14 @@ class _Json(Response):
 
 @router.post("", status_code=201, response_model=BuildView,
              responses=responses(400, 401, 403, 404, 413, 422, 429, 503))
-def submit_build(farm: FarmDep, principal: SubmitterDep, request: BuildRequest) -> Response:
+async def submit_build(farm: FarmDep, principal: SubmitterDep, request: BuildRequest,
+                       http: Request) -> Response:
     """The build is the token's tenant's, submitted by "<token name>@<tenant>"; a
     `submitter` in the request is ignored."""
-    return _Json(builds.submit_build(farm, request, principal.tenant,
-                                     submitter=principal.submitter,
-                                     any_source=principal.scope is None), 201)
+    batches: SubmitBatches = http.app.state.submits  # one hop to the pool per batch
+    return _Json(await batches.submit(farm, builds.Submit(
+        request, principal.tenant, principal.submitter, any_source=principal.scope is None)),
+        201)
 
 
 _NEXT_LINK: dict[str, object] = {

@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, lazyload
 
-from crossfarm.controller.store.group_commit import GroupCommit
+from crossfarm.controller.store.group_commit import Failed, GroupCommit
 from crossfarm.controller.store.jobs import JobRecord, job_view
 from crossfarm.controller.store.schema import (
     DEFAULT_TENANT,
@@ -34,12 +34,12 @@ from crossfarm.controller.store.schema import (
     now,
 )
 from crossfarm.controller.store.vault import Vault
-from crossfarm.shared.arch import Arch
+from crossfarm.shared.arch import Arch, Placement
 from crossfarm.shared.errors import InvalidRequest, NotFound
 from crossfarm.shared.ids import BuildId, JobId, SourceDigest, parse_build_id
 from crossfarm.shared.keys import QueueKey
 from crossfarm.shared.states import BuildState, born, overall_state
-from crossfarm.shared.wire import BuildView, CargoSpec
+from crossfarm.shared.wire import BuildView, CargoSpec, JobView
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,22 @@ class NewBuild:
     submitter: str | None
     tenant: str = DEFAULT_TENANT
     project: str | None = None
+    #: the tenant's queued quota: the build is recorded only if its jobs to run keep the
+    #: tenant's unended jobs within it, counted in the transaction that records it
+    queued_limit: int | None = None
+
+
+class OverQueuedQuota(Exception):
+    """Recording the build would take its tenant's unended jobs past its queued quota;
+    nothing of it was recorded. `used`: the tenant's unended jobs as the transaction that
+    refused it counted them (the builds recorded before it in that transaction included)."""
+
+    def __init__(self, used: int, limit: int, jobs: int) -> None:
+        super().__init__(f"the tenant has {used} unended jobs and its queued quota is "
+                         f"{limit}: this build's {jobs} would pass it")
+        self.used = used
+        self.limit = limit
+        self.jobs = jobs
 
 
 @dataclass(frozen=True)
@@ -99,6 +115,37 @@ def _build_view(build: BuildRow, positions: dict[str, int] | None = None) -> Bui
         submitter=build.submitter,
         jobs=jobs,
     )
+
+
+def _new_view(new: NewBuild, build: dict[str, Any], jobs: list[dict[str, Any]],
+              positions: dict[str, int]) -> BuildView:
+    """A build just recorded, as `get` would read it back, made from the rows this store
+    inserted: not through ORM instances, nor validated again (every value is one the
+    request's validation or this store made), which took a tenth of a submit's time. A
+    test holds it equal to the view read back."""
+    asked = {job.job_id: job for job in new.jobs}
+    views = []
+    for row in jobs:
+        job = asked[row["id"]]
+        position = positions.get(job.job_id)
+        waiting = row["waiting"]
+        if position is not None:
+            waiting = f"{waiting or 'queued'}; position {position} in {job.queue.name}"
+        manifest = job.served.manifest if job.served is not None else None
+        views.append(JobView.model_construct(
+            job_id=job.job_id, target=job.target, arch=job.arch, queue=job.queue,
+            state=BuildState(row["state"]),
+            attempt=row["attempt"], worker=None, mode=None, consumed_from=None,
+            placement=Placement(job.placement), placed=row["placed"], waiting=waiting,
+            wait_limit_s=row["wait_limit_s"], queued_at=row["queued_at"], started_at=None,
+            finished_at=row.get("finished_at"), exit_code=row.get("exit_code"), reason=None,
+            cached_from=row.get("cached_from"),
+            tests=manifest.tests if manifest is not None else None,
+            rustc=manifest.rustc if manifest is not None else None, reuse=None))
+    return BuildView.model_construct(
+        build_id=new.build_id, state=overall_state(view.state for view in views),
+        created_at=build["created_at"], source=new.source, cargo=new.cargo,
+        env_names=build["env_names"], submitter=new.submitter, jobs=views)
 
 
 def _new_job(job: NewJob, build_id: BuildId, tenant: str, created: datetime
@@ -132,26 +179,74 @@ _AHEAD = (select(func.count()).select_from(JobRow)
                  or_(JobRow.queued_at < bindparam("at"),
                      and_(JobRow.queued_at == bindparam("at"), JobRow.id < bindparam("id")))))
 
-#: A new build's row and its jobs' rows.
-_NewRows = tuple[dict[str, Any], list[dict[str, Any]]]
+@dataclass(frozen=True)
+class _NewRows:
+    """A new build's row and its jobs' rows, and what its tenant's queued quota counts."""
+
+    build: dict[str, Any]
+    jobs: list[dict[str, Any]]
+    #: its jobs a worker will run (not those served from the result cache)
+    to_run: int
+    limit: int | None
 
 
-def _insert(session: Session, builds: Sequence[_NewRows]) -> list[dict[str, int]]:
+_UNENDED = [state.value for state in BuildState if not state.terminal]
+
+
+def _insert(session: Session, builds: Sequence[_NewRows]
+            ) -> list[dict[str, int] | OverQueuedQuota]:
     """Many builds with their jobs, in a few plain INSERTs (the ORM's unit of work doubled
     the time a submit held the database's one writer, SQLite's, and a statement per
     build as much again under a burst); for each build, its held jobs' places in line
-    as of this transaction."""
-    session.execute(insert(cast(Table, BuildRow.__table__)), [build for build, _ in builds])
-    # (one statement per shape of row: a job served from the cache has more columns)
-    shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for _, jobs in builds:
-        for job in jobs:
-            shapes.setdefault(tuple(sorted(job)), []).append(job)
-    for rows in shapes.values():
-        session.execute(insert(cast(Table, JobRow.__table__)), rows)
-    return [_places(session, [(job["id"], job["queue"], job["queued_at"]) for job in jobs
-                              if job["state"] == BuildState.QUEUED.value])
-            for _, jobs in builds]
+    as of this transaction, or OverQueuedQuota for one its tenant's quota refuses (in
+    the order given, each counting those recorded before it)."""
+    used = _unended(session, {rows.build["tenant"] for rows in builds if rows.limit is not None})
+    outcomes: list[OverQueuedQuota | None] = []
+    for rows in builds:
+        tenant = rows.build["tenant"]
+        if rows.limit is not None and used[tenant] + rows.to_run > rows.limit:
+            outcomes.append(OverQueuedQuota(used[tenant], rows.limit, rows.to_run))
+            continue
+        if tenant in used:
+            used[tenant] += rows.to_run
+        outcomes.append(None)
+    recorded = [rows for rows, refused in zip(builds, outcomes, strict=True) if refused is None]
+    if recorded:
+        session.execute(insert(cast(Table, BuildRow.__table__)),
+                        [rows.build for rows in recorded])
+        # (one statement per shape of row: a job served from the cache has more columns)
+        shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for rows in recorded:
+            for job in rows.jobs:
+                shapes.setdefault(tuple(sorted(job)), []).append(job)
+        for same in shapes.values():
+            session.execute(insert(cast(Table, JobRow.__table__)), same)
+    places = iter([_places(session, [(job["id"], job["queue"], job["queued_at"])
+                                     for job in rows.jobs
+                                     if job["state"] == BuildState.QUEUED.value])
+                   for rows in recorded])
+    return [next(places) if refused is None else refused for refused in outcomes]
+
+
+def _unended(session: Session, tenants: set[str]) -> dict[str, int]:
+    """Each tenant's jobs accepted and not ended, as a quota counts them in the
+    transaction that records new ones. Every build of a controller is recorded by its one
+    group, one transaction at a time, and every other write only ends jobs, so on SQLite
+    (one controller) the count holds until the commit. PostgreSQL may have several
+    controllers: each tenant's transaction-scoped advisory lock is taken first (in one
+    order: no deadlock), so a second one counts only once the first committed."""
+    if not tenants:
+        return {}
+    ordered = sorted(tenants)
+    if session.get_bind().dialect.name == "postgresql":
+        for tenant in ordered:
+            session.execute(select(func.pg_advisory_xact_lock(
+                func.hashtextextended(f"crossfarm queued quota {tenant}", 0))))
+    counts = {tenant: count for tenant, count in session.execute(
+        select(JobRow.tenant, func.count()).where(JobRow.tenant.in_(ordered),
+                                                  JobRow.state.in_(_UNENDED))
+        .group_by(JobRow.tenant))}
+    return {tenant: int(counts.get(tenant, 0)) for tenant in ordered}
 
 
 def _places(session: Session, held: Iterable[tuple[str, str, datetime]]) -> dict[str, int]:
@@ -173,9 +268,43 @@ class BuildStore:
         # (a job's place in line moves with the others'): status reads by the hundred.
         self._views: Kept[BuildId, tuple[str, BuildView]] = Kept(
             db.clock, (BuildRow.__tablename__, JobRow.__tablename__))
-        self._inserts: GroupCommit[_NewRows, dict[str, int]] = GroupCommit(db, _insert)
+        self._inserts: GroupCommit[_NewRows, dict[str, int] | OverQueuedQuota] = GroupCommit(
+            db, _insert)
 
     def add(self, new: NewBuild) -> BuildView:
+        """Record a build (see add_many); raises OverQueuedQuota, or what recording it
+        raised."""
+        [outcome] = self.add_many([new])
+        if isinstance(outcome, Failed):
+            raise outcome.error
+        return outcome
+
+    def add_many(self, news: Sequence[NewBuild]) -> list[BuildView | Failed]:
+        """Record builds, in order, committed with the other builds of the moment in one
+        transaction, which checks each one's queued quota and counts its held jobs'
+        places in line too: an answer needs no read after it. Each build is recorded
+        whole and answered with its view, or refused alone: Failed with OverQueuedQuota,
+        or with what recording it raised."""
+        made: list[_NewRows | Failed] = []
+        for new in news:
+            try:
+                made.append(self._rows(new))
+            except Exception as exc:  # that build's own problem (e.g. sealing its values)
+                made.append(Failed(exc))
+        rows = [r for r in made if isinstance(r, _NewRows)]
+        written = iter(self._inserts.write_many(rows))
+        answers: list[BuildView | Failed] = []
+        for new, r in zip(news, made, strict=True):
+            if isinstance(r, Failed):
+                answers.append(r)
+                continue
+            outcome = next(written)
+            answers.append(outcome if isinstance(outcome, Failed)
+                           else Failed(outcome) if isinstance(outcome, OverQueuedQuota)
+                           else _new_view(new, r.build, r.jobs, outcome))
+        return answers
+
+    def _rows(self, new: NewBuild) -> _NewRows:
         created = now()
         to_run = [job for job in new.jobs if job.served is None]
         build: dict[str, Any] = dict(
@@ -193,10 +322,7 @@ class BuildStore:
         )
         jobs = [_new_job(job, new.build_id, new.tenant, created)
                 for job in sorted(new.jobs, key=lambda job: job.target)]  # as views list them
-        # Committed with the other submits of the moment, in one transaction, which
-        # counts each held job's place in line too: the answer needs no read after it.
-        positions = self._inserts.write((build, jobs))
-        return _build_view(BuildRow(**build, jobs=[JobRow(**job) for job in jobs]), positions)
+        return _NewRows(build=build, jobs=jobs, to_run=len(to_run), limit=new.queued_limit)
 
     def close(self) -> None:
         """Refuse new builds; return once every one accepted is committed or refused."""

@@ -43,6 +43,15 @@ class StoreClosed(RuntimeError):
                          "retry it once the controller is back")
 
 
+class Failed:
+    """A write of `write_many` that was not committed, and why."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 class _Write(Generic[_T, _R]):
     """One caller's write, and how it ended."""
 
@@ -94,21 +103,33 @@ class GroupCommit(Generic[_T, _R]):
     def write(self, item: _T) -> _R:
         """Write `item` with whatever else is pending; its result once committed. Raises
         what writing it alone raised, or StoreClosed after `close`."""
-        entry: _Write[_T, _R] = _Write(item)
+        [outcome] = self.write_many([item])
+        if isinstance(outcome, Failed):
+            raise outcome.error
+        return outcome
+
+    def write_many(self, items: Sequence[_T]) -> list[_R | Failed]:
+        """Write `items`, in order, with whatever else is pending (one caller with a batch
+        of its own: the API's submits); each one's result once committed, or Failed with
+        what writing it alone raised. Raises StoreClosed after `close`, writing none."""
+        entries: list[_Write[_T, _R]] = [_Write(item) for item in items]
         with self._lock:
             if self._closed:
                 raise StoreClosed()
-            self._pending.append(entry)
-            if not self._leading:
-                self._leading = entry.leads = True
-        while not entry.done:
-            if entry.leads:
-                self._lead(entry)
-            else:
-                entry.wait()  # until its write ended or the lead was handed to it
-        if entry.error is not None:
-            raise entry.error
-        return entry.result  # type: ignore[return-value]  # _R itself may include None
+            self._pending.extend(entries)
+            if entries and not self._leading:
+                self._leading = entries[0].leads = True
+        # Entries are pending in order, so one waited for is taken into a batch before
+        # any later one of them could be handed the lead.
+        for entry in entries:
+            while not entry.done:
+                if entry.leads:
+                    self._lead(entry)
+                else:
+                    entry.wait()  # until its write ended or the lead was handed to it
+        return [Failed(entry.error) if entry.error is not None
+                else entry.result  # type: ignore[misc]  # _R itself may include None
+                for entry in entries]
 
     def pending(self) -> int:
         """How many writes wait for a transaction (not those in one now)."""

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from crossfarm.controller.store import Store, migrations
 from crossfarm.controller.store.builds import NewBuild, NewJob
-from crossfarm.controller.store.group_commit import GroupCommit, StoreClosed
+from crossfarm.controller.store.group_commit import Failed, GroupCommit, StoreClosed
 from crossfarm.controller.store.schema import Database, MetaRow
 from crossfarm.shared.arch import Arch
 from crossfarm.shared.ids import new_build_id, new_job_id
@@ -207,6 +207,37 @@ def test_a_group_takes_at_most_max_batch_writes_per_transaction(db):
     recorder.gate.set()
     callers.join()
     assert recorder.batches == [["first"], ["a", "b"], ["c", "d"], ["e"]]
+
+
+def test_one_callers_many_writes_are_committed_in_its_order_each_with_its_own_answer(db):
+    recorder = Recorder()
+    group, callers = _held_first_batch(db, recorder)
+    answers = []
+    mine = threading.Thread(target=lambda: answers.extend(
+        group.write_many([("m1", "v"), ("first", "again"), ("m3", "v")])))
+    mine.start()
+    _until(lambda: group.pending() == 3, "the three writes to queue")
+    callers.start_queued("after")
+    recorder.gate.set()
+    mine.join(DEADLINE_S)
+    callers.join()
+    # "first" again breaks the shared transaction's key: it fails alone, on retry
+    assert recorder.batches[:2] == [["first"], ["m1", "first", "m3", "after"]]
+    assert answers[0] == "stored m1"
+    assert answers[2] == "stored m3"
+    assert isinstance(answers[1], Failed)
+    assert isinstance(answers[1].error, IntegrityError)
+    assert callers.results["after"] == "stored after"
+    assert {"m1", "m3", "after"} <= set(_stored(db))
+
+
+def test_many_writes_of_one_caller_past_max_batch_are_cut_into_batches(db):
+    recorder = Recorder()
+    recorder.gate.set()
+    group = GroupCommit(db, recorder, max_batch=2)
+    answers = group.write_many([(f"k{n}", "v") for n in range(5)])
+    assert answers == [f"stored k{n}" for n in range(5)]
+    assert recorder.batches == [["k0", "k1"], ["k2", "k3"], ["k4"]]
 
 
 def test_a_batch_size_under_one_is_refused():

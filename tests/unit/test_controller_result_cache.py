@@ -228,6 +228,8 @@ def test_a_build_partly_served_queues_only_its_other_targets(farm):
     assert states == {X86: (BuildState.SUCCEEDED, first.build_id),
                       arm: (BuildState.QUEUED, None)}
     assert build.state is BuildState.RUNNING
+    # the answer is made from the rows inserted, the served job's manifest included
+    assert build.model_dump_json() == farm.store.builds.get(build.build_id).model_dump_json()
 
 
 def test_a_build_served_whole_keeps_no_sealed_values_as_no_job_will_run(farm):

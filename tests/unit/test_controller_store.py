@@ -7,11 +7,12 @@ from cryptography.fernet import Fernet
 from sqlalchemy import text
 
 from crossfarm.controller.store import Store
-from crossfarm.controller.store.builds import BuildSettings, NewBuild, NewJob
+from crossfarm.controller.store.builds import BuildSettings, NewBuild, NewJob, OverQueuedQuota
+from crossfarm.controller.store.group_commit import Failed
 from crossfarm.controller.store.jobs import Outcome
 from crossfarm.shared.arch import Arch, BuildMode, Placement
 from crossfarm.shared.errors import IllegalTransition, NotFound
-from crossfarm.shared.ids import BuildId, JobId
+from crossfarm.shared.ids import BuildId, JobId, new_build_id, new_job_id
 from crossfarm.shared.keys import QueueKey
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import (
@@ -115,6 +116,72 @@ def test_a_new_build_is_queued_with_one_queued_job_per_target(built):
         (ARM_JOB, ARM, "arm64", "crossfarm.builds.arm64", BuildState.QUEUED, 1),
     ]
     assert all(job.worker is None and job.started_at is None for job in built.jobs)
+
+
+def test_a_new_builds_answer_is_the_view_read_back(store, built):
+    # made from the inserted rows, not read: it must still be exactly what a read gives
+    read = store.builds.get(BUILD)
+    assert built == read
+    assert built.model_dump_json() == read.model_dump_json()
+
+
+def test_a_new_builds_answer_with_a_wait_limit_and_a_cross_queue_is_the_view_read_back(store):
+    added = store.builds.add(NewBuild(
+        build_id=BUILD, source=DIGEST, cargo=CargoSpec(), timeout_s=60, env={}, submitter=None,
+        jobs=[_new_job(ARM_JOB, ARM, "arm64", queue=ARM64_CROSS, placement="cross-ok",
+                       placed="cross: no arm64 worker online", waiting="waiting: its turn",
+                       wait_limit_s=600)]))
+    assert added.model_dump_json() == store.builds.get(BUILD).model_dump_json()
+
+
+def _quota_build(limit, targets=(X86,), tenant="acme"):
+    return NewBuild(
+        build_id=new_build_id(), source=DIGEST, cargo=CargoSpec(), timeout_s=60, env={},
+        submitter=None, tenant=tenant, queued_limit=limit,
+        jobs=[_new_job(new_job_id(), target, "amd64") for target in targets])
+
+
+def test_builds_past_the_queued_quota_are_refused_by_the_transaction_that_would_record_them(
+        store):
+    two, one, over = (_quota_build(3, (X86, ARM)), _quota_build(3), _quota_build(3))
+    other_tenant = _quota_build(3, tenant="globex")
+    answers = store.builds.add_many([two, one, over, other_tenant])
+    assert [a.build_id for a in answers if not isinstance(a, Failed)] == [
+        two.build_id, one.build_id, other_tenant.build_id]
+    refused = answers[2].error
+    assert isinstance(refused, OverQueuedQuota)
+    assert (refused.used, refused.limit, refused.jobs) == (3, 3, 1)
+    with pytest.raises(NotFound):
+        store.builds.get(over.build_id)
+    # an ended job frees its room
+    store.jobs.finish(two.jobs[0].job_id, 1, Outcome(BuildState.CANCELLED, reason="test"))
+    assert store.builds.add(_quota_build(3)).state is BuildState.QUEUED
+    with pytest.raises(OverQueuedQuota):
+        store.builds.add(_quota_build(3))
+
+
+def test_builds_submitted_at_once_never_pass_the_queued_quota(store):
+    # each thread's check and record are one step of the one transaction recording them,
+    # so whatever the interleaving exactly the quota is recorded
+    answers = []
+    start = threading.Barrier(8)
+
+    def submit():
+        start.wait(30)
+        for _ in range(3):
+            try:
+                answers.append(store.builds.add(_quota_build(5)))
+            except OverQueuedQuota as refused:
+                answers.append(refused)
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(answers) == 24
+    assert sum(not isinstance(a, OverQueuedQuota) for a in answers) == 5
+    assert store.usage.unended_jobs("acme") == 5
 
 
 def test_a_build_reads_back_with_its_request_fields(store, built):

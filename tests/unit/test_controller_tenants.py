@@ -6,11 +6,13 @@ events and object store."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import io
 import tarfile
 
+import httpx
 import pytest
 from farm_fakes import make_api
 
@@ -238,6 +240,20 @@ def test_a_submit_over_the_queued_quota_is_429_naming_it(make_tenants):
     assert farm.upload(farm.bob).status_code == 204
     farm.api.post("/v1/sources", json=TREE, headers=farm.bob)
     assert farm.submit(farm.bob, targets=(X86, ARM)).status_code == 201
+
+
+def test_submits_at_once_over_the_api_never_pass_the_queued_quota(make_tenants):
+    farm = make_tenants(tenant_quotas={"acme": TenantQuota(queued=5)})  # 1 queued already
+
+    async def burst():
+        transport = httpx.ASGITransport(app=farm.api._app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://farm") as client:
+            return await asyncio.gather(*[client.post("/v1/builds", headers=farm.alice, json={
+                "source": farm.source, "targets": [X86]}) for _ in range(12)])
+
+    codes = sorted(reply.status_code for reply in asyncio.run(burst()))
+    assert codes == [201] * 4 + [429] * 8
+    assert farm.api.farm.store.usage.unended_jobs("acme") == 5
 
 
 def test_an_upload_over_the_source_quota_is_429_and_nothing_is_recorded(make_tenants):
