@@ -243,6 +243,16 @@ def farm_timeline(project: str, runs: dict[str, Run]) -> None:
                 print(f"  {at:7.2f}  {line[:150]}")
 
 
+def check_tools(tools: list[str]) -> None:
+    """Before anything starts: a missing tool would otherwise end the run half way."""
+    missing = [binary for tool, binary in (("host", "cargo"), ("cross", "cross"),
+                                           ("docker", "docker"))
+               if tool in tools and shutil.which(binary) is None]
+    if missing:
+        raise SystemExit(f"not found on PATH: {', '.join(missing)} (cross: cargo install "
+                         "cross --locked); or leave its tool out with --tools")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", choices=("release", "dev"), default="release")
@@ -253,6 +263,7 @@ def main() -> None:
                              "is a cold build again, and is left out to save time)")
     args = parser.parse_args()
     tools = args.tools.split(",")
+    check_tools(tools)
     # stopped (a `timeout`, a kill), the farm it started and its volumes still go
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="crossfarm-vs-cross-") as tmp:
