@@ -116,8 +116,17 @@ def docker_build(profile: str, home: Path) -> Callable[[Path], Run]:
     return build
 
 
-def farm_build(profile: str, running: localfarm.Farm) -> Callable[[Path], Run]:
+def cli_env(running: localfarm.Farm) -> dict[str, str]:
+    """The CLI's environment: the farm's, with bytecode caching on as in any install (pip
+    compiles it): a PYTHONDONTWRITEBYTECODE=1 inherited from the shell made every run
+    compile crossfarm's modules from source, which no user pays."""
     env = running.env()
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def farm_build(profile: str, running: localfarm.Farm) -> Callable[[Path], Run]:
+    env = cli_env(running)
     return lambda crate: timed([sys.executable, "-m", "crossfarm.client", "build",
                                 "--target", X86, "--json", *profile_flags(profile)],
                                crate, env)
@@ -175,16 +184,17 @@ def clean_docker() -> None:
 
 
 def cli_start_up(env: dict[str, str]) -> tuple[float, float]:
-    """Median seconds of a bare `python3 -c pass` and of importing the CLI, of 5 each."""
+    """Median seconds of a bare `python3 -c pass` and of the CLI's start-up (`crossfarm
+    config`: every import, the configuration read, no request), of 5 each."""
     def median(argv: list[str]) -> float:
         times = []
         for _ in range(5):
             started = time.monotonic()
-            subprocess.run(argv, env=env, check=True)
+            subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
             times.append(time.monotonic() - started)
         return sorted(times)[2]
     return (median([sys.executable, "-c", "pass"]),
-            median([sys.executable, "-c", "import crossfarm.client.cli"]))
+            median([sys.executable, "-m", "crossfarm.client", "config"]))
 
 
 def report(project: str, results: dict[str, dict[str, Run]]) -> None:
@@ -233,6 +243,16 @@ def farm_timeline(project: str, runs: dict[str, Run]) -> None:
                 print(f"  {at:7.2f}  {line[:150]}")
 
 
+def check_tools(tools: list[str]) -> None:
+    """Before anything starts: a missing tool would otherwise end the run half way."""
+    missing = [binary for tool, binary in (("host", "cargo"), ("cross", "cross"),
+                                           ("docker", "docker"))
+               if tool in tools and shutil.which(binary) is None]
+    if missing:
+        raise SystemExit(f"not found on PATH: {', '.join(missing)} (cross: cargo install "
+                         "cross --locked); or leave its tool out with --tools")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", choices=("release", "dev"), default="release")
@@ -243,6 +263,7 @@ def main() -> None:
                              "is a cold build again, and is left out to save time)")
     args = parser.parse_args()
     tools = args.tools.split(",")
+    check_tools(tools)
     # stopped (a `timeout`, a kill), the farm it started and its volumes still go
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="crossfarm-vs-cross-") as tmp:
@@ -270,7 +291,7 @@ def main() -> None:
                     results.setdefault(project, {})[tool] = phases(
                         builders[tool], pristine[project], project,
                         work / f"{project}-{tool}", tool in args.clone_tools.split(","))
-            start_up = cli_start_up(running.env()) if running is not None else None
+            start_up = cli_start_up(cli_env(running)) if running is not None else None
         finally:
             if running is not None:
                 running.stop()
@@ -284,7 +305,7 @@ def main() -> None:
         report(project, by_tool)
     if start_up is not None:
         bare, cli = start_up
-        print(f"\nCLI start-up: python3 -c pass {bare:.2f} s; importing the CLI {cli:.2f} s")
+        print(f"\nCLI start-up: python3 -c pass {bare:.2f} s; `crossfarm config` {cli:.2f} s")
     for project, by_tool in results.items():
         if "crossfarm" in by_tool:
             farm_timeline(project, by_tool["crossfarm"])

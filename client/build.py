@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
+import stat
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +14,7 @@ from typing import TextIO
 
 from crossfarm.client.api import FarmClient
 from crossfarm.client.config import Config, CrossConfig
+from crossfarm.client.digests import DigestIndex, sha256_of
 from crossfarm.client.preflight import check_request
 from crossfarm.client.render import Progress, build_table, emit_json, note
 from crossfarm.client.source import scan, send
@@ -27,6 +28,8 @@ from crossfarm.shared.wire import (
     BuildRequest,
     BuildView,
     CargoSpec,
+    Event,
+    opening_events,
     plain_file_name,
 )
 
@@ -83,20 +86,17 @@ def run_build(client: FarmClient, config: Config, cross: CrossConfig, options: B
         else:
             print(build.build_id)
         return EXIT_OK
-    with _interrupts(client, build.build_id, options.cancel_on_interrupt):
-        follow(client, build.build_id, options.targets)
-    final = client.build(build.build_id)
+    if build.state.terminal:
+        # Born finished (every target served from the result cache): its stream would
+        # only repeat the record, so it is shown from the record, with no stream opened.
+        final = build
+        show_events(opening_events(build), options.targets)
+    else:
+        with _interrupts(client, build.build_id, options.cancel_on_interrupt):
+            follow(client, build.build_id, options.targets)
+        final = client.build(build.build_id)
     artifacts = client.artifacts(build.build_id)
-    profile = profile_dir(options.cargo.profile)
-    # Every destination is checked before the first byte lands, so a list with one bad
-    # name writes nothing at all.
-    dests = [_cargo_dest(options.root, options.targets, profile, artifact)
-             for artifact in artifacts]
-    for artifact, dest in zip(artifacts, dests, strict=True):
-        if fetch(client, artifact, dest, Progress(f"{artifact.target} {artifact.name}")):
-            note(f"{artifact.target}: {artifact.path} ({artifact.size} bytes, sha256 ok)")
-        else:
-            note(f"{artifact.target}: {artifact.path} is already this artifact (same sha256)")
+    _bring_home(client, artifacts, options)
     if options.as_json:
         emit_json({"build": final, "artifacts": artifacts})
     else:
@@ -104,6 +104,27 @@ def run_build(client: FarmClient, config: Config, cross: CrossConfig, options: B
         if summary is not None:
             summary(final)
     return exit_code(final.state)
+
+
+def _bring_home(client: FarmClient, artifacts: list[ArtifactView], options: BuildOptions
+                ) -> None:
+    """Each artifact where cargo would put it, unless the file there already is it."""
+    profile = profile_dir(options.cargo.profile)
+    # Every destination is checked before the first byte lands, so a list with one bad
+    # name writes nothing at all.
+    dests = [_cargo_dest(options.root, options.targets, profile, artifact)
+             for artifact in artifacts]
+    known = DigestIndex((options.root / "target").resolve())
+    try:
+        for artifact, dest in zip(artifacts, dests, strict=True):
+            if fetch(client, artifact, dest, Progress(f"{artifact.target} {artifact.name}"),
+                     known):
+                note(f"{artifact.target}: {artifact.path} ({artifact.size} bytes, sha256 ok)")
+            else:
+                note(f"{artifact.target}: {artifact.path} is already this artifact "
+                     "(same sha256)")
+    finally:
+        known.save()
 
 
 def first_error(exc: ValueError) -> str:
@@ -135,13 +156,21 @@ def _send_source(client: FarmClient, options: BuildOptions
         note(f"farm fetched {url} at {status.commit} ({status.files} files)")
         return status.digest, None
     local = scan(options.root, client.limits())
+    project = project_of(local.tree, lambda sha: local.files[sha].read_bytes())
+    # A tree the farm already holds for this tenant (the crate unchanged since its last
+    # build) is named as it is: no question about its blobs, no tree stored again.
+    stored = client.source(local.digest)
+    if stored is not None:
+        note(f"source {local.digest[:12]} ({len(local.tree.entries)} files): "
+             "nothing to upload, the farm has every file")
+        return stored.digest, project
     report = send(client, local, Progress("upload"))
     if report.blobs_sent:
         note(f"sent {report.blobs_sent} of {len(local.files)} file(s), {report.bytes_sent} bytes")
     else:
         note(f"source {local.digest[:12]} ({len(local.tree.entries)} files): "
              "nothing to upload, the farm has every file")
-    return report.status.digest, project_of(local.tree, lambda sha: local.files[sha].read_bytes())
+    return report.status.digest, project
 
 
 def follow(client: FarmClient, build_id: str, targets: list[str] | None = None,
@@ -150,8 +179,14 @@ def follow(client: FarmClient, build_id: str, targets: list[str] | None = None,
     stdout keeps the one document --json prints); state changes go to stderr. Each line
     is prefixed by its target unless `only` one target's lines are shown: then they are
     that target's output as it was."""
+    show_events(client.events(build_id, follow=live), targets, only, out)
+
+
+def show_events(events: Iterable[Event], targets: list[str] | None = None,
+                only: str | None = None, out: TextIO | None = None) -> None:
+    """Print events as `follow` does."""
     width = max((len(t) for t in targets or []), default=0)
-    for event in client.events(build_id, follow=live):
+    for event in events:
         if only and event.target != only:
             continue
         if event.kind == "log":
@@ -221,13 +256,22 @@ def download_all(client: FarmClient, build_id: str, dest: Path,
 
 
 def fetch(client: FarmClient, artifact: ArtifactView, dest: Path,
-          progress: Callable[[int, int], None] | None = None) -> bool:
+          progress: Callable[[int, int], None] | None = None,
+          known: DigestIndex | None = None) -> bool:
     """Download an artifact to `dest` unless the file there already has its sha256 (then
-    only its mode is set); True if it was downloaded."""
-    if _sha256_of(dest) != artifact.sha256:
+    only its mode is set); True if it was downloaded. With `known`, the sha256 of a file
+    unchanged since it was last hashed or written is taken from that index."""
+    present = known.sha256(dest) if known is not None else _sha256_of(dest)
+    if present != artifact.sha256:
         client.download(artifact, dest, progress)
+        if known is not None:
+            known.wrote(dest, artifact.sha256)
         return True
-    dest.chmod(0o755 if artifact.executable else 0o644)
+    mode = 0o755 if artifact.executable else 0o644
+    if stat.S_IMODE(dest.lstat().st_mode) != mode:
+        dest.chmod(mode)  # a new ctime: remembered anew
+        if known is not None:
+            known.wrote(dest, artifact.sha256)
     return False
 
 
@@ -236,11 +280,7 @@ def _sha256_of(path: Path) -> str | None:
     none at `path`."""
     if path.is_symlink() or not path.is_file():
         return None
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_of(path)
 
 
 def profile_dir(profile: str) -> str:

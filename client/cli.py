@@ -69,8 +69,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="crossfarm", description=__doc__, parents=[_global_flags(suppress=False)],
         formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
         usage="crossfarm [+TOOLCHAIN] [--url URL] [--token TOKEN] [--json] COMMAND ...")
-    parser.add_argument("--version", action="version",
-                        version=f"crossfarm {crossfarm_version()} (API {API_VERSION})")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="show program's version number and exit")
     # named plainly: the main usage line (with +TOOLCHAIN) is not each command's prefix
     commands = parser.add_subparsers(dest="command", required=True, prog="crossfarm")
     command_flags = _global_flags(suppress=True)
@@ -142,6 +142,15 @@ def _parser() -> argparse.ArgumentParser:
     revoke = command("revoke", where=tokens, text="refuse a token from now on")
     revoke.add_argument("token_id", type=int, metavar="ID")
     return parser
+
+
+class _Version(argparse.Action):
+    """--version, whose text is looked up only when asked for: reading the installed
+    package's metadata costs every other command start-up time."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"crossfarm {crossfarm_version()} (API {API_VERSION})")
+        parser.exit()
 
 
 def _submit_flags(sub: argparse.ArgumentParser) -> None:

@@ -23,16 +23,16 @@ from crossfarm.shared.wire import (
 def version_warning(health: Health, url: str) -> str | None:
     """A warning when the farm at `url` speaks another API major version than this CLI
     (or none: older than versions); None when they match."""
+    if health.api == API_VERSION:
+        return None
     mine = f"crossfarm {crossfarm_version()}, API {API_VERSION}"
     if health.api is None:
         return (f"the farm at {url} reports no API version (a controller older than this "
                 f"CLI: {mine}); requests may be refused or misread: upgrade the farm or use "
                 "the CLI of its version")
-    if health.api != API_VERSION:
-        return (f"the farm at {url} speaks API {health.api} (crossfarm "
-                f"{health.version or 'unknown'}), this CLI API {API_VERSION} ({mine}); "
-                "requests may be refused or misread: install the CLI of the farm's version")
-    return None
+    return (f"the farm at {url} speaks API {health.api} (crossfarm "
+            f"{health.version or 'unknown'}), this CLI API {API_VERSION} ({mine}); "
+            "requests may be refused or misread: install the CLI of the farm's version")
 
 
 def check_request(offer: FarmTargets | None, health: Health, toolchain: str | None,

@@ -113,7 +113,10 @@ def _git_at(root: Path) -> Iterator[Git]:
         return
     with tempfile.TemporaryDirectory() as gitdir:
         env = {**os.environ, "GIT_DIR": gitdir, "GIT_WORK_TREE": str(root)}
-        subprocess.run(["git", "init", "-q"], env=env, check=True, capture_output=True)
+        # no template: nothing to copy in (hooks, samples) nor to delete again, and no
+        # init.templateDir of the user's that could put anything there
+        subprocess.run(["git", "init", "-q", "--template="], env=env, check=True,
+                       capture_output=True)
         yield functools.partial(run, env=env)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import unicodedata
 from datetime import datetime
 from enum import StrEnum
-from importlib import metadata
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -388,6 +387,25 @@ class Event(Wire):
     state: BuildState | None = None
 
 
+def opening_events(build: BuildView) -> list[Event]:
+    """What a build's event stream opens with, from its record alone: each job's first
+    state (`queued`, where every job a worker runs starts, or `succeeded` for one served
+    from the result cache), then which build a cached job's artifacts are from, then
+    what a queued job waits for. The CLI shows the same for a build that was served
+    whole from the cache, without opening the stream of a build already over."""
+    events = [Event(kind="state", target=job.target,
+                    state=BuildState.SUCCEEDED if job.cached_from else BuildState.QUEUED)
+              for job in build.jobs]
+    events += [Event(kind="log", target=job.target,
+                     line=f"crossfarm: served from the result cache: the artifacts of build "
+                          f"{job.cached_from}, made from the same inputs with the same "
+                          "builder image")
+               for job in build.jobs if job.cached_from]
+    events += [Event(kind="log", target=job.target, line=f"crossfarm: {job.waiting}")
+               for job in build.jobs if job.state is BuildState.QUEUED and job.waiting]
+    return events
+
+
 class TreeEntry(Wire):
     """One file or symlink of a source tree; a file's bytes are the blob named by sha256."""
 
@@ -749,6 +767,8 @@ API_VERSION = 1
 
 def crossfarm_version() -> str:
     """The installed crossfarm's version (0+unknown when run from a tree not installed)."""
+    from importlib import metadata  # here: slow to import, and seldom needed
+
     try:
         return metadata.version("crossfarm")
     except metadata.PackageNotFoundError:

@@ -279,6 +279,50 @@ class Docker:
         return removed
 
 
+class JoinedTars(io.RawIOBase):
+    """Seekable tar streams read as one archive: the members of each in turn, and only the
+    last one's end-of-archive blocks. One copy into a container then puts all of them in
+    place; each copy is a round trip in which the engine mounts the container's volumes
+    (60-130 ms apiece on a loaded 2-core machine). Every member keeps its own path, so
+    all of the tars must be meant for the same directory."""
+
+    def __init__(self, tars: list[IO[bytes]]) -> None:
+        self._parts: list[tuple[IO[bytes], int | None]] = [
+            (tar, _members_end(tar)) for tar in tars[:-1]]
+        self._parts += [(tar, None) for tar in tars[-1:]]
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while self._parts:
+            tar, end = self._parts[0]
+            want = len(buffer) if end is None else min(len(buffer), end - tar.tell())
+            data = tar.read(want) if want > 0 else b""
+            if data:
+                buffer[:len(data)] = data
+                return len(data)
+            self._parts.pop(0)
+        return 0
+
+
+def joined_tars(tars: list[IO[bytes]]) -> IO[bytes]:
+    """JoinedTars as a buffered stream."""
+    return io.BufferedReader(JoinedTars(tars), 1 << 20)
+
+
+def _members_end(tar: IO[bytes]) -> int:
+    """Where a tar's members end and its end-of-archive blocks begin; the stream is left
+    at its start."""
+    tar.seek(0)
+    end = 0
+    with tarfile.open(fileobj=tar, mode="r:") as archive:
+        for member in archive:  # headers only: the data is seeked over
+            end = member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    tar.seek(0)
+    return end
+
+
 def _disk_usage(root: Path) -> int:
     """The bytes of disk the files under `root` take (as du counts: allocated blocks)."""
     total = 0

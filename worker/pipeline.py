@@ -73,6 +73,7 @@ from crossfarm.worker.container import (
     StepContainer,
     StepResult,
     StopCheck,
+    joined_tars,
 )
 from crossfarm.worker.deps import CrateSource, DependencyCache
 from crossfarm.worker.disk import DiskSpec
@@ -532,10 +533,12 @@ def _compile(run: JobRun, locked: bool, inputs: list[IO[bytes]], tmp: Path,
         run.tools.docker.keep_volume(loan.name, keys.warm_labels(settings.worker_name))
     try:
         with run.log.timed("build step"), run.tools.docker.container(step) as container:
-            for tar in [*inputs, *([cache.restored.tar] if cache else [])]:
-                container.put(cargo.WORK, tar)
-            if loan is not None:
-                container.put(cargo.WARM, _target_dir_tar())
+            # one copy into the container, not one per tar (each is an engine round trip):
+            # the source and vendor links, the compile cache's restored dir, and the warm
+            # volume's target folder (a member under WORK the engine follows into it)
+            container.put(cargo.WORK, joined_tars(
+                [*inputs, *([cache.restored.tar] if cache else []),
+                 *([_target_dir_tar()] if loan is not None else [])]))
             result = container.run(sink, run.deadline, stop,
                                    max_line=settings.log_line_max_bytes)
             run.log.check()
@@ -655,10 +658,12 @@ def _say_warm(run: JobRun, loan: Loan | None, units: list[tuple[str, bool]]) -> 
 
 def _target_dir_tar() -> IO[bytes]:
     """The warm volume's target folder, owned by the build user (the volume's root is
-    root's, and an engine copy never changes the owner of the folder it copies into)."""
+    root's, and an engine copy never changes the owner of the folder it copies into), as
+    a member of a tar copied into cargo.WORK: the engine follows the path into the warm
+    volume mounted below it."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as tar:
-        info = tarfile.TarInfo(cargo.WARM_TARGET.rsplit("/", 1)[-1])
+        info = tarfile.TarInfo(cargo.WARM_TARGET.removeprefix(cargo.WORK + "/"))
         info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, 0o755, BUILD_UID, BUILD_UID
         tar.addfile(info)
     out.seek(0)

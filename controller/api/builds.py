@@ -17,7 +17,13 @@ from crossfarm.shared.errors import InvalidRequest
 from crossfarm.shared.events import EventReader, parse_event_id
 from crossfarm.shared.ids import BuildId
 from crossfarm.shared.states import BuildState
-from crossfarm.shared.wire import ArtifactView, BuildRequest, BuildView, Event
+from crossfarm.shared.wire import (
+    ArtifactView,
+    BuildRequest,
+    BuildView,
+    Event,
+    opening_events,
+)
 
 router = APIRouter(prefix="/v1/builds", tags=["builds"])
 
@@ -205,17 +211,8 @@ def _opening(build: BuildView, after: str) -> list[tuple[str, Event]]:
     ms, seq = parse_event_id(after)
     if ms:
         return []
-    events = [Event(kind="state", target=job.target,
-                    state=BuildState.SUCCEEDED if job.cached_from else BuildState.QUEUED)
-              for job in build.jobs]
-    events += [Event(kind="log", target=job.target,
-                     line=f"crossfarm: served from the result cache: the artifacts of build "
-                          f"{job.cached_from}, made from the same inputs with the same "
-                          "builder image")
-               for job in build.jobs if job.cached_from]
-    events += [Event(kind="log", target=job.target, line=f"crossfarm: {job.waiting}")
-               for job in build.jobs if job.state is BuildState.QUEUED and job.waiting]
-    return [(f"0-{n}", event) for n, event in enumerate(events, start=1) if n > seq]
+    return [(f"0-{n}", event) for n, event in enumerate(opening_events(build), start=1)
+            if n > seq]
 
 
 async def _sse(

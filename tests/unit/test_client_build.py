@@ -1,23 +1,41 @@
 import hashlib
 import json
+import ssl
+from datetime import UTC, datetime
+from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
 import pytest
 
-from crossfarm.client.api import FarmClient
+from crossfarm.client.api import FarmClient, tls
 from crossfarm.client.build import (
+    BuildOptions,
     _cargo_dest,
     _send_source,
     download_all,
     exit_code,
     fetch,
     inside,
+    run_build,
 )
+from crossfarm.client.config import CrossConfig, load_config
+from crossfarm.client.digests import INDEX_NAME
+from crossfarm.shared.arch import Arch, BuildMode
 from crossfarm.shared.errors import FarmError, InvalidSource
+from crossfarm.shared.keys import QueueKey
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.tree import TreeLimits
-from crossfarm.shared.wire import ArtifactView
+from crossfarm.shared.wire import (
+    API_VERSION,
+    ArtifactView,
+    BuildView,
+    CargoSpec,
+    Health,
+    JobView,
+    SourceStatus,
+    opening_events,
+)
 
 X86 = "x86_64-unknown-linux-gnu"
 BUILD = "b-0123456789abcdef"
@@ -186,3 +204,103 @@ def test_a_symlink_with_the_artifacts_bytes_behind_it_is_not_taken_for_the_artif
     client = Recording()
     assert fetch(client, _view(b"new"), tmp_path / "hello") is True
     assert client.downloaded == ["hello"]
+
+
+# --- a build the farm already has --------------------------------------------------------
+
+
+class CachedFarm:
+    """A farm that holds this crate's tree already and serves every target from the result
+    cache; it records each call, and fails the test on any it should not get."""
+
+    def __init__(self, artifact_bytes):
+        self.calls = []
+        self.artifact_bytes = artifact_bytes
+
+    def health(self):
+        return Health(ok=True, api=API_VERSION)
+
+    def targets(self):
+        return None
+
+    def limits(self):
+        return TreeLimits()
+
+    def source(self, digest):
+        self.calls.append("source")
+        return SourceStatus(digest=digest, files=2, total_bytes=10, locked=True)
+
+    def missing_blobs(self, digests):
+        pytest.fail("asked about blobs of a tree the farm said it holds")
+
+    def submit(self, request):
+        self.calls.append("submit")
+        job = JobView(job_id="j-0123456789abcdef", target=X86, arch=Arch.AMD64,
+                      queue=QueueKey(Arch.AMD64, BuildMode.NATIVE), state=BuildState.SUCCEEDED,
+                      attempt=0, queued_at=datetime.now(UTC), cached_from="b-00000000000000ee")
+        return BuildView(build_id=BUILD, state=BuildState.SUCCEEDED, created_at=datetime.now(UTC),
+                         source=request.source, cargo=request.cargo, jobs=[job])
+
+    def events(self, build_id, follow=True):
+        pytest.fail("followed the stream of a build that was over when it was submitted")
+
+    def build(self, build_id):
+        pytest.fail("asked again for a build the submit's answer showed finished")
+
+    def artifacts(self, build_id):
+        self.calls.append("artifacts")
+        return [_view(self.artifact_bytes)]
+
+    def download(self, artifact, dest, progress=None):
+        self.calls.append("download")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(self.artifact_bytes)
+
+
+def _crate(root):
+    (root / "src").mkdir(parents=True)
+    (root / "Cargo.toml").write_text('[package]\nname = "hello"\nversion = "0.1.0"\n')
+    (root / "src" / "main.rs").write_text("fn main() {}\n")
+    return root
+
+
+def _options(root):
+    return BuildOptions(targets=[X86], cargo=CargoSpec(), timeout=None, detach=False,
+                        as_json=False, cancel_on_interrupt=False, git=None, root=root)
+
+
+def _config():
+    return load_config({}, {"CROSSFARM_USER": "me"}, Path("/"), Path("/nonexistent"))
+
+
+def test_a_build_served_whole_from_the_cache_shows_its_record_without_opening_a_stream(
+        tmp_path, capsys):
+    farm = CachedFarm(b"new")
+    assert run_build(farm, _config(), CrossConfig(), _options(_crate(tmp_path))) == 0
+    assert farm.calls == ["source", "submit", "artifacts", "download"]
+    err = capsys.readouterr().err
+    view = farm.submit(SimpleNamespace(source="0" * 64, cargo=CargoSpec()))
+    for event in opening_events(view):  # what the stream would have opened with
+        shown = (f"crossfarm: {X86}: succeeded" if event.kind == "state"
+                 else f"[{X86}] {event.line}")
+        assert shown in err
+
+
+def test_a_second_build_finds_its_artifact_in_place_without_reading_it_again(tmp_path, capsys):
+    crate = _crate(tmp_path)
+    farm = CachedFarm(b"new")
+    run_build(farm, _config(), CrossConfig(), _options(crate))
+    farm.calls.clear()
+    run_build(farm, _config(), CrossConfig(), _options(crate))
+    assert farm.calls == ["source", "submit", "artifacts"]
+    assert "is already this artifact (same sha256)" in capsys.readouterr().err
+    assert (crate / "target" / INDEX_NAME).exists()
+
+
+def test_an_https_farm_is_verified_and_a_plain_http_one_gets_a_tls_context_trusting_nothing():
+    assert tls("https://farm.example:8700") is True
+    context = tls("http://127.0.0.1:8700")
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode is ssl.CERT_REQUIRED
+    assert context.check_hostname
+    assert context.get_ca_certs() == []

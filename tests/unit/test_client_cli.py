@@ -379,3 +379,18 @@ def test_the_cli_starts_without_loading_httpxs_own_command_line_or_its_extras():
     shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                            check=True, env={**os.environ, "PYTHONPATH": path})
     assert shown.stdout.strip() == "[]"
+
+
+def test_the_crossfarm_command_skips_pydantics_plugin_search_and_the_async_libraries():
+    # Both cost start-up time for nothing the CLI uses: pydantic's search reads every
+    # installed distribution's entry points, and httpcore imports trio and anyio for
+    # async clients. Checked as the `crossfarm` command starts, in a fresh interpreter.
+    probe = ("import os, sys, httpx; from crossfarm.client.__main__ import main; "
+             "sys.argv = ['crossfarm', 'config']; main(); httpx.Client(); "
+             "print(os.environ['PYDANTIC_DISABLE_PLUGINS'], sorted("
+             "m for m in ('trio', 'anyio') if sys.modules.get(m) is not None))")
+    path = os.pathsep.join(entry for entry in sys.path if entry)
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                           check=True, env={**env, "PYTHONPATH": path})
+    assert shown.stdout.strip().splitlines()[-1] == "__all__ []"

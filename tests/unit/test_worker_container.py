@@ -11,7 +11,7 @@ import pytest
 import requests.exceptions
 
 from crossfarm.shared.errors import BuildCancelled, BuildError, LeaseLost, LimitExceeded
-from crossfarm.worker.container import LINE_CUT, Container, _pump
+from crossfarm.worker.container import LINE_CUT, Container, _pump, joined_tars
 
 
 class RawContainer:
@@ -161,3 +161,26 @@ def test_a_path_that_is_not_a_regular_file_is_refused(tmp_path):
     raw = ArchiveContainer(b"", kind=tarfile.SYMTYPE)
     with pytest.raises(BuildError, match="not a regular file"):
         Container(raw).copy_out("/work/target/link", tmp_path, max_bytes=10)
+
+
+def _tar(members: dict[str, bytes]) -> io.BytesIO:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.pax_headers = {"mtime": "1700000000.25"}  # a pax header before each member
+            tar.addfile(info, io.BytesIO(data))
+    out.seek(0)
+    return out
+
+
+def test_joined_tars_read_as_one_archive_of_every_member_in_order():
+    first = {"src/a.rs": b"a" * 512, "src/b.rs": b"b" * 1000}  # whole and partial blocks
+    second = {"vendor/config.toml": b"x"}
+    third = {"warm/target/.keep": b""}
+    joined = joined_tars([_tar(first), _tar(second), _tar(third)])
+    with tarfile.open(fileobj=joined, mode="r|") as tar:  # read as the engine does: in order
+        read = {m.name: tar.extractfile(m).read() for m in tar}
+    assert list(read) == [*first, *second, *third]
+    assert read == {**first, **second, **third}

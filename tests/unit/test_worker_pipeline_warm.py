@@ -16,6 +16,7 @@ from crossfarm.shared.tree import tree_digest
 from crossfarm.shared.wire import CargoReuse, CargoSpec, JobMessage, SourceTree, TreeEntry
 from crossfarm.worker.app import consumed_queues
 from crossfarm.worker.heartbeat import describe
+from crossfarm.worker.images import BUILD_UID
 from crossfarm.worker.pipeline import Toolbox, run_job
 from crossfarm.worker.settings import WorkerSettings
 from crossfarm.worker.warm import WarmKey, WarmShelf
@@ -102,7 +103,10 @@ def test_the_next_build_of_a_project_reuses_its_target_dir_and_only_changed_file
     for build in (one, two):
         assert build.step.volumes[WARM_DIR] == "/work/warm"
         assert build.step.env["CARGO_TARGET_DIR"] == "/work/warm/target"
-        assert ("/work/warm", build.puts[-1][1]) == build.puts[-1]
+        [(path, joined)] = build.puts
+        with tarfile.open(fileobj=io.BytesIO(joined)) as members:
+            target = members.getmember("warm/target")
+        assert (path, target.isdir(), target.uid) == ("/work", True, BUILD_UID)
     before, after = _source_mtimes(one), _source_mtimes(two)
     assert after["greet/src/lib.rs"] == before["greet/src/lib.rs"]
     assert after["app/src/main.rs"] > before["app/src/main.rs"]
