@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 from urllib.parse import quote, urlsplit
 
 # httpx's package imports its own command line (httpx._main) whenever click and rich are
@@ -263,6 +264,19 @@ class FarmClient:
                             f"manifest's {artifact.sha256}; nothing was written")
         partial.chmod(0o755 if artifact.executable else 0o644)
         partial.replace(dest)
+
+    def stored_log(self, build_id: str, target: str, out: IO[bytes]) -> None:
+        """Copy the log one target's last attempt stored when it ended (kept with the
+        artifacts, after the live stream has expired) to `out`. The farm answers with a
+        short-lived URL of the object store, fetched without this client's token."""
+        where = self._call("GET", f"/v1/builds/{build_id}/log", ok=(307,),
+                           params={"target": target}).headers.get("location", "")
+        with httpx.stream("GET", where, timeout=120, verify=tls(where)) as response:
+            if response.status_code != 200:
+                raise FarmError(f"the stored log of {target} could not be read: HTTP "
+                                f"{response.status_code}")
+            for chunk in response.iter_bytes():
+                out.write(chunk)
 
     def _call(self, method: str, path: str, ok: tuple[int, ...] = (200, 201),
               **kwargs: object) -> httpx.Response:

@@ -98,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("build_id")
     logs.add_argument("-f", "--follow", action="store_true", help="keep following until the end")
     logs.add_argument("--target", help="only this target's lines")
+    logs.add_argument("--stored", action="store_true",
+                      help="each ended target's whole stored log (kept with the artifacts "
+                           "after the live one expires)")
     listing = command("list", "list recent builds")
     listing.add_argument("--mine", action="store_true",
                          help="only builds submitted with your token's name")
@@ -234,6 +237,15 @@ def _cancel(client: FarmClient, _config: Config, args: argparse.Namespace) -> in
 
 
 def _logs(client: FarmClient, _config: Config, args: argparse.Namespace) -> int:
+    if args.stored:
+        targets = [job.target for job in client.build(args.build_id).jobs
+                   if not args.target or job.target == args.target]
+        for target in targets:
+            if len(targets) > 1:
+                print(f"== {target} ==", flush=True)
+            client.stored_log(args.build_id, target, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        return EXIT_OK
     if args.json:  # the events themselves, as one list, once the stream has ended
         render.emit_json([event for event in client.events(args.build_id, follow=args.follow)
                           if not args.target or event.target == args.target])

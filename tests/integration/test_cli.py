@@ -84,6 +84,11 @@ def test_list_logs_and_artifacts_commands_see_the_same_build(farm, crate, cli, t
     assert {e["target"] for e in events if e["kind"] != "end"} == {X86}
     assert any("Compiling hello-c" in (e["line"] or "") for e in events if e["kind"] == "log")
     assert [e["state"] for e in events if e["kind"] == "state"][-1] == "succeeded"
+    # the log the worker stored with the artifacts, which outlives the live stream
+    stored = cli(crate, "logs", build.build_id, "--stored")
+    assert stored.returncode == 0, stored.stderr
+    assert any(line.lstrip().startswith("Compiling hello-c v0.1.0")
+               for line in stored.stdout.splitlines())
 
     fetched = _json(cli(crate, "artifacts", build.build_id, "--download", str(tmp_path / "out"),
                         "--json"))
