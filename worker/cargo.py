@@ -19,6 +19,11 @@ WARM_TARGET = f"{WARM}/target"
 LOCK_COMMAND = ["cargo", "generate-lockfile"]
 
 
+def linker_variable(target: str) -> str:
+    """The variable that names cargo's linker for `target`, which beats any config file."""
+    return f"CARGO_TARGET_{target.upper().replace('-', '_').replace('.', '_')}_LINKER"
+
+
 def build_command(job: JobMessage, locked: bool, jobs: int, run_tests: bool = True
                   ) -> list[str]:
     """Compile (and for a test job, run the tests) with no network; JSON messages on

@@ -63,6 +63,9 @@ class Step:
     #: a writable root filesystem, for a step that runs none of the crate's code and
     #: gets its files in the image's tree rather than in a volume
     writable_root: bool = False
+    #: variables the image sets that the container must not have (the engine drops a
+    #: name given without a value)
+    unset_env: tuple[str, ...] = ()
 
 
 #: The build user's HOME in the builder image (deploy/images/builder).
@@ -224,7 +227,7 @@ class Docker:
             command=step.command,
             working_dir=step.workdir,
             user=step.user,
-            environment=step.env,
+            environment=_environment(step),
             network_mode="bridge" if step.network else "none",
             volumes=mounts,
             nano_cpus=int(step.cpus * 1e9),
@@ -321,6 +324,12 @@ def _members_end(tar: IO[bytes]) -> int:
             end = member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
     tar.seek(0)
     return end
+
+
+def _environment(step: Step) -> list[str]:
+    """The container's variables as the engine takes them: NAME=VALUE, and a bare NAME
+    to drop the image's value."""
+    return [f"{name}={value}" for name, value in step.env.items()] + list(step.unset_env)
 
 
 def _disk_usage(root: Path) -> int:

@@ -730,6 +730,11 @@ def _step(run: JobRun, command: list[str], network: bool, loan: Loan | None = No
         pids=settings.build_pids, labels=run.labels, tmpfs_bytes=settings.build_tmpfs_bytes,
         # the lock step runs no crate code, and its source goes into the image's /work
         writable_root=network,
+        # The builder image names a linker for each target in the environment, which
+        # cargo puts above every config file: needed for its cross toolchain, but for a
+        # target of the image's own architecture it would override the linker the
+        # crate's .cargo/config.toml chooses. Cargo's default (cc) links natively.
+        unset_env=() if run.mode is BuildMode.CROSS else (cargo.linker_variable(run.job.target),),
     )
 
 

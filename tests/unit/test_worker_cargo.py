@@ -1,7 +1,7 @@
 import pytest
 
 from crossfarm.shared.wire import JobMessage
-from crossfarm.worker.cargo import LOCK_COMMAND, build_command
+from crossfarm.worker.cargo import LOCK_COMMAND, build_command, linker_variable
 
 ARM = "aarch64-unknown-linux-gnu"
 
@@ -112,3 +112,10 @@ def test_a_test_job_runs_cargo_test_with_the_farms_run_mode_and_its_own_flags_on
     assert "--jobs" not in command  # -j2 is the job's own
     other = ({"--no-run", "--no-fail-fast"} - {mode}).pop()
     assert other not in command
+
+
+def test_the_linker_variable_is_cargos_name_for_the_target():
+    assert linker_variable("aarch64-unknown-linux-gnu") == (
+        "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER")
+    assert linker_variable("thumbv7em-none-eabihf") == (
+        "CARGO_TARGET_THUMBV7EM_NONE_EABIHF_LINKER")

@@ -287,6 +287,8 @@ def test_a_job_that_builds_publishes_its_binary_then_the_manifest_then_the_log(t
     assert not build.step.network
     assert build.step.readonly_volumes == {settings.deps_volume: "/deps"}
     assert build.step.env["CARGO_HOME"] == "/work/cargo-home"
+    # the image's linker for its own arch would override the crate's configured one
+    assert build.step.unset_env == ("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER",)
     # one copy into the container: the source and the vendor links in one archive
     [(path, joined)] = build.puts
     assert path == "/work"
@@ -541,6 +543,7 @@ def test_a_cross_compiled_test_job_builds_its_tests_and_says_why_they_do_not_run
 
     assert state is BuildState.SUCCEEDED
     assert "--no-run" in docker.containers[0].step.command
+    assert docker.containers[0].step.unset_env == ()  # the cross toolchain's linker stays
     log = "\n".join(reporter.lines)
     assert (f"tests built, not run: cross-compiled on this amd64 worker, whose CPU cannot "
             f"run {ARM} code") in log
