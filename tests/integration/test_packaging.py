@@ -89,7 +89,7 @@ def test_the_wheel_declares_the_three_commands(wheel):
         wheel.read(f"crossfarm-{VERSION}.dist-info/entry_points.txt").decode())
 
     assert dict(entry_points["console_scripts"]) == {
-        "crossfarm": "crossfarm.client.cli:main",
+        "crossfarm": "crossfarm.client.__main__:main",
         "crossfarm-controller": "crossfarm.controller.app:main",
         "crossfarm-worker": "crossfarm.worker.app:main",
     }
