@@ -180,6 +180,7 @@ def test_with_the_arm64_worker_gone_native_waits_and_cross_ok_crosses(
     assert job["placed"].startswith("cross: no arm64 worker online")
 
 
+@pytest.mark.timeout(1500)  # two attempts' time limits, at most
 def test_emulate_ok_builds_in_an_arm64_builder_under_emulation_as_a_last_resort(
         farm, arm64_worker, crate, cli):
     farm.stop_container(f"crossfarm-{arm64_worker}", timeout_s=5)
@@ -190,10 +191,18 @@ def test_emulate_ok_builds_in_an_arm64_builder_under_emulation_as_a_last_resort(
                               CROSSFARM_EMULATION_IMAGES=json.dumps({"arm64": BUILDER_IMAGE}),
                               CROSSFARM_HEARTBEAT_S="1")
             started = time.monotonic()
-            # A build under QEMU user emulation was once seen to hang in a fork (a known
-            # class of qemu-user bugs): its own time limit ends it well inside CI's.
-            result = cli(crate, "build", "--target", ARM, "--placement", "emulate-ok",
-                         "--timeout", "900", "--json", timeout=1800)
+            # Under QEMU user emulation a build now and then hangs in a fork: qemu-user's
+            # deadlock after a fork in a multi-threaded program (cargo's parent and child
+            # waiting on futexes, no CPU), seen in 3 of 7 emulated builds of
+            # bench/arm64_vs_cross.py with Debian's QEMU 7.2 and once here with
+            # backports' 10.0. The job's own time limit (some 5x what this build takes
+            # emulated) ends such a build, as it would a user's, and what the farm then
+            # tells the user, to submit again, is done once.
+            for _ in range(2):
+                result = cli(crate, "build", "--target", ARM, "--placement", "emulate-ok",
+                             "--timeout", "300", "--json", timeout=900)
+                if "timeout: the build ran past" not in result.stderr:
+                    break
             print(f"emulated arm64 dev build on amd64: {time.monotonic() - started:.0f} s")
         finally:
             api.delete("/v1/workers/worker-amd64/drain")
