@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 from urllib.parse import quote, urlsplit
 
 # httpx's package imports its own command line (httpx._main) whenever click and rich are
@@ -20,6 +20,7 @@ if "httpx" not in sys.modules:
 
 import httpx
 from httpx_sse import EventSource, connect_sse
+from pydantic import BaseModel
 
 from crossfarm.shared.errors import FarmError
 from crossfarm.shared.tree import TreeLimits
@@ -45,6 +46,8 @@ from crossfarm.shared.wire import (
     TokenView,
     WorkerView,
 )
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 class FarmClient:
@@ -99,14 +102,8 @@ class FarmClient:
     def source(self, digest: str) -> SourceStatus | None:
         """The tree of that digest if this token's tenant has already stored it (then a
         build can name it as it is, nothing to send); None if not."""
-        response = self._call("GET", f"/v1/sources/{digest}", ok=(200, 404))
-        if response.status_code == 404:
-            return None
-        try:
-            return SourceStatus.model_validate_json(response.content)
-        except ValueError as exc:  # pydantic's ValidationError is a ValueError
-            raise FarmError(f"the farm's answer about source {digest[:12]} is malformed "
-                            f"({type(exc).__name__}); tell its operator") from None
+        return self._optional(f"/v1/sources/{digest}", SourceStatus,
+                              f"answer about source {digest[:12]}")
 
     def create_git_source(self, url: str, rev: str) -> SourceStatus:
         response = self._call("POST", "/v1/sources/git",
@@ -122,14 +119,7 @@ class FarmClient:
     def targets(self) -> FarmTargets | None:
         """What the farm builds now, per toolchain; None from a controller older than
         /v1/targets (its health names the targets it builds)."""
-        response = self._call("GET", "/v1/targets", ok=(200, 404))
-        if response.status_code == 404:
-            return None
-        try:
-            return FarmTargets.model_validate_json(response.content)
-        except ValueError as exc:  # pydantic's ValidationError is a ValueError
-            raise FarmError(f"the farm's /v1/targets is malformed ({type(exc).__name__}); "
-                            "tell its operator") from None
+        return self._optional("/v1/targets", FarmTargets, "/v1/targets")
 
     def build(self, build_id: str) -> BuildView:
         return BuildView.model_validate_json(self._call("GET", f"/v1/builds/{build_id}").content)
@@ -277,6 +267,18 @@ class FarmClient:
                                 f"{response.status_code}")
             for chunk in response.iter_bytes():
                 out.write(chunk)
+
+    def _optional(self, path: str, model: type[_Model], what: str) -> _Model | None:
+        """GET `path` as `model`; None when the farm answers 404 (it has none, or it is
+        older than that route)."""
+        response = self._call("GET", path, ok=(200, 404))
+        if response.status_code == 404:
+            return None
+        try:
+            return model.model_validate_json(response.content)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            raise FarmError(f"the farm's {what} is malformed ({type(exc).__name__}); "
+                            "tell its operator") from None
 
     def _call(self, method: str, path: str, ok: tuple[int, ...] = (200, 201),
               **kwargs: object) -> httpx.Response:
