@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from crossfarm.shared import keys
 from crossfarm.shared.errors import (
     BuildCancelled,
     BuildError,
@@ -23,13 +24,16 @@ from crossfarm.shared.errors import (
     NotFound,
     StorageError,
 )
-from crossfarm.shared.ids import BuildId, JobId
+from crossfarm.shared.ids import BuildId, JobId, SourceDigest
 from crossfarm.shared.storage import PendingUpload
+from crossfarm.shared.tree import tree_digest
 from crossfarm.shared.wire import (
     HeartbeatReply,
     JobFinished,
     JobStarted,
+    SourceTree,
     StartVerdict,
+    TreeEntry,
     WorkerHeartbeat,
 )
 from crossfarm.worker.container import MAX_LINE_BYTES, LineSink, Step, StepResult, StopCheck
@@ -310,6 +314,20 @@ class FakeStorage:
 
     def ensure_bucket(self) -> None:
         pass
+
+    def store_tree(self, files: Mapping[str, bytes]) -> SourceDigest:
+        """Store a source tree as the controller does (the tree, each blob alone) from
+        {relative path: bytes}; returns its digest."""
+        entries = []
+        for path, data in sorted(files.items()):
+            sha = hashlib.sha256(data).hexdigest()
+            self.objects[keys.blob_key(sha)] = data
+            entries.append(TreeEntry(path=path, kind="file", sha256=sha, size=len(data)))
+        tree = SourceTree(entries=entries)
+        digest = SourceDigest(tree_digest(tree))
+        self.objects[keys.tree_key(digest)] = tree.model_dump_json().encode()
+        self.objects[keys.locations_key(digest)] = b"{}"
+        return digest
 
     def exists(self, key: str) -> bool:
         return key in self.objects

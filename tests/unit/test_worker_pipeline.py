@@ -206,20 +206,11 @@ def _recorded(name, stream):
 
 
 def _stored_crate(storage, root, replace=None):
-    """Store a crate as the controller does (a tree, its blobs alone); returns its digest.
-    `replace`: file contents to use instead of the files' own, by relative path."""
-    entries = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        relative = path.relative_to(root).as_posix()
-        data = (replace or {}).get(relative, path.read_bytes())
-        sha = hashlib.sha256(data).hexdigest()
-        storage.objects[keys.blob_key(sha)] = data
-        entries.append(TreeEntry(path=relative, kind="file", sha256=sha, size=len(data)))
-    tree = SourceTree(entries=entries)
-    digest = tree_digest(tree)
-    storage.objects[keys.tree_key(digest)] = tree.model_dump_json().encode()
-    storage.objects[keys.locations_key(digest)] = b"{}"
-    return digest
+    """Store a crate as the controller does; returns its digest. `replace`: file contents
+    to use instead of the files' own, by relative path."""
+    files = {path.relative_to(root).as_posix(): path.read_bytes()
+             for path in root.rglob("*") if path.is_file()}
+    return storage.store_tree({**files, **(replace or {})})
 
 
 def _crate_file(name, version):

@@ -3,7 +3,6 @@ in the job volume, the dir is restored from the store and stored again after a
 successful build, the hit rate reaches the log and the outcome; a planted symlink, a
 failed build or an image without sccache stores nothing."""
 
-import hashlib
 import io
 import json
 import tarfile
@@ -14,14 +13,11 @@ from crossfarm.shared import keys
 from crossfarm.shared.arch import Arch
 from crossfarm.shared.ids import BuildId
 from crossfarm.shared.states import BuildState
-from crossfarm.shared.tree import tree_digest
 from crossfarm.shared.wire import (
     CargoReuse,
     CargoSpec,
     CompileCacheUse,
     JobMessage,
-    SourceTree,
-    TreeEntry,
 )
 from crossfarm.worker.pipeline import Toolbox, run_job
 from crossfarm.worker.settings import WorkerSettings
@@ -53,19 +49,6 @@ def _build(*marker, files=None, symlinks=None, exit_code=0):
         "executable": BINARY}))
     return Replay(lines=[artifact, *marker], exit_code=exit_code,
                   files={BINARY: b"\x7fELF app", **(files or {})}, symlinks=symlinks or {})
-
-
-def _store(storage):
-    entries = []
-    for path, data in sorted(CRATE.items()):
-        sha = hashlib.sha256(data).hexdigest()
-        storage.objects[keys.blob_key(sha)] = data
-        entries.append(TreeEntry(path=path, kind="file", sha256=sha, size=len(data)))
-    tree = SourceTree(entries=entries)
-    digest = tree_digest(tree)
-    storage.objects[keys.tree_key(digest)] = tree.model_dump_json().encode()
-    storage.objects[keys.locations_key(digest)] = b"{}"
-    return digest
 
 
 def _tools(tmp_path, docker, storage, **settings):
@@ -103,7 +86,7 @@ def test_the_first_build_runs_sccache_around_cargo_and_stores_what_it_compiled(t
     docker = FakeDocker([_build(_stats(0, 3), files={ENTRY: b"rlib"})])
     tools = _tools(tmp_path, docker, storage)
 
-    assert run_job(tools, _job(_store(storage)), QUEUE) is BuildState.SUCCEEDED
+    assert run_job(tools, _job(storage.store_tree(CRATE)), QUEUE) is BuildState.SUCCEEDED
 
     [build] = docker.containers
     assert build.step.command[:2] == ["sh", "-c"]
@@ -131,7 +114,7 @@ def test_the_next_build_of_the_project_starts_with_the_stored_cache(tmp_path):
     docker = FakeDocker([_build(_stats(0, 1), files={ENTRY: b"rlib"}),
                          _build(_stats(1, 0), files={ENTRY: b"rlib"})])
     tools = _tools(tmp_path, docker, storage)
-    source = _store(storage)
+    source = storage.store_tree(CRATE)
 
     assert run_job(tools, _job(source), QUEUE) is BuildState.SUCCEEDED
     assert run_job(tools, _job(source, attempt=2), QUEUE) is BuildState.SUCCEEDED
@@ -151,7 +134,7 @@ def test_a_build_that_plants_a_symlink_in_its_cache_is_not_stored_and_still_succ
                      symlinks={"/work/sccache/planted": "/etc/shadow"})
     tools = _tools(tmp_path, FakeDocker([planted]), storage)
 
-    assert run_job(tools, _job(_store(storage)), QUEUE) is BuildState.SUCCEEDED
+    assert run_job(tools, _job(storage.store_tree(CRATE)), QUEUE) is BuildState.SUCCEEDED
 
     assert ('crossfarm: compile cache: not stored: "sccache/planted" is a symlink: only '
             "regular files are taken") in _log(tools)
@@ -163,7 +146,7 @@ def test_a_failed_build_stores_no_cache(tmp_path):
     failing = _build(_stats(0, 1), files={ENTRY: b"rlib"}, exit_code=101)
     tools = _tools(tmp_path, FakeDocker([failing]), storage)
 
-    assert run_job(tools, _job(_store(storage)), QUEUE) is BuildState.FAILED
+    assert run_job(tools, _job(storage.store_tree(CRATE)), QUEUE) is BuildState.FAILED
 
     assert not [key for key in storage.objects if key.startswith("compile-cache/")]
     [(_, outcome)] = tools.reporter.outcomes
@@ -177,7 +160,7 @@ def test_an_image_without_sccache_builds_without_it_and_says_so(tmp_path):
     tools = _tools(tmp_path, FakeDocker([missing]), storage,
                    builder_image="crossfarm/builder-1.63:1")
 
-    assert run_job(tools, _job(_store(storage)), QUEUE) is BuildState.SUCCEEDED
+    assert run_job(tools, _job(storage.store_tree(CRATE)), QUEUE) is BuildState.SUCCEEDED
 
     assert ("crossfarm: compile cache: off: the builder image crossfarm/builder-1.63:1 has "
             "no sccache; built without it") in _log(tools)
@@ -194,7 +177,8 @@ def test_the_cache_is_off_without_a_tenant_or_with_the_builds_own_wrapper(tmp_pa
     for attempt, (options, why) in enumerate(cases, start=1):
         storage, docker = FakeStorage(), FakeDocker([_build()])
         tools = _tools(tmp_path / str(attempt), docker, storage)
-        assert run_job(tools, _job(_store(storage), **options), QUEUE) is BuildState.SUCCEEDED
+        job = _job(storage.store_tree(CRATE), **options)
+        assert run_job(tools, job, QUEUE) is BuildState.SUCCEEDED
         [build] = docker.containers
         assert build.step.command[0] == "cargo"
         assert "SCCACHE_DIR" not in build.step.env
@@ -205,7 +189,7 @@ def test_with_the_setting_off_nothing_changes_and_nothing_is_said(tmp_path):
     storage, docker = FakeStorage(), FakeDocker([_build()])
     tools = _tools(tmp_path, docker, storage, compile_cache_bytes=0)
 
-    assert run_job(tools, _job(_store(storage)), QUEUE) is BuildState.SUCCEEDED
+    assert run_job(tools, _job(storage.store_tree(CRATE)), QUEUE) is BuildState.SUCCEEDED
 
     [build] = docker.containers
     assert build.step.command[0] == "cargo"

@@ -1,7 +1,6 @@
 """run_job with warm target dirs, on the fakes: a project's next build on this worker gets
 its target dir back with the unchanged files' mtimes; anything else builds cold."""
 
-import hashlib
 import io
 import json
 import tarfile
@@ -12,8 +11,7 @@ from crossfarm.shared import keys
 from crossfarm.shared.arch import Arch
 from crossfarm.shared.ids import BuildId
 from crossfarm.shared.states import BuildState
-from crossfarm.shared.tree import tree_digest
-from crossfarm.shared.wire import CargoReuse, CargoSpec, JobMessage, SourceTree, TreeEntry
+from crossfarm.shared.wire import CargoReuse, CargoSpec, JobMessage
 from crossfarm.worker.app import consumed_queues
 from crossfarm.worker.heartbeat import describe
 from crossfarm.worker.images import BUILD_UID
@@ -36,19 +34,6 @@ WORKSPACE = {
     "greet/src/lib.rs": b'pub fn hello() -> &\'static str { "hello" }\n',
 }
 WARM_DIR = WarmKey("acme", "app,greet", X86, "dev").name("w1")
-
-
-def _store(storage, files):
-    entries = []
-    for path, data in sorted(files.items()):
-        sha = hashlib.sha256(data).hexdigest()
-        storage.objects[keys.blob_key(sha)] = data
-        entries.append(TreeEntry(path=path, kind="file", sha256=sha, size=len(data)))
-    tree = SourceTree(entries=entries)
-    digest = tree_digest(tree)
-    storage.objects[keys.tree_key(digest)] = tree.model_dump_json().encode()
-    storage.objects[keys.locations_key(digest)] = b"{}"
-    return digest
 
 
 def _artifact(name, kind, fresh, executable=None):
@@ -90,9 +75,9 @@ def test_the_next_build_of_a_project_reuses_its_target_dir_and_only_changed_file
     tmp_path
 ):
     storage = FakeStorage()
-    first = _store(storage, WORKSPACE)
+    first = storage.store_tree(WORKSPACE)
     changed = b'fn main() { println!("{} 2", greet::hello()); }\n'
-    second = _store(storage, {**WORKSPACE, "app/src/main.rs": changed})
+    second = storage.store_tree({**WORKSPACE, "app/src/main.rs": changed})
     docker = FakeDocker([_build(fresh_greet=False), _build(fresh_greet=True)])
     tools = _tools(tmp_path, docker, storage)
 
@@ -122,8 +107,8 @@ def test_the_next_build_of_a_project_reuses_its_target_dir_and_only_changed_file
 
 def test_each_outcome_report_says_warm_or_cold_and_how_many_units_were_fresh(tmp_path):
     storage = FakeStorage()
-    first = _store(storage, WORKSPACE)
-    second = _store(storage, {**WORKSPACE, "app/src/main.rs": b"fn main() {}\n"})
+    first = storage.store_tree(WORKSPACE)
+    second = storage.store_tree({**WORKSPACE, "app/src/main.rs": b"fn main() {}\n"})
     docker = FakeDocker([_build(fresh_greet=False), _build(fresh_greet=True)])
     tools = _tools(tmp_path, docker, storage)
 
@@ -140,7 +125,7 @@ def test_a_cold_build_whose_cargo_failed_still_reports_its_target_dir(tmp_path):
     failing = Replay(lines=[_artifact("greet", "lib", False)], exit_code=101)
     tools = _tools(tmp_path, FakeDocker([failing]), storage, warm_bytes=0)
 
-    assert run_job(tools, _job(_store(storage, WORKSPACE)), QUEUE) is BuildState.FAILED
+    assert run_job(tools, _job(storage.store_tree(WORKSPACE)), QUEUE) is BuildState.FAILED
 
     [(_, outcome)] = tools.reporter.outcomes
     assert outcome.reuse == CargoReuse(target_dir="cold", units=1, fresh=0)
@@ -164,7 +149,7 @@ def test_a_build_whose_project_dir_another_build_holds_builds_cold(tmp_path):
 
     with WarmShelf(tmp_path / "scratch" / "warm").borrow(WARM_DIR) as held:
         assert held is not None
-        assert run_job(tools, _job(_store(storage, WORKSPACE)), QUEUE) is BuildState.SUCCEEDED
+        assert run_job(tools, _job(storage.store_tree(WORKSPACE)), QUEUE) is BuildState.SUCCEEDED
 
     [build] = docker.containers
     assert build.step.env["CARGO_TARGET_DIR"] == "/work/target"
@@ -180,7 +165,7 @@ def test_builds_are_cold_without_a_tenant_with_warm_dirs_off_or_with_a_job_disk(
     for attempt, (settings, tenant, why) in enumerate(cases, start=1):
         storage, docker = FakeStorage(), FakeDocker([Replay()])
         tools = _tools(tmp_path / str(attempt), docker, storage, **settings)
-        job = _job(_store(storage, WORKSPACE), tenant=tenant)
+        job = _job(storage.store_tree(WORKSPACE), tenant=tenant)
         assert run_job(tools, job, QUEUE) is BuildState.SUCCEEDED
         [build] = docker.containers
         assert build.step.env["CARGO_TARGET_DIR"] == "/work/target"
@@ -194,7 +179,7 @@ def test_a_worker_over_its_warm_budget_drops_the_least_recently_used_dir(tmp_pat
     docker.kept_bytes[WARM_DIR] = 5000
     tools = _tools(tmp_path, docker, storage, warm_bytes=4000)
 
-    assert run_job(tools, _job(_store(storage, WORKSPACE)), QUEUE) is BuildState.SUCCEEDED
+    assert run_job(tools, _job(storage.store_tree(WORKSPACE)), QUEUE) is BuildState.SUCCEEDED
 
     assert WARM_DIR in docker.removed
     assert WARM_DIR not in docker.kept
@@ -207,7 +192,7 @@ def test_a_job_sent_to_this_workers_own_queue_is_a_job_of_the_queue_beside_it(tm
     storage = FakeStorage()
     docker = FakeDocker([Replay()])
     tools = _tools(tmp_path, docker, storage)
-    job = _job(_store(storage, WORKSPACE)).model_copy(update={"project": "named-by-the-cli"})
+    job = _job(storage.store_tree(WORKSPACE)).model_copy(update={"project": "named-by-the-cli"})
 
     assert run_job(tools, job, f"{QUEUE}@w1") is BuildState.SUCCEEDED
 
@@ -221,7 +206,7 @@ def test_a_job_sent_to_this_workers_own_queue_is_a_job_of_the_queue_beside_it(tm
 def test_the_heartbeat_names_the_warm_dirs_kept_by_their_affinity_keys_only(tmp_path):
     storage = FakeStorage()
     tools = _tools(tmp_path, FakeDocker([Replay()]), storage)
-    assert run_job(tools, _job(_store(storage, WORKSPACE)), QUEUE) is BuildState.SUCCEEDED
+    assert run_job(tools, _job(storage.store_tree(WORKSPACE)), QUEUE) is BuildState.SUCCEEDED
 
     info = describe(tools.settings, Arch.AMD64, None)
 
