@@ -13,64 +13,37 @@ integration lock:
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
-from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "deploy" / "local"))
 import farm as localfarm  # noqa: E402
-from deps_cache import importable, ripgrep  # noqa: E402
+from deps_cache import release_build, ripgrep_farm  # noqa: E402
 
-X86 = "x86_64-unknown-linux-gnu"
 WORKER = {"CROSSFARM_CONCURRENCY": "1"}
 CACHE = {"CROSSFARM_COMPILE_CACHE_BYTES": str(2 * 1024**3)}
 
 
 def build(farm: localfarm.Farm, crate: Path) -> tuple[float, float, str]:
     """(CLI seconds, worker seconds, the compile cache's lines) of one release build."""
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "crossfarm.client", "build", "--target", X86,
-                           "--release", "--no-cache", "--json"], cwd=crate, env=farm.env(),
-                          capture_output=True, text=True, check=True)
-    wall = time.monotonic() - started
-    [job] = json.loads(done.stdout)["build"]["jobs"]
-    worker = (datetime.fromisoformat(job["finished_at"])
-              - datetime.fromisoformat(job["started_at"])).total_seconds()
-    said = re.findall(r"crossfarm: compile cache: ([^\n]*)", done.stderr)
-    return wall, worker, "; ".join(line[:60] for line in said) or "off"
+    wall, worker, said = release_build(farm, crate, r"(?<=crossfarm: compile cache: )[^\n]{,60}",
+                                       "--no-cache")
+    return wall, worker, said or "off"
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="crossfarm-sccache-bench-") as tmp:
-        work = Path(tmp)
-        crate = ripgrep(work)
-        os.environ["PYTHONPATH"] = str(importable(REPO, work / "path"))
-        (work / "farm").mkdir()
-        running = localfarm.Farm(dir=work / "farm")
-        rows = []
-        try:
-            running.start_redis()
-            running.start_s3()
-            running.start_controller()
-            for name, label, extra in (
-                    ("bench-cache-1", "first worker, store empty", CACHE),
-                    ("bench-cache-2", "new worker, store warm", CACHE),
-                    ("bench-nocache", "new worker, cache off", {})):
-                running.start_worker(name, **WORKER, **extra)
-                rows.append((label, *build(running, crate)))
-                running.stop_process(name)
-        finally:
-            running.stop()
-            shutil.rmtree(work / "farm", ignore_errors=True)
+    rows = []
+    with ripgrep_farm("crossfarm-sccache-bench-") as (running, crate):
+        for name, label, extra in (
+                ("bench-cache-1", "first worker, store empty", CACHE),
+                ("bench-cache-2", "new worker, store warm", CACHE),
+                ("bench-nocache", "new worker, cache off", {})):
+            running.start_worker(name, **WORKER, **extra)
+            rows.append((label, *build(running, crate)))
+            running.stop_process(name)
     load = os.getloadavg()
     print(f"\n{'ripgrep 14.1.1, release':<28} {'CLI s':>7} {'worker s':>9}  compile cache")
     for label, wall, worker, said in rows:

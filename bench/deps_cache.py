@@ -18,13 +18,19 @@ farm ran `cargo fetch` with the network on, into a shared cargo home). ripgrep 1
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 X86 = "x86_64-unknown-linux-gnu"
@@ -60,6 +66,44 @@ def ripgrep(into: Path) -> Path:
     [crate_file] = home.glob("registry/cache/*/ripgrep-14.1.1.crate")
     subprocess.run(["tar", "-xzf", str(crate_file), "-C", str(into)], check=True)
     return into / "ripgrep-14.1.1"
+
+
+@contextmanager
+def ripgrep_farm(prefix: str) -> Iterator[tuple[Any, Path]]:
+    """(a farm of this checkout with Redis, SeaweedFS and a controller started, ripgrep
+    14.1.1's crate) for the benches that start their own workers on it; stopped after."""
+    sys.path.insert(0, str(REPO / "deploy" / "local"))
+    import farm as localfarm
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        work = Path(tmp)
+        crate = ripgrep(work)
+        os.environ["PYTHONPATH"] = str(importable(REPO, work / "path"))
+        (work / "farm").mkdir()
+        running = localfarm.Farm(dir=work / "farm")
+        try:
+            running.start_redis()
+            running.start_s3()
+            running.start_controller()
+            yield running, crate
+        finally:
+            running.stop()
+            shutil.rmtree(work / "farm", ignore_errors=True)
+
+
+def release_build(farm: Any, crate: Path, said: str, *flags: str
+                  ) -> tuple[float, float, str]:
+    """(CLI seconds, the job's seconds on its worker, what the CLI's lines matching the
+    regex `said` say) of one x86_64 release build of `crate` with the CLI."""
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "crossfarm.client", "build", "--target", X86,
+                           "--release", "--json", *flags], cwd=crate,
+                          env=farm.env(),
+                          capture_output=True, text=True, check=True)
+    wall = time.monotonic() - started
+    [job] = json.loads(done.stdout)["build"]["jobs"]
+    worker = (datetime.fromisoformat(job["finished_at"])
+              - datetime.fromisoformat(job["started_at"])).total_seconds()
+    return wall, worker, "; ".join(m.group(0)[:110] for m in re.finditer(said, done.stderr))
 
 
 def timed_builds(tree: Path, pythonpath: Path, crates: dict[str, Path], work: Path

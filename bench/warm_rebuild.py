@@ -11,39 +11,23 @@ saying how many of cargo's units were fresh. Run by hand, under the integration 
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
-from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "deploy" / "local"))
 import farm as localfarm  # noqa: E402
-from deps_cache import importable, ripgrep  # noqa: E402
+from deps_cache import release_build, ripgrep_farm  # noqa: E402
 
-X86 = "x86_64-unknown-linux-gnu"
 WORKER = {"CROSSFARM_JOB_DISK_BYTES": "0", "CROSSFARM_CONCURRENCY": "1"}
 
 
 def build(farm: localfarm.Farm, crate: Path) -> tuple[float, float, str]:
     """(CLI seconds, worker seconds, the warm/cold line) of one release build."""
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "crossfarm.client", "build", "--target", X86,
-                           "--release", "--json"], cwd=crate, env=farm.env(),
-                          capture_output=True, text=True, check=True)
-    wall = time.monotonic() - started
-    [job] = json.loads(done.stdout)["build"]["jobs"]
-    worker = (datetime.fromisoformat(job["finished_at"])
-              - datetime.fromisoformat(job["started_at"])).total_seconds()
-    said = re.search(r"crossfarm: (warm|cold) target dir[^\n]*", done.stderr)
-    return wall, worker, said.group(0)[:110] if said else "?"
+    wall, worker, said = release_build(farm, crate, r"crossfarm: (warm|cold) target dir[^\n]*")
+    return wall, worker, said or "?"
 
 
 def one_line_change(crate: Path, n: int) -> None:
@@ -52,17 +36,9 @@ def one_line_change(crate: Path, n: int) -> None:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="crossfarm-warm-bench-") as tmp:
-        work = Path(tmp)
-        crate = ripgrep(work)
-        os.environ["PYTHONPATH"] = str(importable(REPO, work / "path"))
-        (work / "farm").mkdir()
-        running = localfarm.Farm(dir=work / "farm")
-        rows = []
-        try:
-            running.start_redis()
-            running.start_s3()
-            running.start_controller()
+    rows = []
+    try:
+        with ripgrep_farm("crossfarm-warm-bench-") as (running, crate):
             running.start_worker("bench-warm", CROSSFARM_WARM_BYTES=str(20 * 1024**3),
                                  **WORKER)
             rows.append(("first build (new warm dir)", *build(running, crate)))
@@ -74,13 +50,11 @@ def main() -> None:
             one_line_change(crate, 2)
             rows.append(("one-line change, warm dirs off", *build(running, crate)))
             running.stop_process("bench-cold")
-        finally:
-            running.stop()
-            for volume in subprocess.run(
-                    ["docker", "volume", "ls", "-q", "--filter", "label=io.crossfarm.warm"],
-                    capture_output=True, text=True).stdout.split():
-                subprocess.run(["docker", "volume", "rm", "-f", volume], capture_output=True)
-            shutil.rmtree(work / "farm", ignore_errors=True)
+    finally:
+        for volume in subprocess.run(
+                ["docker", "volume", "ls", "-q", "--filter", "label=io.crossfarm.warm"],
+                capture_output=True, text=True).stdout.split():
+            subprocess.run(["docker", "volume", "rm", "-f", volume], capture_output=True)
     print(f"\n{'ripgrep 14.1.1, release':<32} {'CLI s':>7} {'worker s':>9}  worker says")
     for label, wall, worker, said in rows:
         print(f"{label:<32} {wall:>7.1f} {worker:>9.1f}  {said}")
