@@ -16,7 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from crossfarm.controller import auth, errors, limits, placer, uploads
+from crossfarm.controller import auth, errors, expiry, limits, placer, uploads
 from crossfarm.controller.api import admin as admin_api
 from crossfarm.controller.api import builds as builds_api
 from crossfarm.controller.api import credentials as credentials_api
@@ -118,6 +118,8 @@ def create_app(settings: ControllerSettings, farm: Farm | None = None) -> FastAP
             asyncio.create_task(_every(running.settings.placer_interval_s, placer.tick, running,
                                        running.doorbell)),
             asyncio.create_task(_every(running.settings.upload_sweep_s, uploads.sweep, running)),
+            asyncio.create_task(_every(running.settings.compile_cache_sweep_s, expiry.sweep,
+                                       running)),
         ]
         # What start-up made (modules, the app, the adapters' clients) lives as long as the
         # process: out of the collector's sight, a full collection scans only what requests

@@ -106,6 +106,11 @@ class ControllerSettings(FarmSettings):
     event_ttl_s: int = Field(default=3 * 24 * 3600, ge=60)
     #: how often unfinished multipart uploads that no running attempt owns are aborted
     upload_sweep_s: float = Field(default=300, gt=0)
+    #: a compile cache copy (worker/compile_cache.py) no build has used this long is deleted
+    #: from the object store: copies for an old builder image or a gone project (0: never)
+    compile_cache_ttl_s: int = Field(default=30 * 24 * 3600, ge=0)
+    #: how often the compile caches are checked for copies past compile_cache_ttl_s
+    compile_cache_sweep_s: float = Field(default=3600, gt=0)
     #: every tenant's quota (CROSSFARM_QUOTA as JSON), and per-tenant overrides of single
     #: fields (CROSSFARM_TENANT_QUOTAS: {"acme": {"running_per_arch": 4}})
     quota: TenantQuota = TenantQuota()

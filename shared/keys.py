@@ -115,6 +115,10 @@ def affinity_key(tenant: str, project: str, target: str, profile: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+#: where every tenant's compile caches live (CompileCacheKey)
+COMPILE_CACHE_PREFIX = "compile-cache/"
+
+
 @dataclass(frozen=True)
 class CompileCacheKey:
     """Whose compile cache (worker/compile_cache.py) an object holds: one copy per tenant,
@@ -131,7 +135,7 @@ class CompileCacheKey:
 
     def tenant_prefix(self) -> str:
         tenant = hashlib.sha256(json.dumps([self.tenant]).encode()).hexdigest()[:32]
-        return f"compile-cache/{tenant}/"
+        return f"{COMPILE_CACHE_PREFIX}{tenant}/"
 
     def prefix(self) -> str:
         scope = json.dumps([self.tenant, self.project, self.target, self.profile,

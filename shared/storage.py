@@ -7,9 +7,10 @@ out SigV2 on non-AWS endpoints. botocore errors become StorageError/NotFound her
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,6 +42,16 @@ class PendingUpload:
     upload_id: str
 
 
+@dataclass(frozen=True)
+class StoredObject:
+    """An object as a listing shows it."""
+
+    key: str
+    size: int
+    #: when it was last written (the server's clock, UTC)
+    modified: datetime
+
+
 class ObjectStore(Protocol):
     """What the controller and the workers need from object storage."""
 
@@ -53,6 +64,8 @@ class ObjectStore(Protocol):
     def presign_get(self, key: str, expires_s: int) -> str: ...
     def pending_uploads(self, prefix: str) -> list[PendingUpload]: ...
     def abort_upload(self, upload: PendingUpload) -> None: ...
+    def list_objects(self, prefix: str) -> list[StoredObject]: ...
+    def delete(self, keys: Sequence[str]) -> None: ...
 
 
 def _client(endpoint: str, settings: StorageSettings) -> Any:
@@ -123,13 +136,30 @@ class S3Store:
 
     def list_keys(self, prefix: str) -> list[str]:
         """Every key under `prefix`."""
-        keys: list[str] = []
+        return [found.key for found in self.list_objects(prefix)]
+
+    def list_objects(self, prefix: str) -> list[StoredObject]:
+        """Every object under `prefix`, with its size and time."""
+        found: list[StoredObject] = []
         with _translated(prefix):
             pages = self._s3.get_paginator("list_objects_v2").paginate(
                 Bucket=self._bucket, Prefix=prefix)
             for page in pages:
-                keys += [item["Key"] for item in page.get("Contents", [])]
-        return keys
+                found += [StoredObject(item["Key"], item["Size"], item["LastModified"])
+                          for item in page.get("Contents", [])]
+        return found
+
+    def delete(self, keys: Sequence[str]) -> None:
+        """Delete these objects; one already gone is fine."""
+        for start in range(0, len(keys), _DELETE_BATCH):
+            batch = keys[start:start + _DELETE_BATCH]
+            with _translated(batch[0]):
+                answer = self._s3.delete_objects(Bucket=self._bucket, Delete={
+                    "Objects": [{"Key": key} for key in batch], "Quiet": True})
+            failed = [e for e in answer.get("Errors", []) if e.get("Code") not in _MISSING]
+            if failed:
+                raise StorageError(f"object store refused to delete {failed[0].get('Key')}: "
+                                   f"{failed[0].get('Message')}")
 
     def pending_uploads(self, prefix: str) -> list[PendingUpload]:
         """Multipart uploads under `prefix` that were never completed: their parts take
@@ -158,6 +188,9 @@ class S3Store:
         )
         return url
 
+
+#: S3's most keys in one DeleteObjects request
+_DELETE_BATCH = 1000
 
 #: S3 error codes that mean "no such thing", whichever thing was asked for.
 _MISSING = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchUpload"})

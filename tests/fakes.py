@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -25,7 +26,7 @@ from crossfarm.shared.errors import (
     StorageError,
 )
 from crossfarm.shared.ids import BuildId, JobId, SourceDigest
-from crossfarm.shared.storage import PendingUpload
+from crossfarm.shared.storage import PendingUpload, StoredObject
 from crossfarm.shared.tree import tree_digest
 from crossfarm.shared.wire import (
     HeartbeatReply,
@@ -300,6 +301,10 @@ class FakeReporter(FakeEventSink):
         return reply
 
 
+#: the time FakeStorage's objects were written unless a test says otherwise
+FAKE_NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
 class FakeStorage:
     """An object store in a dict. A missing key is NotFound, as on S3; with `reads_fail`
     every read fails as an unreachable store does, while writes still land."""
@@ -311,6 +316,8 @@ class FakeStorage:
         self.reads_fail = reads_fail
         #: keys of the pending uploads aborted, in order
         self.aborted: list[str] = []
+        #: when each object was written, as a listing shows it (FAKE_NOW if not set)
+        self.modified: dict[str, datetime] = {}
 
     def ensure_bucket(self) -> None:
         pass
@@ -358,6 +365,14 @@ class FakeStorage:
     def abort_upload(self, upload: PendingUpload) -> None:
         self.pending.remove(upload)
         self.aborted.append(upload.key)
+
+    def list_objects(self, prefix: str) -> list[StoredObject]:
+        return [StoredObject(key, len(data), self.modified.get(key, FAKE_NOW))
+                for key, data in sorted(self.objects.items()) if key.startswith(prefix)]
+
+    def delete(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.objects.pop(key, None)
 
 
 if TYPE_CHECKING:  # mypy holds each fake to its Protocol here

@@ -271,6 +271,8 @@ class Restored:
     tar: IO[bytes]
     contents: Contents | None
     said: str
+    #: the manifest it was stored under (None: empty)
+    manifest: StoredCache | None = None
 
 
 def restore(storage: ObjectStore, key: CompileCacheKey, limits: Limits, scratch: Path
@@ -309,7 +311,7 @@ def restore(storage: ObjectStore, key: CompileCacheKey, limits: Limits, scratch:
         fetched.unlink(missing_ok=True)
     tar.seek(0)
     return Restored(tar, contents, f"{contents.files} file(s), {contents.bytes} bytes "
-                    "from the farm's store")
+                    "from the farm's store", stored)
 
 
 @dataclass
@@ -339,17 +341,22 @@ def open_cache(storage: ObjectStore, key: CompileCacheKey, limits: Limits, scrat
 
 
 def save(archive: Callable[[], AbstractContextManager[IO[bytes]]], storage: ObjectStore,
-         key: CompileCacheKey, limits: Limits, scratch: Path, before: Contents | None
+         key: CompileCacheKey, limits: Limits, scratch: Path, before: Restored | None
          ) -> str:
     """Check the cache dir a build left (`archive` streams it out of the container) and
-    store it if its files differ from `before`'s; returns what the log says. Refused (or
-    tarfile.TarError) when the dir is not what sccache writes: nothing is stored, the
-    store keeps the copy it had. The manifest goes last: it is what publishes."""
+    store it if its files differ from what the build started with (`before`); returns
+    what the log says. Refused (or tarfile.TarError) when the dir is not what sccache
+    writes: nothing is stored, the store keeps the copy it had. The manifest goes last:
+    it is what publishes. An unchanged dir only has its manifest written again: its time
+    is the copy's last use, which the controller's expiry goes by (controller/expiry.py)."""
     out = scratch / "compile-cache-new.tar"
     try:
         with archive() as stream, out.open("wb") as writing:
             contents = check_archive(stream, limits, writing)
-        if before is not None and contents.digest == before.digest:
+        if (before is not None and before.manifest is not None and before.contents is not None
+                and contents.digest == before.contents.digest):
+            storage.put_bytes(key.manifest(), before.manifest.model_dump_json().encode(),
+                              "application/json")
             return f"unchanged ({contents.files} file(s)): not stored again"
         sha256 = _sha256(out)
         storage.put_file(key.archive(), out, sha256)

@@ -633,7 +633,7 @@ def _store_compile_cache(run: JobRun, container: StepContainer, cache: JobCache 
         with run.log.timed("compile cache upload"):
             said = compile_cache.save(lambda: container.archive(compile_cache.CACHE_DIR),
                                       run.tools.storage, cache.key, cache.limits, tmp,
-                                      cache.restored.contents)
+                                      cache.restored)
     except (compile_cache.Refused, tarfile.TarError) as exc:
         said = f"not stored: {compile_cache.why_refused(exc)}"
     except (StorageError, BuildError) as exc:

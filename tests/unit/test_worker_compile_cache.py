@@ -153,19 +153,20 @@ def test_a_saved_dir_restores_with_the_same_files(tmp_path: Path):
     assert list(tmp_path.iterdir()) == []  # its temporary files are gone
 
 
-def test_a_dir_whose_files_did_not_change_is_not_stored_again(tmp_path: Path):
+def test_a_dir_whose_files_did_not_change_is_not_stored_again_only_marked_used(
+        tmp_path: Path):
     storage = FakeStorage()
     save(lambda: _streamed(_cache((ENTRY, b"rlib"))), storage, KEY, LIMITS, tmp_path, None)
     restored = restore(storage, KEY, LIMITS, tmp_path)
     restored.tar.close()
-    before = restored.contents
-    storage.objects.clear()
+    archive, manifest = storage.objects[KEY.archive()], storage.objects.pop(KEY.manifest())
 
     said = save(lambda: _streamed(_cache((ENTRY, b"rlib"), mtime=42)), storage, KEY, LIMITS,
-                tmp_path, before)
+                tmp_path, restored)
 
     assert said == "unchanged (1 file(s)): not stored again"
-    assert storage.objects == {}
+    # the archive is left as it was; the manifest is written again, as it was
+    assert storage.objects == {KEY.archive(): archive, KEY.manifest(): manifest}
 
 
 def test_a_refused_dir_stores_nothing_and_the_stored_copy_stays(tmp_path: Path):
