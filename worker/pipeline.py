@@ -280,7 +280,7 @@ def _build(tools: Toolbox, job: JobMessage, how: tuple[str, BuildMode, str | Non
                           reason=f"timeout: the build ran past {job.timeout_s} s and was "
                                  "killed")
     except BuildStalled as exc:
-        return with_reuse(state=BuildState.FAILED, reason=stalled_reason(exc, mode))
+        return with_reuse(state=BuildState.FAILED, reason=_stalled_reason(exc, mode))
     except BuildError as exc:
         return with_reuse(state=BuildState.FAILED, exit_code=exc.exit_code, reason=exc.message)
     except LeaseLost:
@@ -297,7 +297,7 @@ def _build(tools: Toolbox, job: JobMessage, how: tuple[str, BuildMode, str | Non
     return with_reuse(state=BuildState.SUCCEEDED, exit_code=0, manifest=manifest)
 
 
-def stalled_reason(exc: BuildStalled, mode: BuildMode) -> str:
+def _stalled_reason(exc: BuildStalled, mode: BuildMode) -> str:
     """A stalled job's reason: what the watchdog saw, the likely cause and what to do."""
     if mode is BuildMode.EMULATED:
         cause = ("a known qemu-user hang under emulation (a deadlock after a fork); "
