@@ -19,6 +19,7 @@
     ├── LeaseLost                 a worker cut off from the controller gave up its job
     ├── BuildError                a build step failed on a worker
     │   ├── BuildTimeout          the build ran past its time limit
+    │   ├── BuildStalled          the build printed nothing and used no CPU for too long
     │   ├── BuildCancelled        the build was cancelled while it ran
     │   └── LimitExceeded         the build crossed a hard limit (disk, log, artifacts)
     ├── FarmError                 (CLI) the farm refused a request or could not be reached
@@ -202,6 +203,19 @@ class BuildError(CrossfarmError):
 
 class BuildTimeout(BuildError):
     """The build ran past its time limit and was killed."""
+
+
+class BuildStalled(BuildError):
+    """A build step printed nothing and used next to no CPU time (`cpu_s` seconds) for
+    `quiet_s` seconds, at least the worker's stall limit `limit_s`: it was stopped as hung
+    (CROSSFARM_STALL_S; worker/stall.py)."""
+
+    def __init__(self, quiet_s: float, cpu_s: float, limit_s: float) -> None:
+        super().__init__(f"the build printed nothing and used {cpu_s:.2f} s of CPU time "
+                         f"in {limit_s:g} s")
+        self.quiet_s = quiet_s
+        self.cpu_s = cpu_s
+        self.limit_s = limit_s
 
 
 class BuildCancelled(BuildError):

@@ -21,6 +21,7 @@ from crossfarm.shared import keys
 from crossfarm.shared.errors import (
     BuildCancelled,
     BuildError,
+    BuildStalled,
     LimitExceeded,
     NotFound,
     StorageError,
@@ -54,6 +55,8 @@ class Replay:
     files: dict[str, bytes] = field(default_factory=dict)
     #: symlinks the step leaves in the container (path there -> target)
     symlinks: dict[str, str] = field(default_factory=dict)
+    #: after its lines the step hangs, silent and idle: only the stall watchdog ends it
+    stalled: bool = False
 
 
 class FakeContainer:
@@ -63,18 +66,24 @@ class FakeContainer:
         self.step, self.replay = step, replay
         self.puts: list[tuple[str, bytes]] = []
         self.ran = False
+        #: the stall limit the step ran under
+        self.stall_s: float | None = None
 
     def put(self, path: str, tar: IO[bytes]) -> None:
         self.puts.append((path, tar.read()))
 
     def run(self, sink: LineSink, deadline: float, should_stop: StopCheck,
-            max_line: int = MAX_LINE_BYTES) -> StepResult:
-        self.ran = True
+            max_line: int = MAX_LINE_BYTES, stall_s: float = 0) -> StepResult:
+        self.ran, self.stall_s = True, stall_s
         # As Docker's container does, the stop check comes before the step gets anywhere.
         if reason := should_stop():
             raise BuildCancelled(reason)
         for stream, line in self.replay.lines:
             sink(stream, line)
+        if self.replay.stalled:
+            if not stall_s:
+                raise AssertionError("a hung step with no stall watchdog would never end")
+            raise BuildStalled(quiet_s=stall_s, cpu_s=0.0, limit_s=stall_s)
         return StepResult(exit_code=self.replay.exit_code, oom_killed=self.replay.oom_killed)
 
     def copy_out(self, path: str, dest_dir: Path, max_bytes: int | None = None) -> Path:

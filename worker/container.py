@@ -1,7 +1,8 @@
 """The Docker adapter: the only module that imports docker.
 
 One build step is one container: create, copy files in, attach, start, wait
-(with a deadline and a stop check), copy outputs out, and always remove it.
+(with a deadline, a stop check and a stall watchdog), copy outputs out, and always
+remove it.
 Containers carry crossfarm labels so leftovers can be found and reaped.
 """
 
@@ -12,7 +13,7 @@ import os
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,14 @@ from docker.models.containers import Container as EngineContainer
 from docker.models.volumes import Volume as EngineVolume
 
 from crossfarm.shared import keys
-from crossfarm.shared.errors import BuildCancelled, BuildError, BuildTimeout, LimitExceeded
-from crossfarm.worker import disk
+from crossfarm.shared.errors import (
+    BuildCancelled,
+    BuildError,
+    BuildStalled,
+    BuildTimeout,
+    LimitExceeded,
+)
+from crossfarm.worker import disk, stall
 from crossfarm.worker.disk import DiskSpec, JobDisk
 
 LineSink = Callable[[str, str], None]  # (stream name "stdout" | "stderr", line)
@@ -83,7 +90,7 @@ class StepContainer(Protocol):
 
     def put(self, path: str, tar: IO[bytes]) -> None: ...
     def run(self, sink: LineSink, deadline: float, should_stop: StopCheck,
-            max_line: int = MAX_LINE_BYTES) -> StepResult: ...
+            max_line: int = MAX_LINE_BYTES, stall_s: float = 0) -> StepResult: ...
     def copy_out(self, path: str, dest_dir: Path, max_bytes: int | None = None) -> Path: ...
     def archive(self, path: str) -> AbstractContextManager[IO[bytes]]: ...
 
@@ -404,15 +411,17 @@ class Container:
             raise BuildError(f"could not copy files into the container at {path}")
 
     def run(self, sink: LineSink, deadline: float, should_stop: StopCheck,
-            max_line: int = MAX_LINE_BYTES) -> StepResult:
+            max_line: int = MAX_LINE_BYTES, stall_s: float = 0) -> StepResult:
         """Start, stream output lines to `sink` (each cut at `max_line` bytes), and wait
-        for exit, the deadline or a stop."""
-        stream = self._raw.attach(stdout=True, stderr=True, stream=True, logs=True, demux=True)
+        for exit, the deadline, a stop, or with `stall_s` a stall: nothing printed and
+        next to no CPU time used for that many seconds (BuildStalled, worker/stall.py)."""
+        stream = _Counted(self._raw.attach(stdout=True, stderr=True, stream=True, logs=True,
+                                           demux=True))
         pump = threading.Thread(target=_pump, args=(stream, sink, max_line), daemon=True)
         pump.start()
         self._raw.start()
         try:
-            status = self._wait(deadline, should_stop)
+            status = self._wait(deadline, should_stop, stream, stall_s)
         except BaseException:  # whatever stopped the wait stops the build, before the
             with suppress(Exception):  # log pump (perhaps stuck on a dead link) is joined
                 self._kill()
@@ -423,7 +432,9 @@ class Container:
         oom = bool(self._raw.attrs.get("State", {}).get("OOMKilled"))
         return StepResult(exit_code=int(status.get("StatusCode", -1)), oom_killed=oom)
 
-    def _wait(self, deadline: float, should_stop: StopCheck) -> dict[str, Any]:
+    def _wait(self, deadline: float, should_stop: StopCheck, printed: _Counted,
+              stall_s: float) -> dict[str, Any]:
+        mark = stall.Sample(at=time.monotonic(), printed=0, cpu_ns=None)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -438,23 +449,33 @@ class Container:
                 return status
             except (requests.exceptions.ConnectionError, requests.exceptions.ReadTimeout):
                 pass  # docker-py reports a wait timeout as one of these, by transport
-            if limit := self._at_pids_limit():
-                # A fork bomb held at the limit never ends by itself (its children keep
-                # cargo's pipes open): end it now, saying which limit it met.
-                self._kill()
-                raise LimitExceeded("pids", f"the build reached its limit of {limit} "
-                                    "processes and threads", limit, "CROSSFARM_BUILD_PIDS")
+            mark = self._watch(mark, printed.bytes, stall_s)
 
-    def _at_pids_limit(self) -> int | None:
-        """The container's pids limit if it has reached it, else None (or unknown)."""
+    def _watch(self, mark: stall.Sample, printed: int, stall_s: float) -> stall.Sample:
+        """What the engine's stats say of the running step, read once: it is ended at its
+        pids limit, or once stalled; else the stall watchdog's next mark."""
+        stats = self._stats()
+        if limit := _at_pids_limit(stats):
+            # A fork bomb held at the limit never ends by itself (its children keep
+            # cargo's pipes open): end it now, saying which limit it met.
+            self._kill()
+            raise LimitExceeded("pids", f"the build reached its limit of {limit} "
+                                "processes and threads", limit, "CROSSFARM_BUILD_PIDS")
+        now = stall.Sample(at=time.monotonic(), printed=printed, cpu_ns=_cpu_ns(stats))
+        verdict = stall.judge(mark, now, stall_s)
+        if isinstance(verdict, stall.Stalled):
+            self._kill()
+            raise BuildStalled(verdict.quiet_s, verdict.cpu_s, stall_s)
+        return verdict
+
+    def _stats(self) -> dict[str, Any]:
+        """One read of the container's stats (cgroup counters, no waiting for a second
+        read); empty if the engine did not answer."""
         try:
-            pids = self._raw.stats(stream=False, one_shot=True).get("pids_stats") or {}
+            stats = self._raw.stats(stream=False, one_shot=True)
         except (docker.errors.APIError, requests.exceptions.RequestException):
-            return None
-        current, limit = pids.get("current"), pids.get("limit")
-        if isinstance(current, int) and isinstance(limit, int) and 0 < limit <= current:
-            return limit
-        return None
+            return {}
+        return stats if isinstance(stats, dict) else {}
 
     def _kill(self) -> None:
         with suppress(docker.errors.APIError):
@@ -491,6 +512,22 @@ class Container:
             yield io.BufferedReader(stream, buffer_size=1 << 16)
         finally:
             stream.drop()  # an unread rest is closed, and the engine lets go of the container
+
+
+def _at_pids_limit(stats: dict[str, Any]) -> int | None:
+    """The container's pids limit if it has reached it, else None (or unknown)."""
+    pids = stats.get("pids_stats") or {}
+    current, limit = pids.get("current"), pids.get("limit")
+    if isinstance(current, int) and isinstance(limit, int) and 0 < limit <= current:
+        return limit
+    return None
+
+
+def _cpu_ns(stats: dict[str, Any]) -> int | None:
+    """The CPU time the container has used, in nanoseconds (its cgroup's count), if the
+    stats hold it."""
+    total = ((stats.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage")
+    return total if isinstance(total, int) and total >= 0 else None
 
 
 def _save(path: str, stream: _ChunkReader, dest_dir: Path, max_bytes: int | None) -> Path:
@@ -547,7 +584,21 @@ class _ChunkReader(io.RawIOBase):
         return size
 
 
-def _pump(stream: Iterator[tuple[bytes | None, bytes | None]], sink: LineSink,
+class _Counted:
+    """docker-py's demuxed output stream, counting the bytes it has passed on: the
+    stall watchdog reads the count from the waiting thread while the pump reads on."""
+
+    def __init__(self, stream: Iterator[tuple[bytes | None, bytes | None]]) -> None:
+        self._stream = stream
+        self.bytes = 0
+
+    def __iter__(self) -> Iterator[tuple[bytes | None, bytes | None]]:
+        for out, err in self._stream:
+            self.bytes += len(out or b"") + len(err or b"")
+            yield out, err
+
+
+def _pump(stream: Iterable[tuple[bytes | None, bytes | None]], sink: LineSink,
           max_line: int = MAX_LINE_BYTES) -> None:
     lines = {name: _Lines(name, sink, max_line) for name in ("stdout", "stderr")}
     for out, err in stream:

@@ -35,6 +35,7 @@ from crossfarm.shared.arch import Arch, BuildMode, target_arch
 from crossfarm.shared.errors import (
     BuildCancelled,
     BuildError,
+    BuildStalled,
     BuildTimeout,
     Conflict,
     LeaseLost,
@@ -278,6 +279,8 @@ def _build(tools: Toolbox, job: JobMessage, how: tuple[str, BuildMode, str | Non
         return with_reuse(state=BuildState.FAILED,
                           reason=f"timeout: the build ran past {job.timeout_s} s and was "
                                  "killed")
+    except BuildStalled as exc:
+        return with_reuse(state=BuildState.FAILED, reason=_stalled_reason(exc, mode))
     except BuildError as exc:
         return with_reuse(state=BuildState.FAILED, exit_code=exc.exit_code, reason=exc.message)
     except LeaseLost:
@@ -292,6 +295,18 @@ def _build(tools: Toolbox, job: JobMessage, how: tuple[str, BuildMode, str | Non
         return with_reuse(state=BuildState.FAILED,
                           reason=f"worker error: {type(exc).__name__}: {exc}")
     return with_reuse(state=BuildState.SUCCEEDED, exit_code=0, manifest=manifest)
+
+
+def _stalled_reason(exc: BuildStalled, mode: BuildMode) -> str:
+    """A stalled job's reason: what the watchdog saw, the likely cause and what to do."""
+    if mode is BuildMode.EMULATED:
+        cause = ("a known qemu-user hang under emulation (a deadlock after a fork); "
+                 "submit it again")
+    else:
+        cause = ("something in it waits for what never comes (a build script or test that "
+                 "sleeps or blocks); fix that, or ask the operator to raise the worker's "
+                 "CROSSFARM_STALL_S")
+    return f"stalled: {exc.message}, and was stopped: {cause}"
 
 
 def _compile_and_publish(run: JobRun) -> Manifest:
@@ -497,7 +512,8 @@ def _make_lock(run: JobRun, tree: SourceTree, scratch: Path) -> bytes:
     with (tar, run.log.timed("Cargo.lock step (network on, no crate configuration)"),
           run.tools.docker.container(step) as container):
         container.put(cargo.WORK, tar)
-        result = container.run(lambda _s, line: run.log(line), run.deadline, run.stop)
+        result = container.run(lambda _s, line: run.log(line), run.deadline, run.stop,
+                               stall_s=run.settings.stall_s)
         if result.exit_code != 0:
             raise BuildError("making a Cargo.lock failed (see the log above); commit one "
                              "to build exactly what you tested", exit_code=result.exit_code)
@@ -540,7 +556,8 @@ def _compile(run: JobRun, locked: bool, inputs: list[IO[bytes]], tmp: Path,
                 [*inputs, *([cache.restored.tar] if cache else []),
                  *([_target_dir_tar()] if loan is not None else [])]))
             result = container.run(sink, run.deadline, stop,
-                                   max_line=settings.log_line_max_bytes)
+                                   max_line=settings.log_line_max_bytes,
+                                   stall_s=settings.stall_s)
             run.log.check()
             run.reuse.append(_reuse(loan, collector.units, cache))
             _say_warm(run, loan, collector.units)

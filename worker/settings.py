@@ -74,6 +74,11 @@ class WorkerSettings(FarmSettings):
     #: longer than log_line_max_bytes is cut there, with a marker
     log_max_bytes: int = Field(default=32 * 1024**2, ge=4096)
     log_line_max_bytes: int = Field(default=64 * 1024, ge=256)
+    #: the stall watchdog (worker/stall.py): a build step that prints nothing and uses
+    #: next to no CPU time (under 1% of a core) for this many seconds is stopped and its
+    #: job fails as stalled, well before its time limit (qemu-user hangs after a fork
+    #: under emulation now and then). 0: off
+    stall_s: float = Field(default=600, ge=0)
     #: a CA bundle for crate downloads and Cargo.lock generation, for registries behind a
     #: TLS-inspecting proxy
     ca_bundle: Path | None = None
@@ -161,6 +166,14 @@ class WorkerSettings(FarmSettings):
         if 0 < value < 16 * 1024**2:
             raise ValueError("CROSSFARM_COMPILE_CACHE_BYTES must be 0 (off) or at least "
                              "16 MiB (one crate's compiled outputs can take that)")
+        return value
+
+    @field_validator("stall_s")
+    @classmethod
+    def _stall_spans_samples(cls, value: float) -> float:
+        if 0 < value < 5:
+            raise ValueError("CROSSFARM_STALL_S must be 0 (off) or at least 5 seconds (the "
+                             "watchdog samples a build about once a second)")
         return value
 
     @field_validator("ca_bundle")

@@ -189,19 +189,22 @@ def test_emulate_ok_builds_in_an_arm64_builder_under_emulation_as_a_last_resort(
         try:
             farm.start_worker("worker-emu", CROSSFARM_EMULATE_ARCHES="arm64",
                               CROSSFARM_EMULATION_IMAGES=json.dumps({"arm64": BUILDER_IMAGE}),
-                              CROSSFARM_HEARTBEAT_S="1")
+                              CROSSFARM_HEARTBEAT_S="1", CROSSFARM_STALL_S="60")
             started = time.monotonic()
             # Under QEMU user emulation a build now and then hangs in a fork: qemu-user's
             # deadlock after a fork in a multi-threaded program (cargo's parent and child
             # waiting on futexes, no CPU), seen in 3 of 7 emulated builds of
             # bench/arm64_vs_cross.py with Debian's QEMU 7.2 and once here with
-            # backports' 10.0. The job's own time limit (some 5x what this build takes
-            # emulated) ends such a build, as it would a user's, and what the farm then
-            # tells the user, to submit again, is done once.
+            # backports' 10.0. The worker's stall watchdog ends such a build after a
+            # minute of silence and no CPU time (the job's own time limit, some 5x what
+            # this build takes emulated, in case a hang ever keeps using CPU), as it
+            # would a user's, and what the farm then tells the user, to submit again,
+            # is done once.
             for _ in range(2):
                 result = cli(crate, "build", "--target", ARM, "--placement", "emulate-ok",
                              "--timeout", "300", "--json", timeout=900)
-                if "timeout: the build ran past" not in result.stderr:
+                if not any(hang in result.stderr
+                           for hang in ("stalled: ", "timeout: the build ran past")):
                     break
             print(f"emulated arm64 dev build on amd64: {time.monotonic() - started:.0f} s")
         finally:

@@ -200,6 +200,37 @@ def test_a_build_past_its_timeout_is_killed_and_fails_with_reason_timeout(farm, 
     assert not _containers(f"io.crossfarm.job={final['job_id']}")
 
 
+def test_a_build_silent_and_idle_past_the_stall_limit_fails_as_stalled_not_timed_out(
+        farm, api, crate, only):
+    # What a qemu-user hang looks like from outside: a build that prints nothing and uses
+    # no CPU time. Its time limit is an hour: only the stall watchdog can end it.
+    farm.start_worker("worker-stall", CROSSFARM_HEARTBEAT_S="1", CROSSFARM_STALL_S="15")
+    try:
+        build_rs = (crate / "build.rs").read_text()
+        (crate / "build.rs").write_text(
+            "fn main() { std::thread::sleep(std::time::Duration::from_secs(3600)); }\n")
+        hung = api.post("/v1/builds", json={"source": _source(farm, crate), "targets": [X86],
+                                            "timeout_s": 3600}).json()
+        final = _finished(api, hung["build_id"])
+        assert final["worker"] == "worker-stall"
+        assert final["state"] == "failed"
+        assert final["reason"].startswith("stalled: the build printed nothing and used "), (
+            final["reason"])
+        assert " of CPU time in 15 s, and was stopped: " in final["reason"]
+        assert "timeout" not in final["reason"]
+        assert not _containers(f"io.crossfarm.job={final['job_id']}")
+        print(f"stalled build: {final['reason']}")
+
+        # the same worker builds the crate as it was, watched by the same watchdog
+        (crate / "build.rs").write_text(build_rs)
+        ok = api.post("/v1/builds", json={"source": _source(farm, crate), "targets": [X86],
+                                          "timeout_s": 3600}).json()
+        built = _finished(api, ok["build_id"])
+        assert (built["state"], built["worker"]) == ("succeeded", "worker-stall"), built
+    finally:
+        farm.stop_process("worker-stall")
+
+
 def test_out_of_memory_fails_with_that_reason_and_is_not_retried(farm, api, crate, only):
     small = farm.start_worker("worker-small", CROSSFARM_HEARTBEAT_S="1",
                               CROSSFARM_BUILD_MEMORY_BYTES=str(400 * 1024**2))

@@ -326,6 +326,21 @@ def test_each_pool_env_makes_the_worker_consume_its_arch_queues(chart, monkeypat
         assert settings.builder_image == "registry.example.com/crossfarm/builder-arm64:1"
 
 
+@pytest.mark.parametrize(("stall", "expected"), [({}, 600), ({"stallSeconds": 120}, 120),
+                                                ({"stallSeconds": 0}, 0)])
+def test_a_pools_stall_limit_reaches_its_workers_settings_zero_included(
+        chart, monkeypatch, stall, expected):
+    values = with_values(DEFAULTS, workers={"pools": [{"arch": "amd64", **stall}]})
+    (pool,) = worker_deployments(render(chart, values))
+    env = plain_env(container(pool, "worker"))
+    assert ("CROSSFARM_STALL_S" in env) == bool(stall)
+    for name in [n for n in os.environ if n.startswith("CROSSFARM_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert WorkerSettings().stall_s == expected
+
+
 @pytest.mark.parametrize("values", CI_FILES.values(), ids=CI_FILES.keys())
 def test_each_pool_has_a_disruption_budget_that_selects_its_pods_only(chart, values):
     objects = render(chart, values)
@@ -665,12 +680,14 @@ def test_notes_lead_to_a_first_build_with_the_client_token(chart):
     {"workers": {"pools": [{"arch": "amd64", "replica": 2}]}},
     {"workers": {"pools": []}},
     {"workers": {"pools": [{"arch": "arm64", "env": {"CROSSFARM_BUILD_PIDS": 512}}]}},
+    {"workers": {"pools": [{"arch": "amd64", "stallSeconds": 2}]}},
     {"engine": "podman"},
     {"clientToken": "has a space"},
     {"secretsKey": "not-a-fernet-key"},
     {"database": {"type": "mysql"}},
 ], ids=["unknown-arch", "unknown-cross-arch", "misspelt-key", "no-pools", "non-string-env",
-        "unknown-engine", "token-with-space", "bad-secrets-key", "unknown-database"])
+        "stall-too-short", "unknown-engine", "token-with-space", "bad-secrets-key",
+        "unknown-database"])
 def test_schema_rejects_bad_values(chart, bad):
     values = with_values(DEFAULTS, **bad)
     with pytest.raises(HelmValuesError):

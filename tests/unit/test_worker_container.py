@@ -5,12 +5,20 @@ streamed out, big ones refused."""
 
 import io
 import tarfile
+import threading
 import time
 
 import pytest
 import requests.exceptions
 
-from crossfarm.shared.errors import BuildCancelled, BuildError, LeaseLost, LimitExceeded
+from crossfarm.shared.errors import (
+    BuildCancelled,
+    BuildError,
+    BuildStalled,
+    BuildTimeout,
+    LeaseLost,
+    LimitExceeded,
+)
 from crossfarm.worker.container import LINE_CUT, Container, _pump, joined_tars
 
 
@@ -70,6 +78,110 @@ def test_a_build_at_its_pids_limit_is_killed_with_that_reason():
     with pytest.raises(LimitExceeded, match=r"^pids: the build reached its limit of 256"):
         Container(raw).run(lambda s, line: None, time.monotonic() + 60, lambda: None)
     assert raw.killed >= 1
+
+
+class Hung(RawContainer):
+    """Running, never finishing, printing nothing; its cgroup's CPU time stands still."""
+
+    def __init__(self, cpu_ns=3 * 10**9):
+        super().__init__()
+        self.cpu_ns, self.reads = cpu_ns, 0
+
+    def wait(self, timeout):
+        time.sleep(0.01)
+        raise requests.exceptions.ReadTimeout("still running")
+
+    def stats(self, stream, one_shot):
+        self.reads += 1
+        return {"pids_stats": {"current": 3, "limit": 256},
+                "cpu_stats": {"cpu_usage": {"total_usage": self.cpu_ns}}}
+
+
+def test_a_silent_idle_build_is_killed_as_stalled_naming_what_the_watchdog_saw():
+    raw = Hung()
+    # a deadline far off: only the watchdog can end the step
+    with pytest.raises(BuildStalled, match=r"^the build printed nothing and used 0\.00 s "
+                                           r"of CPU time in 0\.05 s$") as stalled:
+        Container(raw).run(lambda s, line: None, time.monotonic() + 3600, lambda: None,
+                           stall_s=0.05)
+    assert raw.killed >= 1
+    assert stalled.value.limit_s == 0.05
+    assert stalled.value.quiet_s >= 0.05
+    assert stalled.value.cpu_s == 0.0
+
+
+class Working(Hung):
+    """Silent, but using a second of CPU time between two reads; exits after 20 waits."""
+
+    def __init__(self):
+        super().__init__()
+        self.waits = 0
+
+    def wait(self, timeout):
+        self.waits += 1
+        if self.waits > 20:
+            return {"StatusCode": 0}
+        return super().wait(timeout)
+
+    def stats(self, stream, one_shot):
+        self.cpu_ns += 10**9
+        return super().stats(stream, one_shot)
+
+    def reload(self):
+        self.attrs = {"State": {"OOMKilled": False}}
+
+
+def test_a_silent_build_that_uses_cpu_time_is_never_stalled():
+    raw = Working()
+    result = Container(raw).run(lambda s, line: None, time.monotonic() + 3600, lambda: None,
+                                stall_s=0.05)
+    assert result.exit_code == 0
+    assert raw.killed == 0
+    assert raw.reads == 20
+
+
+class Printing(Working):
+    """Using no CPU time, but printing a line between two reads of its stats (each read
+    lets the next line out, and returns once the line has been passed on)."""
+
+    def __init__(self):
+        super().__init__()
+        self._next, self._passed = threading.Semaphore(0), threading.Semaphore(0)
+        self.exited = False
+
+    def attach(self, **_):
+        def lines():
+            while self._next.acquire() and not self.exited:
+                yield b"Compiling\n", None
+                self._passed.release()
+        return lines()
+
+    def wait(self, timeout):
+        status = super().wait(timeout)
+        self.exited = True  # its output ends with it
+        self._next.release()
+        return status
+
+    def stats(self, stream, one_shot):
+        self._next.release()
+        assert self._passed.acquire(timeout=60), "the pump took no line"
+        return Hung.stats(self, stream, one_shot)
+
+
+def test_a_build_that_keeps_printing_is_never_stalled_though_it_uses_no_cpu_time():
+    raw, got = Printing(), []
+    result = Container(raw).run(lambda s, line: got.append(line), time.monotonic() + 3600,
+                                lambda: None, stall_s=0.05)
+    assert result.exit_code == 0
+    assert raw.killed == 0
+    assert got[:20] == ["Compiling"] * 20
+
+
+def test_without_a_stall_limit_a_silent_idle_build_runs_on_to_its_deadline():
+    raw = Hung()
+    with pytest.raises(BuildTimeout):
+        Container(raw).run(lambda s, line: None, time.monotonic() + 0.2, lambda: None)
+    assert raw.reads >= 1  # the stats were read, and judged by no watchdog
 
 
 def _lines(chunks, limit=16):

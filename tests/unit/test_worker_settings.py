@@ -79,3 +79,23 @@ def test_a_ca_bundle_that_does_not_exist_is_refused_naming_the_setting(tmp_path)
 def test_a_directory_is_not_a_ca_bundle(tmp_path):
     with pytest.raises(ValidationError, match="not a readable file"):
         WorkerSettings(ca_bundle=tmp_path)
+
+
+def test_the_stall_watchdog_is_on_at_ten_minutes_by_default():
+    assert WorkerSettings().stall_s == 600
+
+
+@pytest.mark.parametrize("value", ["0", "5", "20", "3600"])
+def test_a_stall_limit_of_zero_or_of_some_seconds_is_read_from_the_environment(
+        monkeypatch, value):
+    monkeypatch.setenv("CROSSFARM_STALL_S", value)
+    assert WorkerSettings().stall_s == float(value)
+
+
+@pytest.mark.parametrize("value", [-1, 0.5, 4])
+def test_a_stall_limit_too_short_to_judge_is_refused_naming_the_setting(value):
+    with pytest.raises(ValidationError):
+        WorkerSettings(stall_s=value)
+    if value > 0:
+        with pytest.raises(ValidationError, match="CROSSFARM_STALL_S"):
+            WorkerSettings(stall_s=value)

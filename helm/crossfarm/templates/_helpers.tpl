@@ -290,6 +290,10 @@ A pool with the workers' defaults under it, as YAML: a pool's own value wins, ma
 - name: CROSSFARM_BUILD_PIDS
   value: {{ . | int64 | quote }}
 {{- end }}
+{{- if hasKey $pool "stallSeconds" }}{{/* by key: 0 turns the watchdog off */}}
+- name: CROSSFARM_STALL_S
+  value: {{ $pool.stallSeconds | toString | quote }}
+{{- end }}
 - name: CROSSFARM_SCRATCH_DIR
   value: /scratch
 - name: CROSSFARM_EGRESS_DIR
