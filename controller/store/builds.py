@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, lazyload
 
-from crossfarm.controller.store.group_commit import Failed, GroupCommit
+from crossfarm.controller.store.group_commit import Failed, GroupCommit, prepare_then_batch
 from crossfarm.controller.store.jobs import JobRecord, job_view
 from crossfarm.controller.store.schema import (
     DEFAULT_TENANT,
@@ -301,23 +301,16 @@ class BuildStore:
         places in line too: an answer needs no read after it. Each build is recorded
         whole and answered with its view, or refused alone: Failed with OverQueuedQuota,
         or with what recording it raised."""
-        made: list[_NewRows | Failed] = []
-        for new in news:
-            try:
-                made.append(self._rows(new))
-            except Exception as exc:  # that build's own problem (e.g. sealing its values)
-                made.append(Failed(exc))
-        rows = [r for r in made if isinstance(r, _NewRows)]
-        written = iter(self._inserts.write_many(rows))
+        outcomes: list[tuple[_NewRows, dict[str, int] | OverQueuedQuota] | Failed] = (
+            prepare_then_batch(news, self._rows, self._inserts.write_many))
         answers: list[BuildView | Failed] = []
-        for new, r in zip(news, made, strict=True):
-            if isinstance(r, Failed):
-                answers.append(r)
+        for new, outcome in zip(news, outcomes, strict=True):
+            if isinstance(outcome, Failed):  # making its rows (sealing its values) or
+                answers.append(outcome)  # recording them raised
                 continue
-            outcome = next(written)
-            answers.append(outcome if isinstance(outcome, Failed)
-                           else Failed(outcome) if isinstance(outcome, OverQueuedQuota)
-                           else _new_view(new, r.build, r.jobs, outcome))
+            rows, places = outcome
+            answers.append(Failed(places) if isinstance(places, OverQueuedQuota)
+                           else _new_view(new, rows.build, rows.jobs, places))
         return answers
 
     def _rows(self, new: NewBuild) -> _NewRows:
