@@ -127,6 +127,8 @@ def main() -> None:
     parser.add_argument("-c", "--connections", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    if shutil.which("wrk") is None:  # before a farm starts, not half way
+        raise SystemExit("api_load.py needs wrk: apt-get install wrk")
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="crossfarm-api-load-"))
     (work / "farm").mkdir()
