@@ -9,15 +9,20 @@ uvicorn the same way. `wrk` (Debian's) drives each with the same connections and
 
 Prints req/s, p50 and p99 for: status reads (`GET /v1/builds/{id}`) against hello's GET,
 and submits (`POST /v1/builds`) against hello's POST of a body of the same size, with
-the goals of issue #10 beside them. Both servers and wrk share this machine's cores.
+the goals of issue #10 beside them, and the load average. Both servers and wrk share this
+machine's cores, and so does other work: each pair runs in `--rounds` alternating slices
+(hello, ours, hello, ours, …), so that load coming and going falls on both sides alike;
+req/s is over all slices, p50 the slices' median, p99 their worst.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,6 +89,21 @@ def wrk(url: str, method: str, body: str | None, headers: dict[str, str], durati
             "p50": latency["50"], "p99": latency["99"]}
 
 
+def alternate(pair: dict[str, tuple[str, str, str | None, dict[str, str]]], duration: int,
+              rounds: int, connections: int, work: Path) -> dict[str, dict[str, float]]:
+    """Each of a pair's (url, method, body, headers) driven in turn, `rounds` slices of
+    duration / rounds seconds each: req/s over all, p50 the median slice's, p99 the worst."""
+    slices: dict[str, list[dict[str, float]]] = {name: [] for name in pair}
+    for _ in range(rounds):
+        for name, (url, method, body, headers) in pair.items():
+            slices[name].append(wrk(url, method, body, headers, max(1, duration // rounds),
+                                    connections, work))
+    return {name: {"rps": statistics.fmean(row["rps"] for row in rows),
+                   "p50": statistics.median(row["p50"] for row in rows),
+                   "p99": max(row["p99"] for row in rows)}
+            for name, rows in slices.items()}
+
+
 def start_hello(work: Path) -> tuple[subprocess.Popen[bytes], str]:
     (work / "hello_app.py").write_text(HELLO)
     port = localfarm.free_port()
@@ -105,7 +125,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=15)
     parser.add_argument("-c", "--connections", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    if shutil.which("wrk") is None:  # before a farm starts, not half way
+        raise SystemExit("api_load.py needs wrk: apt-get install wrk")
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="crossfarm-api-load-"))
     (work / "farm").mkdir()
     farm = localfarm.Farm(dir=work / "farm", client_token="bench-client-token-0123456789")
@@ -123,20 +147,27 @@ def main() -> None:
         body = json.dumps(request)
         build_id = httpx.post(f"{farm.controller_url}/v1/builds", json=request,
                               headers=farm.auth).raise_for_status().json()["build_id"]
-        run = {"duration": args.duration, "connections": args.connections, "work": work}
+        run = {"duration": args.duration, "rounds": args.rounds,
+               "connections": args.connections, "work": work}
         rows = {
-            "hello GET": wrk(f"{hello_url}/hello/{build_id}", "GET", None, {}, **run),
-            "status read": wrk(f"{farm.controller_url}/v1/builds/{build_id}", "GET", None,
-                               farm.auth, **run),
-            "hello POST": wrk(f"{hello_url}/hello", "POST", body, {}, **run),
-            "submit": wrk(f"{farm.controller_url}/v1/builds", "POST", body, farm.auth, **run),
+            **alternate({
+                "hello GET": (f"{hello_url}/hello/{build_id}", "GET", None, {}),
+                "status read": (f"{farm.controller_url}/v1/builds/{build_id}", "GET", None,
+                                farm.auth)}, **run),
+            **alternate({
+                "hello POST": (f"{hello_url}/hello", "POST", body, {}),
+                "submit": (f"{farm.controller_url}/v1/builds", "POST", body, farm.auth)},
+                **run),
         }
+        load_after = os.getloadavg()[0]
     finally:
         hello.terminate()
         farm.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"{args.connections} connections, {args.duration} s each, tokens checked\n")
+    print(f"{args.connections} connections, {args.duration} s each in {args.rounds} alternating "
+          f"slices, tokens checked; load average (1 min) {load_before:.2f} before, "
+          f"{load_after:.2f} after\n")
     print(f"{'':12} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
     for name, row in rows.items():
         print(f"{name:12} {row['rps']:8.0f} {row['p50']:8.1f} {row['p99']:8.1f}")

@@ -18,7 +18,7 @@ from crossfarm.controller.store.builds import (
     NewJob,
     OverQueuedQuota,
 )
-from crossfarm.controller.store.group_commit import Failed
+from crossfarm.controller.store.group_commit import Failed, prepare_then_batch
 from crossfarm.controller.store.jobs import JobRecord, Outcome
 from crossfarm.controller.store.schema import DEFAULT_TENANT
 from crossfarm.shared import keys
@@ -72,32 +72,23 @@ def submit_many(farm: Farm, submits: Sequence[Submit]) -> list[BuildView | Faile
     image its queue's workers run now, is served that build's artifacts instead
     (result_cache.py): born succeeded, never sent, not counted against the queued quota."""
     roster = fleet.roster(farm)
-    planned: list[tuple[NewBuild, bool] | Failed] = []
-    for submit in submits:
-        try:
-            planned.append(_plan(farm, submit, roster))
-        except Exception as exc:  # this request's own refusal (or bug): answered alone
-            planned.append(Failed(exc))
-    recorded = iter(farm.store.builds.add_many(
-        [plan[0] for plan in planned if not isinstance(plan, Failed)]))
-    outcomes: list[BuildView | Failed] = []
-    for submit, plan in zip(submits, planned, strict=True):
-        if isinstance(plan, Failed):
-            outcomes.append(plan)
-            continue
-        outcome = next(recorded)
-        if isinstance(outcome, Failed):
+    outcomes = prepare_then_batch(
+        submits, lambda submit: _plan(farm, submit, roster),
+        lambda plans: farm.store.builds.add_many([new for new, _ in plans]))
+    answers: list[BuildView | Failed] = []
+    for submit, outcome in zip(submits, outcomes, strict=True):
+        if isinstance(outcome, Failed):  # refused by a check, or by the recording
             if isinstance(outcome.error, OverQueuedQuota):
                 outcome = Failed(quotas.over_queued(submit.tenant, outcome.error))
-            outcomes.append(outcome)
+            answers.append(outcome)
             continue
-        outcomes.append(outcome)
-        new, looked = plan
-        farm.metrics.submitted(outcome, submit.tenant,
+        (new, looked), view = outcome
+        farm.metrics.submitted(view, submit.tenant,
                                [job.served is not None for job in new.jobs] if looked else [])
-    if any(not isinstance(outcome, Failed) for outcome in outcomes):
+        answers.append(view)
+    if any(not isinstance(answer, Failed) for answer in answers):
         farm.doorbell.ring()
-    return outcomes
+    return answers
 
 
 def _plan(farm: Farm, submit: Submit, roster: fleet.Roster) -> tuple[NewBuild, bool]:

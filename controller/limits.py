@@ -32,6 +32,8 @@ _STRING = re.compile(rb'"(?:[^"\\]++|\\.?)*+(?:"|\Z)', re.DOTALL)
 # any escape, so that an escaped backslash is skipped whole
 _ESCAPE = re.compile(rb"\\(?:u([dD][0-9a-fA-F]{3})|.)", re.DOTALL)
 _PAIRS = (b"[]", b"{}")
+#: Every byte but the brackets: what check_json deletes to see how a body nests.
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
 
 
 @dataclass(frozen=True)
@@ -64,9 +66,14 @@ class BodyLimits:
             await self.app(scope, receive, send)
             return
         limit = limit_for(self.settings, scope["method"], scope["path"])
-        declared = _content_length(scope)
+        declared, chunked = _framing(scope)
         if declared is not None and declared > limit.limit:
             raise TooLarge(limit.what, limit.limit, limit.setting)
+        if not declared and not chunked:
+            # No body (a status read, a listing): nothing to bound, and an empty one passes
+            # every check; reading, checking and replaying it was a status read's cost.
+            await self.app(scope, receive, send)
+            return
         if not limit.json:
             await self.app(scope, _Counted(receive, limit), send)
             return
@@ -99,7 +106,7 @@ def check_json(body: bytes, max_items: int) -> None:
     if items > max_items:
         raise InvalidRequest(f"the JSON body holds more than {max_items} values "
                              "(the controller's max_json_items)")
-    brackets = shape.translate(None, delete=bytes(set(range(256)) - set(b"[]{}")))
+    brackets = shape.translate(None, delete=_NOT_BRACKETS)
     for _ in range(MAX_JSON_DEPTH):
         if not brackets:
             return
@@ -133,14 +140,16 @@ def lone_surrogate(body: bytes) -> int | None:
     return high_at if high_ends >= 0 else None
 
 
-def _content_length(scope: Scope) -> int | None:
+def _framing(scope: Scope) -> tuple[int | None, bool]:
+    """The request's Content-Length, and whether it has a Transfer-Encoding (a body of
+    unknown length: the server takes any as chunked or refuses it)."""
+    length, chunked = None, False
     for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None  # the server refuses it before we run
-    return None
+        if name == b"content-length" and value.isdigit():  # (the server refuses others)
+            length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = True
+    return length, chunked
 
 
 class _Counted:

@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, lazyload
 
-from crossfarm.controller.store.group_commit import Failed, GroupCommit
+from crossfarm.controller.store.group_commit import Failed, GroupCommit, prepare_then_batch
 from crossfarm.controller.store.jobs import JobRecord, job_view
 from crossfarm.controller.store.schema import (
     DEFAULT_TENANT,
@@ -171,13 +171,18 @@ def _new_job(job: NewJob, build_id: BuildId, tenant: str, created: datetime
     return row
 
 
-#: How many held jobs of a queue are ahead of one (queued before it; at the same instant,
-#: with a smaller id). Built once: building it per read cost a submit more than running it.
-_AHEAD = (select(func.count()).select_from(JobRow)
-          .where(JobRow.state == BuildState.QUEUED.value, JobRow.sent_at.is_(None),
-                 JobRow.queue == bindparam("queue"),
-                 or_(JobRow.queued_at < bindparam("at"),
-                     and_(JobRow.queued_at == bindparam("at"), JobRow.id < bindparam("id")))))
+_HELD_IN = (JobRow.state == BuildState.QUEUED.value, JobRow.sent_at.is_(None),
+            JobRow.queue == bindparam("queue"))
+#: The held jobs of a queue queued from one instant to another, in line order (at the
+#: same instant, the smaller id first), each with the count of those queued before the
+#: first instant (a subquery run once). Built once: building it per read cost a submit
+#: more than running it.
+_LINE = (select(JobRow.id,
+                select(func.count()).select_from(JobRow)
+                .where(*_HELD_IN, JobRow.queued_at < bindparam("first")).scalar_subquery())
+         .where(*_HELD_IN, JobRow.queued_at.between(bindparam("first"), bindparam("last")))
+         .order_by(JobRow.queued_at, JobRow.id))
+
 
 @dataclass(frozen=True)
 class _NewRows:
@@ -251,10 +256,22 @@ def _unended(session: Session, tenants: set[str]) -> dict[str, int]:
 
 def _places(session: Session, held: Iterable[tuple[str, str, datetime]]) -> dict[str, int]:
     """Each held job's (id, queue, queued_at) place in line: 1 + the held jobs of its
-    queue queued before it, one prepared statement per job (a build has at most 16)."""
-    return {job_id: 1 + session.execute(_AHEAD, {"queue": queue, "at": at, "id": job_id}
-                                        ).scalar_one()
-            for job_id, queue, at in held}
+    queue queued before it (at the same instant, with a smaller id). One statement per
+    queue, whatever the number of jobs: the few held jobs queued between the earliest
+    and the latest given, in order, with the count of those before them. A statement per
+    job, each counting the whole line ahead, took 44 % of a submit's time 10,000 jobs
+    deep. A job no longer held when the line is read (sent meanwhile) has no place."""
+    spans: dict[str, tuple[datetime, datetime]] = {}
+    for _, queue, at in held:
+        first, last = spans.get(queue, (at, at))
+        spans[queue] = (min(first, at), max(last, at))
+    # (Core, not the ORM's execute: a read needs none of its bookkeeping)
+    connection = session.connection()
+    places: dict[str, int] = {}
+    for queue, (first, last) in spans.items():
+        line = connection.execute(_LINE, {"queue": queue, "first": first, "last": last})
+        places.update({job_id: 1 + before + n for n, (job_id, before) in enumerate(line)})
+    return {job_id: places[job_id] for job_id, _, _ in held if job_id in places}
 
 
 class BuildStore:
@@ -285,23 +302,16 @@ class BuildStore:
         places in line too: an answer needs no read after it. Each build is recorded
         whole and answered with its view, or refused alone: Failed with OverQueuedQuota,
         or with what recording it raised."""
-        made: list[_NewRows | Failed] = []
-        for new in news:
-            try:
-                made.append(self._rows(new))
-            except Exception as exc:  # that build's own problem (e.g. sealing its values)
-                made.append(Failed(exc))
-        rows = [r for r in made if isinstance(r, _NewRows)]
-        written = iter(self._inserts.write_many(rows))
+        outcomes: list[tuple[_NewRows, dict[str, int] | OverQueuedQuota] | Failed] = (
+            prepare_then_batch(news, self._rows, self._inserts.write_many))
         answers: list[BuildView | Failed] = []
-        for new, r in zip(news, made, strict=True):
-            if isinstance(r, Failed):
-                answers.append(r)
+        for new, outcome in zip(news, outcomes, strict=True):
+            if isinstance(outcome, Failed):  # making its rows (sealing its values) or
+                answers.append(outcome)  # recording them raised
                 continue
-            outcome = next(written)
-            answers.append(outcome if isinstance(outcome, Failed)
-                           else Failed(outcome) if isinstance(outcome, OverQueuedQuota)
-                           else _new_view(new, r.build, r.jobs, outcome))
+            rows, places = outcome
+            answers.append(Failed(places) if isinstance(places, OverQueuedQuota)
+                           else _new_view(new, rows.build, rows.jobs, places))
         return answers
 
     def _rows(self, new: NewBuild) -> _NewRows:

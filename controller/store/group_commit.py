@@ -28,6 +28,7 @@ from crossfarm.controller.store.schema import Database
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
+_P = TypeVar("_P")
 
 #: What one transaction takes at most: a commit waits for the whole batch, so a huge
 #: burst is cut into batches, each committed as soon as it is written.
@@ -50,6 +51,34 @@ class Failed:
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
+
+
+def prepare_then_batch(items: Sequence[_T], prepare: Callable[[_T], _P],
+                       batch: Callable[[list[_P]], Sequence[_R | Failed]]
+                       ) -> list[tuple[_P, _R] | Failed]:
+    """`prepare` each item alone, then hand every prepared one to `batch` in one call;
+    for each item, in the order given, (what prepare made of it, what batch answered),
+    or Failed: with what prepare raised (that item stays out of the batch, the others
+    go on), or as batch answered it."""
+    prepared: list[_P | Failed] = []
+    for item in items:
+        try:
+            prepared.append(prepare(item))
+        except Exception as exc:  # that item's own problem: it fails alone
+            prepared.append(Failed(exc))
+    ready = [made for made in prepared if not isinstance(made, Failed)]
+    answers = batch(ready)
+    if len(answers) != len(ready):
+        raise RuntimeError(f"a batch of {len(ready)} gave {len(answers)} answers")
+    answered = iter(answers)
+    outcomes: list[tuple[_P, _R] | Failed] = []
+    for made in prepared:
+        if isinstance(made, Failed):
+            outcomes.append(made)
+            continue
+        answer = next(answered)
+        outcomes.append(answer if isinstance(answer, Failed) else (made, answer))
+    return outcomes
 
 
 class _Write(Generic[_T, _R]):

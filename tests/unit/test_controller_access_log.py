@@ -4,7 +4,8 @@ import logging
 
 import pytest
 
-from crossfarm.controller.app import RoutineRequests
+from crossfarm.controller.app import RoutineRequests, lean_log_records
+from crossfarm.shared.logs import LogFormat, formatter
 
 
 def _access(method, path, status):
@@ -37,3 +38,15 @@ def test_a_failed_heartbeat_or_probe_is_still_logged():
 ])
 def test_every_other_request_is_logged(method, path):
     assert RoutineRequests().filter(_access(method, path, 200))
+
+
+def test_lean_records_print_the_same_lines_without_thread_process_or_caller(monkeypatch):
+    for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, name, getattr(logging, name))  # restored afterwards
+    before = _access("GET", "/v1/builds", 200)
+    lean_log_records()
+    after = _access("GET", "/v1/builds", 200)
+    after.created, after.msecs = before.created, before.msecs
+    assert (after.thread, after.process, after.processName) == (None, None, None)
+    for fmt in LogFormat:
+        assert formatter(fmt).format(after) == formatter(fmt).format(before)

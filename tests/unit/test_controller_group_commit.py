@@ -14,7 +14,12 @@ from sqlalchemy.exc import IntegrityError
 
 from crossfarm.controller.store import Store, migrations
 from crossfarm.controller.store.builds import NewBuild, NewJob
-from crossfarm.controller.store.group_commit import Failed, GroupCommit, StoreClosed
+from crossfarm.controller.store.group_commit import (
+    Failed,
+    GroupCommit,
+    StoreClosed,
+    prepare_then_batch,
+)
 from crossfarm.controller.store.schema import Database, MetaRow
 from crossfarm.shared.arch import Arch
 from crossfarm.shared.ids import new_build_id, new_job_id
@@ -297,3 +302,34 @@ def test_a_closed_store_refuses_a_build_and_records_nothing_of_it(tmp_path):
     reopened = Store(url)
     assert [view.build_id for view in reopened.builds.page(10).builds] == [kept.build_id]
     reopened.close()
+
+
+def _parse(text):
+    return int(text)
+
+
+def test_prepare_then_batch_keeps_each_failure_in_its_place_and_batches_the_rest_once():
+    batches = []
+
+    def halve(numbers):  # odd numbers are refused by the batch, the rest answered
+        batches.append(numbers)
+        return [Failed(ValueError(f"{n} is odd")) if n % 2 else n // 2 for n in numbers]
+
+    outcomes = prepare_then_batch(["4", "x", "3", "10", "y"], _parse, halve)
+    assert batches == [[4, 3, 10]]  # one call, prepared items only, in order
+    assert [o if isinstance(o, tuple) else str(o.error) for o in outcomes] == [
+        (4, 2), "invalid literal for int() with base 10: 'x'", "3 is odd", (10, 5),
+        "invalid literal for int() with base 10: 'y'"]
+
+
+def test_prepare_then_batch_with_nothing_prepared_still_asks_the_batch_once():
+    batches = []
+    outcomes = prepare_then_batch(["x"], _parse, lambda ready: batches.append(ready) or [])
+    assert batches == [[]]
+    [failed] = outcomes
+    assert isinstance(failed.error, ValueError)
+
+
+def test_prepare_then_batch_refuses_a_batch_that_answers_too_few():
+    with pytest.raises(RuntimeError, match="a batch of 2 gave 1 answers"):
+        prepare_then_batch(["1", "2"], _parse, lambda ready: ready[:1])

@@ -742,6 +742,23 @@ def test_a_held_jobs_place_in_line_is_counted_when_its_build_is_read(store, buil
     assert read.waiting == "queued; position 1 in crossfarm.builds.amd64"
 
 
+def test_builds_recorded_together_take_their_places_in_each_line_in_order(store, built):
+    news = [NewBuild(build_id=new_build_id(), source=DIGEST, cargo=CargoSpec(), timeout_s=60,
+                     jobs=[_new_job(JobId(f"j-00000000000001{n:02x}"), X86, "amd64"),
+                           _new_job(JobId(f"j-00000000000002{n:02x}"), ARM, "arm64")],
+                     env={}, submitter=None) for n in range(5)]
+    answered = store.builds.add_many(news)
+    # the built fixture's jobs are first in both lines (a view lists its jobs by target)
+    expected = [[f"queued; position {n + 2} in crossfarm.builds.arm64",
+                 f"queued; position {n + 2} in crossfarm.builds.amd64"] for n in range(5)]
+    assert [[job.waiting for job in view.jobs] for view in answered] == expected
+    assert [[job.waiting for job in store.builds.get(new.build_id).jobs]
+            for new in news] == expected
+    store.jobs.claim([store.jobs.get(JobId("j-0000000000000101"))], at=built.created_at)
+    assert [store.builds.get(new.build_id).jobs[1].waiting for new in news[2:]] == [
+        f"queued; position {n + 1} in crossfarm.builds.amd64" for n in range(2, 5)]
+
+
 def test_queued_jobs_lists_only_the_queued_ones_oldest_first(store, built):
     _one_job_build(store, "b-0000000000000001", "j-0000000000000001")
     store.jobs.start(X86_JOB, 1, worker="w1")
