@@ -24,7 +24,7 @@ from crossfarm.shared.errors import (
     StorageError,
 )
 from crossfarm.shared.ids import BuildId, JobId
-from crossfarm.shared.storage import PendingUpload
+from crossfarm.shared.storage import PendingUpload, StoredFile
 from crossfarm.shared.wire import (
     HeartbeatReply,
     JobFinished,
@@ -307,6 +307,8 @@ class FakeStorage:
         self.reads_fail = reads_fail
         #: keys of the pending uploads aborted, in order
         self.aborted: list[str] = []
+        #: the sha256 each put_file was given, by key
+        self.sha256s: dict[str, str] = {}
 
     def ensure_bucket(self) -> None:
         pass
@@ -320,6 +322,14 @@ class FakeStorage:
 
     def put_file(self, key: str, path: Path, sha256: str) -> None:
         self.objects[key] = path.read_bytes()
+        self.sha256s[key] = sha256
+
+    def stat(self, key: str) -> StoredFile | None:
+        if self.reads_fail:
+            raise StorageError(f"object store unreachable ({key}): connection refused")
+        if key not in self.objects:
+            return None
+        return StoredFile(size=len(self.objects[key]), sha256=self.sha256s.get(key))
 
     def get_bytes(self, key: str) -> bytes:
         if self.reads_fail:

@@ -6,8 +6,9 @@
     → cargo build (network off; in the project's warm target dir if this worker keeps
       one and no other build holds it, see worker/warm.py) → copy artifacts out
     → [store the compile cache the build left, checked, if it changed]
-    → upload artifacts
+    → upload artifacts (those whose bytes the tenant already stores are named, not sent)
     → write manifest last → store the log → report the outcome
+    → [note the artifacts uploaded, for the tenant's later builds]
 
 No code of the crate runs while a network is reachable: the only networked step
 resolves a lock file with none of the crate's configuration, and dependencies are
@@ -62,7 +63,10 @@ from crossfarm.worker.artifacts import (
     JobOutput,
     Wanted,
     build_manifest,
+    held_lookup,
+    own_key,
     profile_dir,
+    remember_held,
     wants_timings,
 )
 from crossfarm.worker.compile_cache import JobCache
@@ -226,6 +230,8 @@ def run_job(tools: Toolbox, job: JobMessage, consumed_from: str) -> BuildState |
     except Conflict as exc:  # a newer attempt owns the job now: this outcome is void
         log.warning("job %s attempt %d: outcome dropped: %s", job_id, job.attempt, exc.message)
         return None
+    if outcome.state is BuildState.SUCCEEDED:
+        _remember_held(tools.storage, job, outcome.manifest)
     return outcome.state
 
 
@@ -333,8 +339,10 @@ def _compile_and_publish(run: JobRun) -> Manifest:
                            rustc=run.rustc,
                            tests=tally.counts(ran=run.runs_tests) if run.test else None)
         with run.log.timed("artifact upload"):
-            return retry.run("artifact upload", lambda: _publish(
-                tools.storage, output, files, run.stop))
+            manifest = retry.run("artifact upload", lambda: _publish(
+                tools.storage, output, files, run.stop, job.tenant))
+            run.log(_said_upload(manifest))
+        return manifest
 
 
 def _fetch_blobs(run: JobRun, retry: Retry, source: SourceDigest, tree: SourceTree,
@@ -757,24 +765,52 @@ def _test_report(run: JobRun, counts: TestCounts) -> Manifest:
 
 
 def _publish(storage: ObjectStore, output: JobOutput, files: list[Path],
-             stop: StopCheck) -> Manifest:
+             stop: StopCheck, tenant: str | None = None) -> Manifest:
     """Upload every artifact under this attempt's prefix, then the manifest, last: the
-    manifest is what publishes. A job cancelled or superseded while its artifacts were
-    uploading (`stop` says so) writes none. An earlier try's unfinished multipart
-    uploads (the store went away mid-upload, so they could not be aborted then) are
-    aborted first."""
+    manifest is what publishes. A file whose bytes the tenant already stores is not
+    uploaded: the manifest names that object (worker/artifacts.py). A job cancelled or
+    superseded while its artifacts were uploading (`stop` says so) writes none. An
+    earlier try's unfinished multipart uploads (the store went away mid-upload, so they
+    could not be aborted then) are aborted first."""
     for pending in storage.pending_uploads(keys.job_prefix(output.build_id, output.target,
                                                           output.attempt)):
         storage.abort_upload(pending)
-    manifest = build_manifest(output, files)
+    held = held_lookup(storage, tenant) if tenant is not None else None
+    manifest = build_manifest(output, files, held)
     by_name = {path.name: path for path in files}
     for entry in manifest.artifacts:
-        storage.put_file(entry.key, by_name[entry.name], entry.sha256)
+        if own_key(manifest, entry):
+            storage.put_file(entry.key, by_name[entry.name], entry.sha256)
     if reason := stop():
         raise BuildCancelled(reason)
     storage.put_bytes(keys.manifest_key(output.build_id, output.target, output.attempt),
                       manifest.model_dump_json(indent=2).encode(), "application/json")
     return manifest
+
+
+def _said_upload(manifest: Manifest) -> str:
+    """The log line of what the artifact upload sent and what it found already stored."""
+    sent = [entry for entry in manifest.artifacts if own_key(manifest, entry)]
+    kept = [entry for entry in manifest.artifacts if not own_key(manifest, entry)]
+    said = (f"crossfarm: artifacts: {len(sent)} uploaded "
+            f"({sum(entry.size for entry in sent)} bytes)")
+    if kept:
+        said += (f", {len(kept)} already stored for this tenant, not sent again "
+                 f"({sum(entry.size for entry in kept)} bytes): "
+                 f"{', '.join(entry.name for entry in kept)}")
+    return said
+
+
+def _remember_held(storage: ObjectStore, job: JobMessage, manifest: Manifest | None) -> None:
+    """Once the controller took a job's success: its uploads are noted for the tenant's
+    later builds. A failing store costs only that saving, never the build."""
+    if job.tenant is None or manifest is None:
+        return
+    try:
+        remember_held(storage, job.tenant, manifest)
+    except StorageError as exc:
+        log.warning("job %s: its artifacts were not noted for later builds: %s",
+                    job.job_id, exc.message)
 
 
 def _store_log(storage: ObjectStore, job: JobMessage, joblog: JobLog) -> None:
