@@ -32,7 +32,14 @@ from crossfarm.shared.wire import (
     StartVerdict,
     WorkerHeartbeat,
 )
-from crossfarm.worker.container import MAX_LINE_BYTES, LineSink, Step, StepResult, StopCheck
+from crossfarm.worker.container import (
+    MAX_LINE_BYTES,
+    LineSink,
+    Step,
+    StepResult,
+    StopCheck,
+    read_beneath,
+)
 from crossfarm.worker.deps import DependencyError, LockedCrate
 from crossfarm.worker.disk import DiskSpec
 
@@ -158,6 +165,8 @@ class FakeDocker:
         self.calls: list[str] = []
         self.containers: list[FakeContainer] = []
         self.volumes: dict[str, dict[str, str]] = {}
+        #: a volume's files on this host, by volume name (see copy_from_volume)
+        self.volume_dirs: dict[str, Path] = {}
         self.removed: list[str] = []
         #: "<job>-<attempt>" of containers left over from an earlier life, for reap()
         self.leftovers: set[str] = set()
@@ -206,6 +215,14 @@ class FakeDocker:
     def volume_bytes(self, name: str) -> int | None:
         self._called("volume_bytes")
         return self.kept_bytes.get(name)
+
+    def copy_from_volume(self, name: str, path: str, dest_dir: Path,
+                         max_bytes: int | None = None) -> Path | None:
+        """From `volume_dirs[name]` if the test gave one (a real directory, read as the
+        Docker adapter reads a volume's); else None, as for an engine out of reach."""
+        self._called("copy_from_volume")
+        root = self.volume_dirs.get(name)
+        return None if root is None else read_beneath(root, path, dest_dir, max_bytes)
 
     def volume_labels(self, name: str) -> dict[str, str] | None:
         self._called("volume_labels")

@@ -555,7 +555,7 @@ def _compile(run: JobRun, locked: bool, inputs: list[IO[bytes]], tmp: Path,
             _say_compile_cache(run, cache)
             if run.runs_tests:
                 run.log(f"crossfarm: tests: {tally.summary()}")
-            files = _after_build(run, container, result, collector, tmp, tally)
+            files = _after_build(run, container, result, collector, tmp, tally, loan)
             _store_compile_cache(run, container, cache, tmp)
             return files, tally
     finally:
@@ -581,7 +581,8 @@ def _sink(run: JobRun, collector: ArtifactCollector, tally: TestTally,
 
 
 def _after_build(run: JobRun, container: StepContainer, result: StepResult,
-                 collector: ArtifactCollector, tmp: Path, tally: TestTally) -> list[Path]:
+                 collector: ArtifactCollector, tmp: Path, tally: TestTally,
+                 loan: Loan | None = None) -> list[Path]:
     settings = run.settings
     if result.oom_killed:
         raise BuildError("out-of-memory: the build container hit its memory limit of "
@@ -603,7 +604,9 @@ def _after_build(run: JobRun, container: StepContainer, result: StepResult,
                          f"{result.exit_code}", exit_code=result.exit_code)
     out = tmp / "artifacts"
     out.mkdir()
-    return _copy_artifacts(container, collector.paths, out, settings.artifact_max_bytes)
+    warm_volume = (loan.name, cargo.WARM) if loan is not None else None
+    return _copy_artifacts(container, collector.paths, out, settings.artifact_max_bytes,
+                           run.tools.docker, warm_volume)
 
 
 def _reuse(loan: Loan | None, units: list[tuple[str, bool]], cache: JobCache | None = None
@@ -684,13 +687,24 @@ def _disk(run: JobRun) -> DiskSpec | None:
     return DiskSpec(size, run.settings.scratch_dir / "disks", BUILD_UID) if size else None
 
 
-def _copy_artifacts(container: StepContainer, paths: list[str], out: Path, budget: int
-                    ) -> list[Path]:
+def _copy_artifacts(container: StepContainer, paths: list[str], out: Path, budget: int,
+                    runner: ContainerRunner | None = None,
+                    warm_volume: tuple[str, str] | None = None) -> list[Path]:
     """Each artifact streamed to `out`, refused (LimitExceeded) before its bytes are
-    read if it is bigger than what is left of the job's artifact budget."""
+    read if it is bigger than what is left of the job's artifact budget. One in the
+    warm volume (`warm_volume`: its name and mount point) is read from the volume's
+    directory where this worker can (see Docker.copy_from_volume), else copied out of
+    the container through the engine."""
     files = []
     for path in paths:
-        local = container.copy_out(path, out, max_bytes=budget)
+        local = None
+        if runner is not None and warm_volume is not None:
+            name, mount = warm_volume
+            if path.startswith(mount + "/"):
+                local = runner.copy_from_volume(name, path.removeprefix(mount + "/"), out,
+                                                max_bytes=budget)
+        if local is None:
+            local = container.copy_out(path, out, max_bytes=budget)
         budget -= local.stat().st_size
         files.append(local)
     return files
