@@ -206,6 +206,8 @@ def report(project: str, results: dict[str, dict[str, Run]]) -> None:
             f"{results[tool][phase].seconds:>11.2f}" if phase in results[tool] else
             f"{'-':>11}" for tool in tools))
     if not {"host", "cross", "crossfarm"} <= set(results):
+        left_out = sorted({"host", "cross", "crossfarm"} - set(results))
+        print(f"  goals not judged: {', '.join(left_out)} not run (--tools)")
         return
     farm, host, cross = results["crossfarm"], results["host"], results["cross"]
 
@@ -239,7 +241,8 @@ def farm_timeline(project: str, runs: dict[str, Run]) -> None:
         for at, line in run.timeline:
             if any(mark in line for mark in ("crossfarm: build ", "source ", "sent ",
                                              " took ", "warm target dir", "cold target",
-                                             "succeeded", "sha256", " on bench-", "→")):
+                                             "succeeded", "sha256", " on bench-", "→",
+                                             "crossfarm: artifacts: ")):
                 print(f"  {at:7.2f}  {line[:150]}")
 
 
@@ -250,7 +253,9 @@ def check_tools(tools: list[str]) -> None:
                if tool in tools and shutil.which(binary) is None]
     if missing:
         raise SystemExit(f"not found on PATH: {', '.join(missing)} (cross: cargo install "
-                         "cross --locked); or leave its tool out with --tools")
+                         "cross --version 0.2.5 --locked, the version these figures use); "
+                         "or leave its tool out with --tools, and its column and the goals "
+                         "against it are not measured")
 
 
 def main() -> None:
@@ -264,6 +269,7 @@ def main() -> None:
     args = parser.parse_args()
     tools = args.tools.split(",")
     check_tools(tools)
+    load_at_start = Path("/proc/loadavg").read_text().split()[:3]
     # stopped (a `timeout`, a kill), the farm it started and its volumes still go
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="crossfarm-vs-cross-") as tmp:
@@ -299,8 +305,8 @@ def main() -> None:
             # containers of cross and docker ran as root: their files are root's too
             shutil.rmtree(work, ignore_errors=True)
     load = Path("/proc/loadavg").read_text().split()[:3]
-    print(f"\nprofile {args.profile}; load average at the end {' '.join(load)} "
-          f"on {os.cpu_count()} cpus")
+    print(f"\nprofile {args.profile}; load average at the start {' '.join(load_at_start)}, "
+          f"at the end {' '.join(load)} on {os.cpu_count()} cpus")
     for project, by_tool in results.items():
         report(project, by_tool)
     if start_up is not None:

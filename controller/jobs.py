@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from crossfarm.controller.affinity import Choice
 from crossfarm.controller.farm import Farm
@@ -24,6 +24,7 @@ from crossfarm.shared.ids import BuildId, JobId
 from crossfarm.shared.logs import job_context
 from crossfarm.shared.states import BuildState
 from crossfarm.shared.wire import (
+    ArtifactEntry,
     Event,
     JobFinished,
     JobMessage,
@@ -149,7 +150,7 @@ def _report_finished(farm: Farm, record: JobRecord, report: JobFinished) -> JobV
     if record.view.state is BuildState.CANCELLED:
         return record.view  # cancelled while it ran: the cancel stands
     if report.manifest is not None:
-        check_manifest(record, report.attempt, report.manifest)
+        check_manifest(record, report.attempt, report.manifest, farm.store.jobs.of_build)
     moved = finish(farm, job_id, report.attempt, Outcome(
         state=report.state, exit_code=report.exit_code, reason=report.reason,
         manifest=report.manifest, reuse=report.reuse))
@@ -180,11 +181,14 @@ def check_lease(record: JobRecord, report: JobFinished) -> None:
                        "this attempt may report it")
 
 
-def check_manifest(record: JobRecord, attempt: int, manifest: Manifest) -> None:
+def check_manifest(record: JobRecord, attempt: int, manifest: Manifest,
+                   of_build: Callable[[BuildId], list[JobRecord]]) -> None:
     """InvalidRequest unless the manifest names this job's attempt and every artifact key
     is that attempt's own key for its name (the wire model already holds each name to one
-    plain file name): a forged manifest can neither point clients at another build's
-    objects nor make them write outside their directory."""
+    plain file name), or the key of an identical artifact (same sha256 and size) that a
+    succeeded job of the same tenant published (`of_build` reads a build's jobs): a
+    forged manifest can neither point clients at another tenant's or an unpublished
+    object nor make them write outside their directory."""
     job = record.view
     claimed = (manifest.build_id, manifest.job_id, manifest.target, manifest.attempt)
     if claimed != (record.build_id, job.job_id, job.target, attempt):
@@ -194,10 +198,30 @@ def check_manifest(record: JobRecord, attempt: int, manifest: Manifest) -> None:
     if len(set(names)) != len(names):
         raise InvalidRequest("the manifest lists an artifact name twice")
     for entry in manifest.artifacts:
-        if entry.key != keys.artifact_key(record.build_id, job.target, attempt, entry.name):
+        if entry.key == keys.artifact_key(record.build_id, job.target, attempt, entry.name):
+            continue
+        if not _published_before(record.tenant, entry, of_build):
             raise InvalidRequest(
                 f"artifact {entry.name!r}: its key is not under the attempt's own prefix "
-                f"{keys.job_prefix(record.build_id, job.target, attempt)}artifacts/")
+                f"{keys.job_prefix(record.build_id, job.target, attempt)}artifacts/, nor "
+                "that of an identical artifact a succeeded job of this tenant published")
+
+
+def _published_before(tenant: str, entry: ArtifactEntry,
+                      of_build: Callable[[BuildId], list[JobRecord]]) -> bool:
+    """Whether `entry` names an object that a succeeded job of `tenant` uploaded itself
+    and published with the same sha256 and size (the job its key's prefix names)."""
+    try:
+        build_id, target, attempt = keys.parse_job_key(entry.key)
+    except ValueError:
+        return False
+    return any(
+        earlier.tenant == tenant and earlier.view.target == target
+        and earlier.view.state is BuildState.SUCCEEDED and earlier.manifest is not None
+        and earlier.manifest.attempt == attempt
+        and any(listed.key == entry.key and listed.sha256 == entry.sha256
+                and listed.size == entry.size for listed in earlier.manifest.artifacts)
+        for earlier in of_build(build_id))
 
 
 def finish(farm: Farm, job_id: JobId, attempt: int, outcome: Outcome) -> JobView | None:

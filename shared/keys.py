@@ -134,8 +134,7 @@ class CompileCacheKey:
     image_id: str
 
     def tenant_prefix(self) -> str:
-        tenant = hashlib.sha256(json.dumps([self.tenant]).encode()).hexdigest()[:32]
-        return f"{COMPILE_CACHE_PREFIX}{tenant}/"
+        return f"{COMPILE_CACHE_PREFIX}{_tenant_dir(self.tenant)}/"
 
     def prefix(self) -> str:
         scope = json.dumps([self.tenant, self.project, self.target, self.profile,
@@ -149,6 +148,20 @@ class CompileCacheKey:
     def manifest(self) -> str:
         """The archive's sha256, size and file count, written after it by the worker."""
         return f"{self.prefix()}manifest.json"
+
+
+def _tenant_dir(tenant: str) -> str:
+    """A tenant's folder name under a per-tenant prefix: a hash, so no tenant name shapes
+    a key or is stored in clear."""
+    return hashlib.sha256(json.dumps([tenant]).encode()).hexdigest()[:32]
+
+
+def held_artifact_key(tenant: str, sha256: str) -> str:
+    """Which stored artifact of `tenant` has these bytes (written by the worker once a
+    job that uploaded it succeeded; worker/artifacts.py): a later build of the same
+    tenant with an identical file names that object instead of uploading it again. One
+    prefix per tenant: a lookup never reaches another tenant's artifacts."""
+    return f"held-artifacts/{_tenant_dir(tenant)}/{sha256[:2]}/{sha256}.json"
 
 
 def worker_queue(queue: QueueKey, worker: str) -> str:

@@ -52,6 +52,15 @@ class StoredObject:
     modified: datetime
 
 
+@dataclass(frozen=True)
+class StoredFile:
+    """What the store says of an object put_file wrote: its size, and the sha256 given
+    with it (None: an object stored without one)."""
+
+    size: int
+    sha256: str | None
+
+
 class ObjectStore(Protocol):
     """What the controller and the workers need from object storage."""
 
@@ -59,6 +68,7 @@ class ObjectStore(Protocol):
     def exists(self, key: str) -> bool: ...
     def put_bytes(self, key: str, data: bytes, content_type: str = ...) -> None: ...
     def put_file(self, key: str, path: Path, sha256: str) -> None: ...
+    def stat(self, key: str) -> StoredFile | None: ...
     def get_bytes(self, key: str) -> bytes: ...
     def download(self, key: str, path: Path) -> None: ...
     def presign_get(self, key: str, expires_s: int) -> str: ...
@@ -123,6 +133,17 @@ class S3Store:
             self._s3.upload_file(
                 str(path), self._bucket, key, ExtraArgs={"Metadata": {"sha256": sha256}}
             )
+
+    def stat(self, key: str) -> StoredFile | None:
+        """An object's size and recorded sha256 (one HEAD); None if there is no such object."""
+        try:
+            with _translated(key):
+                head = self._s3.head_object(Bucket=self._bucket, Key=key)
+        except NotFound:
+            return None
+        sha256 = (head.get("Metadata") or {}).get("sha256")
+        return StoredFile(size=int(head["ContentLength"]),
+                          sha256=sha256 if isinstance(sha256, str) else None)
 
     def get_bytes(self, key: str) -> bytes:
         with _translated(key):

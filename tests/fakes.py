@@ -27,7 +27,7 @@ from crossfarm.shared.errors import (
     StorageError,
 )
 from crossfarm.shared.ids import BuildId, JobId, SourceDigest
-from crossfarm.shared.storage import PendingUpload, StoredObject
+from crossfarm.shared.storage import PendingUpload, StoredFile, StoredObject
 from crossfarm.shared.tree import tree_digest
 from crossfarm.shared.wire import (
     HeartbeatReply,
@@ -38,7 +38,14 @@ from crossfarm.shared.wire import (
     TreeEntry,
     WorkerHeartbeat,
 )
-from crossfarm.worker.container import MAX_LINE_BYTES, LineSink, Step, StepResult, StopCheck
+from crossfarm.worker.container import (
+    MAX_LINE_BYTES,
+    LineSink,
+    Step,
+    StepResult,
+    StopCheck,
+    read_beneath,
+)
 from crossfarm.worker.deps import DependencyError, LockedCrate
 from crossfarm.worker.disk import DiskSpec
 
@@ -172,6 +179,8 @@ class FakeDocker:
         self.calls: list[str] = []
         self.containers: list[FakeContainer] = []
         self.volumes: dict[str, dict[str, str]] = {}
+        #: a volume's files on this host, by volume name (see copy_from_volume)
+        self.volume_dirs: dict[str, Path] = {}
         self.removed: list[str] = []
         #: "<job>-<attempt>" of containers left over from an earlier life, for reap()
         self.leftovers: set[str] = set()
@@ -220,6 +229,14 @@ class FakeDocker:
     def volume_bytes(self, name: str) -> int | None:
         self._called("volume_bytes")
         return self.kept_bytes.get(name)
+
+    def copy_from_volume(self, name: str, path: str, dest_dir: Path,
+                         max_bytes: int | None = None) -> Path | None:
+        """From `volume_dirs[name]` if the test gave one (a real directory, read as the
+        Docker adapter reads a volume's); else None, as for an engine out of reach."""
+        self._called("copy_from_volume")
+        root = self.volume_dirs.get(name)
+        return None if root is None else read_beneath(root, path, dest_dir, max_bytes)
 
     def volume_labels(self, name: str) -> dict[str, str] | None:
         self._called("volume_labels")
@@ -327,6 +344,8 @@ class FakeStorage:
         self.aborted: list[str] = []
         #: when each object was written, as a listing shows it (FAKE_NOW if not set)
         self.modified: dict[str, datetime] = {}
+        #: the sha256 each put_file was given, by key
+        self.sha256s: dict[str, str] = {}
 
     def ensure_bucket(self) -> None:
         pass
@@ -354,6 +373,14 @@ class FakeStorage:
 
     def put_file(self, key: str, path: Path, sha256: str) -> None:
         self.objects[key] = path.read_bytes()
+        self.sha256s[key] = sha256
+
+    def stat(self, key: str) -> StoredFile | None:
+        if self.reads_fail:
+            raise StorageError(f"object store unreachable ({key}): connection refused")
+        if key not in self.objects:
+            return None
+        return StoredFile(size=len(self.objects[key]), sha256=self.sha256s.get(key))
 
     def get_bytes(self, key: str) -> bytes:
         if self.reads_fail:
@@ -382,6 +409,7 @@ class FakeStorage:
     def delete(self, keys: Sequence[str]) -> None:
         for key in keys:
             self.objects.pop(key, None)
+            self.sha256s.pop(key, None)
 
 
 if TYPE_CHECKING:  # mypy holds each fake to its Protocol here

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import shutil
+from collections.abc import Callable
 
 from celery import Celery, signals
 from celery.worker import state as celery_state
@@ -101,6 +102,20 @@ def _heartbeat(app: Celery, settings: WorkerSettings, host: Arch, node: str,
     return beat
 
 
+def made_at_fork(make: Callable[[], object]) -> Callable[..., None]:
+    """The handler that makes a pool process's build tools right after its fork, not on
+    its first job (0.25 s of that job on a loaded machine). Tools that cannot be made
+    yet are made again by the job, which then reports why: a start-up never fails."""
+    def handler(**_: object) -> None:
+        try:
+            make()
+        except Exception:  # the engine or a setting: the first job says it, as data
+            logging.getLogger(__name__).warning("build tools not made at start-up",
+                                                exc_info=True)
+
+    return handler
+
+
 def create_worker_app(settings: WorkerSettings, host: Arch, fetches: bool = False,
                       pulse: Pulse | None = None) -> Celery:
     """`pulse`: told each round of the heartbeat thread (the liveness probe reads it)."""
@@ -148,6 +163,8 @@ def create_worker_app(settings: WorkerSettings, host: Arch, fetches: bool = Fals
 
     signals.worker_ready.connect(start_heartbeat, weak=False)
     signals.worker_shutting_down.connect(shutting_down, weak=False)
+    signals.worker_process_init.connect(made_at_fork(toolbox), weak=False,
+                                        dispatch_uid=f"ready-to-build-{id(app)}")
     return app
 
 

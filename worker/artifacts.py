@@ -1,16 +1,27 @@
-"""Which files a build produced, from cargo's own JSON messages, and the manifest for them."""
+"""Which files a build produced, from cargo's own JSON messages, and the manifest for them.
+
+An artifact is stored once per tenant: a job whose file has the bytes of one the tenant
+already holds (a rebuild whose binary did not change) names that object in its
+manifest instead of uploading it again. The store keeps one note per tenant and sha256
+(keys.held_artifact_key), written once the job that uploaded the object succeeded; a
+note is believed only if the object it names is an artifact whose size and recorded
+sha256 are the file's, and the controller checks the reference against its own record
+of the earlier job (controller/jobs.py).
+"""
 
 from __future__ import annotations
 
 import json
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from crossfarm.shared import keys
-from crossfarm.shared.errors import BuildError, LimitExceeded
+from crossfarm.shared.errors import BuildError, LimitExceeded, NotFound
 from crossfarm.shared.ids import BuildId, JobId
+from crossfarm.shared.storage import ObjectStore
 from crossfarm.shared.tree import sha256_file
 from crossfarm.shared.wire import ArtifactEntry, Manifest, TestCounts
 
@@ -147,18 +158,24 @@ class JobOutput:
     tests: TestCounts | None = None
 
 
-def build_manifest(job: JobOutput, files: list[Path]) -> Manifest:
-    """The manifest of a job's local artifact files, with each one's size and sha256."""
-    entries = [
-        ArtifactEntry(
-            name=path.name,
-            size=path.stat().st_size,
-            sha256=sha256_file(path),
-            key=keys.artifact_key(job.build_id, job.target, job.attempt, path.name),
+#: Finds a stored object with given bytes: (sha256, size) -> its key, or None.
+HeldLookup = Callable[[str, int], str | None]
+
+
+def build_manifest(job: JobOutput, files: list[Path], held: HeldLookup | None = None
+                   ) -> Manifest:
+    """The manifest of a job's local artifact files, with each one's size and sha256.
+    Each key is the attempt's own for the name, unless `held` names a stored object
+    with the same bytes."""
+    entries = []
+    for path in sorted(files):
+        size, sha256 = path.stat().st_size, sha256_file(path)
+        key = held(sha256, size) if held is not None else None
+        entries.append(ArtifactEntry(
+            name=path.name, size=size, sha256=sha256,
+            key=key or keys.artifact_key(job.build_id, job.target, job.attempt, path.name),
             executable=bool(path.stat().st_mode & 0o111),
-        )
-        for path in sorted(files)
-    ]
+        ))
     names = [entry.name for entry in entries]
     if len(set(names)) != len(names):
         raise ValueError(f"two artifacts share a name: {sorted(names)}")
@@ -167,3 +184,55 @@ def build_manifest(job: JobOutput, files: list[Path]) -> Manifest:
         profile_dir=profile_dir(job.profile), artifacts=entries, image_id=job.image_id,
         rustc=job.rustc, tests=job.tests,
     )
+
+
+def own_key(manifest: Manifest, entry: ArtifactEntry) -> bool:
+    """Whether an entry's object is the attempt's own upload (not one stored before)."""
+    return entry.key == keys.artifact_key(manifest.build_id, manifest.target,
+                                          manifest.attempt, entry.name)
+
+
+def held_lookup(storage: ObjectStore, tenant: str) -> HeldLookup:
+    """Finds an artifact `tenant` already stores with given bytes, by the tenant's note
+    of them: its key if that object is an artifact whose size and recorded sha256 are
+    the ones asked for, else None (no note, a note that is not ours to believe, or an
+    object gone or different). Storage errors propagate: the upload is retried."""
+    def lookup(sha256: str, size: int) -> str | None:
+        try:
+            note = json.loads(storage.get_bytes(keys.held_artifact_key(tenant, sha256)))
+        except NotFound:
+            return None
+        except ValueError:  # not JSON, not UTF-8: a note this worker never wrote
+            return None
+        key = note.get("key") if isinstance(note, dict) else None
+        if not isinstance(key, str) or not _artifact_key(key):
+            return None
+        stored = storage.stat(key)
+        if stored is None or stored.size != size or stored.sha256 != sha256:
+            return None
+        return key
+
+    return lookup
+
+
+def remember_held(storage: ObjectStore, tenant: str, manifest: Manifest) -> int:
+    """Note, for later builds of `tenant`, each artifact this succeeded job uploaded
+    itself; returns how many notes were written."""
+    written = 0
+    for entry in manifest.artifacts:
+        if own_key(manifest, entry):
+            note = {"key": entry.key, "size": entry.size, "sha256": entry.sha256}
+            storage.put_bytes(keys.held_artifact_key(tenant, entry.sha256),
+                              json.dumps(note).encode(), "application/json")
+            written += 1
+    return written
+
+
+def _artifact_key(key: str) -> bool:
+    """Whether `key` is exactly the key of some attempt's artifact."""
+    try:
+        build_id, target, attempt = keys.parse_job_key(key)
+    except ValueError:
+        return False
+    name = key.rsplit("/", 1)[-1]
+    return key == keys.artifact_key(build_id, target, attempt, name)

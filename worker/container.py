@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import stat
 import tarfile
 import threading
 import time
@@ -114,6 +116,8 @@ class ContainerRunner(Protocol):
     def volume_bytes(self, name: str) -> int | None: ...
     def volume_labels(self, name: str) -> dict[str, str] | None: ...
     def remove_volume(self, name: str) -> None: ...
+    def copy_from_volume(self, name: str, path: str, dest_dir: Path,
+                         max_bytes: int | None = None) -> Path | None: ...
     def container(self, step: Step) -> AbstractContextManager[StepContainer]: ...
     def shelf(self, volume: str, image: str) -> AbstractContextManager[Shelf]: ...
     def reap(self, worker: str, keep: Callable[[], set[str]]) -> int: ...
@@ -219,6 +223,23 @@ class Docker:
     def remove_volume(self, name: str) -> None:
         with suppress(docker.errors.NotFound):
             self._client.volumes.get(name).remove(force=True)
+
+    def copy_from_volume(self, name: str, path: str, dest_dir: Path,
+                         max_bytes: int | None = None) -> Path | None:
+        """Copy one regular file of a plain volume (`path` relative to its root) into
+        `dest_dir`, read from the volume's own directory on this host: no archive through
+        the engine, which mounts the container's volumes for each copy and streams a tar
+        (0.2-0.35 s for a 51 MB binary on a loaded 2-core machine). What the build left
+        there is hostile: see read_beneath. None when this process cannot reach that
+        directory (the engine runs elsewhere, or this worker is not root): copy it out of
+        the container instead. Only for volumes that stay mounted, as a warm dir does."""
+        try:
+            mountpoint = self._client.volumes.get(name).attrs.get("Mountpoint")
+        except docker.errors.NotFound:
+            return None
+        if not isinstance(mountpoint, str) or not os.access(mountpoint, os.R_OK | os.X_OK):
+            return None
+        return read_beneath(Path(mountpoint), path, dest_dir, max_bytes)
 
     @contextmanager
     def container(self, step: Step) -> Iterator[Container]:
@@ -547,6 +568,44 @@ def _save(path: str, stream: _ChunkReader, dest_dir: Path, max_bytes: int | None
         for _rest in tar:  # the tar's end blocks: the whole stream is read
             pass
     return local
+
+
+def read_beneath(root: Path, path: str, dest_dir: Path, max_bytes: int | None = None) -> Path:
+    """Copy the regular file `path` (relative) under `root` to `dest_dir`, keeping its
+    executable bit. Every part of the path is opened relative to the one before it and
+    never through a symlink, and the last must be a regular file (not a fifo, which
+    would block): a link the build planted, to anywhere on this host, is refused, never
+    followed (BuildError). Over `max_bytes` is refused before any byte is read."""
+    parts = path.split("/")
+    if not path or any(part in ("", ".", "..") for part in parts):
+        raise BuildError(f"{path!r} is not a plain path under the volume")
+    nofollow = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fds = [os.open(root, nofollow | os.O_DIRECTORY)]
+    try:
+        for part in parts[:-1]:
+            fds.append(_open_part(path, part, nofollow | os.O_DIRECTORY, fds[-1]))
+        fds.append(_open_part(path, parts[-1], nofollow | os.O_NONBLOCK, fds[-1]))
+        info = os.fstat(fds[-1])
+        if not stat.S_ISREG(info.st_mode):
+            raise BuildError(f"{path} in the container is not a regular file")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise _too_big(path, info.st_size, max_bytes)
+        local = dest_dir / parts[-1]
+        with open(fds.pop(), "rb") as source, local.open("wb") as out:
+            shutil.copyfileobj(source, out, 1 << 20)
+        local.chmod(0o755 if info.st_mode & 0o111 else 0o644)
+        return local
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _open_part(path: str, part: str, flags: int, parent: int) -> int:
+    try:
+        return os.open(part, flags, dir_fd=parent)
+    except OSError as exc:  # ELOOP: a symlink; ENOTDIR: a link or file on the way
+        raise BuildError(f"{path} in the container is not a regular file "
+                         f"({exc.strerror})") from None
 
 
 def _too_big(path: str, size: int, max_bytes: int) -> LimitExceeded:

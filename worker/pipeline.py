@@ -6,8 +6,9 @@
     → cargo build (network off; in the project's warm target dir if this worker keeps
       one and no other build holds it, see worker/warm.py) → copy artifacts out
     → [store the compile cache the build left, checked, if it changed]
-    → upload artifacts
+    → upload artifacts (those whose bytes the tenant already stores are named, not sent)
     → write manifest last → store the log → report the outcome
+    → [note the artifacts uploaded, for the tenant's later builds]
 
 No code of the crate runs while a network is reachable: the only networked step
 resolves a lock file with none of the crate's configuration, and dependencies are
@@ -63,7 +64,10 @@ from crossfarm.worker.artifacts import (
     JobOutput,
     Wanted,
     build_manifest,
+    held_lookup,
+    own_key,
     profile_dir,
+    remember_held,
     wants_timings,
 )
 from crossfarm.worker.compile_cache import JobCache
@@ -227,6 +231,8 @@ def run_job(tools: Toolbox, job: JobMessage, consumed_from: str) -> BuildState |
     except Conflict as exc:  # a newer attempt owns the job now: this outcome is void
         log.warning("job %s attempt %d: outcome dropped: %s", job_id, job.attempt, exc.message)
         return None
+    if outcome.state is BuildState.SUCCEEDED:
+        _remember_held(tools.storage, job, outcome.manifest)
     return outcome.state
 
 
@@ -348,8 +354,10 @@ def _compile_and_publish(run: JobRun) -> Manifest:
                            rustc=run.rustc,
                            tests=tally.counts(ran=run.runs_tests) if run.test else None)
         with run.log.timed("artifact upload"):
-            return retry.run("artifact upload", lambda: _publish(
-                tools.storage, output, files, run.stop))
+            manifest = retry.run("artifact upload", lambda: _publish(
+                tools.storage, output, files, run.stop, job.tenant))
+            run.log(_said_upload(manifest))
+        return manifest
 
 
 def _fetch_blobs(run: JobRun, retry: Retry, source: SourceDigest, tree: SourceTree,
@@ -564,7 +572,7 @@ def _compile(run: JobRun, locked: bool, inputs: list[IO[bytes]], tmp: Path,
             _say_compile_cache(run, cache)
             if run.runs_tests:
                 run.log(f"crossfarm: tests: {tally.summary()}")
-            files = _after_build(run, container, result, collector, tmp, tally)
+            files = _after_build(run, container, result, collector, tmp, tally, loan)
             _store_compile_cache(run, container, cache, tmp)
             return files, tally
     finally:
@@ -590,7 +598,8 @@ def _sink(run: JobRun, collector: ArtifactCollector, tally: TestTally,
 
 
 def _after_build(run: JobRun, container: StepContainer, result: StepResult,
-                 collector: ArtifactCollector, tmp: Path, tally: TestTally) -> list[Path]:
+                 collector: ArtifactCollector, tmp: Path, tally: TestTally,
+                 loan: Loan | None = None) -> list[Path]:
     settings = run.settings
     if result.oom_killed:
         raise BuildError("out-of-memory: the build container hit its memory limit of "
@@ -612,7 +621,9 @@ def _after_build(run: JobRun, container: StepContainer, result: StepResult,
                          f"{result.exit_code}", exit_code=result.exit_code)
     out = tmp / "artifacts"
     out.mkdir()
-    return _copy_artifacts(container, collector.paths, out, settings.artifact_max_bytes)
+    warm_volume = (loan.name, cargo.WARM) if loan is not None else None
+    return _copy_artifacts(container, collector.paths, out, settings.artifact_max_bytes,
+                           run.tools.docker, warm_volume)
 
 
 def _reuse(loan: Loan | None, units: list[tuple[str, bool]], cache: JobCache | None = None
@@ -693,13 +704,24 @@ def _disk(run: JobRun) -> DiskSpec | None:
     return DiskSpec(size, run.settings.scratch_dir / "disks", BUILD_UID) if size else None
 
 
-def _copy_artifacts(container: StepContainer, paths: list[str], out: Path, budget: int
-                    ) -> list[Path]:
+def _copy_artifacts(container: StepContainer, paths: list[str], out: Path, budget: int,
+                    runner: ContainerRunner | None = None,
+                    warm_volume: tuple[str, str] | None = None) -> list[Path]:
     """Each artifact streamed to `out`, refused (LimitExceeded) before its bytes are
-    read if it is bigger than what is left of the job's artifact budget."""
+    read if it is bigger than what is left of the job's artifact budget. One in the
+    warm volume (`warm_volume`: its name and mount point) is read from the volume's
+    directory where this worker can (see Docker.copy_from_volume), else copied out of
+    the container through the engine."""
     files = []
     for path in paths:
-        local = container.copy_out(path, out, max_bytes=budget)
+        local = None
+        if runner is not None and warm_volume is not None:
+            name, mount = warm_volume
+            if path.startswith(mount + "/"):
+                local = runner.copy_from_volume(name, path.removeprefix(mount + "/"), out,
+                                                max_bytes=budget)
+        if local is None:
+            local = container.copy_out(path, out, max_bytes=budget)
         budget -= local.stat().st_size
         files.append(local)
     return files
@@ -774,24 +796,52 @@ def _test_report(run: JobRun, counts: TestCounts) -> Manifest:
 
 
 def _publish(storage: ObjectStore, output: JobOutput, files: list[Path],
-             stop: StopCheck) -> Manifest:
+             stop: StopCheck, tenant: str | None = None) -> Manifest:
     """Upload every artifact under this attempt's prefix, then the manifest, last: the
-    manifest is what publishes. A job cancelled or superseded while its artifacts were
-    uploading (`stop` says so) writes none. An earlier try's unfinished multipart
-    uploads (the store went away mid-upload, so they could not be aborted then) are
-    aborted first."""
+    manifest is what publishes. A file whose bytes the tenant already stores is not
+    uploaded: the manifest names that object (worker/artifacts.py). A job cancelled or
+    superseded while its artifacts were uploading (`stop` says so) writes none. An
+    earlier try's unfinished multipart uploads (the store went away mid-upload, so they
+    could not be aborted then) are aborted first."""
     for pending in storage.pending_uploads(keys.job_prefix(output.build_id, output.target,
                                                           output.attempt)):
         storage.abort_upload(pending)
-    manifest = build_manifest(output, files)
+    held = held_lookup(storage, tenant) if tenant is not None else None
+    manifest = build_manifest(output, files, held)
     by_name = {path.name: path for path in files}
     for entry in manifest.artifacts:
-        storage.put_file(entry.key, by_name[entry.name], entry.sha256)
+        if own_key(manifest, entry):
+            storage.put_file(entry.key, by_name[entry.name], entry.sha256)
     if reason := stop():
         raise BuildCancelled(reason)
     storage.put_bytes(keys.manifest_key(output.build_id, output.target, output.attempt),
                       manifest.model_dump_json(indent=2).encode(), "application/json")
     return manifest
+
+
+def _said_upload(manifest: Manifest) -> str:
+    """The log line of what the artifact upload sent and what it found already stored."""
+    sent = [entry for entry in manifest.artifacts if own_key(manifest, entry)]
+    kept = [entry for entry in manifest.artifacts if not own_key(manifest, entry)]
+    said = (f"crossfarm: artifacts: {len(sent)} uploaded "
+            f"({sum(entry.size for entry in sent)} bytes)")
+    if kept:
+        said += (f", {len(kept)} already stored for this tenant, not sent again "
+                 f"({sum(entry.size for entry in kept)} bytes): "
+                 f"{', '.join(entry.name for entry in kept)}")
+    return said
+
+
+def _remember_held(storage: ObjectStore, job: JobMessage, manifest: Manifest | None) -> None:
+    """Once the controller took a job's success: its uploads are noted for the tenant's
+    later builds. A failing store costs only that saving, never the build."""
+    if job.tenant is None or manifest is None:
+        return
+    try:
+        remember_held(storage, job.tenant, manifest)
+    except StorageError as exc:
+        log.warning("job %s: its artifacts were not noted for later builds: %s",
+                    job.job_id, exc.message)
 
 
 def _store_log(storage: ObjectStore, job: JobMessage, joblog: JobLog) -> None:

@@ -2,14 +2,19 @@
 its first the default), probed once per image id for what its rustc says of itself and
 which targets' standard libraries it holds. The heartbeat announces them; a job names
 one (the controller resolved the crate's request to a name some worker announced) and
-gets its image."""
+gets its image. What a probe found is kept in the worker's scratch dir by image id, so
+the build processes read what the heartbeat's process probed, and a worker's first
+build does not start a probe container of its own."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import threading
 import time
+from pathlib import Path
 
 from crossfarm.shared.errors import BuildError
 from crossfarm.shared.wire import ToolchainOffer
@@ -99,11 +104,44 @@ class Toolchains:
                              "with its deploy/images/*/build-offline.sh")
         with self._lock:
             if image_id not in self._probed:
-                self._probed[image_id] = self._probe(image)
+                kept = self._kept().get(image_id)
+                self._probed[image_id] = kept or self._probe(image)
+                if kept is None:
+                    self._keep(image_id, self._probed[image_id])
             release, rustc, targets = self._probed[image_id]
         return ToolchainOffer(name=name or release_name(release), image=image,
                               image_id=image_id, release=release, rustc=rustc,
                               targets=targets, default=default)
+
+    @property
+    def _file(self) -> Path:
+        return self._settings.scratch_dir / "toolchains.json"
+
+    def _kept(self) -> dict[str, tuple[str, str, list[str]]]:
+        """The probes kept by any process of this worker, by image id (none if the file
+        is missing or not what _keep writes)."""
+        try:
+            data = json.loads(self._file.read_text())
+        except (OSError, ValueError):
+            return {}
+        kept = {}
+        for image_id, probed in (data.items() if isinstance(data, dict) else ()):
+            match probed:
+                case [str(release), str(rustc), list(targets)] if all(
+                        isinstance(target, str) for target in targets):
+                    kept[image_id] = (release, rustc, targets)
+        return kept
+
+    def _keep(self, image_id: str, probed: tuple[str, str, list[str]]) -> None:
+        """Add a probe to the file, replaced whole (a reader never sees half of it)."""
+        data = {**self._kept(), image_id: probed}
+        try:
+            self._file.parent.mkdir(parents=True, exist_ok=True)
+            partial = self._file.with_name(f".{self._file.name}.{os.getpid()}.partial")
+            partial.write_text(json.dumps(data))
+            partial.replace(self._file)
+        except OSError as exc:  # only a saving lost: the next process probes again
+            log.warning("toolchain probes not kept in %s: %s", self._file, exc)
 
     def _probe(self, image: str) -> tuple[str, str, list[str]]:
         lines: list[str] = []

@@ -27,17 +27,18 @@ class UsageStore:
 
     def artifact_bytes(self, tenant: str) -> int:
         """The bytes of the artifacts the tenant's succeeded jobs keep, from their
-        manifests (read whole: a JSON column has no portable sum). A job served from the
-        result cache stores nothing: its artifacts are the earlier job's, counted there."""
-        total = 0
+        manifests (read whole: a JSON column has no portable sum), each stored object
+        once: a job served from the result cache, or one whose file the tenant already
+        stored (worker/artifacts.py), names the earlier job's object, counted there."""
+        sizes: dict[str, int] = {}
         with self._db.session() as session:
             manifests = session.scalars(select(JobRow.manifest).where(
                 JobRow.tenant == tenant, JobRow.state == BuildState.SUCCEEDED.value,
                 JobRow.manifest.is_not(None), JobRow.cached_from.is_(None)))
             for manifest in manifests:
-                total += sum(int(entry.get("size", 0))
-                             for entry in (manifest or {}).get("artifacts", []))
-        return total
+                for entry in (manifest or {}).get("artifacts", []):
+                    sizes[str(entry.get("key"))] = int(entry.get("size", 0))
+        return sum(sizes.values())
 
     def tenants_of(self, job_ids: list[JobId]) -> dict[JobId, str]:
         """Job id -> its tenant, for the given jobs."""

@@ -199,6 +199,49 @@ def test_a_manifest_with_a_foreign_key_is_refused_and_the_job_does_not_succeed(
     assert _state(farm, running.record) is BuildState.RUNNING
 
 
+def _succeeded(farm, tenant="default", names=("hello",)):
+    """A build of `tenant` whose job published its own artifacts; returns its record."""
+    build = submit_build(farm, BuildRequest(source=DIGEST, targets=[X86]), tenant,
+                         any_source=True)
+    job_id = build.jobs[0].job_id
+    held = Held(farm.store.jobs.get(job_id), _start(farm, job_id))
+    _finish(farm, held, manifest=_manifest(held.record, names=names))
+    return farm.store.jobs.get(job_id)
+
+
+def test_a_manifest_may_name_an_identical_artifact_the_tenant_published_before(
+        farm, running):
+    earlier = _succeeded(farm)
+    key = earlier.manifest.artifacts[0].key
+
+    view = _finish(farm, running, manifest=_manifest(running.record, key=key))
+
+    assert view.state is BuildState.SUCCEEDED
+    # the object is counted once against the tenant's artifact quota
+    assert farm.store.usage.artifact_bytes("default") == 3
+
+
+@pytest.mark.parametrize("case", ["other-tenant", "other-bytes", "other-size", "unlisted",
+                                  "unfinished"])
+def test_a_manifest_naming_an_artifact_the_tenant_did_not_publish_is_refused(
+        farm, running, case):
+    earlier = _succeeded(farm, tenant="globex" if case == "other-tenant" else "default")
+    key = earlier.manifest.artifacts[0].key
+    if case == "unlisted":  # a name that earlier job never published
+        key = key.replace("/hello", "/other")
+    if case == "unfinished":  # an object of a job that has not succeeded
+        build = submit_build(farm, BuildRequest(source=DIGEST, targets=[X86]))
+        key = keys.artifact_key(build.build_id, X86, 1, "hello")
+    manifest = _manifest(running.record, key=key)
+    changed = {"other-bytes": {"sha256": "cd" * 32}, "other-size": {"size": 4}}.get(case, {})
+    manifest = manifest.model_copy(update={"artifacts": [
+        manifest.artifacts[0].model_copy(update=changed)]})
+
+    with pytest.raises(InvalidRequest, match="not under the attempt's own prefix"):
+        _finish(farm, running, manifest=manifest)
+    assert _state(farm, running.record) is BuildState.RUNNING
+
+
 @pytest.mark.parametrize("fields", [
     {"attempt": 2}, {"build_id": BuildId("b-0000000000000000")}, {"target": "evil"},
 ], ids=["attempt", "build", "target"])

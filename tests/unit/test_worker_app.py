@@ -103,3 +103,20 @@ def test_task_events_are_off_unless_the_setting_turns_them_on(fresh_module_app, 
 def test_the_worker_module_has_no_other_made_up_attribute(fresh_module_app):
     with pytest.raises(AttributeError, match="no attribute 'flower'"):
         fresh_module_app.flower  # noqa: B018
+
+
+
+def test_a_pool_process_whose_build_tools_cannot_be_made_at_start_up_still_starts(caplog):
+    from crossfarm.worker.app import made_at_fork
+
+    made = []
+
+    def unreachable() -> None:
+        made.append("tried")
+        raise ConnectionError("no engine")
+
+    made_at_fork(unreachable)()  # as Celery's worker_process_init calls it after a fork
+    made_at_fork(lambda: made.append("made"))()
+
+    assert made == ["tried", "made"]
+    assert "build tools not made at start-up" in caplog.text

@@ -2,6 +2,7 @@ import hashlib
 import json
 
 import pytest
+from fakes import FakeStorage
 
 from crossfarm.shared import keys
 from crossfarm.shared.errors import BuildError, LimitExceeded
@@ -11,7 +12,9 @@ from crossfarm.worker.artifacts import (
     JobOutput,
     artifact_paths,
     build_manifest,
+    held_lookup,
     profile_dir,
+    remember_held,
     wants_timings,
 )
 
@@ -338,3 +341,85 @@ def test_the_timing_report_counts_against_the_artifact_limit():
     collector.add_timings()
     with pytest.raises(LimitExceeded):
         collector.check()
+
+
+EARLIER = keys.artifact_key(BuildId("b-fedcba9876543210"), "x86_64-unknown-linux-gnu", 1, "hello")
+BYTES = b"\x7fELF hello"
+SHA = hashlib.sha256(BYTES).hexdigest()
+
+
+def _held_store(note=None, stored=BYTES, sha256=SHA, tenant="acme"):
+    """A store holding an earlier build's artifact and the tenant's note of it."""
+    storage = FakeStorage()
+    if stored is not None:
+        storage.objects[EARLIER] = stored
+        storage.sha256s[EARLIER] = sha256
+    note = {"key": EARLIER, "size": len(BYTES), "sha256": SHA} if note is None else note
+    storage.objects[keys.held_artifact_key(tenant, SHA)] = (
+        note if isinstance(note, bytes) else json.dumps(note).encode())
+    return storage
+
+
+def test_a_file_the_tenant_already_stores_is_named_by_its_stored_key(tmp_path):
+    (tmp_path / "hello").write_bytes(BYTES)
+    storage = _held_store()
+
+    manifest = build_manifest(JOB, [tmp_path / "hello"], held_lookup(storage, "acme"))
+
+    [entry] = manifest.artifacts
+    assert (entry.key, entry.sha256, entry.size) == (EARLIER, SHA, len(BYTES))
+
+
+def test_another_tenants_identical_artifact_is_not_looked_up(tmp_path):
+    (tmp_path / "hello").write_bytes(BYTES)
+    storage = _held_store(tenant="globex")
+
+    manifest = build_manifest(JOB, [tmp_path / "hello"], held_lookup(storage, "acme"))
+
+    assert manifest.artifacts[0].key == keys.artifact_key(JOB.build_id, JOB.target, JOB.attempt,
+                                                          "hello")
+    # the tenants' notes live under prefixes of their own
+    assert keys.held_artifact_key("acme", SHA) != keys.held_artifact_key("globex", SHA)
+
+
+@pytest.mark.parametrize(("note", "stored", "sha256"), [
+    (None, None, SHA),  # the object is gone
+    (None, b"\x7fELF another size", SHA),
+    (None, BYTES, "cd" * 32),  # stored with another sha256 ...
+    (None, BYTES, None),  # ... or with none
+    (b"\xff not json", BYTES, SHA),
+    ({"key": 3}, BYTES, SHA),
+    ({"key": "blobs/ab/" + "ab" * 32}, BYTES, SHA),  # not an artifact's key
+    ({"key": EARLIER.replace("artifacts/hello", "manifest.json")}, BYTES, SHA),
+    (["not", "a", "note"], BYTES, SHA),
+], ids=["gone", "size", "record", "unrecorded", "not-json", "key-type", "blob",
+        "manifest", "list"])
+def test_a_note_is_believed_only_if_its_object_is_an_artifact_with_those_bytes(
+        tmp_path, note, stored, sha256):
+    (tmp_path / "hello").write_bytes(BYTES)
+    storage = _held_store(note, stored, sha256)
+    if sha256 is None:
+        del storage.sha256s[EARLIER]
+
+    manifest = build_manifest(JOB, [tmp_path / "hello"], held_lookup(storage, "acme"))
+
+    assert manifest.artifacts[0].key == keys.artifact_key(JOB.build_id, JOB.target, JOB.attempt,
+                                                          "hello")
+
+
+def test_only_the_artifacts_a_job_uploaded_itself_are_noted(tmp_path):
+    (tmp_path / "hello").write_bytes(BYTES)
+    (tmp_path / "other").write_bytes(b"other bytes")
+    storage = _held_store()
+    manifest = build_manifest(JOB, [tmp_path / "hello", tmp_path / "other"],
+                              held_lookup(storage, "acme"))
+    before = dict(storage.objects)
+
+    assert remember_held(storage, "acme", manifest) == 1
+
+    [(key, note)] = [(k, v) for k, v in storage.objects.items() if before.get(k) != v]
+    other = hashlib.sha256(b"other bytes").hexdigest()
+    assert key == keys.held_artifact_key("acme", other)
+    assert json.loads(note) == {"key": keys.artifact_key(JOB.build_id, JOB.target, JOB.attempt,
+                                                         "other"),
+                                "size": 11, "sha256": other}

@@ -4,6 +4,7 @@ never hides why it was stopped; its output split into lines, long ones cut; arti
 streamed out, big ones refused."""
 
 import io
+import os
 import tarfile
 import threading
 import time
@@ -19,7 +20,7 @@ from crossfarm.shared.errors import (
     LeaseLost,
     LimitExceeded,
 )
-from crossfarm.worker.container import LINE_CUT, Container, _pump, joined_tars
+from crossfarm.worker.container import LINE_CUT, Container, _pump, joined_tars, read_beneath
 
 
 class RawContainer:
@@ -296,3 +297,59 @@ def test_joined_tars_read_as_one_archive_of_every_member_in_order():
         read = {m.name: tar.extractfile(m).read() for m in tar}
     assert list(read) == [*first, *second, *third]
     assert read == {**first, **second, **third}
+
+
+@pytest.fixture
+def volume(tmp_path):
+    """A volume's directory as a build left it: a binary, and a secret beside the volume."""
+    root = tmp_path / "volume"
+    (root / "target" / "debug").mkdir(parents=True)
+    (root / "target" / "debug" / "app").write_bytes(b"\x7fELF app")
+    (root / "target" / "debug" / "app").chmod(0o755)
+    (root / "target" / "debug" / "lib.so").write_bytes(b"so")
+    (root / "target" / "debug" / "lib.so").chmod(0o644)
+    (tmp_path / "secret").write_text("host secret")
+    (tmp_path / "out").mkdir()
+    return root
+
+
+def test_a_file_is_read_from_under_the_volume_with_its_executable_bit(volume, tmp_path):
+    app = read_beneath(volume, "target/debug/app", tmp_path / "out")
+    lib = read_beneath(volume, "target/debug/lib.so", tmp_path / "out")
+    assert (app.read_bytes(), app.stat().st_mode & 0o777) == (b"\x7fELF app", 0o755)
+    assert lib.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("planted", ["file-link", "dir-link", "fifo", "dir"])
+def test_a_link_or_anything_but_a_regular_file_the_build_planted_is_refused(
+        volume, tmp_path, planted):
+    debug = volume / "target" / "debug"
+    if planted == "file-link":
+        (debug / "app").unlink()
+        (debug / "app").symlink_to(tmp_path / "secret")
+        path = "target/debug/app"
+    elif planted == "dir-link":
+        (volume / "target" / "out").symlink_to(tmp_path)
+        path = "target/out/secret"
+    elif planted == "fifo":
+        os.mkfifo(debug / "pipe")
+        path = "target/debug/pipe"
+    else:
+        path = "target/debug"
+
+    with pytest.raises(BuildError, match="is not a regular file"):
+        read_beneath(volume, path, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("path", ["../secret", "target/../../secret", "/etc/passwd",
+                                  "target//debug/app", ""])
+def test_a_path_that_is_not_plain_is_refused(volume, tmp_path, path):
+    with pytest.raises(BuildError, match="not a plain path"):
+        read_beneath(volume, path, tmp_path / "out")
+
+
+def test_a_file_over_the_budget_is_refused_before_it_is_read(volume, tmp_path):
+    with pytest.raises(LimitExceeded, match="more than the 3 bytes left"):
+        read_beneath(volume, "target/debug/app", tmp_path / "out", max_bytes=3)
+    assert list((tmp_path / "out").iterdir()) == []

@@ -25,7 +25,7 @@ from crossfarm.shared.wire import (
     SourceTree,
     TreeEntry,
 )
-from crossfarm.worker.artifacts import JobOutput
+from crossfarm.worker.artifacts import JobOutput, remember_held
 from crossfarm.worker.lease import Lease
 from crossfarm.worker.pipeline import Toolbox, _publish, run_job
 from crossfarm.worker.settings import WorkerSettings
@@ -139,6 +139,27 @@ def test_publishing_aborts_this_attempts_unfinished_uploads_first_and_no_others(
     assert storage.objects[mine] == b"\x7fELF"
     assert [a.name for a in manifest.artifacts] == ["hello"]
     assert list(storage.objects)[-1] == keys.manifest_key(BuildId(BUILD), X86, 1)
+
+
+def test_a_file_the_tenant_already_stores_is_not_uploaded_again(tmp_path):
+    binary = tmp_path / "hello"
+    binary.write_bytes(b"\x7fELF")
+    first = FakeStorage()
+    earlier = _publish(first, _output(X86), [binary], lambda: None, tenant="acme")
+    remember_held(first, "acme", earlier)
+    stored = dict(first.objects)
+    later = JobOutput(build_id=BuildId("b-fedcba9876543210"), job_id=JobId(JOB),
+                      target=X86, attempt=1, profile="dev")
+
+    manifest = _publish(first, later, [binary], lambda: None, tenant="acme")
+
+    # only the later manifest was written; its entry names the earlier object
+    assert set(first.objects) - set(stored) == {keys.manifest_key(later.build_id, X86, 1)}
+    assert manifest.artifacts[0].key == earlier.artifacts[0].key
+    # another tenant's build uploads its own copy
+    other = _publish(first, later, [binary], lambda: None, tenant="globex")
+    assert other.artifacts[0].key == keys.artifact_key(later.build_id, X86, 1, "hello")
+    assert first.objects[other.artifacts[0].key] == b"\x7fELF"
 
 
 @pytest.mark.parametrize("reason", ["cancelled by request", "superseded by attempt 2"])
@@ -320,6 +341,38 @@ def test_a_job_that_builds_publishes_its_binary_then_the_manifest_then_the_log(t
     # nothing is left behind on the engine
     assert f"crossfarm-{JOB}-a1" in docker.removed
     assert len(docker.removed) == 2
+
+
+def test_a_succeeded_job_notes_its_upload_and_a_rebuild_with_the_same_binary_sends_none(
+        tmp_path):
+    reporter, storage = FakeReporter(), FakeStorage()
+    registry, lock = _registry_and_lock()
+    source = _stored_crate(storage, Path(__file__).parents[1] / "fixtures" / "hello-c",
+                           replace={"Cargo.lock": lock})
+    settings = WorkerSettings(worker_name="w1", scratch_dir=tmp_path / "scratch")
+    built = Replay(lines=_recorded("build.stdout", "stdout"),
+                   files={RECORDED_BINARY: b"\x7fELF hello-c"})
+    tools = Toolbox(settings=settings, host=Arch.AMD64, docker=FakeDocker([built, built]),
+                    storage=storage, reporter=reporter, crates=registry)
+    first = _job(X86).model_copy(update={"source": source, "tenant": "acme"})
+    again = first.model_copy(update={"build_id": "b-fedcba9876543210",
+                                     "job_id": "j-fedcba9876543210"})
+
+    for job in (first, again):
+        assert run_job(tools, job, consumed_from="crossfarm.builds.amd64") is (
+            BuildState.SUCCEEDED)
+
+    sha = hashlib.sha256(b"\x7fELF hello-c").hexdigest()
+    artifact = keys.artifact_key(BuildId(BUILD), X86, 1, "hello-c")
+    assert json.loads(storage.objects[keys.held_artifact_key("acme", sha)])["key"] == artifact
+    # the rebuild's manifest names the first build's object, and it uploaded nothing
+    [(_, _), (_, outcome)] = reporter.outcomes
+    assert [entry.key for entry in outcome.manifest.artifacts] == [artifact]
+    assert not [key for key in storage.objects if key.startswith("builds/b-fedcba9876543210/")
+                and "/artifacts/" in key]
+    log = storage.objects[keys.log_key(BuildId("b-fedcba9876543210"), X86, 1)].decode()
+    assert ("crossfarm: artifacts: 0 uploaded (0 bytes), 1 already stored for this tenant, "
+            "not sent again (12 bytes): hello-c") in log
 
 
 def test_crates_already_in_the_deps_volume_are_not_downloaded_again(tmp_path):

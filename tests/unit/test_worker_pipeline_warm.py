@@ -105,6 +105,27 @@ def test_the_next_build_of_a_project_reuses_its_target_dir_and_only_changed_file
     assert f"crossfarm-{JOB}-a2" in docker.removed
 
 
+def test_a_warm_builds_artifacts_are_read_from_the_warm_volume_where_the_worker_reaches_it(
+        tmp_path):
+    storage = FakeStorage()
+    source = storage.store_tree(WORKSPACE)
+    docker = FakeDocker([_build(fresh_greet=False)])
+    volume = tmp_path / "warm-volume"
+    (volume / "target" / X86 / "debug").mkdir(parents=True)
+    (volume / "target" / X86 / "debug" / "app").write_bytes(b"\x7fELF app, from the volume")
+    (volume / "target" / X86 / "debug" / "app").chmod(0o755)
+    docker.volume_dirs[WARM_DIR] = volume
+    tools = _tools(tmp_path, docker, storage)
+
+    assert run_job(tools, _job(source), QUEUE) is BuildState.SUCCEEDED
+
+    [(_, outcome)] = tools.reporter.outcomes
+    [entry] = outcome.manifest.artifacts
+    assert storage.objects[entry.key] == b"\x7fELF app, from the volume"
+    assert entry.executable
+    assert docker.calls.count("copy_from_volume") == 1
+
+
 def test_each_outcome_report_says_warm_or_cold_and_how_many_units_were_fresh(tmp_path):
     storage = FakeStorage()
     first = storage.store_tree(WORKSPACE)

@@ -71,6 +71,34 @@ def test_a_worker_offers_each_configured_image_default_first_probed_once(tmp_pat
     assert {c.step.user for c in docker.containers} == {"10001:10001"}
 
 
+def test_another_process_of_the_worker_reads_the_probe_instead_of_probing_again(tmp_path):
+    heartbeat = ImagesDocker([_replay(PROBE_196)])
+    builds = ImagesDocker()  # no replay: a probe here would find no output
+    settings = WorkerSettings(scratch_dir=tmp_path)
+
+    probed = Toolchains(settings, heartbeat).offers()
+    read = Toolchains(settings, builds).for_job(None)
+
+    assert [read] == probed
+    assert (len(heartbeat.containers), builds.containers) == (1, [])
+
+
+def test_a_rebuilt_image_or_a_damaged_record_is_probed_again(tmp_path):
+    settings = WorkerSettings(scratch_dir=tmp_path)
+    Toolchains(settings, ImagesDocker([_replay(PROBE_196)])).offers()
+
+    class Rebuilt(ImagesDocker):
+        def image_id(self, name):
+            return "sha256:" + "f" * 64
+
+    rebuilt = Rebuilt([_replay(PROBE_163)])
+    assert Toolchains(settings, rebuilt).for_job(None).release == "1.63.0"
+    (tmp_path / "toolchains.json").write_text('{"sha256:x": ["1.0", 3]')
+    damaged = ImagesDocker([_replay(PROBE_196)])
+    assert Toolchains(settings, damaged).for_job(None).release == "1.96.0"
+    assert len(rebuilt.containers) == len(damaged.containers) == 1
+
+
 def test_without_toolchains_set_the_builder_image_is_the_one_named_by_its_release(tmp_path):
     docker = FakeDocker([_replay(PROBE_196)])
     toolchains = Toolchains(WorkerSettings(scratch_dir=tmp_path), docker)
