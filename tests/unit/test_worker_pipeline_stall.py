@@ -2,16 +2,13 @@
 every step that runs the crate's toolchain, and a stall ends the job as failed with a
 reason that names the cause and what to do, never as a timeout."""
 
-import hashlib
 
 import pytest
 from fakes import FakeCrates, FakeDocker, FakeReporter, FakeStorage, Replay
 
-from crossfarm.shared import keys
 from crossfarm.shared.arch import Arch, BuildMode
 from crossfarm.shared.states import BuildState
-from crossfarm.shared.tree import tree_digest
-from crossfarm.shared.wire import CargoSpec, JobMessage, SourceTree, TreeEntry
+from crossfarm.shared.wire import CargoSpec, JobMessage
 from crossfarm.worker.pipeline import Toolbox, run_job
 from crossfarm.worker.settings import WorkerSettings
 
@@ -26,19 +23,6 @@ CRATE = {
 }
 
 
-def _stored(storage, files):
-    entries = []
-    for path, data in sorted(files.items()):
-        sha = hashlib.sha256(data).hexdigest()
-        storage.objects[keys.blob_key(sha)] = data
-        entries.append(TreeEntry(path=path, kind="file", sha256=sha, size=len(data)))
-    tree = SourceTree(entries=entries)
-    digest = tree_digest(tree)
-    storage.objects[keys.tree_key(digest)] = tree.model_dump_json().encode()
-    storage.objects[keys.locations_key(digest)] = b"{}"
-    return digest
-
-
 def _run(tmp_path, target, queue, replays, files=CRATE, **settings):
     reporter, storage = FakeReporter(), FakeStorage()
     docker = FakeDocker(replays)
@@ -49,7 +33,7 @@ def _run(tmp_path, target, queue, replays, files=CRATE, **settings):
         host=Arch.AMD64, docker=docker, storage=storage, reporter=reporter,
         crates=FakeCrates())
     job = JobMessage(job_id="j-0123456789abcdef", build_id="b-0123456789abcdef",
-                     target=target, attempt=1, source=_stored(storage, files),
+                     target=target, attempt=1, source=storage.store_tree(files),
                      cargo=CargoSpec(), timeout_s=3600)
     state = run_job(tools, job, consumed_from=queue)
     [(_, outcome)] = reporter.outcomes
