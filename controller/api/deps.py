@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -71,22 +72,16 @@ async def _authenticated(request: Request, credentials: Credentials) -> Principa
     return auth.authenticate(farm, bearer, at)
 
 
-# Each role's dependency authenticates itself, rather than through a chain of dependencies
-# (farm, then principal, then role): FastAPI's solving of each level cost a request more
-# than the check it holds.
-async def _reader(request: Request, credentials: Annotated[Credentials, Depends(_client_bearer)]
-                  ) -> Principal:
-    return auth.require(await _authenticated(request, credentials), Role.READ)
+def _requires(role: Role) -> Callable[..., Awaitable[Principal]]:
+    """The dependency of routes that need `role`. Each one authenticates the request
+    itself, rather than through a chain of dependencies (farm, then principal, then
+    role): FastAPI's solving of each level cost a request more than the check it holds."""
+    async def dependency(request: Request,
+                         credentials: Annotated[Credentials, Depends(_client_bearer)]
+                         ) -> Principal:
+        return auth.require(await _authenticated(request, credentials), role)
 
-
-async def _submitter(request: Request,
-                     credentials: Annotated[Credentials, Depends(_client_bearer)]) -> Principal:
-    return auth.require(await _authenticated(request, credentials), Role.SUBMIT)
-
-
-async def _operator(request: Request,
-                    credentials: Annotated[Credentials, Depends(_client_bearer)]) -> Principal:
-    return auth.require(await _authenticated(request, credentials), Role.OPERATOR)
+    return dependency
 
 
 def _worker(farm: Annotated[Farm, Depends(_farm)],
@@ -99,9 +94,9 @@ BuildIdDep = Annotated[BuildId, Depends(_build_id)]
 JobIdDep = Annotated[JobId, Depends(_job_id)]
 DigestDep = Annotated[SourceDigest, Depends(_digest)]
 #: any valid token: reads of its own tenant's records (an operator's: every tenant's)
-PrincipalDep = Annotated[Principal, Depends(_reader)]
+PrincipalDep = Annotated[Principal, Depends(_requires(Role.READ))]
 #: a token that may submit, cancel and upload
-SubmitterDep = Annotated[Principal, Depends(_submitter)]
+SubmitterDep = Annotated[Principal, Depends(_requires(Role.SUBMIT))]
 #: an operator's token: tokens, drains
-OperatorDep = Annotated[Principal, Depends(_operator)]
+OperatorDep = Annotated[Principal, Depends(_requires(Role.OPERATOR))]
 WorkerAuth = Depends(_worker)
