@@ -10,12 +10,16 @@ ARM64_WORKER_IMAGE ?= crossfarm/crossfarm:test-arm64
 ARM64_BUILDER_IMAGE ?= crossfarm/builder:1-arm64
 # a second toolchain (Debian's rustc 1.63, with the wasm32 std) for the toolchain tests
 BUILDER_163_IMAGE ?= crossfarm/builder-1.63:1
+# the builder with this machine's rustup toolchain (rustc as developers run it) instead of
+# Debian's: the toolchain tests and bench/vs_cross.py
+BUILDER_RUSTUP_IMAGE ?= crossfarm/builder-rustup:1
 APT_PACKAGES := redis-server postgresql mmdebstrap qemu-user-static binfmt-support libc6-arm64-cross libgcc-s1-arm64-cross file git procps iproute2 docker-registry docker-compose chromium
 
 DIST ?= dist
 
 .PHONY: up down test lint typecheck unit integration install image images demo dist release-images release-build release-test \
-	image-builder-amd64 image-fetcher-amd64 image-builder-arm64 image-crossfarm-arm64 image-builder-163
+	image-builder-amd64 image-fetcher-amd64 image-builder-arm64 image-crossfarm-arm64 image-builder-163 \
+	image-builder-rustup
 
 up: install image ## install what is missing, start the farm here, run a demo build
 	$(PYTHON) deploy/local/farm.py up --dir $(STATE)
@@ -81,7 +85,7 @@ image-fetcher-amd64:
 # The arm64 ones run under QEMU user emulation (3-13 and 4.5-19 min on 2 cores, by load;
 # started first as the longest); the script re-registers qemu-aarch64 with binfmt_misc
 # every time, as a reboot drops it.
-images: image-builder-arm64 image-crossfarm-arm64 image image-builder-163
+images: image-builder-arm64 image-crossfarm-arm64 image image-builder-163 image-builder-rustup
 
 image-builder-arm64:
 	deploy/images/local-build.sh --keep builder arm64 $(ARM64_BUILDER_IMAGE)
@@ -92,6 +96,12 @@ image-crossfarm-arm64:
 image-builder-163:
 	@docker image inspect $(BUILDER_163_IMAGE) >/dev/null 2>&1 \
 	  || deploy/images/builder-1.63/build-offline.sh $(BUILDER_163_IMAGE)
+
+# Made again when this machine's rustc is no longer the one in it (its label says which).
+image-builder-rustup: image-builder-amd64
+	@[ "$$(docker image inspect --format '{{index .Config.Labels "io.crossfarm.toolchain"}}' \
+	    $(BUILDER_RUSTUP_IMAGE) 2>/dev/null)" = "$$(rustc -V)" ] \
+	  || BUILDER=$(BUILDER_IMAGE) deploy/images/builder-rustup/build-offline.sh $(BUILDER_RUSTUP_IMAGE)
 
 # What CI installs the CLI from (docs/ci.md): the wheel, and the sdist it was built from
 # (python -m build makes the wheel out of the sdist, so a file the sdist lacks is missing

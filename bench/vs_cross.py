@@ -4,11 +4,17 @@
 tests/fixtures/hello-c, each built for x86_64 by
 
   host      `cargo build` on this machine (rustup's toolchain)
-  cross     `cross build` 0.2.5 with the farm's builder image in Cross.toml
+  cross     `cross build` 0.2.5 with the builder image in Cross.toml (cross mounts the
+            host's toolchain at /rust but puts it last on PATH: the image's cargo runs)
   docker    `docker run … cargo build` in the builder image, no network: the floor any
             per-build container pays
   crossfarm `crossfarm build` on a farm of this checkout that the bench starts (one
-            worker, warm target dirs on, the result cache on)
+            worker building with the builder image, warm target dirs on, the result
+            cache on)
+
+The builder image is `crossfarm/builder-rustup:1` (`make images`: the builder with this
+machine's rustup toolchain, so all four compile with the same rustc); `--image
+crossfarm/builder:1` measures Debian's rustc-web instead.
 
 in four phases: cold (a fresh clone, nothing built; crossfarm's farm is new too, its
 dependency volume empty), no-op (the same command again), one-line change (a comment
@@ -46,7 +52,7 @@ import farm as localfarm  # noqa: E402
 from deps_cache import importable, ripgrep  # noqa: E402
 
 X86 = "x86_64-unknown-linux-gnu"
-IMAGE = "crossfarm/builder:1"
+IMAGE = "crossfarm/builder-rustup:1"
 TOOLS = ("host", "cross", "docker", "crossfarm")
 PHASES = ("cold", "no-op", "one-line change", "second clone")
 #: the file a one-line change goes into, per project
@@ -95,23 +101,23 @@ def host_build(profile: str, home: Path) -> Callable[[Path], Run]:
                                 *profile_flags(profile)], crate, env)
 
 
-def cross_build(profile: str, home: Path) -> Callable[[Path], Run]:
+def cross_build(profile: str, home: Path, image: str) -> Callable[[Path], Run]:
     env = {**os.environ, "CARGO_HOME": str(home), "CROSS_CONTAINER_ENGINE": "docker"}
 
     def build(crate: Path) -> Run:
-        (crate / "Cross.toml").write_text(f'[target.{X86}]\nimage = "{IMAGE}"\n')
+        (crate / "Cross.toml").write_text(f'[target.{X86}]\nimage = "{image}"\n')
         return timed(["cross", "build", "--locked", "--offline", "--target", X86,
                       *profile_flags(profile)], crate, env)
     return build
 
 
-def docker_build(profile: str, home: Path) -> Callable[[Path], Run]:
+def docker_build(profile: str, home: Path, image: str) -> Callable[[Path], Run]:
     def build(crate: Path) -> Run:
         # as root, as cross runs it here: the image's own user cannot write the clone
         return timed(["docker", "run", "--rm", "--network", "none", "--user", "0:0",
                       "-v", f"{crate}:/src", "-v", f"{home}:/cargo-home",
                       "-e", "CARGO_HOME=/cargo-home", "-e", "CARGO_TARGET_DIR=/src/target",
-                      "-w", "/src", IMAGE, "cargo", "build", "--locked", "--offline",
+                      "-w", "/src", image, "cargo", "build", "--locked", "--offline",
                       "--target", X86, *profile_flags(profile)], crate, dict(os.environ))
     return build
 
@@ -162,7 +168,7 @@ def phases(build: Callable[[Path], Run], pristine: Path, project: str, work: Pat
     return runs
 
 
-def start_farm(work: Path) -> localfarm.Farm:
+def start_farm(work: Path, image: str) -> localfarm.Farm:
     (work / "farm").mkdir()
     running = localfarm.Farm(dir=work / "farm")
     running.start_redis()
@@ -170,7 +176,8 @@ def start_farm(work: Path) -> localfarm.Farm:
     running.start_controller()
     running.start_worker("bench-vs-cross", CROSSFARM_WARM_BYTES=str(20 * 1024**3),
                          CROSSFARM_JOB_DISK_BYTES="0", CROSSFARM_CONCURRENCY="1",
-                         CROSSFARM_DEPS_VOLUME=DEPS_VOLUME)
+                         CROSSFARM_DEPS_VOLUME=DEPS_VOLUME,
+                         CROSSFARM_BUILDER_IMAGE=image, CROSSFARM_TOOLCHAINS="")
     return running
 
 
@@ -263,6 +270,8 @@ def main() -> None:
     parser.add_argument("--profile", choices=("release", "dev"), default="release")
     parser.add_argument("--projects", default="ripgrep,hello-c")
     parser.add_argument("--tools", default=",".join(TOOLS))
+    parser.add_argument("--image", default=IMAGE,
+                        help="the builder image of cross, docker and the farm's worker")
     parser.add_argument("--clone-tools", default=",".join(TOOLS),
                         help="the tools whose second clone is built (for the others it "
                              "is a cold build again, and is left out to save time)")
@@ -281,11 +290,11 @@ def main() -> None:
         for project in args.projects.split(","):  # crates for host, cross and docker
             subprocess.run(["cargo", "fetch", "--locked", "-q"], cwd=pristine[project],
                            check=True, env={**os.environ, "CARGO_HOME": str(home)})
-        running = start_farm(work) if "crossfarm" in tools else None
+        running = start_farm(work, args.image) if "crossfarm" in tools else None
         builders: dict[str, Callable[[Path], Run]] = {
             "host": host_build(args.profile, home),
-            "cross": cross_build(args.profile, home),
-            "docker": docker_build(args.profile, home),
+            "cross": cross_build(args.profile, home, args.image),
+            "docker": docker_build(args.profile, home, args.image),
         }
         if running is not None:
             builders["crossfarm"] = farm_build(args.profile, running)
@@ -305,7 +314,8 @@ def main() -> None:
             # containers of cross and docker ran as root: their files are root's too
             shutil.rmtree(work, ignore_errors=True)
     load = Path("/proc/loadavg").read_text().split()[:3]
-    print(f"\nprofile {args.profile}; load average at the start {' '.join(load_at_start)}, "
+    print(f"\nprofile {args.profile}, image {args.image}; load average at the start "
+          f"{' '.join(load_at_start)}, "
           f"at the end {' '.join(load)} on {os.cpu_count()} cpus")
     for project, by_tool in results.items():
         report(project, by_tool)

@@ -1,6 +1,7 @@
-"""`crossfarm test` and the crate's own toolchain, on the real farm: a worker with two
-builder images (Debian's rustc-web 1.96 and rustc 1.63, CROSSFARM_TOOLCHAINS) announces
-both; the shared worker is drained for this module, so every job lands on it.
+"""`crossfarm test` and the crate's own toolchain, on the real farm: a worker with three
+builder images (Debian's rustc-web 1.96 and rustc 1.63, and the builder with this
+machine's rustup toolchain, CROSSFARM_TOOLCHAINS) announces all three; the shared worker
+is drained for this module, so every job lands on it.
 
     crossfarm test             one failing test -> exit 1 and the counts of every suite
     crossfarm test --no-run    the test binaries come back and run here
@@ -8,11 +9,13 @@ both; the shared worker is drained for this module, so every job lands on it.
     rust-toolchain.toml 1.63   built by the 1.63 image; its binary prints that rustc
     +1.96 / +1.70              the command line wins; an unknown one is refused unsent
     wasm32-unknown-unknown     built with 1.63 (its image has the wasm32 std)
+    +<rustup's release>        built by rustup's rustc and linked by its own rust-lld
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -31,11 +34,31 @@ X86 = "x86_64-unknown-linux-gnu"
 ARM = "aarch64-unknown-linux-gnu"
 WASM = "wasm32-unknown-unknown"
 IMAGE_163 = "crossfarm/builder-1.63:1"
+IMAGE_RUSTUP = "crossfarm/builder-rustup:1"  # the Makefile's BUILDER_RUSTUP_IMAGE
+
+
+def _release(image: str) -> str:
+    """The release of the rustc in `image` ("1.95.0"); fails the test when it is missing."""
+    ran = subprocess.run(["docker", "run", "--rm", "--network", "none", image, "rustc", "-V"],
+                         capture_output=True, text=True, timeout=120)
+    if ran.returncode:
+        pytest.fail(f"{image} is missing or its rustc does not run (make images): "
+                    f"{ran.stderr.strip()}", pytrace=False)
+    return ran.stdout.split()[1]
+
+
+@pytest.fixture(scope="module")
+def rustup_release() -> str:
+    return _release(IMAGE_RUSTUP)
+
+
+def _name(release: str) -> str:
+    return ".".join(release.split(".")[:2])
 WORKER = "worker-toolchains"
 
 
 @pytest.fixture(scope="module")
-def toolchain_worker(farm) -> Iterator[str]:
+def toolchain_worker(farm, rustup_release) -> Iterator[str]:
     """A worker building with both images; the shared worker drained meanwhile (a queue's
     workers must offer the same toolchains: see docs/architecture.md)."""
     present = subprocess.run(["docker", "image", "inspect", IMAGE_163],
@@ -49,7 +72,8 @@ def toolchain_worker(farm) -> Iterator[str]:
         try:
             farm.start_worker(WORKER, **{
                 **WORKER_AMD64,
-                "CROSSFARM_TOOLCHAINS": f"1.96=crossfarm/builder:1,1.63={IMAGE_163}"})
+                "CROSSFARM_TOOLCHAINS": f"1.96=crossfarm/builder:1,1.63={IMAGE_163},"
+                                        f"{_name(rustup_release)}={IMAGE_RUSTUP}"})
             yield WORKER
         finally:
             if WORKER in farm.procs:
@@ -165,8 +189,26 @@ def test_plus_toolchain_on_the_command_line_wins_over_the_crates_file(
     assert printed.stdout.strip() == "built by rustc 1.96.0"
 
 
+def test_rustups_toolchain_builds_with_its_own_rustc_and_links_with_its_rust_lld(
+        farm, toolchain_worker, rustup_release, cli, tmp_path):
+    crate = _copy("pinned-1.63", tmp_path)
+
+    result = cli(crate, f"+{_name(rustup_release)}", "build", "--target", X86, "--json")
+
+    assert result.returncode == 0, result.stderr
+    job = _view(result).jobs[0]
+    assert job.rustc is not None
+    assert f"release: {rustup_release}" in job.rustc
+    binary = crate / "target" / X86 / "debug" / "pinned"
+    printed = subprocess.run([str(binary)], capture_output=True, text=True, timeout=30)
+    assert printed.stdout.strip() == f"built by rustc {rustup_release}"
+    # rustup's x86_64 Linux toolchains link with their own rust-lld (1.90 on), which
+    # names itself in the binary's .comment section; gcc's ld.bfd writes no such line
+    assert re.search(rb"Linker: LLD \d+", binary.read_bytes())
+
+
 def test_an_unknown_toolchain_is_refused_before_upload_with_the_available_ones(
-        farm, toolchain_worker, cli, tmp_path):
+        farm, toolchain_worker, rustup_release, cli, tmp_path):
     crate = _copy("pinned-1.63", tmp_path)
     (crate / "rust-toolchain.toml").write_text('[toolchain]\nchannel = "1.70.0"\n')
     before = _stats(farm)
@@ -174,13 +216,15 @@ def test_an_unknown_toolchain_is_refused_before_upload_with_the_available_ones(
     result = cli(crate, "build", "--target", X86)
 
     assert result.returncode == 2
-    assert "toolchain '1.70.0' is not on this farm; available: 1.63 (1.63.0), " \
-           "1.96 (1.96.0)" in result.stderr
+    available = sorted(["1.63 (1.63.0)", "1.96 (1.96.0)",
+                        f"{_name(rustup_release)} ({rustup_release})"])
+    assert ("toolchain '1.70.0' is not on this farm; available: " + ", ".join(available)
+            in result.stderr)
     assert _stats(farm) == before  # nothing was uploaded
 
 
 def test_the_api_refuses_an_unknown_toolchain_naming_the_available_ones(
-        farm, toolchain_worker):
+        farm, toolchain_worker, rustup_release):
     request = {"source": "0" * 64, "targets": [X86], "cargo": {"toolchain": "nightly"}}
     with httpx.Client(base_url=farm.controller_url, headers=farm.auth, timeout=30) as api:
         refused = api.post("/v1/builds", json=request)
@@ -188,7 +232,7 @@ def test_the_api_refuses_an_unknown_toolchain_naming_the_available_ones(
     assert refused.status_code == 422
     problem = refused.json()
     assert problem["type"].endswith("/unknown-toolchain")
-    assert problem["available"] == ["1.63", "1.96"]
+    assert problem["available"] == sorted(["1.63", "1.96", _name(rustup_release)])
 
 
 def test_wasm32_is_built_with_the_1_63_toolchain_on_an_architecture_with_capacity(
