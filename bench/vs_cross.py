@@ -113,8 +113,11 @@ def cross_build(profile: str, home: Path, image: str) -> Callable[[Path], Run]:
 
 def docker_build(profile: str, home: Path, image: str) -> Callable[[Path], Run]:
     def build(crate: Path) -> Run:
-        # as root, as cross runs it here: the image's own user cannot write the clone
+        # as root, as cross runs it here: the image's own user cannot write the clone;
+        # the image's linker for its own target dropped, as the farm drops it (rustup's
+        # x86_64 toolchain then links with its rust-lld, as on the host)
         return timed(["docker", "run", "--rm", "--network", "none", "--user", "0:0",
+                      "-e", f"CARGO_TARGET_{X86.upper().replace('-', '_')}_LINKER",
                       "-v", f"{crate}:/src", "-v", f"{home}:/cargo-home",
                       "-e", "CARGO_HOME=/cargo-home", "-e", "CARGO_TARGET_DIR=/src/target",
                       "-w", "/src", image, "cargo", "build", "--locked", "--offline",
@@ -178,7 +181,29 @@ def start_farm(work: Path, image: str) -> localfarm.Farm:
                          CROSSFARM_JOB_DISK_BYTES="0", CROSSFARM_CONCURRENCY="1",
                          CROSSFARM_DEPS_VOLUME=DEPS_VOLUME,
                          CROSSFARM_BUILDER_IMAGE=image, CROSSFARM_TOOLCHAINS="")
+    wait_for_image_volumes(image)
     return running
+
+
+def wait_for_image_volumes(image: str, timeout_s: float = 300) -> None:
+    """Until the worker's start-up copy of the image's trees is done, where the engine's
+    storage driver makes it copy them (worker/image_volumes.py): a worker's first builds
+    read the image meanwhile, which this bench does not mean to measure."""
+    from crossfarm.worker import image_volumes
+
+    driver = subprocess.run(["docker", "info", "--format", "{{.Driver}}"],
+                            capture_output=True, text=True).stdout.strip()
+    if not image_volumes.wanted("auto", driver):
+        return
+    image_id = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    marker = image_volumes.marker_name(image_id)
+    deadline = time.monotonic() + timeout_s
+    while subprocess.run(["docker", "volume", "inspect", marker],
+                         capture_output=True).returncode != 0:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the worker did not copy {image}'s trees in {timeout_s:.0f} s")
+        time.sleep(0.5)
 
 
 def clean_docker() -> None:

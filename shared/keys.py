@@ -100,6 +100,9 @@ _WARM_LABEL = "io.crossfarm.warm"
 #: a deps volume a worker made carries a random id here: what the worker remembers of
 #: the volume's entries holds for that very volume only, not one made again by its name
 _DEPS_LABEL = "io.crossfarm.deps"
+#: a builder image's copied trees (worker/image_volumes.py): the image's id, and its name
+_IMAGE_ID_LABEL = "io.crossfarm.image-id"
+_IMAGE_LABEL = "io.crossfarm.image"
 
 
 def container_labels(job_id: JobId, attempt: int, worker: str) -> dict[str, str]:
@@ -184,6 +187,21 @@ def warm_labels(worker: str) -> dict[str, str]:
 def deps_labels(volume_id: str) -> dict[str, str]:
     """The labels of a deps volume a worker makes (worker/deps.py)."""
     return {LABEL: "1", _DEPS_LABEL: volume_id}
+
+
+def image_volume_labels(image: str, image_id: str) -> dict[str, str]:
+    """The labels of the volumes holding a builder image's trees (worker/image_volumes.py)."""
+    return {LABEL: "1", _IMAGE_LABEL: image, _IMAGE_ID_LABEL: image_id}
+
+
+def image_volume_selector(image: str) -> str:
+    """The engine's label filter for every copy of an image's trees, of any id."""
+    return f"{_IMAGE_LABEL}={image}"
+
+
+def labelled_image_id(labels: dict[str, str]) -> str | None:
+    """The image id an image volume was copied from."""
+    return labels.get(_IMAGE_ID_LABEL) or None
 
 
 def labelled_deps_id(labels: dict[str, str]) -> str | None:

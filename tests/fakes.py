@@ -171,8 +171,15 @@ class FakeDocker:
     Every image is present unless named in `missing`; `broken` is raised by every call."""
 
     def __init__(self, replays: Iterable[Replay] = (), missing: Iterable[str] = (),
-                 broken: Exception | None = None) -> None:
+                 broken: Exception | None = None, driver: str = "overlay2") -> None:
         self.replays = list(replays)
+        self.driver = driver
+        #: an image's id, where a test gives one (else sha256:0…0)
+        self.image_ids: dict[str, str] = {}
+        #: volumes fill_volumes() made: name -> (image, path)
+        self.filled: dict[str, tuple[str, str]] = {}
+        #: the images whose fill_volumes() raises this
+        self.fill_fails: dict[str, Exception] = {}
         self.missing = set(missing)
         self.broken = broken
         #: each call's method name, in order
@@ -205,7 +212,7 @@ class FakeDocker:
 
     def image_id(self, name: str) -> str | None:
         self._called("image_id")
-        return None if name in self.missing else "sha256:" + "0" * 64
+        return None if name in self.missing else self.image_ids.get(name, "sha256:" + "0" * 64)
 
     @contextmanager
     def volume(self, name: str, labels: dict[str, str], size: DiskSpec | None = None
@@ -248,7 +255,27 @@ class FakeDocker:
         self._called("remove_volume")
         self.shelves.pop(name, None)
         self.kept.pop(name, None)
+        self.filled.pop(name, None)
         self.removed.append(name)
+
+    def volumes_labelled(self, selector: str) -> dict[str, dict[str, str]]:
+        self._called("volumes_labelled")
+        name, _, value = selector.partition("=")
+        return {volume: labels for volume, labels in self.kept.items()
+                if labels.get(name) == value}
+
+    def fill_volumes(self, image: str, mounts: dict[str, str], labels: dict[str, str]
+                     ) -> None:
+        self._called("fill_volumes")
+        if image in self.fill_fails:
+            raise self.fill_fails[image]
+        for volume, path in mounts.items():
+            self.kept[volume] = labels
+            self.filled[volume] = (image, path)
+
+    def storage_driver(self) -> str | None:
+        self._called("storage_driver")
+        return self.driver
 
     @contextmanager
     def container(self, step: Step) -> Iterator[FakeContainer]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import shutil
+import threading
 from collections.abc import Callable
 
 from celery import Celery, signals
@@ -22,7 +23,7 @@ from crossfarm.shared.broker import create_celery
 from crossfarm.shared.events import Events
 from crossfarm.shared.logs import configure as configure_logs
 from crossfarm.shared.storage import S3Store
-from crossfarm.worker import tasks
+from crossfarm.worker import image_volumes, tasks
 from crossfarm.worker.container import Docker
 from crossfarm.worker.deps import Registry
 from crossfarm.worker.egress import parse_networks
@@ -93,6 +94,8 @@ def _heartbeat(app: Celery, settings: WorkerSettings, host: Arch, node: str,
     watchdog = ConsumerWatchdog(name, consumer_answers, running_tasks)
     switch = DrainSwitch(name, consume, lambda: watchdog.stuck)
     toolchains = Toolchains(settings, docker)
+    threading.Thread(target=_copy_images, args=(settings, toolchains.images()),
+                     name="image-volumes", daemon=True).start()
     beat = Heartbeat(reporter, name,
                      lambda: describe(settings, host, docker.image_id(settings.builder_image),
                                       running_tasks(), toolchains.offers()),
@@ -100,6 +103,19 @@ def _heartbeat(app: Celery, settings: WorkerSettings, host: Arch, node: str,
     Ticker(settings.heartbeat_s,
            [watchdog.check, beat.beat, reaper.reap_orphans, pulse.beat]).start()
     return beat
+
+
+def _copy_images(settings: WorkerSettings, images: list[str]) -> None:
+    """The start-up copy of each builder image's trees into volumes, where the setting
+    wants them (worker/image_volumes.py); in a thread of its own, as no build waits for it."""
+    log = logging.getLogger(__name__)
+    try:
+        docker = Docker()
+        if image_volumes.wanted(settings.image_volumes, docker.storage_driver()):
+            for image in images:
+                image_volumes.fill(docker, image, log.info)
+    except Exception:  # the engine: builds read the images themselves meanwhile
+        log.warning("the builder images' trees were not copied into volumes", exc_info=True)
 
 
 def made_at_fork(make: Callable[[], object]) -> Callable[..., None]:

@@ -116,6 +116,10 @@ class ContainerRunner(Protocol):
     def volume_bytes(self, name: str) -> int | None: ...
     def volume_labels(self, name: str) -> dict[str, str] | None: ...
     def remove_volume(self, name: str) -> None: ...
+    def volumes_labelled(self, selector: str) -> dict[str, dict[str, str]]: ...
+    def fill_volumes(self, image: str, mounts: dict[str, str], labels: dict[str, str]
+                     ) -> None: ...
+    def storage_driver(self) -> str | None: ...
     def copy_from_volume(self, name: str, path: str, dest_dir: Path,
                          max_bytes: int | None = None) -> Path | None: ...
     def container(self, step: Step) -> AbstractContextManager[StepContainer]: ...
@@ -130,6 +134,7 @@ class Docker:
         self._client = docker.from_env(timeout=300)
         #: the job disks of the volumes this process made, by volume name
         self._disks: dict[str, tuple[JobDisk, int]] = {}
+        self._driver: str | None = None
 
     def close(self) -> None:
         self._client.close()
@@ -223,6 +228,32 @@ class Docker:
     def remove_volume(self, name: str) -> None:
         with suppress(docker.errors.NotFound):
             self._client.volumes.get(name).remove(force=True)
+
+    def volumes_labelled(self, selector: str) -> dict[str, dict[str, str]]:
+        """The volumes carrying a label ("name=value"): name -> labels."""
+        return {volume.name: dict(volume.attrs.get("Labels") or {})
+                for volume in self._client.volumes.list(filters={"label": selector})}
+
+    def fill_volumes(self, image: str, mounts: dict[str, str], labels: dict[str, str]
+                     ) -> None:
+        """New volumes (name -> path) holding what `image` has at each path: the engine
+        copies an image's files into an empty volume when a container it makes mounts
+        it there, so a container is made and removed, never started (no code runs)."""
+        for name in mounts:
+            self._client.volumes.create(name=name, driver="local", labels=labels)
+        raw = self._client.containers.create(
+            image=image, command=["true"], user="0:0", network_mode="none",
+            volumes={name: {"bind": path, "mode": "ro"} for name, path in mounts.items()},
+            labels={keys.LABEL: "1"})
+        with _removed_after(raw):
+            pass
+
+    def storage_driver(self) -> str | None:
+        """The engine's storage driver for images ("overlay2", "fuse-overlayfs"), once
+        per process."""
+        if self._driver is None:
+            self._driver = str(self._client.info().get("Driver") or "")
+        return self._driver or None
 
     def copy_from_volume(self, name: str, path: str, dest_dir: Path,
                          max_bytes: int | None = None) -> Path | None:

@@ -58,7 +58,7 @@ from crossfarm.shared.wire import (
     SourceTree,
     TestCounts,
 )
-from crossfarm.worker import cargo, compile_cache, deps, warm
+from crossfarm.worker import cargo, compile_cache, deps, image_volumes, warm
 from crossfarm.worker.artifacts import (
     ArtifactCollector,
     JobOutput,
@@ -555,6 +555,9 @@ def _compile(run: JobRun, locked: bool, inputs: list[IO[bytes]], tmp: Path,
                  network=False, loan=loan, cache=cache)
     if loan is not None:
         run.tools.docker.keep_volume(loan.name, keys.warm_labels(settings.worker_name))
+    if set(image_volumes.PATHS) <= set(step.readonly_volumes.values()):
+        run.log(f"crossfarm: {run.image}'s {' and '.join(image_volumes.PATHS)} read from "
+                "volumes copied from it (CROSSFARM_IMAGE_VOLUMES)")
     try:
         with run.log.timed("build step"), run.tools.docker.container(step) as container:
             # one copy into the container, not one per tar (each is an engine round trip):
@@ -756,6 +759,8 @@ def _step(run: JobRun, command: list[str], network: bool, loan: Loan | None = No
         env = {**run.job.env, "CARGO_TARGET_DIR": target_dir,
                "CARGO_HOME": f"{cargo.WORK}/{deps.CARGO_HOME}"}
         volumes, readonly = {run.volume: cargo.WORK}, {settings.deps_volume: deps.DEPS}
+        readonly.update(image_volumes.mounts(run.tools.docker, settings.image_volumes,
+                                             run.image))
         if loan is not None:
             volumes[loan.name] = cargo.WARM
         if cache is not None:  # after the request's variables: the farm's own win

@@ -7,7 +7,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
@@ -79,6 +79,10 @@ class WorkerSettings(FarmSettings):
     #: job fails as stalled, well before its time limit (qemu-user hangs after a fork
     #: under emulation now and then). 0: off
     stall_s: float = Field(default=600, ge=0)
+    #: the builder images' /usr and /opt copied once into read-only volumes and mounted
+    #: over them in builds (worker/image_volumes.py): "auto" where the engine's storage
+    #: driver runs in user space (fuse-overlayfs), "on", "off"
+    image_volumes: Literal["auto", "on", "off"] = "auto"
     #: a CA bundle for crate downloads and Cargo.lock generation, for registries behind a
     #: TLS-inspecting proxy
     ca_bundle: Path | None = None

@@ -65,6 +65,12 @@ class Toolchains:
             return list(self._settings.toolchains.items())
         return [(None, self._settings.builder_image)]
 
+    def images(self) -> list[str]:
+        """Every builder image this worker may build with: its toolchains' and its
+        emulation images."""
+        found = [image for _, image in self._configured()]
+        return list(dict.fromkeys([*found, *self._settings.emulation_images.values()]))
+
     def offers(self) -> list[ToolchainOffer]:
         """Each toolchain whose image is on this worker and answers the probe; a missing
         or broken image is left out (and logged), so the farm never routes to it."""

@@ -29,7 +29,10 @@ FETCHER_IMAGE = "crossfarm/fetcher:1"
 #: The tests' git servers listen on loopback, which a fetch may reach only if allowed.
 WORKER_AMD64 = {"CROSSFARM_CROSS_ARCHES": "arm64", "CROSSFARM_CONCURRENCY": "2",
                 "CROSSFARM_BUILD_CPUS": "1", "CROSSFARM_HEARTBEAT_S": "1",
-                "CROSSFARM_GIT_ALLOW_NETWORKS": "127.0.0.0/8"}
+                "CROSSFARM_GIT_ALLOW_NETWORKS": "127.0.0.0/8",
+                # the builder images' trees from volumes, whatever the storage driver
+                # (test_image_volumes.py); "auto" turns it on only for fuse-overlayfs
+                "CROSSFARM_IMAGE_VOLUMES": "on"}
 #: The controller's settings: short fleet bounds and sweeps, so tests of loss, placement
 #: and leftovers do not wait for minutes (a test that restarts it uses them too). The
 #: result cache is off: most tests build the same fixture crate again, and each is about
