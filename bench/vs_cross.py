@@ -18,7 +18,8 @@ crossfarm/builder:1` measures Debian's rustc-web instead.
 
 in four phases: cold (a fresh clone, nothing built; crossfarm's farm is new too, its
 dependency volume empty), no-op (the same command again), one-line change (a comment
-added to the binary crate's main.rs) and a second clone (a copy of that tree elsewhere,
+added to the binary crate's main.rs; each of these two run --repeat times, 3 by default,
+and the median kept) and a second clone (a copy of that tree elsewhere,
 no target/). Crates are fetched before any timing for host, cross and docker (the
 farm's worker fetches its own, inside its cold build). Prints seconds, the ratios the
 issue sets as goals, and, for crossfarm, a timeline of each build as its CLI printed
@@ -149,25 +150,36 @@ def fresh_clone(pristine: Path, into: Path) -> Path:
 
 def one_line_change(crate: Path, project: str) -> None:
     main = crate / MAIN[project]
-    main.write_text(main.read_text() + "\n// one-line change\n")
+    text = main.read_text()
+    main.write_text(text + f"\n// one-line change {text.count('// one-line change') + 1}\n")
 
 
 def phases(build: Callable[[Path], Run], pristine: Path, project: str, work: Path,
-           second_clone: bool) -> dict[str, Run]:
-    def say(phase: str) -> None:  # as it goes: a later failure loses no figure
-        print(f"  {phase}: {runs[phase].seconds:.2f} s", file=sys.stderr, flush=True)
+           second_clone: bool, repeat: int) -> dict[str, Run]:
+    """Cold, then the no-op and the one-line change `repeat` times each (each one-line
+    change a new line), each phase's median run kept: single runs of a few seconds moved
+    by a second from one to the next on this machine."""
+    def say(phase: str, seconds: list[float]) -> None:  # as it goes: a later failure
+        shown = ", ".join(f"{s:.2f}" for s in seconds)  # loses no figure
+        print(f"  {phase}: {shown} s", file=sys.stderr, flush=True)
+
+    def median(phase: str, runs_of: Callable[[], Run]) -> Run:
+        done = [runs_of() for _ in range(repeat)]
+        say(phase, [run.seconds for run in done])
+        return sorted(done, key=lambda run: run.seconds)[len(done) // 2]
 
     first = fresh_clone(pristine, work / "clone-1")
     runs = {"cold": build(first)}
-    say("cold")
-    runs["no-op"] = build(first)
-    say("no-op")
-    one_line_change(first, project)
-    runs["one-line change"] = build(first)
-    say("one-line change")
+    say("cold", [runs["cold"].seconds])
+    runs["no-op"] = median("no-op", lambda: build(first))
+
+    def changed() -> Run:
+        one_line_change(first, project)
+        return build(first)
+    runs["one-line change"] = median("one-line change", changed)
     if second_clone:
         runs["second clone"] = build(fresh_clone(first, work / "clone-2"))
-        say("second clone")
+        say("second clone", [runs["second clone"].seconds])
     return runs
 
 
@@ -295,6 +307,8 @@ def main() -> None:
     parser.add_argument("--profile", choices=("release", "dev"), default="release")
     parser.add_argument("--projects", default="ripgrep,hello-c")
     parser.add_argument("--tools", default=",".join(TOOLS))
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of the no-op and of the one-line change (the median kept)")
     parser.add_argument("--image", default=IMAGE,
                         help="the builder image of cross, docker and the farm's worker")
     parser.add_argument("--clone-tools", default=",".join(TOOLS),
@@ -330,7 +344,8 @@ def main() -> None:
                     print(f"{project}: {tool} …", file=sys.stderr, flush=True)
                     results.setdefault(project, {})[tool] = phases(
                         builders[tool], pristine[project], project,
-                        work / f"{project}-{tool}", tool in args.clone_tools.split(","))
+                        work / f"{project}-{tool}", tool in args.clone_tools.split(","),
+                        args.repeat)
             start_up = cli_start_up(cli_env(running)) if running is not None else None
         finally:
             if running is not None:

@@ -341,6 +341,20 @@ def test_a_pools_stall_limit_reaches_its_workers_settings_zero_included(
     assert WorkerSettings().stall_s == expected
 
 
+@pytest.mark.parametrize(("given", "expected"), [({}, "auto"), ({"imageVolumes": "on"}, "on"),
+                                                ({"imageVolumes": "off"}, "off")])
+def test_a_pools_image_volumes_setting_reaches_its_workers_settings(
+        chart, monkeypatch, given, expected):
+    values = with_values(DEFAULTS, workers={"pools": [{"arch": "amd64", **given}]})
+    (pool,) = worker_deployments(render(chart, values))
+    env = plain_env(container(pool, "worker"))
+    for name in [n for n in os.environ if n.startswith("CROSSFARM_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert WorkerSettings().image_volumes == expected
+
+
 @pytest.mark.parametrize("values", CI_FILES.values(), ids=CI_FILES.keys())
 def test_each_pool_has_a_disruption_budget_that_selects_its_pods_only(chart, values):
     objects = render(chart, values)
@@ -681,13 +695,14 @@ def test_notes_lead_to_a_first_build_with_the_client_token(chart):
     {"workers": {"pools": []}},
     {"workers": {"pools": [{"arch": "arm64", "env": {"CROSSFARM_BUILD_PIDS": 512}}]}},
     {"workers": {"pools": [{"arch": "amd64", "stallSeconds": 2}]}},
+    {"workers": {"pools": [{"arch": "amd64", "imageVolumes": "always"}]}},
     {"engine": "podman"},
     {"clientToken": "has a space"},
     {"secretsKey": "not-a-fernet-key"},
     {"database": {"type": "mysql"}},
 ], ids=["unknown-arch", "unknown-cross-arch", "misspelt-key", "no-pools", "non-string-env",
-        "stall-too-short", "unknown-engine", "token-with-space", "bad-secrets-key",
-        "unknown-database"])
+        "stall-too-short", "unknown-image-volumes", "unknown-engine", "token-with-space",
+        "bad-secrets-key", "unknown-database"])
 def test_schema_rejects_bad_values(chart, bad):
     values = with_values(DEFAULTS, **bad)
     with pytest.raises(HelmValuesError):

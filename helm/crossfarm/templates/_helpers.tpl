@@ -294,6 +294,10 @@ A pool with the workers' defaults under it, as YAML: a pool's own value wins, ma
 - name: CROSSFARM_STALL_S
   value: {{ $pool.stallSeconds | toString | quote }}
 {{- end }}
+{{- with $pool.imageVolumes }}
+- name: CROSSFARM_IMAGE_VOLUMES
+  value: {{ . | quote }}
+{{- end }}
 - name: CROSSFARM_SCRATCH_DIR
   value: /scratch
 - name: CROSSFARM_EGRESS_DIR
