@@ -106,7 +106,11 @@ def cross_build(profile: str, home: Path, image: str) -> Callable[[Path], Run]:
     env = {**os.environ, "CARGO_HOME": str(home), "CROSS_CONTAINER_ENGINE": "docker"}
 
     def build(crate: Path) -> Run:
-        (crate / "Cross.toml").write_text(f'[target.{X86}]\nimage = "{image}"\n')
+        # written once: a new Cross.toml is a changed file of the package, so cargo would
+        # rebuild a crate without rerun-if-changed lines (ripgrep) on every "no-op"
+        config, text = crate / "Cross.toml", f'[target.{X86}]\nimage = "{image}"\n'
+        if not config.exists() or config.read_text() != text:
+            config.write_text(text)
         return timed(["cross", "build", "--locked", "--offline", "--target", X86,
                       *profile_flags(profile)], crate, env)
     return build
