@@ -111,9 +111,12 @@ def _copy_images(settings: WorkerSettings, images: list[str]) -> None:
     log = logging.getLogger(__name__)
     try:
         docker = Docker()
-        if image_volumes.wanted(settings.image_volumes, docker.storage_driver()):
-            for image in images:
-                image_volumes.fill(docker, image, log.info)
+        try:
+            if image_volumes.wanted(settings.image_volumes, docker.storage_driver()):
+                for image in images:
+                    image_volumes.fill(docker, image, log.info)
+        finally:
+            docker.close()
     except Exception:  # the engine: builds read the images themselves meanwhile
         log.warning("the builder images' trees were not copied into volumes", exc_info=True)
 

@@ -133,3 +133,16 @@ def test_toolchains_setting_is_refused_with_what_to_write(tmp_path, value, compl
 def test_an_engine_failure_while_probing_leaves_the_toolchain_out_not_the_heartbeat(tmp_path):
     docker = FakeDocker(broken=RuntimeError("engine socket vanished"))
     assert Toolchains(WorkerSettings(scratch_dir=tmp_path), docker).offers() == []
+
+
+def test_the_images_a_worker_copies_are_its_toolchains_then_its_emulation_images_once_each(
+        tmp_path):
+    settings = WorkerSettings(
+        scratch_dir=tmp_path,
+        toolchains="1.96=crossfarm/builder:1,1.63=crossfarm/builder-1.63:1",
+        emulation_images={"arm64": "crossfarm/builder:1-arm64", "amd64": "crossfarm/builder:1"})
+
+    assert Toolchains(settings, FakeDocker()).images() == [
+        "crossfarm/builder:1", "crossfarm/builder-1.63:1", "crossfarm/builder:1-arm64"]
+    assert Toolchains(WorkerSettings(scratch_dir=tmp_path), FakeDocker()).images() == [
+        "crossfarm/builder:1"]
