@@ -293,12 +293,15 @@ def test_the_build_container_is_read_only_but_work_tmp_and_home(farm, api, limit
     assert mounts["/tmp"][-3] == "tmpfs"
     assert mounts["/home/builder"][-3] == "tmpfs"
     # No path of the host but the job's: besides kernel filesystems and tmpfs, the only
-    # mounts are the root, the job's volume, the read-only deps volume and the three
-    # files the engine writes for every container.
+    # mounts are the root, the job's volume, the read-only deps volume, the read-only
+    # copies of the image's /usr and /opt (where the worker makes them: image volumes)
+    # and the three files the engine writes for every container.
     kernel = {"proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2"}
     others = {point for point, fields in mounts.items() if fields[-3] not in kernel}
-    assert others <= {"/", "/work", "/deps", "/etc/resolv.conf", "/etc/hostname",
-                      "/etc/hosts"}, others
+    assert others <= {"/", "/work", "/deps", "/usr", "/opt", "/etc/resolv.conf",
+                      "/etc/hostname", "/etc/hosts"}, others
+    for point in {"/deps", "/usr", "/opt"} & others:
+        assert "ro" in mounts[point][5].split(","), mounts[point]
     _healthy_after(farm, api, limited, final)
 
 
