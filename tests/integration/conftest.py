@@ -95,6 +95,21 @@ def only(farm: localfarm.Farm, api: httpx.Client) -> Iterator[None]:
     until(lambda: farm.worker_state("worker-amd64") == "online", "worker-amd64 back")
 
 
+def plain_crate(parent: Path, name: str, build_rs: str | None = None) -> Path:
+    """A binary crate with no dependencies (and its Cargo.lock) at parent/name, printing
+    its name; with `build_rs`, that build script. Each build of it takes seconds."""
+    crate = parent / name
+    (crate / "src").mkdir(parents=True)
+    (crate / "Cargo.toml").write_text(
+        f'[package]\nname = "{name}"\nversion = "0.1.0"\nedition = "2021"\n')
+    (crate / "Cargo.lock").write_text(
+        f'version = 3\n\n[[package]]\nname = "{name}"\nversion = "0.1.0"\n')
+    if build_rs is not None:
+        (crate / "build.rs").write_text(build_rs)
+    (crate / "src" / "main.rs").write_text(f'fn main() {{ println!("{name}"); }}\n')
+    return crate
+
+
 @pytest.fixture
 def crate(tmp_path: Path) -> Path:
     """A fresh copy of the hello-c crate (crates.io dependency + C built by the cc crate)."""

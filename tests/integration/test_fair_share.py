@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from conftest import plain_crate
 from polling import until
 
 from crossfarm.client.api import FarmClient
@@ -24,14 +25,7 @@ X86 = "x86_64-unknown-linux-gnu"
 @pytest.fixture
 def tiny(tmp_path: Path) -> Path:
     """A crate with no dependencies: each build takes seconds."""
-    crate = tmp_path / "tiny"
-    (crate / "src").mkdir(parents=True)
-    (crate / "Cargo.toml").write_text(
-        '[package]\nname = "tiny"\nversion = "0.1.0"\nedition = "2021"\n')
-    (crate / "Cargo.lock").write_text(
-        'version = 3\n\n[[package]]\nname = "tiny"\nversion = "0.1.0"\n')
-    (crate / "src" / "main.rs").write_text('fn main() { println!("tiny"); }\n')
-    return crate
+    return plain_crate(tmp_path, "tiny")
 
 
 @pytest.fixture

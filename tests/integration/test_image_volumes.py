@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, plain_crate
 from polling import until
 
 from crossfarm.worker import image_volumes
@@ -42,18 +41,6 @@ fn main() {
 '''
 
 
-def _crate(tmp_path: Path) -> Path:
-    crate = tmp_path / "tamper"
-    (crate / "src").mkdir(parents=True)
-    (crate / "Cargo.toml").write_text(
-        '[package]\nname = "tamper"\nversion = "0.1.0"\nedition = "2021"\n')
-    (crate / "Cargo.lock").write_text(
-        'version = 3\n\n[[package]]\nname = "tamper"\nversion = "0.1.0"\n')
-    (crate / "build.rs").write_text(TAMPER_BUILD_RS)
-    (crate / "src" / "main.rs").write_text('fn main() { println!("tamper"); }\n')
-    return crate
-
-
 def _image_id() -> str:
     return subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", IMAGE],
                           capture_output=True, text=True, check=True).stdout.strip()
@@ -69,7 +56,7 @@ def test_a_build_cannot_change_the_copied_toolchain_and_the_next_build_is_clean(
         farm, cli, tmp_path):
     until(_copied, f"the worker's copy of {IMAGE}'s trees", timeout=600, every=1)
 
-    hostile = cli(_crate(tmp_path), "build", "--target", X86)
+    hostile = cli(plain_crate(tmp_path, "tamper", TAMPER_BUILD_RS), "build", "--target", X86)
 
     assert hostile.returncode == 0, hostile.stderr
     assert f"{IMAGE}'s /usr and /opt read from volumes copied from it" in hostile.stderr
@@ -92,10 +79,8 @@ def test_a_build_cannot_change_the_copied_toolchain_and_the_next_build_is_clean(
     assert ran.returncode == 0, ran.stderr
 
     # the copy is still the image's own: the same cargo, nothing planted, nothing gone
-    usr = next(name for name, path in image_volumes.volume_names(_image_id()).items()
-               if path == "/usr")
-    opt = next(name for name, path in image_volumes.volume_names(_image_id()).items()
-               if path == "/opt")
+    copies = {path: name for name, path in image_volumes.volume_names(_image_id()).items()}
+    usr, opt = copies["/usr"], copies["/opt"]
     seen = subprocess.run(
         ["docker", "run", "--rm", "--network", "none", "-v", f"{usr}:/copy/usr:ro",
          "-v", f"{opt}:/copy/opt:ro", IMAGE, "sh", "-c",
